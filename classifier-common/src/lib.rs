@@ -1,0 +1,373 @@
+//! Types and layout constants shared by the portguard XDP program and its loader.
+//!
+//! Every map value here is `#[repr(C)]`, has no padding and no `bool`, so that
+//! both sides agree byte for byte and userspace can treat it as plain bytes.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// Name of the XDP program in the object file.
+pub const XDP_PROGRAM: &str = "portguard";
+/// Name of the TC egress program that records the host's own flows.
+pub const TC_EGRESS_PROGRAM: &str = "portguard_egress";
+
+/// Names of the maps, as the loader and the pin directory see them.
+pub mod map_names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const PORT_BLOCKS: &str = "PORT_BLOCKS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const PROFILES: &str = "PROFILES";
+    pub const MGMT: &str = "MGMT";
+    pub const FLOWS: &str = "FLOWS";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// Every map, in the order they are pinned.
+    pub const ALL: [&str; 7] = [CONFIG, PORT_BLOCKS, COUNTERS, PROFILES, MGMT, FLOWS, FRAGMENTS];
+}
+
+/// L4 protocol index used in the port arrays.
+pub const PROTO_TCP: u32 = 0;
+pub const PROTO_UDP: u32 = 1;
+pub const PROTO_COUNT: u32 = 2;
+
+/// Ports are packed four to an array entry: the kernel rounds array values up
+/// to 8 bytes, so four `u16` rule slots cost what one would.
+pub const PORTS_PER_BLOCK: u32 = 4;
+pub const BLOCKS_PER_PROTO: u32 = 65_536 / PORTS_PER_BLOCK;
+
+/// Destination profiles (per-destination role sets). Profile 0 is the default.
+pub const MAX_PROFILES: u32 = 8;
+/// Two copies of every profile's port arrays: the packet path reads the one
+/// `Config::generation` names while userspace rewrites the other.
+pub const GENERATIONS: u32 = 2;
+pub const PORT_BLOCK_ENTRIES: u32 = MAX_PROFILES * GENERATIONS * PROTO_COUNT * BLOCKS_PER_PROTO;
+
+/// "No profile": in `Config::default_profile` it means packets to an address
+/// outside every `--profile` are dropped; in `ProfileSel` it means the prefix
+/// does not exist in that generation.
+pub const PROFILE_NONE: u32 = u32::MAX;
+
+/// Index of the entry of `PORT_BLOCKS` holding `port`.
+#[inline(always)]
+pub const fn port_block_index(profile: u32, generation: u32, proto: u32, port: u16) -> u32 {
+    ((profile * GENERATIONS + generation) * PROTO_COUNT + proto) * BLOCKS_PER_PROTO
+        + (port as u32 / PORTS_PER_BLOCK)
+}
+
+/// Four consecutive ports' rule slots; 0 means no rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortBlock {
+    pub slots: [u16; PORTS_PER_BLOCK as usize],
+}
+
+/// Rule slots 1..MAX_RULE_SLOTS index `COUNTERS` directly; slot 0 is "no rule".
+pub const MAX_RULE_SLOTS: u32 = 16_384;
+
+/// `Config::flags`.
+pub const FLAG_MONITOR: u32 = 1 << 0;
+pub const FLAG_DROP_ECHO: u32 = 1 << 1;
+pub const FLAG_DROP_IPSEC_MEDIA: u32 = 1 << 2;
+
+/// Per-generation part of the configuration, switched with the port arrays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct GenConfig {
+    /// Profile for destinations no `--profile` prefix matches, or `PROFILE_NONE`.
+    pub default_profile: u32,
+    /// Bit p set: profile p runs a role that terminates media (IPsec accounting).
+    pub media_profiles: u32,
+    /// Catalog generation counter, shown by stats and metrics.
+    pub catalog_generation: u32,
+    pub reserved: u32,
+}
+
+/// The single entry of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// The generation the packet path reads (0 or 1). Flipping it is the
+    /// atomic step of a reload.
+    pub generation: u32,
+    pub flags: u32,
+    pub gens: [GenConfig; GENERATIONS as usize],
+}
+
+/// Value of the `PROFILES` LPM trie: the destination's profile in each generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ProfileSel {
+    pub by_generation: [u32; GENERATIONS as usize],
+}
+
+/// Most ports one management prefix allows.
+pub const MGMT_PORTS: usize = 8;
+
+/// Value of the `MGMT` LPM trie (keyed by source address): TCP destination
+/// ports always allowed from that prefix. Userspace folds the ports of every
+/// shorter containing prefix into each entry, because an LPM lookup returns
+/// only the longest match. 0 marks an unused slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct MgmtPorts {
+    pub ports: [u16; MGMT_PORTS],
+}
+
+/// Addresses in LPM keys and flow keys are IPv6; IPv4 is stored IPv4-mapped
+/// (`::ffff:a.b.c.d`), so one trie serves both families.
+pub type Addr = [u8; 16];
+
+/// Key of the `PROFILES` and `MGMT` tries, laid out as the kernel's
+/// `struct bpf_lpm_trie_key` (prefix length first, then the address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LpmKey {
+    pub prefix_len: u32,
+    pub addr: Addr,
+}
+
+/// Key of `FLOWS`: a connection the host itself opened, written from the
+/// host's side (local = this host). XDP looks up inbound packets with source
+/// and destination swapped into this shape.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub remote: Addr,
+    pub local: Addr,
+    pub remote_port: u16,
+    pub local_port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// Key of `FRAGMENTS`: one fragmented datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// IPv4 identification (16 bits) or IPv6 fragment identification.
+    pub id: u32,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// Value of `FRAGMENTS`: the verdict of the first fragment, replayed for the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragVerdict {
+    /// `COUNTERS` index the first fragment was counted under.
+    pub counter: u32,
+    /// 1 = pass, 0 = drop.
+    pub pass: u32,
+}
+
+/// Per-CPU packet and byte counts of one `COUNTERS` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why a packet got its verdict when no catalog rule decided it.
+/// The discriminant is the counter index offset; names are the metric labels.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    // Passes without a catalog rule.
+    Established = 0,
+    Arp = 1,
+    NonIp = 2,
+    Icmp = 3,
+    NeighborDiscovery = 4,
+    Dhcp = 5,
+    Management = 6,
+    Echo = 7,
+    IpsecOnMediaPath = 8,
+    // Drops.
+    PortNotAllowed = 9,
+    Malformed = 10,
+    FragmentOrphan = 11,
+    VlanDepth = 12,
+    ExtHeaders = 13,
+    ProtoNotAllowed = 14,
+    IcmpType = 15,
+    NoProfile = 16,
+}
+
+pub const REASON_COUNT: u32 = 17;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::Established,
+        Reason::Arp,
+        Reason::NonIp,
+        Reason::Icmp,
+        Reason::NeighborDiscovery,
+        Reason::Dhcp,
+        Reason::Management,
+        Reason::Echo,
+        Reason::IpsecOnMediaPath,
+        Reason::PortNotAllowed,
+        Reason::Malformed,
+        Reason::FragmentOrphan,
+        Reason::VlanDepth,
+        Reason::ExtHeaders,
+        Reason::ProtoNotAllowed,
+        Reason::IcmpType,
+        Reason::NoProfile,
+    ];
+
+    /// The label used in metrics and stats.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Established => "established",
+            Reason::Arp => "arp",
+            Reason::NonIp => "non_ip",
+            Reason::Icmp => "icmp",
+            Reason::NeighborDiscovery => "neighbor_discovery",
+            Reason::Dhcp => "dhcp",
+            Reason::Management => "management",
+            Reason::Echo => "echo",
+            Reason::IpsecOnMediaPath => "ipsec_on_media_path",
+            Reason::PortNotAllowed => "port_not_allowed",
+            Reason::Malformed => "malformed",
+            Reason::FragmentOrphan => "fragment_orphan",
+            Reason::VlanDepth => "vlan_depth",
+            Reason::ExtHeaders => "ext_headers",
+            Reason::ProtoNotAllowed => "proto_not_allowed",
+            Reason::IcmpType => "icmp_type",
+            Reason::NoProfile => "no_profile",
+        }
+    }
+
+    pub const fn from_index(i: u32) -> Option<Reason> {
+        if i < REASON_COUNT { Some(Reason::ALL[i as usize]) } else { None }
+    }
+}
+
+/// The verdict a counter entry records.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass = 0,
+    Drop = 1,
+    /// Monitor mode: the packet passed but enforce mode would have dropped it.
+    WouldDrop = 2,
+}
+
+pub const VERDICT_COUNT: u32 = 3;
+
+impl Verdict {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Drop => "drop",
+            Verdict::WouldDrop => "would_drop",
+        }
+    }
+}
+
+/// Protocol class of a reason counter (rule counters know their protocol).
+pub const PCLASS_TCP: u32 = 0;
+pub const PCLASS_UDP: u32 = 1;
+pub const PCLASS_ICMP: u32 = 2;
+pub const PCLASS_OTHER: u32 = 3;
+pub const PCLASS_COUNT: u32 = 4;
+pub const PCLASS_NAMES: [&str; PCLASS_COUNT as usize] = ["tcp", "udp", "icmp", "other"];
+
+/// `COUNTERS` layout: `[0, MAX_RULE_SLOTS)` are rule slots (their passes),
+/// then one entry per (reason, verdict, protocol class).
+pub const REASON_COUNTER_BASE: u32 = MAX_RULE_SLOTS;
+pub const COUNTER_ENTRIES: u32 =
+    REASON_COUNTER_BASE + REASON_COUNT * VERDICT_COUNT * PCLASS_COUNT;
+
+#[inline(always)]
+pub const fn reason_counter_index(reason: u32, verdict: u32, pclass: u32) -> u32 {
+    REASON_COUNTER_BASE + (reason * VERDICT_COUNT + verdict) * PCLASS_COUNT + pclass
+}
+
+/// Inverse of [`reason_counter_index`] for userspace readers.
+pub const fn decode_reason_counter(index: u32) -> Option<(Reason, u32, u32)> {
+    if index < REASON_COUNTER_BASE || index >= COUNTER_ENTRIES {
+        return None;
+    }
+    let off = index - REASON_COUNTER_BASE;
+    let pclass = off % PCLASS_COUNT;
+    let rest = off / PCLASS_COUNT;
+    let verdict = rest % VERDICT_COUNT;
+    match Reason::from_index(rest / VERDICT_COUNT) {
+        Some(r) => Some((r, verdict, pclass)),
+        None => None,
+    }
+}
+
+/// Bounds on packet parsing; past them the packet is dropped with a reason.
+pub const MAX_VLAN_TAGS: u32 = 2;
+pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
+
+/// Sizes of the LRU maps.
+pub const FLOW_ENTRIES: u32 = 65_536;
+pub const FRAGMENT_ENTRIES: u32 = 8_192;
+pub const LPM_ENTRIES: u32 = 1_024;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), padding-free Pod types (bytemuck checks it).
+    unsafe impl aya::Pod for PortBlock {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for GenConfig {}
+    unsafe impl aya::Pod for ProfileSel {}
+    unsafe impl aya::Pod for MgmtPorts {}
+    unsafe impl aya::Pod for LpmKey {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragVerdict {}
+    unsafe impl aya::Pod for Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_counter_index_round_trips() {
+        for r in Reason::ALL {
+            for v in 0..VERDICT_COUNT {
+                for p in 0..PCLASS_COUNT {
+                    let i = reason_counter_index(r as u32, v, p);
+                    assert_eq!(decode_reason_counter(i), Some((r, v, p)), "index {i}");
+                }
+            }
+        }
+        assert_eq!(decode_reason_counter(REASON_COUNTER_BASE - 1), None);
+        assert_eq!(decode_reason_counter(COUNTER_ENTRIES), None);
+    }
+
+    #[test]
+    fn port_blocks_do_not_overlap() {
+        let last = port_block_index(MAX_PROFILES - 1, GENERATIONS - 1, PROTO_COUNT - 1, u16::MAX);
+        assert_eq!(last, PORT_BLOCK_ENTRIES - 1);
+        assert_eq!(port_block_index(0, 0, PROTO_UDP, 0), BLOCKS_PER_PROTO);
+        assert_eq!(port_block_index(0, 1, PROTO_TCP, 0), 2 * BLOCKS_PER_PROTO);
+    }
+
+    #[test]
+    fn reason_discriminants_match_all() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} out of order");
+        }
+    }
+
+    #[test]
+    fn map_values_have_expected_sizes() {
+        assert_eq!(size_of::<PortBlock>(), 8);
+        assert_eq!(size_of::<Config>(), 40);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<LpmKey>(), 20);
+        assert_eq!(size_of::<Counter>(), 16);
+    }
+}

@@ -1,0 +1,545 @@
+//! portguard's packet path.
+//!
+//! `portguard` (XDP, ingress) parses each frame with one cursor and a bounds
+//! check before every read, decides a verdict, and leaves through a single
+//! exit point that counts it. `portguard_egress` (TC, egress) records the
+//! connections the host itself opens so that XDP can let their replies in.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, map, xdp},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::{TcContext, XdpContext},
+};
+use classifier_common::{
+    Addr, COUNTER_ENTRIES, Config, Counter, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR,
+    FLOW_ENTRIES, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES, MAX_IPV6_EXT_HEADERS,
+    MAX_VLAN_TAGS, MgmtPorts, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES,
+    PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock, ProfileSel, Reason, Verdict, port_block_index,
+    reason_counter_index,
+};
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static PORT_BLOCKS: Array<PortBlock> = Array::with_max_entries(PORT_BLOCK_ENTRIES, 0);
+#[map]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+#[map]
+static PROFILES: LpmTrie<Addr, ProfileSel> = LpmTrie::with_max_entries(LPM_ENTRIES, 0);
+#[map]
+static MGMT: LpmTrie<Addr, MgmtPorts> = LpmTrie::with_max_entries(LPM_ENTRIES, 0);
+#[map]
+static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(FLOW_ENTRIES, 0);
+#[map]
+static FRAGMENTS: LruHashMap<FragKey, FragVerdict> =
+    LruHashMap::with_max_entries(FRAGMENT_ENTRIES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_ESP: u8 = 50;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
+/// What the packet path decided: the `COUNTERS` entry to bump and whether the
+/// frame goes on.
+#[derive(Clone, Copy)]
+struct Outcome {
+    counter: u32,
+    pass: bool,
+}
+
+/// A read-only window on the frame. Every accessor checks bounds against
+/// `data_end` itself, so no read can leave the packet whatever the offset.
+struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    #[inline(always)]
+    fn ptr<T>(&self, off: usize) -> Option<*const T> {
+        let p = self.start + off;
+        if p + core::mem::size_of::<T>() > self.end {
+            return None;
+        }
+        Some(p as *const T)
+    }
+
+    #[inline(always)]
+    fn u8(&self, off: usize) -> Option<u8> {
+        // SAFETY: `ptr` checked the byte lies inside the packet.
+        self.ptr::<u8>(off).map(|p| unsafe { *p })
+    }
+
+    #[inline(always)]
+    fn be16(&self, off: usize) -> Option<u16> {
+        // SAFETY: bounds checked by `ptr`; unaligned reads are fine on BPF.
+        self.ptr::<[u8; 2]>(off).map(|p| u16::from_be_bytes(unsafe { *p }))
+    }
+
+    #[inline(always)]
+    fn be32(&self, off: usize) -> Option<u32> {
+        // SAFETY: as above.
+        self.ptr::<[u8; 4]>(off).map(|p| u32::from_be_bytes(unsafe { *p }))
+    }
+
+    /// An IPv4 address at `off`, IPv4-mapped into IPv6.
+    #[inline(always)]
+    fn addr4(&self, off: usize) -> Option<Addr> {
+        let p = self.ptr::<[u8; 4]>(off)?;
+        // SAFETY: bounds checked by `ptr`.
+        let a = unsafe { *p };
+        Some([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]])
+    }
+
+    #[inline(always)]
+    fn addr6(&self, off: usize) -> Option<Addr> {
+        // SAFETY: bounds checked by `ptr`.
+        self.ptr::<Addr>(off).map(|p| unsafe { *p })
+    }
+}
+
+/// The network layer summary the transport decision needs.
+struct L3 {
+    src: Addr,
+    dst: Addr,
+    proto: u8,
+    /// Offset of the transport header.
+    l4: usize,
+    /// Fragment identification, and whether this is a fragment at all.
+    frag_id: u32,
+    fragment: bool,
+    /// A fragment other than the first: it carries no transport header.
+    later_fragment: bool,
+    v6: bool,
+}
+
+#[xdp]
+pub fn portguard(ctx: XdpContext) -> u32 {
+    match try_portguard(&ctx) {
+        Ok(action) => action,
+        Err(()) => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// The single exit point: count the outcome and turn it into an action.
+#[inline(always)]
+fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
+    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
+    let config = CONFIG.get(0).ok_or(())?;
+    let outcome = classify(&frame, config);
+    if let Some(c) = COUNTERS.get_ptr_mut(outcome.counter) {
+        // SAFETY: a per-CPU array value is only touched by this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += frame.len() as u64;
+        }
+    }
+    Ok(if outcome.pass { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP })
+}
+
+#[inline(always)]
+fn pass(reason: Reason, pclass: u32) -> Outcome {
+    Outcome { counter: reason_counter_index(reason as u32, Verdict::Pass as u32, pclass), pass: true }
+}
+
+/// A drop, or in monitor mode a pass counted as `would_drop`.
+#[inline(always)]
+fn deny(reason: Reason, pclass: u32, config: &Config) -> Outcome {
+    if config.flags & FLAG_MONITOR != 0 {
+        Outcome {
+            counter: reason_counter_index(reason as u32, Verdict::WouldDrop as u32, pclass),
+            pass: true,
+        }
+    } else {
+        Outcome {
+            counter: reason_counter_index(reason as u32, Verdict::Drop as u32, pclass),
+            pass: false,
+        }
+    }
+}
+
+#[inline(always)]
+fn classify(frame: &Frame, config: &Config) -> Outcome {
+    let Some(mut ethertype) = frame.be16(12) else {
+        return deny(Reason::Malformed, PCLASS_OTHER, config);
+    };
+    let mut off = ETH_HLEN;
+    // One iteration per tag allowed, plus one to see a tag too many.
+    for _ in 0..=MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        if off >= ETH_HLEN + 4 * MAX_VLAN_TAGS as usize {
+            return deny(Reason::VlanDepth, PCLASS_OTHER, config);
+        }
+        let Some(inner) = frame.be16(off + 2) else {
+            return deny(Reason::Malformed, PCLASS_OTHER, config);
+        };
+        ethertype = inner;
+        off += 4;
+    }
+    let l3 = match ethertype {
+        ETH_P_IP => parse_ipv4(frame, off),
+        ETH_P_IPV6 => parse_ipv6(frame, off),
+        ETH_P_ARP => return pass(Reason::Arp, PCLASS_OTHER),
+        _ => return pass(Reason::NonIp, PCLASS_OTHER),
+    };
+    let l3 = match l3 {
+        Ok(l3) => l3,
+        Err(reason) => return deny(reason, PCLASS_OTHER, config),
+    };
+
+    if l3.later_fragment {
+        return replay_fragment(&l3, config);
+    }
+    let outcome = classify_l4(frame, &l3, config);
+    if l3.fragment {
+        // First fragment: the rest of the datagram follows this verdict.
+        let verdict = FragVerdict { counter: outcome.counter, pass: outcome.pass as u32 };
+        let _ = FRAGMENTS.insert(&frag_key(&l3), &verdict, 0);
+    }
+    outcome
+}
+
+#[inline(always)]
+fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
+    let vihl = frame.u8(off).ok_or(Reason::Malformed)?;
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Reason::Malformed);
+    }
+    // Bounds of the whole header, options included.
+    frame.ptr::<u8>(off + ihl - 1).ok_or(Reason::Malformed)?;
+    let total = frame.be16(off + 2).ok_or(Reason::Malformed)? as usize;
+    if total < ihl || off + total > frame.len() {
+        return Err(Reason::Malformed);
+    }
+    let frag = frame.be16(off + 6).ok_or(Reason::Malformed)?;
+    let more = frag & 0x2000 != 0;
+    let offset = frag & 0x1fff;
+    Ok(L3 {
+        src: frame.addr4(off + 12).ok_or(Reason::Malformed)?,
+        dst: frame.addr4(off + 16).ok_or(Reason::Malformed)?,
+        proto: frame.u8(off + 9).ok_or(Reason::Malformed)?,
+        l4: off + ihl,
+        frag_id: frame.be16(off + 4).ok_or(Reason::Malformed)? as u32,
+        fragment: more || offset != 0,
+        later_fragment: offset != 0,
+        v6: false,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
+    let version = frame.u8(off).ok_or(Reason::Malformed)? >> 4;
+    if version != 6 {
+        return Err(Reason::Malformed);
+    }
+    let payload = frame.be16(off + 4).ok_or(Reason::Malformed)? as usize;
+    if off + 40 + payload > frame.len() {
+        return Err(Reason::Malformed);
+    }
+    let mut l3 = L3 {
+        src: frame.addr6(off + 8).ok_or(Reason::Malformed)?,
+        dst: frame.addr6(off + 24).ok_or(Reason::Malformed)?,
+        proto: frame.u8(off + 6).ok_or(Reason::Malformed)?,
+        l4: off + 40,
+        frag_id: 0,
+        fragment: false,
+        later_fragment: false,
+        v6: true,
+    };
+    // Walk extension headers up to the bound; one more iteration sees whether
+    // the chain goes on past it.
+    for i in 0..=MAX_IPV6_EXT_HEADERS {
+        let is_ext = matches!(
+            l3.proto,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+        );
+        if !is_ext {
+            return Ok(l3);
+        }
+        if i == MAX_IPV6_EXT_HEADERS {
+            break;
+        }
+        let next = frame.u8(l3.l4).ok_or(Reason::Malformed)?;
+        if l3.proto == IPPROTO_FRAGMENT {
+            let fo = frame.be16(l3.l4 + 2).ok_or(Reason::Malformed)?;
+            l3.frag_id = frame.be32(l3.l4 + 4).ok_or(Reason::Malformed)?;
+            let offset = fo >> 3;
+            l3.fragment = true;
+            l3.later_fragment = offset != 0;
+            l3.l4 += 8;
+        } else {
+            let len = frame.u8(l3.l4 + 1).ok_or(Reason::Malformed)? as usize;
+            l3.l4 += (len + 1) * 8;
+        }
+        l3.proto = next;
+        if l3.later_fragment {
+            // Headers after the fragment header belong to the fragmentable
+            // part; only the first fragment carries them.
+            return Ok(l3);
+        }
+    }
+    Err(Reason::ExtHeaders)
+}
+
+#[inline(always)]
+fn frag_key(l3: &L3) -> FragKey {
+    FragKey { src: l3.src, dst: l3.dst, id: l3.frag_id, proto: l3.proto, pad: [0; 3] }
+}
+
+#[inline(always)]
+fn replay_fragment(l3: &L3, config: &Config) -> Outcome {
+    // SAFETY: the value is copied out at once; an LRU entry may be evicted
+    // concurrently but its memory stays valid for this RCU section.
+    match unsafe { FRAGMENTS.get(&frag_key(l3)) } {
+        Some(v) => Outcome { counter: v.counter, pass: v.pass != 0 },
+        None => deny(Reason::FragmentOrphan, pclass_of(l3.proto), config),
+    }
+}
+
+#[inline(always)]
+fn pclass_of(proto: u8) -> u32 {
+    match proto {
+        IPPROTO_TCP => PCLASS_TCP,
+        IPPROTO_UDP => PCLASS_UDP,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => PCLASS_ICMP,
+        _ => PCLASS_OTHER,
+    }
+}
+
+#[inline(always)]
+fn classify_l4(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
+    match l3.proto {
+        IPPROTO_TCP => classify_ports(frame, l3, config, PROTO_TCP, PCLASS_TCP, TCP_HLEN),
+        IPPROTO_UDP => classify_ports(frame, l3, config, PROTO_UDP, PCLASS_UDP, UDP_HLEN),
+        IPPROTO_ICMP if !l3.v6 => classify_icmp(frame, l3, config),
+        IPPROTO_ICMPV6 if l3.v6 => classify_icmp(frame, l3, config),
+        IPPROTO_ESP | IPPROTO_AH if to_media_host(l3, config) => ipsec(config, PCLASS_OTHER),
+        _ => deny(Reason::ProtoNotAllowed, PCLASS_OTHER, config),
+    }
+}
+
+#[inline(always)]
+fn ipsec(config: &Config, pclass: u32) -> Outcome {
+    if config.flags & FLAG_DROP_IPSEC_MEDIA != 0 {
+        deny(Reason::IpsecOnMediaPath, pclass, config)
+    } else {
+        pass(Reason::IpsecOnMediaPath, pclass)
+    }
+}
+
+#[inline(always)]
+fn classify_icmp(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
+    let Some(icmp_type) = frame.u8(l3.l4) else {
+        return deny(Reason::Malformed, PCLASS_ICMP, config);
+    };
+    let (reason, echo_request) = if l3.v6 {
+        match icmp_type {
+            // Destination unreachable, packet too big, time exceeded, parameter problem.
+            1..=4 => (Reason::Icmp, false),
+            128 => (Reason::Echo, true),
+            129 => (Reason::Echo, false),
+            // MLD query/report/done, router and neighbour solicitation and
+            // advertisement, MLDv2 report. Redirect (137) is left out on purpose.
+            130..=136 | 143 => (Reason::NeighborDiscovery, false),
+            _ => return deny(Reason::IcmpType, PCLASS_ICMP, config),
+        }
+    } else {
+        match icmp_type {
+            // Destination unreachable (incl. fragmentation needed), time exceeded, parameter problem.
+            3 | 11 | 12 => (Reason::Icmp, false),
+            8 => (Reason::Echo, true),
+            0 => (Reason::Echo, false),
+            _ => return deny(Reason::IcmpType, PCLASS_ICMP, config),
+        }
+    };
+    if echo_request && config.flags & FLAG_DROP_ECHO != 0 {
+        return deny(Reason::Echo, PCLASS_ICMP, config);
+    }
+    pass(reason, PCLASS_ICMP)
+}
+
+/// The destination's profile in the active generation.
+#[inline(always)]
+fn profile_of(l3: &L3, config: &Config) -> u32 {
+    let generation = (config.generation & 1) as usize;
+    let default = config.gens[generation].default_profile;
+    match PROFILES.get(&Key::new(128, l3.dst)) {
+        Some(sel) => match sel.by_generation[generation] {
+            PROFILE_NONE => default,
+            p => p,
+        },
+        None => default,
+    }
+}
+
+#[inline(always)]
+fn to_media_host(l3: &L3, config: &Config) -> bool {
+    let profile = profile_of(l3, config);
+    let generation = (config.generation & 1) as usize;
+    profile < 32 && config.gens[generation].media_profiles & (1 << profile) != 0
+}
+
+#[inline(always)]
+fn classify_ports(
+    frame: &Frame,
+    l3: &L3,
+    config: &Config,
+    proto: u32,
+    pclass: u32,
+    min_hlen: usize,
+) -> Outcome {
+    if frame.ptr::<u8>(l3.l4 + min_hlen - 1).is_none() {
+        return deny(Reason::Malformed, pclass, config);
+    }
+    let (Some(sport), Some(dport)) = (frame.be16(l3.l4), frame.be16(l3.l4 + 2)) else {
+        return deny(Reason::Malformed, pclass, config);
+    };
+
+    if proto == PROTO_TCP {
+        // The lockout guard comes before any catalog decision.
+        if let Some(m) = MGMT.get(&Key::new(128, l3.src)) {
+            let mut i = 0;
+            while i < m.ports.len() {
+                if m.ports[i] == dport && dport != 0 {
+                    return pass(Reason::Management, pclass);
+                }
+                i += 1;
+            }
+        }
+    } else if (sport == 67 && dport == 68) || (sport == 547 && dport == 546) {
+        return pass(Reason::Dhcp, pclass);
+    }
+
+    let profile = profile_of(l3, config);
+    if profile == PROFILE_NONE {
+        return deny(Reason::NoProfile, pclass, config);
+    }
+    let generation = config.generation & 1;
+    if let Some(block) = PORT_BLOCKS.get_ptr(port_block_index(profile, generation, proto, dport)) {
+        // Four u16 slots read as one word: no indexing, so no bounds branch.
+        // SAFETY: `get_ptr` returned a valid pointer to an 8-byte value.
+        let word = unsafe { core::ptr::read_unaligned(block as *const u64) };
+        let slot = (word >> ((dport as u64 & 3) * 16)) as u16;
+        if slot != 0 {
+            return Outcome { counter: slot as u32, pass: true };
+        }
+    }
+
+    let flow = FlowKey {
+        remote: l3.src,
+        local: l3.dst,
+        remote_port: sport,
+        local_port: dport,
+        proto: l3.proto,
+        pad: [0; 3],
+    };
+    if FLOWS.get_ptr(&flow).is_some() {
+        return pass(Reason::Established, pclass);
+    }
+    if proto == PROTO_UDP && (dport == 500 || dport == 4500) && to_media_host(l3, config) {
+        return ipsec(config, pclass);
+    }
+    deny(Reason::PortNotAllowed, pclass, config)
+}
+
+/// Records connections the host opens: a TCP SYN without ACK, or any UDP
+/// datagram the host sends. XDP then passes packets coming back on them.
+#[classifier]
+pub fn portguard_egress(ctx: TcContext) -> i32 {
+    record_flow(&ctx);
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn record_flow(ctx: &TcContext) {
+    let Ok(mut ethertype) = ctx.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+        return;
+    };
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Ok(inner) = ctx.load::<[u8; 2]>(off + 2).map(u16::from_be_bytes) else {
+            return;
+        };
+        ethertype = inner;
+        off += 4;
+    }
+    let (src, dst, proto, l4) = match ethertype {
+        ETH_P_IP => {
+            let Ok(vihl) = ctx.load::<u8>(off) else { return };
+            let Ok(frag) = ctx.load::<[u8; 2]>(off + 6).map(u16::from_be_bytes) else { return };
+            if frag & 0x1fff != 0 {
+                return;
+            }
+            let (Ok(proto), Ok(s), Ok(d)) =
+                (ctx.load::<u8>(off + 9), ctx.load::<[u8; 4]>(off + 12), ctx.load::<[u8; 4]>(off + 16))
+            else {
+                return;
+            };
+            let map4 = |a: [u8; 4]| [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]];
+            (map4(s), map4(d), proto, off + (vihl & 0x0f) as usize * 4)
+        }
+        ETH_P_IPV6 => {
+            let (Ok(proto), Ok(s), Ok(d)) =
+                (ctx.load::<u8>(off + 6), ctx.load::<Addr>(off + 8), ctx.load::<Addr>(off + 24))
+            else {
+                return;
+            };
+            (s, d, proto, off + 40)
+        }
+        _ => return,
+    };
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return;
+    }
+    let (Ok(sport), Ok(dport)) = (
+        ctx.load::<[u8; 2]>(l4).map(u16::from_be_bytes),
+        ctx.load::<[u8; 2]>(l4 + 2).map(u16::from_be_bytes),
+    ) else {
+        return;
+    };
+    if proto == IPPROTO_TCP {
+        let Ok(flags) = ctx.load::<u8>(l4 + 13) else { return };
+        // SYN without ACK: the host opens the connection.
+        if flags & 0x12 != 0x02 {
+            return;
+        }
+    }
+    let key = FlowKey { remote: dst, local: src, remote_port: dport, local_port: sport, proto, pad: [0; 3] };
+    let _ = FLOWS.insert(&key, &0, 0);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
