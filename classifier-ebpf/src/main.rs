@@ -88,38 +88,31 @@ impl Frame {
         Some(p as *const T)
     }
 
+    /// Copies `N` bytes at `off` out of the packet in one checked read. Reading
+    /// a whole header through the pointer that was checked keeps the verifier
+    /// able to prove the access, whatever LLVM does with the offsets.
     #[inline(always)]
-    fn u8(&self, off: usize) -> Option<u8> {
-        // SAFETY: `ptr` checked the byte lies inside the packet.
-        self.ptr::<u8>(off).map(|p| unsafe { *p })
+    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        // SAFETY: `ptr` checked that all N bytes lie inside the packet.
+        self.ptr::<[u8; N]>(off).map(|p| unsafe { core::ptr::read_unaligned(p) })
     }
+}
 
-    #[inline(always)]
-    fn be16(&self, off: usize) -> Option<u16> {
-        // SAFETY: bounds checked by `ptr`; unaligned reads are fine on BPF.
-        self.ptr::<[u8; 2]>(off).map(|p| u16::from_be_bytes(unsafe { *p }))
-    }
+#[inline(always)]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
 
-    #[inline(always)]
-    fn be32(&self, off: usize) -> Option<u32> {
-        // SAFETY: as above.
-        self.ptr::<[u8; 4]>(off).map(|p| u32::from_be_bytes(unsafe { *p }))
-    }
+#[inline(always)]
+fn mapped4(b: &[u8], at: usize) -> Addr {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[at], b[at + 1], b[at + 2], b[at + 3]]
+}
 
-    /// An IPv4 address at `off`, IPv4-mapped into IPv6.
-    #[inline(always)]
-    fn addr4(&self, off: usize) -> Option<Addr> {
-        let p = self.ptr::<[u8; 4]>(off)?;
-        // SAFETY: bounds checked by `ptr`.
-        let a = unsafe { *p };
-        Some([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]])
-    }
-
-    #[inline(always)]
-    fn addr6(&self, off: usize) -> Option<Addr> {
-        // SAFETY: bounds checked by `ptr`.
-        self.ptr::<Addr>(off).map(|p| unsafe { *p })
-    }
+#[inline(always)]
+fn addr6(b: &[u8], at: usize) -> Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[at..at + 16]);
+    a
 }
 
 /// The network layer summary the transport decision needs.
@@ -184,9 +177,10 @@ fn deny(reason: Reason, pclass: u32, config: &Config) -> Outcome {
 
 #[inline(always)]
 fn classify(frame: &Frame, config: &Config) -> Outcome {
-    let Some(mut ethertype) = frame.be16(12) else {
+    let Some(eth) = frame.bytes::<ETH_HLEN>(0) else {
         return deny(Reason::Malformed, PCLASS_OTHER, config);
     };
+    let mut ethertype = be16(&eth, 12);
     let mut off = ETH_HLEN;
     // One iteration per tag allowed, plus one to see a tag too many.
     for _ in 0..=MAX_VLAN_TAGS {
@@ -196,10 +190,10 @@ fn classify(frame: &Frame, config: &Config) -> Outcome {
         if off >= ETH_HLEN + 4 * MAX_VLAN_TAGS as usize {
             return deny(Reason::VlanDepth, PCLASS_OTHER, config);
         }
-        let Some(inner) = frame.be16(off + 2) else {
+        let Some(tag) = frame.bytes::<4>(off) else {
             return deny(Reason::Malformed, PCLASS_OTHER, config);
         };
-        ethertype = inner;
+        ethertype = be16(&tag, 2);
         off += 4;
     }
     let l3 = match ethertype {
@@ -227,26 +221,26 @@ fn classify(frame: &Frame, config: &Config) -> Outcome {
 
 #[inline(always)]
 fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
-    let vihl = frame.u8(off).ok_or(Reason::Malformed)?;
-    let ihl = (vihl & 0x0f) as usize * 4;
-    if vihl >> 4 != 4 || ihl < 20 {
+    let h = frame.bytes::<20>(off).ok_or(Reason::Malformed)?;
+    let ihl = (h[0] & 0x0f) as usize * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
         return Err(Reason::Malformed);
     }
     // Bounds of the whole header, options included.
     frame.ptr::<u8>(off + ihl - 1).ok_or(Reason::Malformed)?;
-    let total = frame.be16(off + 2).ok_or(Reason::Malformed)? as usize;
+    let total = be16(&h, 2) as usize;
     if total < ihl || off + total > frame.len() {
         return Err(Reason::Malformed);
     }
-    let frag = frame.be16(off + 6).ok_or(Reason::Malformed)?;
+    let frag = be16(&h, 6);
     let more = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
     Ok(L3 {
-        src: frame.addr4(off + 12).ok_or(Reason::Malformed)?,
-        dst: frame.addr4(off + 16).ok_or(Reason::Malformed)?,
-        proto: frame.u8(off + 9).ok_or(Reason::Malformed)?,
+        src: mapped4(&h, 12),
+        dst: mapped4(&h, 16),
+        proto: h[9],
         l4: off + ihl,
-        frag_id: frame.be16(off + 4).ok_or(Reason::Malformed)? as u32,
+        frag_id: be16(&h, 4) as u32,
         fragment: more || offset != 0,
         later_fragment: offset != 0,
         v6: false,
@@ -255,18 +249,18 @@ fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
 
 #[inline(always)]
 fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
-    let version = frame.u8(off).ok_or(Reason::Malformed)? >> 4;
-    if version != 6 {
+    let h = frame.bytes::<40>(off).ok_or(Reason::Malformed)?;
+    if h[0] >> 4 != 6 {
         return Err(Reason::Malformed);
     }
-    let payload = frame.be16(off + 4).ok_or(Reason::Malformed)? as usize;
+    let payload = be16(&h, 4) as usize;
     if off + 40 + payload > frame.len() {
         return Err(Reason::Malformed);
     }
     let mut l3 = L3 {
-        src: frame.addr6(off + 8).ok_or(Reason::Malformed)?,
-        dst: frame.addr6(off + 24).ok_or(Reason::Malformed)?,
-        proto: frame.u8(off + 6).ok_or(Reason::Malformed)?,
+        src: addr6(&h, 8),
+        dst: addr6(&h, 24),
+        proto: h[6],
         l4: off + 40,
         frag_id: 0,
         fragment: false,
@@ -286,19 +280,17 @@ fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
         if i == MAX_IPV6_EXT_HEADERS {
             break;
         }
-        let next = frame.u8(l3.l4).ok_or(Reason::Malformed)?;
+        // Every extension header is at least 8 bytes long.
+        let e = frame.bytes::<8>(l3.l4).ok_or(Reason::Malformed)?;
         if l3.proto == IPPROTO_FRAGMENT {
-            let fo = frame.be16(l3.l4 + 2).ok_or(Reason::Malformed)?;
-            l3.frag_id = frame.be32(l3.l4 + 4).ok_or(Reason::Malformed)?;
-            let offset = fo >> 3;
+            l3.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
             l3.fragment = true;
-            l3.later_fragment = offset != 0;
+            l3.later_fragment = be16(&e, 2) >> 3 != 0;
             l3.l4 += 8;
         } else {
-            let len = frame.u8(l3.l4 + 1).ok_or(Reason::Malformed)? as usize;
-            l3.l4 += (len + 1) * 8;
+            l3.l4 += (e[1] as usize + 1) * 8;
         }
-        l3.proto = next;
+        l3.proto = e[0];
         if l3.later_fragment {
             // Headers after the fragment header belong to the fragmentable
             // part; only the first fragment carries them.
@@ -336,8 +328,14 @@ fn pclass_of(proto: u8) -> u32 {
 #[inline(always)]
 fn classify_l4(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
     match l3.proto {
-        IPPROTO_TCP => classify_ports(frame, l3, config, PROTO_TCP, PCLASS_TCP, TCP_HLEN),
-        IPPROTO_UDP => classify_ports(frame, l3, config, PROTO_UDP, PCLASS_UDP, UDP_HLEN),
+        IPPROTO_TCP => match frame.bytes::<TCP_HLEN>(l3.l4) {
+            Some(h) => classify_ports(l3, config, PROTO_TCP, PCLASS_TCP, be16(&h, 0), be16(&h, 2)),
+            None => deny(Reason::Malformed, PCLASS_TCP, config),
+        },
+        IPPROTO_UDP => match frame.bytes::<UDP_HLEN>(l3.l4) {
+            Some(h) => classify_ports(l3, config, PROTO_UDP, PCLASS_UDP, be16(&h, 0), be16(&h, 2)),
+            None => deny(Reason::Malformed, PCLASS_UDP, config),
+        },
         IPPROTO_ICMP if !l3.v6 => classify_icmp(frame, l3, config),
         IPPROTO_ICMPV6 if l3.v6 => classify_icmp(frame, l3, config),
         IPPROTO_ESP | IPPROTO_AH if to_media_host(l3, config) => ipsec(config, PCLASS_OTHER),
@@ -356,7 +354,10 @@ fn ipsec(config: &Config, pclass: u32) -> Outcome {
 
 #[inline(always)]
 fn classify_icmp(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
-    let Some(icmp_type) = frame.u8(l3.l4) else {
+    // Type, code and checksum: every ICMP message has at least these. (A
+    // one-byte read would also let LLVM turn the check into `end > p`, which
+    // the verifier cannot use.)
+    let Some([icmp_type, _, _, _]) = frame.bytes::<4>(l3.l4) else {
         return deny(Reason::Malformed, PCLASS_ICMP, config);
     };
     let (reason, echo_request) = if l3.v6 {
@@ -407,21 +408,7 @@ fn to_media_host(l3: &L3, config: &Config) -> bool {
 }
 
 #[inline(always)]
-fn classify_ports(
-    frame: &Frame,
-    l3: &L3,
-    config: &Config,
-    proto: u32,
-    pclass: u32,
-    min_hlen: usize,
-) -> Outcome {
-    if frame.ptr::<u8>(l3.l4 + min_hlen - 1).is_none() {
-        return deny(Reason::Malformed, pclass, config);
-    }
-    let (Some(sport), Some(dport)) = (frame.be16(l3.l4), frame.be16(l3.l4 + 2)) else {
-        return deny(Reason::Malformed, pclass, config);
-    };
-
+fn classify_ports(l3: &L3, config: &Config, proto: u32, pclass: u32, sport: u16, dport: u16) -> Outcome {
     if proto == PROTO_TCP {
         // The lockout guard comes before any catalog decision.
         if let Some(m) = MGMT.get(&Key::new(128, l3.src)) {
