@@ -20,8 +20,9 @@ pub mod map_names {
     pub const MGMT: &str = "MGMT";
     pub const FLOWS: &str = "FLOWS";
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const TRACE: &str = "TRACE";
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 7] = [CONFIG, PORT_BLOCKS, COUNTERS, PROFILES, MGMT, FLOWS, FRAGMENTS];
+    pub const ALL: [&str; 8] = [CONFIG, PORT_BLOCKS, COUNTERS, PROFILES, MGMT, FLOWS, FRAGMENTS, TRACE];
 }
 
 /// L4 protocol index used in the port arrays.
@@ -67,6 +68,9 @@ pub const MAX_RULE_SLOTS: u32 = 16_384;
 pub const FLAG_MONITOR: u32 = 1 << 0;
 pub const FLAG_DROP_ECHO: u32 = 1 << 1;
 pub const FLAG_DROP_IPSEC_MEDIA: u32 = 1 << 2;
+/// Tests only: write each packet's counter index to `TRACE[0]`, so a test can
+/// see exactly which verdict and reason one frame got.
+pub const FLAG_TRACE: u32 = 1 << 3;
 
 /// Per-generation part of the configuration, switched with the port arrays.
 #[repr(C)]

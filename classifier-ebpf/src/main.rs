@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use classifier_common::{
-    Addr, COUNTER_ENTRIES, Config, Counter, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR,
+    Addr, COUNTER_ENTRIES, Config, Counter, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR, FLAG_TRACE,
     FLOW_ENTRIES, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES, MAX_IPV6_EXT_HEADERS,
     MAX_VLAN_TAGS, MgmtPorts, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES,
     PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock, ProfileSel, Reason, Verdict, port_block_index,
@@ -33,6 +33,8 @@ static PROFILES: LpmTrie<Addr, ProfileSel> = LpmTrie::with_max_entries(LPM_ENTRI
 static MGMT: LpmTrie<Addr, MgmtPorts> = LpmTrie::with_max_entries(LPM_ENTRIES, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(FLOW_ENTRIES, 0);
+#[map]
+static TRACE: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static FRAGMENTS: LruHashMap<FragKey, FragVerdict> =
     LruHashMap::with_max_entries(FRAGMENT_ENTRIES, 0);
@@ -144,6 +146,9 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
     let frame = Frame { start: ctx.data(), end: ctx.data_end() };
     let config = CONFIG.get(0).ok_or(())?;
     let outcome = classify(&frame, config);
+    if config.flags & FLAG_TRACE != 0 {
+        let _ = TRACE.set(0, outcome.counter, 0);
+    }
     if let Some(c) = COUNTERS.get_ptr_mut(outcome.counter) {
         // SAFETY: a per-CPU array value is only touched by this CPU.
         unsafe {

@@ -1,0 +1,172 @@
+//! The command line, as ../shared/design.md specifies it.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    commands::catalog::{ShowFormat, ShowTable},
+    loader::XdpModeArg,
+    policy::{Mgmt, ProfileArg},
+};
+
+/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid input.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portguard",
+    version,
+    about = "Enforce the Skype for Business Server 2015 port catalog with XDP"
+)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    pub log_level: log::LevelFilter,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach and enforce in the foreground until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Validate, show or export the catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Counters of a running (or crashed) instance, read from its pinned maps.
+    Stats(StatsArgs),
+    /// Remove an attached program that a crashed run left behind.
+    Detach(DetachArgs),
+    /// Ask a running instance to re-read its catalog (same as SIGHUP).
+    Reload(ReloadArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Drop what the catalog does not allow.
+    Enforce,
+    /// Drop nothing; count what would be dropped as `would_drop`.
+    Monitor,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to protect.
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// Roles this host runs (comma-separated role ids); the default profile.
+    /// Without it, packets to addresses outside every --profile are dropped.
+    #[arg(long, value_name = "R[,R...]", value_delimiter = ',')]
+    pub role: Vec<String>,
+    /// Per-destination roles: packets to CIDR are checked against these roles.
+    #[arg(long, value_name = "CIDR=ROLE[,ROLE]")]
+    pub profile: Vec<ProfileArg>,
+    /// Catalog file replacing the embedded default.
+    #[arg(long, value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub mode: Mode,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: XdpModeArg,
+    /// Where to serve GET /metrics.
+    #[arg(long, default_value = "127.0.0.1:9477", value_name = "ADDR")]
+    pub metrics_addr: SocketAddr,
+    /// Narrow the client media range (the seed's ClientMediaPortRange), at least 20 ports.
+    #[arg(long, value_name = "START-END", value_parser = parse_range)]
+    pub client_media_ports: Option<(u16, u16)>,
+    /// Management allowance: TCP to PORT (default 22) from CIDR always passes,
+    /// whatever the catalog says. Repeatable; replaces nothing: the default
+    /// (SSH from anywhere) stays unless --no-default-mgmt.
+    #[arg(long, value_name = "CIDR[:PORT]")]
+    pub mgmt: Vec<Mgmt>,
+    /// Remove the default management allowance (TCP 22 from anywhere).
+    #[arg(long)]
+    pub no_default_mgmt: bool,
+    /// Drop ICMP/ICMPv6 echo requests (they pass by default).
+    #[arg(long)]
+    pub drop_echo: bool,
+    /// Drop ESP, AH and IKE towards hosts whose roles terminate media
+    /// (they pass by default and are counted as ipsec_on_media_path).
+    #[arg(long)]
+    pub drop_ipsec_on_media: bool,
+    /// Ignore state a previous run left pinned (counters start from zero).
+    #[arg(long)]
+    pub clean_start: bool,
+    /// bpffs mount point for pins.
+    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
+    pub bpffs: PathBuf,
+    /// Leave the program attached and pinned on exit (for a restart without a gap).
+    #[arg(long)]
+    pub keep_attached: bool,
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    crate::policy::parse_port_range(s)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Validate a catalog; every error with file:line.
+    Check {
+        /// The catalog file.
+        file: PathBuf,
+    },
+    /// The effective rules.
+    Show {
+        /// Only this role, with its inclusions resolved.
+        #[arg(long, value_name = "R")]
+        role: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ShowFormat,
+        /// Which table: the port rules or the IPsec exceptions.
+        #[arg(long, value_enum, default_value = "rules")]
+        table: ShowTable,
+        #[arg(long, value_name = "FILE")]
+        catalog: Option<PathBuf>,
+    },
+    /// The same policy in another firewall's language.
+    Export {
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Roles (comma-separated); every role when absent.
+        #[arg(long, value_name = "R[,R...]", value_delimiter = ',')]
+        role: Vec<String>,
+        #[arg(long, value_name = "FILE")]
+        catalog: Option<PathBuf>,
+        #[arg(long, value_name = "CIDR[:PORT]")]
+        mgmt: Vec<Mgmt>,
+        #[arg(long)]
+        no_default_mgmt: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Nft,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Interface; every attached instance when absent.
+    #[arg(long, value_name = "IF")]
+    pub iface: Option<String>,
+    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+}

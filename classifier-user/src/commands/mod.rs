@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod catalog;
+pub mod detach;
+pub mod reload;
+pub mod run;
+pub mod stats;

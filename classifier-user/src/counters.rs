@@ -1,0 +1,124 @@
+//! Turning raw counter entries into labelled rows for the summary, `stats`
+//! and the metrics endpoint.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use classifier_common::{
+    Counter, PCLASS_NAMES, REASON_COUNT, Reason, VERDICT_COUNT, Verdict, decode_reason_counter,
+    reason_counter_index,
+};
+
+use crate::policy::SlotRegistry;
+
+/// Labels of one counter row. Never a raw port or address: cardinality stays
+/// bounded by the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowKey {
+    /// The catalog role, or `-` for packets no rule decided.
+    pub role: String,
+    /// The catalog service, or the reason for packets no rule decided.
+    pub service: String,
+    pub proto: String,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub rows: BTreeMap<RowKey, Counter>,
+    /// Drops (and would-be drops) by reason, for `portguard_drops_total`.
+    pub drops: BTreeMap<&'static str, Counter>,
+}
+
+/// The counter indexes worth reading: every slot the registry knows and
+/// every reason entry.
+pub fn indices(registry: &SlotRegistry) -> Vec<u32> {
+    let mut v: Vec<u32> = registry.slots().keys().map(|s| u32::from(*s)).collect();
+    for r in 0..REASON_COUNT {
+        for verdict in 0..VERDICT_COUNT {
+            for pclass in 0..PCLASS_NAMES.len() as u32 {
+                v.push(reason_counter_index(r, verdict, pclass));
+            }
+        }
+    }
+    v
+}
+
+fn add(into: &mut Counter, c: &Counter) {
+    into.packets += c.packets;
+    into.bytes += c.bytes;
+}
+
+pub fn snapshot(registry: &SlotRegistry, raw: &[(u32, Counter)]) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for (index, c) in raw {
+        if c.packets == 0 {
+            continue;
+        }
+        if let Some((reason, verdict, pclass)) = decode_reason_counter(*index) {
+            let verdict = match verdict {
+                0 => Verdict::Pass,
+                1 => Verdict::Drop,
+                _ => Verdict::WouldDrop,
+            };
+            let key = RowKey {
+                role: "-".into(),
+                service: reason.name().into(),
+                proto: PCLASS_NAMES[pclass as usize].into(),
+                verdict: verdict.name(),
+            };
+            add(snap.rows.entry(key).or_default(), c);
+            if verdict != Verdict::Pass {
+                add(snap.drops.entry(reason.name()).or_default(), c);
+            }
+        } else if let Some(rule) = u16::try_from(*index).ok().and_then(|s| registry.get(s)) {
+            let key = RowKey {
+                role: rule.role.clone(),
+                service: rule.service.clone(),
+                proto: rule.proto.clone(),
+                verdict: Verdict::Pass.name(),
+            };
+            add(snap.rows.entry(key).or_default(), c);
+        }
+    }
+    snap
+}
+
+impl Snapshot {
+    pub fn total(&self, verdict: &str) -> u64 {
+        self.rows.iter().filter(|(k, _)| k.verdict == verdict).map(|(_, c)| c.packets).sum()
+    }
+
+    /// Packets counted under one reason (any verdict).
+    pub fn reason(&self, reason: Reason) -> u64 {
+        self.rows.iter().filter(|(k, _)| k.role == "-" && k.service == reason.name()).map(|(_, c)| c.packets).sum()
+    }
+
+    /// An aligned table, biggest counts first.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(&RowKey, &Counter)> = self.rows.iter().collect();
+        rows.sort_by(|a, b| b.1.packets.cmp(&a.1.packets).then(a.0.cmp(b.0)));
+        let w_role = rows.iter().map(|(k, _)| k.role.len()).max().unwrap_or(0).max(4);
+        let w_service = rows.iter().map(|(k, _)| k.service.chars().count()).max().unwrap_or(0).max(7);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<w_role$}  {:<w_service$}  {:<5}  {:<10}  {:>12}  {:>14}",
+            "ROLE", "SERVICE", "PROTO", "VERDICT", "PACKETS", "BYTES"
+        );
+        for (k, c) in rows {
+            let _ = writeln!(
+                out,
+                "{:<w_role$}  {:<w_service$}  {:<5}  {:<10}  {:>12}  {:>14}",
+                k.role, k.service, k.proto, k.verdict, c.packets, c.bytes
+            );
+        }
+        let _ = write!(
+            out,
+            "total: {} passed, {} dropped, {} would drop",
+            self.total("pass"),
+            self.total("drop"),
+            self.total("would_drop")
+        );
+        out
+    }
+}

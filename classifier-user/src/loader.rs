@@ -1,0 +1,470 @@
+//! Loading the eBPF object, writing a policy into its maps, attaching.
+
+use std::{
+    collections::BTreeSet,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        TestRunResult, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc,
+        xdp::XdpLink,
+    },
+};
+use classifier_common::{
+    BLOCKS_PER_PROTO, COUNTER_ENTRIES, FLAG_TRACE, Config, Counter, GenConfig, MgmtPorts, PROFILE_NONE,
+    PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM, map_names,
+    port_block_index,
+};
+
+use crate::{
+    ebpf_object,
+    policy::{CompiledPolicy, Prefix},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("link: {0}")]
+    Link(#[from] LinkError),
+    #[error("pinning under {path}: {source}")]
+    Pin { path: PathBuf, source: io::Error },
+    #[error("{iface} already has an XDP program that portguard did not attach; remove it first (`ip link set dev {iface} xdp off`)")]
+    Busy { iface: String },
+    #[error("no interface named {0}")]
+    NoInterface(String),
+    #[error("{0} needs privileges to load BPF programs (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
+    Permission(String),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
+    move |source| LoadError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
+    move |source| LoadError::Program { name, source }
+}
+
+/// How XDP is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (driver) mode, falling back to generic where the driver lacks it.
+    Auto,
+    Native,
+    Generic,
+}
+
+/// The loaded classifier: programs verified, maps created (or reused from pins).
+pub struct Classifier {
+    ebpf: Ebpf,
+}
+
+impl Classifier {
+    /// Loads the embedded object. With `pin_dir`, every map is reused from (or
+    /// pinned to) that directory, so a restarted daemon finds its policy and
+    /// counters where the last one left them.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self, LoadError> {
+        Self::load_object(ebpf_object::PORTGUARD, pin_dir)
+    }
+
+    pub fn load_object(object: &[u8], pin_dir: Option<&Path>) -> Result<Self, LoadError> {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&'static str, PathBuf)> = match pin_dir {
+            Some(dir) => map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object).map_err(|e| match &e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                if io_error.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                LoadError::Permission("loading portguard".into())
+            }
+            _ => LoadError::Load(e),
+        })?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(LoadError::Missing("XDP program"))?
+            .try_into()
+            .map_err(prog_err("portguard"))?;
+        xdp.load().map_err(prog_err("portguard"))?;
+        if let Some(p) = ebpf.program_mut(TC_EGRESS_PROGRAM) {
+            let tc: &mut SchedClassifier = p.try_into().map_err(prog_err("portguard_egress"))?;
+            tc.load().map_err(prog_err("portguard_egress"))?;
+        }
+        Ok(Classifier { ebpf })
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
+        self.ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(LoadError::Missing("XDP program"))?
+            .try_into()
+            .map_err(prog_err("portguard"))
+    }
+
+    pub fn xdp_ref(&self) -> Result<&Xdp, LoadError> {
+        self.ebpf
+            .program(XDP_PROGRAM)
+            .ok_or(LoadError::Missing("XDP program"))?
+            .try_into()
+            .map_err(prog_err("portguard"))
+    }
+
+    fn tc(&mut self) -> Result<&mut SchedClassifier, LoadError> {
+        self.ebpf
+            .program_mut(TC_EGRESS_PROGRAM)
+            .ok_or(LoadError::Missing("TC program"))?
+            .try_into()
+            .map_err(prog_err("portguard_egress"))
+    }
+
+    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>, LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::Missing(name))?;
+        Array::try_from(map).map_err(map_err(name))
+    }
+
+    pub fn config(&mut self) -> Result<Config, LoadError> {
+        self.array::<Config>(map_names::CONFIG)?.get(&0, 0).map_err(map_err(map_names::CONFIG))
+    }
+
+    fn set_config(&mut self, config: &Config) -> Result<(), LoadError> {
+        self.array::<Config>(map_names::CONFIG)?
+            .set(0, config, 0)
+            .map_err(map_err(map_names::CONFIG))
+    }
+
+    /// Writes `policy` into the generation the packet path does not read, then
+    /// flips to it. The packet path sees the old policy or the new one, never
+    /// a mixture. Returns the generation now in force.
+    pub fn install(&mut self, policy: &CompiledPolicy, catalog_generation: u32) -> Result<u32, LoadError> {
+        let mut config = self.config()?;
+        let active = config.generation & 1;
+        let next = active ^ 1;
+
+        let mut blocks = self.array::<PortBlock>(map_names::PORT_BLOCKS)?;
+        for (profile, compiled) in policy.profiles.iter().enumerate() {
+            for proto in 0..PROTO_COUNT {
+                let base = port_block_index(profile as u32, next, proto, 0);
+                for b in 0..BLOCKS_PER_PROTO {
+                    let value = compiled.blocks[(proto * BLOCKS_PER_PROTO + b) as usize];
+                    blocks.set(base + b, value, 0).map_err(map_err(map_names::PORT_BLOCKS))?;
+                }
+            }
+        }
+
+        self.write_profiles(policy, active, next)?;
+        self.write_mgmt(policy)?;
+
+        // The trace bit belongs to tests, not to the policy.
+        config.flags = policy.flags | (config.flags & FLAG_TRACE);
+        config.gens[next as usize] = GenConfig {
+            default_profile: policy.default_profile,
+            media_profiles: policy.media_profiles,
+            catalog_generation,
+            reserved: 0,
+        };
+        // First write the new generation's settings while the old one is in force…
+        self.set_config(&config)?;
+        // …then the flip: one 4-byte field the packet path reads once per packet.
+        config.generation = next;
+        self.set_config(&config)?;
+        self.prune_profiles(policy)?;
+        Ok(next)
+    }
+
+    fn profiles(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], ProfileSel>, LoadError> {
+        let map = self.ebpf.map_mut(map_names::PROFILES).ok_or(LoadError::Missing("PROFILES"))?;
+        LpmTrie::try_from(map).map_err(map_err(map_names::PROFILES))
+    }
+
+    /// For every prefix in the union of old and new, store what each
+    /// generation resolves it to: then the longest match of any address gives
+    /// the right profile in either generation.
+    fn write_profiles(&mut self, policy: &CompiledPolicy, active: u32, next: u32) -> Result<(), LoadError> {
+        let mut trie = self.profiles()?;
+        let mut existing: Vec<(Prefix, ProfileSel)> = Vec::new();
+        for item in trie.iter() {
+            let (key, sel) = item.map_err(map_err(map_names::PROFILES))?;
+            existing.push((Prefix { addr: key.data(), len: key.prefix_len() as u8 }, sel));
+        }
+        let resolve_old = |p: &Prefix| -> u32 {
+            existing
+                .iter()
+                .filter(|(q, sel)| q.contains(p) && sel.by_generation[active as usize] != PROFILE_NONE)
+                .max_by_key(|(q, _)| q.len)
+                .map_or(PROFILE_NONE, |(_, sel)| sel.by_generation[active as usize])
+        };
+        let resolve_new = |p: &Prefix| -> u32 {
+            policy
+                .prefixes
+                .iter()
+                .filter(|(q, _)| q.contains(p))
+                .max_by_key(|(q, _)| q.len)
+                .map_or(PROFILE_NONE, |(_, profile)| *profile)
+        };
+        let union: BTreeSet<Prefix> =
+            existing.iter().map(|(p, _)| *p).chain(policy.prefixes.iter().map(|(p, _)| *p)).collect();
+        for p in union {
+            let mut sel = ProfileSel::default();
+            sel.by_generation[active as usize] = resolve_old(&p);
+            sel.by_generation[next as usize] = resolve_new(&p);
+            trie.insert(&Key::new(u32::from(p.len), p.addr), sel, 0)
+                .map_err(map_err(map_names::PROFILES))?;
+        }
+        Ok(())
+    }
+
+    /// After the flip, prefixes only the old generation had are dead weight.
+    fn prune_profiles(&mut self, policy: &CompiledPolicy) -> Result<(), LoadError> {
+        let mut trie = self.profiles()?;
+        let keys: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let p = Prefix { addr: key.data(), len: key.prefix_len() as u8 };
+            if !policy.prefixes.iter().any(|(q, _)| *q == p) {
+                trie.remove(&key).map_err(map_err(map_names::PROFILES))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The management allowance is the same in both generations (it comes
+    /// from flags, not the catalog): add the new entries before removing stale
+    /// ones so that it never has a hole.
+    fn write_mgmt(&mut self, policy: &CompiledPolicy) -> Result<(), LoadError> {
+        let map = self.ebpf.map_mut(map_names::MGMT).ok_or(LoadError::Missing("MGMT"))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], MgmtPorts> =
+            LpmTrie::try_from(map).map_err(map_err(map_names::MGMT))?;
+        for (p, ports) in &policy.mgmt {
+            trie.insert(&Key::new(u32::from(p.len), p.addr), MgmtPorts { ports: *ports }, 0)
+                .map_err(map_err(map_names::MGMT))?;
+        }
+        let keys: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let keep = policy.mgmt.iter().any(|(p, _)| u32::from(p.len) == key.prefix_len() && p.addr == key.data());
+            if !keep {
+                trie.remove(&key).map_err(map_err(map_names::MGMT))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the XDP program on one frame in the kernel (`BPF_PROG_TEST_RUN`).
+    /// `duration` of the result is per run.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult, LoadError> {
+        let opts = TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::default() };
+        self.xdp_ref()?.test_run(opts).map_err(prog_err("portguard"))
+    }
+
+    /// Makes the packet path record each packet's counter index in `TRACE`.
+    pub fn set_trace(&mut self, on: bool) -> Result<(), LoadError> {
+        let mut config = self.config()?;
+        config.flags = if on { config.flags | FLAG_TRACE } else { config.flags & !FLAG_TRACE };
+        self.set_config(&config)
+    }
+
+    /// The counter index of the last packet (with tracing on).
+    pub fn last_counter(&mut self) -> Result<u32, LoadError> {
+        self.array::<u32>(map_names::TRACE)?.get(&0, 0).map_err(map_err(map_names::TRACE))
+    }
+
+    /// Per-CPU counters at `indices`, summed over CPUs.
+    pub fn counters(&mut self, indices: impl IntoIterator<Item = u32>) -> Result<Vec<(u32, Counter)>, LoadError> {
+        let map = self.ebpf.map_mut(map_names::COUNTERS).ok_or(LoadError::Missing("COUNTERS"))?;
+        let counters: PerCpuArray<&mut MapData, Counter> =
+            PerCpuArray::try_from(map).map_err(map_err(map_names::COUNTERS))?;
+        read_counters(&counters, indices)
+    }
+
+    /// Attaches XDP to `iface`. `Auto` tries native first and says so when it
+    /// falls back. Returns the mode in force.
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpModeArg) -> Result<(XdpLink, &'static str), LoadError> {
+        let xdp = self.xdp()?;
+        let attempt = |xdp: &mut Xdp, m: XdpMode| -> Result<XdpLink, LoadError> {
+            let id = xdp.attach(iface, m).map_err(|e| classify_attach_error(iface, e))?;
+            xdp.take_link(id).map_err(prog_err("portguard"))
+        };
+        match mode {
+            XdpModeArg::Native => Ok((attempt(xdp, XdpMode::Driver)?, "native")),
+            XdpModeArg::Generic => Ok((attempt(xdp, XdpMode::Skb)?, "generic")),
+            XdpModeArg::Auto => match attempt(xdp, XdpMode::Driver) {
+                Ok(link) => Ok((link, "native")),
+                Err(e @ (LoadError::Busy { .. } | LoadError::NoInterface(_) | LoadError::Permission(_))) => Err(e),
+                Err(e) => {
+                    log::warn!("native XDP is not available on {iface} ({e}); falling back to generic XDP");
+                    Ok((attempt(xdp, XdpMode::Skb)?, "generic"))
+                }
+            },
+        }
+    }
+
+    /// Moves an existing (pinned) XDP link onto this program in one step: the
+    /// interface is never without a program.
+    pub fn take_over_xdp(&mut self, link: FdLink) -> Result<XdpLink, LoadError> {
+        let xdp = self.xdp()?;
+        let link = XdpLink::try_from(link).map_err(LoadError::Link)?;
+        let id = xdp.attach_to_link(link).map_err(prog_err("portguard"))?;
+        xdp.take_link(id).map_err(prog_err("portguard"))
+    }
+
+    /// Attaches the egress flow recorder. Returns its link as an fd link
+    /// (TCX on kernels >= 6.6) for pinning.
+    pub fn attach_tc(&mut self, iface: &str) -> Result<Option<FdLink>, LoadError> {
+        // clsact is only needed on kernels without TCX; an existing one is fine.
+        let _ = tc::qdisc_add_clsact(iface);
+        let tc = self.tc()?;
+        let id = tc.attach(iface, TcAttachType::Egress).map_err(prog_err("portguard_egress"))?;
+        let link = tc.take_link(id).map_err(prog_err("portguard_egress"))?;
+        Ok(FdLink::try_from(link).ok())
+    }
+
+    pub fn take_over_tc(&mut self, link: FdLink) -> Result<FdLink, LoadError> {
+        use aya::programs::tc::SchedClassifierLink;
+        let tc = self.tc()?;
+        let link = SchedClassifierLink::try_from(link).map_err(LoadError::Link)?;
+        let id = tc.attach_to_link(link).map_err(prog_err("portguard_egress"))?;
+        let link = tc.take_link(id).map_err(prog_err("portguard_egress"))?;
+        FdLink::try_from(link).map_err(LoadError::Link)
+    }
+}
+
+fn classify_attach_error(iface: &str, e: ProgramError) -> LoadError {
+    match &e {
+        ProgramError::UnknownInterface { .. } => LoadError::NoInterface(iface.to_string()),
+        ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EBUSY) || s.io_error.raw_os_error() == Some(libc::EEXIST) => {
+            LoadError::Busy { iface: iface.to_string() }
+        }
+        ProgramError::SyscallError(s) if s.io_error.kind() == io::ErrorKind::PermissionDenied => {
+            LoadError::Permission(format!("attaching to {iface}"))
+        }
+        _ => LoadError::Program { name: "portguard", source: e },
+    }
+}
+
+/// Reads only the entries asked for: a scrape touches the slots in use and
+/// the reason counters, not all 16k slots.
+pub fn read_counters<M: std::borrow::Borrow<MapData>>(
+    counters: &PerCpuArray<M, Counter>,
+    indices: impl IntoIterator<Item = u32>,
+) -> Result<Vec<(u32, Counter)>, LoadError> {
+    let mut out = Vec::new();
+    for i in indices {
+        if i >= COUNTER_ENTRIES {
+            continue;
+        }
+        let per_cpu = counters.get(&i, 0).map_err(map_err(map_names::COUNTERS))?;
+        let mut sum = Counter::default();
+        for c in per_cpu.iter() {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+        out.push((i, sum));
+    }
+    Ok(out)
+}
+
+/// The pin directory of an interface.
+pub fn pin_dir(bpffs: &Path, iface: &str) -> PathBuf {
+    bpffs.join("portguard").join(iface)
+}
+
+pub const XDP_LINK_PIN: &str = "xdp_link";
+pub const TC_LINK_PIN: &str = "tc_link";
+
+/// Opens a pinned link if there is one.
+pub fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    // Keep the pin file: if this process dies before it pins again, the
+    // link (and so the protection) stays.
+    Ok(Some(FdLink::from(PinnedLink::from_pin(&path)?)))
+}
+
+/// Pins a link, replacing a stale pin of the same name.
+pub fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, LoadError> {
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    link.pin(&path).map_err(|e| LoadError::Pin { path, source: io::Error::other(e.to_string()) })
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Makes sure `dir` is a bpffs. `ip netns exec` remounts /sys and hides the
+/// host's bpffs, so inside it a fresh one is mounted.
+pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statfs writes into the zeroed struct we own; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let fstype = c"bpf";
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Removes the pins of an interface: maps, links and the directory. Removing a
+/// link pin detaches its program once no process holds the link.
+pub fn remove_pins(dir: &Path) {
+    for name in map_names::ALL.iter().chain([XDP_LINK_PIN, TC_LINK_PIN].iter()) {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// A warning when the NIC strips VLAN tags before XDP sees them: the policy
+/// then applies to the inner packet of every VLAN alike, which the operator
+/// should know.
+pub fn vlan_offload_warning(iface: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GFLAGS: u32 = 0x25;
+    const ETH_FLAG_RXVLAN: u32 = 1 << 8;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue { cmd: ETHTOOL_GFLAGS, data: 0 };
+    // SAFETY: a zeroed ifreq is valid; we copy at most IFNAMSIZ-1 bytes of the name.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= ifr.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: plain socket + ioctl on structures that outlive the call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr) };
+    unsafe { libc::close(fd) };
+    (rc == 0 && value.data & ETH_FLAG_RXVLAN != 0).then(|| {
+        format!(
+            "{iface} strips VLAN tags in hardware (rx-vlan-offload on): XDP sees untagged frames and \
+             classifies every VLAN's traffic alike; `ethtool -K {iface} rxvlan off` lets portguard see the tags"
+        )
+    })
+}

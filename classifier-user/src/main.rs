@@ -1,0 +1,72 @@
+//! The `portguard` binary: parse flags, set up logging, dispatch.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use portguard::{
+    catalog::Catalog,
+    cli::{CatalogCommand, Cli, Command, EXIT_USAGE},
+    commands,
+    policy::Mgmt,
+};
+
+fn main() -> ExitCode {
+    // clap exits with 2 on bad usage, as the contract wants.
+    let cli = Cli::parse();
+    env_logger::Builder::new()
+        .filter_level(cli.log_level)
+        .format_target(false)
+        .parse_env("PORTGUARD_LOG")
+        .init();
+    ExitCode::from(match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Stats(args) => commands::stats::stats(args),
+        Command::Detach(args) => commands::detach::detach(args),
+        Command::Reload(args) => commands::reload::reload(args),
+        Command::Catalog(c) => catalog(c),
+    })
+}
+
+fn load_catalog(path: Option<&std::path::Path>) -> Result<Catalog, u8> {
+    commands::run::read_catalog(path).map_err(|e| {
+        eprintln!("{e}");
+        EXIT_USAGE
+    })
+}
+
+fn catalog(c: CatalogCommand) -> u8 {
+    match c {
+        CatalogCommand::Check { file } => commands::catalog::check(&file),
+        CatalogCommand::Show { role, format, table, catalog } => match load_catalog(catalog.as_deref()) {
+            Ok(cat) => commands::catalog::show(&cat, role.as_deref(), format, table),
+            Err(code) => code,
+        },
+        CatalogCommand::Export { format: _, role, catalog, mgmt, no_default_mgmt } => {
+            let cat = match load_catalog(catalog.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let mut allowances = if no_default_mgmt { Vec::new() } else { Mgmt::defaults() };
+            allowances.extend(mgmt);
+            let roles = if role.is_empty() { cat.role_ids().iter().map(|r| r.to_string()).collect() } else { role };
+            let mgmt: Vec<portguard::catalog::MgmtAllowance> = allowances
+                .iter()
+                .map(|m| portguard::catalog::MgmtAllowance {
+                    prefix: m.prefix.ip(),
+                    prefix_len: m.prefix.display_len(),
+                    port: m.port,
+                })
+                .collect();
+            match commands::catalog::export_nft(&cat, &roles, &mgmt) {
+                Ok(text) => {
+                    print!("{text}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("portguard catalog export: {e}");
+                    EXIT_USAGE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! From a catalog and the `run` flags to the contents of the BPF maps.
+//!
+//! Compiling is pure (no syscalls), so a reload can build and check the whole
+//! new policy before it touches anything the packet path reads.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+    str::FromStr,
+};
+
+use classifier_common::{
+    Addr, BLOCKS_PER_PROTO, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR, MAX_PROFILES,
+    MAX_RULE_SLOTS, MGMT_PORTS, PORTS_PER_BLOCK, PROFILE_NONE, PROTO_COUNT, PROTO_TCP, PROTO_UDP,
+    PortBlock,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, CatalogError, EffectiveRule, Protocol, assign_ports};
+
+/// Roles whose rules open the audio/video media ranges: a host running one of
+/// them sits on a media path, where the seed says IPsec must be off.
+const MEDIA_ROLES: [&str; 3] = ["all-internal-servers", "front-end-mediation", "mediation"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
+    #[error("more than {MAX_PROFILES} profiles (the default counts as one)")]
+    TooManyProfiles,
+    #[error("more than {} distinct rules; the counter table is full", MAX_RULE_SLOTS - 1)]
+    TooManyRules,
+}
+
+/// An IPv4 or IPv6 prefix, stored as an IPv4-mapped IPv6 prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Prefix {
+    pub addr: Addr,
+    /// Length in the IPv6 (mapped) space: an IPv4 /24 is 96 + 24.
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn new(ip: IpAddr, len: u8) -> Result<Self, String> {
+        let (v6, len) = match ip {
+            IpAddr::V4(v4) if len <= 32 => (v4.to_ipv6_mapped(), len + 96),
+            IpAddr::V6(v6) if len <= 128 => (v6, len),
+            _ => return Err(format!("prefix length /{len} is too long for {ip}")),
+        };
+        let mut addr = v6.octets();
+        mask(&mut addr, len);
+        Ok(Prefix { addr, len })
+    }
+
+    /// Whether `self` contains `other` (is the same or shorter and matches).
+    pub fn contains(&self, other: &Prefix) -> bool {
+        if other.len < self.len {
+            return false;
+        }
+        let mut a = other.addr;
+        mask(&mut a, self.len);
+        a == self.addr
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        let v6 = Ipv6Addr::from(self.addr);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if self.len >= 96 => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6),
+        }
+    }
+
+    pub fn display_len(&self) -> u8 {
+        if matches!(self.ip(), IpAddr::V4(_)) { self.len - 96 } else { self.len }
+    }
+}
+
+fn mask(addr: &mut Addr, len: u8) {
+    for (i, byte) in addr.iter_mut().enumerate() {
+        let bits = (len as usize).saturating_sub(i * 8).min(8);
+        *byte &= if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip(), self.display_len())
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (s, None),
+        };
+        let ip: IpAddr = ip.parse().map_err(|_| format!("`{ip}` is not an IP address"))?;
+        let len = match len {
+            Some(l) => l.parse::<u8>().map_err(|_| format!("`{l}` is not a prefix length"))?,
+            None if ip.is_ipv4() => 32,
+            None => 128,
+        };
+        Prefix::new(ip, len)
+    }
+}
+
+/// `--mgmt CIDR[:PORT]`: TCP to PORT (22 by default) from CIDR always passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mgmt {
+    pub prefix: Prefix,
+    pub port: u16,
+}
+
+pub const DEFAULT_MGMT_PORT: u16 = 22;
+
+impl Mgmt {
+    /// The default lockout guard: SSH from anywhere, both families.
+    pub fn defaults() -> Vec<Mgmt> {
+        ["0.0.0.0/0", "::/0"]
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .map(|prefix| Mgmt { prefix, port: DEFAULT_MGMT_PORT })
+            .collect()
+    }
+}
+
+impl FromStr for Mgmt {
+    type Err = String;
+    /// `10.0.0.0/8`, `10.0.0.0/8:2222`, `2001:db8::/32`, `[2001:db8::/32]:2222`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (cidr, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (cidr, tail) = rest.split_once(']').ok_or("missing `]`")?;
+            let port = match tail.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if tail.is_empty() => None,
+                None => return Err(format!("unexpected `{tail}` after `]`")),
+            };
+            (cidr, port)
+        } else if s.matches(':').count() == 1 {
+            let (c, p) = s.split_once(':').ok_or("unreachable")?;
+            (c, Some(p))
+        } else {
+            (s, None)
+        };
+        let port = match port {
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(format!("`{p}` is not a port (1-65535)")),
+                Ok(p) => p,
+            },
+            None => DEFAULT_MGMT_PORT,
+        };
+        Ok(Mgmt { prefix: cidr.parse()?, port })
+    }
+}
+
+/// `--profile CIDR=ROLE[,ROLE]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileArg {
+    pub prefix: Prefix,
+    pub roles: Vec<String>,
+}
+
+impl FromStr for ProfileArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (cidr, roles) = s.split_once('=').ok_or("expected CIDR=ROLE[,ROLE]")?;
+        let roles = split_roles(roles);
+        if roles.is_empty() {
+            return Err("no role after `=`".into());
+        }
+        Ok(ProfileArg { prefix: cidr.parse()?, roles })
+    }
+}
+
+pub fn split_roles(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect()
+}
+
+/// Everything `run` was told about the policy, apart from the catalog.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySpec {
+    /// `--role`: the default profile, or `None` to drop packets to addresses
+    /// outside every `--profile`.
+    pub default_roles: Option<Vec<String>>,
+    pub profiles: Vec<ProfileArg>,
+    pub mgmt: Vec<Mgmt>,
+    pub monitor: bool,
+    pub drop_echo: bool,
+    pub drop_ipsec_on_media: bool,
+    pub client_media: Option<(u16, u16)>,
+}
+
+impl PolicySpec {
+    pub fn flags(&self) -> u32 {
+        let mut f = 0;
+        if self.monitor {
+            f |= FLAG_MONITOR;
+        }
+        if self.drop_echo {
+            f |= FLAG_DROP_ECHO;
+        }
+        if self.drop_ipsec_on_media {
+            f |= FLAG_DROP_IPSEC_MEDIA;
+        }
+        f
+    }
+}
+
+/// What a counter slot stands for: one catalog rule for one protocol. Slots
+/// are handed out once and kept for the life of the pinned maps, so counters
+/// keep counting when a reload moves or renumbers rules.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RuleKey {
+    pub role: String,
+    pub service: String,
+    pub proto: String,
+    pub port_start: u16,
+    pub port_end: u16,
+}
+
+impl RuleKey {
+    fn of(rule: &EffectiveRule) -> RuleKey {
+        RuleKey {
+            role: rule.role.clone(),
+            service: rule.service.clone(),
+            proto: proto_name(rule.protocol).to_string(),
+            port_start: rule.port_start,
+            port_end: rule.port_end,
+        }
+    }
+}
+
+pub fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// Slot numbers of rules, persistent across reloads and restarts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SlotRegistry {
+    slots: BTreeMap<u16, RuleKey>,
+    #[serde(skip)]
+    by_key: HashMap<RuleKey, u16>,
+}
+
+impl SlotRegistry {
+    pub fn from_slots(slots: BTreeMap<u16, RuleKey>) -> Self {
+        let by_key = slots.iter().map(|(s, k)| (k.clone(), *s)).collect();
+        SlotRegistry { slots, by_key }
+    }
+
+    pub fn slot_of(&mut self, key: &RuleKey) -> Result<u16, PolicyError> {
+        if let Some(s) = self.by_key.get(key) {
+            return Ok(*s);
+        }
+        let next = self.slots.keys().next_back().map_or(1, |s| s + 1);
+        if u32::from(next) >= MAX_RULE_SLOTS {
+            return Err(PolicyError::TooManyRules);
+        }
+        self.slots.insert(next, key.clone());
+        self.by_key.insert(key.clone(), next);
+        Ok(next)
+    }
+
+    pub fn get(&self, slot: u16) -> Option<&RuleKey> {
+        self.slots.get(&slot)
+    }
+
+    pub fn slots(&self) -> &BTreeMap<u16, RuleKey> {
+        &self.slots
+    }
+}
+
+/// One profile's port arrays for both protocols, ready to copy into the map.
+pub struct CompiledProfile {
+    pub roles: Vec<String>,
+    /// `PROTO_COUNT * BLOCKS_PER_PROTO` blocks: TCP first, then UDP.
+    pub blocks: Vec<PortBlock>,
+    pub media: bool,
+    pub rules: usize,
+}
+
+impl CompiledProfile {
+    /// The slot the packet path finds for (proto, port).
+    pub fn slot(&self, proto: u32, port: u16) -> u16 {
+        let b = &self.blocks[(proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK) as usize];
+        b.slots[(u32::from(port) % PORTS_PER_BLOCK) as usize]
+    }
+}
+
+/// The full policy of one generation.
+pub struct CompiledPolicy {
+    pub profiles: Vec<CompiledProfile>,
+    pub default_profile: u32,
+    /// Destination prefixes and their profile.
+    pub prefixes: Vec<(Prefix, u32)>,
+    pub media_profiles: u32,
+    pub flags: u32,
+    /// `MGMT` trie entries, with the ports of every containing prefix folded in.
+    pub mgmt: Vec<(Prefix, [u16; MGMT_PORTS])>,
+    /// Rules per role, for the `portguard_catalog_rules` gauge.
+    pub rules_per_role: BTreeMap<String, usize>,
+}
+
+impl CompiledPolicy {
+    /// Which profile the packet path picks for a destination address.
+    pub fn profile_for(&self, dst: &Addr) -> u32 {
+        let host = Prefix { addr: *dst, len: 128 };
+        self.prefixes
+            .iter()
+            .filter(|(p, _)| p.contains(&host))
+            .max_by_key(|(p, _)| p.len)
+            .map_or(self.default_profile, |(_, profile)| *profile)
+    }
+}
+
+pub fn compile(
+    catalog: &Catalog,
+    spec: &PolicySpec,
+    registry: &mut SlotRegistry,
+) -> Result<CompiledPolicy, PolicyError> {
+    let catalog = match spec.client_media {
+        Some((start, end)) => catalog.with_client_media(start, end)?,
+        None => catalog.clone(),
+    };
+    let mut role_sets: Vec<&Vec<String>> = Vec::new();
+    let default_profile = match &spec.default_roles {
+        Some(roles) => {
+            role_sets.push(roles);
+            0
+        }
+        None => PROFILE_NONE,
+    };
+    let mut prefixes = Vec::new();
+    for p in &spec.profiles {
+        // Profiles with the same roles share their arrays.
+        let idx = match role_sets.iter().position(|r| **r == p.roles) {
+            Some(i) => i,
+            None => {
+                role_sets.push(&p.roles);
+                role_sets.len() - 1
+            }
+        };
+        if prefixes.iter().any(|(q, _): &(Prefix, u32)| *q == p.prefix) {
+            return Err(PolicyError::Flag {
+                flag: "--profile",
+                message: format!("{} is given twice", p.prefix),
+            });
+        }
+        prefixes.push((p.prefix, idx as u32));
+    }
+    if role_sets.len() > MAX_PROFILES as usize {
+        return Err(PolicyError::TooManyProfiles);
+    }
+    if role_sets.is_empty() {
+        return Err(PolicyError::Flag {
+            flag: "--role",
+            message: "give --role, or at least one --profile CIDR=ROLE".into(),
+        });
+    }
+
+    let mut profiles = Vec::new();
+    let mut media_profiles = 0u32;
+    let mut rules_per_role = BTreeMap::new();
+    for (i, roles) in role_sets.iter().enumerate() {
+        let rules = catalog.effective_rules(roles)?;
+        let mut blocks = vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize];
+        for a in assign_ports(&rules) {
+            let slot = registry.slot_of(&RuleKey::of(&rules[a.rule]))?;
+            let proto = match a.protocol {
+                Protocol::Tcp => PROTO_TCP,
+                Protocol::Udp => PROTO_UDP,
+            };
+            for port in a.start..=a.end {
+                let idx = proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK;
+                blocks[idx as usize].slots[(u32::from(port) % PORTS_PER_BLOCK) as usize] = slot;
+            }
+        }
+        for r in &rules {
+            *rules_per_role.entry(r.role.clone()).or_insert(0) += 1;
+        }
+        let media = rules.iter().any(|r| MEDIA_ROLES.contains(&r.role.as_str()));
+        if media {
+            media_profiles |= 1 << i;
+        }
+        profiles.push(CompiledProfile { roles: (*roles).clone(), blocks, media, rules: rules.len() });
+    }
+
+    Ok(CompiledPolicy {
+        profiles,
+        default_profile,
+        prefixes,
+        media_profiles,
+        flags: spec.flags(),
+        mgmt: fold_mgmt(&spec.mgmt)?,
+        rules_per_role,
+    })
+}
+
+/// An LPM lookup returns only the longest match, so every prefix carries the
+/// ports of the shorter prefixes that contain it.
+fn fold_mgmt(mgmt: &[Mgmt]) -> Result<Vec<(Prefix, [u16; MGMT_PORTS])>, PolicyError> {
+    let mut prefixes: Vec<Prefix> = mgmt.iter().map(|m| m.prefix).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    prefixes
+        .into_iter()
+        .map(|p| {
+            let mut ports: Vec<u16> =
+                mgmt.iter().filter(|m| m.prefix.contains(&p)).map(|m| m.port).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            if ports.len() > MGMT_PORTS {
+                return Err(PolicyError::Flag {
+                    flag: "--mgmt",
+                    message: format!("{p} would allow more than {MGMT_PORTS} ports"),
+                });
+            }
+            let mut out = [0u16; MGMT_PORTS];
+            out[..ports.len()].copy_from_slice(&ports);
+            Ok((p, out))
+        })
+        .collect()
+}
+
+/// Parses `A-B` for `--client-media-ports`.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u16 = a.trim().parse().map_err(|_| format!("`{a}` is not a port"))?;
+    let b: u16 = b.trim().parse().map_err(|_| format!("`{b}` is not a port"))?;
+    if a == 0 || a > b {
+        return Err(format!("`{s}` is not a range START-END with 1 <= START <= END <= 65535"));
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(roles: &[&str]) -> PolicySpec {
+        PolicySpec {
+            default_roles: Some(roles.iter().map(|s| s.to_string()).collect()),
+            mgmt: Mgmt::defaults(),
+            ..PolicySpec::default()
+        }
+    }
+
+    #[test]
+    fn front_end_allows_sip_and_media_and_nothing_else_checked() {
+        let cat = Catalog::embedded();
+        let mut reg = SlotRegistry::default();
+        let p = compile(&cat, &spec(&["front-end"]), &mut reg).expect("front-end compiles");
+        let fe = &p.profiles[0];
+        for (proto, port, allowed) in [
+            (PROTO_TCP, 5061, true),
+            (PROTO_TCP, 443, true),
+            (PROTO_UDP, 50_000, true),
+            (PROTO_UDP, 1434, true),
+            (PROTO_TCP, 3389, false),
+            (PROTO_UDP, 161, false),
+            (PROTO_TCP, 1433, false),
+            (PROTO_TCP, 22, false),
+        ] {
+            assert_eq!(fe.slot(proto, port) != 0, allowed, "proto {proto} port {port}");
+        }
+        assert!(fe.media, "front-end terminates audio");
+    }
+
+    #[test]
+    fn slots_survive_a_recompile() {
+        let cat = Catalog::embedded();
+        let mut reg = SlotRegistry::default();
+        let a = compile(&cat, &spec(&["front-end"]), &mut reg).expect("compiles");
+        let b = compile(&cat, &spec(&["front-end", "director"]), &mut reg).expect("compiles");
+        let c = compile(&cat, &spec(&["front-end"]), &mut reg).expect("compiles");
+        assert_eq!(a.profiles[0].slot(PROTO_TCP, 5061), c.profiles[0].slot(PROTO_TCP, 5061));
+        assert_ne!(b.profiles[0].slot(PROTO_TCP, 5061), 0);
+    }
+
+    #[test]
+    fn mgmt_parsing_and_folding() {
+        let m: Mgmt = "10.0.0.0/8".parse().expect("v4 cidr");
+        assert_eq!((m.prefix.len, m.port), (104, 22));
+        let m: Mgmt = "10.1.0.0/16:2222".parse().expect("v4 cidr with port");
+        assert_eq!(m.port, 2222);
+        let m: Mgmt = "[2001:db8::/32]:2222".parse().expect("v6 with port");
+        assert_eq!((m.prefix.len, m.port), (32, 2222));
+        let m: Mgmt = "2001:db8::/32".parse().expect("v6 without port");
+        assert_eq!(m.port, 22);
+        assert!("10.0.0.0/8:0".parse::<Mgmt>().is_err());
+        assert!("10.0.0.0/33".parse::<Mgmt>().is_err());
+        let folded = fold_mgmt(&[
+            "10.0.0.0/8".parse().expect("ok"),
+            "10.1.0.0/16:2222".parse().expect("ok"),
+        ])
+        .expect("folds");
+        let inner = folded.iter().find(|(p, _)| p.len == 112).expect("the /16");
+        assert_eq!(&inner.1[..2], &[22, 2222], "the /16 inherits port 22 of the /8");
+    }
+
+    #[test]
+    fn profiles_pick_longest_prefix() {
+        let cat = Catalog::embedded();
+        let mut reg = SlotRegistry::default();
+        let mut s = spec(&["front-end"]);
+        s.profiles = vec![
+            "198.18.0.0/16=director".parse().expect("ok"),
+            "198.18.5.0/24=mediation".parse().expect("ok"),
+        ];
+        let p = compile(&cat, &s, &mut reg).expect("compiles");
+        let addr = |ip: &str| Prefix::from_str(ip).expect("ip").addr;
+        assert_eq!(p.profile_for(&addr("198.18.5.7")), 2);
+        assert_eq!(p.profile_for(&addr("198.18.6.7")), 1);
+        assert_eq!(p.profile_for(&addr("198.19.0.1")), 0);
+    }
+
+    #[test]
+    fn port_range_flag() {
+        assert_eq!(parse_port_range("50000-50019"), Ok((50_000, 50_019)));
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("20-10").is_err());
+        assert!(parse_port_range("x").is_err());
+    }
+}
