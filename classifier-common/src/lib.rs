@@ -21,8 +21,10 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOWS";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const TRACE: &str = "TRACE";
+    pub const FLOW_PORTS: &str = "FLOW_PORTS";
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 8] = [CONFIG, PORT_BLOCKS, COUNTERS, PROFILES, MGMT, FLOWS, FRAGMENTS, TRACE];
+    pub const ALL: [&str; 9] =
+        [CONFIG, PORT_BLOCKS, COUNTERS, PROFILES, MGMT, FLOWS, FRAGMENTS, TRACE, FLOW_PORTS];
 }
 
 /// L4 protocol index used in the port arrays.
@@ -64,6 +66,9 @@ pub struct PortBlock {
 /// Rule slots 1..MAX_RULE_SLOTS index `COUNTERS` directly; slot 0 is "no rule".
 pub const MAX_RULE_SLOTS: u32 = 16_384;
 
+/// Most ports one management prefix allows.
+pub const MGMT_PORTS: usize = 8;
+
 /// `Config::flags`.
 pub const FLAG_MONITOR: u32 = 1 << 0;
 pub const FLAG_DROP_ECHO: u32 = 1 << 1;
@@ -82,7 +87,9 @@ pub struct GenConfig {
     pub media_profiles: u32,
     /// Catalog generation counter, shown by stats and metrics.
     pub catalog_generation: u32,
-    pub reserved: u32,
+    /// Non-zero when `PROFILES` has prefixes for this generation; when zero
+    /// the packet path skips the trie lookup.
+    pub has_prefixes: u32,
 }
 
 /// The single entry of the `CONFIG` array.
@@ -94,6 +101,9 @@ pub struct Config {
     pub generation: u32,
     pub flags: u32,
     pub gens: [GenConfig; GENERATIONS as usize],
+    /// Every port some `--mgmt` allowance opens (0 = unused): only packets to
+    /// one of these pay for the `MGMT` trie lookup.
+    pub mgmt_ports: [u16; MGMT_PORTS],
 }
 
 /// Value of the `PROFILES` LPM trie: the destination's profile in each generation.
@@ -102,9 +112,6 @@ pub struct Config {
 pub struct ProfileSel {
     pub by_generation: [u32; GENERATIONS as usize],
 }
-
-/// Most ports one management prefix allows.
-pub const MGMT_PORTS: usize = 8;
 
 /// Value of the `MGMT` LPM trie (keyed by source address): TCP destination
 /// ports always allowed from that prefix. Userspace folds the ports of every
@@ -143,6 +150,13 @@ pub struct FlowKey {
     pub proto: u8,
     pub pad: [u8; 3],
 }
+
+/// `FLOW_PORTS` has one byte per local port, set by the egress recorder when
+/// the host opens a flow from that port. A zero byte proves no flow can match,
+/// so the packet path skips the `FLOWS` hash lookup. Bytes rather than bits:
+/// two CPUs setting neighbouring ports must not undo each other's store.
+pub const FLOW_PORTS_PER_ENTRY: u32 = 8;
+pub const FLOW_PORT_ENTRIES: u32 = 65_536 / FLOW_PORTS_PER_ENTRY;
 
 /// Key of `FRAGMENTS`: one fragmented datagram.
 #[repr(C)]
@@ -368,7 +382,7 @@ mod tests {
     #[test]
     fn map_values_have_expected_sizes() {
         assert_eq!(size_of::<PortBlock>(), 8);
-        assert_eq!(size_of::<Config>(), 40);
+        assert_eq!(size_of::<Config>(), 56);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<LpmKey>(), 20);

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use classifier_common::{
     Addr, COUNTER_ENTRIES, Config, Counter, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR, FLAG_TRACE,
-    FLOW_ENTRIES, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES, MAX_IPV6_EXT_HEADERS,
+    FLOW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES, MAX_IPV6_EXT_HEADERS,
     MAX_VLAN_TAGS, MgmtPorts, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES,
     PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock, ProfileSel, Reason, Verdict, port_block_index,
     reason_counter_index,
@@ -33,6 +33,8 @@ static PROFILES: LpmTrie<Addr, ProfileSel> = LpmTrie::with_max_entries(LPM_ENTRI
 static MGMT: LpmTrie<Addr, MgmtPorts> = LpmTrie::with_max_entries(LPM_ENTRIES, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(FLOW_ENTRIES, 0);
+#[map]
+static FLOW_PORTS: Array<[u8; FLOW_PORTS_PER_ENTRY as usize]> = Array::with_max_entries(FLOW_PORT_ENTRIES, 0);
 #[map]
 static TRACE: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
@@ -58,6 +60,8 @@ const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 const TCP_HLEN: usize = 20;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const UDP_HLEN: usize = 8;
 
 /// What the packet path decided: the `COUNTERS` entry to bump and whether the
@@ -334,11 +338,11 @@ fn pclass_of(proto: u8) -> u32 {
 fn classify_l4(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
     match l3.proto {
         IPPROTO_TCP => match frame.bytes::<TCP_HLEN>(l3.l4) {
-            Some(h) => classify_ports(l3, config, PROTO_TCP, PCLASS_TCP, be16(&h, 0), be16(&h, 2)),
+            Some(h) => classify_ports(l3, config, PROTO_TCP, PCLASS_TCP, be16(&h, 0), be16(&h, 2), h[13]),
             None => deny(Reason::Malformed, PCLASS_TCP, config),
         },
         IPPROTO_UDP => match frame.bytes::<UDP_HLEN>(l3.l4) {
-            Some(h) => classify_ports(l3, config, PROTO_UDP, PCLASS_UDP, be16(&h, 0), be16(&h, 2)),
+            Some(h) => classify_ports(l3, config, PROTO_UDP, PCLASS_UDP, be16(&h, 0), be16(&h, 2), 0),
             None => deny(Reason::Malformed, PCLASS_UDP, config),
         },
         IPPROTO_ICMP if !l3.v6 => classify_icmp(frame, l3, config),
@@ -396,6 +400,9 @@ fn classify_icmp(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
 fn profile_of(l3: &L3, config: &Config) -> u32 {
     let generation = (config.generation & 1) as usize;
     let default = config.gens[generation].default_profile;
+    if config.gens[generation].has_prefixes == 0 {
+        return default;
+    }
     match PROFILES.get(&Key::new(128, l3.dst)) {
         Some(sel) => match sel.by_generation[generation] {
             PROFILE_NONE => default,
@@ -413,52 +420,86 @@ fn to_media_host(l3: &L3, config: &Config) -> bool {
 }
 
 #[inline(always)]
-fn classify_ports(l3: &L3, config: &Config, proto: u32, pclass: u32, sport: u16, dport: u16) -> Outcome {
-    if proto == PROTO_TCP {
-        // The lockout guard comes before any catalog decision.
+fn classify_ports(l3: &L3, config: &Config, proto: u32, pclass: u32, sport: u16, dport: u16, flags: u8) -> Outcome {
+    if proto == PROTO_UDP && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)) {
+        return pass(Reason::Dhcp, pclass);
+    }
+
+    let profile = profile_of(l3, config);
+    if profile != PROFILE_NONE {
+        let generation = config.generation & 1;
+        if let Some(block) = PORT_BLOCKS.get_ptr(port_block_index(profile, generation, proto, dport)) {
+            // Four u16 slots read as one word: no indexing, so no bounds branch.
+            // SAFETY: `get_ptr` returned a valid pointer to an 8-byte value.
+            let word = unsafe { core::ptr::read_unaligned(block as *const u64) };
+            let slot = (word >> ((dport as u64 & 3) * 16)) as u16;
+            if slot != 0 {
+                return Outcome { counter: slot as u32, pass: true };
+            }
+        }
+    }
+
+    // The lockout guard: no catalog can take it away. Checked after the
+    // catalog only so that allowed traffic does not pay for it; a port the
+    // catalog allows is counted under its rule.
+    if proto == PROTO_TCP && is_mgmt_port(config, dport) {
         if let Some(m) = MGMT.get(&Key::new(128, l3.src)) {
             let mut i = 0;
             while i < m.ports.len() {
-                if m.ports[i] == dport && dport != 0 {
+                if m.ports[i] == dport {
                     return pass(Reason::Management, pclass);
                 }
                 i += 1;
             }
         }
-    } else if (sport == 67 && dport == 68) || (sport == 547 && dport == 546) {
-        return pass(Reason::Dhcp, pclass);
     }
 
-    let profile = profile_of(l3, config);
-    if profile == PROFILE_NONE {
-        return deny(Reason::NoProfile, pclass, config);
-    }
-    let generation = config.generation & 1;
-    if let Some(block) = PORT_BLOCKS.get_ptr(port_block_index(profile, generation, proto, dport)) {
-        // Four u16 slots read as one word: no indexing, so no bounds branch.
-        // SAFETY: `get_ptr` returned a valid pointer to an 8-byte value.
-        let word = unsafe { core::ptr::read_unaligned(block as *const u64) };
-        let slot = (word >> ((dport as u64 & 3) * 16)) as u16;
-        if slot != 0 {
-            return Outcome { counter: slot as u32, pass: true };
+    // A pure SYN opens a connection: it is never a reply.
+    let syn_only = proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if !syn_only && local_port_has_flows(dport) {
+        let flow = FlowKey {
+            remote: l3.src,
+            local: l3.dst,
+            remote_port: sport,
+            local_port: dport,
+            proto: l3.proto,
+            pad: [0; 3],
+        };
+        if FLOWS.get_ptr(&flow).is_some() {
+            return pass(Reason::Established, pclass);
         }
     }
-
-    let flow = FlowKey {
-        remote: l3.src,
-        local: l3.dst,
-        remote_port: sport,
-        local_port: dport,
-        proto: l3.proto,
-        pad: [0; 3],
-    };
-    if FLOWS.get_ptr(&flow).is_some() {
-        return pass(Reason::Established, pclass);
+    if profile == PROFILE_NONE {
+        return deny(Reason::NoProfile, pclass, config);
     }
     if proto == PROTO_UDP && (dport == 500 || dport == 4500) && to_media_host(l3, config) {
         return ipsec(config, pclass);
     }
     deny(Reason::PortNotAllowed, pclass, config)
+}
+
+#[inline(always)]
+fn is_mgmt_port(config: &Config, port: u16) -> bool {
+    let mut i = 0;
+    while i < config.mgmt_ports.len() {
+        if config.mgmt_ports[i] == port && port != 0 {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn local_port_has_flows(port: u16) -> bool {
+    match FLOW_PORTS.get(port as u32 / FLOW_PORTS_PER_ENTRY) {
+        Some(bytes) => {
+            // SAFETY: reading 8 bytes of a valid 8-byte map value as one word.
+            let word = unsafe { core::ptr::read_unaligned(bytes as *const _ as *const u64) };
+            (word >> ((port as u64 % FLOW_PORTS_PER_ENTRY as u64) * 8)) & 0xff != 0
+        }
+        None => true,
+    }
 }
 
 /// Records connections the host opens: a TCP SYN without ACK, or any UDP
@@ -522,12 +563,17 @@ fn record_flow(ctx: &TcContext) {
     if proto == IPPROTO_TCP {
         let Ok(flags) = ctx.load::<u8>(l4 + 13) else { return };
         // SYN without ACK: the host opens the connection.
-        if flags & 0x12 != 0x02 {
+        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
             return;
         }
     }
     let key = FlowKey { remote: dst, local: src, remote_port: dport, local_port: sport, proto, pad: [0; 3] };
     let _ = FLOWS.insert(&key, &0, 0);
+    if let Some(bytes) = FLOW_PORTS.get_ptr_mut(sport as u32 / FLOW_PORTS_PER_ENTRY) {
+        // SAFETY: a byte store into a valid map value; other CPUs only ever
+        // store 1 into their own bytes, so no update is lost.
+        unsafe { (*bytes)[(sport as usize) & (FLOW_PORTS_PER_ENTRY as usize - 1)] = 1 };
+    }
 }
 
 #[cfg(not(test))]

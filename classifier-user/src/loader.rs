@@ -177,8 +177,9 @@ impl Classifier {
             default_profile: policy.default_profile,
             media_profiles: policy.media_profiles,
             catalog_generation,
-            reserved: 0,
+            has_prefixes: u32::from(!policy.prefixes.is_empty()),
         };
+        config.mgmt_ports = policy.mgmt_ports;
         // First write the new generation's settings while the old one is in force…
         self.set_config(&config)?;
         // …then the flip: one 4-byte field the packet path reads once per packet.

@@ -304,6 +304,8 @@ pub struct CompiledPolicy {
     pub flags: u32,
     /// `MGMT` trie entries, with the ports of every containing prefix folded in.
     pub mgmt: Vec<(Prefix, [u16; MGMT_PORTS])>,
+    /// Every management port, for the packet path's cheap pre-check.
+    pub mgmt_ports: [u16; MGMT_PORTS],
     /// Rules per role, for the `portguard_catalog_rules` gauge.
     pub rules_per_role: BTreeMap<String, usize>,
 }
@@ -399,6 +401,7 @@ pub fn compile(
         media_profiles,
         flags: spec.flags(),
         mgmt: fold_mgmt(&spec.mgmt)?,
+        mgmt_ports: mgmt_ports(&spec.mgmt)?,
         rules_per_role,
     })
 }
@@ -427,6 +430,21 @@ fn fold_mgmt(mgmt: &[Mgmt]) -> Result<Vec<(Prefix, [u16; MGMT_PORTS])>, PolicyEr
             Ok((p, out))
         })
         .collect()
+}
+
+fn mgmt_ports(mgmt: &[Mgmt]) -> Result<[u16; MGMT_PORTS], PolicyError> {
+    let mut ports: Vec<u16> = mgmt.iter().map(|m| m.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.len() > MGMT_PORTS {
+        return Err(PolicyError::Flag {
+            flag: "--mgmt",
+            message: format!("at most {MGMT_PORTS} distinct management ports"),
+        });
+    }
+    let mut out = [0u16; MGMT_PORTS];
+    out[..ports.len()].copy_from_slice(&ports);
+    Ok(out)
 }
 
 /// Parses `A-B` for `--client-media-ports`.
