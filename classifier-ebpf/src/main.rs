@@ -13,6 +13,7 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::warn;
 use classifier_common::{
     Addr, COUNTER_ENTRIES, Config, Counter, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR, FLAG_TRACE,
     FLOW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES, MAX_IPV6_EXT_HEADERS,
@@ -155,12 +156,29 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
     }
     if let Some(c) = COUNTERS.get_ptr_mut(outcome.counter) {
         // SAFETY: a per-CPU array value is only touched by this CPU.
-        unsafe {
+        let packets = unsafe {
             (*c).packets += 1;
             (*c).bytes += frame.len() as u64;
+            (*c).packets
+        };
+        // Anomalies are logged when this CPU's count reaches a power of two:
+        // a flood costs a logarithmic number of lines, never one per packet.
+        if outcome.counter >= ANOMALY_FIRST && packets & (packets - 1) == 0 {
+            log_anomaly(ctx, outcome.counter, packets);
         }
     }
     Ok(if outcome.pass { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP })
+}
+
+/// Counter indexes from here on are the anomaly reasons (malformed and after,
+/// in any verdict): see `Reason`'s order.
+const ANOMALY_FIRST: u32 = reason_counter_index(Reason::Malformed as u32, 0, 0);
+
+#[inline(never)]
+fn log_anomaly(ctx: &XdpContext, counter: u32, packets: u64) {
+    if let Some((reason, _, _)) = classifier_common::decode_reason_counter(counter) {
+        warn!(ctx, "portguard: {} packets dropped as {} on this CPU", packets, reason.name());
+    }
 }
 
 #[inline(always)]

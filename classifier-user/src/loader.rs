@@ -110,6 +110,18 @@ impl Classifier {
         Ok(Classifier { ebpf })
     }
 
+    /// The reader of the eBPF side's log ring (rare, rate-limited anomaly
+    /// lines). Taken once; the daemon polls it.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("eBPF log ring unavailable: {e}");
+                None
+            }
+        }
+    }
+
     pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
         self.ebpf
             .program_mut(XDP_PROGRAM)

@@ -318,6 +318,19 @@ async fn serve(daemon: Arc<Mutex<Daemon>>, listener: std::net::TcpListener) -> R
         .map_err(|e| RunError::Runtime(format!("--metrics-addr {addr}: {e}")))?;
     log::info!("metrics on http://{addr}/metrics");
     let metrics_task = tokio::spawn(metrics::serve(listener, daemon.clone()));
+    let logger = daemon.lock().await.classifier.take_logger();
+    // SAFETY: the logger owns its ring buffer fd and neither replaces nor
+    // closes it while the AsyncFd holds it.
+    let log_task = logger
+        .and_then(|l| unsafe { tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }.ok())
+        .map(|mut fd| {
+        tokio::spawn(async move {
+            while let Ok(mut guard) = fd.readable_mut().await {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        })
+    });
     let sig = |k: SignalKind| signal(k).map_err(|e| RunError::Runtime(format!("installing a signal handler: {e}")));
     let mut hup = sig(SignalKind::hangup())?;
     let mut int = sig(SignalKind::interrupt())?;
@@ -333,5 +346,8 @@ async fn serve(daemon: Arc<Mutex<Daemon>>, listener: std::net::TcpListener) -> R
         }
     }
     metrics_task.abort();
+    if let Some(t) = log_task {
+        t.abort();
+    }
     Ok(())
 }
