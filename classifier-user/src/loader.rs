@@ -70,6 +70,10 @@ pub enum XdpModeArg {
 /// The loaded classifier: programs verified, maps created (or reused from pins).
 pub struct Classifier {
     ebpf: Ebpf,
+    /// What this process last wrote into each (profile, generation) port
+    /// table. A reload then writes only the entries that differ; a table this
+    /// process never wrote (fresh start, reused pins) is written whole.
+    written: std::collections::HashMap<(u32, u32), Vec<PortBlock>>,
 }
 
 impl Classifier {
@@ -107,7 +111,7 @@ impl Classifier {
             let tc: &mut SchedClassifier = p.try_into().map_err(prog_err("portguard_egress"))?;
             tc.load().map_err(prog_err("portguard_egress"))?;
         }
-        Ok(Classifier { ebpf })
+        Ok(Classifier { ebpf, written: std::collections::HashMap::new() })
     }
 
     /// The reader of the eBPF side's log ring (rare, rate-limited anomaly
@@ -169,16 +173,25 @@ impl Classifier {
         let active = config.generation & 1;
         let next = active ^ 1;
 
+        let mut written = std::mem::take(&mut self.written);
         let mut blocks = self.array::<PortBlock>(map_names::PORT_BLOCKS)?;
         for (profile, compiled) in policy.profiles.iter().enumerate() {
+            let key = (profile as u32, next);
+            let previous = written.remove(&key);
             for proto in 0..PROTO_COUNT {
                 let base = port_block_index(profile as u32, next, proto, 0);
                 for b in 0..BLOCKS_PER_PROTO {
-                    let value = compiled.blocks[(proto * BLOCKS_PER_PROTO + b) as usize];
+                    let i = (proto * BLOCKS_PER_PROTO + b) as usize;
+                    let value = compiled.blocks[i];
+                    if previous.as_ref().is_some_and(|p| p[i] == value) {
+                        continue;
+                    }
                     blocks.set(base + b, value, 0).map_err(map_err(map_names::PORT_BLOCKS))?;
                 }
             }
+            written.insert(key, compiled.blocks.clone());
         }
+        self.written = written;
 
         self.write_profiles(policy, active, next)?;
         self.write_mgmt(policy)?;
