@@ -155,6 +155,19 @@ impl Daemon {
     }
 }
 
+struct PinCleanup {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for PinCleanup {
+    fn drop(&mut self) {
+        if self.armed {
+            loader::remove_pins(&self.dir);
+        }
+    }
+}
+
 pub fn run(args: RunArgs) -> u8 {
     match run_inner(args) {
         Ok(()) => EXIT_OK,
@@ -208,6 +221,9 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
         .map_err(|e| RunError::Runtime(format!("--metrics-addr {}: {e}", args.metrics_addr)))?;
     let compiled = policy::compile(&catalog, &spec, &mut registry)?;
 
+    // Pins this run creates are removed again if it fails before attaching;
+    // pins a previous run left (and the program they keep) are never touched.
+    let mut cleanup = PinCleanup { dir: pin_dir.clone(), armed: pins && !pin_dir.join(loader::XDP_LINK_PIN).exists() };
     if pins {
         fs::create_dir_all(&pin_dir)
             .map_err(|e| RunError::Runtime(format!("creating {}: {e}", pin_dir.display())))?;
@@ -251,6 +267,7 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
         held_xdp = Some(xdp_link);
         held_tc = tc_link;
     }
+    cleanup.armed = false;
     log::info!(
         "portguard {} on {} ({xdp_mode} XDP), roles {:?}, {} profile(s), catalog generation {catalog_generation}",
         if spec.monitor { "monitoring" } else { "enforcing" },
