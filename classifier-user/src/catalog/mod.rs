@@ -1,0 +1,155 @@
+//! The port catalog: the seed's tables as TOML, validated with line-accurate
+//! diagnostics, with role inclusions resolved and overlaps settled.
+//!
+//! The format and every decision behind it are in `docs/catalog.md`.
+
+mod model;
+pub mod nft;
+mod parse;
+mod resolve;
+pub mod show;
+#[cfg(test)]
+mod tests;
+
+use std::{path::Path, sync::OnceLock};
+
+pub use model::{
+    Catalog, CatalogError, Diagnostic, EffectiveRule, IpsecException, MatchSide, MgmtAllowance,
+    PortAssignment, Protocol, RoleDef, Rule, SeedTable, Severity,
+};
+pub use resolve::assign_ports;
+
+/// The origin name used in diagnostics for the embedded catalog.
+pub const EMBEDDED_NAME: &str = "catalog/sfb2015.toml";
+
+/// The seed's floor for the client media range ("最少需要 20 个端口").
+pub const MIN_CLIENT_MEDIA_PORTS: u32 = 20;
+
+const EMBEDDED_TEXT: &str = include_str!("../../../catalog/sfb2015.toml");
+
+impl Catalog {
+    /// Parses catalog text; `Ok` carries the warnings (overlaps, ...).
+    pub fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic>), CatalogError> {
+        parse::parse(text, origin)
+    }
+
+    /// Like [`Catalog::parse`], for bytes that may not be UTF-8.
+    pub fn from_bytes(
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<(Catalog, Vec<Diagnostic>), CatalogError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::parse(text, origin),
+            Err(e) => {
+                let good = &bytes[..e.valid_up_to()];
+                let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+                let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                // The prefix is valid UTF-8 by construction, so this counts characters.
+                let column = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+                let bad = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
+                Err(CatalogError::single(Diagnostic {
+                    origin: origin.to_string(),
+                    line,
+                    column,
+                    severity: Severity::Error,
+                    message: format!("not UTF-8: invalid byte 0x{bad:02X}"),
+                    hint: Some(
+                        "a catalog is TOML, which must be UTF-8; re-save the file as UTF-8".into(),
+                    ),
+                }))
+            }
+        }
+    }
+
+    /// Reads and parses a catalog file.
+    pub fn load(path: &Path) -> Result<(Catalog, Vec<Diagnostic>), CatalogError> {
+        let origin = path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => Self::from_bytes(&bytes, &origin),
+            Err(e) => Err(CatalogError::single(Diagnostic {
+                origin,
+                line: 0,
+                column: 0,
+                severity: Severity::Error,
+                message: format!("cannot read the catalog: {e}"),
+                hint: None,
+            })),
+        }
+    }
+
+    /// The default catalog, compiled into the binary.
+    pub fn embedded() -> Catalog {
+        static EMBEDDED: OnceLock<Catalog> = OnceLock::new();
+        EMBEDDED
+            .get_or_init(|| match Self::parse(EMBEDDED_TEXT, EMBEDDED_NAME) {
+                Ok((catalog, _warnings)) => catalog,
+                // Unreachable in a tested build: `tests::embedded_parses_without_errors` guards it.
+                Err(e) => panic!("the embedded catalog is invalid:\n{e}"),
+            })
+            .clone()
+    }
+
+    /// The text of the embedded catalog, for `catalog check` of the default and for docs.
+    pub fn embedded_text() -> &'static str {
+        EMBEDDED_TEXT
+    }
+
+    /// Role ids in catalog order.
+    pub fn role_ids(&self) -> Vec<&str> {
+        self.roles.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    /// The role with this id.
+    pub fn role(&self, id: &str) -> Option<&RoleDef> {
+        self.roles.iter().find(|r| r.id == id)
+    }
+
+    /// The `--client-media-ports` override: media rules use `start-end`.
+    pub fn with_client_media(&self, start: u16, end: u16) -> Result<Catalog, CatalogError> {
+        let problem = parse::check_media_range(self, start, end);
+        if let Some((message, hint)) = problem {
+            return Err(CatalogError::single(Diagnostic {
+                origin: "--client-media-ports".into(),
+                line: 0,
+                column: 0,
+                severity: Severity::Error,
+                message,
+                hint,
+            }));
+        }
+        let mut c = self.clone();
+        c.client_media = (start, end);
+        for r in c.rules.iter_mut().filter(|r| r.media) {
+            r.port_start = start;
+            r.port_end = end;
+        }
+        Ok(c)
+    }
+
+    /// Rules of these roles with inclusions resolved, one entry per (rule,
+    /// protocol), in catalog order; a role included twice counts once.
+    pub fn effective_rules(&self, roles: &[String]) -> Result<Vec<EffectiveRule>, CatalogError> {
+        let closure = resolve::closure(self, roles)?;
+        Ok(self
+            .rules
+            .iter()
+            .filter(|r| closure.contains(&r.role))
+            .flat_map(Rule::expand)
+            .collect())
+    }
+
+    /// A role's own rules (inclusions not resolved), one entry per protocol.
+    pub fn own_rules(&self, role: &str) -> Vec<EffectiveRule> {
+        self.rules
+            .iter()
+            .filter(|r| r.role == role)
+            .flat_map(Rule::expand)
+            .collect()
+    }
+
+    /// The roles these roles stand for, inclusions resolved: each requested
+    /// role followed by what it includes (depth first), each once.
+    pub fn resolve_roles(&self, roles: &[String]) -> Result<Vec<String>, CatalogError> {
+        resolve::closure(self, roles)
+    }
+}

@@ -1,0 +1,316 @@
+//! The types the rest of portguard sees.
+
+use std::{fmt, net::IpAddr};
+
+/// An L4 protocol, after `both` is split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which port of an inbound packet a rule's range is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatchSide {
+    /// The packet's L4 destination port: the host listens there.
+    Destination,
+    /// The peer's port: inbound replies come from it, so connection tracking
+    /// (or the DHCP essential) passes them and the rule compiles to nothing.
+    Source,
+}
+
+impl MatchSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchSide::Destination => "destination",
+            MatchSide::Source => "source",
+        }
+    }
+}
+
+impl fmt::Display for MatchSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The seed table a rule or role comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SeedTable {
+    Server,
+    Hlb,
+    DnsLb,
+    Client,
+}
+
+impl SeedTable {
+    pub const ALL: [SeedTable; 4] = [
+        SeedTable::Server,
+        SeedTable::Hlb,
+        SeedTable::DnsLb,
+        SeedTable::Client,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeedTable::Server => "server",
+            SeedTable::Hlb => "hlb",
+            SeedTable::DnsLb => "dns-lb",
+            SeedTable::Client => "client",
+        }
+    }
+
+    /// The table's title in the seed, in English (as the Planning Tool's report names it).
+    pub fn title(self) -> &'static str {
+        match self {
+            SeedTable::Server => "Required server ports (by server role)",
+            SeedTable::Hlb => "Hardware load balancer ports if using only hardware load balancing",
+            SeedTable::DnsLb => "Hardware load balancer ports if using DNS load balancing",
+            SeedTable::Client => "Required client ports",
+        }
+    }
+
+    pub fn from_word(word: &str) -> Option<SeedTable> {
+        SeedTable::ALL.into_iter().find(|t| t.as_str() == word)
+    }
+}
+
+impl fmt::Display for SeedTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
+/// One finding about a catalog, located by 1-based line and column
+/// (line 0: not about a place in a file, e.g. an I/O error or a flag).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub origin: String,
+    pub line: usize,
+    pub column: usize,
+    pub severity: Severity,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}: {}", self.origin, self.severity, self.message)?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.origin, self.line, self.column, self.severity, self.message
+            )?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A catalog that cannot be used. Holds every error found, and the warnings
+/// found along the way, in file order.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{}", render(.diagnostics))]
+pub struct CatalogError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl CatalogError {
+    pub(crate) fn single(d: Diagnostic) -> Self {
+        CatalogError {
+            diagnostics: vec![d],
+        }
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+    }
+}
+
+/// A role of the catalog: one row label of the seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleDef {
+    pub id: String,
+    pub label: String,
+    pub table: SeedTable,
+    pub includes: Vec<String>,
+    pub why: String,
+    pub line: usize,
+}
+
+/// One rule as the catalog states it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub role: String,
+    pub service: String,
+    pub protocols: Vec<Protocol>,
+    /// The range in force: a media rule's is the client media range.
+    pub port_start: u16,
+    pub port_end: u16,
+    /// The range as written in the file (a media rule's range may only be narrowed).
+    pub declared: (u16, u16),
+    pub transport: String,
+    pub table: SeedTable,
+    pub note: String,
+    pub side: MatchSide,
+    pub media: bool,
+    /// The line of the rule's `[[rule]]` header.
+    pub line: usize,
+}
+
+impl Rule {
+    /// One entry per protocol.
+    pub fn expand(&self) -> impl Iterator<Item = EffectiveRule> + '_ {
+        self.protocols.iter().map(move |&protocol| EffectiveRule {
+            role: self.role.clone(),
+            service: self.service.clone(),
+            protocol,
+            port_start: self.port_start,
+            port_end: self.port_end,
+            transport: self.transport.clone(),
+            table: self.table,
+            side: self.side,
+            note: self.note.clone(),
+            line: self.line,
+            media: self.media,
+        })
+    }
+}
+
+/// A row of the seed's IPsec exception table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpsecException {
+    pub name: String,
+    pub source: String,
+    pub destination: String,
+    pub protocol: String,
+    pub source_ports: String,
+    pub destination_ports: String,
+    pub authentication: String,
+    pub line: usize,
+}
+
+/// A parsed, valid catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Catalog {
+    pub origin: String,
+    pub rules: Vec<Rule>,
+    pub roles: Vec<RoleDef>,
+    pub ipsec: Vec<IpsecException>,
+    /// The range media rules use (inclusive).
+    pub client_media: (u16, u16),
+}
+
+/// A rule for one protocol, as a host running some roles sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EffectiveRule {
+    /// The role that owns the rule (may be one the requested role includes).
+    pub role: String,
+    pub service: String,
+    pub protocol: Protocol,
+    pub port_start: u16,
+    pub port_end: u16,
+    pub transport: String,
+    pub table: SeedTable,
+    pub side: MatchSide,
+    pub note: String,
+    pub line: usize,
+    pub media: bool,
+}
+
+impl EffectiveRule {
+    pub fn width(&self) -> u32 {
+        u32::from(self.port_end) - u32::from(self.port_start)
+    }
+
+    pub fn ports_text(&self) -> String {
+        ports_text(self.port_start, self.port_end)
+    }
+}
+
+pub(crate) fn ports_text(start: u16, end: u16) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}-{end}")
+    }
+}
+
+/// Ports `start..=end` of `protocol` belong to `rules[rule]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortAssignment {
+    pub protocol: Protocol,
+    pub start: u16,
+    pub end: u16,
+    pub rule: usize,
+}
+
+/// The lockout guard: TCP to `port` from `prefix/prefix_len` is always allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MgmtAllowance {
+    pub prefix: IpAddr,
+    pub prefix_len: u8,
+    pub port: u16,
+}
+
+impl MgmtAllowance {
+    /// `::/0` and `0.0.0.0/0`, port 22.
+    pub fn defaults() -> Vec<MgmtAllowance> {
+        vec![
+            MgmtAllowance {
+                prefix: IpAddr::from([0u8; 4]),
+                prefix_len: 0,
+                port: 22,
+            },
+            MgmtAllowance {
+                prefix: IpAddr::from([0u16; 8]),
+                prefix_len: 0,
+                port: 22,
+            },
+        ]
+    }
+}

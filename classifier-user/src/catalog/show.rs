@@ -1,0 +1,379 @@
+//! Renderings of the catalog for `portguard catalog show`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::model::{Catalog, EffectiveRule, IpsecException, SeedTable};
+
+/// `--format` of `catalog show`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShowFormat {
+    Table,
+    Csv,
+    Md,
+    Json,
+}
+
+/// `--table` of `catalog show`: the port rules or the IPsec exceptions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShowTable {
+    Rules,
+    Ipsec,
+}
+
+/// The rows `show` prints: `role`'s rules with inclusions resolved, or every
+/// role's own rules (in role order) without one.
+pub fn rows(
+    catalog: &Catalog,
+    role: Option<&str>,
+) -> Result<Vec<EffectiveRule>, super::CatalogError> {
+    match role {
+        Some(r) => catalog.effective_rules(&[r.to_string()]),
+        None => Ok(catalog
+            .roles
+            .iter()
+            .flat_map(|r| catalog.own_rules(&r.id))
+            .collect()),
+    }
+}
+
+#[derive(Serialize)]
+struct JsonRule<'a> {
+    role: &'a str,
+    service: &'a str,
+    protocol: &'a str,
+    port_start: u16,
+    port_end: u16,
+    transport: &'a str,
+    table: &'a str,
+    #[serde(rename = "match")]
+    side: &'a str,
+    media: bool,
+    note: &'a str,
+    line: usize,
+}
+
+#[derive(Serialize)]
+struct JsonIpsec<'a> {
+    name: &'a str,
+    source: &'a str,
+    destination: &'a str,
+    protocol: &'a str,
+    source_ports: &'a str,
+    destination_ports: &'a str,
+    authentication: &'a str,
+}
+
+const RULE_HEADER: [&str; 7] = [
+    "ROLE",
+    "SERVICE",
+    "PROTO",
+    "PORTS",
+    "TRANSPORT",
+    "TABLE",
+    "MATCH",
+];
+const CSV_RULE_HEADER: [&str; 9] = [
+    "role",
+    "service",
+    "protocol",
+    "port_start",
+    "port_end",
+    "transport",
+    "table",
+    "match",
+    "note",
+];
+const IPSEC_TABLE_HEADER: [&str; 7] = [
+    "NAME",
+    "SOURCE",
+    "DESTINATION",
+    "PROTOCOL",
+    "SOURCE PORTS",
+    "DESTINATION PORTS",
+    "AUTHENTICATION",
+];
+const IPSEC_HEADER: [&str; 7] = [
+    "name",
+    "source",
+    "destination",
+    "protocol",
+    "source_ports",
+    "destination_ports",
+    "authentication",
+];
+
+pub fn render_rules(
+    catalog: &Catalog,
+    rows: &[EffectiveRule],
+    role: Option<&str>,
+    format: ShowFormat,
+) -> String {
+    match format {
+        ShowFormat::Table => {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.role.clone(),
+                        r.service.clone(),
+                        r.protocol.to_string(),
+                        r.ports_text(),
+                        r.transport.clone(),
+                        r.table.to_string(),
+                        r.side.to_string(),
+                    ]
+                })
+                .collect();
+            aligned(&RULE_HEADER, &cells)
+        }
+        ShowFormat::Csv => {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.role.clone(),
+                        r.service.clone(),
+                        r.protocol.to_string(),
+                        r.port_start.to_string(),
+                        r.port_end.to_string(),
+                        r.transport.clone(),
+                        r.table.to_string(),
+                        r.side.to_string(),
+                        r.note.clone(),
+                    ]
+                })
+                .collect();
+            csv(&CSV_RULE_HEADER, &cells)
+        }
+        ShowFormat::Json => {
+            let out: Vec<JsonRule<'_>> = rows
+                .iter()
+                .map(|r| JsonRule {
+                    role: &r.role,
+                    service: &r.service,
+                    protocol: r.protocol.as_str(),
+                    port_start: r.port_start,
+                    port_end: r.port_end,
+                    transport: &r.transport,
+                    table: r.table.as_str(),
+                    side: r.side.as_str(),
+                    media: r.media,
+                    note: &r.note,
+                    line: r.line,
+                })
+                .collect();
+            json(&out)
+        }
+        ShowFormat::Md => markdown_rules(catalog, rows, role),
+    }
+}
+
+pub fn render_ipsec(catalog: &Catalog, format: ShowFormat) -> String {
+    let cells: Vec<Vec<String>> = catalog
+        .ipsec
+        .iter()
+        .map(|e: &IpsecException| {
+            vec![
+                e.name.clone(),
+                e.source.clone(),
+                e.destination.clone(),
+                e.protocol.clone(),
+                e.source_ports.clone(),
+                e.destination_ports.clone(),
+                e.authentication.clone(),
+            ]
+        })
+        .collect();
+    match format {
+        ShowFormat::Table => aligned(&IPSEC_TABLE_HEADER, &cells),
+        ShowFormat::Csv => csv(&IPSEC_HEADER, &cells),
+        ShowFormat::Json => {
+            let out: Vec<JsonIpsec<'_>> = catalog
+                .ipsec
+                .iter()
+                .map(|e| JsonIpsec {
+                    name: &e.name,
+                    source: &e.source,
+                    destination: &e.destination,
+                    protocol: &e.protocol,
+                    source_ports: &e.source_ports,
+                    destination_ports: &e.destination_ports,
+                    authentication: &e.authentication,
+                })
+                .collect();
+            json(&out)
+        }
+        ShowFormat::Md => {
+            let mut s = format!("# IPsec exceptions: {}\n\n", catalog.origin);
+            s.push_str(
+                "IPsec must be disabled on the media port ranges, so that IPsec negotiation does not delay \
+                 media port allocation.\n\n",
+            );
+            s.push_str(&md_table(
+                &[
+                    "Rule name",
+                    "Source IP",
+                    "Destination IP",
+                    "Protocol",
+                    "Source port",
+                    "Destination port",
+                    "Authentication",
+                ],
+                &cells,
+            ));
+            s
+        }
+    }
+}
+
+fn markdown_rules(catalog: &Catalog, rows: &[EffectiveRule], role: Option<&str>) -> String {
+    let mut s = format!("# Firewall report: {}\n\n", catalog.origin);
+    let _ = writeln!(
+        s,
+        "Client media ports: {}-{}. Rules with match `source` name the peer's port: replies from it pass as \
+         established traffic and open nothing.\n",
+        catalog.client_media.0, catalog.client_media.1
+    );
+    // With --role: one section, the owning role in a column. Without: one section per role.
+    let sections: Vec<(&str, Vec<&EffectiveRule>)> = match role {
+        Some(r) => vec![(r, rows.iter().collect())],
+        None => catalog
+            .roles
+            .iter()
+            .map(|def| {
+                (
+                    def.id.as_str(),
+                    rows.iter().filter(|x| x.role == def.id).collect(),
+                )
+            })
+            .collect(),
+    };
+    for (id, rules) in sections {
+        let def = catalog.role(id);
+        let _ = writeln!(s, "## {id}\n");
+        if let Some(def) = def {
+            let _ = writeln!(s, "Seed label: {}\n", def.label);
+            if !def.includes.is_empty() {
+                let _ = writeln!(s, "Includes: {}. {}\n", def.includes.join(", "), def.why);
+            }
+        }
+        if rules.is_empty() {
+            s.push_str("_No rules._\n\n");
+            continue;
+        }
+        for table in SeedTable::ALL {
+            let cells: Vec<Vec<String>> = rules
+                .iter()
+                .filter(|r| r.table == table)
+                .map(|r| {
+                    vec![
+                        r.role.clone(),
+                        r.service.clone(),
+                        r.protocol.to_string(),
+                        r.ports_text(),
+                        r.transport.clone(),
+                        r.side.to_string(),
+                        r.note.clone(),
+                    ]
+                })
+                .collect();
+            if cells.is_empty() {
+                continue;
+            }
+            let _ = writeln!(s, "### {}\n", table.title());
+            s.push_str(&md_table(
+                &[
+                    "Role",
+                    "Service",
+                    "Protocol",
+                    "Port",
+                    "Transport",
+                    "Match",
+                    "Note",
+                ],
+                &cells,
+            ));
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
+    let width = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(width(cell));
+        }
+    }
+    let mut s = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell}{}  ", " ".repeat(w - width(cell)));
+            }
+        }
+        s.push_str(l.trim_end());
+        s.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    s
+}
+
+/// RFC 4180: CRLF line ends; fields with a comma, quote or line break are quoted, quotes doubled.
+fn csv(header: &[&str], rows: &[Vec<String>]) -> String {
+    fn field(s: &str) -> String {
+        if s.contains([',', '"', '\r', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    }
+    let mut out = header
+        .iter()
+        .map(|h| field(h))
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push_str("\r\n");
+    for row in rows {
+        out.push_str(&row.iter().map(|c| field(c)).collect::<Vec<_>>().join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+fn md_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    fn cell(s: &str) -> String {
+        s.replace('|', "\\|").replace(['\r', '\n'], " ")
+    }
+    let mut s = format!("| {} |\n", header.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
+    for row in rows {
+        let _ = writeln!(
+            s,
+            "| {} |",
+            row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    s
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut s) => {
+            s.push('\n');
+            s
+        }
+        // Only strings and numbers go in; serializing them cannot fail.
+        Err(e) => format!("{{\"error\": \"{e}\"}}\n"),
+    }
+}

@@ -1,0 +1,723 @@
+use proptest::prelude::*;
+
+use super::{
+    Catalog, Diagnostic, EffectiveRule, MatchSide, Protocol, SeedTable, Severity, assign_ports,
+    show::{self, ShowFormat},
+};
+
+const DESIGN_ROLE_IDS: [&str; 17] = [
+    "all-servers",
+    "front-end",
+    "front-end-mediation",
+    "front-end-cms",
+    "all-internal-servers",
+    "office-web-apps",
+    "director",
+    "mediation",
+    "persistent-chat",
+    "lb-front-end",
+    "lb-front-end-mediation",
+    "lb-mediation",
+    "lb-director",
+    "lb-dns-front-end",
+    "lb-dns-director",
+    "client",
+    "ip-phone",
+];
+
+/// Two roles, `a` includes `b`; 15 lines.
+const BASE: &str = r#"version = 1
+[settings]
+client_media_ports = "1024-65535"
+
+[[role]]
+id = "a"
+label = "A"
+table = "server"
+includes = ["b"]
+why = "test"
+
+[[role]]
+id = "b"
+label = "B"
+table = "server"
+"#;
+
+fn rule(role: &str, protocol: &str, ports: &str, service: &str) -> String {
+    format!(
+        "\n[[rule]]\nrole = \"{role}\"\nservice = \"{service}\"\nprotocol = \"{protocol}\"\nports = {ports}\n\
+         transport = \"TCP\"\ntable = \"server\"\nnote = \"n\"\n"
+    )
+}
+
+/// The 1-based line of the only occurrence of `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "`{needle}` should occur on exactly one line, found on {hits:?}"
+    );
+    hits[0]
+}
+
+fn errors_of(text: &str) -> Vec<Diagnostic> {
+    match Catalog::parse(text, "t.toml") {
+        Ok((_, warnings)) => panic!("expected errors, the catalog parsed (warnings: {warnings:?})"),
+        Err(e) => e
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect(),
+    }
+}
+
+fn assert_one_error(text: &str, line: usize, contains: &str) -> Diagnostic {
+    let errors = errors_of(text);
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected exactly one error, got {errors:#?}"
+    );
+    let d = errors.into_iter().next().unwrap_or_else(|| unreachable!());
+    assert_eq!(
+        d.line, line,
+        "error `{}` at line {}, expected line {line}",
+        d.message, d.line
+    );
+    assert_eq!(d.severity, Severity::Error);
+    assert_eq!(d.origin, "t.toml");
+    assert!(
+        d.message.contains(contains),
+        "message `{}` should contain `{contains}`",
+        d.message
+    );
+    d
+}
+
+fn parse_ok(text: &str) -> (Catalog, Vec<Diagnostic>) {
+    Catalog::parse(text, "t.toml").unwrap_or_else(|e| panic!("expected the catalog to parse:\n{e}"))
+}
+
+#[test]
+fn base_with_one_rule_parses() {
+    let text = format!("{BASE}{}", rule("a", "tcp", "\"5061\"", "S"));
+    let (c, warnings) = parse_ok(&text);
+    assert!(warnings.is_empty(), "no warnings expected: {warnings:?}");
+    assert_eq!(c.rules.len(), 1);
+    assert_eq!(
+        c.rules[0].line, 17,
+        "the rule's line is its [[rule]] header"
+    );
+    assert_eq!((c.rules[0].port_start, c.rules[0].port_end), (5061, 5061));
+    assert_eq!(c.role_ids(), vec!["a", "b"]);
+}
+
+#[test]
+fn integer_port_is_accepted() {
+    let text = format!("{BASE}{}", rule("a", "udp", "3478", "S"));
+    let (c, _) = parse_ok(&text);
+    assert_eq!((c.rules[0].port_start, c.rules[0].port_end), (3478, 3478));
+    assert_eq!(c.rules[0].protocols, vec![Protocol::Udp]);
+}
+
+#[test]
+fn unknown_key_is_an_error_at_its_line() {
+    let text = format!(
+        "{BASE}{}colour = \"red\"\n",
+        rule("a", "tcp", "\"5061\"", "S")
+    );
+    let line = line_of(&text, "colour");
+    assert_eq!(line, 25);
+    assert_one_error(&text, line, "colour");
+}
+
+#[test]
+fn unknown_role_in_a_rule() {
+    let text = format!("{BASE}{}", rule("nope", "tcp", "\"5061\"", "S"));
+    let d = assert_one_error(&text, 18, "unknown role `nope`");
+    assert_eq!(d.column, 8, "the column of the value");
+    assert!(
+        d.hint.as_deref().is_some_and(|h| h.contains("a, b")),
+        "hint lists known roles: {:?}",
+        d.hint
+    );
+}
+
+#[test]
+fn unknown_role_in_includes() {
+    let text = BASE.replace("includes = [\"b\"]", "includes = [\"b\", \"zz\"]");
+    assert_one_error(&text, 9, "unknown role `zz` in includes");
+}
+
+#[test]
+fn include_cycle() {
+    let text = format!("{BASE}includes = [\"a\"]\n");
+    let d = assert_one_error(&text, 16, "include cycle");
+    assert!(
+        d.message.contains("a -> b -> a"),
+        "cycle path in `{}`",
+        d.message
+    );
+    let selfish = BASE.replace("includes = [\"b\"]", "includes = [\"a\"]");
+    assert_one_error(&selfish, 9, "include cycle: a -> a");
+}
+
+#[test]
+fn port_zero_too_big_and_reversed() {
+    for (ports, contains) in [
+        ("\"0\"", "port 0"),
+        ("0", "port 0"),
+        ("\"65536\"", "port 65536"),
+        ("65536", "port 65536"),
+        ("\"1-65536\"", "port 65536"),
+        ("\"600-500\"", "start 600 is greater than its end 500"),
+        ("\"http\"", "not a port"),
+        ("[1, 2]", "string or an integer"),
+    ] {
+        let text = format!("{BASE}{}", rule("a", "tcp", ports, "S"));
+        assert_one_error(&text, 21, contains);
+    }
+}
+
+#[test]
+fn unknown_protocol() {
+    let text = format!("{BASE}{}", rule("a", "sctp", "\"5061\"", "S"));
+    assert_one_error(&text, 20, "unknown protocol `sctp`");
+}
+
+#[test]
+fn empty_service() {
+    let text = format!("{BASE}{}", rule("a", "tcp", "\"5061\"", "  "));
+    assert_one_error(&text, 19, "empty service");
+}
+
+#[test]
+fn several_errors_are_all_reported_in_file_order() {
+    let text = format!(
+        "{BASE}{}{}",
+        rule("a", "sctp", "\"5061\"", "S"),
+        rule("a", "tcp", "\"0\"", "S")
+    );
+    let lines: Vec<usize> = errors_of(&text).iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![20, 30], "both errors, in order");
+}
+
+#[test]
+fn duplicate_rule_is_an_error_naming_the_first() {
+    let text = format!(
+        "{BASE}{}{}",
+        rule("a", "tcp", "\"5061\"", "S"),
+        rule("a", "tcp", "5061", "S")
+    );
+    let d = assert_one_error(&text, 26, "duplicate rule, first at line 17");
+    assert!(d.hint.is_some());
+}
+
+#[test]
+fn same_ports_other_service_is_an_overlap_warning() {
+    let text = format!(
+        "{BASE}{}{}",
+        rule("a", "tcp", "\"443\"", "S"),
+        rule("b", "tcp", "\"400-500\"", "T")
+    );
+    let (_, warnings) = parse_ok(&text);
+    assert_eq!(warnings.len(), 1, "one overlap warning: {warnings:#?}");
+    let w = &warnings[0];
+    assert_eq!((w.severity, w.line), (Severity::Warning, 26));
+    assert!(
+        w.message.contains("line 17"),
+        "names the other rule's line: {}",
+        w.message
+    );
+    assert!(
+        w.hint.as_deref().is_some_and(|h| h.contains("line 17")),
+        "the narrower rule (line 17) wins: {:?}",
+        w.hint
+    );
+}
+
+#[test]
+fn too_small_media_range() {
+    let media = format!(
+        "{}media = true\n",
+        rule("a", "both", "\"1024-65535\"", "Audio")
+    );
+    let text = format!("{BASE}{media}").replace("\"1024-65535\"\n\n", "\"50000-50018\"\n\n");
+    let d = assert_one_error(&text, 3, "at least 20 ports");
+    assert!(d.message.contains("19 ports"), "{}", d.message);
+
+    let ok = format!("{BASE}{media}").replace("\"1024-65535\"\n\n", "\"50000-50019\"\n\n");
+    let (c, _) = parse_ok(&ok);
+    assert_eq!(
+        (c.rules[0].port_start, c.rules[0].port_end),
+        (50000, 50019),
+        "media rule narrowed"
+    );
+    assert_eq!(c.rules[0].declared, (1024, 65535));
+
+    let wide = format!("{BASE}{media}").replace("\"1024-65535\"\n\n", "\"1000-65535\"\n\n");
+    assert_one_error(&wide, 3, "not within 1024-65535");
+}
+
+#[test]
+fn with_client_media_override() {
+    let c = Catalog::embedded();
+    let e = c
+        .with_client_media(50000, 50018)
+        .err()
+        .unwrap_or_else(|| panic!("19 ports must be refused"));
+    assert_eq!(e.diagnostics[0].origin, "--client-media-ports");
+    assert!(
+        e.to_string()
+            .contains("the seed requires at least 20 ports"),
+        "{e}"
+    );
+    assert!(
+        c.with_client_media(500, 2000).is_err(),
+        "must stay within the rows' 1024-65535"
+    );
+    let n = c
+        .with_client_media(50000, 50019)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rules = n
+        .effective_rules(&["client".into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let media: Vec<&EffectiveRule> = rules.iter().filter(|r| r.media).collect();
+    assert_eq!(
+        media.len(),
+        6,
+        "audio and video (tcp+udp), p2p and app sharing (tcp)"
+    );
+    assert!(
+        media
+            .iter()
+            .all(|r| (r.port_start, r.port_end) == (50000, 50019)),
+        "{media:#?}"
+    );
+    let fixed = rules
+        .iter()
+        .find(|r| r.port_start == 3478)
+        .unwrap_or_else(|| panic!("3478 kept"));
+    assert_eq!(fixed.port_end, 3478);
+}
+
+#[test]
+fn non_utf8_names_the_line() {
+    let mut bytes = b"version = 1\n# ok\n# caf".to_vec();
+    bytes.push(0xFF);
+    bytes.extend_from_slice(b"\n");
+    let e = Catalog::from_bytes(&bytes, "t.toml")
+        .err()
+        .unwrap_or_else(|| panic!("must be refused"));
+    let d = &e.diagnostics[0];
+    assert_eq!(
+        (d.line, d.column, d.severity),
+        (3, 6, Severity::Error),
+        "{d}"
+    );
+    assert!(d.message.contains("not UTF-8"), "{}", d.message);
+}
+
+#[test]
+fn not_toml_at_all() {
+    assert_one_error("version = 1\nthis is not toml\n", 2, "");
+    let d = assert_one_error("<html>\n", 1, "");
+    assert!(
+        d.hint.as_deref().is_some_and(|h| h.contains("TOML")),
+        "{:?}",
+        d.hint
+    );
+}
+
+#[test]
+fn missing_file_is_a_line_zero_error() {
+    let e = Catalog::load(std::path::Path::new("/nonexistent/catalog.toml"))
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert_eq!(e.diagnostics[0].line, 0);
+    assert_eq!(
+        e.to_string().lines().next(),
+        Some(e.diagnostics[0].to_string().as_str())
+    );
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/catalog.toml: error: cannot read"),
+        "{e}"
+    );
+}
+
+#[test]
+fn diagnostic_display() {
+    let d = Diagnostic {
+        origin: "f.toml".into(),
+        line: 3,
+        column: 9,
+        severity: Severity::Warning,
+        message: "m".into(),
+        hint: Some("h".into()),
+    };
+    assert_eq!(d.to_string(), "f.toml:3:9: warning: m\n  hint: h");
+}
+
+#[test]
+fn embedded_parses_without_errors() {
+    let text = Catalog::embedded_text();
+    let (c, warnings) =
+        Catalog::parse(text, super::EMBEDDED_NAME).unwrap_or_else(|e| panic!("{e}"));
+    assert!(warnings.iter().all(|w| w.severity == Severity::Warning));
+    assert_eq!(
+        c.role_ids(),
+        DESIGN_ROLE_IDS.to_vec(),
+        "the 17 role ids of design.md, in its order"
+    );
+    assert_eq!(c.ipsec.len(), 15, "every row of the seed's IPsec table");
+    assert_eq!(c.client_media, (1024, 65535));
+    assert_eq!(Catalog::embedded(), c);
+}
+
+#[test]
+fn embedded_inclusions() {
+    let c = Catalog::embedded();
+    let resolved = |r: &str| {
+        c.resolve_roles(&[r.to_string()])
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(
+        resolved("front-end-mediation"),
+        [
+            "front-end-mediation",
+            "front-end",
+            "all-servers",
+            "all-internal-servers"
+        ]
+    );
+    assert_eq!(
+        resolved("mediation"),
+        ["mediation", "all-servers", "all-internal-servers"]
+    );
+    assert_eq!(resolved("director"), ["director", "all-servers"]);
+    assert_eq!(resolved("office-web-apps"), ["office-web-apps"]);
+    assert_eq!(resolved("lb-front-end"), ["lb-front-end"]);
+}
+
+#[test]
+fn effective_rules_dedup_and_unknown_role() {
+    let c = Catalog::embedded();
+    let rules = c
+        .effective_rules(&["front-end".into(), "mediation".into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sql = rules.iter().filter(|r| r.port_start == 1434).count();
+    assert_eq!(
+        sql, 1,
+        "SQL Browser once although both roles include all-servers"
+    );
+    let lines: Vec<usize> = rules.iter().map(|r| r.line).collect();
+    assert!(
+        lines.windows(2).all(|w| w[0] <= w[1]),
+        "catalog order: {lines:?}"
+    );
+
+    let e = c
+        .effective_rules(&["front-end".into(), "edge".into()])
+        .err()
+        .unwrap_or_else(|| panic!("edge"));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("unknown role `edge`") && msg.contains("front-end-mediation"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn merged_seed_duplicates() {
+    let c = Catalog::embedded();
+    let count = |role: &str, port: u16| {
+        c.rules
+            .iter()
+            .filter(|r| r.role == role && r.port_start == port)
+            .count()
+    };
+    assert_eq!(count("all-servers", 1434), 1);
+    assert_eq!(count("mediation", 5070), 1);
+    assert_eq!(
+        count("front-end", 443),
+        2,
+        "Web Compatibility and Mobility stay apart: the services differ"
+    );
+    let sql = c
+        .rules
+        .iter()
+        .find(|r| r.port_start == 1434)
+        .unwrap_or_else(|| unreachable!());
+    assert!(
+        sql.note.starts_with("listed twice in the seed; merged"),
+        "{}",
+        sql.note
+    );
+}
+
+#[test]
+fn dhcp_is_split_by_side() {
+    let c = Catalog::embedded();
+    for role in ["client", "ip-phone"] {
+        let own = c.own_rules(role);
+        let side = |p: u16| {
+            own.iter()
+                .find(|r| r.port_start == p)
+                .map(|r| (r.protocol, r.side))
+        };
+        assert_eq!(
+            side(68),
+            Some((Protocol::Udp, MatchSide::Destination)),
+            "{role}"
+        );
+        assert_eq!(side(67), Some((Protocol::Udp, MatchSide::Source)), "{role}");
+        let assigned = assign_ports(&own);
+        assert!(
+            !assigned
+                .iter()
+                .any(|a| a.protocol == Protocol::Udp && a.start <= 67 && 67 <= a.end),
+            "udp 67 is the peer's port and must not be assigned for {role}: {assigned:?}"
+        );
+    }
+}
+
+fn owner(rules: &[EffectiveRule], proto: Protocol, port: u16) -> Option<&EffectiveRule> {
+    assign_ports(rules)
+        .into_iter()
+        .find(|a| a.protocol == proto && a.start <= port && port <= a.end)
+        .map(|a| &rules[a.rule])
+}
+
+#[test]
+fn assign_ports_precedence_front_end() {
+    let c = Catalog::embedded();
+    let rules = c
+        .effective_rules(&["front-end".into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let who =
+        |proto, port| owner(&rules, proto, port).map(|r| (r.role.as_str(), r.service.as_str()));
+    let media = ("all-internal-servers", "Various");
+    let video = (
+        "front-end",
+        "Skype for Business Server Audio/Video Conferencing service",
+    );
+    for port in [49152, 50000, 57500] {
+        assert_eq!(
+            who(Protocol::Tcp, port),
+            Some(media),
+            "tcp {port}: narrowest is 49152-57500"
+        );
+        assert_eq!(who(Protocol::Udp, port), Some(media), "udp {port}");
+    }
+    for port in [57501, 60000, 65535] {
+        assert_eq!(
+            who(Protocol::Tcp, port),
+            Some(video),
+            "tcp {port}: 57501-65535 is narrower than app sharing"
+        );
+        assert_eq!(who(Protocol::Udp, port), Some(video), "udp {port}");
+    }
+    assert_eq!(
+        who(Protocol::Tcp, 443),
+        Some((
+            "front-end",
+            "Skype for Business Server Web Compatibility service"
+        )),
+        "equal width: the earlier rule wins"
+    );
+    assert_eq!(
+        who(Protocol::Udp, 1434),
+        Some(("all-servers", "SQL Browser"))
+    );
+    assert_eq!(who(Protocol::Tcp, 1434), None);
+    assert_eq!(who(Protocol::Tcp, 49151), None);
+    assert_eq!(who(Protocol::Udp, 443), None);
+
+    // Sorted by (protocol, start) and not overlapping.
+    let a = assign_ports(&rules);
+    for w in a.windows(2) {
+        assert!(
+            (w[0].protocol, w[0].end) < (w[1].protocol, w[1].start),
+            "sorted and disjoint: {:?} {:?}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+#[test]
+fn assign_ports_client_media_and_fixed_ports() {
+    let c = Catalog::embedded();
+    let rules = c
+        .effective_rules(&["client".into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let who = |proto, port| owner(&rules, proto, port).map(|r| r.service.as_str());
+    assert_eq!(
+        who(Protocol::Tcp, 443),
+        Some("Client-to-server SIP (external user access)")
+    );
+    assert_eq!(
+        who(Protocol::Udp, 3478),
+        Some("A/V sessions and media over UDP (external user access)")
+    );
+    assert_eq!(
+        who(Protocol::Tcp, 6891),
+        Some("File transfer with previous clients")
+    );
+    assert_eq!(
+        who(Protocol::Tcp, 2000),
+        Some("Audio"),
+        "the media rows overlap fully: the first wins"
+    );
+    assert_eq!(who(Protocol::Udp, 68), Some("DHCP (Registrar discovery)"));
+    assert_eq!(who(Protocol::Tcp, 1023), None);
+}
+
+fn arb_rule() -> impl Strategy<Value = EffectiveRule> {
+    (
+        any::<bool>(),
+        1u16..=65535,
+        0u16..2000,
+        prop_oneof![4 => Just(MatchSide::Destination), 1 => Just(MatchSide::Source)],
+    )
+        .prop_map(|(tcp, start, len, side)| EffectiveRule {
+            role: "r".into(),
+            service: format!("s{start}"),
+            protocol: if tcp { Protocol::Tcp } else { Protocol::Udp },
+            port_start: start,
+            port_end: start.saturating_add(len),
+            transport: "t".into(),
+            table: SeedTable::Server,
+            side,
+            note: String::new(),
+            line: 0,
+            media: false,
+        })
+}
+
+proptest! {
+    #[test]
+    fn assign_ports_covers_every_destination_port_once(rules in proptest::collection::vec(arb_rule(), 0..12), probes in proptest::collection::vec(1u16..=65535, 50)) {
+        let a = assign_ports(&rules);
+        for x in &a {
+            let r = &rules[x.rule];
+            prop_assert!(r.side == MatchSide::Destination && r.protocol == x.protocol, "{x:?} from {r:?}");
+            prop_assert!(r.port_start <= x.start && x.end <= r.port_end, "{x:?} outside its rule {r:?}");
+        }
+        for w in a.windows(2) {
+            prop_assert!((w[0].protocol, w[0].end) < (w[1].protocol, w[1].start), "overlap or disorder: {:?} {:?}", w[0], w[1]);
+        }
+        // Every port of every destination rule, at its edges and at random probes.
+        let mut ports: Vec<(Protocol, u16)> = Vec::new();
+        for r in rules.iter().filter(|r| r.side == MatchSide::Destination) {
+            ports.extend([(r.protocol, r.port_start), (r.protocol, r.port_end)]);
+        }
+        for p in probes { ports.extend([(Protocol::Tcp, p), (Protocol::Udp, p)]); }
+        for (proto, port) in ports {
+            let hits: Vec<_> = a.iter().filter(|x| x.protocol == proto && x.start <= port && port <= x.end).collect();
+            let best = rules.iter().enumerate()
+                .filter(|(_, r)| r.side == MatchSide::Destination && r.protocol == proto && r.port_start <= port && port <= r.port_end)
+                .min_by_key(|(i, r)| (r.width(), *i)).map(|(i, _)| i);
+            match best {
+                None => prop_assert!(hits.is_empty(), "{proto} {port} assigned without a rule: {hits:?}"),
+                Some(i) => {
+                    prop_assert_eq!(hits.len(), 1, "{} {} covered {} times", proto, port, hits.len());
+                    prop_assert_eq!(hits[0].rule, i, "{} {}: wrong winner", proto, port);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn show_formats() {
+    let c = Catalog::embedded();
+    let rows = show::rows(&c, Some("front-end")).unwrap_or_else(|e| panic!("{e}"));
+    let json = show::render_rules(&c, &rows, Some("front-end"), ShowFormat::Json);
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
+    let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
+    assert_eq!(arr.len(), rows.len());
+    for key in [
+        "role",
+        "service",
+        "protocol",
+        "port_start",
+        "port_end",
+        "transport",
+        "table",
+        "match",
+        "note",
+    ] {
+        assert!(
+            arr[0].get(key).is_some(),
+            "json objects carry `{key}`: {}",
+            arr[0]
+        );
+    }
+    assert!(
+        arr.iter().any(|o| o["role"] == "all-servers"
+            && o["protocol"] == "udp"
+            && o["port_start"] == 1434)
+    );
+
+    let csv = show::render_rules(&c, &rows, None, ShowFormat::Csv);
+    assert!(
+        csv.starts_with("role,service,protocol,port_start,port_end,transport,table,match,note\r\n")
+    );
+    assert!(
+        csv.contains(",\"HTTPS, TCP\","),
+        "a comma in a field is quoted"
+    );
+    assert!(csv.contains("\"\"port 4443\"\""), "quotes are doubled");
+
+    let md = show::render_rules(&c, &rows, Some("front-end"), ShowFormat::Md);
+    assert!(
+        md.contains("## front-end\n") && md.contains("### Required server ports (by server role)"),
+        "{md}"
+    );
+
+    let all = show::rows(&c, None).unwrap_or_else(|e| panic!("{e}"));
+    let md_all = show::render_rules(&c, &all, None, ShowFormat::Md);
+    for id in DESIGN_ROLE_IDS {
+        assert!(md_all.contains(&format!("## {id}\n")), "a section for {id}");
+    }
+    assert!(md_all.contains("### Hardware load balancer ports if using DNS load balancing"));
+
+    let table = show::render_rules(&c, &rows, None, ShowFormat::Table);
+    let header = table.lines().next().unwrap_or_default();
+    let ports_col = header.find("PORTS").unwrap_or_else(|| panic!("{header}"));
+    let line = table
+        .lines()
+        .find(|l| l.contains("SQL Browser"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        line.get(ports_col..ports_col + 4),
+        Some("1434"),
+        "aligned columns:\n{header}\n{line}"
+    );
+
+    let ipsec = show::render_ipsec(&c, ShowFormat::Csv);
+    assert_eq!(ipsec.lines().count(), 16, "header and 15 rows");
+}
+
+#[test]
+fn nft_merges_intervals() {
+    assert_eq!(
+        super::nft::merged(vec![
+            (443, 443),
+            (49152, 65535),
+            (57501, 65535),
+            (444, 444),
+            (1, 3)
+        ]),
+        vec![(1, 3), (443, 444), (49152, 65535)]
+    );
+}

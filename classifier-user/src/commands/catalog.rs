@@ -1,0 +1,92 @@
+//! `portguard catalog check|show|export`.
+
+use std::{
+    io::{self, Write as _},
+    path::Path,
+};
+
+pub use crate::catalog::show::{ShowFormat, ShowTable};
+use crate::catalog::{Catalog, CatalogError, MgmtAllowance, Severity, nft, show};
+
+const EXIT_OK: u8 = 0;
+const EXIT_FAILURE: u8 = 1;
+const EXIT_INVALID: u8 = 2;
+
+/// Validates a catalog file: every error and warning with file:line:col,
+/// then a summary. 2 on any error (an unreadable file included), else 0.
+pub fn check(path: &Path) -> u8 {
+    let (diagnostics, ok_summary) = match Catalog::load(path) {
+        Ok((catalog, warnings)) => {
+            let summary = format!(
+                "{}: ok: {} roles, {} rules, {} IPsec exceptions, {} warning{}",
+                path.display(),
+                catalog.roles.len(),
+                catalog.rules.len(),
+                catalog.ipsec.len(),
+                warnings.len(),
+                if warnings.len() == 1 { "" } else { "s" }
+            );
+            (warnings, Some(summary))
+        }
+        Err(e) => (e.diagnostics, None),
+    };
+    let mut err = io::stderr().lock();
+    for d in &diagnostics {
+        let _ = writeln!(err, "{d}");
+    }
+    match ok_summary {
+        Some(summary) => {
+            println!("{summary}");
+            EXIT_OK
+        }
+        None => {
+            let errors = diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            let warnings = diagnostics.len() - errors;
+            let _ = writeln!(
+                err,
+                "{}: invalid: {errors} error{}, {warnings} warning{}",
+                path.display(),
+                if errors == 1 { "" } else { "s" },
+                if warnings == 1 { "" } else { "s" }
+            );
+            EXIT_INVALID
+        }
+    }
+}
+
+/// Prints the rules (of `role`, inclusions resolved, or every role's own) or
+/// the IPsec exceptions. 2 for an unknown role, 1 if stdout fails.
+pub fn show(catalog: &Catalog, role: Option<&str>, format: ShowFormat, table: ShowTable) -> u8 {
+    let text = match table {
+        ShowTable::Ipsec => show::render_ipsec(catalog, format),
+        ShowTable::Rules => match show::rows(catalog, role) {
+            Ok(rows) => show::render_rules(catalog, &rows, role, format),
+            Err(e) => {
+                eprintln!("portguard catalog show: {e}");
+                return EXIT_INVALID;
+            }
+        },
+    };
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => EXIT_OK,
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) => {
+            eprintln!("portguard catalog show: cannot write to stdout: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// The roles' policy as an nftables ruleset.
+pub fn export_nft(
+    catalog: &Catalog,
+    roles: &[String],
+    mgmt: &[MgmtAllowance],
+) -> Result<String, CatalogError> {
+    nft::export(catalog, roles, mgmt)
+}
