@@ -1,0 +1,283 @@
+//! `portguard catalog check|show|export` as a user runs them.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+use portguard::catalog::{Catalog, MgmtAllowance};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portguard");
+
+fn portguard(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {BIN} {args:?}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A file in the temp dir, unique to this process and name.
+fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("portguard-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+fn embedded_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../catalog/sfb2015.toml")
+}
+
+#[test]
+fn check_of_the_default_catalog_succeeds_with_warnings() {
+    let path = embedded_path();
+    let out = portguard(&["catalog", "check", path.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(": ok: 17 roles"), "summary: {stdout}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("sfb2015.toml:") && l.contains(": warning: ")),
+        "overlap warnings:\n{stderr}"
+    );
+    assert!(!stderr.contains(": error: "), "{stderr}");
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_col_and_exits_2() {
+    let embedded = Catalog::embedded_text();
+    // Break two rules: a port 0 and an unknown protocol.
+    let broken = embedded
+        .replacen("ports = \"5062\"", "ports = \"0\"", 1)
+        .replacen("protocol = \"udp\"", "protocol = \"sctp\"", 1);
+    assert_ne!(broken, embedded);
+    let port_line = broken
+        .lines()
+        .position(|l| l == "ports = \"0\"")
+        .map(|i| i + 1)
+        .unwrap_or_default();
+    let proto_line = broken
+        .lines()
+        .position(|l| l == "protocol = \"sctp\"")
+        .map(|i| i + 1)
+        .unwrap_or_default();
+    let path = temp_file("broken.toml", broken.as_bytes());
+    let p = path.to_str().unwrap_or_default();
+    let out = portguard(&["catalog", "check", p]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("{p}:{port_line}:9: error: port 0")),
+        "port 0 at line {port_line}:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{p}:{proto_line}:12: error: unknown protocol `sctp`"
+        )),
+        "sctp at line {proto_line}:\n{stderr}"
+    );
+    assert!(stderr.contains("  hint: "), "hints are printed:\n{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("invalid: 2 errors")),
+        "summary:\n{stderr}"
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn check_of_bad_bytes_and_missing_files_exits_2() {
+    let path = temp_file("latin1.toml", b"version = 1\n# caf\xe9\n");
+    let p = path.to_str().unwrap_or_default();
+    let out = portguard(&["catalog", "check", p]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(&format!("{p}:2:6: error: not UTF-8")),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&path);
+
+    let out = portguard(&["catalog", "check", "/nonexistent/portguard.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/portguard.toml: error: cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn show_json_is_one_object_per_protocol() {
+    let out = portguard(&["catalog", "show", "--role", "front-end", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("json: {e}"));
+    let rows = v.as_array().unwrap_or_else(|| panic!("an array"));
+    let expected = Catalog::embedded()
+        .effective_rules(&["front-end".into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows.len(), expected.len());
+    let video: Vec<&serde_json::Value> = rows.iter().filter(|r| r["port_start"] == 57501).collect();
+    let protos: Vec<&str> = video
+        .iter()
+        .filter_map(|r| r["protocol"].as_str())
+        .collect();
+    assert_eq!(protos, ["tcp", "udp"], "TCP/UDP is two objects");
+    assert!(
+        rows.iter().any(|r| r["role"] == "all-internal-servers"),
+        "inclusions resolved"
+    );
+}
+
+#[test]
+fn show_other_formats_and_unknown_role() {
+    for format in ["table", "csv", "md"] {
+        let out = portguard(&["catalog", "show", "--format", format]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{format}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("ip-phone"),
+            "{format} lists every role"
+        );
+    }
+    let out = portguard(&["catalog", "show", "--table", "ipsec", "--format", "csv"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        16,
+        "header and the 15 IPsec rows"
+    );
+
+    let out = portguard(&["catalog", "show", "--role", "edge"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown role `edge`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `nft -c` needs root and nft; skipped without them unless CI=true.
+fn nft_usable() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let nft = Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && nft {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but nft -c cannot run here (root: {root}, nft: {nft})");
+    }
+    eprintln!(
+        "skipping nft_check_accepts_every_role: needs root and nft (root: {root}, nft: {nft})"
+    );
+    false
+}
+
+#[test]
+fn nft_check_accepts_every_role() {
+    if !nft_usable() {
+        return;
+    }
+    let catalog = Catalog::embedded();
+    let mut roles: Vec<String> = catalog.role_ids().iter().map(|r| r.to_string()).collect();
+    roles.push(roles.join(","));
+    for (i, role) in roles.into_iter().enumerate() {
+        let out = portguard(&["catalog", "export", "--format", "nft", "--role", &role]);
+        assert_eq!(out.status.code(), Some(0), "{role}: {}", text(&out.stderr));
+        let ruleset = text(&out.stdout);
+        assert!(ruleset.contains("policy drop;"), "{role}: default drop");
+        let path = temp_file(&format!("export-{i}.nft"), ruleset.as_bytes());
+        let check = Command::new("nft")
+            .args(["-c", "-f"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("nft: {e}"));
+        assert!(
+            check.status.success(),
+            "nft -c refused the export for {role}:\n{}\n{ruleset}",
+            text(&check.stderr)
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    // Prefixes with host bits set are masked (nft refuses them otherwise).
+    let mgmt = [
+        MgmtAllowance {
+            prefix: "10.1.2.3".parse().unwrap_or_else(|e| panic!("{e}")),
+            prefix_len: 8,
+            port: 2222,
+        },
+        MgmtAllowance {
+            prefix: "2001:db8::1".parse().unwrap_or_else(|e| panic!("{e}")),
+            prefix_len: 32,
+            port: 22,
+        },
+    ];
+    let ruleset = portguard::commands::catalog::export_nft(&catalog, &["director".into()], &mgmt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        ruleset.contains("ip saddr 10.0.0.0/8 tcp dport 2222"),
+        "{ruleset}"
+    );
+    assert!(
+        ruleset.contains("ip6 saddr 2001:db8::/32 tcp dport 22"),
+        "{ruleset}"
+    );
+    let path = temp_file("mgmt.nft", ruleset.as_bytes());
+    let check = Command::new("nft")
+        .args(["-c", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("nft: {e}"));
+    assert!(
+        check.status.success(),
+        "nft -c refused:\n{}\n{ruleset}",
+        text(&check.stderr)
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn nft_export_sets_hold_the_assigned_ports() {
+    let catalog = Catalog::embedded();
+    let ruleset =
+        portguard::commands::catalog::export_nft(&catalog, &["front-end-mediation".into()], &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+    for needle in [
+        "jump role_front_end_mediation",
+        "jump role_front_end\n",
+        "jump role_all_servers",
+        "jump role_all_internal_servers",
+        "elements = { 5067-5068, 5070, 5081-5082 }",
+        "elements = { 49152-57500 }",
+        "elements = { 1434 }",
+        "udp sport 67 udp dport 68",
+    ] {
+        assert!(
+            ruleset.contains(needle),
+            "`{needle}` missing from:\n{ruleset}"
+        );
+    }
+    assert!(
+        !ruleset.contains("tcp dport 22"),
+        "no management allowance was asked for:\n{ruleset}"
+    );
+    let e = portguard::commands::catalog::export_nft(&catalog, &["nope".into()], &[]).err();
+    assert!(e.is_some_and(|e| e.to_string().contains("unknown role `nope`")));
+}
