@@ -120,18 +120,26 @@ pub fn spawn_in(ns: &NetNs, cmd: &mut Command) -> Result<()> {
 /// Runs `f` on a fresh thread that has entered `ns`'s network namespace:
 /// sockets it opens live there.
 pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    match thread_in(ns, f)?.join() {
+        Ok(r) => r.context("setns"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Starts a thread that enters `ns`'s network namespace and runs `f` there
+/// (a listener that lives while the test sends).
+pub fn thread_in<T: Send + 'static>(
+    ns: &NetNs,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<io::Result<T>>> {
     let file = File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
-    let handle = std::thread::spawn(move || {
+    Ok(std::thread::spawn(move || {
         // SAFETY: setns on this thread only; the fd is valid while `file` lives.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(f())
-    });
-    match handle.join() {
-        Ok(r) => r.context("setns"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    }))
 }
 
 #[cfg(test)]
