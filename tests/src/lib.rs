@@ -1,6 +1,7 @@
 //! The test kit shared by portguard's privileged tests, the benchmarks and
 //! the lab demo: network namespaces, veth pairs, privilege checks.
 
+pub mod lab;
 pub mod netns;
 
 use std::path::PathBuf;
