@@ -75,6 +75,17 @@ pub struct Report {
     pub summary: String,
     /// Whether the interface was free of XDP after portguard exited.
     pub detached: bool,
+    /// Real protocol peers (sipp, coturn's STUN client, curl over TLS).
+    pub peers: Vec<PeerResult>,
+}
+
+/// One conversation of a real protocol tool through portguard.
+#[derive(Debug)]
+pub struct PeerResult {
+    pub name: &'static str,
+    pub target: &'static str,
+    pub ok: bool,
+    pub detail: String,
 }
 
 impl Report {
@@ -116,7 +127,9 @@ impl Report {
     }
 
     pub fn mismatches(&self) -> usize {
-        (0..CASES.len()).filter(|i| !self.case_ok(*i)).count() + self.counter_checks().iter().filter(|(ok, _)| !ok).count()
+        (0..CASES.len()).filter(|i| !self.case_ok(*i)).count()
+            + self.counter_checks().iter().filter(|(ok, _)| !ok).count()
+            + self.peers.iter().filter(|p| !p.ok).count()
     }
 }
 
@@ -144,9 +157,20 @@ impl Drop for Daemon {
     }
 }
 
-/// Runs the lab once with the `portguard` binary at `bin`. `interrupted` is
-/// polled so that Ctrl-C ends it early (the namespaces are removed on return).
-pub fn run(bin: &Path, interrupted: &AtomicBool) -> Result<Report> {
+/// Options of one lab run.
+pub struct Options<'a> {
+    pub bin: &'a Path,
+    /// Polled so that Ctrl-C ends the run early (the namespaces are removed on return).
+    pub interrupted: &'a AtomicBool,
+    /// Also drive sipp, turnutils_stunclient and curl (they must be installed).
+    pub peers: bool,
+    /// Print the counters every half second while traffic flows.
+    pub live: bool,
+}
+
+/// Runs the lab once.
+pub fn run(opts: &Options<'_>) -> Result<Report> {
+    let (bin, interrupted) = (opts.bin, opts.interrupted);
     let client = NetNs::new("pg-client")?;
     let server = NetNs::new("pg-server")?;
     veth_pair(&client, CLIENT_IF, &server, SERVER_IF)?;
@@ -182,8 +206,11 @@ pub fn run(bin: &Path, interrupted: &AtomicBool) -> Result<Report> {
         ready_rx.recv_timeout(Duration::from_secs(5)).context("a listener did not start")??;
     }
 
+    let live_stop = Arc::new(AtomicBool::new(false));
+    let live = opts.live.then(|| spawn_live(&server, live_stop.clone()));
     let sent = in_netns(&client, send_all)?;
-    // Let the last packets land before the listeners stop.
+    // Let the last packets land before the listeners stop. The counters are
+    // read now, before the peers add their own traffic.
     std::thread::sleep(Duration::from_millis(300));
     let metrics = scrape(&server);
     stop.store(true, Ordering::SeqCst);
@@ -194,13 +221,19 @@ pub fn run(bin: &Path, interrupted: &AtomicBool) -> Result<Report> {
             _ => bail!("the listener for {:?} failed", CASES[i]),
         }
     }
+    // The peers' servers take the listeners' ports (5061, 3478) now.
+    let peers = if opts.peers { run_peers(&client, &server)? } else { Vec::new() };
+    if let Some(Ok(h)) = live {
+        live_stop.store(true, Ordering::SeqCst);
+        let _ = h.join();
+    }
     if interrupted.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
     daemon.interrupt();
     let summary = wait_output(&mut daemon.0)?;
     let detached = !server.ip(&["link", "show", "dev", SERVER_IF])?.contains("prog/xdp");
-    Ok(Report { client: client.name().into(), server: server.name().into(), sent, received, metrics, summary, detached })
+    Ok(Report { client: client.name().into(), server: server.name().into(), sent, received, metrics, summary, detached, peers })
 }
 
 fn wait_attached(server: &NetNs, daemon: &mut Daemon, interrupted: &AtomicBool) -> Result<()> {
@@ -333,4 +366,108 @@ fn wait_output(child: &mut Child) -> Result<String> {
         o.read_to_string(&mut out)?;
     }
     Ok(out)
+}
+
+/// Prints a line of live totals from the metrics endpoint until `stop`.
+fn spawn_live(server: &NetNs, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
+    let name = server.name().to_string();
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &name, "curl", "-sf", "--max-time", "1", &format!("http://{METRICS}/metrics")])
+                .output();
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let total = |verdict: &str| -> f64 {
+                    text.lines()
+                        .filter(|l| l.starts_with("portguard_packets_total") && l.contains(&format!("verdict=\"{verdict}\"")))
+                        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+                        .sum()
+                };
+                println!("   live: {:>5} passed {:>5} dropped", total("pass") as u64, total("drop") as u64);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }))
+}
+
+/// A peer's server side, killed when dropped (a process in a namespace
+/// outlives the namespace's deletion otherwise).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(server: &NetNs, program: &str, args: &[&str]) -> Result<Server> {
+    Ok(Server(
+        ns_exec(server, program, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {program} in {}", server.name()))?,
+    ))
+}
+
+/// Runs a client with a deadline; (exit ok, stdout+stderr).
+fn client_run(client: &NetNs, program: &str, args: &[&str], secs: u64) -> Result<(bool, String)> {
+    let mut cmd = ns_exec(client, "timeout", &[&secs.to_string(), program]);
+    cmd.args(args).stdin(Stdio::null());
+    let out = cmd.output().with_context(|| format!("running {program}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+/// SIP over TCP 5061 with sipp, STUN over UDP 3478 with coturn, HTTPS on 443
+/// with curl against openssl's test server: each must get through.
+fn run_peers(client: &NetNs, server: &NetNs) -> Result<Vec<PeerResult>> {
+    let mut results = Vec::new();
+    let dir = std::env::temp_dir().join(format!("portguard-lab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+
+    let _sip = start(server, "sipp", &["-sn", "uas", "-i", SERVER_IP, "-p", "5061", "-t", "t1", "-nostdin"])?;
+    let _stun = start(
+        server,
+        "turnserver",
+        &["-L", SERVER_IP, "-p", "3478", "--stun-only", "--no-tls", "--no-dtls", "--no-cli", "-n", "--no-stdout-log", "--log-file", "/dev/null"],
+    )?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &cert, "-days", "1", "-subj", "/CN=portguard-lab"])
+        .output()
+        .context("openssl req")?;
+    if !made.status.success() {
+        bail!("openssl could not make a test certificate: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    let _https = start(server, "openssl", &["s_server", "-accept", &format!("{SERVER_IP}:443"), "-cert", &cert, "-key", &key, "-www", "-quiet"])?;
+    // The servers bind asynchronously; the clients retry within their deadline.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (ok, text) = client_run(
+        client,
+        "sipp",
+        &["-sn", "uac", &format!("{SERVER_IP}:5061"), "-i", "198.18.0.1", "-t", "t1", "-m", "5", "-r", "10", "-nostdin", "-timeout", "10s"],
+        15,
+    )?;
+    let calls = text.lines().find(|l| l.contains("Successful call")).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+    results.push(PeerResult { name: "sipp (5 SIP calls)", target: "tcp 5061", ok, detail: calls.unwrap_or_else(|| last_line(&text)) });
+
+    let (ok, text) = client_run(client, "turnutils_stunclient", &["-p", "3478", SERVER_IP], 5)?;
+    let mapped = text.lines().find(|l| l.contains("reflexive addr")).map(str::trim).map(String::from);
+    results.push(PeerResult { name: "turnutils_stunclient (STUN binding)", target: "udp 3478", ok: ok && mapped.is_some(), detail: mapped.unwrap_or_else(|| last_line(&text)) });
+
+    let (ok, text) = client_run(client, "curl", &["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("https://{SERVER_IP}/")], 5)?;
+    results.push(PeerResult { name: "curl (HTTPS GET)", target: "tcp 443", ok: ok && text.trim() == "200", detail: format!("HTTP {}", text.trim()) });
+
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(results)
+}
+
+fn last_line(text: &str) -> String {
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string()
 }

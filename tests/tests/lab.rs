@@ -11,7 +11,13 @@ fn lab_allowed_arrive_forbidden_dropped_counters_agree() {
         return;
     }
     let never = AtomicBool::new(false);
-    let report = lab::run(&testkit::portguard_bin(), &never).unwrap_or_else(|e| panic!("the lab did not run: {e:#}"));
+    let bin = testkit::portguard_bin();
+    let report = lab::run(&lab::Options { bin: &bin, interrupted: &never, peers: true, live: false })
+        .unwrap_or_else(|e| panic!("the lab did not run: {e:#}"));
+    for p in &report.peers {
+        assert!(p.ok, "{} to {} failed through portguard: {}", p.name, p.target, p.detail);
+    }
+    assert_eq!(report.peers.len(), 3, "sipp, STUN and HTTPS peers all ran");
     for (i, case) in CASES.iter().enumerate() {
         assert!(
             report.case_ok(i),

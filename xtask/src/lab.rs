@@ -30,7 +30,8 @@ pub fn demo() -> Result<()> {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     println!("== portguard lab: client ns <-veth-> server ns, portguard --role {ROLES} --client-media-ports {MEDIA}");
-    let report = lab::run(&crate::portguard_bin(), &INTERRUPTED)?;
+    let bin = crate::portguard_bin();
+    let report = lab::run(&lab::Options { bin: &bin, interrupted: &INTERRUPTED, peers: true, live: true })?;
     println!("   {} 198.18.0.1 / 2001:db8::1  <->  {} 198.18.0.2 / 2001:db8::2 (metrics on {METRICS} inside)", report.client, report.server);
     println!();
     println!("{:<6} {:>6}  {:<46} {:<9} {:>5} {:>9}  RESULT", "PROTO", "PORT", "WHAT", "EXPECTED", "SENT", "RECEIVED");
@@ -45,6 +46,11 @@ pub fn demo() -> Result<()> {
             report.received[i],
             if report.case_ok(i) { "ok" } else { "MISMATCH" }
         );
+    }
+    println!();
+    println!("real protocol peers through portguard:");
+    for p in &report.peers {
+        println!("   {} {:<38} {:<9} {}", if p.ok { "ok      " } else { "MISMATCH" }, p.name, p.target, p.detail);
     }
     println!();
     if let Some(m) = &report.metrics {
