@@ -204,10 +204,10 @@ fn deny(reason: Reason, pclass: u32, config: &Config) -> Outcome {
 
 #[inline(always)]
 fn classify(frame: &Frame, config: &Config) -> Outcome {
-    let Some(eth) = frame.bytes::<ETH_HLEN>(0) else {
+    let Some(eth_type) = frame.bytes::<2>(12) else {
         return deny(Reason::Malformed, PCLASS_OTHER, config);
     };
-    let mut ethertype = be16(&eth, 12);
+    let mut ethertype = be16(&eth_type, 0);
     let mut off = ETH_HLEN;
     // One iteration per tag allowed, plus one to see a tag too many.
     for _ in 0..=MAX_VLAN_TAGS {
