@@ -1,10 +1,13 @@
 //! Network namespaces and veth pairs made by a test, removed when dropped.
 //!
-//! Two ways to run something inside a namespace:
+//! Three ways to run something inside a namespace:
+//! - `in_netns` / `thread_in` run a closure on a thread that has entered the
+//!   network namespace with `setns`: sockets made there live there;
 //! - `ns_exec` builds `ip netns exec NS …`: the child also gets a private
-//!   mount namespace where /sys is remounted, which hides the host's bpffs —
-//!   pins made there vanish with the process (portguard mounts a fresh bpffs
-//!   inside and says so);
+//!   mount namespace where /sys is remounted, which hides the host's bpffs.
+//!   A program there that pins BPF objects must mount its own
+//!   (`mount -t bpf bpf /sys/fs/bpf`; portguard does, and says so), and those
+//!   pins vanish with the process;
 //! - `spawn_in` enters only the network namespace (setns in `pre_exec`), so
 //!   /sys/fs/bpf and /run stay the host's: use it when pins must outlive the
 //!   process (restart, `stats`, `detach`).
@@ -32,7 +35,11 @@ impl NetNs {
     /// Creates `<prefix>-<pid>-<n>` (unique across parallel tests and runs),
     /// with `lo` up.
     pub fn new(prefix: &str) -> Result<NetNs> {
-        let name = format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         run(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = NetNs { name };
         run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]))?;
@@ -57,7 +64,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
     }
 }
 
@@ -65,7 +74,11 @@ impl Drop for NetNs {
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -73,7 +86,8 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 /// A veth pair with one end in each namespace, both up.
 pub fn veth_pair(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
     run(Command::new("ip").args([
-        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
     ]))?;
     a.ip(&["link", "set", a_if, "up"])?;
     b.ip(&["link", "set", b_if, "up"])?;
@@ -117,13 +131,30 @@ pub fn spawn_in(ns: &NetNs, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a fresh thread that has entered `ns`'s network namespace:
-/// sockets it opens live there.
-pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    match thread_in(ns, f)?.join() {
-        Ok(r) => r.context("setns"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+/// Runs `f` on a fresh thread that has entered `ns`'s network namespace
+/// (`setns(open("/var/run/netns/NAME"), CLONE_NEWNET)`) and returns its
+/// result: sockets it opens live there, and stay there when returned. The
+/// namespace is a per-thread attribute, so the caller's thread is untouched.
+///
+/// Only the network namespace changes: /sys/fs/bpf stays the host's. A child
+/// of `ip netns exec` is different: it remounts /sys, so a program there that
+/// pins BPF objects must first `mount -t bpf bpf /sys/fs/bpf` inside, and its
+/// pins vanish with it.
+pub fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || {
+            // SAFETY: setns on this thread only; the fd is valid while `file` lives.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        });
+        match worker.join() {
+            Ok(r) => r.with_context(|| format!("setns into {}", ns.name())),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Starts a thread that enters `ns`'s network namespace and runs `f` there
@@ -144,35 +175,130 @@ pub fn thread_in<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use std::net::UdpSocket;
+    use std::{
+        io::Write as _,
+        net::{SocketAddr, TcpStream, UdpSocket},
+        time::{Duration, Instant},
+    };
 
     use super::*;
+    use crate::sockets::{Counter, Counts};
+
+    fn ok<T>(r: Result<T>) -> T {
+        r.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    #[test]
+    fn ns_exec_builds_ip_netns_exec() {
+        let ns = NetNs {
+            name: "pg-test-x".into(),
+        };
+        let cmd = ns_exec(&ns, "curl", &["-s", "http://127.0.0.1:9477/metrics"]);
+        assert_eq!(cmd.get_program(), "ip");
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "netns",
+                "exec",
+                "pg-test-x",
+                "curl",
+                "-s",
+                "http://127.0.0.1:9477/metrics"
+            ]
+        );
+        assert_eq!(ns.path(), PathBuf::from("/var/run/netns/pg-test-x"));
+        // Not created by `new`: nothing to delete (a failed delete is ignored).
+        std::mem::forget(ns);
+    }
 
     #[test]
     fn two_namespaces_talk_over_a_veth_pair() {
         if !crate::require_privileges("two_namespaces_talk_over_a_veth_pair") {
             return;
         }
-        let a = NetNs::new("pgkit-a").unwrap_or_else(|e| panic!("{e:#}"));
-        let b = NetNs::new("pgkit-b").unwrap_or_else(|e| panic!("{e:#}"));
-        veth_pair(&a, "kita0", &b, "kitb0").unwrap_or_else(|e| panic!("{e:#}"));
-        addr(&a, "kita0", "198.18.7.1/24").unwrap_or_else(|e| panic!("{e:#}"));
-        addr(&b, "kitb0", "198.18.7.2/24").unwrap_or_else(|e| panic!("{e:#}"));
-        let rx = in_netns(&b, || UdpSocket::bind("198.18.7.2:4000")).unwrap_or_else(|e| panic!("{e:#}"));
-        let rx = rx.unwrap_or_else(|e| panic!("bind in b: {e}"));
-        rx.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap_or_else(|e| panic!("{e}"));
-        in_netns(&a, || {
+        let a = ok(NetNs::new("pgkit-a"));
+        let b = ok(NetNs::new("pgkit-b"));
+        ok(veth_pair(&a, "kita0", &b, "kitb0"));
+        ok(addr(&a, "kita0", "198.18.7.1/24"));
+        ok(addr(&b, "kitb0", "198.18.7.2/24"));
+        ok(addr(&a, "kita0", "2001:db8:7::1/64"));
+        ok(addr(&b, "kitb0", "2001:db8:7::2/64"));
+
+        let udp4: SocketAddr = ([198, 18, 7, 2], 4000).into();
+        let udp6: SocketAddr = "[2001:db8:7::2]:4000"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tcp4: SocketAddr = ([198, 18, 7, 2], 5061).into();
+        let (rx4, rx6, rxt) = ok(in_netns(&b, || -> io::Result<_> {
+            Ok((
+                Counter::udp(udp4)?,
+                Counter::udp(udp6)?,
+                Counter::tcp(tcp4)?,
+            ))
+        }))
+        .unwrap_or_else(|e| panic!("bind in b: {e}"));
+        // The sockets live in b: from the test's own namespace they are unreachable.
+        assert!(
+            UdpSocket::bind("198.18.7.1:0").is_err(),
+            "198.18.7.1 exists outside the namespace"
+        );
+
+        ok(in_netns(&a, || {
             let tx = UdpSocket::bind("198.18.7.1:0").unwrap_or_else(|e| panic!("bind in a: {e}"));
-            tx.send_to(b"hello", "198.18.7.2:4000").unwrap_or_else(|e| panic!("send: {e}"));
-        })
-        .unwrap_or_else(|e| panic!("{e:#}"));
-        let mut buf = [0u8; 16];
-        let (n, from) = rx.recv_from(&mut buf).unwrap_or_else(|e| panic!("nothing arrived across the veth: {e}"));
-        assert_eq!(&buf[..n], b"hello");
-        assert_eq!(from.ip().to_string(), "198.18.7.1");
+            let tx6 = UdpSocket::bind("[2001:db8:7::1]:0")
+                .unwrap_or_else(|e| panic!("bind v6 in a: {e}"));
+            for _ in 0..10 {
+                tx.send_to(b"hello", udp4)
+                    .unwrap_or_else(|e| panic!("send: {e}"));
+                tx6.send_to(b"hello", udp6)
+                    .unwrap_or_else(|e| panic!("send v6: {e}"));
+            }
+            let mut s = TcpStream::connect_timeout(&tcp4, Duration::from_secs(1))
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            s.write_all(b"REGISTER\r\n")
+                .unwrap_or_else(|e| panic!("write: {e}"));
+        }));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while (rx4.counts().count, rx6.counts().count, rxt.counts().count) != (10, 10, 1)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            rx4.finish(),
+            Counts {
+                count: 10,
+                bytes: 50
+            },
+            "UDP over IPv4 across the veth"
+        );
+        assert_eq!(
+            rx6.finish(),
+            Counts {
+                count: 10,
+                bytes: 50
+            },
+            "UDP over IPv6 across the veth"
+        );
+        assert_eq!(
+            rxt.finish(),
+            Counts {
+                count: 1,
+                bytes: 10
+            },
+            "a TCP connection across the veth"
+        );
+
         let name = a.name().to_string();
         drop(a);
-        let list = run(Command::new("ip").args(["netns", "list"])).unwrap_or_else(|e| panic!("{e:#}"));
-        assert!(!list.contains(&name), "{name} still exists after drop");
+        let list = ok(run(Command::new("ip").args(["netns", "list"])));
+        assert!(
+            !list.split_whitespace().any(|w| w == name),
+            "{name} still exists after drop"
+        );
     }
 }
