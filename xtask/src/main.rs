@@ -1,7 +1,13 @@
-//! `cargo xtask`: set up the toolchain, build, run the lab demo, test, bench.
+//! `cargo xtask`: set up the toolchain, build, run the lab demo, test, bench,
+//! fuzz. One module per subcommand; this file holds the command line and what
+//! they share (the repository root, running cargo with bpf-linker reachable).
 
-mod lab;
+mod bench;
+mod build;
+mod fuzz;
+mod run;
 mod setup;
+mod test;
 
 use std::{
     path::{Path, PathBuf},
@@ -20,38 +26,45 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing: Debian's rustc with core for bpfel-unknown-none,
-    /// bpf-linker, and the tools the tests and the lab use.
+    /// Install what is missing: Debian's rustc with `core` for
+    /// bpfel-unknown-none, bpf-linker, and the tools the lab and the tests
+    /// drive. A no-op when everything is there.
     Setup,
-    /// Build the self-contained `portguard` binary (release).
+    /// Set up, then build the self-contained `portguard` binary (release).
     Build,
-    /// Set up, build, and run the lab demo; `-- --iface IF --role R …` runs
-    /// `portguard run` on a real interface instead.
+    /// Set up, build, and run the lab demo. `-- --iface IF --role R [flags]`
+    /// runs `portguard run` with those flags on a real interface instead.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run the whole test suite (privileged tests included).
+    /// Set up, build, and run the whole test suite (privileged tests included:
+    /// run as root). Arguments after `--` go to `cargo test`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run the benchmarks (writes docs/benchmarks.md).
+    /// Set up, build, and run the benchmark binary (`integration-tests`'s
+    /// `bench`). Arguments after `--` go to it.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// A longer fuzzing run than the one `test` includes.
+    /// The workspace's property tests (proptest) with many more cases than
+    /// `test` runs. Arguments after `--` go to `cargo test` (a name filter,
+    /// for example).
     Fuzz {
-        /// Cases per property.
-        #[arg(long, default_value = "200000")]
-        cases: u64,
+        /// Cases per property (PROPTEST_CASES).
+        #[arg(long, default_value_t = 100_000)]
+        cases: u32,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    match dispatch() {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
@@ -59,70 +72,143 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Cmd::Setup => setup::setup(setup::Needs::Everything),
+fn dispatch() -> Result<ExitCode> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup(setup::Needs::Everything, true).map(|()| ExitCode::SUCCESS),
         Cmd::Build => {
-            setup::setup(setup::Needs::Build)?;
-            build()
+            setup::setup(setup::Needs::Build, false)?;
+            build::build().map(|()| ExitCode::SUCCESS)
         }
         Cmd::Run { args } => {
-            setup::setup(setup::Needs::Lab)?;
-            build()?;
-            if args.is_empty() { lab::demo() } else { lab::real_interface(&args) }
+            setup::setup(setup::Needs::Lab, false)?;
+            build::build()?;
+            if args.is_empty() {
+                run::demo().map(|()| ExitCode::SUCCESS)
+            } else {
+                run::real_interface(&args)
+            }
         }
         Cmd::Test { args } => {
-            setup::setup(setup::Needs::Everything)?;
-            build()?;
-            test(&args)
+            setup::setup(setup::Needs::Everything, false)?;
+            build::build()?;
+            test::test(&args).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Bench { args } => {
-            setup::setup(setup::Needs::Everything)?;
-            build()?;
-            cargo(&["run", "--release", "-p", "integration-tests", "--bin", "bench", "--"], &args, &[])
+            setup::setup(setup::Needs::Everything, false)?;
+            build::build()?;
+            bench::bench(&args).map(|()| ExitCode::SUCCESS)
         }
-        Cmd::Fuzz { cases } => {
-            setup::setup(setup::Needs::Build)?;
-            build()?;
-            cargo(
-                &["test", "--release", "-p", "integration-tests", "--test", "fuzz", "--", "--nocapture"],
-                &[],
-                &[("PORTGUARD_FUZZ_CASES", &cases.to_string())],
-            )
+        Cmd::Fuzz { cases, args } => {
+            setup::setup(setup::Needs::Build, false)?;
+            build::build()?;
+            fuzz::fuzz(cases, &args).map(|()| ExitCode::SUCCESS)
         }
     }
 }
 
+/// The repository root (xtask/..).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
+/// The binary `cargo xtask build` makes, or `$PORTGUARD_BIN` (as in the
+/// test kit).
 pub fn portguard_bin() -> PathBuf {
-    root().join("target/release/portguard")
+    std::env::var_os("PORTGUARD_BIN")
+        .map_or_else(|| root().join("target/release/portguard"), PathBuf::from)
 }
 
-fn build() -> Result<()> {
-    cargo(&["build", "--release", "-p", "classifier-user"], &[], &[])
-}
-
-fn test(extra: &[String]) -> Result<()> {
-    // The whole workspace in release: the eBPF object is built once, and the
-    // privileged tests find target/release/portguard.
-    cargo(&["test", "--workspace", "--release"], extra, &[])
-}
-
-/// Runs cargo in the repository with bpf-linker reachable.
-fn cargo(args: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
+/// `cargo args…` in the repository root, with ~/.cargo/bin on PATH: the
+/// eBPF build in classifier-user/build.rs looks for bpf-linker there.
+pub fn cargo_command(args: &[&str]) -> Command {
+    // `cargo xtask` sets CARGO to the cargo that runs us: use the same one.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(root()).args(args).args(extra).env("PATH", setup::path_with_cargo_bin());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let status = cmd.status().with_context(|| format!("running cargo {}", args.join(" ")))?;
+    cmd.current_dir(root())
+        .args(args)
+        .env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+/// Runs `cargo args… extra…` and fails if it fails.
+pub fn cargo(args: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
+    let mut cmd = cargo_command(args);
+    cmd.args(extra).envs(env.iter().copied());
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_passes_flags_after_the_separator_through() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "run",
+            "--",
+            "--iface",
+            "eth0",
+            "--role",
+            "front-end",
+            "--mode",
+            "monitor",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Cmd::Run { args } = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            args,
+            [
+                "--iface",
+                "eth0",
+                "--role",
+                "front-end",
+                "--mode",
+                "monitor"
+            ]
+        );
+    }
+
+    #[test]
+    fn test_keeps_a_second_separator_for_the_test_binaries() {
+        let cli =
+            Cli::try_parse_from(["xtask", "test", "--", "-p", "testkit", "--", "--nocapture"])
+                .unwrap_or_else(|e| panic!("{e}"));
+        let Cmd::Test { args } = cli.command else {
+            panic!("not test")
+        };
+        assert_eq!(args, ["-p", "testkit", "--", "--nocapture"]);
+    }
+
+    #[test]
+    fn plain_run_is_the_lab() {
+        let cli = Cli::try_parse_from(["xtask", "run"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cli.command, Cmd::Run { args } if args.is_empty()));
+    }
+
+    #[test]
+    fn the_root_holds_the_workspace() {
+        assert!(root().join("Cargo.toml").is_file());
+        if std::env::var_os("PORTGUARD_BIN").is_none() {
+            assert!(portguard_bin().ends_with("target/release/portguard"));
+        }
+    }
 }

@@ -1,5 +1,7 @@
-//! Detect and install what a fresh Debian 12 machine lacks. A no-op, and
-//! fast, when everything is there.
+//! `cargo xtask setup`: detect and install what a fresh Debian 12 machine
+//! lacks. Detection only looks at files and runs `rustc --print sysroot` and
+//! `bpf-linker --version`, so with everything present it takes well under a
+//! second; `apt-get update` runs once, and only when something is installed.
 
 use std::{
     ffi::OsString,
@@ -12,44 +14,151 @@ use anyhow::{Context as _, Result, bail};
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
-/// Debian packages for the eBPF build (Debian's rustc with a prebuilt `core`
-/// for the BPF target, and what bpf-linker links against).
-const BPF_BUILD_PACKAGES: [&str; 6] =
-    ["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// Debian packages for the eBPF build: Debian's rustc with a prebuilt `core`
+/// for the BPF target, and the LLVM bpf-linker is built against.
+const BPF_BUILD_PACKAGES: [&str; 6] = [
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 
-/// A tool, how to find it, and the package that has it.
+/// A tool, how to find it, and the Debian package that has it.
+#[derive(Debug)]
 struct Tool {
-    /// A command on PATH or an absolute file path.
+    /// A program looked up on PATH (and /usr/sbin, /sbin), or an absolute path.
     probe: &'static str,
     package: &'static str,
 }
 
 /// What the lab demo drives.
 const LAB_TOOLS: &[Tool] = &[
-    Tool { probe: "ip", package: "iproute2" },
-    Tool { probe: "curl", package: "curl" },
-    Tool { probe: "sipp", package: "sip-tester" },
-    Tool { probe: "turnutils_stunclient", package: "coturn" },
+    Tool {
+        probe: "ip",
+        package: "iproute2",
+    },
+    Tool {
+        probe: "curl",
+        package: "curl",
+    },
+    Tool {
+        probe: "sipp",
+        package: "sip-tester",
+    },
+    Tool {
+        probe: "turnserver",
+        package: "coturn",
+    },
+    Tool {
+        probe: "turnutils_stunclient",
+        package: "coturn",
+    },
+    // The HTTPS peer: a throwaway certificate and `openssl s_server`.
+    Tool {
+        probe: "openssl",
+        package: "openssl",
+    },
 ];
 
 /// What the tests and benchmarks use on top of the lab's.
 const TEST_TOOLS: &[Tool] = &[
-    Tool { probe: "nft", package: "nftables" },
-    Tool { probe: "prometheus", package: "prometheus" },
-    Tool { probe: "promtool", package: "prometheus" },
-    Tool { probe: "xdp-filter", package: "xdp-tools" },
-    Tool { probe: "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o", package: "libxdp1" },
-    Tool { probe: "trafgen", package: "netsniff-ng" },
-    Tool { probe: "iperf3", package: "iperf3" },
-    Tool { probe: "ethtool", package: "ethtool" },
+    Tool {
+        probe: "nft",
+        package: "nftables",
+    },
+    Tool {
+        probe: "prometheus",
+        package: "prometheus",
+    },
+    Tool {
+        probe: "promtool",
+        package: "prometheus",
+    },
+    Tool {
+        probe: "xdp-filter",
+        package: "xdp-tools",
+    },
+    Tool {
+        probe: "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_all.o",
+        package: "libxdp1",
+    },
+    Tool {
+        probe: "trafgen",
+        package: "netsniff-ng",
+    },
+    Tool {
+        probe: "iperf3",
+        package: "iperf3",
+    },
+    Tool {
+        probe: "ethtool",
+        package: "ethtool",
+    },
 ];
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// How much a subcommand needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Needs {
+    /// The eBPF toolchain.
     Build,
+    /// The toolchain and the lab's peers.
     Lab,
+    /// The toolchain, the lab's peers and the tests' tools.
     Everything,
+}
+
+/// What detection found.
+#[derive(Debug, Clone, Copy)]
+pub struct Found {
+    /// A rustc with `core` for the BPF target (Debian's, $PORTGUARD_BPF_RUSTC,
+    /// or rustup nightly with rust-src: the three that classifier-user's
+    /// build script accepts).
+    pub bpf_rustc: bool,
+    /// A runnable bpf-linker.
+    pub bpf_linker: bool,
+}
+
+/// What has to be installed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Debian packages, in install order, without duplicates.
+    pub apt: Vec<&'static str>,
+    pub bpf_linker: bool,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.apt.is_empty() && !self.bpf_linker
+    }
+}
+
+/// The install plan for `needs`, given what was found and a probe for tools.
+pub fn plan(needs: Needs, found: Found, tool_present: impl Fn(&str) -> bool) -> Plan {
+    let mut apt: Vec<&'static str> = Vec::new();
+    // bpf-linker is built against llvm-22-dev, so a missing linker needs the
+    // BPF build packages too, even when the rustc is there.
+    if !found.bpf_rustc || !found.bpf_linker {
+        apt.extend(BPF_BUILD_PACKAGES);
+    }
+    let tools: &[&[Tool]] = match needs {
+        Needs::Build => &[],
+        Needs::Lab => &[LAB_TOOLS],
+        Needs::Everything => &[LAB_TOOLS, TEST_TOOLS],
+    };
+    let tools = tools.iter().flat_map(|t| t.iter());
+    for t in tools {
+        if !apt.contains(&t.package) && !tool_present(t.probe) {
+            apt.push(t.package);
+        }
+    }
+    Plan {
+        apt,
+        bpf_linker: !found.bpf_linker,
+    }
 }
 
 fn cargo_home() -> PathBuf {
@@ -59,9 +168,11 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
-/// PATH with ~/.cargo/bin in it (bpf-linker lives there).
+/// PATH with ~/.cargo/bin in it (`cargo install` puts bpf-linker there).
 pub fn path_with_cargo_bin() -> OsString {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     let bin = cargo_home().join("bin");
     if !dirs.contains(&bin) {
         dirs.push(bin);
@@ -69,142 +180,358 @@ pub fn path_with_cargo_bin() -> OsString {
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
-fn on_path(program: &str) -> bool {
+/// Where `program` is among `dirs`; an absolute path is checked as is.
+pub fn find_program(program: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
     if program.starts_with('/') {
-        return Path::new(program).exists();
+        return Path::new(program).exists().then(|| PathBuf::from(program));
     }
-    std::env::split_paths(&path_with_cargo_bin()).any(|d| d.join(program).is_file())
-        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(program).is_file())
+    dirs.iter().map(|d| d.join(program)).find(|p| p.is_file())
 }
 
-/// Whether `rustc`'s sysroot has `core` prebuilt for the BPF target.
-pub fn has_bpf_core(rustc: &Path) -> bool {
-    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
-        return false;
-    };
-    if !out.status.success() {
-        return false;
-    }
-    let lib = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("lib/rustlib").join(BPF_TARGET).join("lib");
-    std::fs::read_dir(lib).is_ok_and(|mut e| e.any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().starts_with("libcore-"))))
+/// PATH (with ~/.cargo/bin) and the sbin directories a non-login root shell
+/// may lack.
+fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path_with_cargo_bin()).collect();
+    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    dirs
 }
 
-/// Whether rustup's nightly has `rust-src` (the other way to build for BPF).
-fn nightly_with_rust_src() -> bool {
-    Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+/// Whether a sysroot has `core` prebuilt for the BPF target.
+pub fn sysroot_has_bpf_core(sysroot: &Path) -> bool {
+    let lib = sysroot.join("lib/rustlib").join(BPF_TARGET).join("lib");
+    std::fs::read_dir(lib).is_ok_and(|mut entries| {
+        entries.any(|e| {
+            e.is_ok_and(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("libcore") && name.ends_with(".rlib")
+            })
+        })
+    })
+}
+
+/// `rustc --print sysroot`, run with `extra` leading args (`rustup run …`).
+fn sysroot_of(program: &str, extra: &[&str]) -> Option<PathBuf> {
+    let out = Command::new(program)
+        .args(extra)
+        .args(["--print", "sysroot"])
+        // Never let rustup try to download a toolchain from here.
+        .env("RUSTUP_AUTO_INSTALL", "0")
         .output()
         .ok()
-        .filter(|o| o.status.success())
-        .is_some_and(|o| {
-            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").is_dir()
-        })
+        .filter(|o| o.status.success())?;
+    Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-fn bpf_linker_ok() -> bool {
-    Command::new(cargo_home().join("bin/bpf-linker"))
+/// Whether `rustc` exists and its sysroot has `core` for the BPF target.
+pub fn rustc_has_bpf_core(rustc: &Path) -> bool {
+    rustc
+        .to_str()
+        .and_then(|r| sysroot_of(r, &[]))
+        .is_some_and(|s| sysroot_has_bpf_core(&s))
+}
+
+/// The rustc for the eBPF crate, as classifier-user/build.rs chooses it.
+fn bpf_rustc() -> Option<String> {
+    if let Some(r) = std::env::var_os("PORTGUARD_BPF_RUSTC") {
+        let r = PathBuf::from(r);
+        return rustc_has_bpf_core(&r).then(|| format!("{} ($PORTGUARD_BPF_RUSTC)", r.display()));
+    }
+    if rustc_has_bpf_core(Path::new(DEBIAN_RUSTC)) {
+        return Some(format!(
+            "{DEBIAN_RUSTC} (Debian, prebuilt core for {BPF_TARGET})"
+        ));
+    }
+    // Only asked when Debian's is missing: it costs a rustup round trip.
+    sysroot_of("rustup", &["run", "nightly", "rustc"])
+        .filter(|s| s.join("lib/rustlib/src/rust/library/core").is_dir())
+        .map(|_| "rustup nightly with rust-src".to_string())
+}
+
+/// `bpf-linker --version` output, from ~/.cargo/bin or PATH.
+fn bpf_linker_version() -> Option<String> {
+    let linker = find_program("bpf-linker", &search_dirs())?;
+    let out = Command::new(linker)
         .arg("--version")
         .output()
-        .or_else(|_| Command::new("bpf-linker").arg("--version").env("PATH", path_with_cargo_bin()).output())
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Packages missing for `needs`, in install order, without duplicates.
-fn missing_packages(needs: Needs, bpf_rustc: bool, linker: bool) -> Vec<&'static str> {
-    let mut pkgs: Vec<&'static str> = Vec::new();
-    if !bpf_rustc || !linker {
-        pkgs.extend(BPF_BUILD_PACKAGES);
-    }
-    let mut tools: Vec<&Tool> = Vec::new();
-    if needs != Needs::Build {
-        tools.extend(LAB_TOOLS);
-    }
-    if needs == Needs::Everything {
-        tools.extend(TEST_TOOLS);
-    }
-    for t in tools {
-        if !on_path(t.probe) && !pkgs.contains(&t.package) {
-            pkgs.push(t.package);
-        }
-    }
-    pkgs
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask setup: {what}");
-    let status = cmd.status().with_context(|| format!("{what}: running {cmd:?}"))?;
+    eprintln!("xtask setup: {what}…");
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: running {cmd:?}"))?;
     if !status.success() {
         bail!("{what} failed ({status}); command: {cmd:?}");
     }
     Ok(())
 }
 
-pub fn setup(needs: Needs) -> Result<()> {
-    let bpf_rustc = has_bpf_core(Path::new("/usr/bin/rustc")) || nightly_with_rust_src();
-    let linker = bpf_linker_ok();
-    let pkgs = missing_packages(needs, bpf_rustc, linker);
-    if !pkgs.is_empty() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            bail!("missing Debian packages {pkgs:?}; run as root or install them: apt-get install -y {}", pkgs.join(" "));
+/// Detects, and installs what `needs` lacks. `verbose` reports what was
+/// found even when nothing is installed (`cargo xtask setup` itself).
+pub fn setup(needs: Needs, verbose: bool) -> Result<()> {
+    let rustc = bpf_rustc();
+    let linker = bpf_linker_version();
+    let dirs = search_dirs();
+    let plan = plan(
+        needs,
+        Found {
+            bpf_rustc: rustc.is_some(),
+            bpf_linker: linker.is_some(),
+        },
+        |probe| find_program(probe, &dirs).is_some(),
+    );
+    if plan.is_empty() {
+        if verbose {
+            eprintln!("xtask setup: nothing to install");
+            eprintln!("  eBPF rustc:  {}", rustc.as_deref().unwrap_or("?"));
+            eprintln!("  bpf-linker:  {}", linker.as_deref().unwrap_or("?"));
+            eprintln!("  lab and test tools: all present");
         }
-        run_step("apt-get update", Command::new("apt-get").args(["update", "-q"]))?;
+        if let Some(v) = linker
+            .as_deref()
+            .filter(|v| !v.contains(BPF_LINKER_VERSION))
+        {
+            eprintln!(
+                "xtask setup: note: {v} found; the recipe pins bpf-linker {BPF_LINKER_VERSION}"
+            );
+        }
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if !plan.apt.is_empty() && unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "missing Debian packages: {}. Run as root, or install them: apt-get install -y {}",
+            plan.apt.join(" "),
+            plan.apt.join(" ")
+        );
+    }
+    if !plan.apt.is_empty() {
         run_step(
-            &format!("installing {}", pkgs.join(" ")),
+            "apt-get update",
+            Command::new("apt-get").args(["update", "-q"]),
+        )?;
+        run_step(
+            &format!("installing {} with apt-get", plan.apt.join(" ")),
             Command::new("apt-get")
                 .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&pkgs)
+                .args(&plan.apt)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
-    }
-    if !has_bpf_core(Path::new("/usr/bin/rustc")) && !nightly_with_rust_src() {
-        bail!("no rustc with `core` for {BPF_TARGET} after installing {BPF_BUILD_PACKAGES:?}");
-    }
-    if !linker {
-        run_step(
-            &format!("installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 3 minutes)"),
-            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"])
-                .env("LLVM_PREFIX", LLVM_PREFIX),
-        )?;
-        if !bpf_linker_ok() {
-            bail!("bpf-linker is still not runnable after `cargo install`");
+        if bpf_rustc().is_none() {
+            bail!(
+                "no rustc with `core` for {BPF_TARGET} after installing {}",
+                BPF_BUILD_PACKAGES.join(" ")
+            );
+        }
+        let dirs = search_dirs();
+        let still: Vec<&str> = plan
+            .apt
+            .iter()
+            .copied()
+            .filter(|p| !BPF_BUILD_PACKAGES.contains(p))
+            .collect();
+        let lacking: Vec<&str> = LAB_TOOLS
+            .iter()
+            .chain(TEST_TOOLS)
+            .filter(|t| still.contains(&t.package) && find_program(t.probe, &dirs).is_none())
+            .map(|t| t.probe)
+            .collect();
+        if !lacking.is_empty() {
+            bail!("still missing after apt-get install: {}", lacking.join(" "));
         }
     }
+    if plan.bpf_linker {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        run_step(
+            &format!(
+                "installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 3 minutes)"
+            ),
+            Command::new(cargo)
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("LLVM_PREFIX", LLVM_PREFIX)
+                .env("PATH", path_with_cargo_bin()),
+        )?;
+        let Some(v) = bpf_linker_version() else {
+            bail!(
+                "bpf-linker is still not runnable after `cargo install` (looked in PATH and {})",
+                cargo_home().join("bin").display()
+            );
+        };
+        eprintln!(
+            "xtask setup: {v} installed in {}",
+            cargo_home().join("bin").display()
+        );
+    }
+    eprintln!("xtask setup: done");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, time::Instant};
+
     use super::*;
 
-    #[test]
-    fn nothing_missing_means_no_packages_for_the_build() {
-        assert!(missing_packages(Needs::Build, true, true).is_empty());
+    const ALL: Found = Found {
+        bpf_rustc: true,
+        bpf_linker: true,
+    };
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let d = std::env::temp_dir().join(format!("xtask-setup-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+            TempDir(d)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
-    fn a_missing_linker_pulls_the_llvm_it_links_against() {
-        let pkgs = missing_packages(Needs::Build, true, false);
-        assert!(pkgs.contains(&"llvm-22-dev"), "{pkgs:?}");
-        assert!(pkgs.contains(&"libpolly-22-dev"), "{pkgs:?}");
+    fn nothing_missing_means_nothing_to_do() {
+        for needs in [Needs::Build, Needs::Lab, Needs::Everything] {
+            assert!(plan(needs, ALL, |_| true).is_empty(), "{needs:?}");
+        }
     }
 
     #[test]
-    fn a_missing_bpf_core_pulls_debians_rustc() {
-        let pkgs = missing_packages(Needs::Build, false, true);
-        assert!(pkgs.contains(&"rustc-web") && pkgs.contains(&"libstd-rust-web-dev-bpf"), "{pkgs:?}");
+    fn a_missing_linker_is_built_against_llvm_22() {
+        let p = plan(
+            Needs::Build,
+            Found {
+                bpf_linker: false,
+                ..ALL
+            },
+            |_| true,
+        );
+        assert!(p.bpf_linker);
+        assert!(
+            p.apt.contains(&"llvm-22-dev") && p.apt.contains(&"libpolly-22-dev"),
+            "{p:?}"
+        );
     }
 
     #[test]
-    fn path_probe_finds_sh_and_not_nonsense() {
-        assert!(on_path("sh"));
-        assert!(!on_path("portguard-no-such-tool"));
-        assert!(!on_path("/no/such/file.o"));
+    fn a_missing_bpf_core_pulls_debians_rustc_only() {
+        let p = plan(
+            Needs::Build,
+            Found {
+                bpf_rustc: false,
+                ..ALL
+            },
+            |_| true,
+        );
+        assert!(!p.bpf_linker);
+        assert_eq!(p.apt, BPF_BUILD_PACKAGES);
+    }
+
+    #[test]
+    fn build_ignores_tools_and_lab_ignores_test_tools() {
+        assert!(plan(Needs::Build, ALL, |_| false).is_empty());
+        let lab = plan(Needs::Lab, ALL, |_| false);
+        assert_eq!(
+            lab.apt,
+            ["iproute2", "curl", "sip-tester", "coturn", "openssl"]
+        );
+        let all = plan(Needs::Everything, ALL, |p| {
+            p != "trafgen" && p != "promtool"
+        });
+        assert_eq!(
+            all.apt,
+            ["prometheus", "netsniff-ng"],
+            "in TEST_TOOLS order"
+        );
+    }
+
+    #[test]
+    fn a_package_with_two_missing_tools_is_listed_once() {
+        let p = plan(
+            Needs::Everything,
+            Found {
+                bpf_rustc: false,
+                bpf_linker: false,
+            },
+            |_| false,
+        );
+        let mut sorted = p.apt.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), p.apt.len(), "{:?}", p.apt);
+        assert_eq!(p.apt.iter().filter(|p| **p == "coturn").count(), 1);
+    }
+
+    #[test]
+    fn bpf_core_is_found_by_its_rlib_in_the_target_dir() {
+        let t = TempDir::new("sysroot");
+        assert!(!sysroot_has_bpf_core(&t.0));
+        let lib = t.0.join("lib/rustlib").join(BPF_TARGET).join("lib");
+        fs::create_dir_all(&lib).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !sysroot_has_bpf_core(&t.0),
+            "an empty target dir has no core"
+        );
+        fs::write(lib.join("libcompiler_builtins-0123.rlib"), b"")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!sysroot_has_bpf_core(&t.0));
+        fs::write(lib.join("libcore-4f8e.rlib"), b"").unwrap_or_else(|e| panic!("{e}"));
+        assert!(sysroot_has_bpf_core(&t.0));
+    }
+
+    #[test]
+    fn programs_are_found_in_the_given_dirs_only() {
+        let t = TempDir::new("path");
+        let dirs = [t.0.join("nope"), t.0.clone()];
+        assert_eq!(find_program("bpf-linker", &dirs), None);
+        fs::write(t.0.join("bpf-linker"), b"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            find_program("bpf-linker", &dirs),
+            Some(t.0.join("bpf-linker"))
+        );
+        assert_eq!(find_program("/no/such/file.o", &dirs), None);
+        assert!(find_program("sh", &search_dirs()).is_some());
     }
 
     #[test]
     fn a_rustc_that_does_not_exist_has_no_bpf_core() {
-        assert!(!has_bpf_core(Path::new("/no/such/rustc")));
+        assert!(!rustc_has_bpf_core(Path::new("/no/such/rustc")));
+    }
+
+    #[test]
+    fn cargo_bin_is_on_the_path_we_hand_to_cargo() {
+        let dirs: Vec<PathBuf> = std::env::split_paths(&path_with_cargo_bin()).collect();
+        assert!(dirs.contains(&cargo_home().join("bin")));
+    }
+
+    #[test]
+    fn detection_is_fast() {
+        let t = Instant::now();
+        let _ = (bpf_rustc(), bpf_linker_version());
+        let dirs = search_dirs();
+        let _ = plan(Needs::Everything, ALL, |p| find_program(p, &dirs).is_some());
+        assert!(
+            t.elapsed().as_millis() < 1000,
+            "detection took {:?}",
+            t.elapsed()
+        );
     }
 }

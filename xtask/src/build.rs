@@ -1,0 +1,9 @@
+//! `cargo xtask build`: the release `portguard` binary. classifier-user's
+//! build script compiles the eBPF crate with Debian's rustc and bpf-linker
+//! and embeds the object, so this one cargo command is the whole build.
+
+use anyhow::Result;
+
+pub fn build() -> Result<()> {
+    crate::cargo(&["build", "--release", "-p", "classifier-user"], &[], &[])
+}

@@ -1,0 +1,144 @@
+//! `cargo xtask run`: the lab demo (engine in `testkit::lab`), or, with
+//! flags, portguard in the foreground on a real interface.
+
+use std::{
+    process::{Command, ExitCode},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+use testkit::lab::{self, CASES, MEDIA, METRICS, ROLES, SERVER_IF};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C reaches every process of the foreground group: portguard detaches
+/// by itself. xtask only notes it, so that it can stop the lab, drop its
+/// guards (portguard, peers, namespaces) and report. A handled signal is
+/// reset to the default in exec'd children, unlike an ignored one, so the
+/// children still stop on Ctrl-C.
+fn catch_sigint() {
+    let handler = on_sigint as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
+
+/// `cargo xtask run -- --iface IF --role R …`: `portguard run` with those
+/// flags, in the foreground, with its exit code.
+pub fn real_interface(args: &[String]) -> Result<ExitCode> {
+    catch_sigint();
+    let bin = crate::portguard_bin();
+    eprintln!("xtask run: {} run {}", bin.display(), args.join(" "));
+    let status = Command::new(&bin)
+        .arg("run")
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => {
+            eprintln!("xtask run: portguard exited with {code}");
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        None => {
+            eprintln!("xtask run: portguard ended by {status}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+pub fn demo() -> Result<()> {
+    catch_sigint();
+    println!(
+        "== portguard lab: client netns <-veth-> server netns; portguard run --iface {SERVER_IF} --role {ROLES} --client-media-ports {MEDIA}"
+    );
+    let bin = crate::portguard_bin();
+    let report = match lab::run(&lab::Options {
+        bin: &bin,
+        interrupted: &INTERRUPTED,
+        peers: true,
+        live: true,
+    }) {
+        Ok(r) => r,
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+            bail!("interrupted; portguard was stopped and the lab's namespaces removed")
+        }
+        Err(e) => return Err(e.context("the lab failed (its namespaces were removed)")),
+    };
+    println!(
+        "   {} 198.18.0.1 / 2001:db8::1  <->  {} 198.18.0.2 / 2001:db8::2 (metrics on {METRICS} inside)",
+        report.client, report.server
+    );
+    println!();
+    println!(
+        "{:<6} {:>6}  {:<46} {:<9} {:>5} {:>9}  VERDICT",
+        "PROTO", "PORT", "WHAT", "EXPECTED", "SENT", "RECEIVED"
+    );
+    for (i, case) in CASES.iter().enumerate() {
+        println!(
+            "{:<6} {:>6}  {:<46} {:<9} {:>5} {:>9}  {}",
+            case.proto.name(),
+            case.port,
+            case.what,
+            if case.allowed { "allowed" } else { "forbidden" },
+            report.sent[i],
+            report.received[i],
+            if report.case_ok(i) { "OK" } else { "MISMATCH" }
+        );
+    }
+    println!(
+        "   (UDP: datagrams; TCP: connection attempts, and connections over which the messages arrived)"
+    );
+    println!();
+    println!("real protocol peers through portguard:");
+    for p in &report.peers {
+        println!(
+            "   {} {:<38} {:<9} {}",
+            if p.ok { "OK      " } else { "MISMATCH" },
+            p.name,
+            p.target,
+            p.detail
+        );
+    }
+    println!();
+    let bad = if let Some(m) = &report.metrics {
+        println!("portguard's counters from GET /metrics while the traffic ran:");
+        for (k, v) in m.iter().filter(|(k, _)| {
+            k.starts_with("portguard_packets_total") || k.starts_with("portguard_drops_total")
+        }) {
+            println!("   {k} {v}");
+        }
+        println!("counters against the receivers:");
+        for (ok, text) in report.counter_checks() {
+            println!("   {} {text}", if ok { "OK      " } else { "MISMATCH" });
+        }
+        report.mismatches()
+    } else {
+        println!(
+            "note: the metrics endpoint did not answer on {METRICS} in the server namespace; counter checks skipped"
+        );
+        println!(
+            "   {} no XDP program left on {SERVER_IF} after SIGINT",
+            if report.detached {
+                "OK      "
+            } else {
+                "MISMATCH"
+            }
+        );
+        report.mismatches_without_metrics()
+    };
+    println!();
+    println!("portguard's own summary on exit (SIGINT):");
+    println!("{}", report.summary.trim_end());
+    println!();
+    if bad > 0 {
+        bail!("{bad} mismatch(es): see above");
+    }
+    println!(
+        "lab: every allowed packet arrived, every forbidden one was dropped, and the counters agree."
+    );
+    Ok(())
+}
