@@ -69,8 +69,10 @@ pub fn test(extra: &[String]) -> Result<()> {
     let mut tally = Tally::default();
     if let Some(out) = child.stdout.take() {
         // Echo as it comes (the lab and the differential tests take a while).
-        for line in BufReader::new(out).lines() {
+        // Lossy: a test may print bytes that are not UTF-8.
+        for line in BufReader::new(out).split(b'\n') {
             let line = line.context("reading cargo test's output")?;
+            let line = String::from_utf8_lossy(&line);
             println!("{line}");
             tally.add(&line);
         }
