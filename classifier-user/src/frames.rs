@@ -169,7 +169,7 @@ impl Packet {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 f.extend_from_slice(&ETH_P_IP.to_be_bytes());
                 let mut opts = self.ipv4_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0);
                 }
                 let ihl = 20 + opts.len();

@@ -350,7 +350,7 @@ fn reload_swaps_policy_and_keeps_counters() {
     h.classifier.install(&back, 3).unwrap_or_else(|e| panic!("install: {e}"));
     let (_, slot_again) = h.run(&sip);
     assert_eq!(slot_again, slot, "the same rule keeps its counter slot across reloads");
-    assert!(h.counter(slot).packets >= before.packets + 1, "the SIP counter went backwards");
+    assert!(h.counter(slot).packets > before.packets, "the SIP counter went backwards");
 }
 
 fn frames_ip(s: &str) -> std::net::IpAddr {

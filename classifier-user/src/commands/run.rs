@@ -209,11 +209,12 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
     if pins && args.clean_start {
         loader::remove_pins(&pin_dir);
         let _ = fs::remove_file(&state_path);
-    } else if pins && pin_dir.exists() {
-        if let Ok(previous) = state::load(&state_path) {
-            registry = previous.registry();
-            previous_mode = if previous.xdp_mode == "generic" { "generic" } else { "native" };
-        }
+    } else if pins
+        && pin_dir.exists()
+        && let Ok(previous) = state::load(&state_path)
+    {
+        registry = previous.registry();
+        previous_mode = if previous.xdp_mode == "generic" { "generic" } else { "native" };
     }
     // Bind before attaching: a busy address must fail before the interface changes.
     let metrics_listener = std::net::TcpListener::bind(args.metrics_addr)
