@@ -1,0 +1,361 @@
+//! A real Prometheus scrapes portguard: both run in the server namespace
+//! (Prometheus on that namespace's loopback, scraping every second), traffic
+//! comes from the client namespace, and everything is checked through
+//! Prometheus' HTTP API, so the exposition is proven to be what a Prometheus
+//! accepts and stores:
+//! - `portguard_packets_total{verdict="pass"}` and
+//!   `portguard_drops_total{reason="port_not_allowed"}` exist and move by
+//!   exactly what was sent;
+//! - every metric of design.md is there with exactly its label names;
+//! - no label value is a port, a range or an address, and traffic to 20 new
+//!   ports from as many source ports adds no series.
+
+mod ops;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use ops::{ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, ok_any, poll};
+use serde_json::Value;
+use testkit::netns::{NetNs, spawn_in};
+
+const PROMETHEUS: &str = "127.0.0.1:9090";
+
+/// The metrics of design.md and their label names.
+const DESIGN: [(&str, &[&str]); 7] = [
+    (
+        "portguard_packets_total",
+        &["iface", "role", "service", "proto", "verdict"],
+    ),
+    (
+        "portguard_bytes_total",
+        &["iface", "role", "service", "proto", "verdict"],
+    ),
+    ("portguard_drops_total", &["iface", "reason"]),
+    ("portguard_catalog_rules", &["role"]),
+    ("portguard_catalog_generation", &[]),
+    ("portguard_reloads_total", &["result"]),
+    ("portguard_xdp_attached", &["iface", "mode"]),
+];
+
+/// Prometheus as a child in the server namespace; killed on drop.
+struct Prometheus {
+    child: Child,
+    ns: String,
+}
+
+impl Prometheus {
+    fn start(server: &NetNs, dir: &std::path::Path) -> Prometheus {
+        let config = dir.join("prometheus.yml");
+        ok(
+            "writing prometheus.yml",
+            std::fs::write(
+                &config,
+                format!(
+                    "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                     scrape_configs:\n  - job_name: portguard\n    static_configs:\n      - targets: ['{}']\n",
+                    ops::METRICS
+                ),
+            ),
+        );
+        let log = ok(
+            "prometheus log file",
+            std::fs::File::create(dir.join("prometheus.log")),
+        );
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={PROMETHEUS}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        ok_any("setns pre_exec", spawn_in(server, &mut cmd));
+        Prometheus {
+            child: ok("starting prometheus", cmd.spawn()),
+            ns: server.name().to_string(),
+        }
+    }
+
+    /// GET on Prometheus' API with curl in the server namespace; the `data`.
+    fn api(&self, path: &str, query: Option<&str>) -> Option<Value> {
+        let ns = std::fs::File::open(format!("/var/run/netns/{}", self.ns)).ok()?;
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sf", "--max-time", "3", "-G"])
+            .arg(format!("http://{PROMETHEUS}{path}"));
+        if let Some(q) = query {
+            cmd.arg("--data-urlencode").arg(format!("query={q}"));
+        }
+        enter(&mut cmd, ns);
+        let out = cmd.output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["status"] == "success").then(|| v["data"].clone())
+    }
+
+    /// An instant query: (labels, value) per series.
+    fn query(&self, q: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let Some(data) = self.api("/api/v1/query", Some(q)) else {
+            return Vec::new();
+        };
+        data["result"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| {
+                        let labels = r["metric"]
+                            .as_object()?
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                            .collect();
+                        let value = r["value"][1].as_str()?.parse().ok()?;
+                        Some((labels, value))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The value of a query that yields one series (a `sum(...)`), or None.
+    fn scalar(&self, q: &str) -> Option<f64> {
+        match self.query(q).as_slice() {
+            [(_, v)] => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// Polls until `q` equals `want`; panics with the last value otherwise.
+    fn wait_for(&self, q: &str, want: f64, within: Duration) {
+        if poll(within, || (self.scalar(q) == Some(want)).then_some(())).is_none() {
+            panic!(
+                "Prometheus: {q} = {:?}, expected {want} (within {within:?})",
+                self.scalar(q)
+            );
+        }
+    }
+}
+
+/// Makes `cmd` enter the network namespace open at `ns` (setns in pre_exec).
+fn enter(cmd: &mut Command, ns: std::fs::File) {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe; `ns` lives in the closure until
+    // `cmd` is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &ns;
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A label value that would make cardinality unbounded: a number (a port),
+/// a port range, an address or an address:port.
+fn looks_raw(v: &str) -> bool {
+    let numeric_range = v
+        .split_once('-')
+        .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+    v.parse::<u64>().is_ok()
+        || numeric_range
+        || v.parse::<IpAddr>().is_ok()
+        || v.parse::<std::net::SocketAddr>().is_ok()
+        || v.split('/')
+            .next()
+            .is_some_and(|a| a.parse::<IpAddr>().is_ok())
+}
+
+const RULE_UDP_PASS: &str =
+    r#"sum(portguard_packets_total{job="portguard",proto="udp",verdict="pass",role!="-"})"#;
+const NOT_ALLOWED: &str =
+    r#"sum(portguard_drops_total{job="portguard",reason="port_not_allowed"})"#;
+
+#[test]
+fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
+    if !testkit::require_privileges("prometheus: real scrape") {
+        return;
+    }
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "prometheus is not installed (Debian package `prometheus`; `cargo xtask setup` installs it)"
+        );
+        eprintln!("SKIP prometheus test: prometheus is not installed");
+        return;
+    }
+    let dir = TempDir::new("prometheus");
+    let pair = Pair::new("pgprom", 64);
+    let _daemon = pair.start(dir.path(), "daemon", &[]);
+    let prom = Prometheus::start(&pair.server, dir.path());
+    if poll(Duration::from_secs(20), || {
+        (prom.scalar(r#"up{job="portguard"}"#) == Some(1.0)).then_some(())
+    })
+    .is_none()
+    {
+        panic!(
+            "Prometheus never scraped portguard successfully: targets {:?}\nlog: {}",
+            prom.api("/api/v1/targets", None),
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+    }
+
+    // Phase 1: allowed and forbidden UDP; the counters appear with exactly that.
+    pair.send_udp(&[ALLOWED_PORT], 50);
+    pair.send_udp(&[FORBIDDEN_PORT], 30);
+    prom.wait_for(RULE_UDP_PASS, 50.0, Duration::from_secs(15));
+    prom.wait_for(NOT_ALLOWED, 30.0, Duration::from_secs(15));
+    let pass = prom.query(r#"portguard_packets_total{verdict="pass"}"#);
+    assert!(
+        !pass.is_empty(),
+        "no portguard_packets_total{{verdict=\"pass\"}} series"
+    );
+    let series_of = |q: &str| -> BTreeSet<BTreeMap<String, String>> {
+        prom.query(q).into_iter().map(|(l, _)| l).collect()
+    };
+    let udp_series_q = r#"portguard_packets_total{proto="udp"} or portguard_drops_total"#;
+    let udp_series = series_of(udp_series_q);
+
+    // Phase 2: 20 more allowed ports and 20 more forbidden ones, from fresh
+    // source ports: the counters move by exactly that, the series stay.
+    let media: Vec<u16> = (50_000..50_020).collect();
+    let low: Vec<u16> = (1..=20).collect();
+    pair.send_udp(&media, 5);
+    pair.send_udp(&low, 2);
+    prom.wait_for(RULE_UDP_PASS, 150.0, Duration::from_secs(15));
+    prom.wait_for(NOT_ALLOWED, 70.0, Duration::from_secs(15));
+    assert_eq!(
+        series_of(udp_series_q),
+        udp_series,
+        "traffic to new ports from new source ports created new series"
+    );
+    let bytes = prom
+        .scalar(r#"sum(portguard_bytes_total{proto="udp",verdict="pass",role!="-"})"#)
+        .unwrap_or_else(|| panic!("no portguard_bytes_total for the allowed UDP"));
+    // Ethernet + IPv4 + UDP headers alone are 42 bytes a datagram.
+    assert!(
+        bytes >= 150.0 * 42.0,
+        "portguard_bytes_total {bytes} is less than the headers of 150 datagrams"
+    );
+
+    // Every metric of design.md, with exactly its label names.
+    let all = prom.query(r#"{__name__=~"portguard_.*",job="portguard"}"#);
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    for (labels, _) in &all {
+        let name = labels.get("__name__").cloned().unwrap_or_default();
+        let keys: BTreeSet<&str> = labels
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !matches!(*k, "__name__" | "job" | "instance"))
+            .collect();
+        let Some((_, want)) = DESIGN.iter().find(|(n, _)| *n == name) else {
+            panic!("{name} is not a metric of design.md: {labels:?}");
+        };
+        assert_eq!(
+            keys,
+            want.iter().copied().collect::<BTreeSet<_>>(),
+            "{name} has labels {keys:?}, design.md says {want:?}"
+        );
+        for (k, v) in labels {
+            if matches!(k.as_str(), "__name__" | "job" | "instance") {
+                continue;
+            }
+            assert!(
+                !looks_raw(v),
+                "{name}: label {k}={v:?} is a raw port or address (unbounded cardinality)"
+            );
+        }
+        *names.entry(name).or_default() += 1;
+    }
+    for (name, _) in DESIGN {
+        assert!(
+            names.contains_key(name),
+            "Prometheus has no {name}; it has {names:?}"
+        );
+    }
+    let one = |q: &str| {
+        prom.scalar(q)
+            .unwrap_or_else(|| panic!("Prometheus: no single series for {q}"))
+    };
+    assert_eq!(
+        one(&format!(
+            r#"portguard_xdp_attached{{iface="{}",mode="native"}}"#,
+            pair.server_if
+        )),
+        1.0
+    );
+    assert_eq!(one("portguard_catalog_generation"), 1.0);
+    assert_eq!(one(r#"portguard_reloads_total{result="ok"}"#), 0.0);
+    assert_eq!(one(r#"portguard_reloads_total{result="error"}"#), 0.0);
+    for role in ["front-end", "client"] {
+        let rules = one(&format!(r#"portguard_catalog_rules{{role="{role}"}}"#));
+        assert!(
+            rules > 0.0,
+            "portguard_catalog_rules{{role={role}}} = {rules}"
+        );
+    }
+    let verdicts: BTreeSet<String> = prom
+        .query("portguard_packets_total")
+        .into_iter()
+        .filter_map(|(l, _)| l.get("verdict").cloned())
+        .collect();
+    assert!(
+        verdicts
+            .iter()
+            .all(|v| ["pass", "drop", "would_drop"].contains(&v.as_str())),
+        "verdict values {verdicts:?}"
+    );
+
+    // Prometheus saw no scrape problem at all.
+    let targets = prom
+        .api("/api/v1/targets", None)
+        .unwrap_or_else(|| panic!("no /api/v1/targets"));
+    let active = &targets["activeTargets"][0];
+    assert_eq!(active["health"], "up", "target: {active}");
+    assert_eq!(active["lastError"], "", "target: {active}");
+}
+
+#[test]
+fn raw_values_are_recognised() {
+    for raw in [
+        "161",
+        "50000-50019",
+        "198.18.0.2",
+        "2001:db8::2",
+        "198.18.0.0/24",
+        "127.0.0.1:9477",
+    ] {
+        assert!(looks_raw(raw), "{raw} not recognised as raw");
+    }
+    for fine in [
+        "pgproms",
+        "front-end",
+        "port_not_allowed",
+        "-",
+        "A/V Conferencing",
+        "udp",
+    ] {
+        assert!(!looks_raw(fine), "{fine} wrongly taken for raw");
+    }
+}
