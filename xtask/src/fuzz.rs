@@ -1,17 +1,17 @@
-//! `cargo xtask fuzz`: the workspace's proptest properties, with many more
-//! cases than `cargo xtask test` gives them. The properties are unit tests,
-//! so `--lib` runs them without the privileged end-to-end tests.
+//! `cargo xtask fuzz`: the proptest properties with many more cases than
+//! `cargo xtask test` gives them: the workspace's unit properties, then
+//! `tests/tests/fuzz.rs` (the catalog parser on arbitrary and mutated input,
+//! and the XDP program under BPF_PROG_TEST_RUN on random and mutated frames).
 
 use anyhow::Result;
 
 pub fn fuzz(cases: u32, args: &[String]) -> Result<()> {
     let cases = cases.to_string();
-    println!(
-        "xtask fuzz: the workspace's unit tests with PROPTEST_CASES={cases} (proptest properties get that many cases each)"
-    );
+    println!("xtask fuzz: proptest properties with {cases} cases each");
+    crate::cargo(&["test", "--workspace", "--release", "--lib"], args, &[("PROPTEST_CASES", &cases)])?;
     crate::cargo(
-        &["test", "--workspace", "--release", "--lib"],
+        &["test", "--release", "-p", "integration-tests", "--test", "fuzz"],
         args,
-        &[("PROPTEST_CASES", &cases)],
+        &[("PROPTEST_CASES", &cases), ("PORTGUARD_FUZZ_CASES", &cases)],
     )
 }

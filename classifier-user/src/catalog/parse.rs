@@ -87,15 +87,22 @@ struct Diags<'a> {
     text: &'a str,
     origin: &'a str,
     list: Vec<Diagnostic>,
+    /// Byte offset where each line starts: a position is a binary search, so
+    /// a catalog of many thousand rules is not read once per rule.
+    line_starts: Vec<usize>,
 }
 
 impl<'a> Diags<'a> {
+    fn new(text: &'a str, origin: &'a str) -> Self {
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Diags { text, origin, list: Vec::new(), line_starts }
+    }
+
     fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
-        let before = self.text.get(..offset).unwrap_or(self.text);
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |p| p + 1);
-        let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let line_start = self.line_starts[line - 1];
+        let column = self.text.get(line_start..offset).map_or(0, |s| s.chars().count()) + 1;
         (line, column)
     }
 
@@ -141,11 +148,7 @@ impl<'a> Diags<'a> {
 }
 
 pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic>), CatalogError> {
-    let mut d = Diags {
-        text,
-        origin,
-        list: Vec::new(),
-    };
+    let mut d = Diags::new(text, origin);
     let raw: RawCatalog = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -636,12 +639,15 @@ fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
                 r.side == MatchSide::Destination && members.contains(&r.role)
             })
             .collect();
-        for (n, &i) in idx.iter().enumerate() {
-            for &j in &idx[n + 1..] {
+        // A sweep over the rules sorted by start: each rule meets only those
+        // that start before it ends, so the work is the overlaps, not n².
+        let mut by_start = idx;
+        by_start.sort_by_key(|&i| (catalog.rules[i].port_start, i));
+        for (n, &x) in by_start.iter().enumerate() {
+            let end = catalog.rules[x].port_end;
+            for &y in by_start[n + 1..].iter().take_while(|&&y| catalog.rules[y].port_start <= end) {
+                let (i, j) = (x.min(y), x.max(y));
                 let (a, b) = (&catalog.rules[i], &catalog.rules[j]);
-                if a.port_start > b.port_end || b.port_start > a.port_end {
-                    continue;
-                }
                 for p in a.protocols.iter().filter(|p| b.protocols.contains(p)) {
                     let entry = pairs.entry((i, j)).or_default();
                     if !entry.contains(p) {
@@ -681,11 +687,6 @@ fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
 
 /// The byte span of the start of a 1-based line.
 fn line_span(d: &Diags<'_>, line: usize) -> Range<usize> {
-    let offset = d
-        .text
-        .split_inclusive('\n')
-        .take(line.saturating_sub(1))
-        .map(str::len)
-        .sum::<usize>();
+    let offset = d.line_starts.get(line.saturating_sub(1)).copied().unwrap_or(d.text.len());
     offset..offset
 }
