@@ -158,17 +158,37 @@ impl Pair {
         rest.split_whitespace().next()?.parse().ok()
     }
 
-    /// `portguard run --iface <server_if> --role ROLES --client-media-ports
-    /// MEDIA --xdp-mode native --metrics-addr METRICS` plus `extra`.
-    pub fn start(&self, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
-        let iface = self.server_if.clone();
+    /// `run --iface <server_if> --role ROLES --client-media-ports MEDIA
+    /// --xdp-mode native --metrics-addr METRICS` plus `extra`.
+    pub fn run_args(&self, extra: &[&str]) -> Vec<String> {
         #[rustfmt::skip]
-        let mut args: Vec<&str> = vec![
-            "run", "--iface", &iface, "--role", ROLES, "--client-media-ports", MEDIA,
+        let mut args: Vec<String> = [
+            "run", "--iface", &self.server_if, "--role", ROLES, "--client-media-ports", MEDIA,
             "--xdp-mode", "native", "--metrics-addr", METRICS,
-        ];
-        args.extend_from_slice(extra);
-        let mut d = Daemon::spawn(&self.server, &args, dir, name);
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_string()));
+        args
+    }
+
+    /// `portguard` + `run_args(extra)`, waited for until it is attached.
+    pub fn start(&self, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
+        self.start_wrapped(&[], dir, name, extra)
+    }
+
+    /// Like `start`, through a wrapper (`setpriv --bounding-set … --`).
+    pub fn start_wrapped(
+        &self,
+        wrapper: &[&str],
+        dir: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Daemon {
+        let args = self.run_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut d = Daemon::spawn_wrapped(&self.server, wrapper, &args, dir, name);
         d.wait_ready(self);
         d
     }
@@ -414,9 +434,28 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(ns: &NetNs, args: &[&str], dir: &Path, name: &str) -> Daemon {
+        Daemon::spawn_wrapped(ns, &[], args, dir, name)
+    }
+
+    /// `WRAPPER… portguard ARGS…` (the wrapper execs portguard: same pid).
+    pub fn spawn_wrapped(
+        ns: &NetNs,
+        wrapper: &[&str],
+        args: &[&str],
+        dir: &Path,
+        name: &str,
+    ) -> Daemon {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        let mut cmd = Command::new(testkit::portguard_bin());
+        let bin = testkit::portguard_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(ok("creating stdout file", fs::File::create(&stdout)))
@@ -555,7 +594,25 @@ pub fn portguard(args: &[&str]) -> Output {
 
 /// Runs `portguard ARGS` inside a namespace (setns only), killed after `within`.
 pub fn portguard_in(ns: &NetNs, args: &[&str], within: Duration) -> Output {
-    let mut cmd = Command::new(testkit::portguard_bin());
+    portguard_in_wrapped(ns, &[], args, within)
+}
+
+/// `WRAPPER… portguard ARGS…` inside a namespace, killed after `within`.
+pub fn portguard_in_wrapped(
+    ns: &NetNs,
+    wrapper: &[&str],
+    args: &[&str],
+    within: Duration,
+) -> Output {
+    let bin = testkit::portguard_bin();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
