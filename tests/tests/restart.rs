@@ -368,3 +368,74 @@ fn failed_starts_exit_with_the_documented_code_and_leave_the_interface_untouched
         .server
         .ip(&["link", "set", "dev", &iface, "xdp", "off"]);
 }
+
+#[test]
+fn monitor_to_enforce_by_a_keep_attached_restart_keeps_the_would_drop_history() {
+    if !testkit::require_privileges("restart: monitor to enforce") {
+        return;
+    }
+    let dir = TempDir::new("restart-mode");
+    let pair = Pair::new("pgmod", 69);
+    let iface = pair.server_if.clone();
+    let mut monitor = pair.start(
+        dir.path(),
+        "monitor",
+        &["--mode", "monitor", "--keep-attached"],
+    );
+    // Monitor: the forbidden datagrams arrive and are counted as would_drop.
+    let probe = pair.stream(FORBIDDEN_PORT, 500);
+    probe.wait_received_more(50, Duration::from_secs(5));
+    let probe = probe.finish(Duration::from_secs(1));
+    assert_eq!(
+        probe.lost(),
+        0,
+        "monitor mode dropped: {:?}",
+        probe.missing()
+    );
+    let would = pair.scrape().sum(
+        "portguard_packets_total",
+        &[("verdict", "would_drop"), ("service", "port_not_allowed")],
+    );
+    assert_eq!(would, probe.sent as f64, "would_drop count in monitor mode");
+
+    monitor.signal(libc::SIGTERM);
+    assert!(monitor.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        pair.xdp_attached(),
+        "--keep-attached: the program left on stop"
+    );
+
+    let _enforce = pair.start(dir.path(), "enforce", &["--mode", "enforce"]);
+    let probe = pair.stream(FORBIDDEN_PORT, 500);
+    probe.wait_sent_more(50, Duration::from_secs(5));
+    let probe = probe.finish(Duration::from_millis(100));
+    assert!(
+        probe.received.is_empty(),
+        "enforce after the restart let {} of {} forbidden datagrams through",
+        probe.received.len(),
+        probe.sent
+    );
+    let s = pair.scrape();
+    assert_eq!(
+        s.sum(
+            "portguard_packets_total",
+            &[("verdict", "would_drop"), ("service", "port_not_allowed")],
+        ),
+        would,
+        "the would_drop history changed across the restart"
+    );
+    assert_eq!(
+        s.sum(
+            "portguard_packets_total",
+            &[("verdict", "drop"), ("service", "port_not_allowed")],
+        ),
+        probe.sent as f64,
+        "drops counted after the switch to enforce"
+    );
+    let (_, dropped) = stats(&iface);
+    assert!(
+        dropped >= probe.sent,
+        "stats: {dropped} dropped < {} sent",
+        probe.sent
+    );
+}
