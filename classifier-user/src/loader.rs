@@ -106,10 +106,10 @@ impl Classifier {
             .ok_or(LoadError::Missing("XDP program"))?
             .try_into()
             .map_err(prog_err("portguard"))?;
-        xdp.load().map_err(prog_err("portguard"))?;
+        xdp.load().map_err(|e| permission_or(e, "portguard"))?;
         if let Some(p) = ebpf.program_mut(TC_EGRESS_PROGRAM) {
             let tc: &mut SchedClassifier = p.try_into().map_err(prog_err("portguard_egress"))?;
-            tc.load().map_err(prog_err("portguard_egress"))?;
+            tc.load().map_err(|e| permission_or(e, "portguard_egress"))?;
         }
         Ok(Classifier { ebpf, written: std::collections::HashMap::new() })
     }
@@ -366,6 +366,28 @@ impl Classifier {
         let id = tc.attach_to_link(link).map_err(prog_err("portguard_egress"))?;
         let link = tc.take_link(id).map_err(prog_err("portguard_egress"))?;
         FdLink::try_from(link).map_err(LoadError::Link)
+    }
+}
+
+/// A load refused for want of a capability gets a message naming it, not the
+/// verifier's log. The process's own capabilities decide, because a genuine
+/// verifier rejection also returns EACCES.
+fn permission_or(e: ProgramError, name: &'static str) -> LoadError {
+    let denied = matches!(&e, ProgramError::LoadError { io_error, .. }
+        if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)));
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok()))
+        .unwrap_or(0);
+    let missing: Vec<&str> = [(12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON"), (39, "CAP_BPF")]
+        .iter()
+        .filter(|(bit, _)| effective & (1u64 << bit) == 0)
+        .map(|(_, cap)| *cap)
+        .collect();
+    if denied && !missing.is_empty() {
+        LoadError::Permission(format!("loading {name} (missing {})", missing.join(", ")))
+    } else {
+        LoadError::Program { name, source: e }
     }
 }
 
