@@ -11,4 +11,5 @@ pub mod frames;
 pub mod loader;
 pub mod metrics;
 pub mod policy;
+pub mod reference;
 pub mod state;

@@ -1,0 +1,242 @@
+//! Shared by the packet-policy tests (differential, corpus): the kernel
+//! program loaded with its maps pinned in a private bpffs directory, so that
+//! a test can also reach `FRAGMENTS` and run the TC egress recorder on frames
+//! of its own; and the policies they run under.
+#![expect(
+    dead_code,
+    reason = "each test binary uses a different part of the kit"
+)]
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{HashMap, Map, MapData},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use classifier_common::{FragKey, FragVerdict, TC_EGRESS_PROGRAM, map_names};
+use portguard::{
+    catalog::Catalog,
+    ebpf_object,
+    loader::{self, Classifier},
+    policy::{self, CompiledPolicy, Mgmt, PolicySpec, SlotRegistry},
+};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The lab's server: front-end + client, client media narrowed to
+/// 50000-50019, SSH from anywhere.
+pub fn lab_spec() -> PolicySpec {
+    PolicySpec {
+        default_roles: Some(vec!["front-end".into(), "client".into()]),
+        mgmt: Mgmt::defaults(),
+        client_media: Some((50_000, 50_019)),
+        ..PolicySpec::default()
+    }
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> T {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// A host in front of a pool: per-destination profiles, no default role, an
+/// extra management port from 198.18.0.0/16.
+pub fn profiles_spec() -> PolicySpec {
+    let mut mgmt = Mgmt::defaults();
+    mgmt.push(parse("198.18.0.0/16:2222"));
+    mgmt.push(parse("[2001:db8::/48]:2222"));
+    PolicySpec {
+        default_roles: None,
+        profiles: vec![
+            parse("198.18.1.0/24=lb-director"),
+            parse("198.18.2.0/24=mediation"),
+            parse("198.18.2.128/25=front-end,client"),
+            parse("2001:db8:1::/48=front-end"),
+            parse("2001:db8:2::/64=lb-front-end"),
+        ],
+        mgmt,
+        client_media: Some((50_000, 50_019)),
+        ..PolicySpec::default()
+    }
+}
+
+/// The kernel program under a policy, with tracing on.
+pub struct Kernel {
+    pub classifier: Classifier,
+    pub registry: SlotRegistry,
+    pub policy: CompiledPolicy,
+    pins: PathBuf,
+    egress: Option<aya::Ebpf>,
+}
+
+impl Kernel {
+    /// `None` when this process may not load BPF (and CI is not set).
+    pub fn new(test: &str, spec: &PolicySpec) -> Option<Kernel> {
+        if !testkit::require_privileges(test) {
+            return None;
+        }
+        let mut registry = SlotRegistry::default();
+        let policy = policy::compile(&Catalog::embedded(), spec, &mut registry)
+            .unwrap_or_else(|e| panic!("{test}: the policy must compile: {e}"));
+        let pins = PathBuf::from("/sys/fs/bpf").join(format!(
+            "pg-pktpolicy-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        loader::remove_pins(&pins);
+        std::fs::create_dir_all(&pins)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", pins.display()));
+        let mut classifier = Classifier::load(Some(&pins))
+            .unwrap_or_else(|e| panic!("{test}: loading the XDP program: {e}"));
+        classifier
+            .install(&policy, 1)
+            .unwrap_or_else(|e| panic!("{test}: installing the policy: {e}"));
+        classifier
+            .set_trace(true)
+            .unwrap_or_else(|e| panic!("{test}: enabling trace: {e}"));
+        Some(Kernel {
+            classifier,
+            registry,
+            policy,
+            pins,
+            egress: None,
+        })
+    }
+
+    /// One frame through XDP: the action and the counter index it bumped.
+    pub fn run_raw(&mut self, frame: &[u8]) -> (u32, u32) {
+        let r = self.classifier.test_run(frame, 1).unwrap_or_else(|e| {
+            panic!(
+                "test_run on a {}-byte frame {}: {e}",
+                frame.len(),
+                hex(frame)
+            )
+        });
+        let counter = self
+            .classifier
+            .last_counter()
+            .unwrap_or_else(|e| panic!("reading TRACE: {e}"));
+        (r.return_value, counter)
+    }
+
+    /// One frame through XDP as (pass, counter); an abort is a failure.
+    pub fn run(&mut self, frame: &[u8]) -> (bool, u32) {
+        let (action, counter) = self.run_raw(frame);
+        match action {
+            XDP_PASS => (true, counter),
+            XDP_DROP => (false, counter),
+            other => panic!("XDP returned {other} (not pass or drop) for {}", hex(frame)),
+        }
+    }
+
+    fn fragments(&self) -> HashMap<MapData, FragKey, FragVerdict> {
+        let path = self.pins.join(map_names::FRAGMENTS);
+        let data =
+            MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        let map = Map::from_map_data(data).unwrap_or_else(|e| panic!("FRAGMENTS: {e}"));
+        HashMap::try_from(map).unwrap_or_else(|e| panic!("FRAGMENTS as a hash map: {e}"))
+    }
+
+    /// Entries in the kernel's fragment map.
+    pub fn fragment_entries(&self) -> usize {
+        self.fragments().keys().filter(Result::is_ok).count()
+    }
+
+    /// Empties the kernel's fragment map.
+    pub fn clear_fragments(&mut self) {
+        let mut map = self.fragments();
+        let keys: Vec<FragKey> = map.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            map.remove(&k)
+                .unwrap_or_else(|e| panic!("removing a fragment entry: {e}"));
+        }
+    }
+
+    /// Runs the TC egress recorder on a frame the host sends (it shares
+    /// FLOWS and FLOW_PORTS with the XDP program through the pins).
+    pub fn egress(&mut self, frame: &[u8]) {
+        if self.egress.is_none() {
+            let mut l = EbpfLoader::new();
+            let paths: Vec<(&str, PathBuf)> = map_names::ALL
+                .iter()
+                .map(|n| (*n, self.pins.join(n)))
+                .collect();
+            for (name, path) in &paths {
+                l.map_pin_path(name, path.as_path());
+            }
+            let mut ebpf = l
+                .load(ebpf_object::PORTGUARD)
+                .unwrap_or_else(|e| panic!("loading the object again: {e}"));
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut(TC_EGRESS_PROGRAM)
+                .unwrap_or_else(|| panic!("no {TC_EGRESS_PROGRAM} in the object"))
+                .try_into()
+                .unwrap_or_else(|e| panic!("{TC_EGRESS_PROGRAM}: {e}"));
+            tc.load()
+                .unwrap_or_else(|e| panic!("loading {TC_EGRESS_PROGRAM}: {e}"));
+            self.egress = Some(ebpf);
+        }
+        let Some(ebpf) = self.egress.as_ref() else {
+            unreachable!("just loaded")
+        };
+        let tc: &SchedClassifier = ebpf
+            .program(TC_EGRESS_PROGRAM)
+            .unwrap_or_else(|| panic!("no {TC_EGRESS_PROGRAM}"))
+            .try_into()
+            .unwrap_or_else(|e| panic!("{TC_EGRESS_PROGRAM}: {e}"));
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        tc.test_run(opts)
+            .unwrap_or_else(|e| panic!("test_run of the egress recorder: {e}"));
+    }
+
+    /// `role/proto/service` of a rule slot, for messages and the corpus.
+    pub fn rule(&self, slot: u32) -> Option<String> {
+        let key = u16::try_from(slot)
+            .ok()
+            .and_then(|s| self.registry.get(s))?;
+        Some(format!(
+            "{}/{}/{}-{}",
+            key.role, key.proto, key.port_start, key.port_end
+        ))
+    }
+
+    /// A counter index in words: a reason entry or a rule.
+    pub fn describe(&self, counter: u32) -> String {
+        match self.rule(counter) {
+            Some(r) => format!("rule {r}"),
+            None => portguard::reference::describe(counter),
+        }
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        loader::remove_pins(&self.pins);
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if !s.len().is_multiple_of(2) {
+        return Err(format!("odd number of hex digits ({})", s.len()));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| format!("at {i}: {e}")))
+        .collect()
+}
