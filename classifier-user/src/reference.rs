@@ -89,6 +89,8 @@ struct Ip {
     proto: u8,
     /// Where the upper-layer header starts in the frame.
     l4: usize,
+    /// Where the IP packet ends in the frame (what follows is padding).
+    end: usize,
     /// A fragment with offset 0: its identification and the protocol its
     /// outcome is remembered under.
     first_fragment: Option<(u32, u8)>,
@@ -141,6 +143,7 @@ fn network(frame: &[u8]) -> Net {
     match parsed {
         Ok(mut ip) => {
             ip.l4 += at;
+            ip.end += at;
             Net::Ip(ip)
         }
         Err(reason) => Net::Stop(reason, false),
@@ -168,6 +171,7 @@ fn ipv4(p: &[u8]) -> Result<Ip, Reason> {
         dst: mapped(&p[16..20]),
         proto,
         l4: header_len,
+        end: total_len,
         first_fragment: (offset == 0 && more).then_some((id, proto)),
         later_fragment: (offset != 0).then_some(id),
     })
@@ -182,6 +186,8 @@ fn ipv6(p: &[u8]) -> Result<Ip, Reason> {
     if 40 + payload_len > p.len() {
         return Err(Reason::Malformed);
     }
+    // Extension headers are read from the packet, not from padding after it.
+    let p = &p[..40 + payload_len];
     let mut src = [0u8; 16];
     src.copy_from_slice(&p[8..24]);
     let mut dst = [0u8; 16];
@@ -192,6 +198,7 @@ fn ipv6(p: &[u8]) -> Result<Ip, Reason> {
         dst,
         proto: p[6],
         l4: 40,
+        end: 40 + payload_len,
         first_fragment: None,
         later_fragment: None,
     };
@@ -218,18 +225,19 @@ fn ipv6(p: &[u8]) -> Result<Ip, Reason> {
                 ip.later_fragment = Some(id);
                 return Ok(ip);
             }
-            fragment_id = Some(id);
+            fragment_id = Some((id, next));
         } else {
             ip.l4 += (usize::from(h[1]) + 1) * 8;
             ip.proto = next;
         }
     }
-    // As implemented, the first fragment's outcome is remembered under the
-    // upper-layer protocol found at the end of the chain, while a later
-    // fragment looks it up under the fragment header's next header: the two
-    // differ when an extension header follows the fragment header (reported;
-    // see docs/packet-policy.md, "Known limits").
-    ip.first_fragment = fragment_id.map(|id| (id, ip.proto));
+    // A chain whose last header runs past the payload is malformed.
+    if ip.l4 > p.len() {
+        return Err(Reason::Malformed);
+    }
+    // A first fragment is remembered under the fragment header's next
+    // header: that is what its later fragments carry.
+    ip.first_fragment = fragment_id;
     Ok(ip)
 }
 
@@ -301,7 +309,8 @@ impl Decider<'_> {
     }
 
     fn transport(&self, frame: &[u8], ip: &Ip, state: &RefState) -> Answer {
-        let l4 = frame.get(ip.l4..).unwrap_or(&[]);
+        // The transport header must lie inside the IP packet.
+        let l4 = frame.get(ip.l4..ip.end).unwrap_or(&[]);
         match (ip.proto, ip.v6) {
             (6, _) if l4.len() >= 20 => self.ports(ip, state, PROTO_TCP, l4, l4[13]),
             (6, _) => self.deny(Reason::Malformed, PCLASS_TCP),

@@ -310,7 +310,7 @@ fn build_corpus() -> String {
     c.add(
         "ipv6-ext-length-past-frame",
         "drop",
-        "malformed/udp",
+        "malformed/other",
         &with(full.clone(), 14 + 41, &[0xff]),
     );
     c.pass(

@@ -356,3 +356,34 @@ fn reload_swaps_policy_and_keeps_counters() {
 fn frames_ip(s: &str) -> std::net::IpAddr {
     portguard::frames::ip(s)
 }
+
+/// Regression: a first IPv6 fragment whose fragment header is followed by
+/// another extension header is remembered under the fragment header's next
+/// header, which is what its later fragments carry.
+#[test]
+fn ipv6_fragment_followed_by_an_extension_header_replays_for_later_fragments() {
+    let Some(mut h) = Harness::lab() else { return };
+    let first = Packet::udp(CLIENT6, SERVER6, 40_000, 3478)
+        .payload(64)
+        .ext(Ext::Fragment { offset: 0, more: true, id: 99 })
+        .ext(Ext::DestOpts);
+    let (a1, c1) = h.run(&first.build());
+    assert_eq!(a1, XDP_PASS, "first fragment to STUN");
+    let later = Packet::new(frames_ip(CLIENT6), frames_ip(SERVER6), L4::Raw { proto: 60 })
+        .payload(64)
+        .ext(Ext::Fragment { offset: 9, more: false, id: 99 });
+    assert_eq!(h.run(&later.build()), (a1, c1), "the later fragment must replay its first, not be an orphan");
+}
+
+/// Regression: ports are never read from padding after the IP packet.
+#[test]
+fn transport_header_outside_the_ip_length_is_malformed() {
+    let Some(mut h) = Harness::lab() else { return };
+    let mut f = Packet::udp(CLIENT, SERVER, 40_000, 3478).payload(8).build();
+    // Total length 20: the IP header only; the UDP header is now padding.
+    f[16..18].copy_from_slice(&20u16.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = portguard::frames::checksum(&[&f[14..34]]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(h.run(&f), (XDP_DROP, reason(Reason::Malformed, Verdict::Drop, PCLASS_UDP)), "UDP header in padding");
+}
