@@ -26,7 +26,7 @@ use std::{
 use ops::{Daemon, Pair, TempDir, ok, ok_any, poll};
 use portguard::frames::{ETH_P_8021AD, ETH_P_8021Q, Packet};
 use testkit::{
-    netns::{NetNs, addr, in_netns, ns_exec, run},
+    netns::{addr, in_netns, ns_exec, run},
     sockets::{Counter, Counts},
 };
 
@@ -36,81 +36,7 @@ fn privileged(test: &str) -> bool {
     testkit::require_privileges(test)
 }
 
-fn mac_of(ns: &NetNs, ifname: &str) -> [u8; 6] {
-    let link = ok_any("ip link show", ns.ip(&["link", "show", "dev", ifname]));
-    let mac = link
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no MAC in {link}"));
-    let mut out = [0u8; 6];
-    for (o, part) in out.iter_mut().zip(mac.split(':')) {
-        *o = u8::from_str_radix(part, 16).unwrap_or_else(|e| panic!("MAC {mac}: {e}"));
-    }
-    out
-}
 
-/// Sends raw frames from inside a namespace on one interface (AF_PACKET).
-struct Injector {
-    fd: i32,
-    ifindex: i32,
-}
-
-impl Injector {
-    fn new(ns: &NetNs, ifname: &str) -> Injector {
-        let name = ifname.to_string();
-        let (fd, ifindex) = ok_any(
-            "setns into the client namespace",
-            in_netns(ns, move || {
-                let c = std::ffi::CString::new(name).unwrap_or_else(|e| panic!("{e}"));
-                // SAFETY: plain libc calls with valid arguments.
-                unsafe {
-                    let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-                    assert!(
-                        fd >= 0,
-                        "AF_PACKET socket: {}",
-                        std::io::Error::last_os_error()
-                    );
-                    (fd, libc::if_nametoindex(c.as_ptr()) as i32)
-                }
-            }),
-        );
-        assert!(ifindex > 0, "no interface {ifname} in the client namespace");
-        Injector { fd, ifindex }
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: sockaddr_ll is zeroed and filled; the frame outlives the call.
-        unsafe {
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = self.ifindex;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-            let n = libc::sendto(
-                self.fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(
-                n,
-                frame.len() as isize,
-                "sendto: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-}
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        // SAFETY: closing our own fd.
-        unsafe { libc::close(self.fd) };
-    }
-}
 
 /// A metric sum from portguard's /metrics in the server namespace.
 fn metric(pair: &Pair, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -145,8 +71,8 @@ fn vlan_tagged_frames_are_classified_by_their_inner_packet() {
     let pair = Pair::new("npvlan", 61);
     let _d = pair.start(dir.path(), "portguard", &[]);
     let (client_mac, server_mac) = (
-        mac_of(&pair.client, &pair.client_if),
-        mac_of(&pair.server, &pair.server_if),
+        testkit::netns::mac_of(&pair.client, &pair.client_if).unwrap_or_else(|e| panic!("{e:#}")),
+        testkit::netns::mac_of(&pair.server, &pair.server_if).unwrap_or_else(|e| panic!("{e:#}")),
     );
     let (c, s) = (pair.client_ip.to_string(), pair.server_ip.to_string());
     let frame = |p: Packet| {
@@ -181,12 +107,12 @@ fn vlan_tagged_frames_are_classified_by_their_inner_packet() {
         &[("reason", "port_not_allowed")],
     );
     let base_depth = metric(&pair, "portguard_drops_total", &[("reason", "vlan_depth")]);
-    let injector = Injector::new(&pair.client, &pair.client_if);
+    let injector = testkit::sockets::RawSender::new(&pair.client, &pair.client_if).unwrap_or_else(|e| panic!("{e:#}"));
     for _ in 0..5 {
-        injector.send(&allowed_udp);
-        injector.send(&allowed_tcp);
-        injector.send(&forbidden);
-        injector.send(&too_deep);
+        injector.send(&allowed_udp).unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        injector.send(&allowed_tcp).unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        injector.send(&forbidden).unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        injector.send(&too_deep).unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
     }
     wait_moved(
         &pair,

@@ -68,70 +68,7 @@ fn probe_count(ns: &NetNs) -> u64 {
     counts.iter().sum()
 }
 
-fn mac_of(ns: &NetNs, ifname: &str) -> [u8; 6] {
-    let text = run(Command::new("ip").args(["-n", ns.name(), "-o", "link", "show", "dev", ifname]));
-    let mac = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in {text}"));
-    let mut out = [0u8; 6];
-    for (o, part) in out.iter_mut().zip(mac.split(':')) {
-        *o = u8::from_str_radix(part, 16).unwrap_or_else(|e| panic!("MAC {mac}: {e}"));
-    }
-    out
-}
 
-/// Sends raw frames from inside `ns` on `ifname` with an AF_PACKET socket.
-struct Injector {
-    fd: i32,
-    ifindex: i32,
-}
-
-impl Injector {
-    fn new(ns: &NetNs, ifname: &str) -> Injector {
-        let name = ifname.to_string();
-        let (fd, ifindex) = testkit::netns::in_netns(ns, move || {
-            let c = std::ffi::CString::new(name).unwrap_or_else(|e| panic!("{e}"));
-            // SAFETY: plain libc calls with valid arguments.
-            unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-                (fd, libc::if_nametoindex(c.as_ptr()) as i32)
-            }
-        })
-        .unwrap_or_else(|e| panic!("entering {}: {e}", ns.name()));
-        assert!(ifindex > 0, "no interface {ifname} in the client namespace");
-        Injector { fd, ifindex }
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: sockaddr_ll is zeroed and filled; the frame outlives the call.
-        unsafe {
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = self.ifindex;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-            let n = libc::sendto(
-                self.fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(n, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-        }
-    }
-}
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        // SAFETY: closing our own fd.
-        unsafe { libc::close(self.fd) };
-    }
-}
 
 /// Probe packets for one role: both edges of every destination rule, just
 /// outside them, plus essentials and management.
@@ -184,9 +121,9 @@ fn nft_export_and_xdp_agree_on_every_role() {
         run(Command::new("ip").args(["-n", ns.name(), "link", "set", ifname, "up"]));
     }
     // The server must accept frames from the injected sources without ND/ARP games.
-    let server_mac = mac_of(&server, "nfts0");
-    let client_mac = mac_of(&client, "nftc0");
-    let injector = Injector::new(&client, "nftc0");
+    let server_mac = testkit::netns::mac_of(&server, "nfts0").unwrap_or_else(|e| panic!("{e:#}"));
+    let client_mac = testkit::netns::mac_of(&client, "nftc0").unwrap_or_else(|e| panic!("{e:#}"));
+    let injector = testkit::sockets::RawSender::new(&client, "nftc0").unwrap_or_else(|e| panic!("{e:#}"));
 
     let catalog = Catalog::embedded();
     let bin = testkit::portguard_bin();
@@ -215,7 +152,7 @@ fn nft_export_and_xdp_agree_on_every_role() {
             let frame = pkt.build();
             let xdp_pass = xdp.test_run(&frame, 1).unwrap_or_else(|e| panic!("test_run: {e}")).return_value == XDP_PASS;
             let before = probe_count(&server);
-            injector.send(&frame);
+            injector.send(&frame).unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
             // Delivery over veth is synchronous in practice; allow a short grace.
             let deadline = Instant::now() + Duration::from_millis(if xdp_pass { 500 } else { 30 });
             let mut nft_pass = false;

@@ -173,6 +173,25 @@ pub fn thread_in<T: Send + 'static>(
     }))
 }
 
+/// The MAC address of an interface in a namespace.
+pub fn mac_of(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
+    let text = ns.ip(&["-o", "link", "show", "dev", ifname])?;
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .with_context(|| format!("no MAC address for {ifname} in {text}"))?;
+    let mut out = [0u8; 6];
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() != 6 {
+        bail!("`{mac}` is not a MAC address");
+    }
+    for (o, part) in out.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(part, 16).with_context(|| format!("MAC {mac}"))?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::{

@@ -187,3 +187,56 @@ mod tests {
         assert_eq!(c.finish(), Counts { count: 1, bytes: 8 });
     }
 }
+
+/// Sends raw Ethernet frames out of one interface of a namespace (AF_PACKET):
+/// for frames the kernel's own stack would not build (VLAN tags, crafted
+/// headers). The socket is opened inside the namespace and keeps it.
+pub struct RawSender {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+impl RawSender {
+    pub fn new(ns: &crate::netns::NetNs, ifname: &str) -> anyhow::Result<RawSender> {
+        use std::os::fd::FromRawFd as _;
+        let name = std::ffi::CString::new(ifname)?;
+        let (fd, ifindex) = crate::netns::in_netns(ns, move || {
+            // SAFETY: plain libc calls with valid arguments.
+            unsafe { (libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0), libc::if_nametoindex(name.as_ptr()) as i32) }
+        })?;
+        if fd < 0 {
+            anyhow::bail!("AF_PACKET socket in {}: {}", ns.name(), io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a socket this process just opened and owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        if ifindex <= 0 {
+            anyhow::bail!("no interface {ifname} in {}", ns.name());
+        }
+        Ok(RawSender { fd, ifindex })
+    }
+
+    /// Sends one frame (its first six bytes are the destination MAC).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        if frame.len() < 14 {
+            return Err(io::Error::other("a frame needs at least an Ethernet header"));
+        }
+        // SAFETY: sockaddr_ll is zeroed and filled; the frame outlives the call.
+        let n = unsafe {
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = self.ifindex;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n == frame.len() as isize { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
+}
