@@ -139,55 +139,6 @@ impl Drop for Counter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::{io::Write as _, net::TcpStream};
-
-    use super::*;
-
-    fn loopback() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    }
-
-    #[test]
-    fn udp_counter_counts_datagrams_and_bytes() {
-        let c = Counter::udp(loopback()).unwrap_or_else(|e| panic!("{e}"));
-        let tx = UdpSocket::bind(loopback()).unwrap_or_else(|e| panic!("{e}"));
-        for _ in 0..5 {
-            tx.send_to(b"abc", c.local_addr())
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while c.counts().count < 5 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(
-            c.finish(),
-            Counts {
-                count: 5,
-                bytes: 15
-            }
-        );
-    }
-
-    #[test]
-    fn tcp_counter_counts_connections_that_carried_data() {
-        let c = Counter::tcp(loopback()).unwrap_or_else(|e| panic!("{e}"));
-        {
-            let mut s = TcpStream::connect(c.local_addr()).unwrap_or_else(|e| panic!("{e}"));
-            s.write_all(b"one\ntwo\n").unwrap_or_else(|e| panic!("{e}"));
-        }
-        // A connection that sends nothing is not counted.
-        drop(TcpStream::connect(c.local_addr()).unwrap_or_else(|e| panic!("{e}")));
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while c.counts().count < 1 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(c.finish(), Counts { count: 1, bytes: 8 });
-    }
-}
-
 /// Sends raw Ethernet frames out of one interface of a namespace (AF_PACKET):
 /// for frames the kernel's own stack would not build (VLAN tags, crafted
 /// headers). The socket is opened inside the namespace and keeps it.
@@ -238,5 +189,54 @@ impl RawSender {
             )
         };
         if n == frame.len() as isize { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write as _, net::TcpStream};
+
+    use super::*;
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[test]
+    fn udp_counter_counts_datagrams_and_bytes() {
+        let c = Counter::udp(loopback()).unwrap_or_else(|e| panic!("{e}"));
+        let tx = UdpSocket::bind(loopback()).unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..5 {
+            tx.send_to(b"abc", c.local_addr())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while c.counts().count < 5 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            c.finish(),
+            Counts {
+                count: 5,
+                bytes: 15
+            }
+        );
+    }
+
+    #[test]
+    fn tcp_counter_counts_connections_that_carried_data() {
+        let c = Counter::tcp(loopback()).unwrap_or_else(|e| panic!("{e}"));
+        {
+            let mut s = TcpStream::connect(c.local_addr()).unwrap_or_else(|e| panic!("{e}"));
+            s.write_all(b"one\ntwo\n").unwrap_or_else(|e| panic!("{e}"));
+        }
+        // A connection that sends nothing is not counted.
+        drop(TcpStream::connect(c.local_addr()).unwrap_or_else(|e| panic!("{e}")));
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while c.counts().count < 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(c.finish(), Counts { count: 1, bytes: 8 });
     }
 }
