@@ -471,7 +471,11 @@ fn profile_of(l3: &L3, config: &Config) -> u32 {
 
 #[inline(always)]
 fn to_media_host(l3: &L3, config: &Config) -> bool {
-    let profile = profile_of(l3, config);
+    is_media_profile(profile_of(l3, config), config)
+}
+
+#[inline(always)]
+fn is_media_profile(profile: u32, config: &Config) -> bool {
     let generation = (config.generation & 1) as usize;
     profile < 32 && config.gens[generation].media_profiles & (1 << profile) != 0
 }
@@ -529,7 +533,7 @@ fn classify_ports(l3: &L3, config: &Config, proto: u32, pclass: u32, sport: u16,
     if profile == PROFILE_NONE {
         return deny(Reason::NoProfile, pclass, config);
     }
-    if proto == PROTO_UDP && (dport == 500 || dport == 4500) && to_media_host(l3, config) {
+    if proto == PROTO_UDP && (dport == 500 || dport == 4500) && is_media_profile(profile, config) {
         return ipsec(config, pclass);
     }
     deny(Reason::PortNotAllowed, pclass, config)

@@ -43,7 +43,6 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Usage(_) | RunError::Catalog(_) => EXIT_USAGE,
-            RunError::Policy(PolicyError::Catalog(_) | PolicyError::Flag { .. }) => EXIT_USAGE,
             RunError::Policy(_) => EXIT_USAGE,
             RunError::Load(LoadError::NoInterface(_)) => EXIT_USAGE,
             RunError::Load(_) | RunError::Runtime(_) => EXIT_FAILURE,
