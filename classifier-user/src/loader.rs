@@ -477,6 +477,10 @@ pub fn remove_pins(dir: &Path) {
         let _ = std::fs::remove_file(dir.join(name));
     }
     let _ = std::fs::remove_dir(dir);
+    // The shared parent goes too once no interface is left in it.
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
 }
 
 /// A warning when the NIC strips VLAN tags before XDP sees them: the policy
