@@ -31,12 +31,16 @@ fn sysroot_has_bpf_core(rustc: &Path) -> bool {
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let lib = sysroot.join("lib/rustlib").join(TARGET).join("lib");
     fs::read_dir(lib).is_ok_and(|entries| {
-        entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
     })
 }
 
 fn nightly_has_rust_src() -> bool {
-    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output()
+    let Ok(out) = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
     else {
         return false;
     };
@@ -50,7 +54,10 @@ fn pick_toolchain() -> Result<Toolchain> {
     if let Ok(rustc) = env::var("PORTGUARD_BPF_RUSTC") {
         let rustc = PathBuf::from(rustc);
         if !sysroot_has_bpf_core(&rustc) {
-            bail!("PORTGUARD_BPF_RUSTC={} has no `core` for {TARGET}", rustc.display());
+            bail!(
+                "PORTGUARD_BPF_RUSTC={} has no `core` for {TARGET}",
+                rustc.display()
+            );
         }
         return Ok(Toolchain::Prebuilt(rustc));
     }
@@ -69,34 +76,56 @@ fn pick_toolchain() -> Result<Toolchain> {
 }
 
 fn find_bpf_linker() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
-    if let Some(home) = env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))) {
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+    {
         dirs.push(home.join("bin"));
     }
-    dirs.into_iter().map(|d| d.join("bpf-linker")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("bpf-linker"))
+        .find(|p| p.is_file())
 }
 
 fn main() -> Result<()> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest.parent().context("classifier-user has no parent directory")?;
+    let root = manifest
+        .parent()
+        .context("classifier-user has no parent directory")?;
     let ebpf = root.join("classifier-ebpf");
-    for p in ["classifier-ebpf/src", "classifier-ebpf/Cargo.toml", "classifier-ebpf/Cargo.lock", "classifier-common/src", "classifier-common/Cargo.toml"] {
+    for p in [
+        "classifier-ebpf/src",
+        "classifier-ebpf/Cargo.toml",
+        "classifier-ebpf/Cargo.lock",
+        "classifier-common/src",
+        "classifier-common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=PORTGUARD_BPF_RUSTC");
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let target_dir = out_dir.join("ebpf-target");
-    let linker = find_bpf_linker()
-        .context("bpf-linker is not installed: run `cargo xtask setup` (or `cargo install bpf-linker`)")?;
+    let linker = find_bpf_linker().context(
+        "bpf-linker is not installed: run `cargo xtask setup` (or `cargo install bpf-linker`)",
+    )?;
     let linker_dir = linker.parent().context("bpf-linker path has no parent")?;
     let path = env::join_paths(
-        std::iter::once(linker_dir.to_path_buf()).chain(env::var_os("PATH").map(|p| env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default()),
+        std::iter::once(linker_dir.to_path_buf()).chain(
+            env::var_os("PATH")
+                .map(|p| env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        ),
     )?;
 
     let toolchain = pick_toolchain()?;
     let mut cmd = match &toolchain {
-        Toolchain::Prebuilt(_) => Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
+        Toolchain::Prebuilt(_) => {
+            Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        }
         // `-Z build-std` needs nightly cargo too, not only nightly rustc.
         Toolchain::NightlyBuildStd => {
             let mut c = Command::new("rustup");
@@ -109,7 +138,16 @@ fn main() -> Result<()> {
         .arg(&target_dir)
         .env("PATH", path);
     // The outer build's settings are for the host, not for BPF.
-    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTDOC"] {
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTDOC",
+    ] {
         cmd.env_remove(var);
     }
     match toolchain {
@@ -129,7 +167,8 @@ fn main() -> Result<()> {
     for name in OBJECTS {
         let built = target_dir.join(TARGET).join("release").join(name);
         let dest = out_dir.join(format!("{name}.bpf.o"));
-        fs::copy(&built, &dest).with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
+        fs::copy(&built, &dest)
+            .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
     }
     Ok(())
 }

@@ -23,8 +23,17 @@ pub mod map_names {
     pub const TRACE: &str = "TRACE";
     pub const FLOW_PORTS: &str = "FLOW_PORTS";
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 9] =
-        [CONFIG, PORT_BLOCKS, COUNTERS, PROFILES, MGMT, FLOWS, FRAGMENTS, TRACE, FLOW_PORTS];
+    pub const ALL: [&str; 9] = [
+        CONFIG,
+        PORT_BLOCKS,
+        COUNTERS,
+        PROFILES,
+        MGMT,
+        FLOWS,
+        FRAGMENTS,
+        TRACE,
+        FLOW_PORTS,
+    ];
 }
 
 /// L4 protocol index used in the port arrays.
@@ -261,7 +270,11 @@ impl Reason {
     }
 
     pub const fn from_index(i: u32) -> Option<Reason> {
-        if i < REASON_COUNT { Some(Reason::ALL[i as usize]) } else { None }
+        if i < REASON_COUNT {
+            Some(Reason::ALL[i as usize])
+        } else {
+            None
+        }
     }
 }
 
@@ -298,8 +311,7 @@ pub const PCLASS_NAMES: [&str; PCLASS_COUNT as usize] = ["tcp", "udp", "icmp", "
 /// `COUNTERS` layout: `[0, MAX_RULE_SLOTS)` are rule slots (their passes),
 /// then one entry per (reason, verdict, protocol class).
 pub const REASON_COUNTER_BASE: u32 = MAX_RULE_SLOTS;
-pub const COUNTER_ENTRIES: u32 =
-    REASON_COUNTER_BASE + REASON_COUNT * VERDICT_COUNT * PCLASS_COUNT;
+pub const COUNTER_ENTRIES: u32 = REASON_COUNTER_BASE + REASON_COUNT * VERDICT_COUNT * PCLASS_COUNT;
 
 #[inline(always)]
 pub const fn reason_counter_index(reason: u32, verdict: u32, pclass: u32) -> u32 {

@@ -15,11 +15,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use classifier_common::{
-    Addr, COUNTER_ENTRIES, Config, Counter, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR, FLAG_TRACE,
-    FLOW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES, MAX_IPV6_EXT_HEADERS,
-    MAX_VLAN_TAGS, MgmtPorts, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES,
-    PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock, ProfileSel, Reason, Verdict, port_block_index,
-    reason_counter_index,
+    Addr, COUNTER_ENTRIES, Config, Counter, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR,
+    FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey,
+    FragKey, FragVerdict, LPM_ENTRIES, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_ICMP,
+    PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PROFILE_NONE, PROTO_TCP, PROTO_UDP,
+    PortBlock, ProfileSel, Reason, Verdict, port_block_index, reason_counter_index,
 };
 
 #[map]
@@ -35,7 +35,8 @@ static MGMT: LpmTrie<Addr, MgmtPorts> = LpmTrie::with_max_entries(LPM_ENTRIES, 0
 #[map]
 static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(FLOW_ENTRIES, 0);
 #[map]
-static FLOW_PORTS: Array<[u8; FLOW_PORTS_PER_ENTRY as usize]> = Array::with_max_entries(FLOW_PORT_ENTRIES, 0);
+static FLOW_PORTS: Array<[u8; FLOW_PORTS_PER_ENTRY as usize]> =
+    Array::with_max_entries(FLOW_PORT_ENTRIES, 0);
 #[map]
 static TRACE: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
@@ -101,7 +102,8 @@ impl Frame {
     #[inline(always)]
     fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         // SAFETY: `ptr` checked that all N bytes lie inside the packet.
-        self.ptr::<[u8; N]>(off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+        self.ptr::<[u8; N]>(off)
+            .map(|p| unsafe { core::ptr::read_unaligned(p) })
     }
 }
 
@@ -121,7 +123,24 @@ fn be16(b: &[u8], at: usize) -> u16 {
 
 #[inline(always)]
 fn mapped4(b: &[u8], at: usize) -> Addr {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[at], b[at + 1], b[at + 2], b[at + 3]]
+    [
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0xff,
+        0xff,
+        b[at],
+        b[at + 1],
+        b[at + 2],
+        b[at + 3],
+    ]
 }
 
 #[inline(always)]
@@ -163,7 +182,10 @@ pub fn portguard(ctx: XdpContext) -> u32 {
 /// The single exit point: count the outcome and turn it into an action.
 #[inline(always)]
 fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
-    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     let config = CONFIG.get(0).ok_or(())?;
     let outcome = classify(&frame, config);
     if config.flags & FLAG_TRACE != 0 {
@@ -182,7 +204,11 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
             log_anomaly(ctx, outcome.counter, packets);
         }
     }
-    Ok(if outcome.pass { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP })
+    Ok(if outcome.pass {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    })
 }
 
 /// Counter indexes from here on are the anomaly reasons (malformed and after,
@@ -192,13 +218,21 @@ const ANOMALY_FIRST: u32 = reason_counter_index(Reason::Malformed as u32, 0, 0);
 #[inline(never)]
 fn log_anomaly(ctx: &XdpContext, counter: u32, packets: u64) {
     if let Some((reason, _, _)) = classifier_common::decode_reason_counter(counter) {
-        warn!(ctx, "portguard: {} packets dropped as {} on this CPU", packets, reason.name());
+        warn!(
+            ctx,
+            "portguard: {} packets dropped as {} on this CPU",
+            packets,
+            reason.name()
+        );
     }
 }
 
 #[inline(always)]
 fn pass(reason: Reason, pclass: u32) -> Outcome {
-    Outcome { counter: reason_counter_index(reason as u32, Verdict::Pass as u32, pclass), pass: true }
+    Outcome {
+        counter: reason_counter_index(reason as u32, Verdict::Pass as u32, pclass),
+        pass: true,
+    }
 }
 
 /// A drop, or in monitor mode a pass counted as `would_drop`.
@@ -255,7 +289,10 @@ fn classify(frame: &Frame, config: &Config) -> Outcome {
     let outcome = classify_l4(frame, &l3, config);
     if l3.fragment {
         // First fragment: the rest of the datagram follows this verdict.
-        let verdict = FragVerdict { counter: outcome.counter, pass: outcome.pass as u32 };
+        let verdict = FragVerdict {
+            counter: outcome.counter,
+            pass: outcome.pass as u32,
+        };
         let _ = FRAGMENTS.insert(&frag_key(&l3), &verdict, 0);
     }
     outcome
@@ -356,7 +393,13 @@ fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
 
 #[inline(always)]
 fn frag_key(l3: &L3) -> FragKey {
-    FragKey { src: l3.src, dst: l3.dst, id: l3.frag_id, proto: l3.frag_proto, pad: [0; 3] }
+    FragKey {
+        src: l3.src,
+        dst: l3.dst,
+        id: l3.frag_id,
+        proto: l3.frag_proto,
+        pad: [0; 3],
+    }
 }
 
 #[inline(always)]
@@ -364,7 +407,10 @@ fn replay_fragment(l3: &L3, config: &Config) -> Outcome {
     // SAFETY: the value is copied out at once; an LRU entry may be evicted
     // concurrently but its memory stays valid for this RCU section.
     match unsafe { FRAGMENTS.get(&frag_key(l3)) } {
-        Some(v) => Outcome { counter: v.counter, pass: v.pass != 0 },
+        Some(v) => Outcome {
+            counter: v.counter,
+            pass: v.pass != 0,
+        },
         None => deny(Reason::FragmentOrphan, pclass_of(l3.proto), config),
     }
 }
@@ -395,11 +441,27 @@ fn classify_l4(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
     }
     match l3.proto {
         IPPROTO_TCP => match frame.bytes::<TCP_HLEN>(l3.l4) {
-            Some(h) => classify_ports(l3, config, PROTO_TCP, PCLASS_TCP, be16(&h, 0), be16(&h, 2), h[13]),
+            Some(h) => classify_ports(
+                l3,
+                config,
+                PROTO_TCP,
+                PCLASS_TCP,
+                be16(&h, 0),
+                be16(&h, 2),
+                h[13],
+            ),
             None => deny(Reason::Malformed, PCLASS_TCP, config),
         },
         IPPROTO_UDP => match frame.bytes::<UDP_HLEN>(l3.l4) {
-            Some(h) => classify_ports(l3, config, PROTO_UDP, PCLASS_UDP, be16(&h, 0), be16(&h, 2), 0),
+            Some(h) => classify_ports(
+                l3,
+                config,
+                PROTO_UDP,
+                PCLASS_UDP,
+                be16(&h, 0),
+                be16(&h, 2),
+                0,
+            ),
             None => deny(Reason::Malformed, PCLASS_UDP, config),
         },
         IPPROTO_ICMP if !l3.v6 => classify_icmp(frame, l3, config),
@@ -481,7 +543,15 @@ fn is_media_profile(profile: u32, config: &Config) -> bool {
 }
 
 #[inline(always)]
-fn classify_ports(l3: &L3, config: &Config, proto: u32, pclass: u32, sport: u16, dport: u16, flags: u8) -> Outcome {
+fn classify_ports(
+    l3: &L3,
+    config: &Config,
+    proto: u32,
+    pclass: u32,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Outcome {
     if proto == PROTO_UDP && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)) {
         return pass(Reason::Dhcp, pclass);
     }
@@ -489,13 +559,18 @@ fn classify_ports(l3: &L3, config: &Config, proto: u32, pclass: u32, sport: u16,
     let profile = profile_of(l3, config);
     if profile != PROFILE_NONE {
         let generation = config.generation & 1;
-        if let Some(block) = PORT_BLOCKS.get_ptr(port_block_index(profile, generation, proto, dport)) {
+        if let Some(block) =
+            PORT_BLOCKS.get_ptr(port_block_index(profile, generation, proto, dport))
+        {
             // Four u16 slots read as one word: no indexing, so no bounds branch.
             // SAFETY: `get_ptr` returned a valid pointer to an 8-byte value.
             let word = unsafe { core::ptr::read_unaligned(block as *const u64) };
             let slot = (word >> ((dport as u64 & 3) * 16)) as u16;
             if slot != 0 {
-                return Outcome { counter: slot as u32, pass: true };
+                return Outcome {
+                    counter: slot as u32,
+                    pass: true,
+                };
             }
         }
     }
@@ -589,23 +664,35 @@ fn record_flow(ctx: &TcContext) {
     }
     let (src, dst, proto, l4) = match ethertype {
         ETH_P_IP => {
-            let Ok(vihl) = ctx.load::<u8>(off) else { return };
-            let Ok(frag) = ctx.load::<[u8; 2]>(off + 6).map(u16::from_be_bytes) else { return };
+            let Ok(vihl) = ctx.load::<u8>(off) else {
+                return;
+            };
+            let Ok(frag) = ctx.load::<[u8; 2]>(off + 6).map(u16::from_be_bytes) else {
+                return;
+            };
             if frag & 0x1fff != 0 {
                 return;
             }
-            let (Ok(proto), Ok(s), Ok(d)) =
-                (ctx.load::<u8>(off + 9), ctx.load::<[u8; 4]>(off + 12), ctx.load::<[u8; 4]>(off + 16))
-            else {
+            let (Ok(proto), Ok(s), Ok(d)) = (
+                ctx.load::<u8>(off + 9),
+                ctx.load::<[u8; 4]>(off + 12),
+                ctx.load::<[u8; 4]>(off + 16),
+            ) else {
                 return;
             };
-            let map4 = |a: [u8; 4]| [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]];
+            let map4 = |a: [u8; 4]| {
+                [
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+                ]
+            };
             (map4(s), map4(d), proto, off + (vihl & 0x0f) as usize * 4)
         }
         ETH_P_IPV6 => {
-            let (Ok(proto), Ok(s), Ok(d)) =
-                (ctx.load::<u8>(off + 6), ctx.load::<Addr>(off + 8), ctx.load::<Addr>(off + 24))
-            else {
+            let (Ok(proto), Ok(s), Ok(d)) = (
+                ctx.load::<u8>(off + 6),
+                ctx.load::<Addr>(off + 8),
+                ctx.load::<Addr>(off + 24),
+            ) else {
                 return;
             };
             (s, d, proto, off + 40)
@@ -622,13 +709,22 @@ fn record_flow(ctx: &TcContext) {
         return;
     };
     if proto == IPPROTO_TCP {
-        let Ok(flags) = ctx.load::<u8>(l4 + 13) else { return };
+        let Ok(flags) = ctx.load::<u8>(l4 + 13) else {
+            return;
+        };
         // SYN without ACK: the host opens the connection.
         if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
             return;
         }
     }
-    let key = FlowKey { remote: dst, local: src, remote_port: dport, local_port: sport, proto, pad: [0; 3] };
+    let key = FlowKey {
+        remote: dst,
+        local: src,
+        remote_port: dport,
+        local_port: sport,
+        proto,
+        pad: [0; 3],
+    };
     let _ = FLOWS.insert(&key, &0, 0);
     if let Some(bytes) = FLOW_PORTS.get_ptr_mut(sport as u32 / FLOW_PORTS_PER_ENTRY) {
         // SAFETY: a byte store into a valid map value; other CPUs only ever

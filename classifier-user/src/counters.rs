@@ -85,20 +85,38 @@ pub fn snapshot(registry: &SlotRegistry, raw: &[(u32, Counter)]) -> Snapshot {
 
 impl Snapshot {
     pub fn total(&self, verdict: &str) -> u64 {
-        self.rows.iter().filter(|(k, _)| k.verdict == verdict).map(|(_, c)| c.packets).sum()
+        self.rows
+            .iter()
+            .filter(|(k, _)| k.verdict == verdict)
+            .map(|(_, c)| c.packets)
+            .sum()
     }
 
     /// Packets counted under one reason (any verdict).
     pub fn reason(&self, reason: Reason) -> u64 {
-        self.rows.iter().filter(|(k, _)| k.role == "-" && k.service == reason.name()).map(|(_, c)| c.packets).sum()
+        self.rows
+            .iter()
+            .filter(|(k, _)| k.role == "-" && k.service == reason.name())
+            .map(|(_, c)| c.packets)
+            .sum()
     }
 
     /// An aligned table, biggest counts first.
     pub fn table(&self) -> String {
         let mut rows: Vec<(&RowKey, &Counter)> = self.rows.iter().collect();
         rows.sort_by(|a, b| b.1.packets.cmp(&a.1.packets).then(a.0.cmp(b.0)));
-        let w_role = rows.iter().map(|(k, _)| k.role.len()).max().unwrap_or(0).max(4);
-        let w_service = rows.iter().map(|(k, _)| k.service.chars().count()).max().unwrap_or(0).max(7);
+        let w_role = rows
+            .iter()
+            .map(|(k, _)| k.role.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let w_service = rows
+            .iter()
+            .map(|(k, _)| k.service.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(7);
         let mut out = String::new();
         let _ = writeln!(
             out,

@@ -13,11 +13,23 @@ pub const ETH_P_8021AD: u16 = 0x88A8;
 /// The transport part of a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
-    Icmp { icmp_type: u8, code: u8 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+    },
     /// Any other IP protocol, with raw payload only.
-    Raw { proto: u8 },
+    Raw {
+        proto: u8,
+    },
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -30,7 +42,11 @@ pub enum Ext {
     Routing,
     DestOpts,
     /// Fragment header: offset in 8-byte units, more-fragments, identification.
-    Fragment { offset: u16, more: bool, id: u32 },
+    Fragment {
+        offset: u16,
+        more: bool,
+        id: u32,
+    },
 }
 
 impl Ext {
@@ -83,7 +99,15 @@ impl Packet {
     }
 
     pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16) -> Self {
-        Packet::new(ip(src), ip(dst), L4::Tcp { sport, dport, flags: TCP_SYN })
+        Packet::new(
+            ip(src),
+            ip(dst),
+            L4::Tcp {
+                sport,
+                dport,
+                flags: TCP_SYN,
+            },
+        )
     }
 
     pub fn icmp(src: &str, dst: &str, icmp_type: u8) -> Self {
@@ -109,7 +133,11 @@ impl Packet {
     fn transport(&self) -> (u8, Vec<u8>) {
         let mut seg = Vec::new();
         let proto = match self.l4 {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 seg.extend_from_slice(&sport.to_be_bytes());
                 seg.extend_from_slice(&dport.to_be_bytes());
                 seg.extend_from_slice(&1u32.to_be_bytes()); // seq
@@ -179,7 +207,9 @@ impl Packet {
                 h.extend_from_slice(&((ihl + seg.len()) as u16).to_be_bytes());
                 let (offset, more, id) = self.ipv4_frag.unwrap_or((0, false, 0x1234));
                 h.extend_from_slice(&id.to_be_bytes());
-                h.extend_from_slice(&((offset & 0x1fff) | if more { 0x2000 } else { 0 }).to_be_bytes());
+                h.extend_from_slice(
+                    &((offset & 0x1fff) | if more { 0x2000 } else { 0 }).to_be_bytes(),
+                );
                 h.push(64);
                 h.push(proto);
                 h.extend_from_slice(&[0, 0]);
@@ -198,7 +228,9 @@ impl Packet {
                     match e {
                         Ext::Fragment { offset, more, id } => {
                             ext.extend_from_slice(&[next, 0]);
-                            ext.extend_from_slice(&((offset << 3) | u16::from(*more)).to_be_bytes());
+                            ext.extend_from_slice(
+                                &((offset << 3) | u16::from(*more)).to_be_bytes(),
+                            );
                             ext.extend_from_slice(&id.to_be_bytes());
                         }
                         _ => {
@@ -296,8 +328,14 @@ mod tests {
 
     #[test]
     fn ipv4_header_checksum_verifies() {
-        let f = Packet::udp("198.18.0.1", "198.18.0.2", 40000, 3478).payload(10).build();
-        assert_eq!(checksum(&[&f[14..34]]), 0, "a header with its checksum sums to zero");
+        let f = Packet::udp("198.18.0.1", "198.18.0.2", 40000, 3478)
+            .payload(10)
+            .build();
+        assert_eq!(
+            checksum(&[&f[14..34]]),
+            0,
+            "a header with its checksum sums to zero"
+        );
         assert_eq!(f.len(), 14 + 20 + 8 + 10);
     }
 
@@ -307,7 +345,11 @@ mod tests {
             .vlan(ETH_P_8021AD, 10)
             .vlan(ETH_P_8021Q, 20)
             .ext(Ext::HopByHop)
-            .ext(Ext::Fragment { offset: 0, more: true, id: 7 })
+            .ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+                id: 7,
+            })
             .build();
         assert_eq!(&f[12..14], &ETH_P_8021AD.to_be_bytes());
         assert_eq!(&f[16..18], &ETH_P_8021Q.to_be_bytes());

@@ -10,16 +10,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
-        TestRunResult, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, TestRunResult, Xdp,
+        XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc,
         xdp::XdpLink,
     },
 };
 use classifier_common::{
-    BLOCKS_PER_PROTO, COUNTER_ENTRIES, FLAG_TRACE, Config, Counter, GenConfig, MgmtPorts, PROFILE_NONE,
-    PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM, map_names,
+    BLOCKS_PER_PROTO, COUNTER_ENTRIES, Config, Counter, FLAG_TRACE, GenConfig, MgmtPorts,
+    PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM, map_names,
     port_block_index,
 };
 
@@ -35,18 +35,28 @@ pub enum LoadError {
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("link: {0}")]
     Link(#[from] LinkError),
     #[error("pinning under {path}: {source}")]
     Pin { path: PathBuf, source: io::Error },
-    #[error("{iface} already has an XDP program that portguard did not attach; remove it first (`ip link set dev {iface} xdp off`)")]
+    #[error(
+        "{iface} already has an XDP program that portguard did not attach; remove it first (`ip link set dev {iface} xdp off`)"
+    )]
     Busy { iface: String },
     #[error("no interface named {0}")]
     NoInterface(String),
-    #[error("{0} needs privileges to load BPF programs (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
+    #[error(
+        "{0} needs privileges to load BPF programs (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+    )]
     Permission(String),
 }
 
@@ -109,9 +119,13 @@ impl Classifier {
         xdp.load().map_err(|e| permission_or(e, "portguard"))?;
         if let Some(p) = ebpf.program_mut(TC_EGRESS_PROGRAM) {
             let tc: &mut SchedClassifier = p.try_into().map_err(prog_err("portguard_egress"))?;
-            tc.load().map_err(|e| permission_or(e, "portguard_egress"))?;
+            tc.load()
+                .map_err(|e| permission_or(e, "portguard_egress"))?;
         }
-        Ok(Classifier { ebpf, written: std::collections::HashMap::new() })
+        Ok(Classifier {
+            ebpf,
+            written: std::collections::HashMap::new(),
+        })
     }
 
     /// The reader of the eBPF side's log ring (rare, rate-limited anomaly
@@ -150,13 +164,18 @@ impl Classifier {
             .map_err(prog_err("portguard_egress"))
     }
 
-    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>, LoadError> {
+    fn array<T: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, T>, LoadError> {
         let map = self.ebpf.map_mut(name).ok_or(LoadError::Missing(name))?;
         Array::try_from(map).map_err(map_err(name))
     }
 
     pub fn config(&mut self) -> Result<Config, LoadError> {
-        self.array::<Config>(map_names::CONFIG)?.get(&0, 0).map_err(map_err(map_names::CONFIG))
+        self.array::<Config>(map_names::CONFIG)?
+            .get(&0, 0)
+            .map_err(map_err(map_names::CONFIG))
     }
 
     fn set_config(&mut self, config: &Config) -> Result<(), LoadError> {
@@ -168,7 +187,11 @@ impl Classifier {
     /// Writes `policy` into the generation the packet path does not read, then
     /// flips to it. The packet path sees the old policy or the new one, never
     /// a mixture. Returns the generation now in force.
-    pub fn install(&mut self, policy: &CompiledPolicy, catalog_generation: u32) -> Result<u32, LoadError> {
+    pub fn install(
+        &mut self,
+        policy: &CompiledPolicy,
+        catalog_generation: u32,
+    ) -> Result<u32, LoadError> {
         let mut config = self.config()?;
         let active = config.generation & 1;
         let next = active ^ 1;
@@ -186,7 +209,9 @@ impl Classifier {
                     if previous.as_ref().is_some_and(|p| p[i] == value) {
                         continue;
                     }
-                    blocks.set(base + b, value, 0).map_err(map_err(map_names::PORT_BLOCKS))?;
+                    blocks
+                        .set(base + b, value, 0)
+                        .map_err(map_err(map_names::PORT_BLOCKS))?;
                 }
             }
             written.insert(key, compiled.blocks.clone());
@@ -215,24 +240,40 @@ impl Classifier {
     }
 
     fn profiles(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], ProfileSel>, LoadError> {
-        let map = self.ebpf.map_mut(map_names::PROFILES).ok_or(LoadError::Missing("PROFILES"))?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::PROFILES)
+            .ok_or(LoadError::Missing("PROFILES"))?;
         LpmTrie::try_from(map).map_err(map_err(map_names::PROFILES))
     }
 
     /// For every prefix in the union of old and new, store what each
     /// generation resolves it to: then the longest match of any address gives
     /// the right profile in either generation.
-    fn write_profiles(&mut self, policy: &CompiledPolicy, active: u32, next: u32) -> Result<(), LoadError> {
+    fn write_profiles(
+        &mut self,
+        policy: &CompiledPolicy,
+        active: u32,
+        next: u32,
+    ) -> Result<(), LoadError> {
         let mut trie = self.profiles()?;
         let mut existing: Vec<(Prefix, ProfileSel)> = Vec::new();
         for item in trie.iter() {
             let (key, sel) = item.map_err(map_err(map_names::PROFILES))?;
-            existing.push((Prefix { addr: key.data(), len: key.prefix_len() as u8 }, sel));
+            existing.push((
+                Prefix {
+                    addr: key.data(),
+                    len: key.prefix_len() as u8,
+                },
+                sel,
+            ));
         }
         let resolve_old = |p: &Prefix| -> u32 {
             existing
                 .iter()
-                .filter(|(q, sel)| q.contains(p) && sel.by_generation[active as usize] != PROFILE_NONE)
+                .filter(|(q, sel)| {
+                    q.contains(p) && sel.by_generation[active as usize] != PROFILE_NONE
+                })
                 .max_by_key(|(q, _)| q.len)
                 .map_or(PROFILE_NONE, |(_, sel)| sel.by_generation[active as usize])
         };
@@ -244,8 +285,11 @@ impl Classifier {
                 .max_by_key(|(q, _)| q.len)
                 .map_or(PROFILE_NONE, |(_, profile)| *profile)
         };
-        let union: BTreeSet<Prefix> =
-            existing.iter().map(|(p, _)| *p).chain(policy.prefixes.iter().map(|(p, _)| *p)).collect();
+        let union: BTreeSet<Prefix> = existing
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(policy.prefixes.iter().map(|(p, _)| *p))
+            .collect();
         for p in union {
             let mut sel = ProfileSel::default();
             sel.by_generation[active as usize] = resolve_old(&p);
@@ -261,7 +305,10 @@ impl Classifier {
         let mut trie = self.profiles()?;
         let keys: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
         for key in keys {
-            let p = Prefix { addr: key.data(), len: key.prefix_len() as u8 };
+            let p = Prefix {
+                addr: key.data(),
+                len: key.prefix_len() as u8,
+            };
             if !policy.prefixes.iter().any(|(q, _)| *q == p) {
                 trie.remove(&key).map_err(map_err(map_names::PROFILES))?;
             }
@@ -273,16 +320,26 @@ impl Classifier {
     /// from flags, not the catalog): add the new entries before removing stale
     /// ones so that it never has a hole.
     fn write_mgmt(&mut self, policy: &CompiledPolicy) -> Result<(), LoadError> {
-        let map = self.ebpf.map_mut(map_names::MGMT).ok_or(LoadError::Missing("MGMT"))?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::MGMT)
+            .ok_or(LoadError::Missing("MGMT"))?;
         let mut trie: LpmTrie<&mut MapData, [u8; 16], MgmtPorts> =
             LpmTrie::try_from(map).map_err(map_err(map_names::MGMT))?;
         for (p, ports) in &policy.mgmt {
-            trie.insert(&Key::new(u32::from(p.len), p.addr), MgmtPorts { ports: *ports }, 0)
-                .map_err(map_err(map_names::MGMT))?;
+            trie.insert(
+                &Key::new(u32::from(p.len), p.addr),
+                MgmtPorts { ports: *ports },
+                0,
+            )
+            .map_err(map_err(map_names::MGMT))?;
         }
         let keys: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
         for key in keys {
-            let keep = policy.mgmt.iter().any(|(p, _)| u32::from(p.len) == key.prefix_len() && p.addr == key.data());
+            let keep = policy
+                .mgmt
+                .iter()
+                .any(|(p, _)| u32::from(p.len) == key.prefix_len() && p.addr == key.data());
             if !keep {
                 trie.remove(&key).map_err(map_err(map_names::MGMT))?;
             }
@@ -293,25 +350,43 @@ impl Classifier {
     /// Runs the XDP program on one frame in the kernel (`BPF_PROG_TEST_RUN`).
     /// `duration` of the result is per run.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult, LoadError> {
-        let opts = TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::default() };
-        self.xdp_ref()?.test_run(opts).map_err(prog_err("portguard"))
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        self.xdp_ref()?
+            .test_run(opts)
+            .map_err(prog_err("portguard"))
     }
 
     /// Makes the packet path record each packet's counter index in `TRACE`.
     pub fn set_trace(&mut self, on: bool) -> Result<(), LoadError> {
         let mut config = self.config()?;
-        config.flags = if on { config.flags | FLAG_TRACE } else { config.flags & !FLAG_TRACE };
+        config.flags = if on {
+            config.flags | FLAG_TRACE
+        } else {
+            config.flags & !FLAG_TRACE
+        };
         self.set_config(&config)
     }
 
     /// The counter index of the last packet (with tracing on).
     pub fn last_counter(&mut self) -> Result<u32, LoadError> {
-        self.array::<u32>(map_names::TRACE)?.get(&0, 0).map_err(map_err(map_names::TRACE))
+        self.array::<u32>(map_names::TRACE)?
+            .get(&0, 0)
+            .map_err(map_err(map_names::TRACE))
     }
 
     /// Per-CPU counters at `indices`, summed over CPUs.
-    pub fn counters(&mut self, indices: impl IntoIterator<Item = u32>) -> Result<Vec<(u32, Counter)>, LoadError> {
-        let map = self.ebpf.map_mut(map_names::COUNTERS).ok_or(LoadError::Missing("COUNTERS"))?;
+    pub fn counters(
+        &mut self,
+        indices: impl IntoIterator<Item = u32>,
+    ) -> Result<Vec<(u32, Counter)>, LoadError> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::COUNTERS)
+            .ok_or(LoadError::Missing("COUNTERS"))?;
         let counters: PerCpuArray<&mut MapData, Counter> =
             PerCpuArray::try_from(map).map_err(map_err(map_names::COUNTERS))?;
         read_counters(&counters, indices)
@@ -319,10 +394,16 @@ impl Classifier {
 
     /// Attaches XDP to `iface`. `Auto` tries native first and says so when it
     /// falls back. Returns the mode in force.
-    pub fn attach_xdp(&mut self, iface: &str, mode: XdpModeArg) -> Result<(XdpLink, &'static str), LoadError> {
+    pub fn attach_xdp(
+        &mut self,
+        iface: &str,
+        mode: XdpModeArg,
+    ) -> Result<(XdpLink, &'static str), LoadError> {
         let xdp = self.xdp()?;
         let attempt = |xdp: &mut Xdp, m: XdpMode| -> Result<XdpLink, LoadError> {
-            let id = xdp.attach(iface, m).map_err(|e| classify_attach_error(iface, e))?;
+            let id = xdp
+                .attach(iface, m)
+                .map_err(|e| classify_attach_error(iface, e))?;
             xdp.take_link(id).map_err(prog_err("portguard"))
         };
         match mode {
@@ -330,9 +411,15 @@ impl Classifier {
             XdpModeArg::Generic => Ok((attempt(xdp, XdpMode::Skb)?, "generic")),
             XdpModeArg::Auto => match attempt(xdp, XdpMode::Driver) {
                 Ok(link) => Ok((link, "native")),
-                Err(e @ (LoadError::Busy { .. } | LoadError::NoInterface(_) | LoadError::Permission(_))) => Err(e),
+                Err(
+                    e @ (LoadError::Busy { .. }
+                    | LoadError::NoInterface(_)
+                    | LoadError::Permission(_)),
+                ) => Err(e),
                 Err(e) => {
-                    log::warn!("native XDP is not available on {iface} ({e}); falling back to generic XDP");
+                    log::warn!(
+                        "native XDP is not available on {iface} ({e}); falling back to generic XDP"
+                    );
                     Ok((attempt(xdp, XdpMode::Skb)?, "generic"))
                 }
             },
@@ -354,7 +441,9 @@ impl Classifier {
         // clsact is only needed on kernels without TCX; an existing one is fine.
         let _ = tc::qdisc_add_clsact(iface);
         let tc = self.tc()?;
-        let id = tc.attach(iface, TcAttachType::Egress).map_err(prog_err("portguard_egress"))?;
+        let id = tc
+            .attach(iface, TcAttachType::Egress)
+            .map_err(prog_err("portguard_egress"))?;
         let link = tc.take_link(id).map_err(prog_err("portguard_egress"))?;
         Ok(FdLink::try_from(link).ok())
     }
@@ -363,7 +452,9 @@ impl Classifier {
         use aya::programs::tc::SchedClassifierLink;
         let tc = self.tc()?;
         let link = SchedClassifierLink::try_from(link).map_err(LoadError::Link)?;
-        let id = tc.attach_to_link(link).map_err(prog_err("portguard_egress"))?;
+        let id = tc
+            .attach_to_link(link)
+            .map_err(prog_err("portguard_egress"))?;
         let link = tc.take_link(id).map_err(prog_err("portguard_egress"))?;
         FdLink::try_from(link).map_err(LoadError::Link)
     }
@@ -377,7 +468,11 @@ fn permission_or(e: ProgramError, name: &'static str) -> LoadError {
         if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)));
     let effective = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
         .unwrap_or(0);
     let missing: Vec<&str> = [(12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON"), (39, "CAP_BPF")]
         .iter()
@@ -394,13 +489,21 @@ fn permission_or(e: ProgramError, name: &'static str) -> LoadError {
 fn classify_attach_error(iface: &str, e: ProgramError) -> LoadError {
     match &e {
         ProgramError::UnknownInterface { .. } => LoadError::NoInterface(iface.to_string()),
-        ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EBUSY) || s.io_error.raw_os_error() == Some(libc::EEXIST) => {
-            LoadError::Busy { iface: iface.to_string() }
+        ProgramError::SyscallError(s)
+            if s.io_error.raw_os_error() == Some(libc::EBUSY)
+                || s.io_error.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            LoadError::Busy {
+                iface: iface.to_string(),
+            }
         }
         ProgramError::SyscallError(s) if s.io_error.kind() == io::ErrorKind::PermissionDenied => {
             LoadError::Permission(format!("attaching to {iface}"))
         }
-        _ => LoadError::Program { name: "portguard", source: e },
+        _ => LoadError::Program {
+            name: "portguard",
+            source: e,
+        },
     }
 }
 
@@ -449,7 +552,10 @@ pub fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> 
 pub fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, LoadError> {
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
-    link.pin(&path).map_err(|e| LoadError::Pin { path, source: io::Error::other(e.to_string()) })
+    link.pin(&path).map_err(|e| LoadError::Pin {
+        path,
+        source: io::Error::other(e.to_string()),
+    })
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -466,14 +572,29 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let fstype = c"bpf";
     // SAFETY: all pointers are valid NUL-terminated strings; data is null.
-    let rc = unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            c.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Removes the pins of an interface: maps, links and the directory. Removing a
 /// link pin detaches its program once no process holds the link.
 pub fn remove_pins(dir: &Path) {
-    for name in map_names::ALL.iter().chain([XDP_LINK_PIN, TC_LINK_PIN].iter()) {
+    for name in map_names::ALL
+        .iter()
+        .chain([XDP_LINK_PIN, TC_LINK_PIN].iter())
+    {
         let _ = std::fs::remove_file(dir.join(name));
     }
     let _ = std::fs::remove_dir(dir);
@@ -495,7 +616,10 @@ pub fn vlan_offload_warning(iface: &str) -> Option<String> {
         cmd: u32,
         data: u32,
     }
-    let mut value = EthtoolValue { cmd: ETHTOOL_GFLAGS, data: 0 };
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_GFLAGS,
+        data: 0,
+    };
     // SAFETY: a zeroed ifreq is valid; we copy at most IFNAMSIZ-1 bytes of the name.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     let name = iface.as_bytes();

@@ -37,18 +37,37 @@ fn load_catalog(path: Option<&std::path::Path>) -> Result<Catalog, u8> {
 fn catalog(c: CatalogCommand) -> u8 {
     match c {
         CatalogCommand::Check { file } => commands::catalog::check(&file),
-        CatalogCommand::Show { role, format, table, catalog } => match load_catalog(catalog.as_deref()) {
+        CatalogCommand::Show {
+            role,
+            format,
+            table,
+            catalog,
+        } => match load_catalog(catalog.as_deref()) {
             Ok(cat) => commands::catalog::show(&cat, role.as_deref(), format, table),
             Err(code) => code,
         },
-        CatalogCommand::Export { format: _, role, catalog, mgmt, no_default_mgmt } => {
+        CatalogCommand::Export {
+            format: _,
+            role,
+            catalog,
+            mgmt,
+            no_default_mgmt,
+        } => {
             let cat = match load_catalog(catalog.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let mut allowances = if no_default_mgmt { Vec::new() } else { Mgmt::defaults() };
+            let mut allowances = if no_default_mgmt {
+                Vec::new()
+            } else {
+                Mgmt::defaults()
+            };
             allowances.extend(mgmt);
-            let roles = if role.is_empty() { cat.role_ids().iter().map(|r| r.to_string()).collect() } else { role };
+            let roles = if role.is_empty() {
+                cat.role_ids().iter().map(|r| r.to_string()).collect()
+            } else {
+                role
+            };
             let mgmt: Vec<portguard::catalog::MgmtAllowance> = allowances
                 .iter()
                 .map(|m| portguard::catalog::MgmtAllowance {

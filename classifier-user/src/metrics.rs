@@ -67,35 +67,73 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
         packets.get_or_create(&labels).inc_by(c.packets);
         bytes.get_or_create(&labels).inc_by(c.bytes);
     }
-    registry.register("portguard_packets", "Packets by role, service, protocol and verdict", packets);
-    registry.register("portguard_bytes", "Bytes by role, service, protocol and verdict", bytes);
+    registry.register(
+        "portguard_packets",
+        "Packets by role, service, protocol and verdict",
+        packets,
+    );
+    registry.register(
+        "portguard_bytes",
+        "Bytes by role, service, protocol and verdict",
+        bytes,
+    );
 
     let drops = Family::<DropLabels, Counter>::default();
     for (reason, c) in &snap.drops {
-        drops.get_or_create(&DropLabels { iface: daemon.iface.clone(), reason: (*reason).to_string() }).inc_by(c.packets);
+        drops
+            .get_or_create(&DropLabels {
+                iface: daemon.iface.clone(),
+                reason: (*reason).to_string(),
+            })
+            .inc_by(c.packets);
     }
-    registry.register("portguard_drops", "Packets dropped (or, in monitor mode, that would be) by reason", drops);
+    registry.register(
+        "portguard_drops",
+        "Packets dropped (or, in monitor mode, that would be) by reason",
+        drops,
+    );
 
     let rules = Family::<RoleLabels, Gauge>::default();
     for (role, n) in &daemon.rules_per_role {
-        rules.get_or_create(&RoleLabels { role: role.clone() }).set(*n as i64);
+        rules
+            .get_or_create(&RoleLabels { role: role.clone() })
+            .set(*n as i64);
     }
     registry.register("portguard_catalog_rules", "Rules in force per role", rules);
 
     let generation = Gauge::<i64>::default();
     generation.set(i64::from(daemon.catalog_generation));
-    registry.register("portguard_catalog_generation", "Catalog generation in force", generation);
+    registry.register(
+        "portguard_catalog_generation",
+        "Catalog generation in force",
+        generation,
+    );
 
     let reloads = Family::<ResultLabels, Counter>::default();
-    reloads.get_or_create(&ResultLabels { result: "ok".into() }).inc_by(daemon.reloads.ok);
-    reloads.get_or_create(&ResultLabels { result: "error".into() }).inc_by(daemon.reloads.error);
+    reloads
+        .get_or_create(&ResultLabels {
+            result: "ok".into(),
+        })
+        .inc_by(daemon.reloads.ok);
+    reloads
+        .get_or_create(&ResultLabels {
+            result: "error".into(),
+        })
+        .inc_by(daemon.reloads.error);
     registry.register("portguard_reloads", "Catalog reloads by result", reloads);
 
     let attached = Family::<AttachLabels, Gauge>::default();
     attached
-        .get_or_create(&AttachLabels { iface: daemon.iface.clone(), mode: daemon.xdp_mode.to_string() })
+        .get_or_create(&AttachLabels {
+            iface: daemon.iface.clone(),
+            mode: daemon.xdp_mode.to_string(),
+        })
         .set(1);
-    registry.register("portguard_xdp_attached", "1 while the XDP program is attached", attached);
+    registry.register(
+        "portguard_xdp_attached",
+        "1 while the XDP program is attached",
+        attached,
+    );
 
     let mut out = String::new();
     encode(&mut out, &registry).map_err(|e| e.to_string())?;
@@ -106,7 +144,9 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
 /// `GET /metrics` only. Prometheus needs nothing more.
 pub async fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
@@ -124,15 +164,27 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>) {
             let request = String::from_utf8_lossy(&buf[..used]);
             let mut parts = request.split_whitespace();
             let (status, ctype, body) = match (parts.next(), parts.next()) {
-                (Some("GET"), Some(path)) if path == "/metrics" || path.starts_with("/metrics?") => {
+                (Some("GET"), Some(path))
+                    if path == "/metrics" || path.starts_with("/metrics?") =>
+                {
                     let mut d = daemon.lock().await;
                     match render(&mut d) {
                         Ok(body) => ("200 OK", CONTENT_TYPE, body),
-                        Err(e) => ("500 Internal Server Error", "text/plain", format!("reading counters: {e}\n")),
+                        Err(e) => (
+                            "500 Internal Server Error",
+                            "text/plain",
+                            format!("reading counters: {e}\n"),
+                        ),
                     }
                 }
-                (Some("GET"), Some(_)) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
-                _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+                (Some("GET"), Some(_)) => {
+                    ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+                }
+                _ => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_string(),
+                ),
             };
             let mut resp = String::new();
             let _ = write!(

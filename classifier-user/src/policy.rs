@@ -74,7 +74,11 @@ impl Prefix {
     }
 
     pub fn display_len(&self) -> u8 {
-        if matches!(self.ip(), IpAddr::V4(_)) { self.len - 96 } else { self.len }
+        if matches!(self.ip(), IpAddr::V4(_)) {
+            self.len - 96
+        } else {
+            self.len
+        }
     }
 }
 
@@ -98,9 +102,13 @@ impl FromStr for Prefix {
             Some((ip, len)) => (ip, Some(len)),
             None => (s, None),
         };
-        let ip: IpAddr = ip.parse().map_err(|_| format!("`{ip}` is not an IP address"))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("`{ip}` is not an IP address"))?;
         let len = match len {
-            Some(l) => l.parse::<u8>().map_err(|_| format!("`{l}` is not a prefix length"))?,
+            Some(l) => l
+                .parse::<u8>()
+                .map_err(|_| format!("`{l}` is not a prefix length"))?,
             None if ip.is_ipv4() => 32,
             None => 128,
         };
@@ -123,7 +131,10 @@ impl Mgmt {
         ["0.0.0.0/0", "::/0"]
             .iter()
             .filter_map(|p| p.parse().ok())
-            .map(|prefix| Mgmt { prefix, port: DEFAULT_MGMT_PORT })
+            .map(|prefix| Mgmt {
+                prefix,
+                port: DEFAULT_MGMT_PORT,
+            })
             .collect()
     }
 }
@@ -153,7 +164,10 @@ impl FromStr for Mgmt {
             },
             None => DEFAULT_MGMT_PORT,
         };
-        Ok(Mgmt { prefix: cidr.parse()?, port })
+        Ok(Mgmt {
+            prefix: cidr.parse()?,
+            port,
+        })
     }
 }
 
@@ -172,12 +186,19 @@ impl FromStr for ProfileArg {
         if roles.is_empty() {
             return Err("no role after `=`".into());
         }
-        Ok(ProfileArg { prefix: cidr.parse()?, roles })
+        Ok(ProfileArg {
+            prefix: cidr.parse()?,
+            roles,
+        })
     }
 }
 
 pub fn split_roles(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Everything `run` was told about the policy, apart from the catalog.
@@ -289,7 +310,8 @@ pub struct CompiledProfile {
 impl CompiledProfile {
     /// The slot the packet path finds for (proto, port).
     pub fn slot(&self, proto: u32, port: u16) -> u16 {
-        let b = &self.blocks[(proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK) as usize];
+        let b =
+            &self.blocks[(proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK) as usize];
         b.slots[(u32::from(port) % PORTS_PER_BLOCK) as usize]
     }
 }
@@ -313,7 +335,10 @@ pub struct CompiledPolicy {
 impl CompiledPolicy {
     /// Which profile the packet path picks for a destination address.
     pub fn profile_for(&self, dst: &Addr) -> u32 {
-        let host = Prefix { addr: *dst, len: 128 };
+        let host = Prefix {
+            addr: *dst,
+            len: 128,
+        };
         self.prefixes
             .iter()
             .filter(|(p, _)| p.contains(&host))
@@ -391,7 +416,12 @@ pub fn compile(
         if media {
             media_profiles |= 1 << i;
         }
-        profiles.push(CompiledProfile { roles: (*roles).clone(), blocks, media, rules: rules.len() });
+        profiles.push(CompiledProfile {
+            roles: (*roles).clone(),
+            blocks,
+            media,
+            rules: rules.len(),
+        });
     }
 
     Ok(CompiledPolicy {
@@ -415,8 +445,11 @@ fn fold_mgmt(mgmt: &[Mgmt]) -> Result<Vec<(Prefix, [u16; MGMT_PORTS])>, PolicyEr
     prefixes
         .into_iter()
         .map(|p| {
-            let mut ports: Vec<u16> =
-                mgmt.iter().filter(|m| m.prefix.contains(&p)).map(|m| m.port).collect();
+            let mut ports: Vec<u16> = mgmt
+                .iter()
+                .filter(|m| m.prefix.contains(&p))
+                .map(|m| m.port)
+                .collect();
             ports.sort_unstable();
             ports.dedup();
             if ports.len() > MGMT_PORTS {
@@ -450,10 +483,18 @@ fn mgmt_ports(mgmt: &[Mgmt]) -> Result<[u16; MGMT_PORTS], PolicyError> {
 /// Parses `A-B` for `--client-media-ports`.
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let a: u16 = a.trim().parse().map_err(|_| format!("`{a}` is not a port"))?;
-    let b: u16 = b.trim().parse().map_err(|_| format!("`{b}` is not a port"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{a}` is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{b}` is not a port"))?;
     if a == 0 || a > b {
-        return Err(format!("`{s}` is not a range START-END with 1 <= START <= END <= 65535"));
+        return Err(format!(
+            "`{s}` is not a range START-END with 1 <= START <= END <= 65535"
+        ));
     }
     Ok((a, b))
 }
@@ -486,7 +527,11 @@ mod tests {
             (PROTO_TCP, 1433, false),
             (PROTO_TCP, 22, false),
         ] {
-            assert_eq!(fe.slot(proto, port) != 0, allowed, "proto {proto} port {port}");
+            assert_eq!(
+                fe.slot(proto, port) != 0,
+                allowed,
+                "proto {proto} port {port}"
+            );
         }
         assert!(fe.media, "front-end terminates audio");
     }
@@ -498,7 +543,10 @@ mod tests {
         let a = compile(&cat, &spec(&["front-end"]), &mut reg).expect("compiles");
         let b = compile(&cat, &spec(&["front-end", "director"]), &mut reg).expect("compiles");
         let c = compile(&cat, &spec(&["front-end"]), &mut reg).expect("compiles");
-        assert_eq!(a.profiles[0].slot(PROTO_TCP, 5061), c.profiles[0].slot(PROTO_TCP, 5061));
+        assert_eq!(
+            a.profiles[0].slot(PROTO_TCP, 5061),
+            c.profiles[0].slot(PROTO_TCP, 5061)
+        );
         assert_ne!(b.profiles[0].slot(PROTO_TCP, 5061), 0);
     }
 
@@ -520,7 +568,11 @@ mod tests {
         ])
         .expect("folds");
         let inner = folded.iter().find(|(p, _)| p.len == 112).expect("the /16");
-        assert_eq!(&inner.1[..2], &[22, 2222], "the /16 inherits port 22 of the /8");
+        assert_eq!(
+            &inner.1[..2],
+            &[22, 2222],
+            "the /16 inherits port 22 of the /8"
+        );
     }
 
     #[test]

@@ -47,7 +47,10 @@ pub fn store(path: &Path, state: &State) -> io::Result<()> {
         fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(state).map_err(io::Error::other)?)?;
+    fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(state).map_err(io::Error::other)?,
+    )?;
     fs::rename(&tmp, path)
 }
 
@@ -70,7 +73,12 @@ mod tests {
                 port_end: 5061,
             },
         );
-        let s = State { pid: 42, iface: "eth9".into(), slots, ..State::default() };
+        let s = State {
+            pid: 42,
+            iface: "eth9".into(),
+            slots,
+            ..State::default()
+        };
         store(&p, &s).expect("store");
         let back = load(&p).expect("load");
         assert_eq!(back.pid, 42);

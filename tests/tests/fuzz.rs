@@ -28,7 +28,11 @@ fn cases(default: u32) -> u32 {
 }
 
 fn config(default: u32) -> Config {
-    Config { cases: cases(default), failure_persistence: None, ..Config::default() }
+    Config {
+        cases: cases(default),
+        failure_persistence: None,
+        ..Config::default()
+    }
 }
 
 // ------------------------------------------------------------ catalog parser
@@ -37,10 +41,17 @@ fn config(default: u32) -> Config {
 fn check_diagnostics(text: &[u8]) -> Result<(), TestCaseError> {
     let lines = text.iter().filter(|&&b| b == b'\n').count() + 1;
     if let Err(e) = Catalog::from_bytes(text, "fuzz.toml") {
-        prop_assert!(e.errors().next().is_some(), "an error without any error diagnostic: {e}");
+        prop_assert!(
+            e.errors().next().is_some(),
+            "an error without any error diagnostic: {e}"
+        );
         for d in e.errors() {
             prop_assert!(d.line >= 1, "error without a line: {d}");
-            prop_assert!(d.line <= lines + 1, "error at line {} of a {lines}-line text: {d}", d.line);
+            prop_assert!(
+                d.line <= lines + 1,
+                "error at line {} of a {lines}-line text: {d}",
+                d.line
+            );
         }
         for d in &e.diagnostics {
             prop_assert!(d.severity == Severity::Warning || d.line >= 1, "{d}");
@@ -61,9 +72,33 @@ enum Mutation {
 }
 
 const TOKENS: &[&str] = &[
-    "\"", "'", "[", "]", "[[rule]]", "[[role]]", "=", "\n", "ports = \"0\"", "ports = \"70000\"", "ports = \"9-1\"",
-    "ports = 5061", "protocol = \"sctp\"", "role = \"nope\"", "includes = [\"front-end\"]", "version = 2", "{", "}",
-    "\u{feff}", "é", "\\", "#", "1e999", "ports = \"1-\"", "ports = \"-\"", "match = \"source\"", "media = true",
+    "\"",
+    "'",
+    "[",
+    "]",
+    "[[rule]]",
+    "[[role]]",
+    "=",
+    "\n",
+    "ports = \"0\"",
+    "ports = \"70000\"",
+    "ports = \"9-1\"",
+    "ports = 5061",
+    "protocol = \"sctp\"",
+    "role = \"nope\"",
+    "includes = [\"front-end\"]",
+    "version = 2",
+    "{",
+    "}",
+    "\u{feff}",
+    "é",
+    "\\",
+    "#",
+    "1e999",
+    "ports = \"1-\"",
+    "ports = \"-\"",
+    "match = \"source\"",
+    "media = true",
 ];
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -71,8 +106,10 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         any::<usize>().prop_map(Mutation::DeleteLine),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::DuplicateLine(a, b)),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
-        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..8)).prop_map(|(at, bytes)| Mutation::ReplaceBytes { at, bytes }),
-        (any::<usize>(), proptest::sample::select(TOKENS)).prop_map(|(at, token)| Mutation::InsertToken { at, token }),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(at, bytes)| Mutation::ReplaceBytes { at, bytes }),
+        (any::<usize>(), proptest::sample::select(TOKENS))
+            .prop_map(|(at, token)| Mutation::InsertToken { at, token }),
         any::<usize>().prop_map(Mutation::Truncate),
     ]
 }
@@ -162,9 +199,14 @@ fn xdp() -> Option<&'static Mutex<Xdp>> {
         };
         let policy = policy::compile(&Catalog::embedded(), &spec, &mut SlotRegistry::default())
             .unwrap_or_else(|e| panic!("the lab policy must compile: {e}"));
-        let mut classifier = Classifier::load(None).unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
-        classifier.install(&policy, 1).unwrap_or_else(|e| panic!("installing the policy: {e}"));
-        classifier.set_trace(true).unwrap_or_else(|e| panic!("enabling trace: {e}"));
+        let mut classifier =
+            Classifier::load(None).unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
+        classifier
+            .install(&policy, 1)
+            .unwrap_or_else(|e| panic!("installing the policy: {e}"));
+        classifier
+            .set_trace(true)
+            .unwrap_or_else(|e| panic!("enabling trace: {e}"));
         Some(Mutex::new(Xdp { classifier, policy }))
     })
     .as_ref()
@@ -173,8 +215,14 @@ fn xdp() -> Option<&'static Mutex<Xdp>> {
 impl Xdp {
     /// The action and the counter index the frame was counted under.
     fn run(&mut self, frame: &[u8]) -> (u32, u32) {
-        let r = self.classifier.test_run(frame, 1).unwrap_or_else(|e| panic!("test_run on {} bytes: {e}", frame.len()));
-        let counter = self.classifier.last_counter().unwrap_or_else(|e| panic!("reading TRACE: {e}"));
+        let r = self
+            .classifier
+            .test_run(frame, 1)
+            .unwrap_or_else(|e| panic!("test_run on {} bytes: {e}", frame.len()));
+        let counter = self
+            .classifier
+            .last_counter()
+            .unwrap_or_else(|e| panic!("reading TRACE: {e}"));
         (r.return_value, counter)
     }
 }
@@ -184,10 +232,20 @@ impl Xdp {
 fn check_any_frame(x: &mut Xdp, frame: &[u8]) -> Result<(u32, u32), TestCaseError> {
     let (action, counter) = x.run(frame);
     prop_assert_ne!(action, XDP_ABORTED, "XDP_ABORTED on {:02x?}", frame);
-    prop_assert!(action == XDP_PASS || action == XDP_DROP, "action {} on {:02x?}", action, frame);
+    prop_assert!(
+        action == XDP_PASS || action == XDP_DROP,
+        "action {} on {:02x?}",
+        action,
+        frame
+    );
     let verdict = decode_reason_counter(counter).map(|(_, v, _)| v);
     if action == XDP_PASS {
-        let rule = counter > 0 && counter < MAX_RULE_SLOTS && x.policy.profiles[0].blocks.iter().any(|b| b.slots.contains(&(counter as u16)));
+        let rule = counter > 0
+            && counter < MAX_RULE_SLOTS
+            && x.policy.profiles[0]
+                .blocks
+                .iter()
+                .any(|b| b.slots.contains(&(counter as u16)));
         prop_assert!(
             rule || verdict == Some(Verdict::Pass as u32),
             "passed under counter {} ({:?}), neither a rule slot in force nor a pass reason: {:02x?}",
@@ -196,7 +254,13 @@ fn check_any_frame(x: &mut Xdp, frame: &[u8]) -> Result<(u32, u32), TestCaseErro
             frame
         );
     } else {
-        prop_assert_eq!(verdict, Some(Verdict::Drop as u32), "dropped under counter {} ({:?})", counter, decode_reason_counter(counter));
+        prop_assert_eq!(
+            verdict,
+            Some(Verdict::Drop as u32),
+            "dropped under counter {} ({:?})",
+            counter,
+            decode_reason_counter(counter)
+        );
     }
     Ok((action, counter))
 }
@@ -205,46 +269,70 @@ fn check_any_frame(x: &mut Xdp, frame: &[u8]) -> Result<(u32, u32), TestCaseErro
 fn seed_frame() -> impl Strategy<Value = Vec<u8>> {
     let v4 = ("198.18.0.1", "198.18.0.2");
     let v6 = ("2001:db8::1", "2001:db8::2");
-    (any::<bool>(), 0u8..6, any::<u16>(), any::<u16>(), 0usize..40, 0u8..4).prop_map(move |(six, kind, sport, dport, payload, shape)| {
-        let (s, d) = if six { v6 } else { v4 };
-        let mut p = match kind {
-            0 | 1 => Packet::udp(s, d, sport, dport),
-            2 | 3 => Packet::tcp(s, d, sport, dport),
-            4 => Packet::icmp(s, d, (dport & 0xff) as u8),
-            _ => {
-                let mut p = Packet::udp(s, d, sport, dport);
-                p.l4 = L4::Raw { proto: (dport & 0xff) as u8 };
-                p
+    (
+        any::<bool>(),
+        0u8..6,
+        any::<u16>(),
+        any::<u16>(),
+        0usize..40,
+        0u8..4,
+    )
+        .prop_map(move |(six, kind, sport, dport, payload, shape)| {
+            let (s, d) = if six { v6 } else { v4 };
+            let mut p = match kind {
+                0 | 1 => Packet::udp(s, d, sport, dport),
+                2 | 3 => Packet::tcp(s, d, sport, dport),
+                4 => Packet::icmp(s, d, (dport & 0xff) as u8),
+                _ => {
+                    let mut p = Packet::udp(s, d, sport, dport);
+                    p.l4 = L4::Raw {
+                        proto: (dport & 0xff) as u8,
+                    };
+                    p
+                }
+            };
+            p = p.payload(payload);
+            match shape {
+                1 => p = p.vlan(ETH_P_8021Q, 7),
+                2 => p = p.vlan(ETH_P_8021AD, 7).vlan(ETH_P_8021Q, 8),
+                3 if six => {
+                    p = p.ext(Ext::HopByHop).ext(Ext::Fragment {
+                        offset: 0,
+                        more: true,
+                        id: u32::from(sport),
+                    })
+                }
+                3 => p.ipv4_frag = Some((dport & 7, true, sport)),
+                _ => {}
             }
-        };
-        p = p.payload(payload);
-        match shape {
-            1 => p = p.vlan(ETH_P_8021Q, 7),
-            2 => p = p.vlan(ETH_P_8021AD, 7).vlan(ETH_P_8021Q, 8),
-            3 if six => p = p.ext(Ext::HopByHop).ext(Ext::Fragment { offset: 0, more: true, id: u32::from(sport) }),
-            3 => p.ipv4_frag = Some((dport & 7, true, sport)),
-            _ => {}
-        }
-        p.build()
-    })
+            p.build()
+        })
 }
 
 fn mutated_frame() -> impl Strategy<Value = Vec<u8>> {
-    (seed_frame(), proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6), any::<Option<usize>>()).prop_map(|(mut f, flips, cut)| {
-        for (at, b) in flips {
-            let i = at % f.len();
-            f[i] = b;
-        }
-        if let Some(c) = cut {
-            f.truncate((c % f.len()).max(14));
-        }
-        f
-    })
+    (
+        seed_frame(),
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        any::<Option<usize>>(),
+    )
+        .prop_map(|(mut f, flips, cut)| {
+            for (at, b) in flips {
+                let i = at % f.len();
+                f[i] = b;
+            }
+            if let Some(c) = cut {
+                f.truncate((c % f.len()).max(14));
+            }
+            f
+        })
 }
 
 fn random_frame() -> impl Strategy<Value = Vec<u8>> {
     // Half of them with an ethertype the parser goes further for.
-    (proptest::collection::vec(any::<u8>(), 14..160), proptest::sample::select(&[0x0800u16, 0x86dd, 0x8100, 0x88a8, 0x0806, 0][..]))
+    (
+        proptest::collection::vec(any::<u8>(), 14..160),
+        proptest::sample::select(&[0x0800u16, 0x86dd, 0x8100, 0x88a8, 0x0806, 0][..]),
+    )
         .prop_map(|(mut f, et)| {
             if et != 0 {
                 f[12..14].copy_from_slice(&et.to_be_bytes());

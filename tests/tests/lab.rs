@@ -12,10 +12,19 @@ fn lab_allowed_arrive_forbidden_dropped_counters_agree() {
     }
     let never = AtomicBool::new(false);
     let bin = testkit::portguard_bin();
-    let report = lab::run(&lab::Options { bin: &bin, interrupted: &never, peers: true, live: false })
-        .unwrap_or_else(|e| panic!("the lab did not run: {e:#}"));
+    let report = lab::run(&lab::Options {
+        bin: &bin,
+        interrupted: &never,
+        peers: true,
+        live: false,
+    })
+    .unwrap_or_else(|e| panic!("the lab did not run: {e:#}"));
     for p in &report.peers {
-        assert!(p.ok, "{} to {} failed through portguard: {}", p.name, p.target, p.detail);
+        assert!(
+            p.ok,
+            "{} to {} failed through portguard: {}",
+            p.name, p.target, p.detail
+        );
     }
     assert_eq!(report.peers.len(), 3, "sipp, STUN and HTTPS peers all ran");
     for (i, case) in CASES.iter().enumerate() {
@@ -31,7 +40,15 @@ fn lab_allowed_arrive_forbidden_dropped_counters_agree() {
         );
     }
     for (ok, text) in report.counter_checks() {
-        assert!(ok, "counter check failed: {text}\nmetrics: {:#?}", report.metrics);
+        assert!(
+            ok,
+            "counter check failed: {text}\nmetrics: {:#?}",
+            report.metrics
+        );
     }
-    assert!(report.summary.contains("total:"), "portguard printed no summary on exit: {}", report.summary);
+    assert!(
+        report.summary.contains("total:"),
+        "portguard printed no summary on exit: {}",
+        report.summary
+    );
 }

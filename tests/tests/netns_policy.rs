@@ -36,8 +36,6 @@ fn privileged(test: &str) -> bool {
     testkit::require_privileges(test)
 }
 
-
-
 /// A metric sum from portguard's /metrics in the server namespace.
 fn metric(pair: &Pair, name: &str, labels: &[(&str, &str)]) -> f64 {
     pair.scrape().sum(name, labels)
@@ -107,12 +105,21 @@ fn vlan_tagged_frames_are_classified_by_their_inner_packet() {
         &[("reason", "port_not_allowed")],
     );
     let base_depth = metric(&pair, "portguard_drops_total", &[("reason", "vlan_depth")]);
-    let injector = testkit::sockets::RawSender::new(&pair.client, &pair.client_if).unwrap_or_else(|e| panic!("{e:#}"));
+    let injector = testkit::sockets::RawSender::new(&pair.client, &pair.client_if)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     for _ in 0..5 {
-        injector.send(&allowed_udp).unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
-        injector.send(&allowed_tcp).unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
-        injector.send(&forbidden).unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
-        injector.send(&too_deep).unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        injector
+            .send(&allowed_udp)
+            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        injector
+            .send(&allowed_tcp)
+            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        injector
+            .send(&forbidden)
+            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        injector
+            .send(&too_deep)
+            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
     }
     wait_moved(
         &pair,

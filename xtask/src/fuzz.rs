@@ -8,9 +8,20 @@ use anyhow::Result;
 pub fn fuzz(cases: u32, args: &[String]) -> Result<()> {
     let cases = cases.to_string();
     println!("xtask fuzz: proptest properties with {cases} cases each");
-    crate::cargo(&["test", "--workspace", "--release", "--lib"], args, &[("PROPTEST_CASES", &cases)])?;
     crate::cargo(
-        &["test", "--release", "-p", "integration-tests", "--test", "fuzz"],
+        &["test", "--workspace", "--release", "--lib"],
+        args,
+        &[("PROPTEST_CASES", &cases)],
+    )?;
+    crate::cargo(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "integration-tests",
+            "--test",
+            "fuzz",
+        ],
         args,
         &[("PROPTEST_CASES", &cases), ("PORTGUARD_FUZZ_CASES", &cases)],
     )

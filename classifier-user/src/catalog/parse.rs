@@ -94,15 +94,26 @@ struct Diags<'a> {
 
 impl<'a> Diags<'a> {
     fn new(text: &'a str, origin: &'a str) -> Self {
-        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Diags { text, origin, list: Vec::new(), line_starts }
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Diags {
+            text,
+            origin,
+            list: Vec::new(),
+            line_starts,
+        }
     }
 
     fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let line_start = self.line_starts[line - 1];
-        let column = self.text.get(line_start..offset).map_or(0, |s| s.chars().count()) + 1;
+        let column = self
+            .text
+            .get(line_start..offset)
+            .map_or(0, |s| s.chars().count())
+            + 1;
         (line, column)
     }
 
@@ -645,7 +656,10 @@ fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
         by_start.sort_by_key(|&i| (catalog.rules[i].port_start, i));
         for (n, &x) in by_start.iter().enumerate() {
             let end = catalog.rules[x].port_end;
-            for &y in by_start[n + 1..].iter().take_while(|&&y| catalog.rules[y].port_start <= end) {
+            for &y in by_start[n + 1..]
+                .iter()
+                .take_while(|&&y| catalog.rules[y].port_start <= end)
+            {
                 let (i, j) = (x.min(y), x.max(y));
                 let (a, b) = (&catalog.rules[i], &catalog.rules[j]);
                 for p in a.protocols.iter().filter(|p| b.protocols.contains(p)) {
@@ -687,6 +701,10 @@ fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
 
 /// The byte span of the start of a 1-based line.
 fn line_span(d: &Diags<'_>, line: usize) -> Range<usize> {
-    let offset = d.line_starts.get(line.saturating_sub(1)).copied().unwrap_or(d.text.len());
+    let offset = d
+        .line_starts
+        .get(line.saturating_sub(1))
+        .copied()
+        .unwrap_or(d.text.len());
     offset..offset
 }

@@ -12,15 +12,25 @@ pub fn reload(args: ReloadArgs) -> u8 {
     let st = match state::load(&path) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("portguard reload --iface {}: no running instance ({}: {e})", args.iface, path.display());
+            eprintln!(
+                "portguard reload --iface {}: no running instance ({}: {e})",
+                args.iface,
+                path.display()
+            );
             return EXIT_USAGE;
         }
     };
     // SAFETY: sending a signal to a pid has no memory-safety concerns.
     if st.pid == 0 || unsafe { libc::kill(st.pid as i32, libc::SIGHUP) } != 0 {
-        eprintln!("portguard reload --iface {}: instance pid {} is gone", args.iface, st.pid);
+        eprintln!(
+            "portguard reload --iface {}: instance pid {} is gone",
+            args.iface, st.pid
+        );
         return EXIT_FAILURE;
     }
-    println!("asked portguard (pid {}) on {} to reload; see its log and portguard_reloads_total", st.pid, args.iface);
+    println!(
+        "asked portguard (pid {}) on {} to reload; see its log and portguard_reloads_total",
+        st.pid, args.iface
+    );
     EXIT_OK
 }

@@ -65,10 +65,18 @@ pub fn read_catalog(path: Option<&Path>) -> Result<Catalog, CatalogError> {
 }
 
 pub fn spec_from_args(args: &RunArgs) -> PolicySpec {
-    let mut mgmt = if args.no_default_mgmt { Vec::new() } else { Mgmt::defaults() };
+    let mut mgmt = if args.no_default_mgmt {
+        Vec::new()
+    } else {
+        Mgmt::defaults()
+    };
     mgmt.extend(args.mgmt.iter().copied());
     PolicySpec {
-        default_roles: if args.role.is_empty() { None } else { Some(args.role.clone()) },
+        default_roles: if args.role.is_empty() {
+            None
+        } else {
+            Some(args.role.clone())
+        },
         profiles: args.profile.clone(),
         mgmt,
         monitor: args.mode == Mode::Monitor,
@@ -121,7 +129,10 @@ impl Daemon {
             Ok(g) => {
                 self.reloads.ok += 1;
                 self.last_swap = Some(started.elapsed());
-                log::info!("reload: catalog generation {g} in force ({:?})", started.elapsed());
+                log::info!(
+                    "reload: catalog generation {g} in force ({:?})",
+                    started.elapsed()
+                );
                 self.save_state();
             }
             Err(e) => {
@@ -133,7 +144,9 @@ impl Daemon {
     }
 
     pub fn snapshot(&mut self) -> Result<Snapshot, LoadError> {
-        let raw = self.classifier.counters(counters::indices(&self.registry))?;
+        let raw = self
+            .classifier
+            .counters(counters::indices(&self.registry))?;
         Ok(counters::snapshot(&self.registry, &raw))
     }
 
@@ -178,7 +191,9 @@ pub fn run(args: RunArgs) -> u8 {
 }
 
 fn interface_exists(iface: &str) -> bool {
-    let Ok(c) = CString::new(iface) else { return false };
+    let Ok(c) = CString::new(iface) else {
+        return false;
+    };
     // SAFETY: `c` is a valid NUL-terminated string.
     unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
@@ -186,20 +201,28 @@ fn interface_exists(iface: &str) -> bool {
 fn run_inner(args: RunArgs) -> Result<(), RunError> {
     let spec = spec_from_args(&args);
     if spec.mgmt.is_empty() {
-        log::warn!("--no-default-mgmt without --mgmt: no management allowance; a catalog without SSH can lock you out");
+        log::warn!(
+            "--no-default-mgmt without --mgmt: no management allowance; a catalog without SSH can lock you out"
+        );
     }
     // Everything that can be checked without privileges is checked first, so
     // a typo never touches the interface.
     let catalog = read_catalog(args.catalog.as_deref())?;
     if !interface_exists(&args.iface) {
-        return Err(RunError::Usage(format!("--iface {}: no such interface", args.iface)));
+        return Err(RunError::Usage(format!(
+            "--iface {}: no such interface",
+            args.iface
+        )));
     }
     let state_path = state::path(Path::new(state::RUN_DIR), &args.iface);
     let pin_dir = loader::pin_dir(&args.bpffs, &args.iface);
     let pins = match loader::ensure_bpffs(&args.bpffs) {
         Ok(()) => true,
         Err(e) => {
-            log::warn!("{}: not a bpffs and could not mount one ({e}); running without pins: `stats`, `detach` and restarts without a gap are unavailable", args.bpffs.display());
+            log::warn!(
+                "{}: not a bpffs and could not mount one ({e}); running without pins: `stats`, `detach` and restarts without a gap are unavailable",
+                args.bpffs.display()
+            );
             false
         }
     };
@@ -213,7 +236,11 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
         && let Ok(previous) = state::load(&state_path)
     {
         registry = previous.registry();
-        previous_mode = if previous.xdp_mode == "generic" { "generic" } else { "native" };
+        previous_mode = if previous.xdp_mode == "generic" {
+            "generic"
+        } else {
+            "native"
+        };
     }
     // Bind before attaching: a busy address must fail before the interface changes.
     let metrics_listener = std::net::TcpListener::bind(args.metrics_addr)
@@ -223,33 +250,59 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
 
     // Pins this run creates are removed again if it fails before attaching;
     // pins a previous run left (and the program they keep) are never touched.
-    let mut cleanup = PinCleanup { dir: pin_dir.clone(), armed: pins && !pin_dir.join(loader::XDP_LINK_PIN).exists() };
+    let mut cleanup = PinCleanup {
+        dir: pin_dir.clone(),
+        armed: pins && !pin_dir.join(loader::XDP_LINK_PIN).exists(),
+    };
     if pins {
         fs::create_dir_all(&pin_dir)
             .map_err(|e| RunError::Runtime(format!("creating {}: {e}", pin_dir.display())))?;
     }
     let mut classifier = Classifier::load(pins.then_some(pin_dir.as_path()))?;
-    let previous_generation = classifier.config()?.gens.iter().map(|g| g.catalog_generation).max().unwrap_or(0);
+    let previous_generation = classifier
+        .config()?
+        .gens
+        .iter()
+        .map(|g| g.catalog_generation)
+        .max()
+        .unwrap_or(0);
     let catalog_generation = previous_generation + 1;
     classifier.install(&compiled, catalog_generation)?;
 
     // Take over a link a previous run left pinned: one atomic program swap.
-    let old_xdp = if pins { loader::pinned_link(&pin_dir, loader::XDP_LINK_PIN)? } else { None };
+    let old_xdp = if pins {
+        loader::pinned_link(&pin_dir, loader::XDP_LINK_PIN)?
+    } else {
+        None
+    };
     let (xdp_link, xdp_mode) = match old_xdp {
         Some(link) => {
-            log::info!("taking over the XDP program a previous run left on {}", args.iface);
+            log::info!(
+                "taking over the XDP program a previous run left on {}",
+                args.iface
+            );
             (classifier.take_over_xdp(link)?, "takeover")
         }
         None => classifier.attach_xdp(&args.iface, args.xdp_mode)?,
     };
-    let xdp_mode = if xdp_mode == "takeover" { previous_mode } else { xdp_mode };
-    let old_tc = if pins { loader::pinned_link(&pin_dir, loader::TC_LINK_PIN)? } else { None };
+    let xdp_mode = if xdp_mode == "takeover" {
+        previous_mode
+    } else {
+        xdp_mode
+    };
+    let old_tc = if pins {
+        loader::pinned_link(&pin_dir, loader::TC_LINK_PIN)?
+    } else {
+        None
+    };
     let tc_link = match old_tc {
         Some(link) => Some(classifier.take_over_tc(link)?),
         None => match classifier.attach_tc(&args.iface) {
             Ok(l) => l,
             Err(e) => {
-                log::warn!("replies to the host's own connections will not be recognised: attaching the TC egress recorder failed: {e}");
+                log::warn!(
+                    "replies to the host's own connections will not be recognised: attaching the TC egress recorder failed: {e}"
+                );
                 None
             }
         },
@@ -270,7 +323,11 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
     cleanup.armed = false;
     log::info!(
         "portguard {} on {} ({xdp_mode} XDP), roles {:?}, {} profile(s), catalog generation {catalog_generation}",
-        if spec.monitor { "monitoring" } else { "enforcing" },
+        if spec.monitor {
+            "monitoring"
+        } else {
+            "enforcing"
+        },
         args.iface,
         spec.default_roles,
         compiled.profiles.len(),
@@ -309,7 +366,10 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
         Err(e) => log::warn!("reading counters at exit: {e}"),
     }
     if args.keep_attached && pins {
-        log::info!("--keep-attached: leaving the program pinned under {}", pin_dir.display());
+        log::info!(
+            "--keep-attached: leaving the program pinned under {}",
+            pin_dir.display()
+        );
         drop(pinned);
     } else {
         for link in pinned {
@@ -329,8 +389,13 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
     result
 }
 
-async fn serve(daemon: Arc<Mutex<Daemon>>, listener: std::net::TcpListener) -> Result<(), RunError> {
-    let addr = listener.local_addr().map_err(|e| RunError::Runtime(e.to_string()))?;
+async fn serve(
+    daemon: Arc<Mutex<Daemon>>,
+    listener: std::net::TcpListener,
+) -> Result<(), RunError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| RunError::Runtime(e.to_string()))?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| RunError::Runtime(format!("--metrics-addr {addr}: {e}")))?;
     log::info!("metrics on http://{addr}/metrics");
@@ -339,16 +404,23 @@ async fn serve(daemon: Arc<Mutex<Daemon>>, listener: std::net::TcpListener) -> R
     // SAFETY: the logger owns its ring buffer fd and neither replaces nor
     // closes it while the AsyncFd holds it.
     let log_task = logger
-        .and_then(|l| unsafe { tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }.ok())
-        .map(|mut fd| {
-        tokio::spawn(async move {
-            while let Ok(mut guard) = fd.readable_mut().await {
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
+        .and_then(|l| {
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE)
             }
+            .ok()
         })
-    });
-    let sig = |k: SignalKind| signal(k).map_err(|e| RunError::Runtime(format!("installing a signal handler: {e}")));
+        .map(|mut fd| {
+            tokio::spawn(async move {
+                while let Ok(mut guard) = fd.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            })
+        });
+    let sig = |k: SignalKind| {
+        signal(k).map_err(|e| RunError::Runtime(format!("installing a signal handler: {e}")))
+    };
     let mut hup = sig(SignalKind::hangup())?;
     let mut int = sig(SignalKind::interrupt())?;
     let mut term = sig(SignalKind::terminate())?;

@@ -18,12 +18,18 @@ pub fn stats(args: StatsArgs) -> u8 {
     let ifaces: Vec<String> = match &args.iface {
         Some(i) => vec![i.clone()],
         None => match std::fs::read_dir(&root) {
-            Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
             Err(_) => Vec::new(),
         },
     };
     if ifaces.is_empty() {
-        eprintln!("portguard stats: no running instance (nothing pinned under {})", root.display());
+        eprintln!(
+            "portguard stats: no running instance (nothing pinned under {})",
+            root.display()
+        );
         return EXIT_FAILURE;
     }
     let mut code = EXIT_OK;
@@ -32,7 +38,11 @@ pub fn stats(args: StatsArgs) -> u8 {
             Ok(table) => println!("{iface}\n{table}\n"),
             Err(e) => {
                 eprintln!("portguard stats --iface {iface}: {e}");
-                code = if args.iface.is_some() && !loader::pin_dir(&args.bpffs, &iface).exists() { EXIT_USAGE } else { EXIT_FAILURE };
+                code = if args.iface.is_some() && !loader::pin_dir(&args.bpffs, &iface).exists() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_FAILURE
+                };
             }
         }
     }
@@ -42,19 +52,32 @@ pub fn stats(args: StatsArgs) -> u8 {
 fn one(bpffs: &Path, iface: &str) -> Result<String, String> {
     let dir = loader::pin_dir(bpffs, iface);
     if !dir.exists() {
-        return Err(format!("no instance on {iface} (nothing pinned under {})", dir.display()));
+        return Err(format!(
+            "no instance on {iface} (nothing pinned under {})",
+            dir.display()
+        ));
     }
     let st = state::load(&state::path(Path::new(state::RUN_DIR), iface)).unwrap_or_default();
     let registry = st.registry();
     let data = MapData::from_pin(dir.join(map_names::COUNTERS)).map_err(|e| e.to_string())?;
     let map = Map::from_map_data(data).map_err(|e| e.to_string())?;
-    let counters: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
-    let raw = loader::read_counters(&counters, counters::indices(&registry)).map_err(|e: LoadError| e.to_string())?;
+    let counters: PerCpuArray<MapData, Counter> =
+        PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
+    let raw = loader::read_counters(&counters, counters::indices(&registry))
+        .map_err(|e: LoadError| e.to_string())?;
     let snap = counters::snapshot(&registry, &raw);
     Ok(format!(
         "mode {} ({} XDP), catalog generation {}\n{}",
-        if st.mode.is_empty() { "unknown" } else { &st.mode },
-        if st.xdp_mode.is_empty() { "unknown" } else { &st.xdp_mode },
+        if st.mode.is_empty() {
+            "unknown"
+        } else {
+            &st.mode
+        },
+        if st.xdp_mode.is_empty() {
+            "unknown"
+        } else {
+            &st.xdp_mode
+        },
         st.catalog_generation,
         snap.table()
     ))

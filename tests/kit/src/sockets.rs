@@ -153,10 +153,19 @@ impl RawSender {
         let name = std::ffi::CString::new(ifname)?;
         let (fd, ifindex) = crate::netns::in_netns(ns, move || {
             // SAFETY: plain libc calls with valid arguments.
-            unsafe { (libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0), libc::if_nametoindex(name.as_ptr()) as i32) }
+            unsafe {
+                (
+                    libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
+                    libc::if_nametoindex(name.as_ptr()) as i32,
+                )
+            }
         })?;
         if fd < 0 {
-            anyhow::bail!("AF_PACKET socket in {}: {}", ns.name(), io::Error::last_os_error());
+            anyhow::bail!(
+                "AF_PACKET socket in {}: {}",
+                ns.name(),
+                io::Error::last_os_error()
+            );
         }
         // SAFETY: `fd` is a socket this process just opened and owns.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
@@ -170,7 +179,9 @@ impl RawSender {
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         use std::os::fd::AsRawFd as _;
         if frame.len() < 14 {
-            return Err(io::Error::other("a frame needs at least an Ethernet header"));
+            return Err(io::Error::other(
+                "a frame needs at least an Ethernet header",
+            ));
         }
         // SAFETY: sockaddr_ll is zeroed and filled; the frame outlives the call.
         let n = unsafe {
@@ -188,7 +199,11 @@ impl RawSender {
                 size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        if n == frame.len() as isize { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if n == frame.len() as isize {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 

@@ -78,9 +78,16 @@ fn opts() -> Result<Opts> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--no-write" => o.write = false,
-            "--out" => o.out = args.next().map(PathBuf::from).ok_or_else(|| anyhow::anyhow!("--out needs a path"))?,
+            "--out" => {
+                o.out = args
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| anyhow::anyhow!("--out needs a path"))?
+            }
             "-h" | "--help" => {
-                println!("bench [--quick] [--no-write] [--out FILE]\n  --quick     fewer repeats and 1 s floods (smoke test)\n  --no-write  print only; do not write docs/benchmarks.md");
+                println!(
+                    "bench [--quick] [--no-write] [--out FILE]\n  --quick     fewer repeats and 1 s floods (smoke test)\n  --no-write  print only; do not write docs/benchmarks.md"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (try --help)"),
@@ -96,8 +103,15 @@ fn main() -> Result<()> {
     }
     let machine = sys::machine();
     println!("{machine}");
-    let (repeat, rounds, secs, swaps) = if o.quick { (1_000_000, 2, 1.0, 6) } else { (REPEAT, 5, 3.0, 21) };
-    let repeat = std::env::var("PORTGUARD_BENCH_REPEAT").ok().and_then(|s| s.parse().ok()).unwrap_or(repeat);
+    let (repeat, rounds, secs, swaps) = if o.quick {
+        (1_000_000, 2, 1.0, 6)
+    } else {
+        (REPEAT, 5, 3.0, 21)
+    };
+    let repeat = std::env::var("PORTGUARD_BENCH_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(repeat);
     let reloads = 100;
     let started = Instant::now();
     let mut report = Report::default();
@@ -113,7 +127,11 @@ fn main() -> Result<()> {
     let total = started.elapsed().as_secs_f64();
     let run = format!(
         "- run: {}{repeat} repeats per per-packet case, {secs:.0} s floods, {reloads} reloads; the whole bench took {total:.0} s",
-        if o.quick { "**--quick (smoke test, do not quote)**, " } else { "" }
+        if o.quick {
+            "**--quick (smoke test, do not quote)**, "
+        } else {
+            ""
+        }
     );
     println!("## Targets\n\n{}", report.targets_table());
     println!("{run}");

@@ -54,7 +54,15 @@ impl Lab {
         addr(&rx, &rx_if, &format!("{RX_IP}/24"))?;
         let tmp = std::env::temp_dir().join(format!("portguard-bench-{pid}"));
         std::fs::create_dir_all(&tmp)?;
-        Ok(Lab { tx_mac: sys::mac(&tx, &tx_if)?, rx_mac: sys::mac(&rx, &rx_if)?, tx, rx, tx_if, rx_if, tmp })
+        Ok(Lab {
+            tx_mac: sys::mac(&tx, &tx_if)?,
+            rx_mac: sys::mac(&rx, &rx_if)?,
+            tx,
+            rx,
+            tx_if,
+            rx_if,
+            tmp,
+        })
     }
 
     fn frame(&self, dport: u16) -> Vec<u8> {
@@ -113,7 +121,11 @@ impl Proc {
             match lines.recv_timeout(left) {
                 Ok(l) if l.contains(needle) => return Ok(l),
                 Ok(l) => seen.push(l),
-                Err(_) => bail!("{}: no `{needle}` within {timeout:?}; stderr:\n{}", self.name, seen.join("\n")),
+                Err(_) => bail!(
+                    "{}: no `{needle}` within {timeout:?}; stderr:\n{}",
+                    self.name,
+                    seen.join("\n")
+                ),
             }
         }
     }
@@ -157,17 +169,35 @@ fn pipe_lines(child: &mut Child) -> Option<mpsc::Receiver<String>> {
 
 fn start_portguard(lab: &Lab, catalog: Option<&Path>) -> Result<Proc> {
     let mut cmd = Command::new(testkit::portguard_bin());
-    cmd.args(["run", "--iface", &lab.rx_if, "--role", "front-end,client", "--client-media-ports", "50000-50019"])
-        .args(["--metrics-addr", "127.0.0.1:19477", "--xdp-mode", "native", "--clean-start"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "run",
+        "--iface",
+        &lab.rx_if,
+        "--role",
+        "front-end,client",
+        "--client-media-ports",
+        "50000-50019",
+    ])
+    .args([
+        "--metrics-addr",
+        "127.0.0.1:19477",
+        "--xdp-mode",
+        "native",
+        "--clean-start",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     if let Some(c) = catalog {
         cmd.arg("--catalog").arg(c);
     }
     spawn_in(&lab.rx, &mut cmd)?;
     let mut child = cmd.spawn().context("starting portguard")?;
     let lines = pipe_lines(&mut child);
-    let mut p = Proc { child, lines, name: "portguard" };
+    let mut p = Proc {
+        child,
+        lines,
+        name: "portguard",
+    };
     p.wait_line("metrics on", Duration::from_secs(30))?;
     Ok(p)
 }
@@ -177,17 +207,32 @@ struct Nft<'a>(&'a Lab);
 
 impl<'a> Nft<'a> {
     fn load(lab: &'a Lab) -> Result<Nft<'a>> {
-        let out = run(Command::new(testkit::portguard_bin()).args(["catalog", "export", "--format", "nft", "--role", "front-end,client"]))?;
+        let out = run(Command::new(testkit::portguard_bin()).args([
+            "catalog",
+            "export",
+            "--format",
+            "nft",
+            "--role",
+            "front-end,client",
+        ]))?;
         let file = lab.tmp.join("ruleset.nft");
         std::fs::write(&file, out)?;
-        run(&mut ns_exec(&lab.rx, "nft", &["-f", &file.to_string_lossy()]))?;
+        run(&mut ns_exec(
+            &lab.rx,
+            "nft",
+            &["-f", &file.to_string_lossy()],
+        ))?;
         Ok(Nft(lab))
     }
 }
 
 impl Drop for Nft<'_> {
     fn drop(&mut self) {
-        let _ = run(&mut ns_exec(&self.0.rx, "nft", &["delete", "table", "inet", "portguard"]));
+        let _ = run(&mut ns_exec(
+            &self.0.rx,
+            "nft",
+            &["delete", "table", "inet", "portguard"],
+        ));
     }
 }
 
@@ -198,16 +243,33 @@ struct XdpFilter<'a>(&'a Lab);
 impl<'a> XdpFilter<'a> {
     fn load(lab: &'a Lab) -> Result<XdpFilter<'a>> {
         if Path::new(XDP_FILTER_PINS).exists() {
-            bail!("{XDP_FILTER_PINS} exists: another xdp-filter is loaded on this host; not touching it");
+            bail!(
+                "{XDP_FILTER_PINS} exists: another xdp-filter is loaded on this host; not touching it"
+            );
         }
         let mut cmd = Command::new("xdp-filter");
-        cmd.args(["load", "--policy", "deny", "--features", "tcp,udp", "--mode", "native", &lab.rx_if]);
+        cmd.args([
+            "load",
+            "--policy",
+            "deny",
+            "--features",
+            "tcp,udp",
+            "--mode",
+            "native",
+            &lab.rx_if,
+        ]);
         spawn_in(&lab.rx, &mut cmd)?;
         let guard = XdpFilter(lab);
         run(&mut cmd)?;
-        let mut map = Map::from_map_data(MapData::from_pin(Path::new(XDP_FILTER_PINS).join("filter_ports"))?)?;
+        let mut map = Map::from_map_data(MapData::from_pin(
+            Path::new(XDP_FILTER_PINS).join("filter_ports"),
+        )?)?;
         let mut ports: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(&mut map)?;
-        let compiled = policy::compile(&Catalog::embedded(), &lab_spec(), &mut SlotRegistry::default())?;
+        let compiled = policy::compile(
+            &Catalog::embedded(),
+            &lab_spec(),
+            &mut SlotRegistry::default(),
+        )?;
         set_xdpfilter_ports(&mut ports, &allowed_port_flags(&compiled))?;
         Ok(guard)
     }
@@ -254,12 +316,24 @@ struct Snap {
 fn snap(lab: &Lab) -> Result<Snap> {
     let cpu = sys::cpu()?;
     let at = Instant::now();
-    Ok(Snap { at, cpu, tx: sys::link(&lab.tx, &lab.tx_if)?, rx: sys::link(&lab.rx, &lab.rx_if)?, udp: sys::udp_reached(&lab.rx)? })
+    Ok(Snap {
+        at,
+        cpu,
+        tx: sys::link(&lab.tx, &lab.tx_if)?,
+        rx: sys::link(&lab.rx, &lab.rx_if)?,
+        udp: sys::udp_reached(&lab.rx)?,
+    })
 }
 
 /// Floods `frames` round robin for about `secs`, calling `during` in the
 /// measured window (it may take longer, up to 5 s of flood in all).
-fn flood(lab: &Lab, name: &str, frames: &[Vec<u8>], secs: f64, mut during: impl FnMut() -> Result<()>) -> Result<Flood> {
+fn flood(
+    lab: &Lab,
+    name: &str,
+    frames: &[Vec<u8>],
+    secs: f64,
+    mut during: impl FnMut() -> Result<()>,
+) -> Result<Flood> {
     let mut cfg = String::new();
     for f in frames {
         let bytes: Vec<String> = f.iter().map(|b| format!("0x{b:02x}")).collect();
@@ -269,10 +343,30 @@ fn flood(lab: &Lab, name: &str, frames: &[Vec<u8>], secs: f64, mut during: impl 
     std::fs::write(&file, cfg)?;
     // -P 1: one sender process on one CPU; -A/-Q: leave the host's socket
     // memory sysctls and IRQ affinities alone.
-    let mut cmd = ns_exec(&lab.tx, "trafgen", &["--dev", &lab.tx_if, "--conf", &file.to_string_lossy(), "--cpus", "1", "--no-sock-mem", "--notouch-irq", "--no-cpu-stats"]);
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
+    let mut cmd = ns_exec(
+        &lab.tx,
+        "trafgen",
+        &[
+            "--dev",
+            &lab.tx_if,
+            "--conf",
+            &file.to_string_lossy(),
+            "--cpus",
+            "1",
+            "--no-sock-mem",
+            "--notouch-irq",
+            "--no-cpu-stats",
+        ],
+    );
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
     let child = cmd.spawn().context("starting trafgen")?;
-    let mut tg = Proc { child, lines: None, name: "trafgen" };
+    let mut tg = Proc {
+        child,
+        lines: None,
+        name: "trafgen",
+    };
     // Wait until packets flow.
     let t0 = sys::link(&lab.tx, &lab.tx_if)?.tx_packets;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -333,7 +427,10 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
     let mixed = [allowed.clone(), forbidden.clone()];
 
     let mut t = String::new();
-    let _ = writeln!(t, "| receiver | flood | sent/s | seen by receiver/s | passed/s | dropped/s | lost before the receiver | softirq ns/packet | busy CPU ns/packet |");
+    let _ = writeln!(
+        t,
+        "| receiver | flood | sent/s | seen by receiver/s | passed/s | dropped/s | lost before the receiver | softirq ns/packet | busy CPU ns/packet |"
+    );
     let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut drops = Vec::new();
 
@@ -381,22 +478,52 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
         }
         Err(e) => report.failed("flood with xdp-filter", &e),
     }
-    let get = |n: &str| drops.iter().find(|(x, _)| *x == n).map(|(_, f)| f.pps(f.dropped()));
+    let get = |n: &str| {
+        drops
+            .iter()
+            .find(|(x, _)| *x == n)
+            .map(|(_, f)| f.pps(f.dropped()))
+    };
     let mut ratios = String::new();
     if let (Some(pg), Some(nft)) = (get("portguard"), get("nftables")) {
         let _ = writeln!(ratios, "- dropped/s, portguard / nftables: {:.2}", pg / nft);
-        report.target(Target::new("flood: portguard drops ≥ 2x nftables' packets/s", format!("{:.2}x ({pg:.0} vs {nft:.0}/s)", pg / nft), pg / nft >= 2.0));
+        report.target(Target::new(
+            "flood: portguard drops ≥ 2x nftables' packets/s",
+            format!("{:.2}x ({pg:.0} vs {nft:.0}/s)", pg / nft),
+            pg / nft >= 2.0,
+        ));
     }
     if let (Some(pg), Some(xf)) = (get("portguard"), get("xdp-filter")) {
-        let _ = writeln!(ratios, "- dropped/s, portguard / xdp-filter: {:.2}", pg / xf);
-        report.target(Target::new("flood: portguard drops no fewer packets/s than xdp-filter", format!("{:.2}x ({pg:.0} vs {xf:.0}/s)", pg / xf), pg >= xf));
+        let _ = writeln!(
+            ratios,
+            "- dropped/s, portguard / xdp-filter: {:.2}",
+            pg / xf
+        );
+        report.target(Target::new(
+            "flood: portguard drops no fewer packets/s than xdp-filter",
+            format!("{:.2}x ({pg:.0} vs {xf:.0}/s)", pg / xf),
+            pg >= xf,
+        ));
     }
-    let cost = |n: &str| drops.iter().find(|(x, _)| *x == n).map(|(_, f)| f.cpu.softirq_ns / f.seen.max(1) as f64);
+    let cost = |n: &str| {
+        drops
+            .iter()
+            .find(|(x, _)| *x == n)
+            .map(|(_, f)| f.cpu.softirq_ns / f.seen.max(1) as f64)
+    };
     if let (Some(pg), Some(nft)) = (cost("portguard"), cost("nftables")) {
-        let _ = writeln!(ratios, "- receiver softirq ns per dropped packet, nftables / portguard: {:.2}", nft / pg);
+        let _ = writeln!(
+            ratios,
+            "- receiver softirq ns per dropped packet, nftables / portguard: {:.2}",
+            nft / pg
+        );
     }
     if let (Some(pg), Some(xf)) = (cost("portguard"), cost("xdp-filter")) {
-        let _ = writeln!(ratios, "- receiver softirq ns per dropped packet, xdp-filter / portguard: {:.2}", xf / pg);
+        let _ = writeln!(
+            ratios,
+            "- receiver softirq ns per dropped packet, xdp-filter / portguard: {:.2}",
+            xf / pg
+        );
     }
     let _ = write!(t, "\n{ratios}");
     report.section(
@@ -422,11 +549,28 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
     let mut t = String::new();
     let _ = writeln!(t, "| what | size |");
     let _ = writeln!(t, "|---|---:|");
-    let _ = writeln!(t, "| daemon VmRSS under the flood (max of samples) | {:.1} MiB |", rss_max as f64 / 1024.0);
-    let _ = writeln!(t, "| BPF maps held by the daemon ({}), memlock from fdinfo | {:.1} MiB |", maps.len(), memlock as f64 / 1048576.0);
-    let _ = writeln!(t, "| the same maps, (key + value) × max entries, per-CPU × {ncpus} | {:.1} MiB |", formula as f64 / 1048576.0);
+    let _ = writeln!(
+        t,
+        "| daemon VmRSS under the flood (max of samples) | {:.1} MiB |",
+        rss_max as f64 / 1024.0
+    );
+    let _ = writeln!(
+        t,
+        "| BPF maps held by the daemon ({}), memlock from fdinfo | {:.1} MiB |",
+        maps.len(),
+        memlock as f64 / 1048576.0
+    );
+    let _ = writeln!(
+        t,
+        "| the same maps, (key + value) × max entries, per-CPU × {ncpus} | {:.1} MiB |",
+        formula as f64 / 1048576.0
+    );
     report.section("5. Memory", "Read from /proc/PID/status and /proc/PID/fdinfo of the running daemon during the portguard floods.", t);
-    report.target(Target::new("daemon RSS < 30 MiB", format!("{:.1} MiB", rss_max as f64 / 1024.0), rss_max < 30 * 1024));
+    report.target(Target::new(
+        "daemon RSS < 30 MiB",
+        format!("{:.1} MiB", rss_max as f64 / 1024.0),
+        rss_max < 30 * 1024,
+    ));
 
     reload_flood(report, &lab, &allowed, reloads)?;
     Ok(())
@@ -475,13 +619,37 @@ fn reload_flood(report: &mut Report, lab: &Lab, allowed: &[u8], reloads: u32) ->
     let mut t = String::new();
     let _ = writeln!(t, "| what | value |");
     let _ = writeln!(t, "|---|---:|");
-    let _ = writeln!(t, "| reloads (SIGHUP, each waited for) | {} in {reload_secs:.2} s |", swap_ms.len());
-    let _ = writeln!(t, "| reload time logged by the daemon (read + compile + install), median / max | {:.1} / {:.1} ms |", swap_ms[swap_ms.len() / 2], swap_ms.last().copied().unwrap_or(f64::NAN));
-    let _ = writeln!(t, "| allowed packets seen by the receiver during the reloads | {} ({:.0}/s) |", f.seen, f.pps(f.seen));
+    let _ = writeln!(
+        t,
+        "| reloads (SIGHUP, each waited for) | {} in {reload_secs:.2} s |",
+        swap_ms.len()
+    );
+    let _ = writeln!(
+        t,
+        "| reload time logged by the daemon (read + compile + install), median / max | {:.1} / {:.1} ms |",
+        swap_ms[swap_ms.len() / 2],
+        swap_ms.last().copied().unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(
+        t,
+        "| allowed packets seen by the receiver during the reloads | {} ({:.0}/s) |",
+        f.seen,
+        f.pps(f.seen)
+    );
     let _ = writeln!(t, "| of them passed to UDP | {} |", f.passed);
-    let _ = writeln!(t, "| packets portguard dropped during the reloads (its drop counters, any reason) | {drops} |");
-    let _ = writeln!(t, "| seen − passed at the receiver (counters read ms apart: ± skew) | {lost} |");
-    let _ = writeln!(t, "| lost before the receiver (veth ring full; no policy involved) | {} |", f.sender_dropped);
+    let _ = writeln!(
+        t,
+        "| packets portguard dropped during the reloads (its drop counters, any reason) | {drops} |"
+    );
+    let _ = writeln!(
+        t,
+        "| seen − passed at the receiver (counters read ms apart: ± skew) | {lost} |"
+    );
+    let _ = writeln!(
+        t,
+        "| lost before the receiver (veth ring full; no policy involved) | {} |",
+        f.sender_dropped
+    );
     report.section(
         "4b. Reloads under a flood",
         "portguard runs with `--catalog FILE`; before each SIGHUP the file is replaced (rename) by the embedded catalog or \
@@ -489,7 +657,15 @@ fn reload_flood(report: &mut Report, lab: &Lab, allowed: &[u8], reloads: u32) ->
          rewrites ~4000 entries of the inactive generation). Only allowed frames (UDP 50000) are sent.",
         t,
     );
-    report.target(Target::new("zero allowed packets lost across reloads", format!("{drops} dropped by portguard of {} allowed packets seen, in {} reloads", f.seen, swap_ms.len()), drops == 0 && swap_ms.len() == reloads as usize));
+    report.target(Target::new(
+        "zero allowed packets lost across reloads",
+        format!(
+            "{drops} dropped by portguard of {} allowed packets seen, in {} reloads",
+            f.seen,
+            swap_ms.len()
+        ),
+        drops == 0 && swap_ms.len() == reloads as usize,
+    ));
     Ok(())
 }
 
@@ -504,8 +680,15 @@ fn pg_drops(lab: &Lab) -> Result<u64> {
         Ok(body)
     })??;
     let mut total = 0.0;
-    for line in body.lines().filter(|l| l.starts_with("portguard_drops_total")) {
-        total += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).with_context(|| format!("metrics line {line}"))?;
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("portguard_drops_total"))
+    {
+        total += line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("metrics line {line}"))?;
     }
     // A family without samples is not printed: no drop line means no drop.
     if !body.contains("portguard_catalog_generation") {

@@ -49,7 +49,9 @@ pub fn lab_spec() -> PolicySpec {
 /// A 64-byte UDP frame (the Ethernet minimum without FCS).
 pub fn udp64(src: &str, dst: &str, dport: u16) -> Vec<u8> {
     let payload = if src.contains(':') { 2 } else { 22 };
-    Packet::udp(src, dst, 40_000, dport).payload(payload).build()
+    Packet::udp(src, dst, 40_000, dport)
+        .payload(payload)
+        .build()
 }
 
 /// One measured case: a program, a frame, the action it must return.
@@ -65,7 +67,9 @@ struct Case {
 
 /// Each (TCP, UDP) port a compiled profile allows, as xdp-filter flag words.
 pub fn allowed_port_flags(policy: &CompiledPolicy) -> Vec<(u16, u64)> {
-    let Some(p) = policy.profiles.first() else { return Vec::new() };
+    let Some(p) = policy.profiles.first() else {
+        return Vec::new();
+    };
     (1..=u16::MAX)
         .filter_map(|port| {
             let mut flags = 0;
@@ -82,11 +86,15 @@ pub fn allowed_port_flags(policy: &CompiledPolicy) -> Vec<(u16, u64)> {
 
 /// Writes xdp-filter's `filter_ports` map: the key is the port as the
 /// program reads it (`key = udphdr->dest`, network order widened to u32).
-pub fn set_xdpfilter_ports(map: &mut PerCpuArray<&mut MapData, u64>, ports: &[(u16, u64)]) -> Result<()> {
+pub fn set_xdpfilter_ports(
+    map: &mut PerCpuArray<&mut MapData, u64>,
+    ports: &[(u16, u64)],
+) -> Result<()> {
     let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     for (port, flags) in ports {
         let values = PerCpuValues::try_from(vec![*flags; ncpus]).context("per-CPU values")?;
-        map.set(u32::from(port.to_be()), values, 0).with_context(|| format!("filter_ports[{port}]"))?;
+        map.set(u32::from(port.to_be()), values, 0)
+            .with_context(|| format!("filter_ports[{port}]"))?;
     }
     Ok(())
 }
@@ -116,8 +124,12 @@ pub struct XdpFilterObject {
 impl XdpFilterObject {
     pub fn load(name: &str, ports: &[(u16, u64)]) -> Result<Self> {
         let path = PathBuf::from(XDPFILT_DIR).join(format!("{name}.o"));
-        let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/portguard-bench-{}-{name}", std::process::id())));
-        std::fs::create_dir_all(&pins.0).with_context(|| format!("creating {}", pins.0.display()))?;
+        let pins = PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/portguard-bench-{}-{name}",
+            std::process::id()
+        )));
+        std::fs::create_dir_all(&pins.0)
+            .with_context(|| format!("creating {}", pins.0.display()))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
             .load_file(&path)
@@ -127,14 +139,24 @@ impl XdpFilterObject {
             .with_context(|| format!("{} has no program {name}", path.display()))?
             .try_into()?;
         xdp.load().with_context(|| format!("verifying {name}"))?;
-        let map = ebpf.map_mut("filter_ports").context("no filter_ports map")?;
+        let map = ebpf
+            .map_mut("filter_ports")
+            .context("no filter_ports map")?;
         let mut ports_map: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map)?;
         set_xdpfilter_ports(&mut ports_map, ports)?;
-        Ok(XdpFilterObject { ebpf, prog: name.to_string(), _pins: pins })
+        Ok(XdpFilterObject {
+            ebpf,
+            prog: name.to_string(),
+            _pins: pins,
+        })
     }
 
     pub fn xdp(&self) -> Result<&Xdp> {
-        Ok(self.ebpf.program(&self.prog).context("program")?.try_into()?)
+        Ok(self
+            .ebpf
+            .program(&self.prog)
+            .context("program")?
+            .try_into()?)
     }
 }
 
@@ -171,7 +193,11 @@ pub fn generated_catalog(n: u32) -> (String, u16, u16) {
 /// figure is up to 1 ns low.
 fn time_xdp(xdp: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
     let r = xdp
-        .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
         .context("BPF_PROG_TEST_RUN")?;
     Ok((r.return_value, r.duration.as_secs_f64() * 1e9))
 }
@@ -180,7 +206,10 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     // Programs, indexed by `Case::prog`.
     let mut floor_obj = Ebpf::load(ebpf_object::FLOOR).context("loading the floor program")?;
     {
-        let floor: &mut Xdp = floor_obj.program_mut("floor").context("no floor program")?.try_into()?;
+        let floor: &mut Xdp = floor_obj
+            .program_mut("floor")
+            .context("no floor program")?
+            .try_into()?;
         floor.load()?;
     }
     let mut registry = SlotRegistry::default();
@@ -192,7 +221,10 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let xf_dny_udp = XdpFilterObject::load("xdpfilt_dny_udp", &ports)?;
     let xf_dny_all = XdpFilterObject::load("xdpfilt_dny_all", &ports)?;
     // Allow policy: the map lists what is *dropped* (a deny-list).
-    let xf_alw_udp = XdpFilterObject::load("xdpfilt_alw_udp", &[(FORBIDDEN_PORT, MAP_FLAG_DST | MAP_FLAG_UDP)])?;
+    let xf_alw_udp = XdpFilterObject::load(
+        "xdpfilt_alw_udp",
+        &[(FORBIDDEN_PORT, MAP_FLAG_DST | MAP_FLAG_UDP)],
+    )?;
 
     let mut scaled = Vec::new();
     let mut scale_info = Vec::new();
@@ -202,7 +234,11 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         let (catalog, _warnings) = Catalog::parse(&text, &format!("generated-{n}.toml"))
             .map_err(|e| anyhow::anyhow!("generated catalog of {n} rules: {e}"))?;
         let parse = t0.elapsed();
-        let spec = PolicySpec { default_roles: Some(vec!["bench".into()]), mgmt: Mgmt::defaults(), ..PolicySpec::default() };
+        let spec = PolicySpec {
+            default_roles: Some(vec!["bench".into()]),
+            mgmt: Mgmt::defaults(),
+            ..PolicySpec::default()
+        };
         let mut reg = SlotRegistry::default();
         let t1 = Instant::now();
         let compiled = policy::compile(&catalog, &spec, &mut reg)?;
@@ -218,7 +254,13 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     }
 
     let floor_xdp: &Xdp = floor_obj.program("floor").context("floor")?.try_into()?;
-    let mut progs: Vec<&Xdp> = vec![floor_xdp, pg.xdp_ref()?, xf_dny_udp.xdp()?, xf_dny_all.xdp()?, xf_alw_udp.xdp()?];
+    let mut progs: Vec<&Xdp> = vec![
+        floor_xdp,
+        pg.xdp_ref()?,
+        xf_dny_udp.xdp()?,
+        xf_dny_all.xdp()?,
+        xf_alw_udp.xdp()?,
+    ];
     for c in &scaled {
         progs.push(c.xdp_ref()?);
     }
@@ -226,7 +268,10 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let (src, dst, src6, dst6) = ("198.18.0.1", "198.18.0.2", "2001:db8::1", "2001:db8::2");
     let allowed = udp64(src, dst, ALLOWED_PORT);
     let dropped = udp64(src, dst, FORBIDDEN_PORT);
-    let vlan = Packet::udp(src, dst, 40_000, ALLOWED_PORT).vlan(ETH_P_8021Q, 100).payload(18).build();
+    let vlan = Packet::udp(src, dst, 40_000, ALLOWED_PORT)
+        .vlan(ETH_P_8021Q, 100)
+        .payload(18)
+        .build();
     let v6 = udp64(src6, dst6, ALLOWED_PORT);
     let case = |group, name: &str, prog, frame: &Vec<u8>, expect| Case {
         group,
@@ -243,16 +288,64 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         case("pg", "portguard, dropped UDP 161", 1, &dropped, XDP_DROP),
         case("pg", "portguard, VLAN-tagged UDP 50000", 1, &vlan, XDP_PASS),
         case("pg", "portguard, IPv6 UDP 50000", 1, &v6, XDP_PASS),
-        case("xf", "xdp-filter dny_udp (deny policy, allow-list), allowed UDP 50000", 2, &allowed, XDP_PASS),
-        case("xf", "xdp-filter dny_udp (deny policy, allow-list), dropped UDP 161", 2, &dropped, XDP_DROP),
-        case("xf", "xdp-filter dny_all (what `load -p deny -f tcp,udp` picks), allowed", 3, &allowed, XDP_PASS),
-        case("xf", "xdp-filter dny_all (what `load -p deny -f tcp,udp` picks), dropped", 3, &dropped, XDP_DROP),
-        case("xf", "xdp-filter alw_udp (allow policy, deny-list of 161), passed UDP 50000", 4, &allowed, XDP_PASS),
-        case("xf", "xdp-filter alw_udp (allow policy, deny-list of 161), dropped UDP 161", 4, &dropped, XDP_DROP),
+        case(
+            "xf",
+            "xdp-filter dny_udp (deny policy, allow-list), allowed UDP 50000",
+            2,
+            &allowed,
+            XDP_PASS,
+        ),
+        case(
+            "xf",
+            "xdp-filter dny_udp (deny policy, allow-list), dropped UDP 161",
+            2,
+            &dropped,
+            XDP_DROP,
+        ),
+        case(
+            "xf",
+            "xdp-filter dny_all (what `load -p deny -f tcp,udp` picks), allowed",
+            3,
+            &allowed,
+            XDP_PASS,
+        ),
+        case(
+            "xf",
+            "xdp-filter dny_all (what `load -p deny -f tcp,udp` picks), dropped",
+            3,
+            &dropped,
+            XDP_DROP,
+        ),
+        case(
+            "xf",
+            "xdp-filter alw_udp (allow policy, deny-list of 161), passed UDP 50000",
+            4,
+            &allowed,
+            XDP_PASS,
+        ),
+        case(
+            "xf",
+            "xdp-filter alw_udp (allow policy, deny-list of 161), dropped UDP 161",
+            4,
+            &dropped,
+            XDP_DROP,
+        ),
     ];
     for (i, (n, allowed_port, gap_port, _, _)) in scale_info.iter().enumerate() {
-        cases.push(case("scale", &format!("{n} rules, allowed"), 5 + i, &udp64(src, dst, *allowed_port), XDP_PASS));
-        cases.push(case("scale", &format!("{n} rules, dropped"), 5 + i, &udp64(src, dst, *gap_port), XDP_DROP));
+        cases.push(case(
+            "scale",
+            &format!("{n} rules, allowed"),
+            5 + i,
+            &udp64(src, dst, *allowed_port),
+            XDP_PASS,
+        ));
+        cases.push(case(
+            "scale",
+            &format!("{n} rules, dropped"),
+            5 + i,
+            &udp64(src, dst, *gap_port),
+            XDP_DROP,
+        ));
     }
     for c in &cases {
         if c.frame.len() != 64 {
@@ -266,7 +359,11 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         for c in cases.iter_mut() {
             let (ret, ns) = time_xdp(progs[c.prog], &c.frame, per_round)?;
             if ret != c.expect {
-                bail!("{} returned {ret}, expected {}: the bench would measure the wrong path", c.name, c.expect);
+                bail!(
+                    "{} returned {ret}, expected {}: the bench would measure the wrong path",
+                    c.name,
+                    c.expect
+                );
             }
             c.total_ns += ns;
             c.runs += 1;
@@ -275,14 +372,29 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let elapsed = started.elapsed();
     let ns = |c: &Case| c.total_ns / c.runs as f64;
     let floor = ns(&cases[0]);
-    let by_name = |prefix: &str| cases.iter().find(|c| c.name.starts_with(prefix)).map(ns).unwrap_or(f64::NAN);
+    let by_name = |prefix: &str| {
+        cases
+            .iter()
+            .find(|c| c.name.starts_with(prefix))
+            .map(ns)
+            .unwrap_or(f64::NAN)
+    };
 
     let mut t = String::new();
-    let _ = writeln!(t, "| program and packet | ns/packet | x floor | ns above floor |");
+    let _ = writeln!(
+        t,
+        "| program and packet | ns/packet | x floor | ns above floor |"
+    );
     let _ = writeln!(t, "|---|---:|---:|---:|");
     for c in cases.iter().filter(|c| c.group != "scale") {
         let v = ns(c);
-        let _ = writeln!(t, "| {} | {v:.2} | {:.2} | {:.2} |", c.name, v / floor, v - floor);
+        let _ = writeln!(
+            t,
+            "| {} | {v:.2} | {:.2} | {:.2} |",
+            c.name,
+            v / floor,
+            v - floor
+        );
     }
     let pg_allow = by_name("portguard, allowed");
     let pg_drop = by_name("portguard, dropped");
@@ -293,8 +405,18 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let _ = writeln!(t);
     let _ = writeln!(t, "| ratio | allowed | dropped |");
     let _ = writeln!(t, "|---|---:|---:|");
-    let _ = writeln!(t, "| portguard / xdp-filter dny_udp | {:.2} | {:.2} |", pg_allow / xf_allow, pg_drop / xf_drop);
-    let _ = writeln!(t, "| portguard / xdp-filter dny_all | {:.2} | {:.2} |", pg_allow / xfa_allow, pg_drop / xfa_drop);
+    let _ = writeln!(
+        t,
+        "| portguard / xdp-filter dny_udp | {:.2} | {:.2} |",
+        pg_allow / xf_allow,
+        pg_drop / xf_drop
+    );
+    let _ = writeln!(
+        t,
+        "| portguard / xdp-filter dny_all | {:.2} | {:.2} |",
+        pg_allow / xfa_allow,
+        pg_drop / xfa_drop
+    );
     let _ = writeln!(
         t,
         "| (portguard − floor) / (xdp-filter dny_udp − floor) | {:.2} | {:.2} |",
@@ -311,10 +433,17 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         ),
         t,
     );
-    let worst_pg = cases.iter().filter(|c| c.group == "pg").map(ns).fold(0.0, f64::max);
+    let worst_pg = cases
+        .iter()
+        .filter(|c| c.group == "pg")
+        .map(ns)
+        .fold(0.0, f64::max);
     report.target(Target::new(
         "portguard ≤ 1.8x the empty program (worst of its four packets)",
-        format!("{:.2}x ({worst_pg:.2} ns vs {floor:.2} ns)", worst_pg / floor),
+        format!(
+            "{:.2}x ({worst_pg:.2} ns vs {floor:.2} ns)",
+            worst_pg / floor
+        ),
         worst_pg / floor <= 1.8,
     ));
     let r_allow = pg_allow / xf_allow;
@@ -327,7 +456,10 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
 
     // Scaling.
     let mut t = String::new();
-    let _ = writeln!(t, "| catalog rules | parse (ms) | compile (ms) | allowed ns/packet | dropped ns/packet |");
+    let _ = writeln!(
+        t,
+        "| catalog rules | parse (ms) | compile (ms) | allowed ns/packet | dropped ns/packet |"
+    );
     let _ = writeln!(t, "|---:|---:|---:|---:|---:|");
     let mut all = Vec::new();
     for (i, (n, _, _, parse, compile)) in scale_info.iter().enumerate() {
@@ -366,16 +498,28 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
 pub fn reload_swap(report: &mut Report, swaps: u32) -> Result<()> {
     let catalog = Catalog::embedded();
     let roles: Vec<String> = catalog.role_ids().iter().map(|s| s.to_string()).collect();
-    let spec_a = PolicySpec { default_roles: Some(roles.clone()), mgmt: Mgmt::defaults(), ..PolicySpec::default() };
+    let spec_a = PolicySpec {
+        default_roles: Some(roles.clone()),
+        mgmt: Mgmt::defaults(),
+        ..PolicySpec::default()
+    };
     // B narrows the client media range: every port of 1024-65535 outside the
     // server rules changes its slot, so each swap rewrites tens of thousands of entries.
-    let spec_b = PolicySpec { client_media: Some((50_000, 50_019)), ..spec_a.clone() };
+    let spec_b = PolicySpec {
+        client_media: Some((50_000, 50_019)),
+        ..spec_a.clone()
+    };
     let mut reg = SlotRegistry::default();
     let t0 = Instant::now();
     let a = policy::compile(&catalog, &spec_a, &mut reg)?;
     let compile = t0.elapsed();
     let b = policy::compile(&catalog, &spec_b, &mut reg)?;
-    let diff = a.profiles[0].blocks.iter().zip(&b.profiles[0].blocks).filter(|(x, y)| x != y).count();
+    let diff = a.profiles[0]
+        .blocks
+        .iter()
+        .zip(&b.profiles[0].blocks)
+        .filter(|(x, y)| x != y)
+        .count();
 
     let mut c = Classifier::load(None)?;
     let t1 = Instant::now();
@@ -403,8 +547,17 @@ pub fn reload_swap(report: &mut Report, swaps: u32) -> Result<()> {
     let mut t = String::new();
     let _ = writeln!(t, "| step | time |");
     let _ = writeln!(t, "|---|---:|");
-    let _ = writeln!(t, "| compile (parse done; all {} roles) | {:.1} ms |", roles.len(), compile.as_secs_f64() * 1e3);
-    let _ = writeln!(t, "| first install, every table entry written | {:.1} ms |", cold.as_secs_f64() * 1e3);
+    let _ = writeln!(
+        t,
+        "| compile (parse done; all {} roles) | {:.1} ms |",
+        roles.len(),
+        compile.as_secs_f64() * 1e3
+    );
+    let _ = writeln!(
+        t,
+        "| first install, every table entry written | {:.1} ms |",
+        cold.as_secs_f64() * 1e3
+    );
     let _ = writeln!(
         t,
         "| swap to a changed catalog ({diff} of {} port blocks differ), median of {} | {median:.1} ms (max {max:.1}) |",

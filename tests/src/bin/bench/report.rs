@@ -11,7 +11,11 @@ pub struct Target {
 
 impl Target {
     pub fn new(what: &str, measured: String, met: bool) -> Target {
-        Target { what: what.to_string(), measured, met }
+        Target {
+            what: what.to_string(),
+            measured,
+            met,
+        }
     }
 }
 
@@ -30,7 +34,12 @@ impl Report {
     }
 
     pub fn target(&mut self, t: Target) {
-        println!("target: {} — {} — {}", t.what, t.measured, if t.met { "met" } else { "MISSED" });
+        println!(
+            "target: {} — {} — {}",
+            t.what,
+            t.measured,
+            if t.met { "met" } else { "MISSED" }
+        );
         self.targets.push(t);
     }
 
@@ -48,7 +57,13 @@ impl Report {
     pub fn targets_table(&self) -> String {
         let mut t = String::from("| target (issue 7) | measured | |\n|---|---|---|\n");
         for x in &self.targets {
-            let _ = writeln!(t, "| {} | {} | {} |", x.what, x.measured, if x.met { "met" } else { "**missed**" });
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} |",
+                x.what,
+                x.measured,
+                if x.met { "met" } else { "**missed**" }
+            );
         }
         t
     }

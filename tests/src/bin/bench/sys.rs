@@ -19,9 +19,16 @@ pub struct Cpu {
 pub fn cpu() -> Result<Cpu> {
     let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
     let mut c = Cpu::default();
-    for line in stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")) {
+    for line in stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+    {
         // cpuN user nice system idle iowait irq softirq steal guest guest_nice
-        let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
         if v.len() < 8 {
             bail!("unexpected /proc/stat line: {line}");
         }
@@ -34,7 +41,10 @@ pub fn cpu() -> Result<Cpu> {
 impl std::ops::Sub for Cpu {
     type Output = Cpu;
     fn sub(self, o: Cpu) -> Cpu {
-        Cpu { softirq_ns: self.softirq_ns - o.softirq_ns, busy_ns: self.busy_ns - o.busy_ns }
+        Cpu {
+            softirq_ns: self.softirq_ns - o.softirq_ns,
+            busy_ns: self.busy_ns - o.busy_ns,
+        }
     }
 }
 
@@ -76,9 +86,15 @@ pub fn mac(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
 pub fn udp_reached(ns: &NetNs) -> Result<u64> {
     let out = run(&mut ns_exec(ns, "cat", &["/proc/net/snmp"]))?;
     let mut lines = out.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { bail!("no Udp: lines in /proc/net/snmp") };
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no Udp: lines in /proc/net/snmp")
+    };
     let mut total = 0;
-    for (n, v) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+    for (n, v) in names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+    {
         if matches!(n, "InDatagrams" | "NoPorts" | "InErrors") {
             total += v.parse::<u64>().with_context(|| format!("Udp {n} = {v}"))?;
         }
@@ -110,7 +126,9 @@ pub struct MapFd {
 pub fn maps_of(pid: u32) -> Result<Vec<MapFd>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
         if !text.contains("map_type:") {
             continue;
         }
@@ -138,7 +156,11 @@ pub fn maps_of(pid: u32) -> Result<Vec<MapFd>> {
 /// key + value × max entries; per-CPU maps hold one value per possible CPU.
 pub fn formula_bytes(m: &MapFd, ncpus: u64) -> u64 {
     const PERCPU: [u32; 3] = [5, 6, 10]; // PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
-    let value = if PERCPU.contains(&m.map_type) { m.value_size.div_ceil(8) * 8 * ncpus } else { m.value_size };
+    let value = if PERCPU.contains(&m.map_type) {
+        m.value_size.div_ceil(8) * 8 * ncpus
+    } else {
+        m.value_size
+    };
     (m.key_size + value) * m.max_entries
 }
 
@@ -150,26 +172,54 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
         .map(|o| {
             let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
             s.push_str(&String::from_utf8_lossy(&o.stderr));
-            s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+            s.lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string()
         })
         .unwrap_or_else(|| "not found".into())
 }
 
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_default();
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem = mem.lines().find_map(|l| l.strip_prefix("MemTotal:")).unwrap_or("").trim().to_string();
-    let kernel = std::fs::read_to_string("/proc/version").unwrap_or_default().trim().to_string();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
+    let mem = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let kernel = std::fs::read_to_string("/proc/version")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let mut s = String::new();
     let _ = writeln!(s, "- CPU: {model} × {ncpu}");
     let _ = writeln!(s, "- memory: {mem}");
     let _ = writeln!(s, "- kernel: {kernel}");
     let _ = writeln!(s, "- load average at start: {load}");
     let _ = writeln!(s, "- trafgen: {}", first_line("trafgen", &["-v"]));
-    let _ = writeln!(s, "- xdp-filter: {}", first_line("dpkg-query", &["-W", "-f", "xdp-tools ${Version}", "xdp-tools"]));
+    let _ = writeln!(
+        s,
+        "- xdp-filter: {}",
+        first_line(
+            "dpkg-query",
+            &["-W", "-f", "xdp-tools ${Version}", "xdp-tools"]
+        )
+    );
     let _ = writeln!(s, "- nft: {}", first_line("nft", &["--version"]));
     s
 }
