@@ -5,7 +5,7 @@
 //! `promtool check metrics` (the exposition linter). Without promtool these
 //! tests skip, except under CI=true where they fail.
 
-mod ops;
+use testkit::ops;
 
 use std::{
     io::Write as _,
@@ -27,15 +27,7 @@ const METRICS: [&str; 7] = [
 
 /// Whether promtool can run; under CI=true its absence fails the test.
 fn have_promtool(test: &str) -> bool {
-    if Command::new("promtool").arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: promtool is missing (Debian package `prometheus`; `cargo xtask setup` installs it) and CI=true"
-    );
-    eprintln!("SKIP {test}: promtool is missing");
-    false
+    testkit::require_program(test, "promtool", "prometheus")
 }
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> Output {

@@ -10,7 +10,7 @@
 //! - no label value is a port, a range or an address, and traffic to 20 new
 //!   ports from as many source ports adds no series.
 
-mod ops;
+use testkit::ops;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -193,16 +193,7 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
     if !testkit::require_privileges("prometheus: real scrape") {
         return;
     }
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "prometheus is not installed (Debian package `prometheus`; `cargo xtask setup` installs it)"
-        );
-        eprintln!("SKIP prometheus test: prometheus is not installed");
+    if !testkit::require_program("prometheus: real scrape", "prometheus", "prometheus") {
         return;
     }
     let dir = TempDir::new("prometheus");

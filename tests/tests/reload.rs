@@ -13,7 +13,7 @@
 //! - the swap time (from the daemon's `reload: catalog generation N in force
 //!   (DURATION)` lines) and the daemon's RSS under load, printed.
 
-mod ops;
+use testkit::ops;
 
 use std::{path::Path, time::Duration};
 

@@ -8,7 +8,7 @@
 //!   catalog make `run` fail with the documented exit code and message, and
 //!   leave the interface as it was.
 
-mod ops;
+use testkit::ops;
 
 use std::time::Duration;
 
@@ -341,12 +341,11 @@ fn failed_starts_exit_with_the_documented_code_and_leave_the_interface_untouched
 
     // A foreign XDP program already on the interface.
     let obj = "/usr/lib/x86_64-linux-gnu/bpf/xdpdump_xdp.o";
-    if !std::path::Path::new(obj).exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{obj} (xdp-tools) is missing: the foreign-program case cannot run"
-        );
-        eprintln!("SKIP foreign XDP case: {obj} (xdp-tools) is missing");
+    if !testkit::require_file(
+        "restart: failed starts, foreign XDP case",
+        std::path::Path::new(obj),
+        "xdp-tools",
+    ) {
         return;
     }
     pair.server

@@ -18,13 +18,13 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, PerCpuArray};
 use portguard::{
     catalog::Catalog,
-    frames::Packet,
     policy::{self, SlotRegistry},
 };
+use portguard_testsupport::{frames::Packet, spec::lab_spec};
 use testkit::netns::{NetNs, addr, ns_exec, run, spawn_in, veth_pair};
 
 use crate::{
-    perpacket::{ALLOWED_PORT, FORBIDDEN_PORT, allowed_port_flags, lab_spec, set_xdpfilter_ports},
+    perpacket::{ALLOWED_PORT, FORBIDDEN_PORT, allowed_port_flags, set_xdpfilter_ports},
     report::{Report, Target},
     sys,
 };
