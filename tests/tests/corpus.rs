@@ -112,15 +112,7 @@ impl Corpus {
 }
 
 fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Packet {
-    Packet::new(
-        ip(src),
-        ip(dst),
-        L4::Tcp {
-            sport,
-            dport,
-            flags,
-        },
-    )
+    Packet::tcp_flags(src, dst, sport, dport, flags)
 }
 
 fn raw(src: &str, dst: &str, proto: u8) -> Packet {

@@ -11,6 +11,19 @@ use std::{
 use super::{Pair, ok, ok_any, poll};
 use crate::netns::{NetNs, spawn_in};
 
+/// `WRAPPER… portguard` (the wrapper execs portguard), or `portguard` alone.
+fn wrapped_portguard(wrapper: &[&str]) -> Command {
+    let bin = crate::portguard_bin();
+    match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    }
+}
+
 /// `portguard` as a child in the server namespace (setns in `pre_exec`: the
 /// host's /sys/fs/bpf and /run stay visible, so pins outlive it), its
 /// stdout and stderr in files that can be read while it runs. On drop, a
@@ -37,15 +50,7 @@ impl Daemon {
     ) -> Daemon {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        let bin = crate::portguard_bin();
-        let mut cmd = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        let mut cmd = wrapped_portguard(wrapper);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(ok("creating stdout file", fs::File::create(&stdout)))
@@ -194,15 +199,7 @@ pub fn portguard_in_wrapped(
     args: &[&str],
     within: Duration,
 ) -> Output {
-    let bin = crate::portguard_bin();
-    let mut cmd = match wrapper.split_first() {
-        Some((program, rest)) => {
-            let mut c = Command::new(program);
-            c.args(rest).arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
+    let mut cmd = wrapped_portguard(wrapper);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
