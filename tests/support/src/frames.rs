@@ -418,7 +418,7 @@ mod tests {
     fn etherparse_reads_every_kind_of_frame_back_with_valid_checksums() {
         let mut v4_options = Packet::udp("198.18.0.1", "198.18.0.2", 1000, 3478).payload(5);
         v4_options.ipv4_options = vec![1, 1, 1];
-        let cases: Vec<(&str, Packet, Vec<u16>, (u16, u16))> = vec![
+        let cases = vec![
             (
                 "udp",
                 Packet::udp("198.18.0.1", "198.18.0.2", 40_000, 3478).payload(10),
