@@ -150,6 +150,21 @@ pub fn skip(test: &str, why: &str) {
     let _ = out.flush();
 }
 
+/// `12.3ms`, `950.1µs`, `1.2s` (how Rust's `Duration` prints with `{:?}`,
+/// and so how portguard logs its swap times) in milliseconds.
+pub fn debug_duration_ms(d: &str) -> Option<f64> {
+    let split = d.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (n, unit) = d.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "s" => n * 1e3,
+        "ms" => n,
+        "µs" | "us" => n / 1e3,
+        "ns" => n / 1e6,
+        _ => return None,
+    })
+}
+
 /// The `portguard` binary built next to the running test (same profile), or
 /// `$PORTGUARD_BIN`.
 pub fn portguard_bin() -> PathBuf {
@@ -243,6 +258,16 @@ mod tests {
     fn a_present_program_or_file_is_not_lacking() {
         assert!(require_file("t", Path::new("/"), "base-files"), "/ exists");
         assert!(require_program("t", "sh", "dash"), "sh runs");
+    }
+
+    #[test]
+    fn durations_as_rust_prints_them_read_as_milliseconds() {
+        assert_eq!(debug_duration_ms("12.5ms"), Some(12.5));
+        assert_eq!(debug_duration_ms("1.5s"), Some(1500.0));
+        assert_eq!(debug_duration_ms("250µs"), Some(0.25));
+        assert_eq!(debug_duration_ms("2000ns"), Some(0.002));
+        assert_eq!(debug_duration_ms("12 parsecs"), None);
+        assert_eq!(debug_duration_ms("ms"), None);
     }
 
     #[test]

@@ -699,14 +699,5 @@ fn pg_drops(lab: &Lab) -> Result<u64> {
 
 /// "… in force (12.345678ms)" → 12.35.
 fn parse_duration_ms(line: &str) -> Option<f64> {
-    let inner = line.rsplit_once('(')?.1.trim_end_matches(')');
-    let (num, unit) = inner.split_at(inner.find(|c: char| c.is_alphabetic() || c == 'µ')?);
-    let v: f64 = num.parse().ok()?;
-    Some(match unit {
-        "s" => v * 1e3,
-        "ms" => v,
-        "µs" | "us" => v / 1e3,
-        "ns" => v / 1e6,
-        _ => return None,
-    })
+    testkit::debug_duration_ms(line.rsplit_once('(')?.1.trim_end_matches(')'))
 }
