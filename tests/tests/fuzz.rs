@@ -7,7 +7,9 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use classifier_common::{MAX_RULE_SLOTS, PROTO_TCP, PROTO_UDP, Verdict, decode_reason_counter};
+use classifier_common::{
+    FLAG_DROP_IPSEC_MEDIA, MAX_RULE_SLOTS, PROTO_TCP, PROTO_UDP, Verdict, decode_reason_counter,
+};
 use portguard::catalog::{Catalog, Severity};
 use portguard_testsupport::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, L4, Packet, TCP_ACK, TCP_SYN},
@@ -302,12 +304,17 @@ fn random_frame() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// What the policy says about a well-formed packet's destination port.
+/// What the policy says about a well-formed packet's destination port: a
+/// catalog rule, SSH, DHCP replies, or IKE / NAT-T (UDP 500, 4500) to a host
+/// on a media path (the IPsec exception, unless --drop-ipsec-on-media).
 fn allowed(x: &Kernel, tcp: bool, sport: u16, dport: u16) -> bool {
     let proto = if tcp { PROTO_TCP } else { PROTO_UDP };
-    x.policy.profiles[0].slot(proto, dport) != 0
+    let p = &x.policy;
+    let media = p.default_profile < 32 && p.media_profiles & (1 << p.default_profile) != 0;
+    p.profiles[0].slot(proto, dport) != 0
         || (tcp && dport == 22)
         || (!tcp && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)))
+        || (!tcp && matches!(dport, 500 | 4500) && media && p.flags & FLAG_DROP_IPSEC_MEDIA == 0)
 }
 
 proptest! {
@@ -332,7 +339,7 @@ proptest! {
         six in any::<bool>(),
         tcp in any::<bool>(),
         sport in any::<u16>(),
-        dport in prop_oneof![any::<u16>(), Just(22u16), Just(68), Just(5061), Just(3478), Just(50_000), Just(50_020), 49_000u16..58_000],
+        dport in prop_oneof![any::<u16>(), Just(22u16), Just(68), Just(5061), Just(3478), Just(50_000), Just(50_020), Just(500), Just(4500), 49_000u16..58_000],
         ack in any::<bool>(),
         vlans in 0usize..3,
         payload in 0usize..64,
