@@ -5,14 +5,12 @@
 //! `promtool check metrics` (the exposition linter). Without promtool these
 //! tests skip, except under CI=true where they fail.
 
-use testkit::ops;
-
 use std::{
     io::Write as _,
     process::{Command, Output, Stdio},
 };
 
-use ops::{ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, text};
+use testkit::ops::{self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, text};
 
 /// The metrics of design.md (what the rules may use).
 const METRICS: [&str; 7] = [

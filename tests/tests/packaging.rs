@@ -5,11 +5,11 @@
 //! --keep-attached leaving the program enforcing, a restart taking it over,
 //! and a final detach, all under that bounding set with no-new-privileges.
 
-use testkit::ops;
-
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
-use ops::{ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, pin_dir, state_file, text};
+use testkit::ops::{
+    self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, pin_dir, state_file, text,
+};
 
 const UNIT: &str = "packaging/portguard@.service";
 

@@ -10,8 +10,6 @@
 //! - no label value is a port, a range or an address, and traffic to 20 new
 //!   ports from as many source ports adds no series.
 
-use testkit::ops;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -19,9 +17,9 @@ use std::{
     time::Duration,
 };
 
-use ops::{ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, ok_any, poll};
 use serde_json::Value;
 use testkit::netns::{NetNs, spawn_in};
+use testkit::ops::{self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, ok_any, poll};
 
 const PROMETHEUS: &str = "127.0.0.1:9090";
 

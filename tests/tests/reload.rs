@@ -13,11 +13,11 @@
 //! - the swap time (from the daemon's `reload: catalog generation N in force
 //!   (DURATION)` lines) and the daemon's RSS under load, printed.
 
-use testkit::ops;
-
 use std::{path::Path, time::Duration};
 
-use ops::{ALLOWED_PORT, FORBIDDEN_PORT, Pair, Scrape, TempDir, ok, poll, portguard, text};
+use testkit::ops::{
+    self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, Scrape, TempDir, ok, poll, portguard, text,
+};
 
 const RELOADS: usize = 120;
 const GOOD: &str = "reload: catalog generation ";

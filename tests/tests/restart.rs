@@ -8,12 +8,11 @@
 //!   catalog make `run` fail with the documented exit code and message, and
 //!   leave the interface as it was.
 
-use testkit::ops;
-
 use std::time::Duration;
 
-use ops::{
-    ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, pin_dir, portguard, portguard_in, state_file, text,
+use testkit::ops::{
+    self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, pin_dir, portguard, portguard_in,
+    state_file, text,
 };
 
 /// `total: N passed, M dropped, K would drop` from a stats table.

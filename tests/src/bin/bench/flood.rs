@@ -21,10 +21,13 @@ use portguard::{
     policy::{self, SlotRegistry},
 };
 use portguard_testsupport::{frames::Packet, spec::lab_spec};
-use testkit::netns::{NetNs, addr, ns_exec, run, spawn_in, veth_pair};
+use testkit::{
+    netns::{NetNs, addr, ns_exec, run, spawn_in, veth_pair},
+    ops::{ALLOWED_PORT, FORBIDDEN_PORT},
+};
 
 use crate::{
-    perpacket::{ALLOWED_PORT, FORBIDDEN_PORT, allowed_port_flags, set_xdpfilter_ports},
+    perpacket::{allowed_port_flags, set_xdpfilter_ports},
     report::{Report, Target},
     sys,
 };

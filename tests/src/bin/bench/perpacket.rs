@@ -18,12 +18,12 @@ use portguard::{
     loader::Classifier,
     policy::{self, CompiledPolicy, Mgmt, PolicySpec, SlotRegistry},
 };
-
 use portguard_testsupport::{
     frames::{ETH_P_8021Q, Packet},
     kernel::{XDP_DROP, XDP_PASS},
     spec::lab_spec,
 };
+use testkit::ops::{ALLOWED_PORT, FORBIDDEN_PORT};
 
 use crate::report::{Report, Target};
 
@@ -34,9 +34,6 @@ pub const XDPFILT_DIR: &str = "/usr/lib/x86_64-linux-gnu/bpf";
 pub const MAP_FLAG_DST: u64 = 1 << 1;
 pub const MAP_FLAG_TCP: u64 = 1 << 2;
 pub const MAP_FLAG_UDP: u64 = 1 << 3;
-
-pub const ALLOWED_PORT: u16 = 50_000;
-pub const FORBIDDEN_PORT: u16 = 161;
 
 /// A 64-byte UDP frame (the Ethernet minimum without FCS).
 pub fn udp64(src: &str, dst: &str, dport: u16) -> Vec<u8> {
