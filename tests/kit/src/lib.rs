@@ -1,7 +1,11 @@
 //! The test kit shared by portguard's privileged tests, the benchmarks and
-//! the lab demo: network namespaces, veth pairs, counting listeners,
-//! privilege checks. It must not depend on classifier-user: xtask links it
-//! before the eBPF toolchain exists.
+//! the lab demo: network namespaces, veth pairs, counting listeners, the
+//! operations tests' kit ([`ops`]), and the guard every test that needs
+//! privileges or a tool goes through ([`require`]): under `CI=true` it fails
+//! the test, elsewhere it skips it with a `SKIP` line that `cargo xtask test`
+//! counts. It must not depend on classifier-user: xtask links it before the
+//! eBPF toolchain exists; test code that needs portguard's library lives in
+//! `portguard-testsupport` (tests/support).
 
 pub mod lab;
 pub mod netns;
