@@ -22,6 +22,16 @@ use classifier_common::{
     PortBlock, ProfileSel, Reason, Verdict, port_block_index, reason_counter_index,
 };
 
+/// The license the kernel reads from the object's `license` section. The
+/// crate is `MIT OR Apache-2.0`, but the kernel knows only GPL-compatible
+/// strings and denies GPL-only helpers (`bpf_perf_event_output`, for one) to
+/// a program without one; "Dual MIT/GPL" offers MIT, as the crate does, and
+/// is GPL-compatible for the verifier. classifier-user's `ebpf_object` tests
+/// read it back from the embedded object.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
@@ -90,7 +100,7 @@ impl Frame {
     #[inline(always)]
     fn ptr<T>(&self, off: usize) -> Option<*const T> {
         let p = self.start + off;
-        if p + core::mem::size_of::<T>() > self.end {
+        if p + size_of::<T>() > self.end {
             return None;
         }
         Some(p as *const T)
@@ -293,7 +303,7 @@ fn classify(frame: &Frame, config: &Config) -> Outcome {
             counter: outcome.counter,
             pass: outcome.pass as u32,
         };
-        let _ = FRAGMENTS.insert(&frag_key(&l3), &verdict, 0);
+        let _ = FRAGMENTS.insert(frag_key(&l3), verdict, 0);
     }
     outcome
 }
@@ -406,7 +416,7 @@ fn frag_key(l3: &L3) -> FragKey {
 fn replay_fragment(l3: &L3, config: &Config) -> Outcome {
     // SAFETY: the value is copied out at once; an LRU entry may be evicted
     // concurrently but its memory stays valid for this RCU section.
-    match unsafe { FRAGMENTS.get(&frag_key(l3)) } {
+    match unsafe { FRAGMENTS.get(frag_key(l3)) } {
         Some(v) => Outcome {
             counter: v.counter,
             pass: v.pass != 0,
@@ -522,7 +532,7 @@ fn profile_of(l3: &L3, config: &Config) -> u32 {
     if config.gens[generation].has_prefixes == 0 {
         return default;
     }
-    match PROFILES.get(&Key::new(128, l3.dst)) {
+    match PROFILES.get(Key::new(128, l3.dst)) {
         Some(sel) => match sel.by_generation[generation] {
             PROFILE_NONE => default,
             p => p,
@@ -578,15 +588,16 @@ fn classify_ports(
     // The lockout guard: no catalog can take it away. Checked after the
     // catalog only so that allowed traffic does not pay for it; a port the
     // catalog allows is counted under its rule.
-    if proto == PROTO_TCP && is_mgmt_port(config, dport) {
-        if let Some(m) = MGMT.get(&Key::new(128, l3.src)) {
-            let mut i = 0;
-            while i < m.ports.len() {
-                if m.ports[i] == dport {
-                    return pass(Reason::Management, pclass);
-                }
-                i += 1;
+    if proto == PROTO_TCP
+        && is_mgmt_port(config, dport)
+        && let Some(m) = MGMT.get(Key::new(128, l3.src))
+    {
+        let mut i = 0;
+        while i < m.ports.len() {
+            if m.ports[i] == dport {
+                return pass(Reason::Management, pclass);
             }
+            i += 1;
         }
     }
 
@@ -601,7 +612,7 @@ fn classify_ports(
             proto: l3.proto,
             pad: [0; 3],
         };
-        if FLOWS.get_ptr(&flow).is_some() {
+        if FLOWS.get_ptr(flow).is_some() {
             return pass(Reason::Established, pclass);
         }
     }
@@ -725,7 +736,7 @@ fn record_flow(ctx: &TcContext) {
         proto,
         pad: [0; 3],
     };
-    let _ = FLOWS.insert(&key, &0, 0);
+    let _ = FLOWS.insert(key, 0, 0);
     if let Some(bytes) = FLOW_PORTS.get_ptr_mut(sport as u32 / FLOW_PORTS_PER_ENTRY) {
         // SAFETY: a byte store into a valid map value; other CPUs only ever
         // store 1 into their own bytes, so no update is lost.

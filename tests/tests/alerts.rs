@@ -5,14 +5,12 @@
 //! `promtool check metrics` (the exposition linter). Without promtool these
 //! tests skip, except under CI=true where they fail.
 
-mod ops;
-
 use std::{
     io::Write as _,
     process::{Command, Output, Stdio},
 };
 
-use ops::{ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, text};
+use testkit::ops::{self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, text};
 
 /// The metrics of design.md (what the rules may use).
 const METRICS: [&str; 7] = [
@@ -27,15 +25,7 @@ const METRICS: [&str; 7] = [
 
 /// Whether promtool can run; under CI=true its absence fails the test.
 fn have_promtool(test: &str) -> bool {
-    if Command::new("promtool").arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: promtool is missing (Debian package `prometheus`; `cargo xtask setup` installs it) and CI=true"
-    );
-    eprintln!("SKIP {test}: promtool is missing");
-    false
+    testkit::require_program(test, "promtool", "prometheus")
 }
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> Output {

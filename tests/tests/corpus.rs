@@ -18,16 +18,15 @@
 //! written by hand; `PORTGUARD_WRITE_CORPUS=1` rewrites it, and a test keeps
 //! the two in step.
 
-mod pktpolicy;
-
 use std::path::PathBuf;
 
 use classifier_common::{PCLASS_NAMES, Reason, Verdict, reason_counter_index};
-use pktpolicy::{Kernel, hex, lab_spec, unhex};
-use portguard::{
+use portguard::policy::{Mgmt, PolicySpec};
+use portguard_testsupport::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, L4, Packet, TCP_ACK, TCP_SYN, arp, ip, non_ip},
-    policy::{Mgmt, PolicySpec},
+    kernel::{Kernel, hex, unhex},
     reference::{self, RefState},
+    spec::lab_spec,
 };
 
 const C: &str = "198.18.0.1";
@@ -113,15 +112,7 @@ impl Corpus {
 }
 
 fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Packet {
-    Packet::new(
-        ip(src),
-        ip(dst),
-        L4::Tcp {
-            sport,
-            dport,
-            flags,
-        },
-    )
+    Packet::tcp_flags(src, dst, sport, dport, flags)
 }
 
 fn raw(src: &str, dst: &str, proto: u8) -> Packet {

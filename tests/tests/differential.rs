@@ -1,5 +1,5 @@
 //! Differential test: the kernel program (`BPF_PROG_TEST_RUN`) against the
-//! plain-Rust reference classifier (`portguard::reference`), on generated
+//! plain-Rust reference classifier (`portguard_testsupport::reference`), on generated
 //! frames of every kind and on byte-level mutations of them. Both must give
 //! the same verdict and the same counter (rule slot, or reason + verdict +
 //! protocol class) for every frame.
@@ -9,8 +9,6 @@
 //! fragment identifications come from a small pool, and both sides' fragment
 //! memory is emptied long before the kernel's LRU (8,192 entries) could evict.
 
-mod pktpolicy;
-
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -18,11 +16,12 @@ use std::{
 };
 
 use classifier_common::{MAX_RULE_SLOTS, decode_reason_counter};
-use pktpolicy::{Kernel, hex, lab_spec, profiles_spec};
-use portguard::{
+use portguard::policy::PolicySpec;
+use portguard_testsupport::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, L4, Packet, arp, non_ip},
-    policy::PolicySpec,
+    kernel::{Kernel, hex},
     reference::{self, RefState},
+    spec::{lab_spec, profiles_spec},
 };
 
 /// SplitMix64: small, seedable, good enough to pick cases.
@@ -109,7 +108,7 @@ fn port(r: &mut Rng) -> u16 {
 }
 
 fn addrs(r: &mut Rng, v6: bool) -> (IpAddr, IpAddr) {
-    let ip = portguard::frames::ip;
+    let ip = portguard_testsupport::frames::ip;
     if v6 {
         (ip(r.pick(&SRC6)), ip(r.pick(&DST6)))
     } else {

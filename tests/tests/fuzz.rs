@@ -7,18 +7,16 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use classifier_common::{MAX_RULE_SLOTS, PROTO_TCP, PROTO_UDP, Verdict, decode_reason_counter};
-use portguard::{
-    catalog::{Catalog, Severity},
+use classifier_common::{
+    FLAG_DROP_IPSEC_MEDIA, MAX_RULE_SLOTS, PROTO_TCP, PROTO_UDP, Verdict, decode_reason_counter,
+};
+use portguard::catalog::{Catalog, Severity};
+use portguard_testsupport::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, L4, Packet, TCP_ACK, TCP_SYN},
-    loader::Classifier,
-    policy::{self, CompiledPolicy, Mgmt, PolicySpec, SlotRegistry},
+    kernel::{Kernel, XDP_ABORTED, XDP_DROP, XDP_PASS},
+    spec::lab_spec,
 };
 use proptest::{prelude::*, test_runner::Config};
-
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 fn cases(default: u32) -> u32 {
     ["PORTGUARD_FUZZ_CASES", "PROPTEST_CASES"]
@@ -178,59 +176,19 @@ proptest! {
 
 // ------------------------------------------------------------ the XDP program
 
-struct Xdp {
-    classifier: Classifier,
-    policy: CompiledPolicy,
-}
-
 /// One loaded classifier shared by the frame properties (loading verifies
-/// the program, which takes a while); `None` without privileges.
-fn xdp() -> Option<&'static Mutex<Xdp>> {
-    static XDP: OnceLock<Option<Mutex<Xdp>>> = OnceLock::new();
-    XDP.get_or_init(|| {
-        if !testkit::require_privileges("fuzz") {
-            return None;
-        }
-        let spec = PolicySpec {
-            default_roles: Some(vec!["front-end".into(), "client".into()]),
-            mgmt: Mgmt::defaults(),
-            client_media: Some((50_000, 50_019)),
-            ..PolicySpec::default()
-        };
-        let policy = policy::compile(&Catalog::embedded(), &spec, &mut SlotRegistry::default())
-            .unwrap_or_else(|e| panic!("the lab policy must compile: {e}"));
-        let mut classifier =
-            Classifier::load(None).unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
-        classifier
-            .install(&policy, 1)
-            .unwrap_or_else(|e| panic!("installing the policy: {e}"));
-        classifier
-            .set_trace(true)
-            .unwrap_or_else(|e| panic!("enabling trace: {e}"));
-        Some(Mutex::new(Xdp { classifier, policy }))
-    })
-    .as_ref()
-}
-
-impl Xdp {
-    /// The action and the counter index the frame was counted under.
-    fn run(&mut self, frame: &[u8]) -> (u32, u32) {
-        let r = self
-            .classifier
-            .test_run(frame, 1)
-            .unwrap_or_else(|e| panic!("test_run on {} bytes: {e}", frame.len()));
-        let counter = self
-            .classifier
-            .last_counter()
-            .unwrap_or_else(|e| panic!("reading TRACE: {e}"));
-        (r.return_value, counter)
-    }
+/// the program, which takes a while); `None` without privileges. Unpinned: a
+/// `static` is never dropped, so nothing may be left on the bpffs.
+fn xdp() -> Option<&'static Mutex<Kernel>> {
+    static XDP: OnceLock<Option<Mutex<Kernel>>> = OnceLock::new();
+    XDP.get_or_init(|| Kernel::unpinned("fuzz", &lab_spec()).map(Mutex::new))
+        .as_ref()
 }
 
 /// Never aborted; a pass is counted under a rule slot or a pass reason, a
 /// drop under a drop reason (enforce mode: no would_drop).
-fn check_any_frame(x: &mut Xdp, frame: &[u8]) -> Result<(u32, u32), TestCaseError> {
-    let (action, counter) = x.run(frame);
+fn check_any_frame(x: &mut Kernel, frame: &[u8]) -> Result<(u32, u32), TestCaseError> {
+    let (action, counter) = x.run_raw(frame);
     prop_assert_ne!(action, XDP_ABORTED, "XDP_ABORTED on {:02x?}", frame);
     prop_assert!(
         action == XDP_PASS || action == XDP_DROP,
@@ -346,12 +304,17 @@ fn random_frame() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// What the policy says about a well-formed packet's destination port.
-fn allowed(x: &Xdp, tcp: bool, sport: u16, dport: u16) -> bool {
+/// What the policy says about a well-formed packet's destination port: a
+/// catalog rule, SSH, DHCP replies, or IKE / NAT-T (UDP 500, 4500) to a host
+/// on a media path (the IPsec exception, unless --drop-ipsec-on-media).
+fn allowed(x: &Kernel, tcp: bool, sport: u16, dport: u16) -> bool {
     let proto = if tcp { PROTO_TCP } else { PROTO_UDP };
-    x.policy.profiles[0].slot(proto, dport) != 0
+    let p = &x.policy;
+    let media = p.default_profile < 32 && p.media_profiles & (1 << p.default_profile) != 0;
+    p.profiles[0].slot(proto, dport) != 0
         || (tcp && dport == 22)
         || (!tcp && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)))
+        || (!tcp && matches!(dport, 500 | 4500) && media && p.flags & FLAG_DROP_IPSEC_MEDIA == 0)
 }
 
 proptest! {
@@ -376,7 +339,7 @@ proptest! {
         six in any::<bool>(),
         tcp in any::<bool>(),
         sport in any::<u16>(),
-        dport in prop_oneof![any::<u16>(), Just(22u16), Just(68), Just(5061), Just(3478), Just(50_000), Just(50_020), 49_000u16..58_000],
+        dport in prop_oneof![any::<u16>(), Just(22u16), Just(68), Just(5061), Just(3478), Just(50_000), Just(50_020), Just(500), Just(4500), 49_000u16..58_000],
         ack in any::<bool>(),
         vlans in 0usize..3,
         payload in 0usize..64,

@@ -15,16 +15,14 @@
 //! - per-destination profiles: two addresses with different roles and one
 //!   outside every profile, no --role.
 
-mod ops;
-
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
 
-use ops::{Daemon, Pair, TempDir, ok, ok_any, poll};
-use portguard::frames::{ETH_P_8021AD, ETH_P_8021Q, Packet};
+use portguard_testsupport::frames::{ETH_P_8021AD, ETH_P_8021Q, Packet};
+use testkit::ops::{self, Daemon, Pair, TempDir, ok, ok_any, poll};
 use testkit::{
     netns::{addr, in_netns, ns_exec, run},
     sockets::{Counter, Counts},

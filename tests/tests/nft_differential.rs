@@ -4,37 +4,66 @@
 //! (`BPF_PROG_TEST_RUN`).
 //!
 //! How the nft verdict is observed: a probe table hooks `input` at a later
-//! priority than portguard's chain and counts what reaches it. A packet the
-//! exported ruleset accepts goes on to the probe; one it drops never does.
+//! priority than portguard's chain, with one counting rule per probe packet
+//! that matches its addresses and ports exactly (so the kernel's own answers
+//! and errors never count). A packet the exported ruleset accepts goes on to
+//! its probe rule; one it drops never does. Each role's packets are sent all
+//! at once and the probe counters read with one `nft -j list` when they
+//! settle, instead of a wait per packet.
 
 use std::{
     collections::BTreeSet,
+    fmt::Write as _,
     io::Write as _,
+    net::IpAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use portguard::{
     catalog::{Catalog, Protocol},
-    frames::{L4, Packet},
     loader::Classifier,
-    policy::{self, Mgmt, PolicySpec, SlotRegistry},
+    policy::{self, SlotRegistry},
+};
+use portguard_testsupport::{
+    frames::{L4, Packet},
+    kernel::XDP_PASS,
+    spec::role_spec,
 };
 use testkit::netns::{NetNs, veth_pair};
 
-const XDP_PASS: u32 = 2;
+/// How long the packets a ruleset accepts may take to reach the probe: veth
+/// delivery is synchronous in practice, this is the safety margin.
+const SETTLE: Duration = Duration::from_secs(2);
+/// After the expected passes arrived: time for an unexpected one to show.
+const GRACE: Duration = Duration::from_millis(50);
 
-/// Counts only the kinds of packet the test injects: the kernel's own
-/// neighbour discovery (answers to its ICMP errors) must not look like a pass.
-const PROBE: &str = "table inet probe {
-    chain input {
-        type filter hook input priority 100; policy accept;
-        meta l4proto { tcp, udp } counter
-        icmp type echo-request counter
-        icmpv6 type echo-request counter
+/// The probe table: rule `i` counts packet `i` of `packets`, and nothing else.
+fn probe_table(packets: &[(String, Packet)]) -> String {
+    let mut t = String::from(
+        "table inet probe {\n    chain input {\n        type filter hook input priority 100; policy accept;\n",
+    );
+    for (i, (_, p)) in packets.iter().enumerate() {
+        let fam = match p.src {
+            IpAddr::V4(_) => "ip",
+            IpAddr::V6(_) => "ip6",
+        };
+        let what = match (&p.l4, p.src) {
+            (L4::Tcp { sport, dport, .. }, _) => format!("tcp sport {sport} tcp dport {dport}"),
+            (L4::Udp { sport, dport }, _) => format!("udp sport {sport} udp dport {dport}"),
+            (L4::Icmp { icmp_type, .. }, IpAddr::V4(_)) => format!("icmp type {icmp_type}"),
+            (L4::Icmp { icmp_type, .. }, IpAddr::V6(_)) => format!("icmpv6 type {icmp_type}"),
+            (L4::Raw { proto }, _) => panic!("no probe rule for raw protocol {proto}"),
+        };
+        let _ = writeln!(
+            t,
+            "        {fam} saddr {} {fam} daddr {} {what} counter comment \"{i}\"",
+            p.src, p.dst
+        );
     }
+    t.push_str("    }\n}\n");
+    t
 }
-";
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -71,25 +100,42 @@ fn nft_in(ns: &NetNs, ruleset: &str) {
     );
 }
 
-fn probe_count(ns: &NetNs) -> u64 {
+/// Each probe rule's packet count, by rule (packet) index, from one
+/// `nft -j list table inet probe`.
+fn probe_counts(ns: &NetNs, n: usize) -> Vec<u64> {
     let text = run(Command::new("ip").args([
         "netns",
         "exec",
         ns.name(),
         "nft",
+        "-j",
         "list",
         "table",
         "inet",
         "probe",
     ]));
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let counts: Vec<u64> = words
-        .windows(2)
-        .filter(|w| w[0] == "packets")
-        .filter_map(|w| w[1].parse().ok())
-        .collect();
-    assert_eq!(counts.len(), 3, "expected three probe counters in:\n{text}");
-    counts.iter().sum()
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("nft -j output: {e}\n{text}"));
+    let mut counts = vec![None; n];
+    let objects = json["nftables"].as_array().map_or(&[][..], Vec::as_slice);
+    for rule in objects.iter().filter_map(|o| o.get("rule")) {
+        let index = rule["comment"]
+            .as_str()
+            .and_then(|c| c.parse::<usize>().ok());
+        let packets = rule["expr"]
+            .as_array()
+            .and_then(|e| e.iter().find_map(|x| x["counter"]["packets"].as_u64()));
+        if let (Some(i), Some(packets)) = (index, packets)
+            && let Some(slot) = counts.get_mut(i)
+        {
+            *slot = Some(packets);
+        }
+    }
+    counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.unwrap_or_else(|| panic!("no probe counter for packet {i} in:\n{text}")))
+        .collect()
 }
 
 /// Probe packets for one role: both edges of every destination rule, just
@@ -174,51 +220,59 @@ fn nft_export_and_xdp_agree_on_every_role() {
 
     let catalog = Catalog::embedded();
     let bin = testkit::portguard_bin();
+    // One program for every role: each role's policy is installed with a
+    // generation flip, as a reload would.
+    let mut xdp = Classifier::load(None).unwrap_or_else(|e| panic!("load: {e}"));
+    let mut registry = SlotRegistry::default();
     let mut seq = 0u16;
     let mut total = 0usize;
     let mut mismatches = Vec::new();
-    for role in catalog.role_ids() {
+    for (generation, role) in (1..).zip(catalog.role_ids()) {
         let ruleset =
             run(Command::new(&bin).args(["catalog", "export", "--format", "nft", "--role", role]));
-        nft_in(&server, "flush ruleset\n");
-        nft_in(&server, &ruleset);
-        nft_in(&server, PROBE);
-
-        let spec = PolicySpec {
-            default_roles: Some(vec![role.to_string()]),
-            mgmt: Mgmt::defaults(),
-            ..PolicySpec::default()
-        };
-        let mut registry = SlotRegistry::default();
-        let compiled = policy::compile(&catalog, &spec, &mut registry)
+        let compiled = policy::compile(&catalog, &role_spec(role), &mut registry)
             .unwrap_or_else(|e| panic!("{role}: {e}"));
-        let mut xdp = Classifier::load(None).unwrap_or_else(|e| panic!("load: {e}"));
-        xdp.install(&compiled, 1)
+        xdp.install(&compiled, generation)
             .unwrap_or_else(|e| panic!("install: {e}"));
 
-        for (name, mut pkt) in packets_for(&catalog, role, &mut seq) {
+        let mut packets = packets_for(&catalog, role, &mut seq);
+        let mut frames = Vec::with_capacity(packets.len());
+        let mut xdp_pass = Vec::with_capacity(packets.len());
+        for (_, pkt) in &mut packets {
             pkt.src_mac = client_mac;
             pkt.dst_mac = server_mac;
             let frame = pkt.build();
-            let xdp_pass = xdp
-                .test_run(&frame, 1)
-                .unwrap_or_else(|e| panic!("test_run: {e}"))
-                .return_value
-                == XDP_PASS;
-            let before = probe_count(&server);
+            xdp_pass.push(
+                xdp.test_run(&frame, 1)
+                    .unwrap_or_else(|e| panic!("test_run: {e}"))
+                    .return_value
+                    == XDP_PASS,
+            );
+            frames.push(frame);
+        }
+        nft_in(
+            &server,
+            &format!("flush ruleset\n{ruleset}\n{}", probe_table(&packets)),
+        );
+        for frame in &frames {
             injector
-                .send(&frame)
+                .send(frame)
                 .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
-            // Delivery over veth is synchronous in practice; allow a short grace.
-            let deadline = Instant::now() + Duration::from_millis(if xdp_pass { 500 } else { 30 });
-            let mut nft_pass = false;
-            while Instant::now() < deadline {
-                if probe_count(&server) > before {
-                    nft_pass = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        }
+        // Wait for the passes XDP expects, then a little longer so that a
+        // pass XDP does not expect can show too.
+        let expected = xdp_pass.iter().filter(|p| **p).count();
+        let deadline = Instant::now() + SETTLE;
+        let mut counts = probe_counts(&server, packets.len());
+        while counts.iter().filter(|c| **c > 0).count() < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            counts = probe_counts(&server, packets.len());
+        }
+        std::thread::sleep(GRACE);
+        counts = probe_counts(&server, packets.len());
+
+        for (((name, _), xdp_pass), count) in packets.iter().zip(xdp_pass).zip(counts) {
+            let nft_pass = count > 0;
             if nft_pass != xdp_pass {
                 mismatches.push(format!(
                     "{name}: xdp {} nft {}",
@@ -269,4 +323,37 @@ fn frames_for_injection_are_well_formed() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn the_probe_table_counts_each_packet_by_its_exact_addresses_and_ports() {
+    let packets = vec![
+        (
+            "tcp".to_string(),
+            Packet::tcp("198.18.0.1", "198.18.0.2", 20_001, 5061),
+        ),
+        (
+            "udp6".to_string(),
+            Packet::udp("2001:db8::1", "2001:db8::2", 20_002, 3478),
+        ),
+        (
+            "echo6".to_string(),
+            Packet::icmp("2001:db8::1", "2001:db8::2", 128),
+        ),
+    ];
+    let table = probe_table(&packets);
+    let rules: Vec<&str> = table
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("counter"))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            r#"ip saddr 198.18.0.1 ip daddr 198.18.0.2 tcp sport 20001 tcp dport 5061 counter comment "0""#,
+            r#"ip6 saddr 2001:db8::1 ip6 daddr 2001:db8::2 udp sport 20002 udp dport 3478 counter comment "1""#,
+            r#"ip6 saddr 2001:db8::1 ip6 daddr 2001:db8::2 icmpv6 type 128 counter comment "2""#,
+        ],
+        "in:\n{table}"
+    );
 }

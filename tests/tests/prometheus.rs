@@ -10,8 +10,6 @@
 //! - no label value is a port, a range or an address, and traffic to 20 new
 //!   ports from as many source ports adds no series.
 
-mod ops;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -19,9 +17,9 @@ use std::{
     time::Duration,
 };
 
-use ops::{ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, ok_any, poll};
 use serde_json::Value;
 use testkit::netns::{NetNs, spawn_in};
+use testkit::ops::{self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, ok_any, poll};
 
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
@@ -193,16 +191,7 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
     if !testkit::require_privileges("prometheus: real scrape") {
         return;
     }
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "prometheus is not installed (Debian package `prometheus`; `cargo xtask setup` installs it)"
-        );
-        eprintln!("SKIP prometheus test: prometheus is not installed");
+    if !testkit::require_program("prometheus: real scrape", "prometheus", "prometheus") {
         return;
     }
     let dir = TempDir::new("prometheus");

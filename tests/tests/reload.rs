@@ -13,11 +13,11 @@
 //! - the swap time (from the daemon's `reload: catalog generation N in force
 //!   (DURATION)` lines) and the daemon's RSS under load, printed.
 
-mod ops;
-
 use std::{path::Path, time::Duration};
 
-use ops::{ALLOWED_PORT, FORBIDDEN_PORT, Pair, Scrape, TempDir, ok, poll, portguard, text};
+use testkit::ops::{
+    self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, Scrape, TempDir, ok, poll, portguard, text,
+};
 
 const RELOADS: usize = 120;
 const GOOD: &str = "reload: catalog generation ";
@@ -50,26 +50,12 @@ fn put(path: &Path, contents: &str) {
     ok("renaming the catalog", std::fs::rename(&tmp, path));
 }
 
-/// `12.3ms`, `950.1µs`, `1.2s` (Rust's Duration Debug) in milliseconds.
-fn millis(d: &str) -> Option<f64> {
-    let split = d.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (n, unit) = d.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    Some(match unit {
-        "s" => n * 1e3,
-        "ms" => n,
-        "µs" | "us" => n / 1e3,
-        "ns" => n / 1e6,
-        _ => return None,
-    })
-}
-
 /// The swap times the daemon logged, in milliseconds.
 fn swap_times(log: &str) -> Vec<f64> {
     log.lines()
         .filter_map(|l| l.split(GOOD).nth(1))
         .filter_map(|rest| rest.split_once(" in force (")?.1.strip_suffix(')'))
-        .filter_map(millis)
+        .filter_map(testkit::debug_duration_ms)
         .collect()
 }
 
@@ -282,11 +268,7 @@ fn reloads_under_traffic_lose_nothing_and_count_exactly() {
 }
 
 #[test]
-fn durations_parse() {
-    assert_eq!(millis("12.5ms"), Some(12.5));
-    assert_eq!(millis("1.5s"), Some(1500.0));
-    assert_eq!(millis("500µs"), Some(0.5));
-    assert_eq!(millis("forever"), None);
+fn swap_times_are_read_from_the_log() {
     let log = "[x INFO ] reload: catalog generation 7 in force (18.25ms)\n[x ERROR] reload rejected, ...\n";
     assert_eq!(swap_times(log), vec![18.25]);
 }

@@ -8,12 +8,11 @@
 //!   catalog make `run` fail with the documented exit code and message, and
 //!   leave the interface as it was.
 
-mod ops;
-
 use std::time::Duration;
 
-use ops::{
-    ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, pin_dir, portguard, portguard_in, state_file, text,
+use testkit::ops::{
+    self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, pin_dir, portguard, portguard_in,
+    state_file, text,
 };
 
 /// `total: N passed, M dropped, K would drop` from a stats table.
@@ -341,12 +340,11 @@ fn failed_starts_exit_with_the_documented_code_and_leave_the_interface_untouched
 
     // A foreign XDP program already on the interface.
     let obj = "/usr/lib/x86_64-linux-gnu/bpf/xdpdump_xdp.o";
-    if !std::path::Path::new(obj).exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{obj} (xdp-tools) is missing: the foreign-program case cannot run"
-        );
-        eprintln!("SKIP foreign XDP case: {obj} (xdp-tools) is missing");
+    if !testkit::require_file(
+        "restart: failed starts, foreign XDP case",
+        std::path::Path::new(obj),
+        "xdp-tools",
+    ) {
         return;
     }
     pair.server

@@ -7,92 +7,51 @@ use classifier_common::{
 };
 use portguard::{
     catalog::Catalog,
-    frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, L4, Packet, arp, non_ip},
-    loader::Classifier,
-    policy::{self, Mgmt, PolicySpec, SlotRegistry},
+    policy::{self, PolicySpec},
 };
-
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+use portguard_testsupport::{
+    frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, L4, Packet, arp, non_ip},
+    kernel::{Kernel, XDP_ABORTED, XDP_DROP, XDP_PASS},
+    spec::lab_spec,
+};
 
 const CLIENT: &str = "198.18.0.1";
 const SERVER: &str = "198.18.0.2";
 const CLIENT6: &str = "2001:db8::1";
 const SERVER6: &str = "2001:db8::2";
 
-/// A loaded classifier with the lab policy: front-end + client, client
-/// media narrowed to 50000-50019, SSH allowed from anywhere.
-struct Harness {
-    classifier: Classifier,
-    registry: SlotRegistry,
-}
+/// The kernel program (nothing pinned) with tracing on, under a policy.
+struct Harness(Kernel);
 
 impl Harness {
     fn new(spec: PolicySpec) -> Option<Harness> {
-        if !testkit::require_privileges("verdicts") {
-            return None;
-        }
-        let mut registry = SlotRegistry::default();
-        let compiled = policy::compile(&Catalog::embedded(), &spec, &mut registry)
-            .unwrap_or_else(|e| panic!("the lab policy must compile: {e}"));
-        let mut classifier =
-            Classifier::load(None).unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
-        classifier
-            .install(&compiled, 1)
-            .unwrap_or_else(|e| panic!("installing the policy: {e}"));
-        classifier
-            .set_trace(true)
-            .unwrap_or_else(|e| panic!("enabling trace: {e}"));
-        Some(Harness {
-            classifier,
-            registry,
-        })
+        Kernel::unpinned("verdicts", &spec).map(Harness)
     }
 
+    /// The lab policy: front-end + client, client media narrowed to
+    /// 50000-50019, SSH allowed from anywhere.
     fn lab() -> Option<Harness> {
         Harness::new(lab_spec())
     }
 
     /// Runs one frame; returns the action and the counter index it bumped.
     fn run(&mut self, frame: &[u8]) -> (u32, u32) {
-        let r = self
-            .classifier
-            .test_run(frame, 1)
-            .unwrap_or_else(|e| panic!("test_run on a {}-byte frame: {e}", frame.len()));
-        let counter = self
-            .classifier
-            .last_counter()
-            .unwrap_or_else(|e| panic!("reading TRACE: {e}"));
-        (r.return_value, counter)
+        self.0.run_raw(frame)
     }
 
     fn counter(&mut self, index: u32) -> Counter {
-        self.classifier
-            .counters([index])
-            .unwrap_or_else(|e| panic!("reading counter {index}: {e}"))
-            .first()
-            .map_or(Counter::default(), |(_, c)| *c)
+        self.0.counter(index)
     }
 
     /// The service label of a rule slot.
     fn service_of(&self, slot: u32) -> String {
         u16::try_from(slot)
             .ok()
-            .and_then(|s| self.registry.get(s))
+            .and_then(|s| self.0.registry.get(s))
             .map_or_else(
                 || format!("<no rule slot {slot}>"),
                 |k| format!("{}/{}/{}", k.role, k.proto, k.service),
             )
-    }
-}
-
-fn lab_spec() -> PolicySpec {
-    PolicySpec {
-        default_roles: Some(vec!["front-end".into(), "client".into()]),
-        mgmt: Mgmt::defaults(),
-        client_media: Some((50_000, 50_019)),
-        ..PolicySpec::default()
     }
 }
 
@@ -681,9 +640,9 @@ fn reload_swaps_policy_and_keeps_counters() {
         default_roles: Some(vec!["director".into()]),
         ..lab_spec()
     };
-    let compiled = policy::compile(&Catalog::embedded(), &director, &mut h.registry)
+    let compiled = policy::compile(&Catalog::embedded(), &director, &mut h.0.registry)
         .unwrap_or_else(|e| panic!("director compiles: {e}"));
-    h.classifier
+    h.0.classifier
         .install(&compiled, 2)
         .unwrap_or_else(|e| panic!("install: {e}"));
     assert_eq!(
@@ -698,9 +657,9 @@ fn reload_swaps_policy_and_keeps_counters() {
         after.packets > before.packets || slot_after != slot,
         "counters restarted across the reload"
     );
-    let back = policy::compile(&Catalog::embedded(), &lab_spec(), &mut h.registry)
+    let back = policy::compile(&Catalog::embedded(), &lab_spec(), &mut h.0.registry)
         .unwrap_or_else(|e| panic!("lab compiles: {e}"));
-    h.classifier
+    h.0.classifier
         .install(&back, 3)
         .unwrap_or_else(|e| panic!("install: {e}"));
     let (_, slot_again) = h.run(&sip);
@@ -715,7 +674,7 @@ fn reload_swaps_policy_and_keeps_counters() {
 }
 
 fn frames_ip(s: &str) -> std::net::IpAddr {
-    portguard::frames::ip(s)
+    portguard_testsupport::frames::ip(s)
 }
 
 /// Regression: a first IPv6 fragment whose fragment header is followed by
@@ -760,7 +719,7 @@ fn transport_header_outside_the_ip_length_is_malformed() {
     // Total length 20: the IP header only; the UDP header is now padding.
     f[16..18].copy_from_slice(&20u16.to_be_bytes());
     f[24..26].copy_from_slice(&[0, 0]);
-    let c = portguard::frames::checksum(&[&f[14..34]]);
+    let c = portguard_testsupport::frames::checksum(&[&f[14..34]]);
     f[24..26].copy_from_slice(&c.to_be_bytes());
     assert_eq!(
         h.run(&f),

@@ -4,6 +4,7 @@
 
 mod bench;
 mod build;
+mod checks;
 mod fuzz;
 mod run;
 mod setup;
@@ -38,8 +39,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run the whole test suite (privileged tests included:
-    /// run as root). Arguments after `--` go to `cargo test`.
+    /// Set up, build, check formatting and clippy (workspace and eBPF crate),
+    /// and run the whole test suite (privileged tests included: run as root).
+    /// Arguments after `--` go to `cargo test`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

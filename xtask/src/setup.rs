@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
 /// Debian packages for the eBPF build: Debian's rustc with a prebuilt `core`
 /// for the BPF target, and the LLVM bpf-linker is built against.
@@ -97,6 +97,12 @@ const TEST_TOOLS: &[Tool] = &[
     Tool {
         probe: "ethtool",
         package: "ethtool",
+    },
+    // `cargo xtask test` lints the eBPF crate with Debian's clippy for
+    // rustc-web (see checks.rs).
+    Tool {
+        probe: "/usr/bin/cargo-clippy",
+        package: "rust-web-clippy",
     },
 ];
 
@@ -243,9 +249,13 @@ fn bpf_rustc() -> Option<String> {
         ));
     }
     // Only asked when Debian's is missing: it costs a rustup round trip.
+    nightly_has_rust_src().then(|| "rustup nightly with rust-src".to_string())
+}
+
+/// Whether rustup has a nightly with rust-src (`-Z build-std=core`).
+pub fn nightly_has_rust_src() -> bool {
     sysroot_of("rustup", &["run", "nightly", "rustc"])
-        .filter(|s| s.join("lib/rustlib/src/rust/library/core").is_dir())
-        .map(|_| "rustup nightly with rust-src".to_string())
+        .is_some_and(|s| s.join("lib/rustlib/src/rust/library/core").is_dir())
 }
 
 /// `bpf-linker --version` output, from ~/.cargo/bin or PATH.

@@ -1,13 +1,21 @@
 //! The test kit shared by portguard's privileged tests, the benchmarks and
-//! the lab demo: network namespaces, veth pairs, counting listeners,
-//! privilege checks. It must not depend on classifier-user: xtask links it
-//! before the eBPF toolchain exists.
+//! the lab demo: network namespaces, veth pairs, counting listeners, the
+//! operations tests' kit ([`ops`]), and the guard every test that needs
+//! privileges or a tool goes through ([`require`]): under `CI=true` it fails
+//! the test, elsewhere it skips it with a `SKIP` line that `cargo xtask test`
+//! counts. It must not depend on classifier-user: xtask links it before the
+//! eBPF toolchain exists; test code that needs portguard's library lives in
+//! `portguard-testsupport` (tests/support).
 
 pub mod lab;
 pub mod netns;
+pub mod ops;
 pub mod sockets;
 
-use std::path::PathBuf;
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
 
 /// Capabilities a privileged test needs, as (bit, name): netns and veth
 /// (NET_ADMIN), `setns`, mounts and pre-5.8 BPF (SYS_ADMIN), and BPF maps and
@@ -55,23 +63,110 @@ fn lacking() -> Option<String> {
 /// fails loudly instead of skipping: CI runs as root, so a skip there would
 /// hide a broken setup.
 pub fn require_privileges(test: &str) -> bool {
-    decide(
+    require(test, lacking().map(|why| format!("{why}: BPF, netns, XDP")))
+}
+
+/// Whether `program --version` runs (from the Debian package `package`).
+pub fn require_program(test: &str, program: &str, package: &str) -> bool {
+    let runs = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok();
+    require(
         test,
-        lacking(),
-        std::env::var("CI").as_deref() == Ok("true"),
+        (!runs).then(|| {
+            format!(
+                "{program} is missing (Debian package `{package}`; `cargo xtask setup` installs it)"
+            )
+        }),
     )
 }
 
-fn decide(test: &str, lacking: Option<String>, ci: bool) -> bool {
+/// Whether `path` (from the Debian package `package`) exists.
+pub fn require_file(test: &str, path: &Path, package: &str) -> bool {
+    require(
+        test,
+        (!path.exists()).then(|| {
+            format!(
+                "{} is missing (Debian package `{package}`; `cargo xtask setup` installs it)",
+                path.display()
+            )
+        }),
+    )
+}
+
+/// The one rule for a test that cannot run (`lacking` says why): under
+/// `CI=true` it fails, otherwise it is skipped, visibly (see [`skip`]).
+/// `true` when nothing is lacking.
+pub fn require(test: &str, lacking: Option<String>) -> bool {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let runs = decide(test, lacking.as_deref(), ci);
+    if let (false, Some(why)) = (runs, &lacking) {
+        skip(test, why);
+    }
+    runs
+}
+
+/// Whether the test runs; panics under CI when something is lacking.
+fn decide(test: &str, lacking: Option<&str>, ci: bool) -> bool {
     let Some(why) = lacking else {
         return true;
     };
     assert!(
         !ci,
-        "\n\n*** {test}: CANNOT RUN ({why}: BPF, netns, XDP) and CI=true is set: failing instead of skipping ***\n"
+        "\n\n*** {test}: CANNOT RUN ({why}) and CI=true is set: failing instead of skipping ***\n"
     );
-    eprintln!("SKIP {test}: {why}");
     false
+}
+
+/// The marker line that says a test was skipped, as `cargo xtask test`
+/// reads it: `SKIP <test>: <why>`, where `<test>` has no `": "`.
+pub fn skip_line(test: &str, why: &str) -> String {
+    format!("SKIP {}: {why}", test.replace(": ", " - "))
+}
+
+/// The test a [`skip_line`] names, if `line` is one. libtest may have printed
+/// `test NAME ... ` before it on the same line (one test thread).
+pub fn skipped_test(line: &str) -> Option<&str> {
+    let at = line.find("SKIP ")?;
+    let before = &line[..at];
+    if !(before.trim().is_empty() || before.ends_with(" ... ")) {
+        return None;
+    }
+    line[at + "SKIP ".len()..]
+        .split_once(": ")
+        .map(|(test, _)| test)
+}
+
+/// Says that `test` did not run, and why. Written to stdout directly, not
+/// with `println!`, because libtest captures what `println!` prints from a
+/// passing test; `cargo xtask test` counts these lines as skipped tests. The
+/// libtest thread's name (the test's path) names the test when there is one.
+pub fn skip(test: &str, why: &str) {
+    let current = std::thread::current();
+    let line = match current.name().filter(|n| *n != "main" && *n != test) {
+        Some(path) => skip_line(path, &format!("{test}: {why}")),
+        None => skip_line(test, why),
+    };
+    let mut out = std::io::stdout().lock();
+    // Nothing to do if stdout is gone; the test itself must not fail for it.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// `12.3ms`, `950.1µs`, `1.2s` (how Rust's `Duration` prints with `{:?}`,
+/// and so how portguard logs its swap times) in milliseconds.
+pub fn debug_duration_ms(d: &str) -> Option<f64> {
+    let split = d.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (n, unit) = d.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "s" => n * 1e3,
+        "ms" => n,
+        "µs" | "us" => n / 1e3,
+        "ns" => n / 1e6,
+        _ => return None,
+    })
 }
 
 /// The `portguard` binary built next to the running test (same profile), or
@@ -91,7 +186,7 @@ pub fn portguard_bin() -> PathBuf {
 }
 
 /// target/<profile>/deps/test-xxxx and target/<profile>/bench → target/<profile>/portguard.
-fn bin_next_to(exe: &std::path::Path) -> PathBuf {
+fn bin_next_to(exe: &Path) -> PathBuf {
     let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     if dir.ends_with("deps") {
         dir.pop();
@@ -101,8 +196,6 @@ fn bin_next_to(exe: &std::path::Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     #[test]
@@ -127,13 +220,58 @@ mod tests {
     fn privileged_runs_and_unprivileged_skips_outside_ci() {
         assert!(decide("t", None, true));
         assert!(decide("t", None, false));
-        assert!(!decide("t", Some("needs root".into()), false));
+        assert!(!decide("t", Some("needs root"), false));
     }
 
     #[test]
     #[should_panic(expected = "CI=true is set")]
     fn unprivileged_fails_under_ci() {
-        decide("t", Some("needs root".into()), true);
+        decide("t", Some("needs root"), true);
+    }
+
+    #[test]
+    fn the_skip_marker_names_the_test_once_and_says_why() {
+        assert_eq!(
+            skip_line("restart: failed starts", "needs root"),
+            "SKIP restart - failed starts: needs root"
+        );
+        assert_eq!(
+            skip_line("tests::lab", "nft: missing"),
+            "SKIP tests::lab: nft: missing"
+        );
+    }
+
+    #[test]
+    fn a_skip_line_reads_back_as_its_test() {
+        let line = skip_line("restart: failed starts", "needs root");
+        assert_eq!(skipped_test(&line), Some("restart - failed starts"));
+        assert_eq!(
+            skipped_test("test tests::x ... SKIP tests::x: nft: missing"),
+            Some("tests::x"),
+            "after libtest's own prefix"
+        );
+        assert_eq!(skipped_test("test x ... ok"), None);
+        assert_eq!(
+            skipped_test("the log said SKIP x: y"),
+            None,
+            "inside other text"
+        );
+    }
+
+    #[test]
+    fn a_present_program_or_file_is_not_lacking() {
+        assert!(require_file("t", Path::new("/"), "base-files"), "/ exists");
+        assert!(require_program("t", "sh", "dash"), "sh runs");
+    }
+
+    #[test]
+    fn durations_as_rust_prints_them_read_as_milliseconds() {
+        assert_eq!(debug_duration_ms("12.5ms"), Some(12.5));
+        assert_eq!(debug_duration_ms("1.5s"), Some(1500.0));
+        assert_eq!(debug_duration_ms("250µs"), Some(0.25));
+        assert_eq!(debug_duration_ms("2000ns"), Some(0.002));
+        assert_eq!(debug_duration_ms("12 parsecs"), None);
+        assert_eq!(debug_duration_ms("ms"), None);
     }
 
     #[test]

@@ -18,13 +18,16 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, PerCpuArray};
 use portguard::{
     catalog::Catalog,
-    frames::Packet,
     policy::{self, SlotRegistry},
 };
-use testkit::netns::{NetNs, addr, ns_exec, run, spawn_in, veth_pair};
+use portguard_testsupport::{frames::Packet, spec::lab_spec};
+use testkit::{
+    netns::{NetNs, addr, ns_exec, run, spawn_in, veth_pair},
+    ops::{ALLOWED_PORT, FORBIDDEN_PORT},
+};
 
 use crate::{
-    perpacket::{ALLOWED_PORT, FORBIDDEN_PORT, allowed_port_flags, lab_spec, set_xdpfilter_ports},
+    perpacket::{allowed_port_flags, set_xdpfilter_ports},
     report::{Report, Target},
     sys,
 };
@@ -699,14 +702,5 @@ fn pg_drops(lab: &Lab) -> Result<u64> {
 
 /// "… in force (12.345678ms)" → 12.35.
 fn parse_duration_ms(line: &str) -> Option<f64> {
-    let inner = line.rsplit_once('(')?.1.trim_end_matches(')');
-    let (num, unit) = inner.split_at(inner.find(|c: char| c.is_alphabetic() || c == 'µ')?);
-    let v: f64 = num.parse().ok()?;
-    Some(match unit {
-        "s" => v * 1e3,
-        "ms" => v,
-        "µs" | "us" => v / 1e3,
-        "ns" => v / 1e6,
-        _ => return None,
-    })
+    testkit::debug_duration_ms(line.rsplit_once('(')?.1.trim_end_matches(')'))
 }

@@ -15,15 +15,17 @@ use classifier_common::{PROTO_TCP, PROTO_UDP};
 use portguard::{
     catalog::Catalog,
     ebpf_object,
-    frames::{ETH_P_8021Q, Packet},
     loader::Classifier,
     policy::{self, CompiledPolicy, Mgmt, PolicySpec, SlotRegistry},
 };
+use portguard_testsupport::{
+    frames::{ETH_P_8021Q, Packet},
+    kernel::{XDP_DROP, XDP_PASS},
+    spec::lab_spec,
+};
+use testkit::ops::{ALLOWED_PORT, FORBIDDEN_PORT};
 
 use crate::report::{Report, Target};
-
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
 
 /// Where Debian's xdp-tools installs xdp-filter's compiled programs.
 pub const XDPFILT_DIR: &str = "/usr/lib/x86_64-linux-gnu/bpf";
@@ -32,19 +34,6 @@ pub const XDPFILT_DIR: &str = "/usr/lib/x86_64-linux-gnu/bpf";
 pub const MAP_FLAG_DST: u64 = 1 << 1;
 pub const MAP_FLAG_TCP: u64 = 1 << 2;
 pub const MAP_FLAG_UDP: u64 = 1 << 3;
-
-pub const ALLOWED_PORT: u16 = 50_000;
-pub const FORBIDDEN_PORT: u16 = 161;
-
-/// The lab policy: front-end + client, client media narrowed to 50000-50019.
-pub fn lab_spec() -> PolicySpec {
-    PolicySpec {
-        default_roles: Some(vec!["front-end".into(), "client".into()]),
-        mgmt: Mgmt::defaults(),
-        client_media: Some((50_000, 50_019)),
-        ..PolicySpec::default()
-    }
-}
 
 /// A 64-byte UDP frame (the Ethernet minimum without FCS).
 pub fn udp64(src: &str, dst: &str, dport: u16) -> Vec<u8> {

@@ -1,14 +1,11 @@
-//! Shared by the packet-policy tests (differential, corpus): the kernel
-//! program loaded with its maps pinned in a private bpffs directory, so that
-//! a test can also reach `FRAGMENTS` and run the TC egress recorder on frames
-//! of its own; and the policies they run under.
-#![expect(
-    dead_code,
-    reason = "each test binary uses a different part of the kit"
-)]
+//! The kernel program under `BPF_PROG_TEST_RUN` for the packet-policy tests
+//! (verdicts, fuzz, differential, corpus). `Kernel::new` pins its maps in a
+//! private bpffs directory, so that a test can also reach `FRAGMENTS` and run
+//! the TC egress recorder on frames of its own; `Kernel::unpinned` leaves
+//! nothing on the bpffs (for a kernel that lives in a `static`).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -17,12 +14,12 @@ use aya::{
     maps::{HashMap, Map, MapData},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
-use classifier_common::{FragKey, FragVerdict, TC_EGRESS_PROGRAM, map_names};
+use classifier_common::{Counter, FragKey, FragVerdict, TC_EGRESS_PROGRAM, map_names};
 use portguard::{
     catalog::Catalog,
     ebpf_object,
     loader::{self, Classifier},
-    policy::{self, CompiledPolicy, Mgmt, PolicySpec, SlotRegistry},
+    policy::{self, CompiledPolicy, PolicySpec, SlotRegistry},
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -31,60 +28,23 @@ pub const XDP_PASS: u32 = 2;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// The lab's server: front-end + client, client media narrowed to
-/// 50000-50019, SSH from anywhere.
-pub fn lab_spec() -> PolicySpec {
-    PolicySpec {
-        default_roles: Some(vec!["front-end".into(), "client".into()]),
-        mgmt: Mgmt::defaults(),
-        client_media: Some((50_000, 50_019)),
-        ..PolicySpec::default()
-    }
-}
-
-fn parse<T: std::str::FromStr<Err = String>>(s: &str) -> T {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-/// A host in front of a pool: per-destination profiles, no default role, an
-/// extra management port from 198.18.0.0/16.
-pub fn profiles_spec() -> PolicySpec {
-    let mut mgmt = Mgmt::defaults();
-    mgmt.push(parse("198.18.0.0/16:2222"));
-    mgmt.push(parse("[2001:db8::/48]:2222"));
-    PolicySpec {
-        default_roles: None,
-        profiles: vec![
-            parse("198.18.1.0/24=lb-director"),
-            parse("198.18.2.0/24=mediation"),
-            parse("198.18.2.128/25=front-end,client"),
-            parse("2001:db8:1::/48=front-end"),
-            parse("2001:db8:2::/64=lb-front-end"),
-        ],
-        mgmt,
-        client_media: Some((50_000, 50_019)),
-        ..PolicySpec::default()
-    }
-}
-
 /// The kernel program under a policy, with tracing on.
 pub struct Kernel {
     pub classifier: Classifier,
     pub registry: SlotRegistry,
     pub policy: CompiledPolicy,
-    pins: PathBuf,
+    /// `None` for an unpinned kernel.
+    pins: Option<PathBuf>,
     egress: Option<aya::Ebpf>,
 }
 
 impl Kernel {
-    /// `None` when this process may not load BPF (and CI is not set).
+    /// Pinned in a private bpffs directory, removed on drop. `None` when this
+    /// process may not load BPF (and CI is not set).
     pub fn new(test: &str, spec: &PolicySpec) -> Option<Kernel> {
         if !testkit::require_privileges(test) {
             return None;
         }
-        let mut registry = SlotRegistry::default();
-        let policy = policy::compile(&Catalog::embedded(), spec, &mut registry)
-            .unwrap_or_else(|e| panic!("{test}: the policy must compile: {e}"));
         let pins = PathBuf::from("/sys/fs/bpf").join(format!(
             "pg-pktpolicy-{}-{}",
             std::process::id(),
@@ -93,7 +53,23 @@ impl Kernel {
         loader::remove_pins(&pins);
         std::fs::create_dir_all(&pins)
             .unwrap_or_else(|e| panic!("creating {}: {e}", pins.display()));
-        let mut classifier = Classifier::load(Some(&pins))
+        Some(Kernel::load(test, spec, Some(pins)))
+    }
+
+    /// Nothing pinned: `fragment_entries`, `clear_fragments` and `egress`
+    /// are not available. `None` when this process may not load BPF.
+    pub fn unpinned(test: &str, spec: &PolicySpec) -> Option<Kernel> {
+        if !testkit::require_privileges(test) {
+            return None;
+        }
+        Some(Kernel::load(test, spec, None))
+    }
+
+    fn load(test: &str, spec: &PolicySpec, pins: Option<PathBuf>) -> Kernel {
+        let mut registry = SlotRegistry::default();
+        let policy = policy::compile(&Catalog::embedded(), spec, &mut registry)
+            .unwrap_or_else(|e| panic!("{test}: the policy must compile: {e}"));
+        let mut classifier = Classifier::load(pins.as_deref())
             .unwrap_or_else(|e| panic!("{test}: loading the XDP program: {e}"));
         classifier
             .install(&policy, 1)
@@ -101,13 +77,28 @@ impl Kernel {
         classifier
             .set_trace(true)
             .unwrap_or_else(|e| panic!("{test}: enabling trace: {e}"));
-        Some(Kernel {
+        Kernel {
             classifier,
             registry,
             policy,
             pins,
             egress: None,
-        })
+        }
+    }
+
+    fn pins(&self) -> &Path {
+        self.pins
+            .as_deref()
+            .unwrap_or_else(|| panic!("this needs a pinned Kernel (Kernel::new)"))
+    }
+
+    /// The packets and bytes counted under a `COUNTERS` index, all CPUs.
+    pub fn counter(&mut self, index: u32) -> Counter {
+        self.classifier
+            .counters([index])
+            .unwrap_or_else(|e| panic!("reading counter {index}: {e}"))
+            .first()
+            .map_or(Counter::default(), |(_, c)| *c)
     }
 
     /// One frame through XDP: the action and the counter index it bumped.
@@ -137,7 +128,7 @@ impl Kernel {
     }
 
     fn fragments(&self) -> HashMap<MapData, FragKey, FragVerdict> {
-        let path = self.pins.join(map_names::FRAGMENTS);
+        let path = self.pins().join(map_names::FRAGMENTS);
         let data =
             MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
         let map = Map::from_map_data(data).unwrap_or_else(|e| panic!("FRAGMENTS: {e}"));
@@ -166,7 +157,7 @@ impl Kernel {
             let mut l = EbpfLoader::new();
             let paths: Vec<(&str, PathBuf)> = map_names::ALL
                 .iter()
-                .map(|n| (*n, self.pins.join(n)))
+                .map(|n| (*n, self.pins().join(n)))
                 .collect();
             for (name, path) in &paths {
                 l.map_pin_path(name, path.as_path());
@@ -215,14 +206,16 @@ impl Kernel {
     pub fn describe(&self, counter: u32) -> String {
         match self.rule(counter) {
             Some(r) => format!("rule {r}"),
-            None => portguard::reference::describe(counter),
+            None => crate::reference::describe(counter),
         }
     }
 }
 
 impl Drop for Kernel {
     fn drop(&mut self) {
-        loader::remove_pins(&self.pins);
+        if let Some(pins) = &self.pins {
+            loader::remove_pins(pins);
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! A reference classifier in plain Rust, written from the packet policy as
-//! documented (docs/packet-policy.md, ../shared/design.md), not from the eBPF
+//! documented (docs/packet-policy.md), not from the eBPF
 //! parser: the differential and corpus tests hold the kernel program to it.
 //!
 //! It parses the whole frame as a slice into a small summary first, then
@@ -15,7 +15,7 @@ use classifier_common::{
     reason_counter_index,
 };
 
-use crate::policy::{CompiledPolicy, Prefix};
+use portguard::policy::{CompiledPolicy, Prefix};
 
 /// How many VLAN tags are parsed; one more is `vlan_depth`.
 pub const VLAN_TAGS: usize = 2;
