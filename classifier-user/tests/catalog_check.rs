@@ -38,6 +38,21 @@ fn check_of_the_default_catalog_succeeds_with_warnings() {
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains(": ok: 26 roles"), "summary: {stdout}");
+    let c = Catalog::embedded();
+    let outbound = c
+        .rules
+        .iter()
+        .filter(|r| r.direction == portguard::catalog::Direction::Outbound)
+        .count();
+    assert!(outbound > 0, "the perimeter roles have outbound rules");
+    assert!(
+        stdout.contains(&format!(
+            "{} rules ({} inbound, {outbound} outbound)",
+            c.rules.len(),
+            c.rules.len() - outbound
+        )),
+        "summary counts the directions: {stdout}"
+    );
     let stderr = text(&out.stderr);
     assert!(
         stderr
