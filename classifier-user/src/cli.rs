@@ -74,7 +74,7 @@ pub struct RunArgs {
     /// Where to serve GET /metrics.
     #[arg(long, default_value = "127.0.0.1:9477", value_name = "ADDR")]
     pub metrics_addr: SocketAddr,
-    /// Narrow the client media range (the seed's ClientMediaPortRange), at least 20 ports.
+    /// Narrow the client media range (Skype for Business's ClientMediaPortRange), at least 20 ports.
     #[arg(long, value_name = "START-END", value_parser = parse_range)]
     pub client_media_ports: Option<(u16, u16)>,
     /// Management allowance: TCP to PORT (default 22) from CIDR always passes,

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, CatalogError, EffectiveRule, Protocol, assign_ports};
 
 /// Roles whose rules open the audio/video media ranges: a host running one of
-/// them sits on a media path, where the seed says IPsec must be off.
+/// them sits on a media path, where the server ports document's IPsec exception
+/// table says IPsec must be off.
 const MEDIA_ROLES: [&str; 3] = ["all-internal-servers", "front-end-mediation", "mediation"];
 
 #[derive(Debug, thiserror::Error)]
@@ -398,6 +399,10 @@ pub fn compile(
     for (i, roles) in role_sets.iter().enumerate() {
         let rules = catalog.effective_rules(roles)?;
         let mut blocks = vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize];
+        // Only inbound rows reach the port arrays (assign_ports skips the
+        // others): a host's outbound rows are its own connections, whose
+        // replies the egress flow recorder lets back in, so opening their
+        // ports inbound would let in unsolicited packets.
         for a in assign_ports(&rules) {
             let slot = registry.slot_of(&RuleKey::of(&rules[a.rule]))?;
             let proto = match a.protocol {
@@ -534,6 +539,111 @@ mod tests {
             );
         }
         assert!(fe.media, "front-end terminates audio");
+    }
+
+    /// `run --role R` on an Edge or reverse-proxy host: the inbound rows are
+    /// open, the outbound-only ones are not (their replies come back through
+    /// the flow recorder).
+    #[test]
+    fn perimeter_roles_open_only_their_inbound_rows() {
+        let cat = Catalog::embedded();
+        for (roles, cases) in [
+            (
+                &["access-edge-external"][..],
+                &[
+                    (PROTO_TCP, 443, true),
+                    (PROTO_TCP, 5061, true),
+                    (PROTO_TCP, 5269, true),
+                    // Outbound only: CRL download and DNS queries.
+                    (PROTO_TCP, 80, false),
+                    (PROTO_TCP, 53, false),
+                    (PROTO_UDP, 53, false),
+                ][..],
+            ),
+            (
+                &["av-edge-external"],
+                &[
+                    (PROTO_UDP, 3478, true),
+                    (PROTO_TCP, 443, true),
+                    // The media relay range is outbound only in the 2015 tables.
+                    (PROTO_UDP, 50_000, false),
+                    (PROTO_TCP, 59_999, false),
+                    (PROTO_TCP, 5061, false),
+                ],
+            ),
+            (
+                &["webconf-edge-external"],
+                &[(PROTO_TCP, 443, true), (PROTO_UDP, 3478, false)],
+            ),
+            (
+                &["consolidated-edge-external"],
+                &[
+                    (PROTO_TCP, 443, true),
+                    (PROTO_TCP, 5061, true),
+                    (PROTO_UDP, 3478, true),
+                    (PROTO_TCP, 80, false),
+                    (PROTO_UDP, 50_000, false),
+                ],
+            ),
+            (
+                &["edge-internal"],
+                &[
+                    (PROTO_TCP, 5061, true),
+                    (PROTO_TCP, 5062, true),
+                    (PROTO_TCP, 8057, true),
+                    (PROTO_TCP, 4443, true),
+                    (PROTO_TCP, 23456, true),
+                    (PROTO_TCP, 50_001, true),
+                    (PROTO_TCP, 50_003, true),
+                    (PROTO_UDP, 3478, true),
+                    (PROTO_TCP, 50_004, false),
+                ],
+            ),
+            (
+                &["reverse-proxy-external"],
+                &[
+                    (PROTO_TCP, 443, true),
+                    (PROTO_TCP, 80, true),
+                    (PROTO_TCP, 4443, false),
+                ],
+            ),
+            (
+                // Every row is outbound: nothing is open inbound.
+                &["reverse-proxy-internal"],
+                &[
+                    (PROTO_TCP, 4443, false),
+                    (PROTO_TCP, 8080, false),
+                    (PROTO_TCP, 443, false),
+                ],
+            ),
+        ] {
+            let mut reg = SlotRegistry::default();
+            let p = compile(&cat, &spec(roles), &mut reg)
+                .unwrap_or_else(|e| panic!("{roles:?} must compile: {e}"));
+            for &(proto, port, allowed) in cases {
+                assert_eq!(
+                    p.profiles[0].slot(proto, port) != 0,
+                    allowed,
+                    "{roles:?}: proto {proto} port {port} should be {}",
+                    if allowed {
+                        "open inbound"
+                    } else {
+                        "closed inbound"
+                    }
+                );
+            }
+        }
+        // reverse-proxy-internal opens no port at all.
+        let mut reg = SlotRegistry::default();
+        let p = compile(&cat, &spec(&["reverse-proxy-internal"]), &mut reg)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let open = p.profiles[0]
+            .blocks
+            .iter()
+            .flat_map(|b| b.slots.iter())
+            .filter(|&&s| s != 0)
+            .count();
+        assert_eq!(open, 0, "reverse-proxy-internal has only outbound rows");
     }
 
     #[test]

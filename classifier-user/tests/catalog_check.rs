@@ -37,7 +37,22 @@ fn check_of_the_default_catalog_succeeds_with_warnings() {
     let out = portguard(&["catalog", "check", path.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains(": ok: 17 roles"), "summary: {stdout}");
+    assert!(stdout.contains(": ok: 26 roles"), "summary: {stdout}");
+    let c = Catalog::embedded();
+    let outbound = c
+        .rules
+        .iter()
+        .filter(|r| r.direction == portguard::catalog::Direction::Outbound)
+        .count();
+    assert!(outbound > 0, "the perimeter roles have outbound rules");
+    assert!(
+        stdout.contains(&format!(
+            "{} rules ({} inbound, {outbound} outbound)",
+            c.rules.len(),
+            c.rules.len() - outbound
+        )),
+        "summary counts the directions: {stdout}"
+    );
     let stderr = text(&out.stderr);
     assert!(
         stderr
@@ -134,6 +149,70 @@ fn show_json_is_one_object_per_protocol() {
     assert!(
         rows.iter().any(|r| r["role"] == "all-internal-servers"),
         "inclusions resolved"
+    );
+}
+
+#[test]
+fn check_reports_a_bad_direction_at_its_line_and_column() {
+    let embedded = Catalog::embedded_text();
+    let broken = embedded.replacen("\ndirection = \"outbound\"\n", "\ndirection = \"out\"\n", 1);
+    assert_ne!(broken, embedded);
+    let line = broken
+        .lines()
+        .position(|l| l == "direction = \"out\"")
+        .map(|i| i + 1)
+        .unwrap_or_default();
+    let path = temp_file("direction.toml", broken.as_bytes());
+    let p = path.to_str().unwrap_or_default();
+    let out = portguard(&["catalog", "check", p]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("{p}:{line}:13: error: unknown direction `out`")),
+        "the bad direction at line {line}, column 13:\n{stderr}"
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Every perimeter rule of the catalog is in `catalog show --format json`
+/// under its role, with its direction and the table and document it is from.
+#[test]
+fn show_json_lists_every_perimeter_rule_with_its_direction() {
+    let out = portguard(&["catalog", "show", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("json: {e}"));
+    let rows = v.as_array().unwrap_or_else(|| panic!("an array"));
+    assert!(
+        rows.iter()
+            .all(|r| r["direction"] == "inbound" || r["direction"] == "outbound"),
+        "every object has a direction"
+    );
+    let c = Catalog::embedded();
+    let mut perimeter = 0;
+    for id in c.role_ids() {
+        for r in c
+            .own_rules(id)
+            .into_iter()
+            .filter(|r| r.table.document() != portguard::catalog::SERVER_PORTS_DOCUMENT)
+        {
+            perimeter += 1;
+            let found = rows.iter().any(|o| {
+                o["role"] == id
+                    && o["protocol"] == r.protocol.as_str()
+                    && o["port_start"] == r.port_start
+                    && o["port_end"] == r.port_end
+                    && o["direction"] == r.direction.as_str()
+                    && o["table"] == r.table.as_str()
+                    && o["document"] == r.table.document()
+                    && o["service"] == r.service.as_str()
+            });
+            assert!(found, "line {}: {id} {r:?} is not in the json", r.line);
+        }
+    }
+    assert_eq!(
+        perimeter, 43,
+        "the perimeter rules (each names one protocol, so one object each)"
     );
 }
 

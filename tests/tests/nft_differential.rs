@@ -219,6 +219,25 @@ fn nft_export_and_xdp_agree_on_every_role() {
         testkit::sockets::RawSender::new(&client, "nftc0").unwrap_or_else(|e| panic!("{e:#}"));
 
     let catalog = Catalog::embedded();
+    // The perimeter roles are compared too. Their outbound-only ports (DNS,
+    // CRL, the media relay range, the reverse proxy's 4443/8080) are probed
+    // inbound like every rule's edges: both sides must drop them.
+    for role in [
+        "access-edge-external",
+        "webconf-edge-external",
+        "av-edge-external",
+        "consolidated-edge-external",
+        "edge-internal",
+        "lb-edge-external",
+        "lb-edge-internal",
+        "reverse-proxy-external",
+        "reverse-proxy-internal",
+    ] {
+        assert!(
+            catalog.role_ids().contains(&role),
+            "the differential must cover perimeter role {role}"
+        );
+    }
     let bin = testkit::portguard_bin();
     // One program for every role: each role's policy is installed with a
     // generation flip, as a reload would.

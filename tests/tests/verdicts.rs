@@ -630,6 +630,95 @@ fn per_destination_profiles() {
     );
 }
 
+/// `run --role` on an Edge Server or a reverse proxy (host mode): the roles'
+/// inbound rows pass; ports that only outbound rows list (the host's own
+/// connections, whose replies the egress flow recorder lets in) are dropped
+/// like any other port.
+#[test]
+fn perimeter_hosts_open_only_inbound_rows() {
+    for (roles, cases) in [
+        (
+            &["consolidated-edge-external", "edge-internal"][..],
+            &[
+                ("tcp 443 (SIP/TLS, PSOM, STUN over TCP)", true, 443, true),
+                ("tcp 5061 (SIP federation)", true, 5061, true),
+                ("tcp 5269 (XMPP)", true, 5269, true),
+                ("udp 3478 (STUN)", false, 3478, true),
+                ("tcp 8057 (PSOM from the pool)", true, 8057, true),
+                ("tcp 4443 (CMS replication)", true, 4443, true),
+                ("tcp 80 (outbound only: CRL)", true, 80, false),
+                ("tcp 53 (outbound only: DNS)", true, 53, false),
+                ("udp 53 (outbound only: DNS)", false, 53, false),
+                (
+                    "udp 50000 (outbound only: media relay)",
+                    false,
+                    50_000,
+                    false,
+                ),
+                (
+                    "tcp 59999 (outbound only: media relay)",
+                    true,
+                    59_999,
+                    false,
+                ),
+            ][..],
+        ),
+        (
+            &["reverse-proxy-external", "reverse-proxy-internal"],
+            &[
+                ("tcp 443 (published HTTPS)", true, 443, true),
+                ("tcp 80 (published HTTP)", true, 80, true),
+                ("tcp 4443 (outbound only: to the pools)", true, 4443, false),
+                ("tcp 8080 (outbound only: to the pools)", true, 8080, false),
+            ],
+        ),
+    ] {
+        let spec = PolicySpec {
+            default_roles: Some(roles.iter().map(|r| r.to_string()).collect()),
+            mgmt: Mgmt::defaults(),
+            ..PolicySpec::default()
+        };
+        let Some(mut h) = Harness::new(spec) else {
+            return;
+        };
+        let resolved = Catalog::embedded()
+            .resolve_roles(&roles.iter().map(|r| r.to_string()).collect::<Vec<_>>())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (src, dst) in [(CLIENT, SERVER), (CLIENT6, SERVER6)] {
+            for &(name, tcp, port, allowed) in cases {
+                let pkt = if tcp {
+                    Packet::tcp(src, dst, 40_000, port)
+                } else {
+                    Packet::udp(src, dst, 40_000, port).payload(8)
+                };
+                let (action, counter) = h.run(&pkt.build());
+                if allowed {
+                    assert_eq!(
+                        action, XDP_PASS,
+                        "{roles:?} {dst} {name} must pass (counter {counter})"
+                    );
+                    let rule = h.service_of(counter);
+                    assert!(
+                        resolved.iter().any(|r| rule.starts_with(&format!("{r}/"))),
+                        "{roles:?} {dst} {name}: counted under {rule}"
+                    );
+                } else {
+                    let pclass = if tcp { PCLASS_TCP } else { PCLASS_UDP };
+                    assert_eq!(
+                        (action, counter),
+                        (
+                            XDP_DROP,
+                            reason(Reason::PortNotAllowed, Verdict::Drop, pclass)
+                        ),
+                        "{roles:?} {dst} {name} must be dropped as port_not_allowed (passed under {})",
+                        h.service_of(counter)
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn reload_swaps_policy_and_keeps_counters() {
     let Some(mut h) = Harness::lab() else { return };

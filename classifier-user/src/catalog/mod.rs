@@ -1,5 +1,7 @@
-//! The port catalog: the seed's tables as TOML, validated with line-accurate
-//! diagnostics, with role inclusions resolved and overlaps settled.
+//! The port catalog: Microsoft's published port tables for Skype for Business
+//! Server 2015 (servers, load balancers, clients, Edge Servers, reverse proxy)
+//! as TOML, validated with line-accurate diagnostics, with role inclusions
+//! resolved and overlaps settled.
 //!
 //! The format and every decision behind it are in `docs/catalog.md`.
 
@@ -14,15 +16,17 @@ mod tests;
 use std::{path::Path, sync::OnceLock};
 
 pub use model::{
-    Catalog, CatalogError, Diagnostic, EffectiveRule, IpsecException, MatchSide, MgmtAllowance,
-    PortAssignment, Protocol, RoleDef, Rule, SeedTable, Severity,
+    Catalog, CatalogError, Diagnostic, Direction, EDGE_DOCUMENT, EffectiveRule, IpsecException,
+    MatchSide, MgmtAllowance, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule,
+    SERVER_PORTS_DOCUMENT, SeedTable, Severity,
 };
 pub use resolve::assign_ports;
 
 /// The origin name used in diagnostics for the embedded catalog.
 pub const EMBEDDED_NAME: &str = "catalog/sfb2015.toml";
 
-/// The seed's floor for the client media range ("最少需要 20 个端口").
+/// The floor for the client media range (ClientMediaPortRange) that the server
+/// ports document states: at least 20 ports.
 pub const MIN_CLIENT_MEDIA_PORTS: u32 = 20;
 
 const EMBEDDED_TEXT: &str = include_str!("../../../catalog/sfb2015.toml");

@@ -49,21 +49,78 @@ impl fmt::Display for MatchSide {
     }
 }
 
-/// The seed table a rule or role comes from.
+/// Which address of a packet is the role's, for a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// The packet's destination is an address of the role (it arrives there).
+    Inbound,
+    /// The packet's source is an address of the role: a connection or
+    /// exchange the role opens, to anywhere.
+    Outbound,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+
+    pub fn from_word(word: &str) -> Option<Direction> {
+        Direction::ALL.into_iter().find(|d| d.as_str() == word)
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Microsoft's "Port and protocol requirements for servers" (Skype for
+/// Business Server 2015), in the MicrosoftDocs/OfficeDocs-SkypeForBusiness
+/// repository; the catalog's server, load-balancer and client rows come from
+/// its zh-CN edition.
+pub const SERVER_PORTS_DOCUMENT: &str =
+    "Skype/SfbServer/plan-your-deployment/network-requirements/ports-and-protocols.md";
+/// "Edge Server environmental requirements in Skype for Business Server".
+pub const EDGE_DOCUMENT: &str = "Skype/SfbServer/plan-your-deployment/edge-server-deployments/edge-environmental-requirements.md";
+/// "Port summary - Reverse proxy in Lync Server 2013": the 2015 documents
+/// describe the reverse proxy's ports only in prose.
+pub const REVERSE_PROXY_DOCUMENT: &str =
+    "Lync/LyncServer/lync-server-2013-port-summary-reverse-proxy.md";
+
+/// The published table a rule or role comes from (the type keeps its
+/// historical name: the first tables were those of the server ports document).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SeedTable {
     Server,
     Hlb,
     DnsLb,
     Client,
+    EdgeExternal,
+    EdgeInternal,
+    EdgeVipExternal,
+    EdgeVipInternal,
+    ReverseProxyExternal,
+    ReverseProxyInternal,
 }
 
 impl SeedTable {
-    pub const ALL: [SeedTable; 4] = [
+    pub const ALL: [SeedTable; 10] = [
         SeedTable::Server,
         SeedTable::Hlb,
         SeedTable::DnsLb,
         SeedTable::Client,
+        SeedTable::EdgeExternal,
+        SeedTable::EdgeInternal,
+        SeedTable::EdgeVipExternal,
+        SeedTable::EdgeVipInternal,
+        SeedTable::ReverseProxyExternal,
+        SeedTable::ReverseProxyInternal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,16 +129,53 @@ impl SeedTable {
             SeedTable::Hlb => "hlb",
             SeedTable::DnsLb => "dns-lb",
             SeedTable::Client => "client",
+            SeedTable::EdgeExternal => "edge-external",
+            SeedTable::EdgeInternal => "edge-internal",
+            SeedTable::EdgeVipExternal => "edge-vip-external",
+            SeedTable::EdgeVipInternal => "edge-vip-internal",
+            SeedTable::ReverseProxyExternal => "reverse-proxy-external",
+            SeedTable::ReverseProxyInternal => "reverse-proxy-internal",
         }
     }
 
-    /// The table's title in the seed, in English (as the Planning Tool's report names it).
+    /// The table's heading in its document, in English (for the server ports
+    /// document, as the Planning Tool's report names it).
     pub fn title(self) -> &'static str {
         match self {
             SeedTable::Server => "Required server ports (by server role)",
             SeedTable::Hlb => "Hardware load balancer ports if using only hardware load balancing",
             SeedTable::DnsLb => "Hardware load balancer ports if using DNS load balancing",
             SeedTable::Client => "Required client ports",
+            SeedTable::EdgeExternal => "External port firewall summary table",
+            SeedTable::EdgeInternal => "Internal port firewall summary table",
+            SeedTable::EdgeVipExternal => {
+                "Hardware load balancers for Edge port tables: External interface Virtual IPs"
+            }
+            SeedTable::EdgeVipInternal => {
+                "Hardware load balancers for Edge port tables: Internal interface Virtual IPs"
+            }
+            SeedTable::ReverseProxyExternal => {
+                "Firewall Details for Reverse Proxy Server: External Interface"
+            }
+            SeedTable::ReverseProxyInternal => {
+                "Firewall Details for Reverse Proxy Server: Internal Interface"
+            }
+        }
+    }
+
+    /// The document the table is in: its path in MicrosoftDocs/OfficeDocs-SkypeForBusiness.
+    pub fn document(self) -> &'static str {
+        match self {
+            SeedTable::Server | SeedTable::Hlb | SeedTable::DnsLb | SeedTable::Client => {
+                SERVER_PORTS_DOCUMENT
+            }
+            SeedTable::EdgeExternal
+            | SeedTable::EdgeInternal
+            | SeedTable::EdgeVipExternal
+            | SeedTable::EdgeVipInternal => EDGE_DOCUMENT,
+            SeedTable::ReverseProxyExternal | SeedTable::ReverseProxyInternal => {
+                REVERSE_PROXY_DOCUMENT
+            }
         }
     }
 
@@ -171,7 +265,7 @@ impl CatalogError {
     }
 }
 
-/// A role of the catalog: one row label of the seed.
+/// A role of the catalog: one row label (or one address) of a published table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleDef {
     pub id: String,
@@ -197,6 +291,8 @@ pub struct Rule {
     pub table: SeedTable,
     pub note: String,
     pub side: MatchSide,
+    /// `inbound` unless the rule says otherwise.
+    pub direction: Direction,
     pub media: bool,
     /// The line of the rule's `[[rule]]` header.
     pub line: usize,
@@ -214,6 +310,7 @@ impl Rule {
             transport: self.transport.clone(),
             table: self.table,
             side: self.side,
+            direction: self.direction,
             note: self.note.clone(),
             line: self.line,
             media: self.media,
@@ -221,7 +318,7 @@ impl Rule {
     }
 }
 
-/// A row of the seed's IPsec exception table.
+/// A row of the IPsec exception table of the server ports document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpsecException {
     pub name: String,
@@ -257,6 +354,7 @@ pub struct EffectiveRule {
     pub transport: String,
     pub table: SeedTable,
     pub side: MatchSide,
+    pub direction: Direction,
     pub note: String,
     pub line: usize,
     pub media: bool,

@@ -1,13 +1,17 @@
 //! The policy of some roles as an nftables ruleset (`catalog export --format nft`).
 //!
-//! It accepts what the XDP program passes: replies of flows the host opened,
-//! essential ICMP/ICMPv6, DHCP replies, the management allowance, and the
-//! destination ports of the roles' rules. Everything else is dropped.
+//! Its input chain accepts what the XDP program passes: replies of flows the
+//! host opened, essential ICMP/ICMPv6, DHCP replies, the management allowance,
+//! and the destination ports of the roles' inbound rules. Everything else is
+//! dropped. Outbound rules (the roles' own connections) go to an output chain
+//! whose policy is accept, as the XDP program does not filter what the host
+//! sends: there they only count, and their replies come back as established.
 
 use std::{fmt::Write as _, net::IpAddr};
 
 use super::model::{
-    Catalog, CatalogError, Diagnostic, MatchSide, MgmtAllowance, Protocol, Severity, ports_text,
+    Catalog, CatalogError, Diagnostic, Direction, MatchSide, MgmtAllowance, Protocol, Severity,
+    ports_text,
 };
 
 pub fn export(
@@ -42,6 +46,8 @@ pub fn export(
 
     let mut chains = String::new();
     let mut jumps = Vec::new();
+    let mut out_chains = String::new();
+    let mut out_jumps = Vec::new();
     for role in &members {
         let base = ident(role);
         let chain = format!("role_{base}");
@@ -50,7 +56,11 @@ pub fn export(
         for proto in [Protocol::Tcp, Protocol::Udp] {
             let ranges = merged(
                 own.iter()
-                    .filter(|r| r.protocol == proto && r.side == MatchSide::Destination)
+                    .filter(|r| {
+                        r.protocol == proto
+                            && r.side == MatchSide::Destination
+                            && r.direction == Direction::Inbound
+                    })
                     .map(|r| (r.port_start, r.port_end))
                     .collect(),
             );
@@ -80,6 +90,37 @@ pub fn export(
         }
         chains.push_str("\t}\n\n");
         jumps.push(chain);
+
+        // Set names: inbound ones end in _tcp/_udp, outbound ones in _out, and
+        // role ids have no `_`, so no two roles' sets can share a name.
+        let mut out_rules = String::new();
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let ranges = merged(
+                own.iter()
+                    .filter(|r| r.protocol == proto && r.direction == Direction::Outbound)
+                    .map(|r| (r.port_start, r.port_end))
+                    .collect(),
+            );
+            if ranges.is_empty() {
+                continue;
+            }
+            let set = format!("{base}_{proto}_out");
+            let elements: Vec<String> = ranges.iter().map(|&(a, b)| ports_text(a, b)).collect();
+            let _ = writeln!(
+                s,
+                "\tset {set} {{\n\t\ttype inet_service\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
+                elements.join(", ")
+            );
+            let _ = writeln!(
+                out_rules,
+                "\t\t{proto} dport @{set} counter accept comment \"{role} outbound\""
+            );
+        }
+        if !out_rules.is_empty() {
+            let chain = format!("out_{base}");
+            let _ = write!(out_chains, "\tchain {chain} {{\n{out_rules}\t}}\n\n");
+            out_jumps.push(chain);
+        }
     }
 
     s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
@@ -108,6 +149,20 @@ pub fn export(
         let _ = writeln!(s, "\t\tjump {chain}");
     }
     s.push_str("\t}\n\n");
+    if !out_jumps.is_empty() {
+        s.push_str(
+            "\t# The roles' outbound rows: what the host sends is not filtered (policy accept), as by the\n\
+             \t# XDP program; these only count it, and its replies pass input as established.\n",
+        );
+        s.push_str(
+            "\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n",
+        );
+        for chain in &out_jumps {
+            let _ = writeln!(s, "\t\tjump {chain}");
+        }
+        s.push_str("\t}\n\n");
+        s.push_str(&out_chains);
+    }
     s.push_str(chains.trim_end());
     s.push_str("\n}\n");
     Ok(s)

@@ -15,8 +15,8 @@ use toml::Spanned;
 use super::{
     MIN_CLIENT_MEDIA_PORTS,
     model::{
-        Catalog, CatalogError, Diagnostic, IpsecException, MatchSide, Protocol, RoleDef, Rule,
-        SeedTable, Severity, ports_text,
+        Catalog, CatalogError, Diagnostic, Direction, IpsecException, MatchSide, Protocol, RoleDef,
+        Rule, SeedTable, Severity, ports_text,
     },
     resolve,
 };
@@ -67,6 +67,7 @@ struct RawRule {
     note: Spanned<String>,
     #[serde(rename = "match")]
     side: Option<Spanned<String>>,
+    direction: Option<Spanned<String>>,
     media: Option<Spanned<bool>>,
 }
 
@@ -210,7 +211,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic
             Err(message) => d.error(&setting.span(), message, Some(PORTS_HINT.into())),
         }
     } else if let Some(r) = catalog.rules.iter().find(|r| r.media) {
-        // Without the setting, the media rules keep their own range; it still must meet the seed's floor.
+        // Without the setting, the media rules keep their own range; it still must meet the 20-port floor.
         let (start, end, line) = (r.declared.0, r.declared.1, r.line);
         match check_media_range(&catalog, start, end) {
             None => catalog.client_media = (start, end),
@@ -261,7 +262,7 @@ fn validate_roles(d: &mut Diags<'_>, raw: &[Spanned<RawRole>]) -> Vec<RoleDef> {
             d.error(
                 &r.label.span(),
                 "empty label",
-                Some("the label is the seed's row label".into()),
+                Some("the label is the published table's row label".into()),
             );
         }
         let table = table_of(d, &r.table);
@@ -274,7 +275,7 @@ fn validate_roles(d: &mut Diags<'_>, raw: &[Spanned<RawRole>]) -> Vec<RoleDef> {
             d.warning(
                 &sr.span(),
                 format!("role `{id}` includes other roles without a `why`"),
-                Some("state the seed's reason for the inclusion in `why`".into()),
+                Some("state the document's reason for the inclusion in `why`".into()),
             );
         }
         roles.push(RoleDef {
@@ -361,8 +362,15 @@ fn report_cycles(
 
 fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -> Vec<Rule> {
     let mut rules = Vec::new();
-    // (role, protocols, range, service, side) of each rule seen, and its line.
-    type Key = (String, Vec<Protocol>, (u16, u16), String, MatchSide);
+    // (role, protocols, range, service, side, direction) of each rule seen, and its line.
+    type Key = (
+        String,
+        Vec<Protocol>,
+        (u16, u16),
+        String,
+        MatchSide,
+        Direction,
+    );
     let mut first: HashMap<Key, usize> = HashMap::new();
     for sr in raw {
         let r = sr.get_ref();
@@ -381,7 +389,7 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
             d.error(
                 &r.service.span(),
                 "empty service",
-                Some("name the seed's service, in English".into()),
+                Some("name the document's service, in English".into()),
             );
         }
         let protocols = match r.protocol.get_ref().as_str() {
@@ -393,7 +401,7 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
                     &r.protocol.span(),
                     format!("unknown protocol `{other}`"),
                     Some(
-                        "expected `tcp`, `udp` or `both`; keep the seed's wording in `transport`"
+                        "expected `tcp`, `udp` or `both`; keep the document's wording in `transport`"
                             .into(),
                     ),
                 );
@@ -411,7 +419,7 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
             d.error(
                 &r.transport.span(),
                 "empty transport",
-                Some("keep the seed's protocol wording here".into()),
+                Some("keep the document's protocol wording here".into()),
             );
         }
         let table = table_of(d, &r.table);
@@ -428,6 +436,32 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
                 MatchSide::Destination
             }
         };
+        // Absent means inbound: every row of the server, load-balancer and client tables is.
+        let direction = match &r.direction {
+            None => Direction::Inbound,
+            Some(word) => match Direction::from_word(word.get_ref()) {
+                Some(direction) => direction,
+                None => {
+                    d.error(
+                        &word.span(),
+                        format!("unknown direction `{}`", word.get_ref()),
+                        Some(
+                            "expected `inbound` (to the role's address) or `outbound` (from it)"
+                                .into(),
+                        ),
+                    );
+                    Direction::Inbound
+                }
+            },
+        };
+        if direction == Direction::Outbound && side == MatchSide::Source {
+            let span = r.side.as_ref().map_or(sr.span(), Spanned::span);
+            d.error(
+                &span,
+                "an outbound rule matches the destination port of what the role sends",
+                Some("drop `match = \"source\"`, or make the rule inbound".into()),
+            );
+        }
         let media = r.media.as_ref().is_some_and(|m| *m.get_ref());
         if media && side == MatchSide::Source {
             let span = r.media.as_ref().map_or(sr.span(), Spanned::span);
@@ -449,13 +483,14 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
             (start, end),
             service.to_string(),
             side,
+            direction,
         );
         if let Some(first_line) = first.get(&key) {
             d.error(
                 &sr.span(),
                 format!("duplicate rule, first at line {first_line}"),
                 Some(
-                    "merge the two into one rule and say in its note that the seed lists it twice"
+                    "merge the two into one rule and say in its note that the document lists it twice"
                         .into(),
                 ),
             );
@@ -473,6 +508,7 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
             table,
             note: r.note.get_ref().trim().to_string(),
             side,
+            direction,
             media,
             line,
         });
@@ -586,7 +622,7 @@ pub(super) fn check_media_range(
     if count < MIN_CLIENT_MEDIA_PORTS {
         return Some((
             format!(
-                "client media range {} has {count} port{}; the seed requires at least {MIN_CLIENT_MEDIA_PORTS} ports",
+                "client media range {} has {count} port{}; Microsoft's port requirements (ClientMediaPortRange) ask for at least {MIN_CLIENT_MEDIA_PORTS} ports",
                 ports_text(start, end),
                 if count == 1 { "" } else { "s" }
             ),
@@ -620,7 +656,14 @@ fn table_of(d: &mut Diags<'_>, word: &Spanned<String>) -> Option<SeedTable> {
         d.error(
             &word.span(),
             format!("unknown table `{}`", word.get_ref()),
-            Some("expected `server`, `hlb`, `dns-lb` or `client`".into()),
+            Some(format!(
+                "expected one of: {}",
+                SeedTable::ALL
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
         );
     }
     t
@@ -662,6 +705,11 @@ fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
             {
                 let (i, j) = (x.min(y), x.max(y));
                 let (a, b) = (&catalog.rules[i], &catalog.rules[j]);
+                // An inbound and an outbound rule on one port never meet: one
+                // matches packets to the role's address, the other packets from it.
+                if a.direction != b.direction {
+                    continue;
+                }
                 for p in a.protocols.iter().filter(|p| b.protocols.contains(p)) {
                     let entry = pairs.entry((i, j)).or_default();
                     if !entry.contains(p) {
@@ -681,7 +729,8 @@ fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
         d.warning(
             &span,
             format!(
-                "{} {} of this rule ({}, {}) overlaps the rule at line {} ({}, {} {})",
+                "{} {} {} of this rule ({}, {}) overlaps the rule at line {} ({}, {} {})",
+                b.direction,
                 protos.join("/"),
                 ports_text(lo, hi),
                 b.role,

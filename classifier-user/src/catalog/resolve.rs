@@ -2,8 +2,8 @@
 
 use super::{
     model::{
-        Catalog, CatalogError, Diagnostic, EffectiveRule, MatchSide, PortAssignment, Protocol,
-        Severity,
+        Catalog, CatalogError, Diagnostic, Direction, EffectiveRule, MatchSide, PortAssignment,
+        Protocol, Severity,
     },
     parse::known_roles_hint,
 };
@@ -44,9 +44,11 @@ pub(super) fn closure(catalog: &Catalog, roles: &[String]) -> Result<Vec<String>
     Ok(out)
 }
 
-/// For each protocol, the destination ports of `rules` split into ranges,
-/// each owned by exactly one rule: the narrowest range wins, then the
-/// earlier rule. Source-side rules compile to nothing. Sorted by (protocol, start).
+/// For each protocol, the destination ports of `rules`' inbound rules split
+/// into ranges, each owned by exactly one rule: the narrowest range wins, then
+/// the earlier rule. Source-side rules compile to nothing, and so do outbound
+/// rules: they are the host's own connections, whose replies the flow
+/// recorder lets back in. Sorted by (protocol, start).
 pub fn assign_ports(rules: &[EffectiveRule]) -> Vec<PortAssignment> {
     let mut out: Vec<PortAssignment> = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
@@ -56,6 +58,7 @@ pub fn assign_ports(rules: &[EffectiveRule]) -> Vec<PortAssignment> {
             .filter(|(_, r)| {
                 r.protocol == protocol
                     && r.side == MatchSide::Destination
+                    && r.direction == Direction::Inbound
                     && r.port_start <= r.port_end
             })
             .collect();

@@ -47,8 +47,11 @@ struct JsonRule<'a> {
     port_end: u16,
     transport: &'a str,
     table: &'a str,
+    /// The published document the table is in.
+    document: &'a str,
     #[serde(rename = "match")]
     side: &'a str,
+    direction: &'a str,
     media: bool,
     note: &'a str,
     line: usize,
@@ -65,7 +68,7 @@ struct JsonIpsec<'a> {
     authentication: &'a str,
 }
 
-const RULE_HEADER: [&str; 7] = [
+const RULE_HEADER: [&str; 8] = [
     "ROLE",
     "SERVICE",
     "PROTO",
@@ -73,8 +76,9 @@ const RULE_HEADER: [&str; 7] = [
     "TRANSPORT",
     "TABLE",
     "MATCH",
+    "DIRECTION",
 ];
-const CSV_RULE_HEADER: [&str; 9] = [
+const CSV_RULE_HEADER: [&str; 10] = [
     "role",
     "service",
     "protocol",
@@ -83,6 +87,7 @@ const CSV_RULE_HEADER: [&str; 9] = [
     "transport",
     "table",
     "match",
+    "direction",
     "note",
 ];
 const IPSEC_TABLE_HEADER: [&str; 7] = [
@@ -123,6 +128,7 @@ pub fn render_rules(
                         r.transport.clone(),
                         r.table.to_string(),
                         r.side.to_string(),
+                        r.direction.to_string(),
                     ]
                 })
                 .collect();
@@ -141,6 +147,7 @@ pub fn render_rules(
                         r.transport.clone(),
                         r.table.to_string(),
                         r.side.to_string(),
+                        r.direction.to_string(),
                         r.note.clone(),
                     ]
                 })
@@ -158,7 +165,9 @@ pub fn render_rules(
                     port_end: r.port_end,
                     transport: &r.transport,
                     table: r.table.as_str(),
+                    document: r.table.document(),
                     side: r.side.as_str(),
+                    direction: r.direction.as_str(),
                     media: r.media,
                     note: &r.note,
                     line: r.line,
@@ -232,8 +241,10 @@ fn markdown_rules(catalog: &Catalog, rows: &[EffectiveRule], role: Option<&str>)
     let mut s = format!("# Firewall report: {}\n\n", catalog.origin);
     let _ = writeln!(
         s,
-        "Client media ports: {}-{}. Rules with match `source` name the peer's port: replies from it pass as \
-         established traffic and open nothing.\n",
+        "Client media ports: {}-{}. Inbound rules match packets to the role's address, outbound rules packets \
+         from it, both by destination port; outbound rules are the role's own connections and open nothing \
+         inbound. Rules with match `source` name the peer's port: replies from it pass as established traffic \
+         and open nothing.\n",
         catalog.client_media.0, catalog.client_media.1
     );
     // With --role: one section, the owning role in a column. Without: one section per role.
@@ -254,7 +265,7 @@ fn markdown_rules(catalog: &Catalog, rows: &[EffectiveRule], role: Option<&str>)
         let def = catalog.role(id);
         let _ = writeln!(s, "## {id}\n");
         if let Some(def) = def {
-            let _ = writeln!(s, "Seed label: {}\n", def.label);
+            let _ = writeln!(s, "Label: {}\n", def.label);
             if !def.includes.is_empty() {
                 let _ = writeln!(s, "Includes: {}. {}\n", def.includes.join(", "), def.why);
             }
@@ -275,6 +286,7 @@ fn markdown_rules(catalog: &Catalog, rows: &[EffectiveRule], role: Option<&str>)
                         r.ports_text(),
                         r.transport.clone(),
                         r.side.to_string(),
+                        r.direction.to_string(),
                         r.note.clone(),
                     ]
                 })
@@ -282,7 +294,7 @@ fn markdown_rules(catalog: &Catalog, rows: &[EffectiveRule], role: Option<&str>)
             if cells.is_empty() {
                 continue;
             }
-            let _ = writeln!(s, "### {}\n", table.title());
+            let _ = writeln!(s, "### {}\n\nFrom `{}`.\n", table.title(), table.document());
             s.push_str(&md_table(
                 &[
                     "Role",
@@ -291,6 +303,7 @@ fn markdown_rules(catalog: &Catalog, rows: &[EffectiveRule], role: Option<&str>)
                     "Port",
                     "Transport",
                     "Match",
+                    "Direction",
                     "Note",
                 ],
                 &cells,

@@ -1,11 +1,15 @@
 use proptest::prelude::*;
 
 use super::{
-    Catalog, Diagnostic, EffectiveRule, MatchSide, Protocol, SeedTable, Severity, assign_ports,
+    Catalog, Diagnostic, Direction, EffectiveRule, MatchSide, Protocol, SeedTable, Severity,
+    assign_ports,
     show::{self, ShowFormat},
 };
 
-const DESIGN_ROLE_IDS: [&str; 17] = [
+/// The role ids of the team's roles contract, in its order: the 17 of the
+/// server ports document, then the perimeter roles (and the two load-balancer
+/// VIP roles the Edge document's hardware-load-balancer tables call for).
+const DESIGN_ROLE_IDS: [&str; 26] = [
     "all-servers",
     "front-end",
     "front-end-mediation",
@@ -23,6 +27,15 @@ const DESIGN_ROLE_IDS: [&str; 17] = [
     "lb-dns-director",
     "client",
     "ip-phone",
+    "access-edge-external",
+    "webconf-edge-external",
+    "av-edge-external",
+    "consolidated-edge-external",
+    "edge-internal",
+    "lb-edge-external",
+    "lb-edge-internal",
+    "reverse-proxy-external",
+    "reverse-proxy-internal",
 ];
 
 /// Two roles, `a` includes `b`; 15 lines.
@@ -275,7 +288,7 @@ fn with_client_media_override() {
     assert_eq!(e.diagnostics[0].origin, "--client-media-ports");
     assert!(
         e.to_string()
-            .contains("the seed requires at least 20 ports"),
+            .contains("(ClientMediaPortRange) ask for at least 20 ports"),
         "{e}"
     );
     assert!(
@@ -374,9 +387,9 @@ fn embedded_parses_without_errors() {
     assert_eq!(
         c.role_ids(),
         DESIGN_ROLE_IDS.to_vec(),
-        "the 17 role ids of design.md, in its order"
+        "the role ids of the roles contract, in its order"
     );
-    assert_eq!(c.ipsec.len(), 15, "every row of the seed's IPsec table");
+    assert_eq!(c.ipsec.len(), 15, "every row of the IPsec exception table");
     assert_eq!(c.client_media, (1024, 65535));
     assert_eq!(Catalog::embedded(), c);
 }
@@ -435,7 +448,7 @@ fn effective_rules_dedup_and_unknown_role() {
 }
 
 #[test]
-fn merged_seed_duplicates() {
+fn merged_document_duplicates() {
     let c = Catalog::embedded();
     let count = |role: &str, port: u16| {
         c.rules
@@ -456,7 +469,7 @@ fn merged_seed_duplicates() {
         .find(|r| r.port_start == 1434)
         .unwrap_or_else(|| unreachable!());
     assert!(
-        sql.note.starts_with("listed twice in the seed; merged"),
+        sql.note.starts_with("listed twice in the document; merged"),
         "{}",
         sql.note
     );
@@ -586,8 +599,9 @@ fn arb_rule() -> impl Strategy<Value = EffectiveRule> {
         1u16..=65535,
         0u16..2000,
         prop_oneof![4 => Just(MatchSide::Destination), 1 => Just(MatchSide::Source)],
+        prop_oneof![3 => Just(Direction::Inbound), 1 => Just(Direction::Outbound)],
     )
-        .prop_map(|(tcp, start, len, side)| EffectiveRule {
+        .prop_map(|(tcp, start, len, side, direction)| EffectiveRule {
             role: "r".into(),
             service: format!("s{start}"),
             protocol: if tcp { Protocol::Tcp } else { Protocol::Udp },
@@ -596,6 +610,7 @@ fn arb_rule() -> impl Strategy<Value = EffectiveRule> {
             transport: "t".into(),
             table: SeedTable::Server,
             side,
+            direction,
             note: String::new(),
             line: 0,
             media: false,
@@ -608,7 +623,7 @@ proptest! {
         let a = assign_ports(&rules);
         for x in &a {
             let r = &rules[x.rule];
-            prop_assert!(r.side == MatchSide::Destination && r.protocol == x.protocol, "{x:?} from {r:?}");
+            prop_assert!(r.side == MatchSide::Destination && r.direction == Direction::Inbound && r.protocol == x.protocol, "{x:?} from {r:?}");
             prop_assert!(r.port_start <= x.start && x.end <= r.port_end, "{x:?} outside its rule {r:?}");
         }
         for w in a.windows(2) {
@@ -616,14 +631,15 @@ proptest! {
         }
         // Every port of every destination rule, at its edges and at random probes.
         let mut ports: Vec<(Protocol, u16)> = Vec::new();
-        for r in rules.iter().filter(|r| r.side == MatchSide::Destination) {
+        let compiled = |r: &EffectiveRule| r.side == MatchSide::Destination && r.direction == Direction::Inbound;
+        for r in rules.iter().filter(|r| compiled(r)) {
             ports.extend([(r.protocol, r.port_start), (r.protocol, r.port_end)]);
         }
         for p in probes { ports.extend([(Protocol::Tcp, p), (Protocol::Udp, p)]); }
         for (proto, port) in ports {
             let hits: Vec<_> = a.iter().filter(|x| x.protocol == proto && x.start <= port && port <= x.end).collect();
             let best = rules.iter().enumerate()
-                .filter(|(_, r)| r.side == MatchSide::Destination && r.protocol == proto && r.port_start <= port && port <= r.port_end)
+                .filter(|(_, r)| compiled(r) && r.protocol == proto && r.port_start <= port && port <= r.port_end)
                 .min_by_key(|(i, r)| (r.width(), *i)).map(|(i, _)| i);
             match best {
                 None => prop_assert!(hits.is_empty(), "{proto} {port} assigned without a rule: {hits:?}"),
@@ -653,7 +669,9 @@ fn show_formats() {
         "port_end",
         "transport",
         "table",
+        "document",
         "match",
+        "direction",
         "note",
     ] {
         assert!(
@@ -669,9 +687,9 @@ fn show_formats() {
     );
 
     let csv = show::render_rules(&c, &rows, None, ShowFormat::Csv);
-    assert!(
-        csv.starts_with("role,service,protocol,port_start,port_end,transport,table,match,note\r\n")
-    );
+    assert!(csv.starts_with(
+        "role,service,protocol,port_start,port_end,transport,table,match,direction,note\r\n"
+    ));
     assert!(
         csv.contains(",\"HTTPS, TCP\","),
         "a comma in a field is quoted"
@@ -720,4 +738,272 @@ fn nft_merges_intervals() {
         ]),
         vec![(1, 3), (443, 444), (49152, 65535)]
     );
+}
+
+/// `rule(...)` with a `direction` line before its note.
+fn rule_dir(role: &str, protocol: &str, ports: &str, service: &str, direction: &str) -> String {
+    rule(role, protocol, ports, service).replace(
+        "note = \"n\"\n",
+        &format!("direction = {direction}\nnote = \"n\"\n"),
+    )
+}
+
+#[test]
+fn direction_defaults_to_inbound_and_reads_outbound() {
+    let text = format!(
+        "{BASE}{}{}",
+        rule("a", "tcp", "\"5061\"", "S"),
+        rule_dir("a", "tcp", "\"5061\"", "S", "\"outbound\"")
+    );
+    let (c, warnings) = parse_ok(&text);
+    assert!(
+        warnings.is_empty(),
+        "an inbound and an outbound rule on one port neither duplicate nor overlap: {warnings:#?}"
+    );
+    let dirs: Vec<Direction> = c.rules.iter().map(|r| r.direction).collect();
+    assert_eq!(dirs, [Direction::Inbound, Direction::Outbound]);
+    let own = c.own_rules("a");
+    assert_eq!(
+        own.iter().map(|r| r.direction).collect::<Vec<_>>(),
+        [Direction::Inbound, Direction::Outbound],
+        "effective rules keep the direction"
+    );
+    let assigned = assign_ports(&own);
+    assert_eq!(
+        assigned.len(),
+        1,
+        "only the inbound rule is compiled: {assigned:?}"
+    );
+    assert_eq!(assigned[0].rule, 0);
+}
+
+#[test]
+fn unknown_direction_is_an_error_at_its_line_and_column() {
+    let text = format!(
+        "{BASE}{}",
+        rule_dir("a", "tcp", "\"5061\"", "S", "\"sideways\"")
+    );
+    let line = line_of(&text, "sideways");
+    assert_eq!(line, 24);
+    let d = assert_one_error(&text, line, "unknown direction `sideways`");
+    assert_eq!(d.column, 13, "the column of the value");
+    assert!(
+        d.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("`inbound`") && h.contains("`outbound`")),
+        "{:?}",
+        d.hint
+    );
+    // Not a string: the deserializer's error, at the value.
+    let text = format!("{BASE}{}", rule_dir("a", "tcp", "\"5061\"", "S", "1"));
+    assert_one_error(&text, 24, "");
+}
+
+#[test]
+fn duplicate_needs_the_same_direction() {
+    let text = format!(
+        "{BASE}{}{}",
+        rule_dir("a", "tcp", "\"5061\"", "S", "\"outbound\""),
+        rule_dir("a", "tcp", "5061", "S", "\"outbound\"")
+    );
+    assert_one_error(&text, 27, "duplicate rule, first at line 17");
+    // An explicit inbound is the same as the default.
+    let text = format!(
+        "{BASE}{}{}",
+        rule("a", "tcp", "\"5061\"", "S"),
+        rule_dir("a", "tcp", "5061", "S", "\"inbound\"")
+    );
+    assert_one_error(&text, 26, "duplicate rule, first at line 17");
+}
+
+#[test]
+fn overlaps_are_reported_within_one_direction() {
+    let text = format!(
+        "{BASE}{}{}{}",
+        rule_dir("a", "tcp", "\"443\"", "S", "\"outbound\""),
+        rule_dir("b", "tcp", "\"400-500\"", "T", "\"outbound\""),
+        rule("b", "tcp", "\"443\"", "U")
+    );
+    let (_, warnings) = parse_ok(&text);
+    assert_eq!(
+        warnings.len(),
+        1,
+        "the two outbound rules overlap; the inbound one meets neither: {warnings:#?}"
+    );
+    assert_eq!(warnings[0].line, 27);
+    assert!(
+        warnings[0]
+            .message
+            .starts_with("outbound tcp 443 of this rule"),
+        "{}",
+        warnings[0].message
+    );
+}
+
+#[test]
+fn outbound_rule_cannot_match_the_source_port() {
+    let text = format!(
+        "{BASE}{}match = \"source\"\n",
+        rule_dir("a", "udp", "\"67\"", "S", "\"outbound\"")
+    );
+    let line = line_of(&text, "match = ");
+    assert_one_error(&text, line, "an outbound rule matches the destination port");
+}
+
+#[test]
+fn embedded_perimeter_rules_state_their_direction() {
+    // Explicit is better for new rows: every rule from an Edge or reverse-proxy
+    // table writes `direction`, the server ports document's rows leave it out.
+    let doc: toml::Value = toml::from_str(Catalog::embedded_text())
+        .unwrap_or_else(|e| panic!("the embedded catalog is TOML: {e}"));
+    let rules = doc
+        .get("rule")
+        .and_then(toml::Value::as_array)
+        .unwrap_or_else(|| panic!("no [[rule]]"));
+    let mut perimeter = 0;
+    for r in rules {
+        let table = r
+            .get("table")
+            .and_then(toml::Value::as_str)
+            .unwrap_or_default();
+        let t = SeedTable::from_word(table).unwrap_or_else(|| panic!("table {table}"));
+        let from_server_ports = t.document() == super::SERVER_PORTS_DOCUMENT;
+        assert_eq!(
+            r.get("direction").is_none(),
+            from_server_ports,
+            "direction key of {r:?}"
+        );
+        if !from_server_ports {
+            perimeter += 1;
+        }
+    }
+    assert_eq!(perimeter, 43, "the perimeter rules");
+    let c = Catalog::embedded();
+    assert!(
+        c.rules
+            .iter()
+            .filter(|r| r.table.document() == super::SERVER_PORTS_DOCUMENT)
+            .all(|r| r.direction == Direction::Inbound),
+        "the server, load-balancer and client rows are inbound"
+    );
+}
+
+#[test]
+fn embedded_perimeter_inclusions() {
+    let c = Catalog::embedded();
+    let resolved = c
+        .resolve_roles(&["consolidated-edge-external".to_string()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        resolved,
+        [
+            "consolidated-edge-external",
+            "access-edge-external",
+            "webconf-edge-external",
+            "av-edge-external"
+        ]
+    );
+    for id in [
+        "access-edge-external",
+        "webconf-edge-external",
+        "av-edge-external",
+        "edge-internal",
+        "lb-edge-external",
+        "lb-edge-internal",
+        "reverse-proxy-external",
+        "reverse-proxy-internal",
+    ] {
+        assert_eq!(
+            c.resolve_roles(&[id.to_string()])
+                .unwrap_or_else(|e| panic!("{e}")),
+            [id],
+            "{id} includes nothing"
+        );
+    }
+}
+
+#[test]
+fn show_formats_carry_the_direction() {
+    let c = Catalog::embedded();
+    let rows = show::rows(&c, Some("av-edge-external")).unwrap_or_else(|e| panic!("{e}"));
+    let json = show::render_rules(&c, &rows, Some("av-edge-external"), ShowFormat::Json);
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
+    let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
+    let find = |proto: &str, port: u64, dir: &str| {
+        arr.iter().any(|o| {
+            o["protocol"] == proto
+                && o["port_start"] == port
+                && o["direction"] == dir
+                && o["role"] == "av-edge-external"
+                && o["table"] == "edge-external"
+                && o["document"] == super::EDGE_DOCUMENT
+        })
+    };
+    assert!(find("udp", 3478, "inbound"), "{json}");
+    assert!(find("udp", 3478, "outbound"), "{json}");
+    assert!(find("udp", 50000, "outbound"), "{json}");
+    assert!(!find("udp", 50000, "inbound"), "{json}");
+
+    let table = show::render_rules(&c, &rows, None, ShowFormat::Table);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.ends_with("DIRECTION"), "{header}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("50000-59999") && l.ends_with("outbound")),
+        "{table}"
+    );
+    let csv = show::render_rules(&c, &rows, None, ShowFormat::Csv);
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",50000,59999,") && l.contains(",destination,outbound,")),
+        "{csv}"
+    );
+    let md = show::render_rules(&c, &rows, Some("av-edge-external"), ShowFormat::Md);
+    assert!(
+        md.contains("### External port firewall summary table")
+            && md.contains(super::EDGE_DOCUMENT)
+            && md.contains("| destination | outbound |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn nft_export_puts_outbound_rows_in_an_accepting_output_chain() {
+    let c = Catalog::embedded();
+    let text = super::nft::export(
+        &c,
+        &["av-edge-external".to_string()],
+        &super::MgmtAllowance::defaults(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let set = |name: &str| {
+        let start = text
+            .find(&format!("set {name} {{"))
+            .unwrap_or_else(|| panic!("no set {name} in:\n{text}"));
+        let rest = &text[start..];
+        rest[..rest.find("\n\t}").unwrap_or(rest.len())].to_string()
+    };
+    assert!(
+        set("av_edge_external_udp").contains("elements = { 3478 }"),
+        "{text}"
+    );
+    assert!(
+        set("av_edge_external_tcp").contains("elements = { 443 }"),
+        "{text}"
+    );
+    assert!(
+        set("av_edge_external_udp_out").contains("elements = { 3478, 50000-59999 }"),
+        "{text}"
+    );
+    assert!(
+        text.contains("type filter hook output priority filter; policy accept;"),
+        "{text}"
+    );
+    assert!(text.contains("\t\tjump out_av_edge_external\n"), "{text}");
+    // A role without outbound rows gets no output chain.
+    let fe =
+        super::nft::export(&c, &["front-end".to_string()], &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!fe.contains("hook output"), "{fe}");
 }

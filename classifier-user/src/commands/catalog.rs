@@ -6,7 +6,7 @@ use std::{
 };
 
 pub use crate::catalog::show::{ShowFormat, ShowTable};
-use crate::catalog::{Catalog, CatalogError, MgmtAllowance, Severity, nft, show};
+use crate::catalog::{Catalog, CatalogError, Direction, MgmtAllowance, Severity, nft, show};
 
 const EXIT_OK: u8 = 0;
 const EXIT_FAILURE: u8 = 1;
@@ -17,11 +17,17 @@ const EXIT_INVALID: u8 = 2;
 pub fn check(path: &Path) -> u8 {
     let (diagnostics, ok_summary) = match Catalog::load(path) {
         Ok((catalog, warnings)) => {
+            let outbound = catalog
+                .rules
+                .iter()
+                .filter(|r| r.direction == Direction::Outbound)
+                .count();
             let summary = format!(
-                "{}: ok: {} roles, {} rules, {} IPsec exceptions, {} warning{}",
+                "{}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {} warning{}",
                 path.display(),
                 catalog.roles.len(),
                 catalog.rules.len(),
+                catalog.rules.len() - outbound,
                 catalog.ipsec.len(),
                 warnings.len(),
                 if warnings.len() == 1 { "" } else { "s" }
