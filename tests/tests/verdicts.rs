@@ -7,7 +7,7 @@ use classifier_common::{
 };
 use portguard::{
     catalog::Catalog,
-    policy::{self, PolicySpec},
+    policy::{self, Mgmt, PolicySpec},
 };
 use portguard_testsupport::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, L4, Packet, arp, non_ip},
