@@ -179,7 +179,7 @@ fn is_portguard_for(pid: u32, iface: &str) -> bool {
     let names_iface = args
         .windows(2)
         .any(|w| w[0] == b"--iface" && w[1] == iface.as_bytes())
-        || args.iter().any(|a| *a == flag.as_bytes());
+        || args.contains(&flag.as_bytes());
     named_portguard && names_iface
 }
 
