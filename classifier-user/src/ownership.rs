@@ -26,7 +26,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
     #[error(
-        "a portguard{} is running on {iface} (it holds {lock}); stop it first (SIGTERM){}",
+        "a portguard{} is still running on {iface} (it holds {lock}); stop it first (SIGTERM){}",
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
         if *.clean_start { ": --clean-start touched nothing" } else { "" }
     )]

@@ -187,7 +187,7 @@ fn a_second_run_is_refused_and_the_first_keeps_enforcing() {
             out.status
         );
         assert!(
-            err.contains("is running on") && err.contains(&pid),
+            err.contains("still running on") && err.contains(&pid),
             "second run {extra:?}: the refusal should name the live pid {pid}: {err}"
         );
         assert!(

@@ -210,6 +210,15 @@ fn run_locked(
     } else {
         None
     };
+    // Pins (and the directory) this run creates are removed again if it
+    // fails before attaching; pins a previous run left (and the program they
+    // keep) are never touched.
+    let mut cleanup = PinCleanup {
+        dir: pin_dir.clone().unwrap_or_default(),
+        armed: pin_dir
+            .as_ref()
+            .is_some_and(|d| args.clean_start || !d.join(loader::XDP_LINK_PIN).exists()),
+    };
     let mut registry = SlotRegistry::default();
     let mut previous_mode = "unknown";
     if let Some(dir) = &pin_dir {
@@ -236,14 +245,6 @@ fn run_locked(
     }
     let compiled = policy::compile(catalog, &spec, &mut registry)?;
 
-    // Pins this run creates are removed again if it fails before attaching;
-    // pins a previous run left (and the program they keep) are never touched.
-    let mut cleanup = PinCleanup {
-        dir: pin_dir.clone().unwrap_or_default(),
-        armed: pin_dir
-            .as_ref()
-            .is_some_and(|d| !d.join(loader::XDP_LINK_PIN).exists()),
-    };
     let mut classifier = Classifier::load(pin_dir.as_deref())?;
     let previous_generation = classifier
         .config()?
