@@ -699,14 +699,15 @@ fn path_like_interfaces_and_loopback_are_refused() {
     if !testkit::require_privileges("hostile: --iface validation") {
         return;
     }
-    // A decoy a traversal through the pin path would reach and delete.
-    let decoy = PathBuf::from("/tmp/pgdecoy");
-    let _ = fs::remove_dir_all(&decoy);
-    ok("decoy dir", fs::create_dir_all(&decoy));
+    // A decoy a traversal through the pin path (/sys/fs/bpf/portguard/IF)
+    // would reach and delete.
+    let decoy_dir = TempDir::new("decoy");
+    let decoy = decoy_dir.path().to_path_buf();
     for f in ["CONFIG", "xdp_link"] {
         ok("decoy file", fs::write(decoy.join(f), "decoy"));
     }
-    let traversal = "../../../../tmp/pgdecoy";
+    let traversal = format!("../../../..{}", decoy.display());
+    let traversal = traversal.as_str();
     let ns = ok_any("namespace", NetNs::new("pghifn"));
     for bad in [traversal, "..", "a/b", "eth 0", "abcdefghijklmnopq"] {
         for args in [
@@ -736,7 +737,6 @@ fn path_like_interfaces_and_loopback_are_refused() {
             decoy.join(f).display()
         );
     }
-    let _ = fs::remove_dir_all(&decoy);
 
     let out = portguard_in(
         &ns,
@@ -762,6 +762,58 @@ fn path_like_interfaces_and_loopback_are_refused() {
         err.contains("--allow-loopback"),
         "the refusal should say how to force it: {err}"
     );
+    let out = portguard_in(
+        &ns,
+        &[
+            "run",
+            "--iface",
+            "lo",
+            "--allow-loopback",
+            "--role",
+            "client",
+            "--xdp-mode",
+            "native",
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.status.code() == Some(2) && text(&out.stderr).contains("--xdp-mode generic"),
+        "native XDP on lo should be refused with 2 and a way out: {} {}",
+        out.status,
+        text(&out.stderr)
+    );
+    // A --bpffs that does not exist is refused; nothing is created or mounted.
+    let missing = format!("/tmp/portguard-nobpffs-{}/bpf", std::process::id());
+    let out = portguard_in(
+        &ns,
+        &[
+            "run",
+            "--iface",
+            "lo",
+            "--allow-loopback",
+            "--role",
+            "client",
+            "--xdp-mode",
+            "generic",
+            "--bpffs",
+            &missing,
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.status.code() == Some(2) && text(&out.stderr).contains("--bpffs"),
+        "a missing --bpffs should be refused with 2 naming the flag: {} {}",
+        out.status,
+        text(&out.stderr)
+    );
+    let parent = Path::new(&missing)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mounted = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let left = parent.exists() || mounted.contains(&missing);
+    let _ = fs::remove_dir_all(&parent);
+    assert!(!left, "{missing} was created or mounted by a refused run");
     assert!(
         !ok_any("ip link", ns.ip(&["link", "show", "dev", "lo"])).contains("xdp"),
         "something was attached to lo"
