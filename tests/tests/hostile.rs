@@ -782,6 +782,24 @@ fn path_like_interfaces_and_loopback_are_refused() {
         out.status,
         text(&out.stderr)
     );
+    // More prefixes than the profile table holds: a clear usage error
+    // naming the flag, not a map insert failing halfway.
+    let mut args: Vec<String> = ["run", "--iface", "pgnone0", "--role", "client"]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+    for i in 0..1_025u32 {
+        args.push("--profile".into());
+        args.push(format!("198.18.{}.{}/32=client", 128 + i / 256, i % 256));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = portguard_in(&ns, &args, Duration::from_secs(10));
+    assert!(
+        out.status.code() == Some(2) && text(&out.stderr).contains("--profile"),
+        "1,025 --profile prefixes should be refused with 2 naming --profile: {} {}",
+        out.status,
+        text(&out.stderr)
+    );
     // A --bpffs that does not exist is refused; nothing is created or mounted.
     let missing = format!("/tmp/portguard-nobpffs-{}/bpf", std::process::id());
     let out = portguard_in(

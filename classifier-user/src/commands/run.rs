@@ -450,3 +450,40 @@ async fn serve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_names_roles_plainly() {
+        let mut spec = PolicySpec {
+            default_roles: Some(vec!["front-end".into(), "client".into()]),
+            profiles: Vec::new(),
+            mgmt: Vec::new(),
+            monitor: false,
+            drop_echo: false,
+            drop_ipsec_on_media: false,
+            client_media: None,
+        };
+        assert_eq!(roles_text(&spec), "roles front-end, client");
+        spec.default_roles = None;
+        assert!(
+            roles_text(&spec).starts_with("no default roles"),
+            "{}",
+            roles_text(&spec)
+        );
+    }
+
+    #[test]
+    fn a_wildcard_metrics_address_is_reported_as_reachable_through_the_interface() {
+        let any: SocketAddr = "0.0.0.0:9477".parse().expect("addr");
+        let w = metrics_on_protected_iface(any, "eth0").expect("a warning for the wildcard");
+        assert!(
+            w.contains("--metrics-addr") && w.contains("TCP 9477"),
+            "{w}"
+        );
+        let lo: SocketAddr = "127.0.0.1:9477".parse().expect("addr");
+        assert_eq!(metrics_on_protected_iface(lo, "pg-no-such-if0"), None);
+    }
+}
