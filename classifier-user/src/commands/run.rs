@@ -342,23 +342,37 @@ fn run_locked(
     // attached, and a failed write is not an error worth a panic.
     let mut d = runtime.block_on(daemon.lock_owned());
     let snapshot = d.snapshot();
-    let keep = args.keep_attached && pin_dir.is_some() && d.attached();
-    d.release_links(keep);
-    if keep {
-        log::info!(
-            "--keep-attached: leaving the program pinned under {}",
-            pin_dir
-                .as_deref()
-                .map(Path::display)
-                .map(|p| p.to_string())
-                .unwrap_or_default()
-        );
-    } else {
-        if let Some(dir) = &pin_dir {
-            loader::remove_pins(dir);
-            let _ = fs::remove_file(&state_path);
+    let was_attached = d.attached();
+    match pin_dir.as_deref().filter(|_| args.keep_attached) {
+        Some(dir) => {
+            d.release_links(true);
+            if !was_attached {
+                log::warn!(
+                    "--keep-attached: nothing is attached ({} is gone); the policy and counters stay pinned under {} for the next run",
+                    d.iface,
+                    dir.display()
+                );
+            } else if dir.join(loader::XDP_LINK_PIN).exists() {
+                log::info!(
+                    "--keep-attached: leaving the program attached and pinned under {}",
+                    dir.display()
+                );
+            } else {
+                log::error!(
+                    "--keep-attached: {} has vanished, so nothing stays attached to {}",
+                    dir.join(loader::XDP_LINK_PIN).display(),
+                    d.iface
+                );
+            }
         }
-        log::info!("detached from {}", d.iface);
+        None => {
+            d.release_links(false);
+            if let Some(dir) = &pin_dir {
+                loader::remove_pins(dir);
+                let _ = fs::remove_file(&state_path);
+            }
+            log::info!("detached from {}", d.iface);
+        }
     }
     match snapshot {
         Ok(s) => {
