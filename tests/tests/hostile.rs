@@ -842,3 +842,85 @@ fn path_like_interfaces_and_loopback_are_refused() {
         "something was attached to lo"
     );
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct TinyTmpfs(PathBuf);
+
+impl Drop for TinyTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_leaves_the_previous_state_file_and_no_temporary_one() {
+    if !testkit::require_privileges("hostile: state file on a full disk") {
+        return;
+    }
+    use portguard::{policy::RuleKey, state};
+    let mount = PathBuf::from(format!("/tmp/portguard-fulldisk-{}", std::process::id()));
+    ok("mount point", fs::create_dir_all(&mount));
+    let out = ok(
+        "mount",
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(&mount)
+            .output(),
+    );
+    assert!(
+        out.status.success(),
+        "mounting a tmpfs: {}",
+        text(&out.stderr)
+    );
+    let tmpfs = TinyTmpfs(mount);
+    let path = state::path(&tmpfs.0, "pgfull0");
+    let small = state::State {
+        pid: 1,
+        iface: "pgfull0".into(),
+        ..state::State::default()
+    };
+    ok("storing the first state", state::store(&path, &small));
+    // Fill the filesystem, then try to store a state larger than what is left.
+    let mut filler = ok("filler", fs::File::create(tmpfs.0.join("filler")));
+    let chunk = [0u8; 4096];
+    while filler.write_all(&chunk).is_ok() {}
+    drop(filler);
+    let mut big = state::State {
+        pid: 2,
+        iface: "pgfull0".into(),
+        ..state::State::default()
+    };
+    for i in 0..2_000u16 {
+        big.slots.insert(
+            i,
+            RuleKey {
+                role: "front-end".into(),
+                service: format!("service number {i} with a long enough name"),
+                proto: "udp".into(),
+                port_start: i,
+                port_end: i,
+            },
+        );
+    }
+    let stored = state::store(&path, &big);
+    assert!(stored.is_err(), "storing on a full disk reported success");
+    let leftovers: Vec<String> = fs::read_dir(&tmpfs.0)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "a failed store left {leftovers:?} behind"
+    );
+    let back =
+        state::load(&path).unwrap_or_else(|e| panic!("the previous state is unreadable: {e}"));
+    assert_eq!(
+        back.pid, 1,
+        "the previous state was replaced by a failed store"
+    );
+}
