@@ -14,7 +14,10 @@
 //! - SIGINT with stdout a closed pipe still detaches;
 //! - `reload` never signals a stale pid, and says "needs root" to non-root;
 //! - a path-like `--iface` is refused by every command, and `--iface lo`
-//!   without `--allow-loopback`.
+//!   without `--allow-loopback`, native XDP on lo, 1,025 `--profile`
+//!   prefixes and a `--bpffs` that does not exist (nothing created or mounted);
+//! - a state write that fails on a full disk leaves the previous state file
+//!   and no temporary one.
 
 mod ops;
 
