@@ -1,4 +1,4 @@
-//! The command line, as ../shared/design.md specifies it.
+//! The command line, as the team's CLI contract specifies it.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// Leave the program attached and pinned on exit (for a restart without a gap).
     #[arg(long)]
     pub keep_attached: bool,
+    /// Protect a loopback interface anyway (refused by default: the policy
+    /// would cut the host's own traffic, portguard's metrics included).
+    #[arg(long)]
+    pub allow_loopback: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {

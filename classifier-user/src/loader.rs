@@ -548,6 +548,72 @@ pub fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> 
     Ok(Some(FdLink::from(PinnedLink::from_pin(&path)?)))
 }
 
+/// The interface index a pinned XDP or TCX link is attached to, asked of the
+/// kernel (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`). 0 means the link is
+/// defunct: its interface was deleted, and `bpf_link_update` on it fails.
+pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags, path_fd.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    let attr = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    // SAFETY: the attr outlives the call and its size is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGet,
+            size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose
+    // xdp and tcx members start with the ifindex.
+    let mut info = [0u64; 16];
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `info` is writable for `info_len` bytes and outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoByFd,
+            size_of::<InfoByFd>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info[2] & 0xffff_ffff) as u32)
+}
+
 /// Pins a link, replacing a stale pin of the same name.
 pub fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, LoadError> {
     let path = dir.join(name);
@@ -561,7 +627,9 @@ pub fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, Load
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Makes sure `dir` is a bpffs. `ip netns exec` remounts /sys and hides the
-/// host's bpffs, so inside it a fresh one is mounted.
+/// host's bpffs, so inside it a fresh one is mounted on the existing
+/// directory. A directory that does not exist is an error (`NotFound`): a
+/// typo in `--bpffs` must not leave a new directory and a mount behind.
 pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     // SAFETY: statfs writes into the zeroed struct we own; `c` is NUL-terminated.
@@ -569,7 +637,9 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
-    std::fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
+    }
     let fstype = c"bpf";
     // SAFETY: all pointers are valid NUL-terminated strings; data is null.
     let rc = unsafe {

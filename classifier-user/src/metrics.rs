@@ -1,20 +1,14 @@
-//! `GET /metrics` in OpenMetrics text, built at scrape time from the per-CPU
-//! counters (summed) so that nothing is cached that could drift.
-
-use std::{fmt::Write as _, sync::Arc};
+//! The metrics exposition: OpenMetrics text, built at scrape time from the
+//! per-CPU counters (summed) so that nothing is cached that could drift. The
+//! HTTP side that serves it is `metrics_http`.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    sync::Mutex,
-};
 
-use crate::commands::run::Daemon;
+use crate::daemon::Daemon;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PacketLabels {
@@ -49,7 +43,7 @@ struct AttachLabels {
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Renders every metric of ../shared/design.md for one daemon.
+/// Renders every metric of the metrics contract for one daemon.
 pub fn render(daemon: &mut Daemon) -> Result<String, String> {
     let snap = daemon.snapshot().map_err(|e| e.to_string())?;
     let mut registry = Registry::default();
@@ -128,7 +122,7 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
             iface: daemon.iface.clone(),
             mode: daemon.xdp_mode.to_string(),
         })
-        .set(1);
+        .set(i64::from(daemon.attached()));
     registry.register(
         "portguard_xdp_attached",
         "1 while the XDP program is attached",
@@ -138,62 +132,4 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
     let mut out = String::new();
     encode(&mut out, &registry).map_err(|e| e.to_string())?;
     Ok(out)
-}
-
-/// A deliberately small HTTP/1.1 responder: one request per connection,
-/// `GET /metrics` only. Prometheus needs nothing more.
-pub async fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut used = 0;
-            // Read until the end of the headers (or the buffer is full).
-            while used < buf.len() {
-                match stream.read(&mut buf[used..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => used += n,
-                }
-                if buf[..used].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let request = String::from_utf8_lossy(&buf[..used]);
-            let mut parts = request.split_whitespace();
-            let (status, ctype, body) = match (parts.next(), parts.next()) {
-                (Some("GET"), Some(path))
-                    if path == "/metrics" || path.starts_with("/metrics?") =>
-                {
-                    let mut d = daemon.lock().await;
-                    match render(&mut d) {
-                        Ok(body) => ("200 OK", CONTENT_TYPE, body),
-                        Err(e) => (
-                            "500 Internal Server Error",
-                            "text/plain",
-                            format!("reading counters: {e}\n"),
-                        ),
-                    }
-                }
-                (Some("GET"), Some(_)) => {
-                    ("404 Not Found", "text/plain", "try /metrics\n".to_string())
-                }
-                _ => (
-                    "405 Method Not Allowed",
-                    "text/plain",
-                    "GET only\n".to_string(),
-                ),
-            };
-            let mut resp = String::new();
-            let _ = write!(
-                resp,
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
 }

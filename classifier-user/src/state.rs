@@ -5,14 +5,27 @@
 use std::{
     collections::BTreeMap,
     fs, io,
+    io::{Read as _, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{RuleKey, SlotRegistry};
+use crate::{
+    policy::{RuleKey, SlotRegistry},
+    trusted::{self, TrustError},
+};
 
 pub const RUN_DIR: &str = "/run/portguard";
+
+/// A state file is a few hundred bytes per rule; anything larger is not one.
+const MAX_STATE_BYTES: u64 = 16 << 20;
+
+/// `/run/portguard`, created root-only or checked to be (see `trusted`).
+pub fn run_dir() -> Result<PathBuf, TrustError> {
+    trusted::private_dir(Path::new("/run"), &["portguard"])
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -36,22 +49,46 @@ pub fn path(run_dir: &Path, iface: &str) -> PathBuf {
     run_dir.join(format!("{iface}.json"))
 }
 
+/// Reads a state file without following a symlink, refusing one that is not
+/// root's or is larger than any state file.
 pub fn load(path: &Path) -> io::Result<State> {
-    let text = fs::read_to_string(path)?;
-    serde_json::from_str(&text).map_err(io::Error::other)
+    let file = trusted::open_file(path, false, false).map_err(|e| match e {
+        TrustError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    })?;
+    let mut text = Vec::new();
+    file.take(MAX_STATE_BYTES + 1).read_to_end(&mut text)?;
+    if text.len() as u64 > MAX_STATE_BYTES {
+        return Err(io::Error::other(format!(
+            "{}: larger than {MAX_STATE_BYTES} bytes, not a state file",
+            path.display()
+        )));
+    }
+    serde_json::from_slice(&text).map_err(io::Error::other)
 }
 
-/// Written to a temporary file and renamed, so a reader never sees half of it.
+/// Written to a fresh temporary file (0600, never through a symlink), synced
+/// and renamed, so a reader never sees half of it; on any failure (a full
+/// disk) the temporary file is removed and the previous state stays.
 pub fn store(path: &Path, state: &State) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
+    let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
     let tmp = path.with_extension("json.tmp");
-    fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(state).map_err(io::Error::other)?,
-    )?;
-    fs::rename(&tmp, path)
+    let _ = fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -61,6 +98,7 @@ mod tests {
     #[test]
     fn state_round_trips() {
         let dir = std::env::temp_dir().join(format!("pg-state-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("scratch dir");
         let p = path(&dir, "eth9");
         let mut slots = BTreeMap::new();
         slots.insert(

@@ -1,36 +1,45 @@
-//! `portguard reload`: SIGHUP to the instance on an interface.
+//! `portguard reload`: SIGHUP to the instance on an interface, sent through
+//! a pidfd to the process proven to hold the interface's lock (see
+//! `ownership`), never to a pid read from a file.
 
-use std::path::Path;
+use std::io::Write as _;
 
 use crate::{
     cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ReloadArgs},
-    state,
+    iface,
+    ownership::Instance,
 };
 
 pub fn reload(args: ReloadArgs) -> u8 {
-    let path = state::path(Path::new(state::RUN_DIR), &args.iface);
-    let st = match state::load(&path) {
-        Ok(s) => s,
+    if let Err(e) = iface::validate(&args.iface) {
+        let _ = writeln!(std::io::stderr(), "portguard reload: {e}");
+        return EXIT_USAGE;
+    }
+    let instance = match Instance::find(&args.iface) {
+        Ok(i) => i,
         Err(e) => {
-            eprintln!(
-                "portguard reload --iface {}: no running instance ({}: {e})",
-                args.iface,
-                path.display()
+            let _ = writeln!(
+                std::io::stderr(),
+                "portguard reload --iface {}: {e}",
+                args.iface
             );
-            return EXIT_USAGE;
+            return EXIT_FAILURE;
         }
     };
-    // SAFETY: sending a signal to a pid has no memory-safety concerns.
-    if st.pid == 0 || unsafe { libc::kill(st.pid as i32, libc::SIGHUP) } != 0 {
-        eprintln!(
-            "portguard reload --iface {}: instance pid {} is gone",
-            args.iface, st.pid
+    if let Err(e) = instance.signal(libc::SIGHUP) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "portguard reload --iface {}: signalling pid {}: {e}",
+            args.iface,
+            instance.pid
         );
         return EXIT_FAILURE;
     }
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "asked portguard (pid {}) on {} to reload; see its log and portguard_reloads_total",
-        st.pid, args.iface
+        instance.pid,
+        args.iface
     );
     EXIT_OK
 }

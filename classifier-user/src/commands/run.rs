@@ -1,68 +1,33 @@
 //! `portguard run`: attach, enforce, reload on SIGHUP, detach on SIGINT/SIGTERM.
 
 use std::{
-    collections::BTreeMap,
-    ffi::CString,
     fs,
+    io::{self, Write as _},
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
+    time::Duration,
 };
 
-use aya::programs::links::PinnedLink;
+use aya::programs::links::FdLink;
+use classifier_common::LPM_ENTRIES;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::Mutex,
 };
 
+pub use crate::daemon::{RunError, read_catalog};
 use crate::{
-    catalog::{Catalog, CatalogError},
-    cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Mode, RunArgs},
-    counters::{self, Snapshot},
-    loader::{self, Classifier, LoadError},
-    metrics,
-    policy::{self, Mgmt, PolicyError, PolicySpec, SlotRegistry},
-    state::{self, State},
+    cli::{EXIT_OK, Mode, RunArgs},
+    daemon::{self, Daemon, Links, ReloadCounts},
+    iface,
+    link_watch::LinkEvents,
+    loader::{self, Classifier, XdpModeArg},
+    metrics_http,
+    ownership::InstanceLock,
+    policy::{self, Mgmt, PolicySpec, SlotRegistry},
+    state, trusted,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{0}")]
-    Usage(String),
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    #[error("{0}")]
-    Runtime(String),
-}
-
-impl RunError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RunError::Usage(_) | RunError::Catalog(_) => EXIT_USAGE,
-            RunError::Policy(_) => EXIT_USAGE,
-            RunError::Load(LoadError::NoInterface(_)) => EXIT_USAGE,
-            RunError::Load(_) | RunError::Runtime(_) => EXIT_FAILURE,
-        }
-    }
-}
-
-/// Reads the catalog the daemon was started with.
-pub fn read_catalog(path: Option<&Path>) -> Result<Catalog, CatalogError> {
-    match path {
-        Some(p) => {
-            let (catalog, warnings) = Catalog::load(p)?;
-            for w in warnings {
-                log::warn!("{w}");
-            }
-            Ok(catalog)
-        }
-        None => Ok(Catalog::embedded()),
-    }
-}
 
 pub fn spec_from_args(args: &RunArgs) -> PolicySpec {
     let mut mgmt = if args.no_default_mgmt {
@@ -86,87 +51,6 @@ pub fn spec_from_args(args: &RunArgs) -> PolicySpec {
     }
 }
 
-/// Reload outcomes, for `portguard_reloads_total`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ReloadCounts {
-    pub ok: u64,
-    pub error: u64,
-}
-
-/// The running instance: everything the signal loop and the metrics endpoint share.
-pub struct Daemon {
-    pub iface: String,
-    pub classifier: Classifier,
-    pub registry: SlotRegistry,
-    pub spec: PolicySpec,
-    pub catalog_path: Option<PathBuf>,
-    pub catalog_generation: u32,
-    pub rules_per_role: BTreeMap<String, usize>,
-    pub xdp_mode: &'static str,
-    pub mode: Mode,
-    pub reloads: ReloadCounts,
-    pub state_path: Option<PathBuf>,
-    /// How long the last successful reload took from reading the catalog to the flip.
-    pub last_swap: Option<std::time::Duration>,
-}
-
-impl Daemon {
-    /// Re-reads the catalog; on any error the policy in force stays.
-    pub fn reload(&mut self) -> Result<u32, RunError> {
-        let started = Instant::now();
-        let result = (|| {
-            let catalog = read_catalog(self.catalog_path.as_deref())?;
-            let mut registry = self.registry.clone();
-            let compiled = policy::compile(&catalog, &self.spec, &mut registry)?;
-            let generation = self.catalog_generation + 1;
-            self.classifier.install(&compiled, generation)?;
-            self.registry = registry;
-            self.catalog_generation = generation;
-            self.rules_per_role = compiled.rules_per_role;
-            Ok::<u32, RunError>(generation)
-        })();
-        match &result {
-            Ok(g) => {
-                self.reloads.ok += 1;
-                self.last_swap = Some(started.elapsed());
-                log::info!(
-                    "reload: catalog generation {g} in force ({:?})",
-                    started.elapsed()
-                );
-                self.save_state();
-            }
-            Err(e) => {
-                self.reloads.error += 1;
-                log::error!("reload rejected, the policy in force stays:\n{e}");
-            }
-        }
-        result
-    }
-
-    pub fn snapshot(&mut self) -> Result<Snapshot, LoadError> {
-        let raw = self
-            .classifier
-            .counters(counters::indices(&self.registry))?;
-        Ok(counters::snapshot(&self.registry, &raw))
-    }
-
-    fn save_state(&self) {
-        let Some(path) = &self.state_path else { return };
-        let s = State {
-            pid: std::process::id(),
-            iface: self.iface.clone(),
-            xdp_mode: self.xdp_mode.to_string(),
-            mode: format!("{:?}", self.mode).to_lowercase(),
-            catalog: self.catalog_path.clone(),
-            catalog_generation: self.catalog_generation,
-            slots: self.registry.slots().clone(),
-        };
-        if let Err(e) = state::store(path, &s) {
-            log::warn!("could not write {}: {e}", path.display());
-        }
-    }
-}
-
 struct PinCleanup {
     dir: PathBuf,
     armed: bool,
@@ -184,22 +68,93 @@ pub fn run(args: RunArgs) -> u8 {
     match run_inner(args) {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("portguard run: {e}");
+            // stderr may be closed too: nothing more to do than the exit code.
+            let _ = writeln!(io::stderr(), "portguard run: {e}");
             e.exit_code()
         }
     }
 }
 
-fn interface_exists(iface: &str) -> bool {
-    let Ok(c) = CString::new(iface) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+/// What can be refused from the flags alone, before anything is touched.
+fn check_flags(args: &RunArgs, spec: &PolicySpec) -> Result<(), RunError> {
+    iface::validate(&args.iface).map_err(|e| RunError::Usage(e.to_string()))?;
+    let loopback = iface::is_loopback(&args.iface);
+    if loopback && !args.allow_loopback {
+        return Err(RunError::Usage(format!(
+            "--iface {}: a loopback interface carries the host's own traffic (portguard's metrics included) and the policy would cut it; give --allow-loopback to protect it anyway",
+            args.iface
+        )));
+    }
+    if loopback && args.xdp_mode == XdpModeArg::Native {
+        return Err(RunError::Usage(format!(
+            "--xdp-mode native: the loopback driver of {} has no native XDP; use --xdp-mode generic (or auto)",
+            args.iface
+        )));
+    }
+    if spec.profiles.len() > LPM_ENTRIES as usize {
+        return Err(RunError::Usage(format!(
+            "--profile: at most {LPM_ENTRIES} prefixes fit the profile table, {} given",
+            spec.profiles.len()
+        )));
+    }
+    if spec.mgmt.len() > LPM_ENTRIES as usize {
+        return Err(RunError::Usage(format!(
+            "--mgmt: at most {LPM_ENTRIES} prefixes fit the management table, {} given",
+            spec.mgmt.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Scrapes that reach the metrics address through the protected interface
+/// meet the policy like any other packet.
+fn metrics_on_protected_iface(addr: SocketAddr, ifname: &str) -> Option<String> {
+    let on_iface = addr.ip().is_unspecified() || iface::addresses(ifname).contains(&addr.ip());
+    on_iface.then(|| {
+        format!(
+            "--metrics-addr {addr} is reachable through {ifname}, which portguard protects: scrapes arriving through {ifname} are dropped unless --mgmt or the catalog allow TCP {}",
+            addr.port()
+        )
+    })
+}
+
+/// "front-end, client", or what the absence of --role means.
+fn roles_text(spec: &PolicySpec) -> String {
+    match &spec.default_roles {
+        Some(r) => format!("roles {}", r.join(", ")),
+        None => "no default roles (only --profile destinations pass)".into(),
+    }
+}
+
+/// A link a previous run left pinned, if it is still attached to the
+/// interface as it is now; a defunct one (its interface was deleted) is
+/// unpinned so that a fresh attach replaces it.
+fn live_pinned_link(pin_dir: &Path, name: &str, ifindex: u32) -> Result<Option<FdLink>, RunError> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    match loader::pinned_link_ifindex(&path) {
+        Ok(i) if i == ifindex => Ok(loader::pinned_link(pin_dir, name)?),
+        Ok(i) => {
+            log::warn!(
+                "{}: the link a previous run left is on ifindex {i}, not on the interface's {ifindex} (it was deleted and re-created): attaching afresh",
+                path.display()
+            );
+            fs::remove_file(&path)
+                .map_err(|e| RunError::Runtime(format!("removing {}: {e}", path.display())))?;
+            Ok(None)
+        }
+        Err(e) => Err(RunError::Runtime(format!(
+            "reading {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 fn run_inner(args: RunArgs) -> Result<(), RunError> {
     let spec = spec_from_args(&args);
+    check_flags(&args, &spec)?;
     if spec.mgmt.is_empty() {
         log::warn!(
             "--no-default-mgmt without --mgmt: no management allowance; a catalog without SSH can lock you out"
@@ -208,16 +163,21 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
     // Everything that can be checked without privileges is checked first, so
     // a typo never touches the interface.
     let catalog = read_catalog(args.catalog.as_deref())?;
-    if !interface_exists(&args.iface) {
+    let ifindex = iface::index(&args.iface);
+    if ifindex == 0 {
         return Err(RunError::Usage(format!(
             "--iface {}: no such interface",
             args.iface
         )));
     }
-    let state_path = state::path(Path::new(state::RUN_DIR), &args.iface);
-    let pin_dir = loader::pin_dir(&args.bpffs, &args.iface);
     let pins = match loader::ensure_bpffs(&args.bpffs) {
         Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(RunError::Usage(format!(
+                "--bpffs {}: no such directory",
+                args.bpffs.display()
+            )));
+        }
         Err(e) => {
             log::warn!(
                 "{}: not a bpffs and could not mount one ({e}); running without pins: `stats`, `detach` and restarts without a gap are unavailable",
@@ -226,39 +186,66 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
             false
         }
     };
+    // The lock first: until it is ours, nothing of another instance's
+    // (pins, state, the interface) may be touched, --clean-start included.
+    let lock = InstanceLock::acquire(&args.iface, args.clean_start)?;
+    let result = run_locked(&args, spec, &catalog, ifindex, pins);
+    lock.release();
+    result
+}
+
+fn run_locked(
+    args: &RunArgs,
+    spec: PolicySpec,
+    catalog: &crate::catalog::Catalog,
+    ifindex: u32,
+    pins: bool,
+) -> Result<(), RunError> {
+    let state_path = state::path(&state::run_dir()?, &args.iface);
+    let pin_dir = if pins {
+        Some(trusted::private_dir(
+            &args.bpffs,
+            &["portguard", args.iface.as_str()],
+        )?)
+    } else {
+        None
+    };
+    // Pins (and the directory) this run creates are removed again if it
+    // fails before attaching; pins a previous run left (and the program they
+    // keep) are never touched.
+    let mut cleanup = PinCleanup {
+        dir: pin_dir.clone().unwrap_or_default(),
+        armed: pin_dir
+            .as_ref()
+            .is_some_and(|d| args.clean_start || !d.join(loader::XDP_LINK_PIN).exists()),
+    };
     let mut registry = SlotRegistry::default();
     let mut previous_mode = "unknown";
-    if pins && args.clean_start {
-        loader::remove_pins(&pin_dir);
-        let _ = fs::remove_file(&state_path);
-    } else if pins
-        && pin_dir.exists()
-        && let Ok(previous) = state::load(&state_path)
-    {
-        registry = previous.registry();
-        previous_mode = if previous.xdp_mode == "generic" {
-            "generic"
-        } else {
-            "native"
-        };
+    if let Some(dir) = &pin_dir {
+        if args.clean_start {
+            loader::remove_pins(dir);
+            let _ = fs::remove_file(&state_path);
+            // remove_pins took the (empty) directories too.
+            trusted::private_dir(&args.bpffs, &["portguard", args.iface.as_str()])?;
+        } else if let Ok(previous) = state::load(&state_path) {
+            registry = previous.registry();
+            previous_mode = if previous.xdp_mode == "generic" {
+                "generic"
+            } else {
+                "native"
+            };
+        }
     }
     // Bind before attaching: a busy address must fail before the interface changes.
     let metrics_listener = std::net::TcpListener::bind(args.metrics_addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| RunError::Runtime(format!("--metrics-addr {}: {e}", args.metrics_addr)))?;
-    let compiled = policy::compile(&catalog, &spec, &mut registry)?;
-
-    // Pins this run creates are removed again if it fails before attaching;
-    // pins a previous run left (and the program they keep) are never touched.
-    let mut cleanup = PinCleanup {
-        dir: pin_dir.clone(),
-        armed: pins && !pin_dir.join(loader::XDP_LINK_PIN).exists(),
-    };
-    if pins {
-        fs::create_dir_all(&pin_dir)
-            .map_err(|e| RunError::Runtime(format!("creating {}: {e}", pin_dir.display())))?;
+    if let Some(w) = metrics_on_protected_iface(args.metrics_addr, &args.iface) {
+        log::warn!("{w}");
     }
-    let mut classifier = Classifier::load(pins.then_some(pin_dir.as_path()))?;
+    let compiled = policy::compile(catalog, &spec, &mut registry)?;
+
+    let mut classifier = Classifier::load(pin_dir.as_deref())?;
     let previous_generation = classifier
         .config()?
         .gens
@@ -270,10 +257,9 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
     classifier.install(&compiled, catalog_generation)?;
 
     // Take over a link a previous run left pinned: one atomic program swap.
-    let old_xdp = if pins {
-        loader::pinned_link(&pin_dir, loader::XDP_LINK_PIN)?
-    } else {
-        None
+    let old_xdp = match &pin_dir {
+        Some(dir) => live_pinned_link(dir, loader::XDP_LINK_PIN, ifindex)?,
+        None => None,
     };
     let (xdp_link, xdp_mode) = match old_xdp {
         Some(link) => {
@@ -281,19 +267,13 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
                 "taking over the XDP program a previous run left on {}",
                 args.iface
             );
-            (classifier.take_over_xdp(link)?, "takeover")
+            (classifier.take_over_xdp(link)?, previous_mode)
         }
         None => classifier.attach_xdp(&args.iface, args.xdp_mode)?,
     };
-    let xdp_mode = if xdp_mode == "takeover" {
-        previous_mode
-    } else {
-        xdp_mode
-    };
-    let old_tc = if pins {
-        loader::pinned_link(&pin_dir, loader::TC_LINK_PIN)?
-    } else {
-        None
+    let old_tc = match &pin_dir {
+        Some(dir) => live_pinned_link(dir, loader::TC_LINK_PIN, ifindex)?,
+        None => None,
     };
     let tc_link = match old_tc {
         Some(link) => Some(classifier.take_over_tc(link)?),
@@ -307,29 +287,23 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
             }
         },
     };
-    let mut pinned: Vec<PinnedLink> = Vec::new();
-    let mut held_xdp = None;
-    let mut held_tc = None;
-    if pins {
-        let fd = aya::programs::links::FdLink::try_from(xdp_link).map_err(LoadError::Link)?;
-        pinned.push(loader::pin_link(&pin_dir, loader::XDP_LINK_PIN, fd)?);
-        if let Some(tc) = tc_link {
-            pinned.push(loader::pin_link(&pin_dir, loader::TC_LINK_PIN, tc)?);
-        }
-    } else {
-        held_xdp = Some(xdp_link);
-        held_tc = tc_link;
-    }
+    let links = Links {
+        xdp: Some(daemon::hold_xdp(pin_dir.as_deref(), xdp_link)?),
+        tc: match tc_link {
+            Some(l) => Some(daemon::hold_tc(pin_dir.as_deref(), l)?),
+            None => None,
+        },
+    };
     cleanup.armed = false;
     log::info!(
-        "portguard {} on {} ({xdp_mode} XDP), roles {:?}, {} profile(s), catalog generation {catalog_generation}",
+        "portguard {} on {} ({xdp_mode} XDP), {}, {} profile(s), catalog generation {catalog_generation}",
         if spec.monitor {
             "monitoring"
         } else {
             "enforcing"
         },
         args.iface,
-        spec.default_roles,
+        roles_text(&spec),
         compiled.profiles.len(),
     );
     if let Some(warning) = loader::vlan_offload_warning(&args.iface) {
@@ -345,9 +319,14 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
         catalog_generation,
         rules_per_role: compiled.rules_per_role,
         xdp_mode,
+        requested_xdp_mode: args.xdp_mode,
         mode: args.mode,
         reloads: ReloadCounts::default(),
-        state_path: pins.then_some(state_path.clone()),
+        state_path: pin_dir.is_some().then(|| state_path.clone()),
+        pin_dir: pin_dir.clone(),
+        links,
+        ifindex,
+        attach_error: None,
         last_swap: None,
     };
     daemon.save_state();
@@ -359,32 +338,47 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
         .map_err(|e| RunError::Runtime(format!("starting the runtime: {e}")))?;
     let result = runtime.block_on(serve(daemon.clone(), metrics_listener));
 
-    // Detach: dropping unpinned links removes the programs.
+    // Detach first, print after: a closed stdout must not keep the program
+    // attached, and a failed write is not an error worth a panic.
     let mut d = runtime.block_on(daemon.lock_owned());
-    match d.snapshot() {
-        Ok(s) => println!("{}", s.table()),
-        Err(e) => log::warn!("reading counters at exit: {e}"),
-    }
-    if args.keep_attached && pins {
-        log::info!(
-            "--keep-attached: leaving the program pinned under {}",
-            pin_dir.display()
-        );
-        drop(pinned);
-    } else {
-        for link in pinned {
-            match link.unpin() {
-                Ok(fd) => drop(fd),
-                Err(e) => log::warn!("unpinning a link: {e}"),
+    let snapshot = d.snapshot();
+    let was_attached = d.attached();
+    match pin_dir.as_deref().filter(|_| args.keep_attached) {
+        Some(dir) => {
+            d.release_links(true);
+            if !was_attached {
+                log::warn!(
+                    "--keep-attached: nothing is attached ({} is gone); the policy and counters stay pinned under {} for the next run",
+                    d.iface,
+                    dir.display()
+                );
+            } else if dir.join(loader::XDP_LINK_PIN).exists() {
+                log::info!(
+                    "--keep-attached: leaving the program attached and pinned under {}",
+                    dir.display()
+                );
+            } else {
+                log::error!(
+                    "--keep-attached: {} has vanished, so nothing stays attached to {}",
+                    dir.join(loader::XDP_LINK_PIN).display(),
+                    d.iface
+                );
             }
         }
-        drop(held_xdp);
-        drop(held_tc);
-        if pins {
-            loader::remove_pins(&pin_dir);
-            let _ = fs::remove_file(&state_path);
+        None => {
+            d.release_links(false);
+            if let Some(dir) = &pin_dir {
+                loader::remove_pins(dir);
+                let _ = fs::remove_file(&state_path);
+            }
+            log::info!("detached from {}", d.iface);
         }
-        log::info!("detached from {}", d.iface);
+    }
+    match snapshot {
+        Ok(s) => {
+            let _ = writeln!(io::stdout(), "{}", s.table());
+        }
+        Err(e) => log::warn!("reading counters at exit: {e}"),
     }
     result
 }
@@ -399,7 +393,11 @@ async fn serve(
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| RunError::Runtime(format!("--metrics-addr {addr}: {e}")))?;
     log::info!("metrics on http://{addr}/metrics");
-    let metrics_task = tokio::spawn(metrics::serve(listener, daemon.clone()));
+    let metrics_task = tokio::spawn(metrics_http::serve(
+        listener,
+        daemon.clone(),
+        metrics_http::LIMITS,
+    ));
     let logger = daemon.lock().await.classifier.take_logger();
     // SAFETY: the logger owns its ring buffer fd and neither replaces nor
     // closes it while the AsyncFd holds it.
@@ -424,6 +422,19 @@ async fn serve(
     let mut hup = sig(SignalKind::hangup())?;
     let mut int = sig(SignalKind::interrupt())?;
     let mut term = sig(SignalKind::terminate())?;
+    let mut links = match LinkEvents::open() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!(
+                "watching link events: {e}; the interface is re-checked once a second instead"
+            );
+            None
+        }
+    };
+    // The safety net under the events: a second at most between an
+    // interface coming back and the policy being attached to it.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -432,6 +443,19 @@ async fn serve(
             }
             _ = int.recv() => break,
             _ = term.recv() => break,
+            changed = async {
+                match links.as_mut() {
+                    Some(l) => l.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Err(e) = changed {
+                    log::warn!("link events: {e}; falling back to the once-a-second check");
+                    links = None;
+                }
+                daemon.lock().await.follow_interface();
+            }
+            _ = tick.tick() => daemon.lock().await.follow_interface(),
         }
     }
     metrics_task.abort();
@@ -439,4 +463,41 @@ async fn serve(
         t.abort();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_names_roles_plainly() {
+        let mut spec = PolicySpec {
+            default_roles: Some(vec!["front-end".into(), "client".into()]),
+            profiles: Vec::new(),
+            mgmt: Vec::new(),
+            monitor: false,
+            drop_echo: false,
+            drop_ipsec_on_media: false,
+            client_media: None,
+        };
+        assert_eq!(roles_text(&spec), "roles front-end, client");
+        spec.default_roles = None;
+        assert!(
+            roles_text(&spec).starts_with("no default roles"),
+            "{}",
+            roles_text(&spec)
+        );
+    }
+
+    #[test]
+    fn a_wildcard_metrics_address_is_reported_as_reachable_through_the_interface() {
+        let any: SocketAddr = "0.0.0.0:9477".parse().expect("addr");
+        let w = metrics_on_protected_iface(any, "eth0").expect("a warning for the wildcard");
+        assert!(
+            w.contains("--metrics-addr") && w.contains("TCP 9477"),
+            "{w}"
+        );
+        let lo: SocketAddr = "127.0.0.1:9477".parse().expect("addr");
+        assert_eq!(metrics_on_protected_iface(lo, "pg-no-such-if0"), None);
+    }
 }

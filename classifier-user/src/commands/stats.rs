@@ -14,6 +14,12 @@ use crate::{
 };
 
 pub fn stats(args: StatsArgs) -> u8 {
+    if let Some(i) = &args.iface
+        && let Err(e) = crate::iface::validate(i)
+    {
+        eprintln!("portguard stats: {e}");
+        return EXIT_USAGE;
+    }
     let root = args.bpffs.join("portguard");
     let ifaces: Vec<String> = match &args.iface {
         Some(i) => vec![i.clone()],
@@ -21,6 +27,7 @@ pub fn stats(args: StatsArgs) -> u8 {
             Ok(entries) => entries
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| crate::iface::validate(name).is_ok())
                 .collect(),
             Err(_) => Vec::new(),
         },
