@@ -6,7 +6,7 @@ use std::{
 };
 
 pub use crate::catalog::show::{ShowFormat, ShowTable};
-use crate::catalog::{Catalog, CatalogError, MgmtAllowance, Severity, nft, show};
+use crate::catalog::{Catalog, CatalogError, MgmtAllowance, count_findings, nft, show};
 
 const EXIT_OK: u8 = 0;
 const EXIT_FAILURE: u8 = 1;
@@ -17,14 +17,14 @@ const EXIT_INVALID: u8 = 2;
 pub fn check(path: &Path) -> u8 {
     let (diagnostics, ok_summary) = match Catalog::load(path) {
         Ok((catalog, warnings)) => {
+            let (_, warning_count) = count_findings(&warnings);
             let summary = format!(
-                "{}: ok: {} roles, {} rules, {} IPsec exceptions, {} warning{}",
+                "{}: ok: {} roles, {} rules, {} IPsec exceptions, {warning_count} warning{}",
                 path.display(),
                 catalog.roles.len(),
                 catalog.rules.len(),
                 catalog.ipsec.len(),
-                warnings.len(),
-                if warnings.len() == 1 { "" } else { "s" }
+                if warning_count == 1 { "" } else { "s" }
             );
             (warnings, Some(summary))
         }
@@ -40,11 +40,7 @@ pub fn check(path: &Path) -> u8 {
             EXIT_OK
         }
         None => {
-            let errors = diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .count();
-            let warnings = diagnostics.len() - errors;
+            let (errors, warnings) = count_findings(&diagnostics);
             let _ = writeln!(
                 err,
                 "{}: invalid: {errors} error{}, {warnings} warning{}",
