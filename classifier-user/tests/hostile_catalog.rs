@@ -113,6 +113,10 @@ fn serial() -> MutexGuard<'static, ()> {
 /// and [`serial`] keeps the others out): what is measured is portguard's peak or this
 /// process's small resident set at the fork, whichever is larger. It can
 /// only overstate portguard's peak.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped with wait4, which also gives its rusage"
+)]
 fn portguard(args: &[&str]) -> Outcome {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let out_dir = Scratch::new(&format!("out-{}", RUNS.fetch_add(1, Ordering::Relaxed)));
@@ -260,12 +264,18 @@ fn mkfifo(path: &Path) {
 #[test]
 fn devices_are_refused_by_every_command() {
     let _serial = serial();
-    assert_refused_everywhere(Path::new("/dev/zero"), "is a character device");
-    assert_refused_everywhere(Path::new("/dev/urandom"), "is a character device");
+    assert_refused_everywhere(
+        Path::new("/dev/zero"),
+        "not a regular file: it is a character device",
+    );
+    assert_refused_everywhere(
+        Path::new("/dev/urandom"),
+        "not a regular file: it is a character device",
+    );
     let s = Scratch::new("devlink");
     let link = s.path("catalog.toml");
     std::os::unix::fs::symlink("/dev/zero", &link).unwrap_or_else(|e| panic!("symlink: {e}"));
-    assert_refused_everywhere(&link, "is a character device");
+    assert_refused_everywhere(&link, "not a regular file: it is a character device");
 }
 
 #[test]
@@ -274,14 +284,14 @@ fn a_fifo_without_a_writer_is_refused_promptly() {
     let s = Scratch::new("fifo");
     let fifo = s.path("catalog.toml");
     mkfifo(&fifo);
-    assert_refused_everywhere(&fifo, "is a FIFO");
+    assert_refused_everywhere(&fifo, "not a regular file: it is a FIFO");
 }
 
 #[test]
 fn a_directory_is_refused() {
     let _serial = serial();
     let s = Scratch::new("dir");
-    assert_refused_everywhere(&s.0, "is a directory");
+    assert_refused_everywhere(&s.0, "not a regular file: it is a directory");
 }
 
 #[test]
