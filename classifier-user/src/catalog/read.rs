@@ -4,11 +4,12 @@
 //! A catalog path is operator input and may name anything: `/dev/zero` or
 //! `/dev/urandom` would grow the process without end, and a FIFO would block
 //! the daemon's only thread (SIGTERM included) until a writer appears. The
+//! path is looked up first and anything but a regular file is refused
+//! without being opened. Then, because the path may change in between, the
 //! file is opened with `O_NONBLOCK` (opening a FIFO then returns at once),
-//! its kind is taken from `fstat` on the opened descriptor (not from a path
-//! lookup another process could change in between), and at most one byte
-//! more than the cap is read, so a file that grows after `fstat` is still
-//! refused without being read to its end.
+//! its kind and size are taken again from `fstat` on the opened descriptor,
+//! and at most one byte more than the cap is read, so a file that grows after
+//! `fstat` is still refused without being read to its end.
 
 use std::{
     fs::{File, FileType, OpenOptions},
@@ -58,20 +59,16 @@ fn kind(t: FileType) -> &'static str {
 
 /// Reads `path` (following symlinks) if it is a regular file of at most `cap` bytes.
 pub fn read_bounded(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
-    let file = match OpenOptions::new()
+    // Not even opened when it is not a regular file: opening some devices
+    // has effects of its own (a watchdog starts counting, a tape rewinds).
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular(kind(meta.file_type())));
+    }
+    let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        // A socket cannot be opened (ENXIO); name what it is rather than the errno.
-        Err(e) => {
-            return Err(match std::fs::metadata(path) {
-                Ok(m) if !m.is_file() => ReadError::NotRegular(kind(m.file_type())),
-                _ => ReadError::Io(e),
-            });
-        }
-    };
+        .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(ReadError::NotRegular(kind(meta.file_type())));
