@@ -392,3 +392,26 @@ fn thousands_of_include_cycles_are_listed_up_to_the_cap_and_counted() {
         "{n} roles with cycles took {took:?}"
     );
 }
+
+#[test]
+fn the_known_roles_hint_names_a_bounded_number_of_roles() {
+    let mut text = String::from("version = 1\n");
+    for i in 0..100 {
+        let _ = write!(
+            text,
+            "[[role]]\nid = \"r{i}\"\nlabel = \"R\"\ntable = \"server\"\n"
+        );
+    }
+    text.push_str(
+        "[[rule]]\nrole = \"nope\"\nservice = \"s\"\nprotocol = \"tcp\"\nports = 1\ntransport = \"T\"\ntable = \"server\"\nnote = \"\"\n",
+    );
+    let e = match Catalog::parse(&text, "hint.toml") {
+        Ok(_) => panic!("a rule of an unknown role was accepted"),
+        Err(e) => e,
+    };
+    let hint = e.diagnostics[0].hint.clone().unwrap_or_default();
+    assert!(
+        hint.starts_with("known roles: r0, r1, ") && hint.ends_with("r39, ... (60 more)"),
+        "the first 40 roles and a count: {hint}"
+    );
+}

@@ -797,7 +797,7 @@ fn valid_id(id: &str) -> bool {
 /// The first roles of the catalog by name, enough to spot a typo without
 /// printing thousands of names per error.
 pub(super) fn known_roles_hint(roles: &[RoleDef]) -> String {
-    const NAMED: usize = 20;
+    const NAMED: usize = 40;
     let names: Vec<&str> = roles.iter().take(NAMED).map(|r| r.id.as_str()).collect();
     match roles.len().saturating_sub(NAMED) {
         0 => format!("known roles: {}", names.join(", ")),
