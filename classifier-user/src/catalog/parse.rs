@@ -643,6 +643,8 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], roles: &[RoleDef]
 
 fn validate_ipsec(d: &mut Diags<'_>, raw: &[Spanned<RawIpsec>]) -> Vec<IpsecException> {
     let mut out: Vec<IpsecException> = Vec::new();
+    // Each name's first line: a lookup, not a pass over the rows before.
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
     for sr in raw {
         let r = sr.get_ref();
         let line = d.line(&sr.span());
@@ -651,17 +653,15 @@ fn validate_ipsec(d: &mut Diags<'_>, raw: &[Spanned<RawIpsec>]) -> Vec<IpsecExce
             d.error(&r.name.span(), "empty IPsec rule name", None);
             continue;
         }
-        if let Some(first) = out.iter().find(|e| e.name == name) {
+        if let Some(first) = first_line.get(name) {
             d.error(
                 &r.name.span(),
-                format!(
-                    "duplicate IPsec rule `{name}`, first at line {}",
-                    first.line
-                ),
+                format!("duplicate IPsec rule `{name}`, first at line {first}"),
                 None,
             );
             continue;
         }
+        first_line.insert(name, line);
         out.push(IpsecException {
             name: name.to_string(),
             source: r.source.trim().to_string(),
