@@ -701,6 +701,50 @@ mod tests {
         assert_eq!(p.profile_for(&addr("198.19.0.1")), 0);
     }
 
+    /// The largest catalog `check` lets through: 16,383 rules of one role,
+    /// every one nested in the previous, compiles at once. (The one-rule-per-port
+    /// assignment used to compare every rule at every boundary: seconds.)
+    #[test]
+    fn a_catalog_that_fills_every_counter_slot_compiles_quickly() {
+        use std::fmt::Write as _;
+        let n = crate::catalog::MAX_RULE_ENTRIES;
+        let mut text =
+            String::from("version = 1\n[[role]]\nid = \"a\"\nlabel = \"A\"\ntable = \"server\"\n");
+        for i in 0..n {
+            let _ = write!(
+                text,
+                "[[rule]]\nrole = \"a\"\nservice = \"s{i}\"\nprotocol = \"tcp\"\nports = \"{}-{}\"\ntransport = \"T\"\ntable = \"server\"\nnote = \"\"\n",
+                i + 1,
+                65_535 - i
+            );
+        }
+        let (cat, _) =
+            Catalog::parse(&text, "full.toml").unwrap_or_else(|e| panic!("{n} rules:\n{e}"));
+        let started = std::time::Instant::now();
+        let mut reg = SlotRegistry::default();
+        let p = compile(&cat, &spec(&["a"]), &mut reg).unwrap_or_else(|e| panic!("compile: {e}"));
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "compiling took {took:?}"
+        );
+        assert_eq!(
+            reg.slots().len(),
+            n,
+            "every rule owns a port, so every rule has a slot"
+        );
+        // The narrowest range wins: the innermost rule owns its two ports.
+        let innermost = reg
+            .get(p.profiles[0].slot(PROTO_TCP, 16_383))
+            .map(|k| k.service.clone());
+        assert_eq!(innermost.as_deref(), Some("s16382"));
+        assert_ne!(
+            p.profiles[0].slot(PROTO_TCP, 65_535),
+            0,
+            "the outermost rule"
+        );
+    }
+
     #[test]
     fn port_range_flag() {
         assert_eq!(parse_port_range("50000-50019"), Ok((50_000, 50_019)));

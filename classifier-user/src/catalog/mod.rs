@@ -5,9 +5,12 @@
 //!
 //! The format and every decision behind it are in `docs/catalog.md`.
 
+#[cfg(test)]
+mod hostile_tests;
 mod model;
 pub mod nft;
 mod parse;
+mod read;
 mod resolve;
 pub mod show;
 #[cfg(test)]
@@ -18,8 +21,10 @@ use std::{path::Path, sync::OnceLock};
 pub use model::{
     Catalog, CatalogError, Diagnostic, Direction, EDGE_DOCUMENT, EffectiveRule, IpsecException,
     MatchSide, MgmtAllowance, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule,
-    SERVER_PORTS_DOCUMENT, SeedTable, Severity,
+    SERVER_PORTS_DOCUMENT, SeedTable, Severity, count_findings,
 };
+pub use parse::{MAX_DIAGNOSTICS, MAX_OVERLAPS_LISTED, MAX_ROLES, MAX_RULE_ENTRIES};
+pub use read::{MAX_CATALOG_BYTES, ReadError, read_bounded};
 pub use resolve::assign_ports;
 
 /// The origin name used in diagnostics for the embedded catalog.
@@ -65,19 +70,32 @@ impl Catalog {
         }
     }
 
-    /// Reads and parses a catalog file.
+    /// Reads and parses a catalog file: a regular file (or a symlink to
+    /// one) of at most [`MAX_CATALOG_BYTES`]; see [`read_bounded`].
     pub fn load(path: &Path) -> Result<(Catalog, Vec<Diagnostic>), CatalogError> {
         let origin = path.display().to_string();
-        match std::fs::read(path) {
+        match read_bounded(path, MAX_CATALOG_BYTES) {
             Ok(bytes) => Self::from_bytes(&bytes, &origin),
-            Err(e) => Err(CatalogError::single(Diagnostic {
-                origin,
-                line: 0,
-                column: 0,
-                severity: Severity::Error,
-                message: format!("cannot read the catalog: {e}"),
-                hint: None,
-            })),
+            Err(e) => {
+                let hint = match e {
+                    ReadError::NotRegular(_) => {
+                        Some("a catalog is a regular TOML file (a symlink to one is fine)".into())
+                    }
+                    ReadError::TooLarge { .. } | ReadError::Grew { .. } => Some(
+                        "the default catalog is about 34 KiB; the limits are in docs/catalog.md"
+                            .into(),
+                    ),
+                    ReadError::Io(_) => None,
+                };
+                Err(CatalogError::single(Diagnostic {
+                    origin,
+                    line: 0,
+                    column: 0,
+                    severity: Severity::Error,
+                    message: e.to_string(),
+                    hint,
+                }))
+            }
         }
     }
 
@@ -134,10 +152,11 @@ impl Catalog {
     /// protocol), in catalog order; a role included twice counts once.
     pub fn effective_rules(&self, roles: &[String]) -> Result<Vec<EffectiveRule>, CatalogError> {
         let closure = resolve::closure(self, roles)?;
+        let closure: std::collections::HashSet<&str> = closure.iter().map(String::as_str).collect();
         Ok(self
             .rules
             .iter()
-            .filter(|r| closure.contains(&r.role))
+            .filter(|r| closure.contains(r.role.as_str()))
             .flat_map(Rule::expand)
             .collect())
     }

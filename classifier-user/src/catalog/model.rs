@@ -235,6 +235,65 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// How the diagnostic that stands for the ones not shown begins.
+const OMITTED_PREFIX: &str = "... and ";
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} more {word}{}", if n == 1 { "" } else { "s" })
+}
+
+impl Diagnostic {
+    /// Stands for the findings past the first [`super::MAX_DIAGNOSTICS`],
+    /// placed at the earliest of them.
+    pub(crate) fn omitted(
+        origin: &str,
+        (line, column): (usize, usize),
+        errors: usize,
+        warnings: usize,
+    ) -> Diagnostic {
+        Diagnostic {
+            origin: origin.to_string(),
+            line,
+            column,
+            severity: if errors > 0 {
+                Severity::Error
+            } else {
+                Severity::Warning
+            },
+            message: format!(
+                "{OMITTED_PREFIX}{} and {} from here on, not shown",
+                plural(errors, "error"),
+                plural(warnings, "warning")
+            ),
+            hint: Some(format!(
+                "only the first {} findings are shown; fix them and check again",
+                super::MAX_DIAGNOSTICS
+            )),
+        }
+    }
+
+    /// The errors and warnings this diagnostic stands for, if it stands for
+    /// the ones not shown.
+    pub fn omitted_counts(&self) -> Option<(usize, usize)> {
+        let rest = self.message.strip_prefix(OMITTED_PREFIX)?;
+        let mut numbers = rest
+            .split_whitespace()
+            .filter_map(|w| w.parse::<usize>().ok());
+        Some((numbers.next()?, numbers.next()?))
+    }
+}
+
+/// (errors, warnings) among these diagnostics, the ones not shown included.
+pub fn count_findings(diagnostics: &[Diagnostic]) -> (usize, usize) {
+    diagnostics
+        .iter()
+        .fold((0, 0), |(e, w), d| match (d.omitted_counts(), d.severity) {
+            (Some((oe, ow)), _) => (e + oe, w + ow),
+            (None, Severity::Error) => (e + 1, w),
+            (None, Severity::Warning) => (e, w + 1),
+        })
+}
+
 /// A catalog that cannot be used. Holds every error found, and the warnings
 /// found along the way, in file order.
 #[derive(Clone, Debug, thiserror::Error)]

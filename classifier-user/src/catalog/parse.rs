@@ -5,10 +5,11 @@
 //! collected, so one `catalog check` run reports them all.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     ops::Range,
 };
 
+use classifier_common::MAX_RULE_SLOTS;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -18,7 +19,6 @@ use super::{
         Catalog, CatalogError, Diagnostic, Direction, IpsecException, MatchSide, Protocol, RoleDef,
         Rule, SeedTable, Severity, ports_text,
     },
-    resolve,
 };
 
 const FORMAT_HINT: &str = "the catalog format is described in docs/catalog.md";
@@ -83,11 +83,57 @@ struct RawIpsec {
     authentication: String,
 }
 
-/// Collects diagnostics and turns byte spans into line and column.
+/// Roles a catalog may define. The default catalog has 17; the cap bounds
+/// the reachability tables overlap detection builds (roles × root roles bits).
+pub const MAX_ROLES: usize = 8_192;
+
+/// Distinct destination rules a catalog may have, counting each protocol of
+/// a rule once: every one needs a counter slot, and slot 0 means "no rule".
+/// The same limit `run` applies when it hands out slots.
+pub const MAX_RULE_ENTRIES: usize = MAX_RULE_SLOTS as usize - 1;
+
+/// Diagnostics reported per catalog: the first ones in file order, then one
+/// that counts the rest, so a hostile file cannot make megabytes of output.
+pub const MAX_DIAGNOSTICS: usize = 64;
+
+/// Overlapping rule pairs listed one by one; the rest are counted.
+pub const MAX_OVERLAPS_LISTED: usize = 32;
+
+/// Rule pairs the overlap sweep compares before it stops counting: 2,000
+/// fully nested rules (about 2 million pairs) are still counted exactly.
+const MAX_OVERLAP_COMPARISONS: usize = 4_000_000;
+
+/// Include cycles reported one by one.
+const MAX_CYCLES_LISTED: usize = 20;
+
+/// A diagnostic before its place is turned into line and column (which costs
+/// a scan of the line: only done for the ones that are reported).
+struct Pending {
+    /// Byte offset into the text; `None` for a finding about the whole file.
+    offset: Option<usize>,
+    severity: Severity,
+    message: String,
+    hint: Option<String>,
+}
+
+impl Pending {
+    fn order(&self) -> usize {
+        self.offset.map_or(0, |o| o + 1)
+    }
+}
+
+/// Collects diagnostics and turns byte spans into line and column. Keeps at
+/// most about `2 * MAX_DIAGNOSTICS` in memory: the earliest in the file, and
+/// a count of the others.
 struct Diags<'a> {
     text: &'a str,
     origin: &'a str,
-    list: Vec<Diagnostic>,
+    list: Vec<Pending>,
+    errors: usize,
+    dropped_errors: usize,
+    dropped_warnings: usize,
+    /// The earliest place among the dropped ones.
+    first_dropped: Option<usize>,
     /// Byte offset where each line starts: a position is a binary search, so
     /// a catalog of many thousand rules is not read once per rule.
     line_starts: Vec<usize>,
@@ -102,6 +148,10 @@ impl<'a> Diags<'a> {
             text,
             origin,
             list: Vec::new(),
+            errors: 0,
+            dropped_errors: 0,
+            dropped_warnings: 0,
+            first_dropped: None,
             line_starts,
         }
     }
@@ -119,7 +169,13 @@ impl<'a> Diags<'a> {
     }
 
     fn line(&self, span: &Range<usize>) -> usize {
-        self.position(span.start).0
+        self.position_line(span.start)
+    }
+
+    /// The line alone: a binary search, without the column's scan of the line.
+    fn position_line(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        self.line_starts.partition_point(|&s| s <= offset).max(1)
     }
 
     fn push(
@@ -129,15 +185,39 @@ impl<'a> Diags<'a> {
         message: String,
         hint: Option<String>,
     ) {
-        let (line, column) = self.position(span.start);
-        self.list.push(Diagnostic {
-            origin: self.origin.to_string(),
-            line,
-            column,
+        self.push_pending(Pending {
+            offset: Some(span.start),
             severity,
             message,
             hint,
         });
+    }
+
+    fn push_pending(&mut self, p: Pending) {
+        if p.severity == Severity::Error {
+            self.errors += 1;
+        }
+        self.list.push(p);
+        if self.list.len() >= 2 * MAX_DIAGNOSTICS {
+            self.keep_first(MAX_DIAGNOSTICS);
+        }
+    }
+
+    /// Keeps the `n` earliest (stable: findings at one place keep the order
+    /// they were found in) and counts the others.
+    fn keep_first(&mut self, n: usize) {
+        self.list.sort_by_key(Pending::order);
+        if self.list.len() <= n {
+            return;
+        }
+        for p in self.list.drain(n..) {
+            match p.severity {
+                Severity::Error => self.dropped_errors += 1,
+                Severity::Warning => self.dropped_warnings += 1,
+            }
+            let at = p.offset.unwrap_or(0);
+            self.first_dropped = Some(self.first_dropped.map_or(at, |f| f.min(at)));
+        }
     }
 
     fn error(&mut self, span: &Range<usize>, message: impl Into<String>, hint: Option<String>) {
@@ -149,13 +229,36 @@ impl<'a> Diags<'a> {
     }
 
     fn has_errors(&self) -> bool {
-        self.list.iter().any(|d| d.severity == Severity::Error)
+        self.errors > 0
     }
 
     fn into_sorted(mut self) -> Vec<Diagnostic> {
-        // Stable: diagnostics at one place keep the order they were found in.
-        self.list.sort_by_key(|d| (d.line, d.column));
-        self.list
+        self.keep_first(MAX_DIAGNOSTICS);
+        let mut out: Vec<Diagnostic> = self
+            .list
+            .iter()
+            .map(|p| {
+                let (line, column) = p.offset.map_or((0, 0), |o| self.position(o));
+                Diagnostic {
+                    origin: self.origin.to_string(),
+                    line,
+                    column,
+                    severity: p.severity,
+                    message: p.message.clone(),
+                    hint: p.hint.clone(),
+                }
+            })
+            .collect();
+        if let Some(at) = self.first_dropped {
+            let (line, column) = self.position(at);
+            out.push(Diagnostic::omitted(
+                self.origin,
+                (line, column),
+                self.dropped_errors,
+                self.dropped_warnings,
+            ));
+        }
+        out
     }
 }
 
@@ -186,9 +289,20 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic
         );
     }
 
+    if let Some(extra) = raw.role.get(MAX_ROLES) {
+        // Refused before anything is built from them.
+        d.error(
+            &extra.span(),
+            format!("more than {MAX_ROLES} roles"),
+            Some("the limits of a catalog are in docs/catalog.md".into()),
+        );
+        return Err(CatalogError {
+            diagnostics: d.into_sorted(),
+        });
+    }
+
     let roles = validate_roles(&mut d, &raw.role);
-    let known: Vec<&str> = roles.iter().map(|r| r.id.as_str()).collect();
-    let rules = validate_rules(&mut d, &raw.rule, &known);
+    let rules = validate_rules(&mut d, &raw.rule, &roles);
     let ipsec = validate_ipsec(&mut d, &raw.ipsec);
 
     let mut catalog = Catalog {
@@ -288,80 +402,113 @@ fn validate_roles(d: &mut Diags<'_>, raw: &[Spanned<RawRole>]) -> Vec<RoleDef> {
         });
     }
 
-    let known: Vec<&str> = roles.iter().map(|r| r.id.as_str()).collect();
-    let mut includes: BTreeMap<&str, Vec<(&str, Range<usize>)>> = BTreeMap::new();
+    let index: HashMap<&str, usize> = roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i))
+        .collect();
+    // The include edges by role index, each with the place that states it.
+    let mut includes: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); roles.len()];
     for sr in raw {
         let r = sr.get_ref();
+        let Some(&from) = index.get(r.id.get_ref().as_str()) else {
+            continue;
+        };
         for inc in &r.includes {
             let name = inc.get_ref().as_str();
-            if known.contains(&name) {
-                includes
-                    .entry(r.id.get_ref().as_str())
-                    .or_default()
-                    .push((name, inc.span()));
-            } else {
-                d.error(
+            match index.get(name) {
+                Some(&to) => includes[from].push((to, inc.span())),
+                None => d.error(
                     &inc.span(),
                     format!("unknown role `{name}` in includes"),
-                    Some(known_roles_hint(&known)),
-                );
+                    Some(known_roles_hint(&roles)),
+                ),
             }
         }
     }
-    report_cycles(d, &known, &includes);
+    report_cycles(d, &roles, &includes);
     roles
 }
 
-/// Every include cycle once, at the include that closes it.
-fn report_cycles(
-    d: &mut Diags<'_>,
-    known: &[&str],
-    includes: &BTreeMap<&str, Vec<(&str, Range<usize>)>>,
-) {
-    let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
-    let mut found: Vec<(Range<usize>, Vec<String>)> = Vec::new();
-    fn walk<'a>(
-        node: &'a str,
-        stack: &mut Vec<&'a str>,
-        includes: &BTreeMap<&'a str, Vec<(&'a str, Range<usize>)>>,
-        done: &mut BTreeSet<&'a str>,
-        found: &mut Vec<(Range<usize>, Vec<String>)>,
-    ) {
-        if done.contains(node) {
-            return;
+/// Include cycles, each once, at the include that closes it. One iterative
+/// depth-first walk, so each role and include is visited once whatever the
+/// shape (a chain of thousands of roles included).
+fn report_cycles(d: &mut Diags<'_>, roles: &[RoleDef], includes: &[Vec<(usize, Range<usize>)>]) {
+    const UNSEEN: u8 = 0;
+    const ON_PATH: u8 = 1;
+    const DONE: u8 = 2;
+    let mut state = vec![UNSEEN; roles.len()];
+    // Where each role on the path sits in `path`.
+    let mut depth = vec![0usize; roles.len()];
+    let mut path: Vec<usize> = Vec::new();
+    let mut seen: BTreeSet<Vec<usize>> = BTreeSet::new();
+    let mut more: Option<(usize, Range<usize>)> = None;
+    for start in 0..roles.len() {
+        if state[start] != UNSEEN {
+            continue;
         }
-        stack.push(node);
-        for (next, span) in includes.get(node).map(Vec::as_slice).unwrap_or_default() {
-            if let Some(pos) = stack.iter().position(|s| s == next) {
-                let mut path: Vec<String> = stack[pos..].iter().map(|s| s.to_string()).collect();
-                path.push(next.to_string());
-                found.push((span.clone(), path));
-            } else {
-                walk(next, stack, includes, done, found);
+        // (role, index of its next include to follow)
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        state[start] = ON_PATH;
+        path.push(start);
+        while let Some(top) = stack.last_mut() {
+            let (node, next) = *top;
+            let Some((to, span)) = includes[node].get(next) else {
+                state[node] = DONE;
+                path.pop();
+                stack.pop();
+                continue;
+            };
+            top.1 += 1;
+            match state[*to] {
+                UNSEEN => {
+                    state[*to] = ON_PATH;
+                    depth[*to] = path.len();
+                    path.push(*to);
+                    stack.push((*to, 0));
+                }
+                ON_PATH if seen.len() < MAX_CYCLES_LISTED => {
+                    let cycle = &path[depth[*to]..];
+                    let mut members = cycle.to_vec();
+                    members.sort_unstable();
+                    if seen.insert(members) {
+                        let mut names: Vec<&str> =
+                            cycle.iter().map(|&i| roles[i].id.as_str()).collect();
+                        names.push(roles[*to].id.as_str());
+                        d.error(
+                            span,
+                            format!("include cycle: {}", names.join(" -> ")),
+                            Some("a role cannot include itself, directly or through others".into()),
+                        );
+                    }
+                }
+                ON_PATH => {
+                    let (n, first) = more.take().unwrap_or((0, span.clone()));
+                    more = Some((n + 1, first));
+                }
+                _ => {}
             }
         }
-        stack.pop();
-        done.insert(node);
     }
-    let mut done = BTreeSet::new();
-    for role in known {
-        walk(role, &mut Vec::new(), includes, &mut done, &mut found);
-    }
-    for (span, path) in found {
-        let mut members: Vec<String> = path[..path.len() - 1].to_vec();
-        members.sort();
-        if seen.insert(members) {
-            d.error(
-                &span,
-                format!("include cycle: {}", path.join(" -> ")),
-                Some("a role cannot include itself, directly or through others".into()),
-            );
-        }
+    if let Some((n, span)) = more {
+        d.error(
+            &span,
+            format!(
+                "this and {} more include{} close further cycles (the first {MAX_CYCLES_LISTED} cycles are listed)",
+                n - 1,
+                if n == 2 { "" } else { "s" }
+            ),
+            None,
+        );
     }
 }
 
-fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -> Vec<Rule> {
+fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], roles: &[RoleDef]) -> Vec<Rule> {
+    let known: HashSet<&str> = roles.iter().map(|r| r.id.as_str()).collect();
+    let roles_hint = known_roles_hint(roles);
     let mut rules = Vec::new();
+    // The counter slots the rules need: one per (role, service, protocol, range).
+    let mut slots: HashSet<(&str, &str, Protocol, (u16, u16))> = HashSet::new();
     // (role, protocols, range, service, side, direction) of each rule seen, and its line.
     type Key = (
         String,
@@ -375,13 +522,13 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
     for sr in raw {
         let r = sr.get_ref();
         let line = d.line(&sr.span());
-        let errors_before = d.list.len();
+        let errors_before = d.errors;
         let role = r.role.get_ref().as_str();
-        if !known.contains(&role) {
+        if !known.contains(role) {
             d.error(
                 &r.role.span(),
                 format!("unknown role `{role}`"),
-                Some(known_roles_hint(known)),
+                Some(roles_hint.clone()),
             );
         }
         let service = r.service.get_ref().trim();
@@ -471,7 +618,7 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
                 Some("drop `match = \"source\"` or `media = true`".into()),
             );
         }
-        if d.list.len() > errors_before {
+        if d.errors > errors_before {
             continue;
         }
         let (Some((start, end)), Some(table)) = (range, table) else {
@@ -497,6 +644,20 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
             continue;
         }
         first.insert(key, line);
+        if side == MatchSide::Destination {
+            for &p in &protocols {
+                slots.insert((role, service, p, (start, end)));
+            }
+            if slots.len() > MAX_RULE_ENTRIES {
+                // Early: nothing past this rule is read, and `run` could not load the policy.
+                d.error(
+                    &sr.span(),
+                    too_many_rules(),
+                    Some(TOO_MANY_RULES_HINT.into()),
+                );
+                break;
+            }
+        }
         rules.push(Rule {
             role: role.to_string(),
             service: service.to_string(),
@@ -518,6 +679,8 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], known: &[&str]) -
 
 fn validate_ipsec(d: &mut Diags<'_>, raw: &[Spanned<RawIpsec>]) -> Vec<IpsecException> {
     let mut out: Vec<IpsecException> = Vec::new();
+    // Each name's first line: a lookup, not a pass over the rows before.
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
     for sr in raw {
         let r = sr.get_ref();
         let line = d.line(&sr.span());
@@ -526,17 +689,15 @@ fn validate_ipsec(d: &mut Diags<'_>, raw: &[Spanned<RawIpsec>]) -> Vec<IpsecExce
             d.error(&r.name.span(), "empty IPsec rule name", None);
             continue;
         }
-        if let Some(first) = out.iter().find(|e| e.name == name) {
+        if let Some(first) = first_line.get(name) {
             d.error(
                 &r.name.span(),
-                format!(
-                    "duplicate IPsec rule `{name}`, first at line {}",
-                    first.line
-                ),
+                format!("duplicate IPsec rule `{name}`, first at line {first}"),
                 None,
             );
             continue;
         }
+        first_line.insert(name, line);
         out.push(IpsecException {
             name: name.to_string(),
             source: r.source.trim().to_string(),
@@ -676,51 +837,152 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-pub(super) fn known_roles_hint(known: &[&str]) -> String {
-    format!("known roles: {}", known.join(", "))
+/// The first roles of the catalog by name, enough to spot a typo without
+/// printing thousands of names per error.
+pub(super) fn known_roles_hint(roles: &[RoleDef]) -> String {
+    const NAMED: usize = 40;
+    let names: Vec<&str> = roles.iter().take(NAMED).map(|r| r.id.as_str()).collect();
+    match roles.len().saturating_sub(NAMED) {
+        0 => format!("known roles: {}", names.join(", ")),
+        more => format!("known roles: {}, ... ({more} more)", names.join(", ")),
+    }
 }
 
-/// Overlapping destination rules within each role's resolved set, once per pair.
-fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
-    let mut pairs: BTreeMap<(usize, usize), Vec<Protocol>> = BTreeMap::new();
-    for role in &catalog.roles {
-        let Ok(members) = resolve::closure(catalog, std::slice::from_ref(&role.id)) else {
-            continue;
-        };
-        let idx: Vec<usize> = (0..catalog.rules.len())
-            .filter(|&i| {
-                let r = &catalog.rules[i];
-                r.side == MatchSide::Destination && members.contains(&r.role)
+/// Also `run`'s message when the counter slots run out (`PolicyError::TooManyRules`).
+pub(super) fn too_many_rules() -> String {
+    format!("more than {MAX_RULE_ENTRIES} distinct rules; the counter table is full")
+}
+
+const TOO_MANY_RULES_HINT: &str = "each protocol of a destination rule takes a counter slot (`both` takes two); the limits of a catalog are in docs/catalog.md";
+
+/// For each role, the root roles (those no role includes) whose resolved
+/// set contains it, as a bitset of `words` words per role. Two rules can meet
+/// on a host through inclusion exactly when their roles share a root.
+/// Filled in topological order, includers first, so each include is followed
+/// once (memoised, not a walk per role). Cycles were refused before.
+struct Reach {
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl Reach {
+    fn new(roles: &[RoleDef]) -> Reach {
+        let index: HashMap<&str, usize> = roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.as_str(), i))
+            .collect();
+        let edges: Vec<Vec<usize>> = roles
+            .iter()
+            .map(|r| {
+                r.includes
+                    .iter()
+                    .filter_map(|i| index.get(i.as_str()).copied())
+                    .collect()
             })
             .collect();
-        // A sweep over the rules sorted by start: each rule meets only those
-        // that start before it ends, so the work is the overlaps, not n².
-        let mut by_start = idx;
-        by_start.sort_by_key(|&i| (catalog.rules[i].port_start, i));
-        for (n, &x) in by_start.iter().enumerate() {
-            let end = catalog.rules[x].port_end;
-            for &y in by_start[n + 1..]
-                .iter()
-                .take_while(|&&y| catalog.rules[y].port_start <= end)
-            {
-                let (i, j) = (x.min(y), x.max(y));
-                let (a, b) = (&catalog.rules[i], &catalog.rules[j]);
-                // An inbound and an outbound rule on one port never meet: one
-                // matches packets to the role's address, the other packets from it.
-                if a.direction != b.direction {
-                    continue;
+        let mut includers = vec![0usize; roles.len()];
+        for &to in edges.iter().flatten() {
+            includers[to] += 1;
+        }
+        let roots: Vec<usize> = (0..roles.len()).filter(|&i| includers[i] == 0).collect();
+        let words = roots.len().div_ceil(64).max(1);
+        let mut bits = vec![0u64; roles.len() * words];
+        for (k, &root) in roots.iter().enumerate() {
+            bits[root * words + k / 64] |= 1 << (k % 64);
+        }
+        // Kahn's order: a role is done once every role including it is.
+        let mut ready = roots;
+        while let Some(from) = ready.pop() {
+            for &to in &edges[from] {
+                for w in 0..words {
+                    bits[to * words + w] |= bits[from * words + w];
                 }
-                for p in a.protocols.iter().filter(|p| b.protocols.contains(p)) {
-                    let entry = pairs.entry((i, j)).or_default();
-                    if !entry.contains(p) {
-                        entry.push(*p);
-                    }
+                includers[to] -= 1;
+                if includers[to] == 0 {
+                    ready.push(to);
                 }
             }
         }
+        Reach { words, bits }
     }
-    for ((i, j), protocols) in pairs {
-        let (a, b) = (&catalog.rules[i], &catalog.rules[j]);
+
+    fn share_a_root(&self, a: usize, b: usize) -> bool {
+        let (x, y) = (
+            &self.bits[a * self.words..(a + 1) * self.words],
+            &self.bits[b * self.words..(b + 1) * self.words],
+        );
+        x.iter().zip(y).any(|(p, q)| p & q != 0)
+    }
+}
+
+/// Overlapping destination rules that can meet on a host through inclusion
+/// (both in some role's resolved set), once per pair: the first
+/// [`MAX_OVERLAPS_LISTED`] by port, then a count of all. One sweep over the
+/// rules sorted by start: each rule meets only those that start before it
+/// ends, so the work is the overlaps (at most [`MAX_OVERLAP_COMPARISONS`]),
+/// not a pass per role.
+fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
+    let index: HashMap<&str, usize> = catalog
+        .roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i))
+        .collect();
+    let reach = Reach::new(&catalog.roles);
+    let rules = &catalog.rules;
+    let role_of: Vec<usize> = rules
+        .iter()
+        .map(|r| index.get(r.role.as_str()).copied().unwrap_or(0))
+        .collect();
+    let mut by_start: Vec<usize> = (0..rules.len())
+        .filter(|&i| rules[i].side == MatchSide::Destination)
+        .collect();
+    by_start.sort_by_key(|&i| (rules[i].port_start, i));
+
+    let mut listed: Vec<(usize, usize, Vec<Protocol>)> = Vec::new();
+    let mut count = 0usize;
+    let mut comparisons = 0usize;
+    let mut complete = true;
+    'sweep: for (n, &x) in by_start.iter().enumerate() {
+        let end = rules[x].port_end;
+        for &y in by_start[n + 1..]
+            .iter()
+            .take_while(|&&y| rules[y].port_start <= end)
+        {
+            comparisons += 1;
+            if comparisons > MAX_OVERLAP_COMPARISONS {
+                complete = false;
+                break 'sweep;
+            }
+            let (i, j) = (x.min(y), x.max(y));
+            let (a, b) = (&rules[i], &rules[j]);
+            // An inbound and an outbound rule on one port never meet: one
+            // matches packets to the role's address, the other packets from it.
+            if a.direction != b.direction {
+                continue;
+            }
+            if !a.protocols.iter().any(|p| b.protocols.contains(p)) {
+                continue;
+            }
+            if role_of[i] != role_of[j] && !reach.share_a_root(role_of[i], role_of[j]) {
+                continue;
+            }
+            count += 1;
+            if listed.len() < MAX_OVERLAPS_LISTED {
+                let shared = a
+                    .protocols
+                    .iter()
+                    .filter(|p| b.protocols.contains(p))
+                    .copied()
+                    .collect();
+                listed.push((i, j, shared));
+            }
+        }
+    }
+    let shown = listed.len();
+    for (i, j, protocols) in listed {
+        let (a, b) = (&rules[i], &rules[j]);
         let (lo, hi) = (a.port_start.max(b.port_start), a.port_end.min(b.port_end));
         let (wa, wb) = (a.port_end - a.port_start, b.port_end - b.port_start);
         let winner = if wb < wa { b } else { a };
@@ -745,6 +1007,24 @@ fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
                 winner.line, winner.service
             )),
         );
+    }
+    if count > shown || !complete {
+        let total = if complete {
+            format!("{count} overlapping rule pairs in all")
+        } else {
+            format!(
+                "more than {count} overlapping rule pairs (counting stopped after {MAX_OVERLAP_COMPARISONS} comparisons)"
+            )
+        };
+        d.push_pending(Pending {
+            offset: None,
+            severity: Severity::Warning,
+            message: format!("{total}; the first {shown} by port are listed"),
+            hint: Some(
+                "overlaps are settled by precedence (the narrower range, then the earlier rule); see docs/catalog.md"
+                    .into(),
+            ),
+        });
     }
 }
 

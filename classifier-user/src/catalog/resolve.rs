@@ -1,25 +1,29 @@
 //! Role inclusions and the one-rule-per-port assignment.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use super::{
     model::{
         Catalog, CatalogError, Diagnostic, Direction, EffectiveRule, MatchSide, PortAssignment,
-        Protocol, Severity,
+        Protocol, RoleDef, Severity,
     },
     parse::known_roles_hint,
 };
 
 /// The requested roles and everything they include, depth first, each once.
+/// Each role and include is visited once (a set of the roles seen and an
+/// index by id), so a chain of thousands of roles costs its length.
 pub(super) fn closure(catalog: &Catalog, roles: &[String]) -> Result<Vec<String>, CatalogError> {
-    let known = catalog.role_ids();
+    let index: HashMap<&str, &RoleDef> = catalog.roles.iter().map(|r| (r.id.as_str(), r)).collect();
     let unknown: Vec<Diagnostic> = roles
         .iter()
-        .filter(|r| !known.contains(&r.as_str()))
+        .filter(|r| !index.contains_key(r.as_str()))
         .map(|r| Diagnostic {
             origin: "--role".into(),
             line: 0,
             column: 0,
             severity: Severity::Error,
-            message: format!("unknown role `{r}`; {}", known_roles_hint(&known)),
+            message: format!("unknown role `{r}`; {}", known_roles_hint(&catalog.roles)),
             hint: None,
         })
         .collect();
@@ -29,16 +33,23 @@ pub(super) fn closure(catalog: &Catalog, roles: &[String]) -> Result<Vec<String>
         });
     }
     let mut out: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     let mut stack: Vec<&str> = roles.iter().rev().map(String::as_str).collect();
     while let Some(role) = stack.pop() {
-        if out.iter().any(|r| r == role) {
+        if !seen.insert(role) {
             continue;
         }
         out.push(role.to_string());
-        if let Some(def) = catalog.role(role) {
+        if let Some(def) = index.get(role) {
             // Reversed so that the first include is visited first; cycles were refused at parse time,
-            // and the `out` check above stops them anyway.
-            stack.extend(def.includes.iter().rev().map(String::as_str));
+            // and the `seen` check above stops them anyway.
+            stack.extend(
+                def.includes
+                    .iter()
+                    .rev()
+                    .map(String::as_str)
+                    .filter(|r| !seen.contains(r)),
+            );
         }
     }
     Ok(out)
@@ -62,20 +73,41 @@ pub fn assign_ports(rules: &[EffectiveRule]) -> Vec<PortAssignment> {
                     && r.port_start <= r.port_end
             })
             .collect();
-        // Between two consecutive boundaries the set of covering rules is constant.
-        let mut bounds: Vec<u32> = candidates
+        // Between two consecutive boundaries the set of covering rules is
+        // constant: a sweep keeps it ordered by (width, index), so the winner
+        // of each stretch is its first element and the work is n log n.
+        let mut events: Vec<(u32, bool, usize)> = candidates
             .iter()
-            .flat_map(|(_, r)| [u32::from(r.port_start), u32::from(r.port_end) + 1])
+            .flat_map(|&(i, r)| {
+                [
+                    (u32::from(r.port_start), true, i),
+                    (u32::from(r.port_end) + 1, false, i),
+                ]
+            })
             .collect();
-        bounds.sort_unstable();
-        bounds.dedup();
-        for w in bounds.windows(2) {
-            let (lo, hi) = (w[0], w[1] - 1);
-            let best = candidates
-                .iter()
-                .filter(|(_, r)| u32::from(r.port_start) <= lo && hi <= u32::from(r.port_end))
-                .min_by_key(|(i, r)| (r.width(), *i));
-            let Some(&(rule, _)) = best else { continue };
+        events.sort_unstable();
+        let mut active: BTreeSet<(u32, usize)> = BTreeSet::new();
+        let mut e = 0;
+        while e < events.len() {
+            let lo = events[e].0;
+            while e < events.len() && events[e].0 == lo {
+                let (_, starts, i) = events[e];
+                let key = (rules[i].width(), i);
+                if starts {
+                    active.insert(key);
+                } else {
+                    active.remove(&key);
+                }
+                e += 1;
+            }
+            let Some(&(_, rule)) = active.first() else {
+                continue;
+            };
+            // The stretch ends before the next boundary; the last boundary is an end.
+            let Some(&(next, _, _)) = events.get(e) else {
+                continue;
+            };
+            let hi = next - 1;
             // Bounds come from u16 ports, and hi < the largest bound, so both fit.
             let (Ok(start), Ok(end)) = (u16::try_from(lo), u16::try_from(hi)) else {
                 continue;

@@ -6,7 +6,7 @@ use std::{
 };
 
 pub use crate::catalog::show::{ShowFormat, ShowTable};
-use crate::catalog::{Catalog, CatalogError, Direction, MgmtAllowance, Severity, nft, show};
+use crate::catalog::{Catalog, CatalogError, Direction, MgmtAllowance, count_findings, nft, show};
 
 const EXIT_OK: u8 = 0;
 const EXIT_FAILURE: u8 = 1;
@@ -17,20 +17,20 @@ const EXIT_INVALID: u8 = 2;
 pub fn check(path: &Path) -> u8 {
     let (diagnostics, ok_summary) = match Catalog::load(path) {
         Ok((catalog, warnings)) => {
+            let (_, warning_count) = count_findings(&warnings);
             let outbound = catalog
                 .rules
                 .iter()
                 .filter(|r| r.direction == Direction::Outbound)
                 .count();
             let summary = format!(
-                "{}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {} warning{}",
+                "{}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {warning_count} warning{}",
                 path.display(),
                 catalog.roles.len(),
                 catalog.rules.len(),
                 catalog.rules.len() - outbound,
                 catalog.ipsec.len(),
-                warnings.len(),
-                if warnings.len() == 1 { "" } else { "s" }
+                if warning_count == 1 { "" } else { "s" }
             );
             (warnings, Some(summary))
         }
@@ -46,11 +46,7 @@ pub fn check(path: &Path) -> u8 {
             EXIT_OK
         }
         None => {
-            let errors = diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .count();
-            let warnings = diagnostics.len() - errors;
+            let (errors, warnings) = count_findings(&diagnostics);
             let _ = writeln!(
                 err,
                 "{}: invalid: {errors} error{}, {warnings} warning{}",
