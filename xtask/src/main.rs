@@ -1,10 +1,13 @@
 //! `cargo xtask`: set up the toolchain, build, run the lab demo, test, bench,
-//! fuzz. One module per subcommand; this file holds the command line and what
+//! fuzz, package, regenerate docs. One module per subcommand; this file holds the command line and what
 //! they share (the repository root, running cargo with bpf-linker reachable).
 
 mod bench;
 mod build;
+mod dist;
+mod docs;
 mod fuzz;
+mod rootfs;
 mod run;
 mod setup;
 mod test;
@@ -38,8 +41,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run the whole test suite (privileged tests included:
-    /// run as root). Arguments after `--` go to `cargo test`.
+    /// Set up, build, package (`dist`), and run the whole test suite
+    /// (privileged tests included: run as root). Arguments after `--` go to
+    /// `cargo test`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -60,6 +64,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and make the Debian package in target/dist/ (checked
+    /// with lintian); its path is the last line printed.
+    Dist,
+    /// Regenerate docs/cli.md from the clap definitions.
+    Docs,
 }
 
 fn main() -> ExitCode {
@@ -91,7 +100,18 @@ fn dispatch() -> Result<ExitCode> {
         Cmd::Test { args } => {
             setup::setup(setup::Needs::Everything, false)?;
             build::build()?;
-            test::test(&args).map(|()| ExitCode::SUCCESS)
+            // The package test (tests/tests/deb_install.rs) installs this
+            // package into this root.
+            let deb = dist::dist()?;
+            let rootfs = rootfs::ensure_rootfs()?;
+            test::test(
+                &args,
+                &[
+                    ("PORTGUARD_DEB", deb.as_path()),
+                    ("PORTGUARD_TEST_ROOTFS", rootfs.as_path()),
+                ],
+            )
+            .map(|()| ExitCode::SUCCESS)
         }
         Cmd::Bench { args } => {
             setup::setup(setup::Needs::Everything, false)?;
@@ -102,6 +122,16 @@ fn dispatch() -> Result<ExitCode> {
             setup::setup(setup::Needs::Build, false)?;
             build::build()?;
             fuzz::fuzz(cases, &args).map(|()| ExitCode::SUCCESS)
+        }
+        Cmd::Dist => {
+            setup::setup(setup::Needs::Dist, false)?;
+            let deb = dist::dist()?;
+            println!("{}", deb.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Docs => {
+            setup::setup(setup::Needs::Build, false)?;
+            docs::cli_md().map(|()| ExitCode::SUCCESS)
         }
     }
 }

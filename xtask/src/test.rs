@@ -4,6 +4,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    path::Path,
     process::Stdio,
     time::Instant,
 };
@@ -45,7 +46,8 @@ impl Tally {
     }
 }
 
-pub fn test(extra: &[String]) -> Result<()> {
+/// `env` goes to the test binaries (the package and the root it installs into).
+pub fn test(extra: &[String], env: &[(&str, &Path)]) -> Result<()> {
     let ci = std::env::var("CI").as_deref() == Ok("true");
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -59,7 +61,9 @@ pub fn test(extra: &[String]) -> Result<()> {
     }
     let started = Instant::now();
     let mut cmd = crate::cargo_command(&["test", "--workspace", "--release", "--no-fail-fast"]);
-    cmd.args(extra).stdout(Stdio::piped());
+    cmd.args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
     if ci {
         // Inherited anyway; explicit because the privileged tests' guard
         // reads it to fail instead of skipping.
