@@ -8,7 +8,7 @@ use portguard::catalog::{Catalog, EffectiveRule, MatchSide, Protocol, SeedTable}
 
 const SEED_TABLES: &str = include_str!("../../tests/data/seed-tables.md");
 
-/// design.md's role table: seed label → role id, per seed table.
+/// The role table (docs/catalog.md): seed label → role id, per seed table.
 const ROLE_LABELS: [(SeedTable, &str, &str); 17] = [
     (SeedTable::Server, "所有服务器", "all-servers"),
     (SeedTable::Server, "前端服务器", "front-end"),
@@ -121,11 +121,13 @@ fn role_of(table: SeedTable, label: &str) -> &'static str {
         })
         .map(|(_, _, id)| *id)
         .unwrap_or_else(|| {
-            panic!("seed label `{label}` of table {table} is not in design.md's role table")
+            panic!(
+                "seed label `{label}` of table {table} is not in the role table of docs/catalog.md"
+            )
         })
 }
 
-/// design.md's protocol words. The Office Web Apps row's protocol is empty in
+/// The protocol words of docs/catalog.md. The Office Web Apps row's protocol is empty in
 /// the seed: it is HTTPS on 443, so tcp (the catalog's note says so).
 fn protocols(word: &str) -> Vec<Protocol> {
     let w = word.trim();
@@ -223,7 +225,12 @@ fn catalog_rows(c: &Catalog) -> Vec<(EffectiveRule, SeedRow)> {
                 .iter()
                 .map(|(_, _, rid)| *rid)
                 .find(|rid| *rid == r.role)
-                .unwrap_or_else(|| panic!("catalog role {} is not in design.md", r.role));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "catalog role {} is not in docs/catalog.md's role table",
+                        r.role
+                    )
+                });
             let row = SeedRow {
                 role,
                 table: r.table,
