@@ -85,7 +85,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "enforce")]
     pub mode: Mode,
     /// How to attach the XDP program.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
     pub xdp_mode: XdpModeArg,
     /// Where to serve GET /metrics.
     #[arg(long, default_value = "127.0.0.1:9477", value_name = "ADDR")]
