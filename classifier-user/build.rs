@@ -1,5 +1,6 @@
 //! Builds the eBPF crate for `bpfel-unknown-none` and leaves the objects in
-//! OUT_DIR for `include_bytes_aligned!`.
+//! OUT_DIR for `include_bytes_aligned!`; tells the crate, for `--version`,
+//! the git commit it is built from and the SHA-256 of the embedded object.
 //!
 //! aya-build assumes a rustup nightly with `rust-src`; these machines have
 //! Debian's rustc with a prebuilt `core` for the BPF target instead, so the
@@ -13,6 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use sha2::{Digest as _, Sha256};
 
 const TARGET: &str = "bpfel-unknown-none";
 const OBJECTS: [&str; 2] = ["portguard", "floor"];
@@ -170,5 +172,52 @@ fn main() -> Result<()> {
         fs::copy(&built, &dest)
             .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
     }
+    let object = out_dir.join("portguard.bpf.o");
+    let bytes = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    // 12 hex digits tell builds apart; the test checks them against the
+    // embedded bytes.
+    let digest = hex(&Sha256::digest(&bytes));
+    println!("cargo:rustc-env=PORTGUARD_EBPF_SHA256={}", &digest[..12]);
+    println!("cargo:rustc-env=PORTGUARD_GIT_COMMIT={}", git_commit(root));
     Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `git` in the repository, its trimmed stdout if it succeeded.
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The commit HEAD names, or "unknown" outside a git checkout (a source
+/// tarball, a build without git installed): that must not fail the build.
+/// Rebuilds when HEAD moves: HEAD itself (checkout) and the ref it points
+/// to (commit), wherever a worktree keeps them.
+fn git_commit(root: &Path) -> String {
+    let Some(commit) = git(root, &["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".to_string();
+    };
+    let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    watched.extend(git(root, &["symbolic-ref", "-q", "HEAD"]));
+    for name in watched {
+        // A path that does not exist would make cargo rerun every build.
+        if let Some(path) = git(
+            root,
+            &["rev-parse", "--path-format=absolute", "--git-path", &name],
+        )
+        .filter(|p| Path::new(p).exists())
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    commit
 }

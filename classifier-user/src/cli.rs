@@ -1,4 +1,5 @@
-//! The command line, as the team's CLI contract specifies it.
+//! The command line: flags, exit codes and help text (docs/cli.md is
+//! generated from these definitions, and so are the man pages).
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -15,10 +16,23 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
+/// `portguard --version`: the release, the commit it was built from
+/// ("unknown" outside git) and the first 12 hex digits of the SHA-256 of the
+/// embedded eBPF object, so that two binaries enforcing differently can be
+/// told apart even at the same version.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PORTGUARD_GIT_COMMIT"),
+    ", eBPF object sha256:",
+    env!("PORTGUARD_EBPF_SHA256"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "portguard",
-    version,
+    version = VERSION,
     about = "Enforce the Skype for Business Server 2015 port catalog with XDP"
 )]
 pub struct Cli {
@@ -67,19 +81,23 @@ pub struct RunArgs {
     /// Catalog file replacing the embedded default.
     #[arg(long, value_name = "FILE")]
     pub catalog: Option<PathBuf>,
+    /// What to do with what the catalog does not allow.
     #[arg(long, value_enum, default_value = "enforce")]
     pub mode: Mode,
-    #[arg(long, value_enum, default_value = "auto")]
+    /// How to attach the XDP program.
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
     pub xdp_mode: XdpModeArg,
     /// Where to serve GET /metrics.
     #[arg(long, default_value = "127.0.0.1:9477", value_name = "ADDR")]
     pub metrics_addr: SocketAddr,
-    /// Narrow the client media range (Skype for Business's ClientMediaPortRange), at least 20 ports.
+    /// Narrow the client media range, as the SfB setting `ClientMediaPortRange`
+    /// does (Microsoft's "Port and protocol requirements for servers" for
+    /// Skype for Business Server 2015), at least 20 ports.
     #[arg(long, value_name = "START-END", value_parser = parse_range)]
     pub client_media_ports: Option<(u16, u16)>,
     /// Management allowance: TCP to PORT (default 22) from CIDR always passes,
-    /// whatever the catalog says. Repeatable; replaces nothing: the default
-    /// (SSH from anywhere) stays unless --no-default-mgmt.
+    /// whatever the catalog says. It adds to the default (SSH from anywhere),
+    /// which stays unless --no-default-mgmt.
     #[arg(long, value_name = "CIDR[:PORT]")]
     pub mgmt: Vec<Mgmt>,
     /// Remove the default management allowance (TCP 22 from anywhere).
@@ -123,25 +141,31 @@ pub enum CatalogCommand {
         /// Only this role, with its inclusions resolved.
         #[arg(long, value_name = "R")]
         role: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: ShowFormat,
         /// Which table: the port rules or the IPsec exceptions.
         #[arg(long, value_enum, default_value = "rules")]
         table: ShowTable,
+        /// Catalog file instead of the embedded default.
         #[arg(long, value_name = "FILE")]
         catalog: Option<PathBuf>,
     },
     /// The same policy in another firewall's language.
     Export {
+        /// Target firewall language.
         #[arg(long, value_enum)]
         format: ExportFormat,
         /// Roles (comma-separated); every role when absent.
         #[arg(long, value_name = "R[,R...]", value_delimiter = ',')]
         role: Vec<String>,
+        /// Catalog file instead of the embedded default.
         #[arg(long, value_name = "FILE")]
         catalog: Option<PathBuf>,
+        /// Management allowance to export along (as `run --mgmt`).
         #[arg(long, value_name = "CIDR[:PORT]")]
         mgmt: Vec<Mgmt>,
+        /// Leave out the default management allowance (TCP 22 from anywhere).
         #[arg(long)]
         no_default_mgmt: bool,
     },
@@ -149,6 +173,7 @@ pub enum CatalogCommand {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
+    /// An nftables ruleset (`nft -f`).
     Nft,
 }
 
@@ -157,20 +182,24 @@ pub struct StatsArgs {
     /// Interface; every attached instance when absent.
     #[arg(long, value_name = "IF")]
     pub iface: Option<String>,
+    /// bpffs mount point the pins are under.
     #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
     pub bpffs: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct DetachArgs {
+    /// Interface to free.
     #[arg(long, value_name = "IF")]
     pub iface: String,
+    /// bpffs mount point the pins are under.
     #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
     pub bpffs: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
+    /// Interface of the running instance.
     #[arg(long, value_name = "IF")]
     pub iface: String,
 }

@@ -43,7 +43,7 @@ struct AttachLabels {
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Renders every metric of the metrics contract for one daemon.
+/// Renders every metric of docs/metrics.md for one daemon.
 pub fn render(daemon: &mut Daemon) -> Result<String, String> {
     let snap = daemon.snapshot().map_err(|e| e.to_string())?;
     let mut registry = Registry::default();

@@ -13,7 +13,7 @@ use portguard::catalog::{
 
 const SEED_TABLES: &str = include_str!("../../tests/data/seed-tables.md");
 
-/// The roles contract's table: seed label → role id, per seed table.
+/// The role table (docs/catalog.md): seed label → role id, per seed table.
 const ROLE_LABELS: [(SeedTable, &str, &str); 17] = [
     (SeedTable::Server, "所有服务器", "all-servers"),
     (SeedTable::Server, "前端服务器", "front-end"),
@@ -126,11 +126,13 @@ fn role_of(table: SeedTable, label: &str) -> &'static str {
         })
         .map(|(_, _, id)| *id)
         .unwrap_or_else(|| {
-            panic!("seed label `{label}` of table {table} is not in the roles contract's table")
+            panic!(
+                "seed label `{label}` of table {table} is not in the role table of docs/catalog.md"
+            )
         })
 }
 
-/// The roles contract's protocol words. The Office Web Apps row's protocol is empty in
+/// The protocol words of docs/catalog.md. The Office Web Apps row's protocol is empty in
 /// the seed: it is HTTPS on 443, so tcp (the catalog's note says so).
 fn protocols(word: &str) -> Vec<Protocol> {
     let w = word.trim();
@@ -233,7 +235,7 @@ fn catalog_rows(c: &Catalog) -> Vec<(EffectiveRule, SeedRow)> {
                 .find(|rid| *rid == r.role)
                 .unwrap_or_else(|| {
                     panic!(
-                        "catalog role {} has rules from the seed's tables but is not in the roles contract's table",
+                        "catalog role {} has rules from the server ports document's tables but is not in docs/catalog.md's role table",
                         r.role
                     )
                 });

@@ -12,7 +12,7 @@ use std::{
 
 use testkit::ops::{self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, text};
 
-/// The metrics of design.md (what the rules may use).
+/// The metrics of docs/metrics.md (what the rules may use).
 const METRICS: [&str; 7] = [
     "portguard_packets_total",
     "portguard_bytes_total",

@@ -56,11 +56,7 @@ fn the_unit_says_what_the_operator_guide_relies_on() {
             .unwrap_or_else(|| panic!("{UNIT} has no {k}="))
     };
     let exec = get("ExecStart");
-    for needle in [
-        "/usr/local/bin/portguard run",
-        "--iface %i",
-        "--keep-attached",
-    ] {
+    for needle in ["/usr/sbin/portguard run", "--iface %i", "--keep-attached"] {
         assert!(exec.contains(needle), "ExecStart lacks {needle}: {exec}");
     }
     assert_eq!(get("ExecReload"), "/bin/kill -HUP $MAINPID");
@@ -101,7 +97,7 @@ fn the_unit_verifies_and_is_hardened() {
         "writing the unit",
         std::fs::write(
             &path,
-            unit.replace("/usr/local/bin/portguard", &bin.to_string_lossy()),
+            unit.replace("/usr/sbin/portguard", &bin.to_string_lossy()),
         ),
     );
     let out = ok(

@@ -6,9 +6,11 @@
 //! - `portguard_packets_total{verdict="pass"}` and
 //!   `portguard_drops_total{reason="port_not_allowed"}` exist and move by
 //!   exactly what was sent;
-//! - every metric of design.md is there with exactly its label names;
+//! - every metric of docs/metrics.md is there with exactly its label names;
 //! - no label value is a port, a range or an address, and traffic to 20 new
-//!   ports from as many source ports adds no series.
+//!   ports from as many source ports adds no series;
+//! - every panel of the Grafana dashboard docs/grafana/portguard.json
+//!   returns series, after allowed, dropped and would-drop traffic.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,7 +25,7 @@ use testkit::ops::{self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, ok_any
 
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
-/// The metrics of design.md and their label names.
+/// The metrics of docs/metrics.md and their label names.
 const DESIGN: [(&str, &[&str]); 7] = [
     (
         "portguard_packets_total",
@@ -248,7 +250,7 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
         "portguard_bytes_total {bytes} is less than the headers of 150 datagrams"
     );
 
-    // Every metric of design.md, with exactly its label names.
+    // Every metric of docs/metrics.md, with exactly its label names.
     let all = prom.query(r#"{__name__=~"portguard_.*",job="portguard"}"#);
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (labels, _) in &all {
@@ -259,12 +261,12 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
             .filter(|k| !matches!(*k, "__name__" | "job" | "instance"))
             .collect();
         let Some((_, want)) = DESIGN.iter().find(|(n, _)| *n == name) else {
-            panic!("{name} is not a metric of design.md: {labels:?}");
+            panic!("{name} is not a metric of docs/metrics.md: {labels:?}");
         };
         assert_eq!(
             keys,
             want.iter().copied().collect::<BTreeSet<_>>(),
-            "{name} has labels {keys:?}, design.md says {want:?}"
+            "{name} has labels {keys:?}, docs/metrics.md says {want:?}"
         );
         for (k, v) in labels {
             if matches!(k.as_str(), "__name__" | "job" | "instance") {
@@ -323,6 +325,192 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
     let active = &targets["activeTargets"][0];
     assert_eq!(active["health"], "up", "target: {active}");
     assert_eq!(active["lastError"], "", "target: {active}");
+}
+
+/// The PromQL of every panel of docs/grafana/portguard.json, with the
+/// panel's title.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or_default().to_string();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                out.push((title.clone(), expr.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// What Grafana substitutes before it sends a query: the `iface` variable
+/// (a regex: one interface here) and the built-in intervals.
+fn substitute(expr: &str, iface: &str) -> String {
+    expr.replace("${iface}", iface)
+        .replace("$iface", iface)
+        .replace("$__rate_interval", "20s")
+        .replace("$__range", "5m")
+}
+
+fn read_dashboard() -> Value {
+    let path = ops::repo_root().join("docs/grafana/portguard.json");
+    let text = ok(
+        "reading docs/grafana/portguard.json",
+        std::fs::read_to_string(&path),
+    );
+    ok(
+        "parsing docs/grafana/portguard.json",
+        serde_json::from_str(&text),
+    )
+}
+
+#[test]
+fn the_dashboard_is_import_ready() {
+    let d = read_dashboard();
+    assert_eq!(d["uid"], "portguard", "dashboard uid");
+    assert_eq!(d["title"], "portguard", "dashboard title");
+    let inputs = d["__inputs"].as_array().cloned().unwrap_or_default();
+    assert!(
+        inputs
+            .iter()
+            .any(|i| i["name"] == "DS_PROMETHEUS" && i["pluginId"] == "prometheus"),
+        "no DS_PROMETHEUS datasource input: {inputs:?}"
+    );
+    let vars = d["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let iface = vars
+        .iter()
+        .find(|v| v["name"] == "iface")
+        .unwrap_or_else(|| panic!("no iface template variable: {vars:?}"));
+    assert_eq!(
+        iface["datasource"]["uid"], "${DS_PROMETHEUS}",
+        "iface variable's datasource"
+    );
+    let queries = dashboard_queries(&d);
+    assert!(!queries.is_empty(), "the dashboard has no query");
+    for panel in d["panels"].as_array().into_iter().flatten() {
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"]["uid"], "${DS_PROMETHEUS}",
+            "panel {} does not use the DS_PROMETHEUS input",
+            panel["title"]
+        );
+    }
+    // Every metric of the contract is on the dashboard.
+    for (name, _) in DESIGN {
+        let base = name.trim_end_matches("_total");
+        assert!(
+            queries.iter().any(|(_, q)| q.contains(base)),
+            "no panel shows {name}"
+        );
+    }
+    for (title, q) in &queries {
+        if q.contains("portguard_packets_total")
+            || q.contains("portguard_bytes_total")
+            || q.contains("portguard_drops_total")
+            || q.contains("portguard_xdp_attached")
+        {
+            assert!(
+                q.contains("$iface"),
+                "panel {title:?} ignores the iface variable: {q}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
+    if !testkit::require_privileges("prometheus: dashboard queries") {
+        return;
+    }
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "prometheus is not installed (Debian package `prometheus`; `cargo xtask setup` installs it)"
+        );
+        eprintln!("SKIP dashboard test: prometheus is not installed");
+        return;
+    }
+    let dashboard = read_dashboard();
+    let dir = TempDir::new("grafana");
+    let pair = Pair::new("pggraf", 70);
+    // Enforce first, so that drops are counted; then monitor mode takes the
+    // program over (counters continue), so that would-drops are too.
+    let mut enforcing = pair.start(dir.path(), "enforce", &["--keep-attached"]);
+    pair.send_udp(&[ALLOWED_PORT], 20);
+    pair.send_udp(&[FORBIDDEN_PORT], 20);
+    enforcing.signal(libc::SIGTERM);
+    let st = enforcing.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "enforcing run: {st}\n{}", enforcing.log());
+    let monitoring = pair.start(dir.path(), "monitor", &["--mode", "monitor"]);
+    let prom = Prometheus::start(&pair.server, dir.path());
+    if poll(Duration::from_secs(20), || {
+        (prom.scalar(r#"up{job="portguard"}"#) == Some(1.0)).then_some(())
+    })
+    .is_none()
+    {
+        panic!(
+            "Prometheus never scraped portguard: {:?}",
+            prom.api("/api/v1/targets", None)
+        );
+    }
+    // A good reload, so that the reload panels have something to show.
+    monitoring.signal(libc::SIGHUP);
+    monitoring.wait_log("reload: catalog generation", Duration::from_secs(10));
+    // Traffic while Prometheus scrapes: rates need two samples that differ.
+    for _ in 0..5 {
+        pair.send_udp(&[ALLOWED_PORT], 10);
+        pair.send_udp(&[FORBIDDEN_PORT], 10);
+        std::thread::sleep(Duration::from_millis(600));
+    }
+
+    // The iface variable's query, as Grafana asks it.
+    let values = poll(Duration::from_secs(10), || {
+        prom.api(
+            "/api/v1/label/iface/values?match[]=portguard_xdp_attached",
+            None,
+        )
+        .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    })
+    .unwrap_or_else(|| panic!("label_values(portguard_xdp_attached, iface) is empty"));
+    assert!(
+        values
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == pair.server_if.as_str())),
+        "the iface variable offers {values}, not {}",
+        pair.server_if
+    );
+
+    let queries = dashboard_queries(&dashboard);
+    for (title, expr) in &queries {
+        let q = substitute(expr, &pair.server_if);
+        if poll(Duration::from_secs(15), || {
+            (!prom.query(&q).is_empty()).then_some(())
+        })
+        .is_none()
+        {
+            panic!("panel {title:?}: {q} returns no series from Prometheus");
+        }
+    }
+    drop(monitoring);
+}
+
+#[test]
+fn grafana_variables_are_substituted_like_grafana_does() {
+    assert_eq!(
+        substitute(
+            r#"sum(rate(portguard_packets_total{iface=~"$iface"}[$__rate_interval])) + sum(increase(x{iface=~"${iface}"}[$__range]))"#,
+            "eth0"
+        ),
+        r#"sum(rate(portguard_packets_total{iface=~"eth0"}[20s])) + sum(increase(x{iface=~"eth0"}[5m]))"#
+    );
 }
 
 #[test]

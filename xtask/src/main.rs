@@ -1,11 +1,14 @@
 //! `cargo xtask`: set up the toolchain, build, run the lab demo, test, bench,
-//! fuzz. One module per subcommand; this file holds the command line and what
+//! fuzz, package, regenerate docs. One module per subcommand; this file holds the command line and what
 //! they share (the repository root, running cargo with bpf-linker reachable).
 
 mod bench;
 mod build;
 mod checks;
+mod dist;
+mod docs;
 mod fuzz;
+mod rootfs;
 mod run;
 mod setup;
 mod test;
@@ -39,9 +42,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, check formatting and clippy (workspace and eBPF crate),
-    /// and run the whole test suite (privileged tests included: run as root).
-    /// Arguments after `--` go to `cargo test`.
+    /// Set up, build, package (`dist`), check formatting and clippy
+    /// (workspace and eBPF crate), and run the whole test suite (privileged
+    /// tests included: run as root). Arguments after `--` go to `cargo test`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -62,6 +65,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and make the Debian package in target/dist/ (checked
+    /// with lintian); its path is the last line printed.
+    Dist,
+    /// Regenerate docs/cli.md from the clap definitions.
+    Docs,
 }
 
 fn main() -> ExitCode {
@@ -93,7 +101,19 @@ fn dispatch() -> Result<ExitCode> {
         Cmd::Test { args } => {
             setup::setup(setup::Needs::Everything, false)?;
             build::build()?;
-            test::test(&args).map(|()| ExitCode::SUCCESS)
+            // The package test (tests/tests/deb_install.rs) installs this
+            // package into this root. debootstrap needs root; so does the
+            // test, which skips without it (and fails under CI=true).
+            let deb = dist::dist()?;
+            // SAFETY: geteuid has no preconditions.
+            let rootfs = if unsafe { libc::geteuid() } == 0 {
+                Some(rootfs::ensure_rootfs()?)
+            } else {
+                None
+            };
+            let mut env = vec![("PORTGUARD_DEB", deb.as_path())];
+            env.extend(rootfs.as_deref().map(|r| ("PORTGUARD_TEST_ROOTFS", r)));
+            test::test(&args, &env).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Bench { args } => {
             setup::setup(setup::Needs::Everything, false)?;
@@ -104,6 +124,16 @@ fn dispatch() -> Result<ExitCode> {
             setup::setup(setup::Needs::Build, false)?;
             build::build()?;
             fuzz::fuzz(cases, &args).map(|()| ExitCode::SUCCESS)
+        }
+        Cmd::Dist => {
+            setup::setup(setup::Needs::Dist, false)?;
+            let deb = dist::dist()?;
+            println!("{}", deb.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Docs => {
+            setup::setup(setup::Needs::Build, false)?;
+            docs::cli_md().map(|()| ExitCode::SUCCESS)
         }
     }
 }

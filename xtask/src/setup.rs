@@ -106,14 +106,41 @@ const TEST_TOOLS: &[Tool] = &[
     },
 ];
 
+/// What `cargo xtask dist` runs, and the package test's clean Debian root.
+const DIST_TOOLS: &[Tool] = &[
+    Tool {
+        probe: "dpkg-shlibdeps",
+        package: "dpkg-dev",
+    },
+    Tool {
+        probe: "strip",
+        package: "binutils",
+    },
+    Tool {
+        probe: "lintian",
+        package: "lintian",
+    },
+    Tool {
+        probe: "debootstrap",
+        package: "debootstrap",
+    },
+    Tool {
+        probe: "zstd",
+        package: "zstd",
+    },
+];
+
 /// How much a subcommand needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Needs {
     /// The eBPF toolchain.
     Build,
+    /// The toolchain and the Debian packaging tools.
+    Dist,
     /// The toolchain and the lab's peers.
     Lab,
-    /// The toolchain, the lab's peers and the tests' tools.
+    /// The toolchain, the lab's peers, the tests' tools and the packaging
+    /// tools (the suite builds and installs the package).
     Everything,
 }
 
@@ -152,8 +179,9 @@ pub fn plan(needs: Needs, found: Found, tool_present: impl Fn(&str) -> bool) -> 
     }
     let tools: &[&[Tool]] = match needs {
         Needs::Build => &[],
+        Needs::Dist => &[DIST_TOOLS],
         Needs::Lab => &[LAB_TOOLS],
-        Needs::Everything => &[LAB_TOOLS, TEST_TOOLS],
+        Needs::Everything => &[LAB_TOOLS, TEST_TOOLS, DIST_TOOLS],
     };
     let tools = tools.iter().flat_map(|t| t.iter());
     for t in tools {
@@ -347,6 +375,7 @@ pub fn setup(needs: Needs, verbose: bool) -> Result<()> {
         let lacking: Vec<&str> = LAB_TOOLS
             .iter()
             .chain(TEST_TOOLS)
+            .chain(DIST_TOOLS)
             .filter(|t| still.contains(&t.package) && find_program(t.probe, &dirs).is_none())
             .map(|t| t.probe)
             .collect();
@@ -419,7 +448,7 @@ mod tests {
 
     #[test]
     fn nothing_missing_means_nothing_to_do() {
-        for needs in [Needs::Build, Needs::Lab, Needs::Everything] {
+        for needs in [Needs::Build, Needs::Dist, Needs::Lab, Needs::Everything] {
             assert!(plan(needs, ALL, |_| true).is_empty(), "{needs:?}");
         }
     }
@@ -458,6 +487,11 @@ mod tests {
     #[test]
     fn build_ignores_tools_and_lab_ignores_test_tools() {
         assert!(plan(Needs::Build, ALL, |_| false).is_empty());
+        let dist = plan(Needs::Dist, ALL, |_| false);
+        assert_eq!(
+            dist.apt,
+            ["dpkg-dev", "binutils", "lintian", "debootstrap", "zstd"]
+        );
         let lab = plan(Needs::Lab, ALL, |_| false);
         assert_eq!(
             lab.apt,

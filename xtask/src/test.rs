@@ -9,6 +9,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    path::Path,
     process::{Command, Stdio},
     time::Instant,
 };
@@ -111,7 +112,8 @@ pub fn summary(
     lines
 }
 
-pub fn test(extra: &[String]) -> Result<()> {
+/// `env` goes to the test binaries (the package and the root it installs into).
+pub fn test(extra: &[String], env: &[(&str, &Path)]) -> Result<()> {
     let ci = std::env::var("CI").as_deref() == Ok("true");
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -133,7 +135,9 @@ pub fn test(extra: &[String]) -> Result<()> {
         .collect();
 
     let mut cmd = crate::cargo_command(&["test", "--workspace", "--release", "--no-fail-fast"]);
-    cmd.args(extra).stdout(Stdio::piped());
+    cmd.args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
     if ci {
         // Inherited anyway; explicit because the privileged tests' guard
         // reads it to fail instead of skipping.

@@ -1,5 +1,5 @@
 //! A reference classifier in plain Rust, written from the packet policy as
-//! documented (docs/packet-policy.md), not from the eBPF
+//! documented (docs/packet-policy.md, docs/architecture.md), not from the eBPF
 //! parser: the differential and corpus tests hold the kernel program to it.
 //!
 //! It parses the whole frame as a slice into a small summary first, then
