@@ -244,7 +244,7 @@ fn portguard_runs_with_only_the_units_capabilities() {
     assert!(
         first
             .log()
-            .contains("--keep-attached: leaving the program pinned"),
+            .contains("--keep-attached: leaving the program attached and pinned"),
         "no keep-attached message:\n{}",
         first.log()
     );
