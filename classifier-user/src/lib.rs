@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod counters;
 pub mod ebpf_object;
+pub mod events;
 pub mod frames;
 pub mod loader;
 pub mod metrics;

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => commands::stats::stats(args),
         Command::Detach(args) => commands::detach::detach(args),
         Command::Reload(args) => commands::reload::reload(args),
+        Command::Events(args) => commands::events::events(args),
         Command::Catalog(c) => catalog(c),
     })
 }

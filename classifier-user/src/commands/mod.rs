@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod detach;
+pub mod events;
 pub mod reload;
 pub mod run;
 pub mod stats;

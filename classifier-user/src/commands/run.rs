@@ -108,6 +108,8 @@ pub struct Daemon {
     pub state_path: Option<PathBuf>,
     /// How long the last successful reload took from reading the catalog to the flip.
     pub last_swap: Option<std::time::Duration>,
+    /// Packet events: the ring reader, the store and the control socket.
+    pub events: crate::events::Events,
 }
 
 impl Daemon {
@@ -336,7 +338,21 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
         log::warn!("{warning}");
     }
 
+    let events = crate::events::Events::new(
+        &args.iface,
+        &mut classifier,
+        registry.clone(),
+        crate::events::EventSettings {
+            rate: args.events_rate,
+            pass: args.events_pass,
+            roles: args.role.clone(),
+            catalog: args.catalog.clone(),
+            mode: format!("{:?}", args.mode).to_lowercase(),
+            run_dir: PathBuf::from(state::RUN_DIR),
+        },
+    )?;
     let daemon = Daemon {
+        events,
         iface: args.iface.clone(),
         classifier,
         registry,
@@ -400,6 +416,7 @@ async fn serve(
         .map_err(|e| RunError::Runtime(format!("--metrics-addr {addr}: {e}")))?;
     log::info!("metrics on http://{addr}/metrics");
     let metrics_task = tokio::spawn(metrics::serve(listener, daemon.clone()));
+    let _event_tasks = daemon.lock().await.events.spawn();
     let logger = daemon.lock().await.classifier.take_logger();
     // SAFETY: the logger owns its ring buffer fd and neither replaces nor
     // closes it while the AsyncFd holds it.
