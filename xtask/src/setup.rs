@@ -98,6 +98,16 @@ const TEST_TOOLS: &[Tool] = &[
         probe: "ethtool",
         package: "ethtool",
     },
+    // `portguard events --pcap` is checked by reading the file back.
+    Tool {
+        probe: "tshark",
+        package: "tshark",
+    },
+    // `portguard top` is driven in a detached 80x24 session.
+    Tool {
+        probe: "tmux",
+        package: "tmux",
+    },
 ];
 
 /// How much a subcommand needs.

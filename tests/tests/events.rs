@@ -1,0 +1,337 @@
+//! Packet events end to end: `portguard run` on the server end of a veth
+//! pair, crafted frames from the client, and `portguard events` reading the
+//! daemon's root-only control socket.
+//!
+//! - JSON events name the right addresses, ports and VLAN tags for IPv4,
+//!   IPv6 and tagged frames;
+//! - `--pcap` writes a file tshark reads with the same ports;
+//! - a non-root user is refused by the control socket;
+//! - under a flood the per-CPU budget holds: events never exceed what it
+//!   allows, and every drop is either an event or counted as suppressed.
+
+mod ops;
+
+use std::{
+    collections::BTreeSet,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use ops::{Pair, TempDir, ok, poll, portguard, text};
+use portguard::frames::{ETH_P_8021AD, ETH_P_8021Q, Packet};
+use serde_json::Value;
+
+fn privileged(test: &str) -> bool {
+    testkit::require_privileges(test)
+}
+
+/// `tool` on PATH, or a loud failure under CI (a silent skip otherwise).
+fn tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && std::env::var_os("CI").is_some() {
+        panic!("{name} is missing (apt-get install {name}); CI must run this test");
+    }
+    if !found {
+        eprintln!("skipping: {name} is not installed");
+    }
+    found
+}
+
+struct Frames {
+    sender: testkit::sockets::RawSender,
+    client_mac: [u8; 6],
+    server_mac: [u8; 6],
+}
+
+impl Frames {
+    fn new(pair: &Pair) -> Frames {
+        Frames {
+            sender: testkit::sockets::RawSender::new(&pair.client, &pair.client_if)
+                .unwrap_or_else(|e| panic!("{e:#}")),
+            client_mac: testkit::netns::mac_of(&pair.client, &pair.client_if)
+                .unwrap_or_else(|e| panic!("{e:#}")),
+            server_mac: testkit::netns::mac_of(&pair.server, &pair.server_if)
+                .unwrap_or_else(|e| panic!("{e:#}")),
+        }
+    }
+
+    fn send(&self, p: Packet) {
+        let mut p = p;
+        p.src_mac = self.client_mac;
+        p.dst_mac = self.server_mac;
+        self.sender
+            .send(&p.build())
+            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+    }
+}
+
+/// `portguard events --iface IF --format json ARGS`, as parsed JSON lines.
+fn events_json(iface: &str, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["events", "--iface", iface, "--format", "json"];
+    all.extend_from_slice(args);
+    let out = portguard(&all);
+    assert!(
+        out.status.success(),
+        "portguard {all:?} failed ({}): {}",
+        out.status,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn find<'a>(events: &'a [Value], proto: &str, dport: u64) -> Option<&'a Value> {
+    events
+        .iter()
+        .find(|e| e["proto"] == proto && e["dport"] == dport)
+}
+
+#[test]
+fn events_show_addresses_ports_and_vlans_as_json_and_pcap() {
+    if !privileged("events: JSON and pcap") {
+        return;
+    }
+    let dir = TempDir::new("ev-json");
+    let pair = Pair::new("evjs", 71);
+    let _d = pair.start(dir.path(), "portguard", &[]);
+    let f = Frames::new(&pair);
+    let (c, s) = (pair.client_ip.to_string(), pair.server_ip.to_string());
+    f.send(
+        Packet::udp(&c, &s, 40_161, 161)
+            .payload(10)
+            .vlan(ETH_P_8021Q, 10),
+    );
+    f.send(
+        Packet::tcp(&c, &s, 40_389, 3389)
+            .vlan(ETH_P_8021AD, 100)
+            .vlan(ETH_P_8021Q, 20),
+    );
+    f.send(Packet::udp("2001:db8::1", "2001:db8::2", 40_479, 3479).payload(10));
+    f.send(Packet::tcp("2001:db8::1", "2001:db8::2", 40_443, 8443));
+
+    let events = poll(Duration::from_secs(5), || {
+        let ev = events_json(&pair.server_if, &["--verdict", "drop"]);
+        (ev.len() >= 4).then_some(ev)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "expected 4 drop events, got {:?}",
+            events_json(&pair.server_if, &[])
+        )
+    });
+    let keys = [
+        "time", "iface", "verdict", "reason", "proto", "src", "dst", "sport", "dport", "vlan",
+        "len",
+    ];
+    for e in &events {
+        let obj = e
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {e}"));
+        let got: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+        let want: BTreeSet<&str> = keys.iter().copied().collect();
+        assert_eq!(got, want, "fields of {e}");
+        assert_eq!(e["iface"], pair.server_if.as_str(), "{e}");
+        assert_eq!(e["verdict"], "drop", "{e}");
+        assert_eq!(e["reason"], "port_not_allowed", "{e}");
+        let time = e["time"].as_str().unwrap_or_default();
+        assert!(
+            time.parse::<jiff::Timestamp>().is_ok(),
+            "time {time:?} is not RFC 3339"
+        );
+    }
+    let snmp = find(&events, "udp", 161).unwrap_or_else(|| panic!("no UDP 161 in {events:?}"));
+    assert_eq!(snmp["src"], c.as_str(), "IPv4 shown as IPv4: {snmp}");
+    assert_eq!(snmp["dst"], s.as_str(), "{snmp}");
+    assert_eq!(snmp["sport"], 40_161, "{snmp}");
+    assert_eq!(snmp["vlan"], serde_json::json!([10]), "{snmp}");
+    let rdp = find(&events, "tcp", 3389).unwrap_or_else(|| panic!("no TCP 3389 in {events:?}"));
+    assert_eq!(
+        rdp["vlan"],
+        serde_json::json!([100, 20]),
+        "QinQ tags: {rdp}"
+    );
+    assert_eq!(rdp["sport"], 40_389, "{rdp}");
+    let stun = find(&events, "udp", 3479).unwrap_or_else(|| panic!("no UDP 3479 in {events:?}"));
+    assert_eq!(stun["src"], "2001:db8::1", "{stun}");
+    assert_eq!(stun["dst"], "2001:db8::2", "{stun}");
+    assert_eq!(stun["vlan"], serde_json::json!([]), "{stun}");
+    let https = find(&events, "tcp", 8443).unwrap_or_else(|| panic!("no TCP 8443 in {events:?}"));
+    assert_eq!(https["src"], "2001:db8::1", "{https}");
+
+    // The same events as a pcap that tshark reads.
+    if tool("tshark") {
+        let pcap = dir.path().join("drops.pcap");
+        let pcap_s = pcap.to_string_lossy().into_owned();
+        let out = portguard(&[
+            "events",
+            "--iface",
+            &pair.server_if,
+            "--verdict",
+            "drop",
+            "--pcap",
+            &pcap_s,
+        ]);
+        assert!(out.status.success(), "events --pcap: {}", text(&out.stderr));
+        let ts = ok(
+            "running tshark",
+            Command::new("tshark")
+                .args([
+                    "-r",
+                    &pcap_s,
+                    "-T",
+                    "fields",
+                    "-e",
+                    "udp.dstport",
+                    "-e",
+                    "tcp.dstport",
+                ])
+                .output(),
+        );
+        assert!(ts.status.success(), "tshark failed: {}", text(&ts.stderr));
+        let ports: BTreeSet<String> = text(&ts.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        for p in ["161", "3389", "3479", "8443"] {
+            assert!(
+                ports.contains(p),
+                "tshark read ports {ports:?} from the pcap, not {p}"
+            );
+        }
+    }
+}
+
+#[test]
+fn control_socket_refuses_a_non_root_user() {
+    if !privileged("events: non-root refused") {
+        return;
+    }
+    let dir = TempDir::new("ev-nobody");
+    let pair = Pair::new("evnr", 72);
+    let _d = pair.start(dir.path(), "portguard", &[]);
+    // A copy of the binary that `nobody` may execute wherever the build is.
+    let bin = dir.path().join("portguard");
+    ok(
+        "copying portguard",
+        std::fs::copy(testkit::portguard_bin(), &bin),
+    );
+    let _ = Command::new("chmod").args(["755"]).arg(dir.path()).status();
+    let started = Instant::now();
+    let out = ok(
+        "runuser",
+        Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(&bin)
+            .args(["events", "--iface", &pair.server_if, "--count", "1"])
+            .output(),
+    );
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "nobody read the events: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        err.contains("root") && err.contains("permission denied"),
+        "the refusal does not say why: {err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "a refused client got output: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+
+    // With the file mode opened up, the daemon's own check (SO_PEERCRED)
+    // still refuses.
+    let socket = format!("/run/portguard/{}.sock", pair.server_if);
+    let _ = Command::new("chmod").args(["666", &socket]).status();
+    let out = ok(
+        "runuser",
+        Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(&bin)
+            .args(["events", "--iface", &pair.server_if, "--count", "1"])
+            .output(),
+    );
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("serves root only"),
+        "the daemon did not refuse uid nobody itself ({}): {err}",
+        out.status
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "refused client got {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn the_budget_holds_under_a_flood() {
+    if !privileged("events: budget under a flood") {
+        return;
+    }
+    const RATE: u64 = 50;
+    const FLOOD: u64 = 3_000;
+    let dir = TempDir::new("ev-flood");
+    let pair = Pair::new("evfl", 73);
+    let _d = pair.start(dir.path(), "portguard", &["--events-rate", "50"]);
+    let f = Frames::new(&pair);
+    let (c, s) = (pair.client_ip.to_string(), pair.server_ip.to_string());
+    let drops = |p: &Pair| {
+        p.scrape()
+            .sum("portguard_drops_total", &[("reason", "port_not_allowed")])
+    };
+    let base = drops(&pair);
+    let started = Instant::now();
+    for i in 0..FLOOD {
+        f.send(Packet::udp(&c, &s, 30_000 + (i % 1000) as u16, 161));
+    }
+    let elapsed = started.elapsed();
+    let flooded = poll(Duration::from_secs(5), || {
+        (drops(&pair) - base >= FLOOD as f64).then_some(())
+    });
+    assert!(
+        flooded.is_some(),
+        "the flood was not counted: {} of {FLOOD} drops",
+        drops(&pair) - base
+    );
+    // The suppressed count is read every 500 ms.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let events = events_json(&pair.server_if, &["--verdict", "drop"]);
+    let emitted = events.len() as u64;
+    let suppressed = pair.scrape().value(
+        "portguard_events_suppressed_total",
+        &[("iface", &pair.server_if)],
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // One second of burst per CPU, then RATE per second per CPU.
+    let allowed = RATE * cpus * (1 + elapsed.as_secs() + 1);
+    assert!(
+        emitted <= allowed,
+        "{emitted} events in {elapsed:?} exceed the budget ({allowed} on {cpus} CPUs)"
+    );
+    assert!(emitted > 0, "no events at all under the flood");
+    // Counters start at zero (the pair removed any pins): every drop since
+    // start, of any reason, is an event or suppressed.
+    let all_drops = pair.scrape().sum("portguard_drops_total", &[]) as u64;
+    assert!(
+        all_drops >= FLOOD,
+        "{all_drops} drops for a flood of {FLOOD}"
+    );
+    assert_eq!(
+        emitted + suppressed as u64,
+        all_drops,
+        "every dropped packet is an event ({emitted}) or suppressed ({suppressed})"
+    );
+}
