@@ -44,6 +44,9 @@ pub enum Command {
     Reload(ReloadArgs),
     /// The running daemon's packet events (root only).
     Events(EventsArgs),
+    /// A catalog fragment that would pass the traffic dropped (or that would
+    /// be dropped) since the daemon started.
+    Suggest(SuggestArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -221,6 +224,15 @@ pub struct EventsArgs {
     /// At most N events: the last N kept, or with --follow, stop after N.
     #[arg(long, value_name = "N")]
     pub count: Option<usize>,
+    /// Where the daemon's control socket lives.
+    #[arg(long, default_value = "/run/portguard", value_name = "DIR")]
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
     /// Where the daemon's control socket lives.
     #[arg(long, default_value = "/run/portguard", value_name = "DIR")]
     pub run_dir: PathBuf,

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Detach(args) => commands::detach::detach(args),
         Command::Reload(args) => commands::reload::reload(args),
         Command::Events(args) => commands::events::events(args),
+        Command::Suggest(args) => commands::suggest::suggest(args),
         Command::Catalog(c) => catalog(c),
     })
 }

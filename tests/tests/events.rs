@@ -335,3 +335,79 @@ fn the_budget_holds_under_a_flood() {
         "every dropped packet is an event ({emitted}) or suppressed ({suppressed})"
     );
 }
+
+#[test]
+fn suggest_output_checks_and_once_loaded_lets_the_traffic_pass() {
+    if !privileged("events: suggest") {
+        return;
+    }
+    let dir = TempDir::new("ev-suggest");
+    let catalog = dir.path().join("catalog.toml");
+    ok(
+        "writing the catalog",
+        std::fs::write(&catalog, portguard::catalog::Catalog::embedded_text()),
+    );
+    let catalog_s = catalog.to_string_lossy().into_owned();
+    let pair = Pair::new("evsg", 74);
+    let d = pair.start(dir.path(), "portguard", &["--catalog", &catalog_s]);
+    let f = Frames::new(&pair);
+    let (c, s) = (pair.client_ip.to_string(), pair.server_ip.to_string());
+    let send_all = || {
+        f.send(Packet::udp(&c, &s, 40_161, 161).payload(10));
+        f.send(Packet::tcp(&c, &s, 40_389, 3389));
+    };
+    send_all();
+    poll(Duration::from_secs(5), || {
+        (events_json(&pair.server_if, &["--verdict", "drop"]).len() >= 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the two drops never showed up as events"));
+
+    let out = portguard(&["suggest", "--iface", &pair.server_if]);
+    assert!(
+        out.status.success(),
+        "suggest failed: {}",
+        text(&out.stderr)
+    );
+    let fragment = text(&out.stdout);
+    for want in [
+        "# UDP 161: 1 packet(s)",
+        "# TCP 3389: 1 packet(s)",
+        "[[rule]]",
+    ] {
+        assert!(
+            fragment.contains(want),
+            "no {want:?} in the fragment:\n{fragment}"
+        );
+    }
+    let mut text_all = portguard::catalog::Catalog::embedded_text().to_string();
+    text_all.push('\n');
+    text_all.push_str(&fragment);
+    ok(
+        "appending the fragment",
+        std::fs::write(&catalog, &text_all),
+    );
+    let check = portguard(&["catalog", "check", &catalog_s]);
+    assert!(
+        check.status.success(),
+        "the catalog with the fragment does not check: {}\n{fragment}",
+        text(&check.stderr)
+    );
+
+    d.signal(libc::SIGHUP);
+    d.wait_log("reload: catalog generation", Duration::from_secs(10));
+    let passed = |service: &str| {
+        pair.scrape().sum(
+            "portguard_packets_total",
+            &[("verdict", "pass"), ("service", service)],
+        )
+    };
+    send_all();
+    let moved = poll(Duration::from_secs(5), || {
+        (passed("suggested: UDP 161") >= 1.0 && passed("suggested: TCP 3389") >= 1.0).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "after the reload the traffic did not pass under the suggested rules:\n{}",
+        pair.scrape().text
+    );
+}

@@ -74,6 +74,15 @@ pub fn request(
             source: e,
         },
     })?;
+    // A daemon that stops answering must not hang the client; a follow
+    // waits for events as long as it takes.
+    let follow = matches!(request, Request::Events { follow: true, .. });
+    stream
+        .set_read_timeout((!follow).then_some(Duration::from_secs(10)))
+        .map_err(|e| ClientError::Io {
+            path: shown.clone(),
+            source: e,
+        })?;
     let line = serde_json::to_string(request).map_err(|e| ClientError::Output(e.to_string()))?;
     stream
         .write_all(format!("{line}\n").as_bytes())
@@ -128,8 +137,7 @@ fn run(args: &EventsArgs) -> Result<(), ClientError> {
     let reader = request(&args.run_dir, &args.iface, &req)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut printed = 0usize;
-    for line in reader.lines() {
+    for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| ClientError::Output(e.to_string()))?;
         let r: EventRecord = parse_line(&line)?;
         let text = match args.format {
@@ -146,8 +154,7 @@ fn run(args: &EventsArgs) -> Result<(), ClientError> {
             w.write_packet(&packet)
                 .map_err(|e| ClientError::Output(format!("writing the pcap: {e}")))?;
         }
-        printed += 1;
-        if args.count.is_some_and(|n| printed >= n) {
+        if args.count.is_some_and(|max| n + 1 >= max) {
             break;
         }
         if args.follow {

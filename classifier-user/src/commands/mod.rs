@@ -6,3 +6,4 @@ pub mod events;
 pub mod reload;
 pub mod run;
 pub mod stats;
+pub mod suggest;

@@ -176,13 +176,19 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
     };
     match request {
         Request::Aggregates => {
+            // One lock for both reads (a second lock() in the same
+            // expression would wait for the first guard forever).
+            let (ports, events_received) = {
+                let store = shared.store();
+                (store.aggregates(), store.received)
+            };
             let a = Aggregates {
                 iface: shared.iface.clone(),
                 roles: shared.roles.clone(),
                 catalog: shared.catalog.clone(),
                 mode: shared.mode.clone(),
-                ports: shared.store().aggregates(),
-                events_received: shared.store().received,
+                ports,
+                events_received,
                 suppressed: shared.suppressed.load(Ordering::Relaxed),
             };
             let _ = write_line(&mut stream, &serde_json::to_string(&a).unwrap_or_default()).await;

@@ -34,11 +34,16 @@ pub struct PortAggregate {
     pub sources: u64,
     /// True when more sources were seen than counted.
     pub sources_capped: bool,
+    /// Of `packets`, those dropped because no rule allows the port
+    /// (`port_not_allowed`): what a catalog rule could let through.
+    #[serde(default)]
+    pub not_allowed: u64,
 }
 
 #[derive(Default)]
 struct PortState {
     packets: u64,
+    not_allowed: u64,
     sources: BTreeSet<IpAddr>,
     capped: bool,
 }
@@ -80,6 +85,9 @@ impl Store {
             if known || self.ports.len() < MAX_PORT_KEYS {
                 let st = self.ports.entry(key.clone()).or_default();
                 st.packets += 1;
+                if r.event.reason == "port_not_allowed" {
+                    st.not_allowed += 1;
+                }
                 if let Some(src) = r.event.src {
                     if st.sources.len() < MAX_SOURCES_PER_PORT {
                         st.sources.insert(src);
@@ -142,6 +150,7 @@ impl Store {
                 packets: st.packets,
                 sources: st.sources.len() as u64,
                 sources_capped: st.capped,
+                not_allowed: st.not_allowed,
             })
             .collect()
     }
