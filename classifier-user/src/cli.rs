@@ -47,6 +47,8 @@ pub enum Command {
     /// A catalog fragment that would pass the traffic dropped (or that would
     /// be dropped) since the daemon started.
     Suggest(SuggestArgs),
+    /// A live terminal view of rates and the top dropped flows; `q` quits.
+    Top(TopArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -192,6 +194,8 @@ pub enum EventFormat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EventVerdict {
     Drop,
+    /// As the contract spells it (and the metrics' verdict label).
+    #[value(name = "would_drop")]
     WouldDrop,
     Pass,
 }
@@ -236,4 +240,19 @@ pub struct SuggestArgs {
     /// Where the daemon's control socket lives.
     #[arg(long, default_value = "/run/portguard", value_name = "DIR")]
     pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// Refresh interval in milliseconds (at least 100).
+    #[arg(long, default_value_t = 1_000, value_name = "MS")]
+    pub interval_ms: u64,
+    /// Where the daemon's control socket lives.
+    #[arg(long, default_value = "/run/portguard", value_name = "DIR")]
+    pub run_dir: PathBuf,
+    /// bpffs mount point (the counters are read from the pins).
+    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
+    pub bpffs: PathBuf,
 }

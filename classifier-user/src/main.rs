@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Reload(args) => commands::reload::reload(args),
         Command::Events(args) => commands::events::events(args),
         Command::Suggest(args) => commands::suggest::suggest(args),
+        Command::Top(args) => commands::top::top(args),
         Command::Catalog(c) => catalog(c),
     })
 }

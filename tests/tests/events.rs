@@ -411,3 +411,76 @@ fn suggest_output_checks_and_once_loaded_lets_the_traffic_pass() {
         pair.scrape().text
     );
 }
+
+#[test]
+fn top_shows_the_dropped_port_in_80x24_and_quits_on_q() {
+    if !privileged("events: top in tmux") || !tool("tmux") {
+        return;
+    }
+    let dir = TempDir::new("ev-top");
+    let pair = Pair::new("evtp", 75);
+    let _d = pair.start(dir.path(), "portguard", &["--mode", "monitor"]);
+    let f = Frames::new(&pair);
+    let (c, s) = (pair.client_ip.to_string(), pair.server_ip.to_string());
+    for _ in 0..5 {
+        f.send(Packet::udp(&c, &s, 40_161, 3479).payload(10));
+    }
+    poll(Duration::from_secs(5), || {
+        (!events_json(&pair.server_if, &["--verdict", "would_drop"]).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no would_drop event for UDP 3479"));
+
+    let session = format!("pgtop{}", std::process::id());
+    let bin = testkit::portguard_bin();
+    let cmd = format!(
+        "{} top --iface {} --interval-ms 300",
+        bin.display(),
+        pair.server_if
+    );
+    let tmux = |args: &[&str]| ok("running tmux", Command::new("tmux").args(args).output());
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &cmd,
+    ]);
+    assert!(
+        started.status.success(),
+        "tmux new-session: {}",
+        text(&started.stderr)
+    );
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .output();
+        }
+    }
+    let _kill = Kill(session.clone());
+    let screen = poll(Duration::from_secs(10), || {
+        let out = tmux(&["capture-pane", "-p", "-t", &session]);
+        let s = text(&out.stdout);
+        (s.contains("udp/3479") && s.contains("would_drop")).then_some(s)
+    });
+    let screen = screen.unwrap_or_else(|| {
+        panic!(
+            "top never showed udp/3479:\n{}",
+            text(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+        )
+    });
+    assert!(
+        screen.lines().all(|l| l.chars().count() <= 80),
+        "a line wider than 80 columns:\n{screen}"
+    );
+    let _ = tmux(&["send-keys", "-t", &session, "q"]);
+    let gone = poll(Duration::from_secs(5), || {
+        (!tmux(&["has-session", "-t", &session]).status.success()).then_some(())
+    });
+    assert!(gone.is_some(), "top did not quit on q:\n{screen}");
+}

@@ -7,3 +7,4 @@ pub mod reload;
 pub mod run;
 pub mod stats;
 pub mod suggest;
+pub mod top;
