@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{TcContext, XdpContext},
@@ -328,9 +328,12 @@ fn take_credit(budget: *mut EventBudget) -> bool {
         Some(c) => c.cost_ns,
         None => 0,
     };
+    // The coarse clock (a load of the last tick's time, no TSC read) is
+    // plenty for a per-second budget, and this runs for every suppressed
+    // event of a flood. The event's own time stamp uses the precise clock.
     // SAFETY: helper without arguments; `budget` is this CPU's own value.
     unsafe {
-        let now = bpf_ktime_get_ns();
+        let now = bpf_ktime_get_coarse_ns();
         let mut credit = (*budget).credit_ns + now.wrapping_sub((*budget).last_ns);
         if credit > EVENT_BURST_NS {
             credit = EVENT_BURST_NS;

@@ -84,12 +84,21 @@ pub fn request(
             source: e,
         })?;
     let line = serde_json::to_string(request).map_err(|e| ClientError::Output(e.to_string()))?;
-    stream
-        .write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| ClientError::Io {
-            path: shown.clone(),
+    if let Err(e) = stream.write_all(format!("{line}\n").as_bytes()) {
+        // The daemon may have refused and closed before reading the
+        // request: its answer is still there to read.
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        if reader.read_line(&mut answer).is_ok_and(|n| n > 0)
+            && let Ok(refusal) = serde_json::from_str::<ErrorLine>(answer.trim())
+        {
+            return Err(ClientError::Daemon(refusal.error));
+        }
+        return Err(ClientError::Io {
+            path: shown,
             source: e,
-        })?;
+        });
+    }
     Ok(BufReader::new(stream))
 }
 
