@@ -22,8 +22,8 @@ use classifier_common::{
     FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES,
     MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT, PCLASS_ICMP, PCLASS_OTHER,
     PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock,
-    ProfileSel, REASON_COUNTER_BASE, Reason, VERDICT_COUNT, Verdict, decode_reason_counter,
-    port_block_index, reason_counter_index,
+    ProfileSel, REASON_COUNTER_BASE, Reason, VERDICT_COUNT, Verdict, port_block_index,
+    reason_counter_index,
 };
 
 #[map]
