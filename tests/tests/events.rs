@@ -484,3 +484,77 @@ fn top_shows_the_dropped_port_in_80x24_and_quits_on_q() {
     });
     assert!(gone.is_some(), "top did not quit on q:\n{screen}");
 }
+
+#[test]
+fn a_follow_client_that_stops_reading_never_blocks_the_daemon() {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::net::UnixStream;
+    if !privileged("events: stalled follow client") {
+        return;
+    }
+    const FLOOD: u64 = 20_000;
+    let dir = TempDir::new("ev-stall");
+    let pair = Pair::new("evst", 76);
+    let _d = pair.start(dir.path(), "portguard", &["--events-rate", "1000000"]);
+    let socket = format!("/run/portguard/{}.sock", pair.server_if);
+    let mut stalled = ok(
+        "connecting to the control socket",
+        UnixStream::connect(&socket),
+    );
+    ok(
+        "sending a follow request",
+        stalled.write_all(b"{\"cmd\":\"events\",\"count\":0,\"verdict\":null,\"follow\":true}\n"),
+    );
+    // Never read from `stalled` while the flood runs.
+    let f = Frames::new(&pair);
+    let (c, s) = (pair.client_ip.to_string(), pair.server_ip.to_string());
+    for i in 0..FLOOD {
+        f.send(Packet::udp(&c, &s, 30_000 + (i % 1000) as u16, 161));
+    }
+    // The daemon keeps answering: metrics and a second client, promptly.
+    let started = Instant::now();
+    let seen = poll(Duration::from_secs(10), || {
+        let n = events_json(&pair.server_if, &["--verdict", "drop", "--count", "4096"]).len();
+        (n >= 4_000).then_some(n)
+    });
+    assert!(
+        seen.is_some(),
+        "the daemon stopped taking events while a client did not read"
+    );
+    let scrape_started = Instant::now();
+    let drops = pair
+        .scrape()
+        .sum("portguard_drops_total", &[("reason", "port_not_allowed")]);
+    assert!(
+        scrape_started.elapsed() < Duration::from_secs(2),
+        "/metrics took {:?} with a stalled client",
+        scrape_started.elapsed()
+    );
+    assert!(
+        drops >= FLOOD as f64,
+        "only {drops} drops counted of {FLOOD}"
+    );
+    eprintln!(
+        "daemon answered within {:?} of the flood",
+        started.elapsed()
+    );
+
+    // The stalled client was cut off: reading now reaches the end of the
+    // stream (after what was buffered), not an endless follow.
+    ok(
+        "read timeout",
+        stalled.set_read_timeout(Some(Duration::from_secs(20))),
+    );
+    let mut all = Vec::new();
+    let r = stalled.read_to_end(&mut all);
+    assert!(
+        r.is_ok(),
+        "the stalled client was not disconnected (read: {r:?}, {} bytes)",
+        all.len()
+    );
+    let lines = all.iter().filter(|b| **b == b'\n').count() as u64;
+    assert!(
+        lines < FLOOD,
+        "the stalled client got all {lines} events: nothing was dropped, the test proves nothing"
+    );
+}
