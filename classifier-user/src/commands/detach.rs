@@ -33,6 +33,11 @@ pub fn detach(args: DetachArgs) -> u8 {
     }
     loader::remove_pins(&dir);
     let _ = std::fs::remove_file(state_path);
+    // The control socket of a daemon that was killed.
+    let _ = std::fs::remove_file(crate::events::control::socket_path(
+        Path::new(state::RUN_DIR),
+        &args.iface,
+    ));
     if dir.exists() {
         eprintln!(
             "portguard detach --iface {}: could not remove {}",

@@ -93,6 +93,8 @@ pub fn state_file(iface: &str) -> PathBuf {
 fn forget_iface(iface: &str) {
     let _ = fs::remove_dir_all(pin_dir(iface));
     let _ = fs::remove_file(state_file(iface));
+    // The events control socket a killed daemon leaves.
+    let _ = fs::remove_file(PathBuf::from("/run/portguard").join(format!("{iface}.sock")));
 }
 
 /// Two namespaces joined by a veth pair: `client` at 198.18.N.1, `server`
