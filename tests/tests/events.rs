@@ -474,6 +474,25 @@ fn top_shows_the_dropped_port_in_80x24_and_quits_on_q() {
             text(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
         )
     });
+    // Traffic while it runs shows up as a rate per reason.
+    let rated = poll(Duration::from_secs(10), || {
+        for _ in 0..10 {
+            f.send(Packet::udp(&c, &s, 40_161, 3479).payload(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let out = tmux(&["capture-pane", "-p", "-t", &session]);
+        let s = text(&out.stdout);
+        s.lines()
+            .any(|l| l.contains("port_not_allowed") && l.contains("would_drop"))
+            .then_some(s)
+    });
+    let screen = rated.unwrap_or_else(|| {
+        panic!(
+            "top never showed a port_not_allowed would_drop rate:\n{}",
+            text(&tmux(&["capture-pane", "-p", "-t", &session]).stdout)
+        )
+    });
+    eprintln!("top at 80x24:\n{screen}");
     assert!(
         screen.lines().all(|l| l.chars().count() <= 80),
         "a line wider than 80 columns:\n{screen}"
