@@ -22,8 +22,11 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const TRACE: &str = "TRACE";
     pub const FLOW_PORTS: &str = "FLOW_PORTS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 12] = [
         CONFIG,
         PORT_BLOCKS,
         COUNTERS,
@@ -33,6 +36,9 @@ pub mod map_names {
         FRAGMENTS,
         TRACE,
         FLOW_PORTS,
+        EVENTS,
+        EVENT_CONFIG,
+        EVENT_BUDGET,
     ];
 }
 
@@ -85,6 +91,13 @@ pub const FLAG_DROP_IPSEC_MEDIA: u32 = 1 << 2;
 /// Tests only: write each packet's counter index to `TRACE[0]`, so a test can
 /// see exactly which verdict and reason one frame got.
 pub const FLAG_TRACE: u32 = 1 << 3;
+
+/// Emit packet events for drop and would_drop verdicts into `EVENTS`. High
+/// bits, clear of the policy flags, because the daemon sets them apart from
+/// the policy and a reload keeps them.
+pub const FLAG_EVENTS: u32 = 1 << 16;
+/// With `FLAG_EVENTS`: emit events for passed packets too.
+pub const FLAG_EVENTS_PASS: u32 = 1 << 17;
 
 /// Per-generation part of the configuration, switched with the port arrays.
 #[repr(C)]
@@ -333,6 +346,63 @@ pub const fn decode_reason_counter(index: u32) -> Option<(Reason, u32, u32)> {
     }
 }
 
+/// Bytes of the frame an event carries.
+pub const EVENT_SNAPLEN: usize = 128;
+/// Size of the `EVENTS` ring buffer: 1 MiB holds about 4,800 events, several
+/// seconds of the default budget on a small host even if the reader stalls.
+pub const EVENT_RING_BYTES: u32 = 1 << 20;
+/// The per-CPU budget's bucket holds one second of credit: a burst may use a
+/// whole second's events at once, never more.
+pub const EVENT_BURST_NS: u64 = 1_000_000_000;
+/// Default events per second per CPU.
+pub const EVENT_RATE_DEFAULT: u32 = 1_000;
+/// `Event::reason` when a catalog rule decided (then `slot` names it).
+pub const EVENT_REASON_RULE: u32 = u32::MAX;
+
+/// The single entry of `EVENT_CONFIG`: what one event costs from a CPU's
+/// budget (1e9 / rate, in nanoseconds of credit). 0 with `FLAG_EVENTS` clear.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EventConfig {
+    pub cost_ns: u64,
+}
+
+/// One CPU's event budget (the `EVENT_BUDGET` per-CPU array's entry): a token
+/// bucket counted in nanoseconds of credit, so the packet path never divides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EventBudget {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+    /// Events emitted by this CPU.
+    pub emitted: u64,
+    /// Events the budget (or a full ring) suppressed on this CPU.
+    pub suppressed: u64,
+}
+
+/// One packet event in the `EVENTS` ring buffer. Fields in decreasing
+/// alignment, no padding: userspace reads it as plain bytes. VLAN tags,
+/// addresses and ports are read by userspace from `data` (see the XDP
+/// program's `emit_event` for why the kernel does not parse them again).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Event {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC); userspace converts to wall clock.
+    pub time_ns: u64,
+    pub ifindex: u32,
+    /// `Verdict` as u32.
+    pub verdict: u32,
+    /// `Reason` as u32, or `EVENT_REASON_RULE` when a rule decided.
+    pub reason: u32,
+    /// The rule slot when a rule decided, else 0.
+    pub slot: u32,
+    /// Length of the frame on the wire (what XDP saw).
+    pub len: u32,
+    /// Bytes of `data` that hold the frame (at most `EVENT_SNAPLEN`).
+    pub captured: u32,
+    pub data: [u8; EVENT_SNAPLEN],
+}
+
 /// Bounds on packet parsing; past them the packet is dropped with a reason.
 pub const MAX_VLAN_TAGS: u32 = 2;
 pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
@@ -356,6 +426,8 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragVerdict {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for EventConfig {}
+    unsafe impl aya::Pod for EventBudget {}
 }
 
 #[cfg(test)]
@@ -399,5 +471,8 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<LpmKey>(), 20);
         assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<Event>(), 160);
+        assert_eq!(size_of::<Event>() % 8, 0);
+        assert_eq!(size_of::<EventBudget>(), 32);
     }
 }

@@ -9,17 +9,21 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::warn;
 use classifier_common::{
-    Addr, COUNTER_ENTRIES, Config, Counter, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR,
-    FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey,
-    FragKey, FragVerdict, LPM_ENTRIES, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_ICMP,
-    PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PROFILE_NONE, PROTO_TCP, PROTO_UDP,
-    PortBlock, ProfileSel, Reason, Verdict, port_block_index, reason_counter_index,
+    Addr, COUNTER_ENTRIES, Config, Counter, EVENT_BURST_NS, EVENT_REASON_RULE, EVENT_RING_BYTES,
+    EVENT_SNAPLEN, Event, EventBudget, EventConfig, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA,
+    FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_MONITOR, FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES,
+    FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES,
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT, PCLASS_ICMP, PCLASS_OTHER,
+    PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock,
+    ProfileSel, REASON_COUNTER_BASE, Reason, VERDICT_COUNT, Verdict, port_block_index,
+    reason_counter_index,
 };
 
 /// The license the kernel reads from the object's `license` section. The
@@ -52,6 +56,13 @@ static TRACE: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static FRAGMENTS: LruHashMap<FragKey, FragVerdict> =
     LruHashMap::with_max_entries(FRAGMENT_ENTRIES, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+#[map]
+static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -214,6 +225,11 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
             log_anomaly(ctx, outcome.counter, packets);
         }
     }
+    // One test of a word already loaded; everything else about events lives
+    // out of line, so the path with events off does not change.
+    if config.flags & FLAG_EVENTS != 0 {
+        emit_event(ctx, outcome.counter, config.flags);
+    }
     Ok(if outcome.pass {
         xdp_action::XDP_PASS
     } else {
@@ -235,6 +251,112 @@ fn log_anomaly(ctx: &XdpContext, counter: u32, packets: u64) {
             reason.name()
         );
     }
+}
+
+/// Emits an event for a drop or would_drop (or a pass, with
+/// `FLAG_EVENTS_PASS`) if this CPU's budget has credit left; otherwise counts
+/// it as suppressed. The verdict path carries nothing extra for events.
+///
+/// The event holds the first 128 bytes of the frame, and userspace reads the
+/// VLAN tags, addresses and ports from them: this function runs below the
+/// classifier's 480-byte frame with 32 bytes of the 512-byte stack left, and
+/// a second header parser here (unaligned reads spill) did not fit.
+#[inline(never)]
+fn emit_event(ctx: &XdpContext, counter: u32, flags: u32) {
+    // Rule slots count passes only; reason counters carry their verdict.
+    if counter < REASON_COUNTER_BASE && flags & FLAG_EVENTS_PASS == 0 {
+        return;
+    }
+    if counter >= REASON_COUNTER_BASE
+        && flags & FLAG_EVENTS_PASS == 0
+        && counter_verdict(counter) == Verdict::Pass as u32
+    {
+        return;
+    }
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    if !take_credit(budget) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        // The reader is behind and the ring is full: as good as suppressed.
+        // SAFETY: a per-CPU array value is only touched by this CPU.
+        unsafe { (*budget).suppressed += 1 };
+        return;
+    };
+    // SAFETY: as above.
+    unsafe { (*budget).emitted += 1 };
+    let e = entry.as_mut_ptr();
+    let len = ctx.data_end() - ctx.data();
+    // SAFETY: `e` points at a reserved, writable `Event`; every field is
+    // written before submit (`data` up to `captured`).
+    unsafe {
+        (*e).time_ns = bpf_ktime_get_ns();
+        (*e).ifindex = ctx.ingress_ifindex() as u32;
+        if counter < REASON_COUNTER_BASE {
+            (*e).verdict = Verdict::Pass as u32;
+            (*e).reason = EVENT_REASON_RULE;
+            (*e).slot = counter;
+        } else {
+            (*e).verdict = counter_verdict(counter);
+            (*e).reason = (counter - REASON_COUNTER_BASE) / (PCLASS_COUNT * VERDICT_COUNT);
+            (*e).slot = 0;
+        }
+        (*e).len = len as u32;
+        (*e).captured = 0;
+        // Two calls with lengths the verifier can bound (128, or 1..=127)
+        // rather than one whose length it would have to prove.
+        let dst = (&raw mut (*e).data).cast::<core::ffi::c_void>();
+        if len >= EVENT_SNAPLEN {
+            if bpf_xdp_load_bytes(ctx.ctx, 0, dst, EVENT_SNAPLEN as u32) == 0 {
+                (*e).captured = EVENT_SNAPLEN as u32;
+            }
+        } else if len > 0 {
+            // 1..=128 by construction (the verifier follows the arithmetic,
+            // where LLVM may drop a comparison), and `len` itself here.
+            let cap = (((len as u32) - 1) & (EVENT_SNAPLEN as u32 - 1)) + 1;
+            if bpf_xdp_load_bytes(ctx.ctx, 0, dst, cap) == 0 {
+                (*e).captured = cap;
+            }
+        }
+    }
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn counter_verdict(counter: u32) -> u32 {
+    ((counter - REASON_COUNTER_BASE) / PCLASS_COUNT) % VERDICT_COUNT
+}
+
+/// The per-CPU token bucket: credit grows with time up to one second's
+/// worth, an event costs `EVENT_CONFIG.cost_ns`. False (and counted as
+/// suppressed) when the event does not fit the budget.
+#[inline(always)]
+fn take_credit(budget: *mut EventBudget) -> bool {
+    let cost = match EVENT_CONFIG.get(0) {
+        Some(c) => c.cost_ns,
+        None => 0,
+    };
+    // The coarse clock (a load of the last tick's time, no TSC read) is
+    // plenty for a per-second budget, and this runs for every suppressed
+    // event of a flood. The event's own time stamp uses the precise clock.
+    // SAFETY: helper without arguments; `budget` is this CPU's own value.
+    unsafe {
+        let now = bpf_ktime_get_coarse_ns();
+        let mut credit = (*budget).credit_ns + now.wrapping_sub((*budget).last_ns);
+        if credit > EVENT_BURST_NS {
+            credit = EVENT_BURST_NS;
+        }
+        (*budget).last_ns = now;
+        if cost == 0 || credit < cost {
+            (*budget).credit_ns = credit;
+            (*budget).suppressed += 1;
+            return false;
+        }
+        (*budget).credit_ns = credit - cost;
+    }
+    true
 }
 
 #[inline(always)]

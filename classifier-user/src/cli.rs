@@ -56,6 +56,13 @@ pub enum Command {
     Detach(DetachArgs),
     /// Ask a running instance to re-read its catalog (same as SIGHUP).
     Reload(ReloadArgs),
+    /// The running daemon's packet events (root only).
+    Events(EventsArgs),
+    /// A catalog fragment that would pass the traffic dropped (or that would
+    /// be dropped) since the daemon started.
+    Suggest(SuggestArgs),
+    /// A live terminal view of rates and the top dropped flows; `q` quits.
+    Top(TopArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -123,6 +130,13 @@ pub struct RunArgs {
     /// would cut the host's own traffic, portguard's metrics included).
     #[arg(long)]
     pub allow_loopback: bool,
+    /// Packet events per second per CPU (drops and would-drops); 0 turns
+    /// events off. What the budget suppresses is counted.
+    #[arg(long, default_value_t = classifier_common::EVENT_RATE_DEFAULT, value_name = "N")]
+    pub events_rate: u32,
+    /// Emit events for passed packets too (within the same budget).
+    #[arg(long)]
+    pub events_pass: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -202,4 +216,76 @@ pub struct ReloadArgs {
     /// Interface of the running instance.
     #[arg(long, value_name = "IF")]
     pub iface: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EventFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EventVerdict {
+    Drop,
+    /// As the contract spells it (and the metrics' verdict label).
+    #[value(name = "would_drop")]
+    WouldDrop,
+    Pass,
+}
+
+impl EventVerdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventVerdict::Drop => "drop",
+            EventVerdict::WouldDrop => "would_drop",
+            EventVerdict::Pass => "pass",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// Keep printing new events until interrupted (or --count are printed).
+    #[arg(long)]
+    pub follow: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: EventFormat,
+    /// Also write the events' frames (first 128 bytes) to a pcap file.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Only events of this verdict.
+    #[arg(long, value_enum)]
+    pub verdict: Option<EventVerdict>,
+    /// At most N events: the last N kept, or with --follow, stop after N.
+    #[arg(long, value_name = "N")]
+    pub count: Option<usize>,
+    /// Where the daemon's control socket lives.
+    #[arg(long, default_value = "/run/portguard", value_name = "DIR")]
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// Where the daemon's control socket lives.
+    #[arg(long, default_value = "/run/portguard", value_name = "DIR")]
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// Refresh interval in milliseconds (at least 100).
+    #[arg(long, default_value_t = 1_000, value_name = "MS")]
+    pub interval_ms: u64,
+    /// Where the daemon's control socket lives.
+    #[arg(long, default_value = "/run/portguard", value_name = "DIR")]
+    pub run_dir: PathBuf,
+    /// bpffs mount point (the counters are read from the pins).
+    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
+    pub bpffs: PathBuf,
 }

@@ -159,6 +159,8 @@ pub struct Daemon {
     pub attach_error: Option<String>,
     /// How long the last successful reload took from reading the catalog to the flip.
     pub last_swap: Option<Duration>,
+    /// Packet events: the ring reader, the store and the control socket.
+    pub events: crate::events::Events,
 }
 
 impl Daemon {

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod counters;
 pub mod daemon;
 pub mod ebpf_object;
+pub mod events;
 pub mod iface;
 pub mod link_watch;
 pub mod loader;

@@ -18,9 +18,9 @@ use aya::{
     },
 };
 use classifier_common::{
-    BLOCKS_PER_PROTO, COUNTER_ENTRIES, Config, Counter, FLAG_TRACE, GenConfig, MgmtPorts,
-    PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM, map_names,
-    port_block_index,
+    BLOCKS_PER_PROTO, COUNTER_ENTRIES, Config, Counter, EventBudget, EventConfig, FLAG_EVENTS,
+    FLAG_EVENTS_PASS, FLAG_TRACE, GenConfig, MgmtPorts, PROFILE_NONE, PROTO_COUNT, PortBlock,
+    ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM, map_names, port_block_index,
 };
 
 use crate::{
@@ -221,8 +221,10 @@ impl Classifier {
         self.write_profiles(policy, active, next)?;
         self.write_mgmt(policy)?;
 
-        // The trace bit belongs to tests, not to the policy.
-        config.flags = policy.flags | (config.flags & FLAG_TRACE);
+        // The trace bit belongs to tests and the event bits to the daemon's
+        // flags, not to the policy.
+        config.flags =
+            policy.flags | (config.flags & (FLAG_TRACE | FLAG_EVENTS | FLAG_EVENTS_PASS));
         config.gens[next as usize] = GenConfig {
             default_profile: policy.default_profile,
             media_profiles: policy.media_profiles,
@@ -358,6 +360,50 @@ impl Classifier {
         self.xdp_ref()?
             .test_run(opts)
             .map_err(prog_err("portguard"))
+    }
+
+    /// Turns packet events on (`rate` events per second per CPU, passes too
+    /// with `pass`) or off (`rate` 0). The budget is written before the flag
+    /// is raised, so the first event already has its cost.
+    pub fn set_events(&mut self, rate: u32, pass: bool) -> Result<(), LoadError> {
+        let cost_ns = if rate == 0 {
+            0
+        } else {
+            1_000_000_000 / u64::from(rate)
+        };
+        // A rate above 1e9/s costs nothing: cap at 1 ns so that 0 keeps
+        // meaning "off".
+        let cost_ns = if rate > 0 { cost_ns.max(1) } else { 0 };
+        self.array::<EventConfig>(map_names::EVENT_CONFIG)?
+            .set(0, EventConfig { cost_ns }, 0)
+            .map_err(map_err(map_names::EVENT_CONFIG))?;
+        let mut config = self.config()?;
+        config.flags &= !(FLAG_EVENTS | FLAG_EVENTS_PASS);
+        if rate > 0 {
+            config.flags |= FLAG_EVENTS;
+            if pass {
+                config.flags |= FLAG_EVENTS_PASS;
+            }
+        }
+        self.set_config(&config)
+    }
+
+    /// The events ring buffer, for the daemon's reader (taken once).
+    pub fn take_events_ring(&mut self) -> Result<aya::maps::RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or(LoadError::Missing(map_names::EVENTS))?;
+        aya::maps::RingBuf::try_from(map).map_err(map_err(map_names::EVENTS))
+    }
+
+    /// The per-CPU event budgets, for the suppressed count (taken once).
+    pub fn take_event_budget(&mut self) -> Result<PerCpuArray<MapData, EventBudget>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(map_names::EVENT_BUDGET)
+            .ok_or(LoadError::Missing(map_names::EVENT_BUDGET))?;
+        PerCpuArray::try_from(map).map_err(map_err(map_names::EVENT_BUDGET))
     }
 
     /// Makes the packet path record each packet's counter index in `TRACE`.

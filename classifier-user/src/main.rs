@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         Command::Stats(args) => commands::stats::stats(args),
         Command::Detach(args) => commands::detach::detach(args),
         Command::Reload(args) => commands::reload::reload(args),
+        Command::Events(args) => commands::events::events(args),
+        Command::Suggest(args) => commands::suggest::suggest(args),
+        Command::Top(args) => commands::top::top(args),
         Command::Catalog(c) => catalog(c),
     })
 }

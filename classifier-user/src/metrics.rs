@@ -129,6 +129,8 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
         attached,
     );
 
+    crate::events::metrics::register(&mut registry, daemon.events.shared());
+
     let mut out = String::new();
     encode(&mut out, &registry).map_err(|e| e.to_string())?;
     Ok(out)

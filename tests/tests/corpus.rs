@@ -1183,6 +1183,68 @@ fn corpus_covers_every_reason() {
 
 #[test]
 fn corpus_verdicts_in_the_kernel_and_the_reference() {
+    run_corpus(false);
+}
+
+/// The same corpus with packet events on for every verdict: the verdicts do
+/// not change, and each frame leaves exactly one event that names its
+/// verdict, reason (or rule slot), length and first bytes.
+#[test]
+fn corpus_verdicts_with_events_on() {
+    run_corpus(true);
+}
+
+fn check_event(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    frame: &[u8],
+    verdict: &str,
+    counter: u32,
+) -> Result<(), String> {
+    use classifier_common::{EVENT_REASON_RULE, EVENT_SNAPLEN, Event, REASON_COUNTER_BASE};
+    let Some(item) = ring.next() else {
+        return Err("no event".into());
+    };
+    let e: Event = bytemuck::pod_read_unaligned(&item[..size_of::<Event>()]);
+    drop(item);
+    let want_verdict = match verdict {
+        "pass" => Verdict::Pass,
+        "drop" => Verdict::Drop,
+        _ => Verdict::WouldDrop,
+    } as u32;
+    let (want_reason, want_slot) = if counter < REASON_COUNTER_BASE {
+        (EVENT_REASON_RULE, counter)
+    } else {
+        let (r, _, _) = classifier_common::decode_reason_counter(counter)
+            .ok_or_else(|| format!("counter {counter} decodes to nothing"))?;
+        (r as u32, 0)
+    };
+    let cap = frame.len().min(EVENT_SNAPLEN);
+    let got = (e.verdict, e.reason, e.slot, e.len, e.captured);
+    let want = (
+        want_verdict,
+        want_reason,
+        want_slot,
+        frame.len() as u32,
+        cap as u32,
+    );
+    if got != want {
+        return Err(format!(
+            "event (verdict, reason, slot, len, captured) = {got:?}, expected {want:?}"
+        ));
+    }
+    if e.data[..cap] != frame[..cap] {
+        return Err(format!(
+            "event bytes {} differ from the frame's",
+            hex(&e.data[..cap])
+        ));
+    }
+    if ring.next().is_some() {
+        return Err("more than one event for one frame".into());
+    }
+    Ok(())
+}
+
+fn run_corpus(events: bool) {
     let text = std::fs::read_to_string(corpus_path())
         .unwrap_or_else(|e| panic!("reading the corpus: {e}"));
     let lines = read_corpus(&text);
@@ -1190,14 +1252,25 @@ fn corpus_verdicts_in_the_kernel_and_the_reference() {
     let mut state = RefState::default();
     let mut failures = Vec::new();
     let mut ran = 0;
+    let mut ring = None;
     for l in lines {
         match l {
             Line::Policy(name) => {
                 // Drop the previous program (and its pins) first.
                 drop(kernel.take());
-                let Some(k) = Kernel::new("corpus", &policy(&name)) else {
+                let Some(mut k) = Kernel::new("corpus", &policy(&name)) else {
                     return;
                 };
+                if events {
+                    k.classifier
+                        .set_events(1_000_000, true)
+                        .unwrap_or_else(|e| panic!("turning events on: {e}"));
+                    ring = Some(
+                        k.classifier
+                            .take_events_ring()
+                            .unwrap_or_else(|e| panic!("the events ring: {e}")),
+                    );
+                }
                 kernel = Some(k);
                 state = RefState::default();
             }
@@ -1222,6 +1295,11 @@ fn corpus_verdicts_in_the_kernel_and_the_reference() {
                 let got = k.run(&frame);
                 let want_pass = verdict != "drop";
                 let mut problems = Vec::new();
+                if let Some(r) = ring.as_mut()
+                    && let Err(e) = check_event(r, &frame, &verdict, got.1)
+                {
+                    problems.push(e);
+                }
                 if got.0 != want_pass {
                     problems.push(format!(
                         "verdict {} (expected {verdict})",
@@ -1261,7 +1339,10 @@ fn corpus_verdicts_in_the_kernel_and_the_reference() {
         failures.len(),
         failures.join("\n")
     );
-    eprintln!("corpus: {ran} frames agree with their expectations and the reference");
+    eprintln!(
+        "corpus (events {}): {ran} frames agree with their expectations and the reference",
+        if events { "on" } else { "off" }
+    );
     assert!(ran > 150, "the corpus ran only {ran} frames");
 }
 

@@ -26,7 +26,7 @@ use testkit::ops::{self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, ok_any
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
 /// The metrics of docs/metrics.md and their label names.
-const DESIGN: [(&str, &[&str]); 7] = [
+const DESIGN: [(&str, &[&str]); 9] = [
     (
         "portguard_packets_total",
         &["iface", "role", "service", "proto", "verdict"],
@@ -40,7 +40,16 @@ const DESIGN: [(&str, &[&str]); 7] = [
     ("portguard_catalog_generation", &[]),
     ("portguard_reloads_total", &["result"]),
     ("portguard_xdp_attached", &["iface", "mode"]),
+    ("portguard_events_suppressed_total", &["iface"]),
+    (
+        "portguard_top_dropped_port",
+        &["iface", "proto", "port", "verdict"],
+    ),
 ];
+
+/// The one metric whose `port` label is allowed: it holds at most 20 series
+/// per iface and verdict.
+const TOP_PORTS: &str = "portguard_top_dropped_port";
 
 /// Prometheus as a child in the server namespace; killed on drop.
 struct Prometheus {
@@ -269,7 +278,9 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
             "{name} has labels {keys:?}, docs/metrics.md says {want:?}"
         );
         for (k, v) in labels {
-            if matches!(k.as_str(), "__name__" | "job" | "instance") {
+            if matches!(k.as_str(), "__name__" | "job" | "instance")
+                || (name == TOP_PORTS && k == "port")
+            {
                 continue;
             }
             assert!(
@@ -285,6 +296,11 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
             "Prometheus has no {name}; it has {names:?}"
         );
     }
+    let top_series = names.get(TOP_PORTS).copied().unwrap_or(0);
+    assert!(
+        top_series <= 2 * 20,
+        "{top_series} series of {TOP_PORTS}: at most 20 per verdict"
+    );
     let one = |q: &str| {
         prom.scalar(q)
             .unwrap_or_else(|| panic!("Prometheus: no single series for {q}"))

@@ -98,6 +98,16 @@ const TEST_TOOLS: &[Tool] = &[
         probe: "ethtool",
         package: "ethtool",
     },
+    // `portguard events --pcap` is checked by reading the file back.
+    Tool {
+        probe: "tshark",
+        package: "tshark",
+    },
+    // `portguard top` is driven in a detached 80x24 session.
+    Tool {
+        probe: "tmux",
+        package: "tmux",
+    },
     // `cargo xtask test` lints the eBPF crate with Debian's clippy for
     // rustc-web (see checks.rs).
     Tool {

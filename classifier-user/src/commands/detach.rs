@@ -40,6 +40,8 @@ pub fn detach(args: DetachArgs) -> u8 {
     loader::remove_pins(&dir);
     if let Ok(run_dir) = state::run_dir() {
         let _ = std::fs::remove_file(state::path(&run_dir, &args.iface));
+        // The control socket of a daemon that was killed.
+        let _ = std::fs::remove_file(crate::events::control::socket_path(&run_dir, &args.iface));
     }
     lock.release();
     if dir.exists() {

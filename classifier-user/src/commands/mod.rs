@@ -2,6 +2,9 @@
 
 pub mod catalog;
 pub mod detach;
+pub mod events;
 pub mod reload;
 pub mod run;
 pub mod stats;
+pub mod suggest;
+pub mod top;

@@ -310,7 +310,21 @@ fn run_locked(
         log::warn!("{warning}");
     }
 
+    let events = crate::events::Events::new(
+        &args.iface,
+        &mut classifier,
+        registry.clone(),
+        crate::events::EventSettings {
+            rate: args.events_rate,
+            pass: args.events_pass,
+            roles: args.role.clone(),
+            catalog: args.catalog.clone(),
+            mode: format!("{:?}", args.mode).to_lowercase(),
+            run_dir: PathBuf::from(state::RUN_DIR),
+        },
+    )?;
     let daemon = Daemon {
+        events,
         iface: args.iface.clone(),
         classifier,
         registry,
@@ -398,6 +412,7 @@ async fn serve(
         daemon.clone(),
         metrics_http::LIMITS,
     ));
+    let _event_tasks = daemon.lock().await.events.spawn();
     let logger = daemon.lock().await.classifier.take_logger();
     // SAFETY: the logger owns its ring buffer fd and neither replaces nor
     // closes it while the AsyncFd holds it.

@@ -23,6 +23,11 @@ pub fn state_file(iface: &str) -> PathBuf {
 fn forget_iface(iface: &str) {
     let _ = fs::remove_dir_all(pin_dir(iface));
     let _ = fs::remove_file(state_file(iface));
+    // What a killed daemon leaves next to its state: the events control
+    // socket and the instance lock file (harmless, but not ours to keep).
+    for ext in ["sock", "lock"] {
+        let _ = fs::remove_file(PathBuf::from("/run/portguard").join(format!("{iface}.{ext}")));
+    }
 }
 
 /// Two namespaces joined by a veth pair: `client` at 198.18.N.1, `server`

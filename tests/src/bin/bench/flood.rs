@@ -170,7 +170,7 @@ fn pipe_lines(child: &mut Child) -> Option<mpsc::Receiver<String>> {
     Some(rx)
 }
 
-fn start_portguard(lab: &Lab, catalog: Option<&Path>) -> Result<Proc> {
+fn start_portguard(lab: &Lab, catalog: Option<&Path>, extra: &[&str]) -> Result<Proc> {
     let mut cmd = Command::new(testkit::portguard_bin());
     cmd.args([
         "run",
@@ -193,6 +193,7 @@ fn start_portguard(lab: &Lab, catalog: Option<&Path>) -> Result<Proc> {
     if let Some(c) = catalog {
         cmd.arg("--catalog").arg(c);
     }
+    cmd.args(extra);
     spawn_in(&lab.rx, &mut cmd)?;
     let mut child = cmd.spawn().context("starting portguard")?;
     let lines = pipe_lines(&mut child);
@@ -445,7 +446,7 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
     let mut rss_max = 0;
     let mut maps = Vec::new();
     {
-        let mut pg = start_portguard(&lab, None)?;
+        let mut pg = start_portguard(&lab, None, &[])?;
         let pid = pg.child.id();
         let f = flood(&lab, "pg-drop", &drop_only, secs, || {
             std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
@@ -461,6 +462,15 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
             Ok(())
         })?;
         row(&mut t, "portguard", "50000 + 161 alternating", &f);
+        pg.stop()?;
+    }
+    // The same daemon with packet events off (the rows above run with the
+    // default budget, 1,000 events/s per CPU): what events cost a flood.
+    {
+        let mut pg = start_portguard(&lab, None, &["--events-rate", "0"])?;
+        let f = flood(&lab, "pg-drop-noev", &drop_only, secs, || Ok(()))?;
+        row(&mut t, "portguard --events-rate 0", "UDP 161 only", &f);
+        drops.push(("portguard --events-rate 0", f));
         pg.stop()?;
     }
     {
@@ -488,6 +498,18 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
             .map(|(_, f)| f.pps(f.dropped()))
     };
     let mut ratios = String::new();
+    if let (Some(on), Some(off)) = (get("portguard"), get("portguard --events-rate 0")) {
+        let _ = writeln!(
+            ratios,
+            "- dropped/s, events on (default budget) / events off: {:.2}",
+            on / off
+        );
+        report.target(Target::new(
+            "flood: drop rate with events on ≥ 95% of events off",
+            format!("{:.0}% ({on:.0} vs {off:.0}/s)", 100.0 * on / off),
+            on / off >= 0.95,
+        ));
+    }
     if let (Some(pg), Some(nft)) = (get("portguard"), get("nftables")) {
         let _ = writeln!(ratios, "- dropped/s, portguard / nftables: {:.2}", pg / nft);
         report.target(Target::new(
@@ -595,7 +617,7 @@ fn reload_flood(report: &mut Report, lab: &Lab, allowed: &[u8], reloads: u32) ->
         Ok(())
     };
     write(&a)?;
-    let mut pg = start_portguard(lab, Some(&file))?;
+    let mut pg = start_portguard(lab, Some(&file), &[])?;
     let drops_before = pg_drops(lab)?;
     let mut swap_ms = Vec::new();
     let started = Instant::now();

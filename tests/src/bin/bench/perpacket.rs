@@ -205,6 +205,12 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let compiled = policy::compile(&Catalog::embedded(), &lab_spec(), &mut registry)?;
     let mut pg = Classifier::load(None)?;
     pg.install(&compiled, 1)?;
+    // The same policy with packet events on at the default budget: under a
+    // flood nearly every drop takes the budget's "suppressed" exit, which is
+    // what must stay cheap.
+    let mut pg_events = Classifier::load(None)?;
+    pg_events.install(&compiled, 1)?;
+    pg_events.set_events(classifier_common::EVENT_RATE_DEFAULT, false)?;
 
     let ports = allowed_port_flags(&compiled);
     let xf_dny_udp = XdpFilterObject::load("xdpfilt_dny_udp", &ports)?;
@@ -253,6 +259,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     for c in &scaled {
         progs.push(c.xdp_ref()?);
     }
+    let events_prog = progs.len();
+    progs.push(pg_events.xdp_ref()?);
 
     let (src, dst, src6, dst6) = ("198.18.0.1", "198.18.0.2", "2001:db8::1", "2001:db8::2");
     let allowed = udp64(src, dst, ALLOWED_PORT);
@@ -336,6 +344,20 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
             XDP_DROP,
         ));
     }
+    cases.push(case(
+        "events",
+        "portguard events on (1,000/s per CPU), allowed UDP 50000",
+        events_prog,
+        &allowed,
+        XDP_PASS,
+    ));
+    cases.push(case(
+        "events",
+        "portguard events on (1,000/s per CPU), dropped UDP 161",
+        events_prog,
+        &dropped,
+        XDP_DROP,
+    ));
     for c in &cases {
         if c.frame.len() != 64 {
             bail!("{}: frame is {} bytes, not 64", c.name, c.frame.len());
@@ -391,9 +413,18 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let xf_drop = by_name("xdp-filter dny_udp (deny policy, allow-list), dropped");
     let xfa_allow = by_name("xdp-filter dny_all (what `load -p deny -f tcp,udp` picks), allowed");
     let xfa_drop = by_name("xdp-filter dny_all (what `load -p deny -f tcp,udp` picks), dropped");
+    let ev_allow = by_name("portguard events on (1,000/s per CPU), allowed");
+    let ev_drop = by_name("portguard events on (1,000/s per CPU), dropped");
     let _ = writeln!(t);
     let _ = writeln!(t, "| ratio | allowed | dropped |");
     let _ = writeln!(t, "|---|---:|---:|");
+    let _ = writeln!(
+        t,
+        "| portguard events on / off (drop rate on = {:.0}% of off) | {:.2} | {:.2} |",
+        100.0 * pg_drop / ev_drop,
+        ev_allow / pg_allow,
+        ev_drop / pg_drop
+    );
     let _ = writeln!(
         t,
         "| portguard / xdp-filter dny_udp | {:.2} | {:.2} |",

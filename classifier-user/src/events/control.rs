@@ -1,0 +1,261 @@
+//! The control socket: `/run/portguard/IF.sock`, a unix stream socket with
+//! mode 0600 that serves root only (SO_PEERCRED), speaking JSON Lines. One
+//! request line per connection; the answer is one or more JSON lines.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::mpsc,
+};
+
+use super::{
+    Shared,
+    record::EventRecord,
+    store::{PortAggregate, TopView},
+};
+
+/// Most clients attached at once; more are refused, so that memory stays
+/// bounded however many attach.
+pub const MAX_CLIENTS: usize = 16;
+/// Events queued for one `--follow` client; a client this far behind is
+/// dropped (and counted) rather than slowing the reader.
+pub const FOLLOW_QUEUE: usize = 1_024;
+/// A client that takes longer than this to accept one line is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn socket_path(run_dir: &Path, iface: &str) -> PathBuf {
+    run_dir.join(format!("{iface}.sock"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// The last `count` events (all kept when absent) of `verdict` (any when
+    /// absent); with `follow`, then every new one.
+    Events {
+        count: Option<usize>,
+        verdict: Option<String>,
+        follow: bool,
+    },
+    /// Aggregates since start, for `suggest`.
+    Aggregates,
+    /// The last minute, for `top`.
+    Top,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Aggregates {
+    pub iface: String,
+    pub roles: Vec<String>,
+    pub catalog: Option<PathBuf>,
+    pub mode: String,
+    pub ports: Vec<PortAggregate>,
+    pub events_received: u64,
+    pub suppressed: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Top {
+    pub iface: String,
+    pub mode: String,
+    pub view: TopView,
+    pub suppressed: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorLine {
+    pub error: String,
+}
+
+/// Binds the socket (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    // The umask closes the window between bind and chmod.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        if shared.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+            shared.clients.fetch_sub(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = reply_error(
+                    &mut stream,
+                    &format!("too many clients (at most {MAX_CLIENTS})"),
+                )
+                .await;
+            });
+            continue;
+        }
+        tokio::spawn(async move {
+            client(stream, &shared).await;
+            shared.clients.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+async fn reply_error(stream: &mut UnixStream, msg: &str) -> std::io::Result<()> {
+    let line = serde_json::to_string(&ErrorLine {
+        error: msg.to_string(),
+    })
+    .unwrap_or_default();
+    write_line(stream, &line).await
+}
+
+async fn write_line(stream: &mut UnixStream, line: &str) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client stopped reading",
+        )),
+    }
+}
+
+async fn client(mut stream: UnixStream, shared: &Shared) {
+    // The file mode already keeps others out; the credentials check holds
+    // even if the socket's mode or directory were changed.
+    match stream.peer_cred() {
+        Ok(c) if c.uid() == 0 => {}
+        Ok(c) => {
+            let _ = reply_error(
+                &mut stream,
+                &format!(
+                    "permission denied: the control socket serves root only (you are uid {})",
+                    c.uid()
+                ),
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            log::warn!("control socket: no peer credentials: {e}");
+            return;
+        }
+    }
+    let mut line = String::new();
+    let read = {
+        let mut reader = BufReader::new((&mut stream).take(64 * 1024));
+        tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await
+    };
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    let request: Request = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = reply_error(&mut stream, &format!("bad request: {e}")).await;
+            return;
+        }
+    };
+    match request {
+        Request::Aggregates => {
+            // One lock for both reads (a second lock() in the same
+            // expression would wait for the first guard forever).
+            let (ports, events_received) = {
+                let store = shared.store();
+                (store.aggregates(), store.received)
+            };
+            let a = Aggregates {
+                iface: shared.iface.clone(),
+                roles: shared.roles.clone(),
+                catalog: shared.catalog.clone(),
+                mode: shared.mode.clone(),
+                ports,
+                events_received,
+                suppressed: shared.suppressed.load(Ordering::Relaxed),
+            };
+            let _ = write_line(&mut stream, &serde_json::to_string(&a).unwrap_or_default()).await;
+        }
+        Request::Top => {
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let t = Top {
+                iface: shared.iface.clone(),
+                mode: shared.mode.clone(),
+                view: shared.store().last_minute(now_s, 10),
+                suppressed: shared.suppressed.load(Ordering::Relaxed),
+            };
+            let _ = write_line(&mut stream, &serde_json::to_string(&t).unwrap_or_default()).await;
+        }
+        Request::Events {
+            count,
+            verdict,
+            follow,
+        } => events(stream, shared, count, verdict, follow).await,
+    }
+}
+
+async fn events(
+    mut stream: UnixStream,
+    shared: &Shared,
+    count: Option<usize>,
+    verdict: Option<String>,
+    follow: bool,
+) {
+    let keep = |r: &EventRecord| verdict.as_deref().is_none_or(|v| r.event.verdict == v);
+    // Subscribe before the snapshot so that nothing falls between the two.
+    let mut rx = if follow {
+        let (tx, rx) = mpsc::channel::<Arc<EventRecord>>(FOLLOW_QUEUE);
+        shared.followers().push(tx);
+        Some(rx)
+    } else {
+        None
+    };
+    let snapshot = shared.store().recent(count.unwrap_or(usize::MAX), keep);
+    for r in snapshot {
+        if write_line(&mut stream, &serde_json::to_string(&r).unwrap_or_default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let Some(rx) = rx.as_mut() else {
+        return;
+    };
+    while let Some(r) = rx.recv().await {
+        if !keep(&r) {
+            continue;
+        }
+        if write_line(&mut stream, &serde_json::to_string(&*r).unwrap_or_default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    // The reader dropped this subscription: the client fell too far behind.
+    let _ = reply_error(
+        &mut stream,
+        "dropped: this client did not keep up with the events",
+    )
+    .await;
+}

@@ -1,0 +1,264 @@
+//! Packet events: the daemon's side. A task drains the XDP program's ring
+//! buffer into a bounded store (recent events and aggregates), another
+//! serves them on the root-only control socket, and a third reads the
+//! per-CPU budgets' suppressed count for the metrics.
+//!
+//! The daemon holds one [`Events`] and calls [`Events::spawn`] once.
+
+pub mod control;
+pub mod metrics;
+pub mod record;
+pub mod store;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use classifier_common::{Event, EventBudget};
+use tokio::{io::unix::AsyncFd, sync::mpsc, task::JoinHandle};
+
+use crate::{
+    loader::{Classifier, LoadError},
+    policy::SlotRegistry,
+    state,
+};
+
+use self::{record::EventRecord, store::Store};
+
+/// State the tasks and the metrics share.
+pub struct Shared {
+    pub iface: String,
+    pub roles: Vec<String>,
+    pub catalog: Option<PathBuf>,
+    pub mode: String,
+    store: Mutex<Store>,
+    followers: Mutex<Vec<mpsc::Sender<Arc<EventRecord>>>>,
+    pub clients: AtomicUsize,
+    /// Follow clients dropped because they fell behind.
+    pub clients_dropped: AtomicU64,
+    /// Sum over CPUs of the events the budget (or a full ring) suppressed.
+    pub suppressed: AtomicU64,
+}
+
+impl Shared {
+    /// The store; a panic elsewhere while holding it leaves data that is
+    /// still consistent enough to read.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn followers(&self) -> MutexGuard<'_, Vec<mpsc::Sender<Arc<EventRecord>>>> {
+        self.followers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Settings of `run` that concern events.
+pub struct EventSettings {
+    /// Events per second per CPU; 0 turns events off.
+    pub rate: u32,
+    /// Emit events for passed packets too.
+    pub pass: bool,
+    pub roles: Vec<String>,
+    pub catalog: Option<PathBuf>,
+    pub mode: String,
+    pub run_dir: PathBuf,
+}
+
+pub struct Events {
+    shared: Arc<Shared>,
+    parts: Option<Parts>,
+}
+
+struct Parts {
+    ring: RingBuf<MapData>,
+    budget: PerCpuArray<MapData, EventBudget>,
+    registry: SlotRegistry,
+    socket: PathBuf,
+    state: PathBuf,
+}
+
+/// The running tasks; dropping it stops them and removes the socket.
+pub struct EventTasks {
+    tasks: Vec<JoinHandle<()>>,
+    socket: Option<PathBuf>,
+}
+
+impl Drop for EventTasks {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(s) = &self.socket {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+}
+
+impl Events {
+    /// Sets the kernel's budget and takes the ring and budget maps.
+    pub fn new(
+        iface: &str,
+        classifier: &mut Classifier,
+        registry: SlotRegistry,
+        settings: EventSettings,
+    ) -> Result<Events, LoadError> {
+        classifier.set_events(settings.rate, settings.pass)?;
+        let ring = classifier.take_events_ring()?;
+        let budget = classifier.take_event_budget()?;
+        Ok(Events {
+            shared: Arc::new(Shared {
+                iface: iface.to_string(),
+                roles: settings.roles,
+                catalog: settings.catalog,
+                mode: settings.mode,
+                store: Mutex::new(Store::default()),
+                followers: Mutex::new(Vec::new()),
+                clients: AtomicUsize::new(0),
+                clients_dropped: AtomicU64::new(0),
+                suppressed: AtomicU64::new(0),
+            }),
+            parts: Some(Parts {
+                ring,
+                budget,
+                registry,
+                socket: control::socket_path(&settings.run_dir, iface),
+                state: state::path(&settings.run_dir, iface),
+            }),
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Starts the reader, the control socket and the budget poller (once;
+    /// inside a tokio runtime).
+    pub fn spawn(&mut self) -> EventTasks {
+        let mut tasks = Vec::new();
+        let Some(parts) = self.parts.take() else {
+            return EventTasks {
+                tasks,
+                socket: None,
+            };
+        };
+        let socket = match control::bind(&parts.socket) {
+            Ok(listener) => {
+                log::info!("events on {} (root only)", parts.socket.display());
+                tasks.push(tokio::spawn(control::serve(listener, self.shared.clone())));
+                Some(parts.socket.clone())
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: {e}; `portguard events`, `top` and `suggest` are unavailable",
+                    parts.socket.display()
+                );
+                None
+            }
+        };
+        tasks.push(tokio::spawn(poll_budget(parts.budget, self.shared.clone())));
+        // SAFETY: the ring owns its fd and neither replaces nor closes it
+        // while the AsyncFd holds it.
+        match unsafe { AsyncFd::register_with_interest(parts.ring, tokio::io::Interest::READABLE) }
+        {
+            Ok(fd) => tasks.push(tokio::spawn(read_ring(
+                fd,
+                self.shared.clone(),
+                parts.registry,
+                parts.state,
+            ))),
+            Err(e) => log::warn!("events ring unavailable: {e}"),
+        }
+        EventTasks { tasks, socket }
+    }
+}
+
+async fn poll_budget(budget: PerCpuArray<MapData, EventBudget>, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if let Ok(per_cpu) = budget.get(&0, 0) {
+            let sum: u64 = per_cpu.iter().map(|b| b.suppressed).sum();
+            shared.suppressed.store(sum, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn read_ring(
+    mut fd: AsyncFd<RingBuf<MapData>>,
+    shared: Arc<Shared>,
+    mut registry: SlotRegistry,
+    state_path: PathBuf,
+) {
+    let mut offset = record::monotonic_offset_ns();
+    let mut offset_at = Instant::now();
+    let mut registry_at = Instant::now();
+    while let Ok(mut guard) = fd.readable_mut().await {
+        // The wall clock may be stepped: re-anchor now and then.
+        if offset_at.elapsed() > Duration::from_secs(10) {
+            offset = record::monotonic_offset_ns();
+            offset_at = Instant::now();
+        }
+        let ring = guard.get_inner_mut();
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            let e: Event = bytemuck::pod_read_unaligned(&item[..size_of::<Event>()]);
+            drop(item);
+            // A rule slot added by a reload: the state file names it.
+            if e.reason == classifier_common::EVENT_REASON_RULE
+                && u16::try_from(e.slot).is_ok_and(|s| registry.get(s).is_none())
+                && registry_at.elapsed() > Duration::from_secs(1)
+            {
+                if let Ok(st) = state::load(&state_path) {
+                    registry = st.registry();
+                }
+                registry_at = Instant::now();
+            }
+            batch.push(Arc::new(record::decode(
+                &e,
+                &shared.iface,
+                offset,
+                &registry,
+            )));
+            if batch.len() >= 256 {
+                deliver(&shared, std::mem::take(&mut batch));
+            }
+        }
+        deliver(&shared, batch);
+        guard.clear_ready();
+    }
+}
+
+fn deliver(shared: &Shared, batch: Vec<Arc<EventRecord>>) {
+    if batch.is_empty() {
+        return;
+    }
+    {
+        let mut store = shared.store();
+        for r in &batch {
+            store.push((**r).clone());
+        }
+    }
+    let mut followers = shared.followers();
+    followers.retain(|tx| {
+        for r in &batch {
+            match tx.try_send(r.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    shared.clients_dropped.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    });
+}
