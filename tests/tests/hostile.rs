@@ -35,7 +35,7 @@ use testkit::ops::{
     portguard_in, portguard_in_wrapped, state_file, text,
 };
 use testkit::{
-    netns::{NetNs, addr, in_netns, spawn_in, veth_pair},
+    netns::{NetNs, in_netns, spawn_in},
     ops,
 };
 
@@ -274,26 +274,7 @@ fn a_recreated_interface_is_enforced_again_with_counters_kept() {
         daemon.log()
     );
 
-    ok_any(
-        "re-creating the veth pair",
-        veth_pair(&pair.client, &pair.client_if, &pair.server, &pair.server_if),
-    );
-    ok_any(
-        "client address",
-        addr(
-            &pair.client,
-            &pair.client_if,
-            &format!("{}/24", pair.client_ip),
-        ),
-    );
-    ok_any(
-        "server address",
-        addr(
-            &pair.server,
-            &pair.server_if,
-            &format!("{}/24", pair.server_ip),
-        ),
-    );
+    pair.link();
     let back = poll(Duration::from_secs(3), || {
         (attached_gauge(&pair) == 1.0 && pair.xdp_attached()).then_some(())
     });
@@ -334,26 +315,7 @@ fn a_keep_attached_link_to_a_deleted_interface_does_not_block_later_starts() {
         "deleting the server interface",
         pair.server.ip(&["link", "del", &pair.server_if]),
     );
-    ok_any(
-        "re-creating the veth pair",
-        veth_pair(&pair.client, &pair.client_if, &pair.server, &pair.server_if),
-    );
-    ok_any(
-        "client address",
-        addr(
-            &pair.client,
-            &pair.client_if,
-            &format!("{}/24", pair.client_ip),
-        ),
-    );
-    ok_any(
-        "server address",
-        addr(
-            &pair.server,
-            &pair.server_if,
-            &format!("{}/24", pair.server_ip),
-        ),
-    );
+    pair.link();
     // wait_ready panics if the start fails (as bpf_link_update on the
     // defunct link used to make it).
     let _second = pair.start(dir.path(), "second", &[]);

@@ -49,28 +49,41 @@ impl Pair {
         let server = ok_any("server namespace", NetNs::new(&format!("{tag}-s")));
         let (client_if, server_if) = (format!("{tag}c"), format!("{tag}s"));
         forget_iface(&server_if);
-        ok_any(
-            "veth pair",
-            veth_pair(&client, &client_if, &server, &server_if),
-        );
-        let client_ip = Ipv4Addr::new(198, 18, subnet, 1);
-        let server_ip = Ipv4Addr::new(198, 18, subnet, 2);
-        ok_any(
-            "client address",
-            addr(&client, &client_if, &format!("{client_ip}/24")),
-        );
-        ok_any(
-            "server address",
-            addr(&server, &server_if, &format!("{server_ip}/24")),
-        );
-        Pair {
+        let pair = Pair {
             client,
             server,
             client_if,
             server_if,
-            client_ip,
-            server_ip,
-        }
+            client_ip: Ipv4Addr::new(198, 18, subnet, 1),
+            server_ip: Ipv4Addr::new(198, 18, subnet, 2),
+        };
+        pair.link();
+        pair
+    }
+
+    /// Creates the veth pair and its addresses: at start, and again after a
+    /// test deleted the interface under a running daemon.
+    pub fn link(&self) {
+        ok_any(
+            "veth pair",
+            veth_pair(&self.client, &self.client_if, &self.server, &self.server_if),
+        );
+        ok_any(
+            "client address",
+            addr(
+                &self.client,
+                &self.client_if,
+                &format!("{}/24", self.client_ip),
+            ),
+        );
+        ok_any(
+            "server address",
+            addr(
+                &self.server,
+                &self.server_if,
+                &format!("{}/24", self.server_ip),
+            ),
+        );
     }
 
     /// `ip -n SERVER link show dev IF`.
