@@ -16,7 +16,7 @@ use std::{
     sync::atomic::AtomicBool,
 };
 
-use testkit::lab::{self, CASES};
+use testkit::lab;
 
 /// Where `cargo xtask test` keeps the root when PORTGUARD_TEST_ROOTFS is unset.
 const DEFAULT_ROOTFS: &str = "/var/cache/portguard-test/bookworm.tar.zst";
@@ -80,34 +80,26 @@ fn text(b: &[u8]) -> String {
 
 /// `cmd` in the root, with a clean environment; the output, checked.
 fn in_root(root: &Path, cmd: &str) -> Output {
-    let out = Command::new("chroot")
-        .arg(root)
-        .args([
-            "/usr/bin/env",
-            "-i",
-            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-            "DEBIAN_FRONTEND=noninteractive",
-            "/bin/sh",
-            "-c",
-            cmd,
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("chroot {}: {e}", root.display()));
-    assert!(
-        out.status.success(),
-        "in the Debian 12 root: `{cmd}` exited with {}:\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
+    root_command(root, cmd, &[], "in the Debian 12 root")
 }
 
 /// `cmd` in the root and in a network namespace of its own: nothing outside
 /// this machine (nor on it) can be reached.
 fn offline_in_root(root: &Path, cmd: &str) -> Output {
-    let out = Command::new("unshare")
-        .args(["--net", "chroot"])
+    root_command(root, cmd, &["--net"], "in the Debian 12 root, offline")
+}
+
+/// `unshare UNSHARE chroot ROOT env -i ... sh -c CMD` (plain `chroot` when
+/// there is nothing to unshare), its failure described as `where`.
+fn root_command(root: &Path, cmd: &str, unshare: &[&str], place: &str) -> Output {
+    let mut c = if unshare.is_empty() {
+        Command::new("chroot")
+    } else {
+        let mut c = Command::new("unshare");
+        c.args(unshare).arg("chroot");
+        c
+    };
+    let out = c
         .arg(root)
         .args([
             "/usr/bin/env",
@@ -119,10 +111,10 @@ fn offline_in_root(root: &Path, cmd: &str) -> Output {
             cmd,
         ])
         .output()
-        .unwrap_or_else(|e| panic!("unshare --net chroot {}: {e}", root.display()));
+        .unwrap_or_else(|e| panic!("{place}: starting `{cmd}`: {e}"));
     assert!(
         out.status.success(),
-        "in the Debian 12 root, offline: `{cmd}` exited with {}:\n{}{}",
+        "{place}: `{cmd}` exited with {}:\n{}{}",
         out.status,
         text(&out.stdout),
         text(&out.stderr)
@@ -265,18 +257,12 @@ fn the_package_installs_runs_and_purges_on_a_clean_debian_12() {
         live: false,
     })
     .unwrap_or_else(|e| panic!("the lab did not run with {}: {e:#}", bin.display()));
-    for (i, case) in CASES.iter().enumerate() {
-        assert!(
-            report.case_ok(i),
-            "packaged portguard: {} {} ({}): sent {} received {} but it is {}",
-            case.proto.name(),
-            case.port,
-            case.what,
-            report.sent[i],
-            report.received[i],
-            if case.allowed { "allowed" } else { "forbidden" }
-        );
-    }
+    let failures = report.case_failures();
+    assert!(
+        failures.is_empty(),
+        "packaged portguard: {}",
+        failures.join("\npackaged portguard: ")
+    );
     for (ok, what) in report.counter_checks() {
         assert!(ok, "packaged portguard: counter check failed: {what}");
     }

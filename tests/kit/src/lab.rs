@@ -133,6 +133,27 @@ impl Report {
         }
     }
 
+    /// One line per case whose delivery differs from the policy: what was
+    /// sent and received, and whether it is allowed.
+    pub fn case_failures(&self) -> Vec<String> {
+        CASES
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| !self.case_ok(i))
+            .map(|(i, case)| {
+                format!(
+                    "{} {} ({}): sent {} received {} but it is {}",
+                    case.proto.name(),
+                    case.port,
+                    case.what,
+                    self.sent[i],
+                    self.received[i],
+                    if case.allowed { "allowed" } else { "forbidden" }
+                )
+            })
+            .collect()
+    }
+
     fn sum(&self, pred: impl Fn(&str) -> bool) -> f64 {
         self.metrics.as_ref().map_or(0.0, |m| {
             m.iter().filter(|(k, _)| pred(k)).map(|(_, v)| *v).sum()
