@@ -117,8 +117,8 @@ pub struct Report {
 /// One conversation of a real protocol tool through portguard.
 #[derive(Debug)]
 pub struct PeerResult {
-    pub name: &'static str,
-    pub target: &'static str,
+    pub name: String,
+    pub target: String,
     pub ok: bool,
     pub detail: String,
 }
@@ -240,8 +240,8 @@ impl Report {
 /// portguard as a child: stdout and stderr drained on threads (a full pipe
 /// would block it), and SIGINT on drop if it still runs, so that no error
 /// path leaves it attached.
-struct Daemon {
-    child: Child,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
 }
@@ -255,12 +255,12 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> Option<JoinHandle<String>>
     }))
 }
 
-fn joined(h: &mut Option<JoinHandle<String>>) -> String {
+pub(crate) fn joined(h: &mut Option<JoinHandle<String>>) -> String {
     h.take().and_then(|h| h.join().ok()).unwrap_or_default()
 }
 
 impl Daemon {
-    fn spawn(mut cmd: Command) -> Result<Daemon> {
+    pub(crate) fn spawn(mut cmd: Command) -> Result<Daemon> {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -284,7 +284,7 @@ impl Daemon {
     }
 
     /// SIGINT, then wait for the exit; (stdout, stderr).
-    fn stop(&mut self, within: Duration) -> Result<(String, String)> {
+    pub(crate) fn stop(&mut self, within: Duration) -> Result<(String, String)> {
         self.interrupt();
         let deadline = Instant::now() + within;
         while self.child.try_wait()?.is_none() {
@@ -323,7 +323,7 @@ pub struct Options<'a> {
     pub live: bool,
 }
 
-fn check_interrupted(interrupted: &AtomicBool) -> Result<()> {
+pub(crate) fn check_interrupted(interrupted: &AtomicBool) -> Result<()> {
     if interrupted.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -354,7 +354,7 @@ pub fn run(opts: &Options<'_>) -> Result<Report> {
         "--xdp-mode", "native", "--metrics-addr", METRICS,
     ];
     let mut daemon = Daemon::spawn(ns_exec(&server, bin, &args))?;
-    wait_attached(&server, &mut daemon, interrupted)?;
+    wait_attached(&server, &[SERVER_IF], &mut daemon, interrupted)?;
 
     let listeners = in_netns(&server, || -> std::io::Result<Vec<Counter>> {
         CASES
@@ -403,7 +403,13 @@ pub fn run(opts: &Options<'_>) -> Result<Report> {
     })
 }
 
-fn wait_attached(server: &NetNs, daemon: &mut Daemon, interrupted: &AtomicBool) -> Result<()> {
+/// Polls until every interface in `ifaces` shows `prog/xdp` in `ns`.
+pub(crate) fn wait_attached(
+    ns: &NetNs,
+    ifaces: &[&str],
+    daemon: &mut Daemon,
+    interrupted: &AtomicBool,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = daemon.child.try_wait()? {
@@ -413,13 +419,19 @@ fn wait_attached(server: &NetNs, daemon: &mut Daemon, interrupted: &AtomicBool) 
             );
         }
         // `prog/xdp` for native mode (`xdpgeneric` would mean a fallback).
-        let link = server.ip(&["link", "show", "dev", SERVER_IF])?;
-        if link.contains("prog/xdp") {
+        let mut attached = true;
+        for iface in ifaces {
+            attached &= ns.ip(&["link", "show", "dev", iface])?.contains("prog/xdp");
+        }
+        if attached {
             return Ok(());
         }
         check_interrupted(interrupted)?;
         if Instant::now() > deadline {
-            bail!("portguard did not attach to {SERVER_IF} within 15 s");
+            bail!(
+                "portguard did not attach to {} within 15 s",
+                ifaces.join(" and ")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -493,7 +505,7 @@ fn scrape(server: &NetNs) -> Option<BTreeMap<String, f64>> {
 }
 
 /// Prints a line of live totals from the metrics endpoint until `stop`.
-fn spawn_live(server: &NetNs, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
+pub(crate) fn spawn_live(server: &NetNs, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
     let name = server.name().to_string();
     Ok(std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
@@ -535,7 +547,7 @@ fn spawn_live(server: &NetNs, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
 
 /// A peer's server side, killed when dropped (a process in a namespace
 /// outlives the namespace's deletion otherwise).
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -544,7 +556,7 @@ impl Drop for Server {
     }
 }
 
-fn start(server: &NetNs, program: &str, args: &[&str]) -> Result<Server> {
+pub(crate) fn start(server: &NetNs, program: &str, args: &[&str]) -> Result<Server> {
     Ok(Server(
         ns_exec(server, program, args)
             .stdin(Stdio::null())
@@ -556,7 +568,12 @@ fn start(server: &NetNs, program: &str, args: &[&str]) -> Result<Server> {
 }
 
 /// Runs a client with a deadline; (exit ok, stdout+stderr).
-fn client_run(client: &NetNs, program: &str, args: &[&str], secs: u64) -> Result<(bool, String)> {
+pub(crate) fn client_run(
+    client: &NetNs,
+    program: &str,
+    args: &[&str],
+    secs: u64,
+) -> Result<(bool, String)> {
     let mut cmd = ns_exec(client, "timeout", &[&secs.to_string(), program]);
     cmd.args(args).stdin(Stdio::null());
     let out = cmd.output().with_context(|| format!("running {program}"))?;
@@ -566,6 +583,41 @@ fn client_run(client: &NetNs, program: &str, args: &[&str], secs: u64) -> Result
         String::from_utf8_lossy(&out.stderr)
     );
     Ok((out.status.success(), text))
+}
+
+/// A throwaway self-signed certificate and key in `dir`, for the TLS
+/// servers the peers talk to: (certificate path, key path).
+pub(crate) fn test_certificate(dir: &Path) -> Result<(String, String)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert, key) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=portguard-lab",
+        ])
+        .output()
+        .context("openssl req")?;
+    if !made.status.success() {
+        bail!(
+            "openssl could not make a test certificate: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    Ok((cert, key))
 }
 
 /// SIP over TCP 5061 with sipp, STUN over UDP 3478 with coturn, HTTPS on 443
@@ -600,35 +652,7 @@ fn run_peers(client: &NetNs, server: &NetNs) -> Result<Vec<PeerResult>> {
             "/dev/null",
         ],
     )?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (cert, key) = (
-        cert.to_string_lossy().into_owned(),
-        key.to_string_lossy().into_owned(),
-    );
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-days",
-            "1",
-            "-subj",
-            "/CN=portguard-lab",
-        ])
-        .output()
-        .context("openssl req")?;
-    if !made.status.success() {
-        bail!(
-            "openssl could not make a test certificate: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-    }
+    let (cert, key) = test_certificate(&dir)?;
     let _https = start(
         server,
         "openssl",
@@ -673,8 +697,8 @@ fn run_peers(client: &NetNs, server: &NetNs) -> Result<Vec<PeerResult>> {
         .find(|l| l.contains("Successful call"))
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
     results.push(PeerResult {
-        name: "sipp (5 SIP calls)",
-        target: "tcp 5061",
+        name: "sipp (5 SIP calls)".into(),
+        target: "tcp 5061".into(),
         ok,
         detail: calls.unwrap_or_else(|| last_line(&text)),
     });
@@ -691,8 +715,8 @@ fn run_peers(client: &NetNs, server: &NetNs) -> Result<Vec<PeerResult>> {
         .map(str::trim)
         .map(String::from);
     results.push(PeerResult {
-        name: "turnutils_stunclient (STUN binding)",
-        target: "udp 3478",
+        name: "turnutils_stunclient (STUN binding)".into(),
+        target: "udp 3478".into(),
         ok: ok && mapped.is_some(),
         detail: mapped.unwrap_or_else(|| last_line(&text)),
     });
@@ -711,8 +735,8 @@ fn run_peers(client: &NetNs, server: &NetNs) -> Result<Vec<PeerResult>> {
         5,
     )?;
     results.push(PeerResult {
-        name: "curl (HTTPS GET)",
-        target: "tcp 443",
+        name: "curl (HTTPS GET)".into(),
+        target: "tcp 443".into(),
         ok: ok && text.trim() == "200",
         detail: format!("HTTP {}", text.trim()),
     });
@@ -721,7 +745,7 @@ fn run_peers(client: &NetNs, server: &NetNs) -> Result<Vec<PeerResult>> {
     Ok(results)
 }
 
-fn last_line(text: &str) -> String {
+pub(crate) fn last_line(text: &str) -> String {
     text.lines()
         .rev()
         .find(|l| !l.trim().is_empty())

@@ -7,6 +7,7 @@
 //! eBPF toolchain exists; test code that needs portguard's library lives in
 //! `portguard-testsupport` (tests/support).
 
+pub mod edge;
 pub mod lab;
 pub mod netns;
 pub mod ops;
