@@ -36,8 +36,10 @@ enum Cmd {
     Setup,
     /// Set up, then build the self-contained `portguard` binary (release).
     Build,
-    /// Set up, build, and run the lab demo. `-- --iface IF --role R [flags]`
-    /// runs `portguard run` with those flags on a real interface instead.
+    /// Set up, build, and run the lab demos: the host scenario, then the
+    /// routed edge scenario (`-- --scenario host|edge|all` picks; all by
+    /// default). `-- --iface IF --role R [flags]` runs `portguard run` with
+    /// those flags on a real interface instead.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -92,10 +94,9 @@ fn dispatch() -> Result<ExitCode> {
         Cmd::Run { args } => {
             setup::setup(setup::Needs::Lab, false)?;
             build::build()?;
-            if args.is_empty() {
-                run::demo().map(|()| ExitCode::SUCCESS)
-            } else {
-                run::real_interface(&args)
+            match run::scenario(&args)? {
+                Some(scenario) => run::lab(scenario).map(|()| ExitCode::SUCCESS),
+                None => run::real_interface(&args),
             }
         }
         Cmd::Test { args } => {
@@ -234,6 +235,27 @@ mod tests {
     fn plain_run_is_the_lab() {
         let cli = Cli::try_parse_from(["xtask", "run"]).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(cli.command, Cmd::Run { args } if args.is_empty()));
+    }
+
+    #[test]
+    fn run_arguments_choose_a_scenario_or_a_real_interface() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+        let scenario = |a: &[&str]| run::scenario(&args(a)).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(scenario(&[]), Some(run::Scenario::All));
+        assert_eq!(scenario(&["--scenario", "edge"]), Some(run::Scenario::Edge));
+        assert_eq!(scenario(&["--scenario=host"]), Some(run::Scenario::Host));
+        assert_eq!(scenario(&["--scenario", "all"]), Some(run::Scenario::All));
+        assert_eq!(scenario(&["--iface", "eth0", "--role", "front-end"]), None);
+        let bad = run::scenario(&args(&["--scenario", "moon"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(bad.contains("moon") && bad.contains("edge"), "{bad}");
+        let mixed = run::scenario(&args(&["--scenario", "edge", "--iface", "eth0"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(mixed.contains("--iface"), "{mixed}");
     }
 
     #[test]

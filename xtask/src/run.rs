@@ -1,5 +1,9 @@
-//! `cargo xtask run`: the lab demo (engine in `testkit::lab`), or, with
-//! flags, portguard in the foreground on a real interface.
+//! `cargo xtask run`: the lab demos (the host scenario, engine in
+//! `testkit::lab`; the routed edge scenario, engine in `testkit::edge`,
+//! printed by [`edge`]), or, with portguard's flags, portguard in the
+//! foreground on a real interface.
+
+mod edge;
 
 use std::{
     process::{Command, ExitCode},
@@ -7,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use clap::{Parser, ValueEnum};
 use testkit::lab::{self, CASES, MEDIA, METRICS, ROLES, SERVER_IF};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -24,6 +29,75 @@ fn catch_sigint() {
     let handler = on_sigint as extern "C" fn(libc::c_int);
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
+
+/// Which lab scenario `cargo xtask run` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// portguard on a host: client namespace <-> server namespace.
+    Host,
+    /// The routed perimeter: internet <-> appliance (portguard on both
+    /// legs) <-> DMZ with the Edge Server addresses and a reverse proxy.
+    Edge,
+    /// The host scenario, then the edge scenario.
+    All,
+}
+
+/// The arguments after `cargo xtask run --` when they choose a lab scenario.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask run --", no_binary_name = true)]
+struct LabArgs {
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    scenario: Scenario,
+}
+
+/// What `cargo xtask run -- ARGS` means: no arguments or `--scenario S` is
+/// a lab scenario (`None` for anything else: portguard's own `run` flags,
+/// for a real interface).
+pub fn scenario(args: &[String]) -> Result<Option<Scenario>> {
+    let chooses = args.is_empty() || args.iter().any(|a| a.starts_with("--scenario"));
+    if !chooses {
+        return Ok(None);
+    }
+    match LabArgs::try_parse_from(args) {
+        Ok(lab) => Ok(Some(lab.scenario)),
+        Err(e) => bail!(
+            "{}(`--scenario host|edge|all` runs a lab scenario and takes no other argument; portguard's `run` flags, `--iface IF --role R ...`, run it on a real interface)",
+            e.render()
+        ),
+    }
+}
+
+/// Runs the chosen scenarios; with `all`, the edge scenario runs even if the
+/// host one failed, and the run fails if either did.
+pub fn lab(scenario: Scenario) -> Result<()> {
+    catch_sigint();
+    let mut failed = Vec::new();
+    if matches!(scenario, Scenario::Host | Scenario::All)
+        && let Err(e) = demo()
+    {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(e);
+        }
+        eprintln!("xtask run: host scenario: {e:#}");
+        failed.push("host");
+    }
+    if matches!(scenario, Scenario::Edge | Scenario::All) {
+        if scenario == Scenario::All {
+            println!();
+        }
+        if let Err(e) = edge::demo(&INTERRUPTED) {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                return Err(e);
+            }
+            eprintln!("xtask run: edge scenario: {e:#}");
+            failed.push("edge");
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the {} scenario failed", failed.join(" and the "));
+    }
+    Ok(())
 }
 
 /// `cargo xtask run -- --iface IF --role R …`: `portguard run` with those
@@ -50,8 +124,8 @@ pub fn real_interface(args: &[String]) -> Result<ExitCode> {
     })
 }
 
-pub fn demo() -> Result<()> {
-    catch_sigint();
+/// The host scenario.
+fn demo() -> Result<()> {
     println!(
         "== portguard lab: client netns <-veth-> server netns; portguard run --iface {SERVER_IF} --role {ROLES} --client-media-ports {MEDIA}"
     );
