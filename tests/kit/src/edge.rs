@@ -11,7 +11,6 @@ use std::{
     io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     path::Path,
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -589,8 +588,8 @@ impl Topology {
             sysctl(
                 ns,
                 &[
-                    "net.ipv6.conf.all.accept_dad=0",
-                    "net.ipv6.conf.default.accept_dad=0",
+                    ("net.ipv6.conf.all.accept_dad", "0"),
+                    ("net.ipv6.conf.default.accept_dad", "0"),
                 ],
             )?;
         }
@@ -618,7 +617,10 @@ impl Topology {
         }
         sysctl(
             &t.appliance,
-            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+            &[
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ],
         )?;
         Ok(t)
     }
@@ -632,11 +634,18 @@ impl Topology {
     }
 }
 
-fn sysctl(ns: &NetNs, settings: &[&str]) -> Result<()> {
-    let mut args = vec!["-qw"];
-    args.extend_from_slice(settings);
-    crate::netns::run(ns_exec(ns, "sysctl", &args).stdin(Stdio::null()))?;
-    Ok(())
+/// Sets `net.*` sysctls of `ns` by writing /proc/sys from a thread inside
+/// it (those files belong to the network namespace of the thread that
+/// opens them; no `sysctl` binary needed).
+fn sysctl(ns: &NetNs, settings: &[(&str, &str)]) -> Result<()> {
+    in_netns(ns, || -> Result<()> {
+        for (key, value) in settings {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value)
+                .with_context(|| format!("setting {key}={value} in {}", ns.name()))?;
+        }
+        Ok(())
+    })?
 }
 
 fn cidr(host: Host, family: Family, len: u8) -> String {
