@@ -668,12 +668,12 @@ pub const XDP_LINK_PIN: &str = "xdp_link";
 pub const TC_LINK_PIN: &str = "tc_link";
 
 /// The pin of a leg's link: the first leg's is `base` (as a one-interface
-/// instance has always named it), another's `base.IF`.
+/// instance has always named it), another's `base@IF` (bpffs refuses dots in names).
 pub fn link_pin_name(base: &str, leg: u32, iface: &str) -> String {
     if leg == 0 {
         base.to_string()
     } else {
-        format!("{base}.{iface}")
+        format!("{base}@{iface}")
     }
 }
 
