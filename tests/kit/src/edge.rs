@@ -952,6 +952,13 @@ struct PeerRun {
     through: fn(bool, &str) -> (bool, String),
 }
 
+/// sipp binds a media port (6000 unless told) even when no media flows:
+/// the two sipp processes on one address (5061 and 5062, side by side)
+/// need their own, as they need their own SIP port.
+fn sipp_media_port(sip_port: u16) -> String {
+    (6000 + (sip_port - 5061) * 100).to_string()
+}
+
 fn sipp_through(ok: bool, text: &str) -> (bool, String) {
     let calls = text
         .lines()
@@ -1024,12 +1031,13 @@ fn run_peers_in(topo: &Topology, dir: &Path, firewall: bool) -> Result<Vec<PeerR
     let mut servers: Vec<Server> = Vec::new();
     for family in FAMILIES {
         let access = Host::AccessEdge.ip(family).to_string();
-        for port in ["5061", "5062"] {
+        for port in [5061, 5062] {
+            let (port, media) = (port.to_string(), sipp_media_port(port));
             servers.push(start(
                 &topo.dmz,
                 "sipp",
                 &[
-                    "-sn", "uas", "-i", &access, "-p", port, "-t", "t1", "-nostdin",
+                    "-sn", "uas", "-i", &access, "-p", &port, "-mp", &media, "-t", "t1", "-nostdin",
                 ],
             )?);
         }
@@ -1167,6 +1175,10 @@ fn peer_runs(family: Family) -> Vec<PeerRun> {
             &format!("{}:{port}", url_host(Host::AccessEdge)),
             "-i",
             &host(Host::Internet),
+            "-p",
+            &(port + 10_000).to_string(),
+            "-mp",
+            &sipp_media_port(port),
             "-t",
             "t1",
             "-m",
