@@ -404,9 +404,11 @@ impl Report {
     fn packets(&self, iface: &str, labels: &[(&str, &str)]) -> f64 {
         let mut all = vec![("iface", iface)];
         all.extend_from_slice(labels);
+        // `+ 0.0`: an empty float sum is -0.0, which would print as such.
         self.metrics
             .as_ref()
             .map_or(0.0, |m| m.sum("portguard_packets_total", &all))
+            + 0.0
     }
 
     /// portguard's per-leg counters against what the receivers saw: (ok,
@@ -995,10 +997,7 @@ fn curl_through(ok: bool, text: &str) -> (bool, String) {
 
 /// turnutils_uclient's last tally: `tot_send_msgs=N, tot_recv_msgs=M`.
 fn turn_through(_ok: bool, text: &str) -> (bool, String) {
-    let tally = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="));
+    let tally = text.lines().rev().find(|l| l.contains("tot_recv_msgs="));
     let number = |key: &str| -> Option<u32> {
         let rest = tally?.split(key).nth(1)?;
         rest.split(|c: char| !c.is_ascii_digit())
@@ -1149,10 +1148,10 @@ fn peer_result(internet: &NetNs, run: PeerRun, firewall: bool) -> Result<PeerRes
         name: run.name,
         target: run.target,
         ok: through == expected,
-        detail: if through && !expected {
-            format!("got through: {detail}")
-        } else {
-            detail
+        detail: match (through, expected) {
+            (true, false) => format!("got through: {detail}"),
+            (false, false) => format!("blocked ({detail})"),
+            _ => detail,
         },
     })
 }

@@ -42,7 +42,7 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     for family in FAMILIES {
         println!();
         println!(
-            "{:<5} {:<5} {:<29} {:>5}  {:<38} {:<9} {:>4} {:>8}  VERDICT",
+            "{:<5} {:<5} {:<29} {:>5}  {:<40} {:<9} {:>4} {:>8}  VERDICT",
             family.name(),
             "PROTO",
             "FROM -> TO",
@@ -54,7 +54,7 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
         );
         for row in report.rows.iter().filter(|r| r.family == family) {
             println!(
-                "{:<5} {:<5} {:<29} {:>5}  {:<38} {:<9} {:>4} {:>8}  {}",
+                "{:<5} {:<5} {:<29} {:>5}  {:<40} {:<9} {:>4} {:>8}  {}",
                 "",
                 row.proto.name(),
                 format!("{} -> {}", row.from.name(), row.to.name()),
