@@ -1268,3 +1268,214 @@ fn peer_runs(family: Family) -> Vec<PeerRun> {
         relay(TURN_PEER_FORBIDDEN, false),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_and_ipv6_addresses_spell_the_same_host() {
+        assert_eq!(Host::AccessEdge.ip(Family::V4).to_string(), "198.18.2.10");
+        assert_eq!(
+            Host::AccessEdge.ip(Family::V6).to_string(),
+            "2001:db8:2::10"
+        );
+        assert_eq!(Host::ReverseProxy.ip(Family::V4).to_string(), "198.18.2.20");
+        assert_eq!(Host::Appliance.ip(Family::V6).to_string(), "2001:db8:1::1");
+        let all = [
+            Host::Internet,
+            Host::Appliance,
+            Host::AccessEdge,
+            Host::WebConf,
+            Host::AvEdge,
+            Host::ReverseProxy,
+        ];
+        for family in FAMILIES {
+            let distinct: BTreeSet<IpAddr> = all.iter().map(|h| h.ip(family)).collect();
+            assert_eq!(
+                distinct.len(),
+                all.len(),
+                "{} addresses collide",
+                family.name()
+            );
+        }
+    }
+
+    #[test]
+    fn portguard_runs_on_both_legs_with_a_profile_per_address_and_family() {
+        let args = portguard_args();
+        let joined = args.join(" ");
+        assert!(
+            joined.starts_with(&format!("run --iface {EXT_IF} --iface {DMZ_IF} ")),
+            "{joined}"
+        );
+        assert_eq!(args.iter().filter(|a| *a == "--profile").count(), 8);
+        assert!(
+            joined.contains("--profile 198.18.2.12/32=av-edge-external"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("--profile 2001:db8:2::20/128=reverse-proxy-external"),
+            "{joined}"
+        );
+        assert!(
+            !joined.contains("--role"),
+            "the appliance itself has no role: {joined}"
+        );
+    }
+
+    #[test]
+    fn every_case_has_its_own_listener_and_both_verdicts_are_covered() {
+        let keys: BTreeSet<_> = CASES.iter().map(|c| (c.to, c.port, c.proto)).collect();
+        assert_eq!(keys.len(), CASES.len());
+        assert!(CASES.iter().any(|c| c.allowed) && CASES.iter().any(|c| !c.allowed));
+        assert!(
+            CASES
+                .iter()
+                .any(|c| c.from.side() == Side::Dmz && c.allowed),
+            "something is opened from the DMZ"
+        );
+    }
+
+    #[test]
+    fn peer_outputs_are_read() {
+        let sipp = "  Successful call        |        0                  |        5    \n";
+        assert_eq!(
+            sipp_through(true, sipp),
+            (true, "Successful call | 0 | 5".to_string())
+        );
+        assert!(!sipp_through(true, &sipp.replace('5', "0")).0);
+        let turn = "1: : start_mclient: msz=1, tot_send_msgs=0, tot_recv_msgs=0\n\
+                    3: : start_mclient: tot_send_msgs=20, tot_recv_msgs=20\n\
+                    3: : Total lost packets 0 (0.000000%)\n";
+        assert_eq!(
+            turn_through(true, turn),
+            (true, "20 relayed out, 20 came back".to_string())
+        );
+        let lost =
+            "7: : start_mclient: msz=1, tot_send_msgs=20, tot_recv_msgs=0, tot_send_bytes ~ 2000\n";
+        assert_eq!(
+            turn_through(true, lost),
+            (false, "20 relayed out, 0 came back".to_string())
+        );
+        assert!(stun_through(true, "0: : IPv4. UDP reflexive addr: 198.18.1.2:5000\n").0);
+        assert!(!stun_through(true, "").0);
+        assert!(curl_through(true, "200").0);
+        assert!(!curl_through(false, "000").0);
+    }
+
+    fn row(proto: Proto, from: Host, to: Host, what: &'static str, allowed: bool, n: u32) -> Row {
+        Row {
+            family: Family::V4,
+            proto,
+            from,
+            to,
+            port: 1,
+            what,
+            allowed,
+            sent: n,
+            received: if allowed { n } else { 0 },
+        }
+    }
+
+    fn report(metrics: &str) -> Report {
+        Report {
+            firewall: true,
+            namespaces: Default::default(),
+            rows: vec![
+                row(Proto::Udp, Host::Internet, Host::AvEdge, "stun", true, 20),
+                row(Proto::Udp, Host::Internet, Host::WebConf, "stun", false, 20),
+                row(
+                    Proto::Udp,
+                    Host::AvEdge,
+                    Host::Internet,
+                    MEDIA_OUT,
+                    true,
+                    20,
+                ),
+                row(
+                    Proto::Udp,
+                    Host::Internet,
+                    Host::AvEdge,
+                    MEDIA_ANSWERS,
+                    true,
+                    20,
+                ),
+                row(Proto::Tcp, Host::Internet, Host::AccessEdge, "sip", true, 1),
+                row(Proto::Tcp, Host::AccessEdge, Host::Internet, "sip", true, 1),
+            ],
+            metrics: Some(Scrape::parse(metrics)),
+            summary: String::new(),
+            detached: true,
+            peers: Vec::new(),
+        }
+    }
+
+    const AGREEING: &str = r#"portguard_xdp_attached{iface="pgext0",mode="native"} 1
+portguard_xdp_attached{iface="pgdmz0",mode="native"} 1
+portguard_packets_total{iface="pgext0",proto="udp",role="av-edge-external",service="s",verdict="pass"} 20
+portguard_packets_total{iface="pgext0",proto="udp",role="-",service="established",verdict="pass"} 20
+portguard_packets_total{iface="pgext0",proto="udp",role="-",service="port_not_allowed",verdict="drop"} 20
+portguard_packets_total{iface="pgdmz0",proto="udp",role="av-edge-external",service="m",verdict="pass"} 20
+portguard_packets_total{iface="pgdmz0",proto="tcp",role="-",service="established",verdict="pass"} 2
+portguard_packets_total{iface="pgext0",proto="tcp",role="-",service="established",verdict="pass"} 2
+"#;
+
+    #[test]
+    fn counters_that_agree_with_the_receivers_pass_every_check() {
+        let r = report(AGREEING);
+        let failed: Vec<_> = r
+            .counter_checks()
+            .into_iter()
+            .filter(|(ok, _)| !ok)
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(r.mismatches(), 0);
+    }
+
+    #[test]
+    fn a_counter_on_the_wrong_leg_or_verdict_is_a_mismatch() {
+        // The media answers counted as passed by a rule instead of as
+        // established; and the forbidden STUN passed on the DMZ leg.
+        let wrong = AGREEING
+            .replace(
+                r#"role="-",service="established",verdict="pass"} 20"#,
+                r#"role="av-edge-external",service="x",verdict="pass"} 20"#,
+            )
+            .replace(
+                r#"iface="pgext0",proto="udp",role="-",service="port_not_allowed""#,
+                r#"iface="pgdmz0",proto="udp",role="-",service="port_not_allowed""#,
+            );
+        let failed: Vec<String> = report(&wrong)
+            .counter_checks()
+            .into_iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, text)| text)
+            .collect();
+        assert_eq!(failed.len(), 3, "{failed:#?}");
+        assert!(failed[0].contains("established"), "{failed:#?}");
+        assert!(
+            failed
+                .iter()
+                .any(|f| f.starts_with("pgext0: UDP dropped 0")),
+            "{failed:#?}"
+        );
+        assert!(
+            failed
+                .iter()
+                .any(|f| f.starts_with("pgdmz0: UDP dropped 20")),
+            "{failed:#?}"
+        );
+    }
+
+    #[test]
+    fn without_the_firewall_forbidden_rows_are_expected_to_arrive() {
+        let mut r = report("");
+        r.firewall = false;
+        r.rows[1].received = 20;
+        assert!(r.case_failures().is_empty(), "{:?}", r.case_failures());
+        assert!(r.counter_checks().is_empty());
+        r.firewall = true;
+        assert_eq!(r.case_failures().len(), 1);
+    }
+}
