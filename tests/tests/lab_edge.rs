@@ -39,8 +39,8 @@ fn assert_rows_and_peers(report: &Report) {
     for family in FAMILIES {
         assert_eq!(
             report.rows.iter().filter(|r| r.family == family).count(),
-            edge::CASES.len() + 3,
-            "every case and the three media rows ran in {}",
+            edge::CASES.len() + edge::MEDIA_ROWS,
+            "every case and the media rows ran in {}",
             family.name()
         );
     }

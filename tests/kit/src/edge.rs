@@ -555,6 +555,10 @@ impl Report {
 const MEDIA_OUT: &str = "media relay out of the A/V Edge";
 const MEDIA_ANSWERS: &str = "the answers to it (established)";
 const MEDIA_UNSOLICITED: &str = "unsolicited media to the A/V Edge";
+const MEDIA_OTHER_PORT: &str = "the answering peer to another Edge port";
+
+/// The rows [`media_relay`] adds per family, after the [`CASES`].
+pub const MEDIA_ROWS: usize = 4;
 
 /// Options of one edge lab run.
 pub struct Options<'a> {
@@ -827,7 +831,8 @@ fn send_case(proto: Proto, from: IpAddr, to: SocketAddr) -> u32 {
 /// Media out of the A/V Edge over plain sockets, per family: the Edge sends
 /// from its media port to an internet peer that echoes every datagram; then
 /// the peer's host sends unsolicited datagrams to the same media port from
-/// another port. Three rows: out, answers, unsolicited.
+/// another port, and the peer from its answering port to another media port
+/// of the Edge. Four rows: out, answers, and the two unsolicited ones.
 fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for family in FAMILIES {
@@ -847,9 +852,14 @@ fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
             UdpSocket::bind(SocketAddr::new(Host::Internet.ip(family), UNSOLICITED_PORT))
         })?
         .context("binding the unsolicited sender")?;
+        // A media port the Edge never sent from: the exchange must not open it.
+        let other_at = SocketAddr::new(Host::AvEdge.ip(family), MEDIA_EDGE_PORT + 1);
+        let other = in_netns(&topo.dmz, || Counter::udp(other_at))?
+            .with_context(|| format!("binding {other_at}"))?;
         for s in [&peer, &edge] {
             s.set_read_timeout(Some(Duration::from_millis(20)))?;
         }
+        let peer_tx = peer.try_clone()?;
         let echo = {
             let (stop, echoed) = (stop.clone(), echoed.clone());
             std::thread::spawn(move || {
@@ -893,6 +903,7 @@ fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
         std::thread::sleep(Duration::from_millis(200));
         // After the exchange, so that a flow opened by it would show.
         let intruded = send(&intruder, edge_at, "unsolicited");
+        let to_other = send(&peer_tx, other_at, "other port");
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::SeqCst);
         let _ = echo.join();
@@ -936,6 +947,15 @@ fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
                 false,
                 intruded,
                 unsolicited.load(Ordering::SeqCst),
+            ),
+            media(
+                Host::Internet,
+                Host::AvEdge,
+                MEDIA_EDGE_PORT + 1,
+                MEDIA_OTHER_PORT,
+                false,
+                to_other,
+                other.finish().count,
             ),
         ]);
     }
