@@ -1,0 +1,367 @@
+//! What one run of the edge lab saw, and the checks of portguard's per-leg
+//! counters against it.
+
+use super::{Case, DMZ_IF, EXT_IF, Family, Host, METRICS, Side, traffic::MEDIA_ANSWERS};
+use crate::{
+    lab::{PeerResult, Proto},
+    ops::Scrape,
+};
+
+/// What one row of traffic did.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub family: Family,
+    pub proto: Proto,
+    pub from: Host,
+    pub to: Host,
+    pub port: u16,
+    pub what: &'static str,
+    pub allowed: bool,
+    /// UDP: datagrams; TCP: connection attempts.
+    pub sent: u32,
+    /// UDP: datagrams; TCP: connections over which the messages arrived.
+    pub received: u32,
+}
+
+impl Row {
+    pub(super) fn from_case(family: Family, c: &Case, sent: u32, received: u32) -> Row {
+        Row {
+            family,
+            proto: c.proto,
+            from: c.from,
+            to: c.to,
+            port: c.port,
+            what: c.what,
+            allowed: c.allowed,
+            sent,
+            received,
+        }
+    }
+}
+
+/// What one run of the edge lab saw.
+#[derive(Debug)]
+pub struct Report {
+    /// Whether portguard ran (without it every row is expected to arrive).
+    pub firewall: bool,
+    pub namespaces: [String; 3],
+    pub rows: Vec<Row>,
+    /// Scraped while portguard ran, after the socket traffic and before the peers.
+    pub metrics: Option<Scrape>,
+    pub summary: String,
+    /// Whether both legs were free of XDP after portguard exited.
+    pub detached: bool,
+    pub peers: Vec<PeerResult>,
+}
+
+impl Report {
+    /// Whether a row should have arrived: without portguard, everything does.
+    pub fn expected(&self, row: &Row) -> bool {
+        row.allowed || !self.firewall
+    }
+
+    pub fn row_ok(&self, row: &Row) -> bool {
+        if self.expected(row) {
+            row.sent > 0 && row.received == row.sent
+        } else {
+            row.received == 0
+        }
+    }
+
+    /// One line per row whose delivery differs from the policy.
+    pub fn case_failures(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|r| !self.row_ok(r))
+            .map(|r| {
+                format!(
+                    "{} {} {} -> {} port {} ({}): sent {} received {} but it is {}",
+                    r.family.name(),
+                    r.proto.name(),
+                    r.from.name(),
+                    r.to.name(),
+                    r.port,
+                    r.what,
+                    r.sent,
+                    r.received,
+                    if r.allowed { "allowed" } else { "forbidden" }
+                )
+            })
+            .collect()
+    }
+
+    /// Sum over the rows that match: what they sent, or received.
+    fn total(&self, pred: impl Fn(&Row) -> bool, field: impl Fn(&Row) -> u32) -> u32 {
+        self.rows.iter().filter(|r| pred(r)).map(field).sum()
+    }
+
+    fn packets(&self, iface: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut all = vec![("iface", iface)];
+        all.extend_from_slice(labels);
+        // `+ 0.0`: an empty float sum is -0.0, which would print as such.
+        self.metrics
+            .as_ref()
+            .map_or(0.0, |m| m.sum("portguard_packets_total", &all))
+            + 0.0
+    }
+
+    /// portguard's per-leg counters against what the receivers saw: (ok,
+    /// text). UDP is exact on each leg (only the lab sends UDP here, and
+    /// the peers run after the scrape); TCP retransmits SYNs, so its counts
+    /// are lower bounds.
+    pub fn counter_checks(&self) -> Vec<(bool, String)> {
+        if !self.firewall {
+            return Vec::new();
+        }
+        let inbound = |r: &Row| r.from.side() == Side::Internet;
+        let outbound = |r: &Row| r.from.side() == Side::Dmz;
+        let udp = |r: &Row| r.proto == Proto::Udp;
+        let tcp = |r: &Row| r.proto == Proto::Tcp;
+        let sent = |r: &Row| r.sent;
+        let received = |r: &Row| r.received;
+        let udp_in_arrived = self.total(|r| inbound(r) && udp(r), received);
+        let udp_in_forbidden = self.total(|r| inbound(r) && udp(r) && !r.allowed, sent);
+        let udp_out_arrived = self.total(|r| outbound(r) && udp(r), received);
+        let udp_out_forbidden = self.total(|r| outbound(r) && udp(r) && !r.allowed, sent);
+        let answers = self.total(
+            |r| inbound(r) && udp(r) && r.what == MEDIA_ANSWERS,
+            received,
+        );
+        let tcp_in_forbidden = self.total(|r| inbound(r) && tcp(r) && !r.allowed, sent);
+        let tcp_out_forbidden = self.total(|r| outbound(r) && tcp(r) && !r.allowed, sent);
+        // Connections to the DMZ that opened: each one's SYN-ACK comes back
+        // on the DMZ leg as established; likewise outbound ones on the EXT leg.
+        let tcp_in_opened = self.total(
+            |r| inbound(r) && tcp(r) && r.to != Host::Appliance && r.allowed,
+            received,
+        );
+        let tcp_out_opened = self.total(|r| outbound(r) && tcp(r) && r.allowed, received);
+
+        let p = |iface: &str, labels: &[(&str, &str)]| self.packets(iface, labels);
+        let native = |iface: &str| {
+            self.metrics.as_ref().map_or(0.0, |m| {
+                m.sum(
+                    "portguard_xdp_attached",
+                    &[("iface", iface), ("mode", "native")],
+                )
+            })
+        };
+        let mut checks = vec![(
+            self.metrics.is_some(),
+            format!("metrics endpoint answered on {METRICS} in the appliance namespace"),
+        )];
+        for iface in [EXT_IF, DMZ_IF] {
+            checks.push((
+                native(iface) == 1.0,
+                format!("portguard_xdp_attached{{iface=\"{iface}\",mode=\"native\"}} = 1"),
+            ));
+        }
+        let f = f64::from;
+        let udp_pass = [("proto", "udp"), ("verdict", "pass")];
+        let udp_drop = [("proto", "udp"), ("verdict", "drop")];
+        let tcp_drop = [("proto", "tcp"), ("verdict", "drop")];
+        let tcp_est = [
+            ("proto", "tcp"),
+            ("verdict", "pass"),
+            ("service", "established"),
+        ];
+        let udp_est = [
+            ("proto", "udp"),
+            ("verdict", "pass"),
+            ("service", "established"),
+        ];
+        let (ext_udp_pass, dmz_udp_pass) = (p(EXT_IF, &udp_pass), p(DMZ_IF, &udp_pass));
+        let (ext_udp_drop, dmz_udp_drop) = (p(EXT_IF, &udp_drop), p(DMZ_IF, &udp_drop));
+        let (ext_tcp_drop, dmz_tcp_drop) = (p(EXT_IF, &tcp_drop), p(DMZ_IF, &tcp_drop));
+        let (ext_tcp_est, dmz_tcp_est) = (p(EXT_IF, &tcp_est), p(DMZ_IF, &tcp_est));
+        let ext_udp_est = p(EXT_IF, &udp_est);
+        checks.extend([
+            (
+                ext_udp_pass == f(udp_in_arrived),
+                format!(
+                    "{EXT_IF}: UDP passed {ext_udp_pass} = UDP datagrams that reached the DMZ {udp_in_arrived}"
+                ),
+            ),
+            (
+                ext_udp_est == f(answers),
+                format!(
+                    "{EXT_IF}: UDP passed as established {ext_udp_est} = media answers that reached the A/V Edge {answers}"
+                ),
+            ),
+            (
+                ext_udp_drop == f(udp_in_forbidden),
+                format!(
+                    "{EXT_IF}: UDP dropped {ext_udp_drop} = forbidden UDP sent from the internet {udp_in_forbidden}"
+                ),
+            ),
+            (
+                dmz_udp_pass == f(udp_out_arrived),
+                format!(
+                    "{DMZ_IF}: UDP passed {dmz_udp_pass} = UDP datagrams that reached the internet {udp_out_arrived}"
+                ),
+            ),
+            (
+                dmz_udp_drop == f(udp_out_forbidden),
+                format!(
+                    "{DMZ_IF}: UDP dropped {dmz_udp_drop} = forbidden UDP sent from the DMZ {udp_out_forbidden}"
+                ),
+            ),
+            (
+                ext_tcp_drop >= f(tcp_in_forbidden),
+                format!(
+                    "{EXT_IF}: TCP dropped {ext_tcp_drop} >= forbidden connection attempts from the internet {tcp_in_forbidden}"
+                ),
+            ),
+            (
+                dmz_tcp_drop >= f(tcp_out_forbidden),
+                format!(
+                    "{DMZ_IF}: TCP dropped {dmz_tcp_drop} >= forbidden connection attempts from the DMZ {tcp_out_forbidden}"
+                ),
+            ),
+            (
+                dmz_tcp_est >= f(tcp_in_opened) && tcp_in_opened > 0,
+                format!(
+                    "{DMZ_IF}: TCP answers passed as established {dmz_tcp_est} >= connections opened into the DMZ {tcp_in_opened}"
+                ),
+            ),
+            (
+                ext_tcp_est >= f(tcp_out_opened) && tcp_out_opened > 0,
+                format!(
+                    "{EXT_IF}: TCP answers passed as established {ext_tcp_est} >= connections opened out of the DMZ {tcp_out_opened}"
+                ),
+            ),
+        ]);
+        checks.push((
+            self.detached,
+            format!("no XDP program left on {EXT_IF} or {DMZ_IF} after SIGINT"),
+        ));
+        checks
+    }
+
+    pub fn mismatches(&self) -> usize {
+        self.rows.iter().filter(|r| !self.row_ok(r)).count()
+            + self.counter_checks().iter().filter(|(ok, _)| !ok).count()
+            + self.peers.iter().filter(|p| !p.ok).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::traffic::MEDIA_OUT;
+
+    fn row(proto: Proto, from: Host, to: Host, what: &'static str, allowed: bool, n: u32) -> Row {
+        Row {
+            family: Family::V4,
+            proto,
+            from,
+            to,
+            port: 1,
+            what,
+            allowed,
+            sent: n,
+            received: if allowed { n } else { 0 },
+        }
+    }
+
+    fn report(metrics: &str) -> Report {
+        Report {
+            firewall: true,
+            namespaces: Default::default(),
+            rows: vec![
+                row(Proto::Udp, Host::Internet, Host::AvEdge, "stun", true, 20),
+                row(Proto::Udp, Host::Internet, Host::WebConf, "stun", false, 20),
+                row(
+                    Proto::Udp,
+                    Host::AvEdge,
+                    Host::Internet,
+                    MEDIA_OUT,
+                    true,
+                    20,
+                ),
+                row(
+                    Proto::Udp,
+                    Host::Internet,
+                    Host::AvEdge,
+                    MEDIA_ANSWERS,
+                    true,
+                    20,
+                ),
+                row(Proto::Tcp, Host::Internet, Host::AccessEdge, "sip", true, 1),
+                row(Proto::Tcp, Host::AccessEdge, Host::Internet, "sip", true, 1),
+            ],
+            metrics: Some(Scrape::parse(metrics)),
+            summary: String::new(),
+            detached: true,
+            peers: Vec::new(),
+        }
+    }
+
+    const AGREEING: &str = r#"portguard_xdp_attached{iface="pgext0",mode="native"} 1
+portguard_xdp_attached{iface="pgdmz0",mode="native"} 1
+portguard_packets_total{iface="pgext0",proto="udp",role="av-edge-external",service="s",verdict="pass"} 20
+portguard_packets_total{iface="pgext0",proto="udp",role="-",service="established",verdict="pass"} 20
+portguard_packets_total{iface="pgext0",proto="udp",role="-",service="port_not_allowed",verdict="drop"} 20
+portguard_packets_total{iface="pgdmz0",proto="udp",role="av-edge-external",service="m",verdict="pass"} 20
+portguard_packets_total{iface="pgdmz0",proto="tcp",role="-",service="established",verdict="pass"} 2
+portguard_packets_total{iface="pgext0",proto="tcp",role="-",service="established",verdict="pass"} 2
+"#;
+
+    #[test]
+    fn counters_that_agree_with_the_receivers_pass_every_check() {
+        let r = report(AGREEING);
+        let failed: Vec<_> = r
+            .counter_checks()
+            .into_iter()
+            .filter(|(ok, _)| !ok)
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(r.mismatches(), 0);
+    }
+
+    #[test]
+    fn a_counter_on_the_wrong_leg_or_verdict_is_a_mismatch() {
+        // The media answers counted as passed by a rule instead of as
+        // established; and the forbidden STUN passed on the DMZ leg.
+        let wrong = AGREEING
+            .replace(
+                r#"role="-",service="established",verdict="pass"} 20"#,
+                r#"role="av-edge-external",service="x",verdict="pass"} 20"#,
+            )
+            .replace(
+                r#"iface="pgext0",proto="udp",role="-",service="port_not_allowed""#,
+                r#"iface="pgdmz0",proto="udp",role="-",service="port_not_allowed""#,
+            );
+        let failed: Vec<String> = report(&wrong)
+            .counter_checks()
+            .into_iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, text)| text)
+            .collect();
+        assert_eq!(failed.len(), 3, "{failed:#?}");
+        assert!(failed[0].contains("established"), "{failed:#?}");
+        assert!(
+            failed
+                .iter()
+                .any(|f| f.starts_with("pgext0: UDP dropped 0")),
+            "{failed:#?}"
+        );
+        assert!(
+            failed
+                .iter()
+                .any(|f| f.starts_with("pgdmz0: UDP dropped 20")),
+            "{failed:#?}"
+        );
+    }
+
+    #[test]
+    fn without_the_firewall_forbidden_rows_are_expected_to_arrive() {
+        let mut r = report("");
+        r.firewall = false;
+        r.rows[1].received = 20;
+        assert!(r.case_failures().is_empty(), "{:?}", r.case_failures());
+        assert!(r.counter_checks().is_empty());
+        r.firewall = true;
+        assert_eq!(r.case_failures().len(), 1);
+    }
+}
