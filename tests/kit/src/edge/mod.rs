@@ -5,11 +5,10 @@
 //! real protocol peers (sipp, coturn, curl), and portguard's per-leg counters
 //! checked against what the receivers saw. `cargo xtask run -- --scenario
 //! edge` prints it; the `lab_edge` test asserts on it.
-
 //!
 //! One module per concern: the addresses, cases and topology here;
-//! [`traffic`] (the socket cases and the media relay), [`peers`] (sipp,
-//! coturn, curl), [`report`] (what arrived, and the per-leg counter checks).
+//! `traffic` (the socket cases and the media relay), `peers` (sipp,
+//! coturn, curl), `report` (what arrived, and the per-leg counter checks).
 
 mod peers;
 mod report;
