@@ -182,6 +182,17 @@ pub enum CatalogCommand {
         /// Leave out the default management allowance (TCP 22 from anywhere).
         #[arg(long)]
         no_default_mgmt: bool,
+        /// Appliance mode (as `run` with several --iface): a forward chain
+        /// for the traffic between the legs; --role then names the roles of
+        /// the appliance's own addresses (none: the essentials and the
+        /// lockout guard only).
+        #[arg(long)]
+        appliance: bool,
+        /// With --appliance: packets to CIDR are checked against the inbound
+        /// rows of ROLEs, packets from CIDR against their outbound rows;
+        /// longest prefix wins on each side.
+        #[arg(long, value_name = "CIDR=ROLE[,ROLE]", requires = "appliance")]
+        profile: Vec<ProfileArg>,
     },
 }
 

@@ -92,3 +92,14 @@ pub fn export_nft(
 ) -> Result<String, CatalogError> {
     nft::export(catalog, roles, mgmt)
 }
+
+/// The appliance-mode policy (forward chain, profiles on both sides) as an
+/// nftables ruleset.
+pub fn export_nft_appliance(
+    catalog: &Catalog,
+    own_roles: &[String],
+    profiles: &[nft::ProfileSpec],
+    mgmt: &[MgmtAllowance],
+) -> Result<String, CatalogError> {
+    nft::export_appliance(catalog, own_roles, profiles, mgmt)
+}
