@@ -1110,7 +1110,10 @@ fn nft_appliance_own_roles_go_to_input_and_output_only() {
     let c = Catalog::embedded();
     let text = super::nft::export_appliance(
         &c,
-        &["reverse-proxy-external".into(), "reverse-proxy-internal".into()],
+        &[
+            "reverse-proxy-external".into(),
+            "reverse-proxy-internal".into(),
+        ],
         &[profile("198.18.2.12/32", &["av-edge-external"])],
         &[],
     )
@@ -1184,13 +1187,9 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
         text.contains("--profile") && text.contains("198.18.2.0/24 is given twice"),
         "{text}"
     );
-    let unknown = super::nft::export_appliance(
-        &c,
-        &[],
-        &[profile("198.18.2.0/24", &["no-such-role"])],
-        &[],
-    )
-    .err()
-    .unwrap_or_else(|| panic!("an unknown role was accepted"));
+    let unknown =
+        super::nft::export_appliance(&c, &[], &[profile("198.18.2.0/24", &["no-such-role"])], &[])
+            .err()
+            .unwrap_or_else(|| panic!("an unknown role was accepted"));
     assert!(unknown.to_string().contains("no-such-role"), "{unknown}");
 }
