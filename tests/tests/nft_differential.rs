@@ -38,12 +38,22 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// After the expected passes arrived: time for an unexpected one to show.
 const GRACE: Duration = Duration::from_millis(50);
 
+#[path = "nft_differential/appliance.rs"]
+mod appliance;
+
 /// The probe table: rule `i` counts packet `i` of `packets`, and nothing else.
 fn probe_table(packets: &[(String, Packet)]) -> String {
+    probe_table_then(packets.iter().map(|(_, p)| p).enumerate(), "")
+}
+
+/// A probe table over numbered packets; `then` follows each counter (` drop`
+/// keeps the namespace's own stack from answering, so that no RST or ICMP
+/// error of its own can touch the state being compared).
+fn probe_table_then<'a>(packets: impl Iterator<Item = (usize, &'a Packet)>, then: &str) -> String {
     let mut t = String::from(
         "table inet probe {\n    chain input {\n        type filter hook input priority 100; policy accept;\n",
     );
-    for (i, (_, p)) in packets.iter().enumerate() {
+    for (i, p) in packets {
         let fam = match p.src {
             IpAddr::V4(_) => "ip",
             IpAddr::V6(_) => "ip6",
@@ -57,7 +67,7 @@ fn probe_table(packets: &[(String, Packet)]) -> String {
         };
         let _ = writeln!(
             t,
-            "        {fam} saddr {} {fam} daddr {} {what} counter comment \"{i}\"",
+            "        {fam} saddr {} {fam} daddr {} {what} counter{then} comment \"{i}\"",
             p.src, p.dst
         );
     }
@@ -103,6 +113,18 @@ fn nft_in(ns: &NetNs, ruleset: &str) {
 /// Each probe rule's packet count, by rule (packet) index, from one
 /// `nft -j list table inet probe`.
 fn probe_counts(ns: &NetNs, n: usize) -> Vec<u64> {
+    let (counts, text) = probe_count_map(ns);
+    (0..n)
+        .map(|i| {
+            *counts
+                .get(&i)
+                .unwrap_or_else(|| panic!("no probe counter for packet {i} in:\n{text}"))
+        })
+        .collect()
+}
+
+/// The probe rules' packet counts by their index (comment), and the listing.
+fn probe_count_map(ns: &NetNs) -> (std::collections::BTreeMap<usize, u64>, String) {
     let text = run(Command::new("ip").args([
         "netns",
         "exec",
@@ -116,7 +138,7 @@ fn probe_counts(ns: &NetNs, n: usize) -> Vec<u64> {
     ]));
     let json: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("nft -j output: {e}\n{text}"));
-    let mut counts = vec![None; n];
+    let mut counts = std::collections::BTreeMap::new();
     let objects = json["nftables"].as_array().map_or(&[][..], Vec::as_slice);
     for rule in objects.iter().filter_map(|o| o.get("rule")) {
         let index = rule["comment"]
@@ -125,17 +147,11 @@ fn probe_counts(ns: &NetNs, n: usize) -> Vec<u64> {
         let packets = rule["expr"]
             .as_array()
             .and_then(|e| e.iter().find_map(|x| x["counter"]["packets"].as_u64()));
-        if let (Some(i), Some(packets)) = (index, packets)
-            && let Some(slot) = counts.get_mut(i)
-        {
-            *slot = Some(packets);
+        if let (Some(i), Some(packets)) = (index, packets) {
+            counts.insert(i, packets);
         }
     }
-    counts
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| c.unwrap_or_else(|| panic!("no probe counter for packet {i} in:\n{text}")))
-        .collect()
+    (counts, text)
 }
 
 /// Probe packets for one role: both edges of every destination rule, just

@@ -442,7 +442,7 @@ fn profile_matches(profiles: &[ProfileSpec]) -> Result<Vec<SideMatch>, CatalogEr
     }
     // Stable: equal lengths in one family are disjoint prefixes, whose order
     // does not matter.
-    out.sort_by(|a, b| b.key.cmp(&a.key));
+    out.sort_by_key(|m| std::cmp::Reverse(m.key));
     Ok(out)
 }
 
