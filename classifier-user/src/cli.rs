@@ -170,7 +170,8 @@ pub enum CatalogCommand {
         /// Target firewall language.
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Roles (comma-separated); every role when absent.
+        /// Roles (comma-separated); every role when absent. With --appliance,
+        /// the roles of the appliance's own addresses, none when absent.
         #[arg(long, value_name = "R[,R...]", value_delimiter = ',')]
         role: Vec<String>,
         /// Catalog file instead of the embedded default.
@@ -183,9 +184,9 @@ pub enum CatalogCommand {
         #[arg(long)]
         no_default_mgmt: bool,
         /// Appliance mode (as `run` with several --iface): a forward chain
-        /// for the traffic between the legs; --role then names the roles of
-        /// the appliance's own addresses (none: the essentials and the
-        /// lockout guard only).
+        /// for the traffic between the legs; the input chain keeps the
+        /// appliance's own addresses (--role rows if any, the essentials,
+        /// the lockout guard).
         #[arg(long)]
         appliance: bool,
         /// With --appliance: packets to CIDR are checked against the inbound
