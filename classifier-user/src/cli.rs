@@ -189,10 +189,11 @@ pub enum CatalogCommand {
         /// the lockout guard).
         #[arg(long)]
         appliance: bool,
-        /// With --appliance: packets to CIDR are checked against the inbound
-        /// rows of ROLEs, packets from CIDR against their outbound rows;
-        /// longest prefix wins on each side.
-        #[arg(long, value_name = "CIDR=ROLE[,ROLE]", requires = "appliance")]
+        /// Per-address roles, as `run --profile`: packets to CIDR are checked
+        /// against the inbound rows of ROLEs (and with --appliance, packets
+        /// from CIDR against their outbound rows); longest prefix wins. With
+        /// profiles, --role is the default profile, none when absent.
+        #[arg(long, value_name = "CIDR=ROLE[,ROLE]")]
         profile: Vec<ProfileArg>,
     },
 }

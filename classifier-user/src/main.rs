@@ -70,7 +70,7 @@ fn catalog(c: CatalogCommand) -> u8 {
             allowances.extend(mgmt);
             // In appliance mode --role names the box's own roles, and none is
             // a choice (the essentials and the guard only), not "every role".
-            let roles = if role.is_empty() && !appliance {
+            let roles = if role.is_empty() && !appliance && profile.is_empty() {
                 cat.role_ids().iter().map(|r| r.to_string()).collect()
             } else {
                 role
@@ -83,7 +83,7 @@ fn catalog(c: CatalogCommand) -> u8 {
                     port: m.port,
                 })
                 .collect();
-            let exported = if appliance {
+            let exported = if appliance || !profile.is_empty() {
                 let profiles: Vec<portguard::catalog::nft::ProfileSpec> = profile
                     .into_iter()
                     .map(|p| portguard::catalog::nft::ProfileSpec {
@@ -92,7 +92,13 @@ fn catalog(c: CatalogCommand) -> u8 {
                         roles: p.roles,
                     })
                     .collect();
-                commands::catalog::export_nft_appliance(&cat, &roles, &profiles, &mgmt)
+                use portguard::catalog::nft::Placement;
+                let placement = if appliance {
+                    Placement::Appliance
+                } else {
+                    Placement::Host
+                };
+                commands::catalog::export_nft_profiles(&cat, placement, &roles, &profiles, &mgmt)
             } else {
                 commands::catalog::export_nft(&cat, &roles, &mgmt)
             };

@@ -407,6 +407,35 @@ fn nft_check_accepts_the_appliance_export() {
     // No profile at all: the forward chain drops all but replies and the essentials.
     cases.push(Vec::new());
     for (i, extra) in cases.iter().enumerate() {
+        // A host with the same profiles: an input chain only.
+        let mut host = vec!["catalog", "export", "--format", "nft"];
+        host.extend(extra.iter().map(String::as_str));
+        if extra.iter().any(|a| a == "--profile") {
+            let out = portguard(&host);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{host:?}: {}",
+                text(&out.stderr)
+            );
+            let ruleset = text(&out.stdout);
+            assert!(
+                ruleset.contains("jump to_profile") && !ruleset.contains("hook forward"),
+                "{host:?}: {ruleset}"
+            );
+            let path = temp_file(&format!("host-profiles-{i}.nft"), ruleset.as_bytes());
+            let check = Command::new("nft")
+                .args(["-c", "-f"])
+                .arg(&path)
+                .output()
+                .unwrap_or_else(|e| panic!("nft: {e}"));
+            assert!(
+                check.status.success(),
+                "nft -c refused the host export {host:?}:\n{}\n{ruleset}",
+                text(&check.stderr)
+            );
+            let _ = std::fs::remove_file(&path);
+        }
         let mut args = vec!["catalog", "export", "--format", "nft", "--appliance"];
         args.extend(extra.iter().map(String::as_str));
         let out = portguard(&args);
@@ -437,12 +466,8 @@ fn nft_check_accepts_the_appliance_export() {
 }
 
 #[test]
-fn export_profile_needs_appliance_and_valid_input() {
+fn export_profile_needs_valid_input() {
     for (args, needle) in [
-        (
-            &["--profile", "198.18.2.10/32=access-edge-external"][..],
-            "--appliance",
-        ),
         (
             &[
                 "--appliance",

@@ -23,7 +23,7 @@ use std::{
 use portguard::{
     catalog::{Catalog, Protocol},
     loader::Classifier,
-    policy::{self, SlotRegistry},
+    policy::{self, PolicySpec, SlotRegistry},
 };
 use portguard_testsupport::{
     frames::{L4, Packet},
@@ -223,6 +223,8 @@ fn nft_export_and_xdp_agree_on_every_role() {
     for (ns, ifname, v4, v6) in [
         (&client, "nftc0", "198.18.0.1/24", "2001:db8::1/64"),
         (&server, "nfts0", "198.18.0.2/24", "2001:db8::2/64"),
+        (&server, "nfts0", "198.18.0.17/24", "2001:db8::101/64"),
+        (&server, "nfts0", "198.18.0.20/24", "2001:db8::120/64"),
     ] {
         run(Command::new("ip").args(["-n", ns.name(), "addr", "add", v4, "dev", ifname]));
         run(Command::new("ip").args(["-n", ns.name(), "addr", "add", v6, "dev", ifname, "nodad"]));
@@ -262,15 +264,25 @@ fn nft_export_and_xdp_agree_on_every_role() {
     let mut seq = 0u16;
     let mut total = 0usize;
     let mut mismatches = Vec::new();
-    for (generation, role) in (1..).zip(catalog.role_ids()) {
-        let ruleset =
-            run(Command::new(&bin).args(["catalog", "export", "--format", "nft", "--role", role]));
-        let compiled = policy::compile(&catalog, &role_spec(role), &mut registry)
-            .unwrap_or_else(|e| panic!("{role}: {e}"));
+    // Every role alone, as the default profile; then a host with profiles.
+    let mut cases: Vec<(Vec<String>, PolicySpec, Vec<(String, Packet)>)> = Vec::new();
+    for role in catalog.role_ids() {
+        cases.push((
+            vec!["--role".into(), role.into()],
+            role_spec(role),
+            packets_for(&catalog, role, &mut seq),
+        ));
+    }
+    cases.push(host_profiles_case(&catalog, &mut seq));
+    for (generation, (export, spec, mut packets)) in (1..).zip(cases) {
+        let ruleset = run(Command::new(&bin)
+            .args(["catalog", "export", "--format", "nft"])
+            .args(&export));
+        let compiled = policy::compile(&catalog, &spec, &mut registry)
+            .unwrap_or_else(|e| panic!("{export:?}: {e}"));
         xdp.install(&compiled, generation)
             .unwrap_or_else(|e| panic!("install: {e}"));
 
-        let mut packets = packets_for(&catalog, role, &mut seq);
         let mut frames = Vec::with_capacity(packets.len());
         let mut xdp_pass = Vec::with_capacity(packets.len());
         for (_, pkt) in &mut packets {
@@ -329,6 +341,63 @@ fn nft_export_and_xdp_agree_on_every_role() {
         mismatches.len(),
         mismatches.join("\n")
     );
+}
+
+/// A host with per-destination profiles (`--role front-end` the default): a
+/// /28 and a /32 inside it, a /120 and a /128 inside it. Each address is
+/// probed with the ports of its own profile and of the containing one, so
+/// that a shorter prefix applied too, or the default, would show.
+fn host_profiles_case(
+    catalog: &Catalog,
+    seq: &mut u16,
+) -> (Vec<String>, PolicySpec, Vec<(String, Packet)>) {
+    let profiles = [
+        "198.18.0.16/28=edge-internal",
+        "198.18.0.20/32=access-edge-external",
+        "2001:db8::100/120=edge-internal",
+        "2001:db8::120/128=access-edge-external",
+    ];
+    let mut export = vec!["--role".to_string(), "front-end".into()];
+    for p in profiles {
+        export.extend(["--profile".into(), p.into()]);
+    }
+    let spec = PolicySpec {
+        profiles: profiles
+            .iter()
+            .map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}")))
+            .collect(),
+        ..role_spec("front-end")
+    };
+    let mut packets = Vec::new();
+    for (v4, v6, roles) in [
+        (
+            "198.18.0.2",
+            "2001:db8::2",
+            &["front-end", "edge-internal"][..],
+        ),
+        (
+            "198.18.0.17",
+            "2001:db8::101",
+            &["edge-internal", "front-end"][..],
+        ),
+        (
+            "198.18.0.20",
+            "2001:db8::120",
+            &["access-edge-external", "edge-internal", "front-end"][..],
+        ),
+    ] {
+        for role in roles {
+            for (name, mut p) in packets_for(catalog, role, seq) {
+                p.dst = if p.dst.is_ipv4() {
+                    portguard_testsupport::frames::ip(v4)
+                } else {
+                    portguard_testsupport::frames::ip(v6)
+                };
+                packets.push((format!("profiles: {name} to {}", p.dst), p));
+            }
+        }
+    }
+    (export, spec, packets)
 }
 
 fn verdict(pass: bool) -> &'static str {

@@ -64,11 +64,26 @@ pub struct ProfileSpec {
     pub roles: Vec<String>,
 }
 
-/// Appliance mode: the box forwards between its legs. A `forward` chain
-/// (policy drop) passes replies (conntrack), the essentials, and per
-/// profile the inbound rows of the packets to it and the outbound rows of
-/// the packets from it; the `input` chain keeps the box's own policy (the
-/// `own_roles` rows, the lockout guard, the essentials).
+/// Where the export runs: a host (packets to its addresses; `--profile`
+/// picks the roles by destination) or an appliance forwarding between legs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Host,
+    Appliance,
+}
+
+/// A host with `--profile`s, or an appliance.
+///
+/// Host: the input chain's `to_profile` chain gives a packet the inbound rows
+/// of the profile of its destination, or of `roles` (the default profile,
+/// `--role`) when no profile holds it; without `roles` such packets are
+/// dropped, as by `run`.
+///
+/// Appliance: the box forwards between its legs. A `forward` chain (policy
+/// drop) passes replies (conntrack), the essentials, and per profile the
+/// inbound rows of the packets to it and the outbound rows of the packets
+/// from it; the `input` chain keeps the box's own policy (the `roles` rows,
+/// the lockout guard, the essentials).
 ///
 /// Longest prefix wins, on each side, as in the XDP program, which picks
 /// one profile per side with an LPM trie. nft rules are first-match and an
@@ -77,18 +92,20 @@ pub struct ProfileSpec {
 /// each one a `goto` to its profile's chain. A `goto` does not come back to
 /// the side chain: when the profile's chain ends without a verdict, control
 /// returns to the chain that jumped to the side chain, so no shorter prefix
-/// is tried. A packet to an address in a /32 inside a /24 gets the /32's
-/// rows only, exactly as the trie's single answer.
-pub fn export_appliance(
+/// (and not the default profile) is tried. A packet to an address in a /32
+/// inside a /24 gets the /32's rows only, exactly as the trie's single answer.
+pub fn export_profiles(
     catalog: &Catalog,
-    own_roles: &[String],
+    placement: Placement,
+    roles: &[String],
     profiles: &[ProfileSpec],
     mgmt: &[MgmtAllowance],
 ) -> Result<String, CatalogError> {
-    let own = if own_roles.is_empty() {
+    let appliance = placement == Placement::Appliance;
+    let own = if roles.is_empty() {
         Vec::new()
     } else {
-        catalog.resolve_roles(own_roles)?
+        catalog.resolve_roles(roles)?
     };
     let mgmt_rules = mgmt_lines(mgmt)?;
     let sides = profile_matches(profiles)?;
@@ -107,21 +124,34 @@ pub fn export_appliance(
     let _ = writeln!(s, "#!/usr/sbin/nft -f");
     let _ = writeln!(
         s,
-        "# portguard: catalog {}, appliance mode",
-        one_line(&catalog.origin)
+        "# portguard: catalog {}, {}",
+        one_line(&catalog.origin),
+        if appliance {
+            "appliance mode"
+        } else {
+            "host with profiles"
+        }
     );
-    if own.is_empty() {
-        let _ = writeln!(
+    let _ = match (appliance, own.is_empty()) {
+        (true, true) => writeln!(
             s,
             "# The appliance's own addresses: the essentials and the lockout guard only (no --role)"
-        );
-    } else {
-        let _ = writeln!(
+        ),
+        (true, false) => writeln!(
             s,
             "# The appliance's own roles, inclusions resolved: {}",
             own.join(", ")
-        );
-    }
+        ),
+        (false, true) => writeln!(
+            s,
+            "# Addresses in no profile: the essentials and the lockout guard only (no --role)"
+        ),
+        (false, false) => writeln!(
+            s,
+            "# Addresses in no profile, roles with inclusions resolved: {}",
+            own.join(", ")
+        ),
+    };
     for (p, m) in profiles.iter().zip(&profile_members) {
         let _ = writeln!(
             s,
@@ -148,33 +178,46 @@ pub fn export_appliance(
         .filter(|(_, m)| own.contains(m))
         .map(|(j, _)| j.clone())
         .collect();
-    let own_out: Vec<String> = own.iter().filter_map(|m| chains.out_chain_of(m)).collect();
-    // The box's own addresses: routing sends their packets to input, never to
-    // forward, so no --profile applies to them on the destination side, as
-    // the XDP program looks the appliance's own addresses up first. The
-    // source side still does: a profile's outbound rows allow its packets to
-    // anywhere, the appliance included.
-    input_chain(
-        &mut s,
-        &mgmt_rules,
-        &own_jumps,
-        Some("jump from_profile comment \"source profile\""),
-    );
-    output_chain(&mut s, &own_out);
+    if appliance {
+        let own_out: Vec<String> = own.iter().filter_map(|m| chains.out_chain_of(m)).collect();
+        // The box's own addresses: routing sends their packets to input, never to
+        // forward, so no --profile applies to them on the destination side, as
+        // the XDP program looks the appliance's own addresses up first. The
+        // source side still does: a profile's outbound rows allow its packets to
+        // anywhere, the appliance included.
+        input_chain(
+            &mut s,
+            &mgmt_rules,
+            &own_jumps,
+            Some("jump from_profile comment \"source profile\""),
+        );
+        output_chain(&mut s, &own_out);
 
-    s.push_str(
-        "\t# Forwarded packets: replies of what was passed (either way, either leg), the essentials\n\
-         \t# as on input, then the destination's profile (its inbound rows) and the source's profile\n\
-         \t# (its outbound rows); either side may pass the packet. No lockout guard here: it\n\
-         \t# never opens a port on a server behind the appliance.\n",
-    );
-    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n");
-    s.push_str("\t\tct state established,related counter accept comment \"established\"\n");
-    essentials(&mut s);
-    s.push_str("\t\tjump to_profile\n\t\tjump from_profile\n\t}\n\n");
-
-    side_chain(&mut s, "to_profile", "daddr", &sides, "to_p");
-    side_chain(&mut s, "from_profile", "saddr", &sides, "from_p");
+        s.push_str(
+            "\t# Forwarded packets: replies of what was passed (either way, either leg), the essentials\n\
+             \t# as on input, then the destination's profile (its inbound rows) and the source's profile\n\
+             \t# (its outbound rows); either side may pass the packet. No lockout guard here: it\n\
+             \t# never opens a port on a server behind the appliance.\n",
+        );
+        s.push_str(
+            "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n",
+        );
+        s.push_str("\t\tct state established,related counter accept comment \"established\"\n");
+        essentials(&mut s);
+        s.push_str("\t\tjump to_profile\n\t\tjump from_profile\n\t}\n\n");
+        side_chain(&mut s, "to_profile", "daddr", &sides, "to_p", &[]);
+        side_chain(&mut s, "from_profile", "saddr", &sides, "from_p", &[]);
+    } else {
+        input_chain(
+            &mut s,
+            &mgmt_rules,
+            &[],
+            Some("jump to_profile comment \"destination profile\""),
+        );
+        output_chain(&mut s, &chains.out_jumps);
+        // After every prefix's `goto`: only addresses in no profile get here.
+        side_chain(&mut s, "to_profile", "daddr", &sides, "to_p", &own_jumps);
+    }
     for (i, (p, m)) in profiles.iter().zip(&profile_members).enumerate() {
         let prefix = format!("{}/{}", masked(p.prefix, p.prefix_len), p.prefix_len);
         let _ = writeln!(
@@ -189,6 +232,9 @@ pub fn export_appliance(
             }
         }
         s.push_str("\t}\n\n");
+        if !appliance {
+            continue;
+        }
         // Even an empty chain ends the source side here: no shorter prefix applies.
         let _ = writeln!(
             s,
@@ -205,6 +251,16 @@ pub fn export_appliance(
     s.push_str(chains.chains.trim_end());
     s.push_str("\n}\n");
     Ok(s)
+}
+
+/// Appliance mode: `export_profiles` for an appliance.
+pub fn export_appliance(
+    catalog: &Catalog,
+    own_roles: &[String],
+    profiles: &[ProfileSpec],
+    mgmt: &[MgmtAllowance],
+) -> Result<String, CatalogError> {
+    export_profiles(catalog, Placement::Appliance, own_roles, profiles, mgmt)
 }
 
 /// The sets and chains of a list of roles (each role's own rules).
@@ -446,7 +502,14 @@ fn profile_matches(profiles: &[ProfileSpec]) -> Result<Vec<SideMatch>, CatalogEr
     Ok(out)
 }
 
-fn side_chain(s: &mut String, name: &str, field: &str, sides: &[SideMatch], target: &str) {
+fn side_chain(
+    s: &mut String,
+    name: &str,
+    field: &str,
+    sides: &[SideMatch],
+    target: &str,
+    default_jumps: &[String],
+) {
     let _ = writeln!(
         s,
         "\t# Longest prefix first, and `goto`: the first match is the only profile applied."
@@ -466,6 +529,9 @@ fn side_chain(s: &mut String, name: &str, field: &str, sides: &[SideMatch], targ
                 let _ = writeln!(s, "\t\tmeta nfproto {proto} goto {target}{}", m.profile);
             }
         }
+    }
+    for chain in default_jumps {
+        let _ = writeln!(s, "\t\tjump {chain}");
     }
     s.push_str("\t}\n\n");
 }

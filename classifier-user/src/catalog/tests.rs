@@ -1193,3 +1193,57 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
             .unwrap_or_else(|| panic!("an unknown role was accepted"));
     assert!(unknown.to_string().contains("no-such-role"), "{unknown}");
 }
+
+#[test]
+fn nft_host_profiles_pick_the_destination_profile_then_the_default() {
+    let c = Catalog::embedded();
+    let text = super::nft::export_profiles(
+        &c,
+        super::nft::Placement::Host,
+        &["front-end".to_string()],
+        &[
+            profile("198.18.2.0/24", &["edge-internal"]),
+            profile("198.18.2.10/32", &["director"]),
+        ],
+        &super::MgmtAllowance::defaults(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let to: Vec<String> = chain_body(&text, "to_profile")
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert_eq!(
+        to,
+        [
+            "ip daddr 198.18.2.10/32 goto to_p1",
+            "ip daddr 198.18.2.0/24 goto to_p0",
+            "jump role_front_end",
+            "jump role_all_servers",
+            "jump role_all_internal_servers",
+        ],
+        "the default profile only after every prefix, in:\n{text}"
+    );
+    assert!(!text.contains("hook forward"), "{text}");
+    assert!(!text.contains("from_profile"), "{text}");
+    let input = chain_body(&text, "input");
+    assert!(
+        input.contains("meta nfproto ipv4 tcp dport 22")
+            && input.ends_with("jump to_profile comment \"destination profile\""),
+        "{input}"
+    );
+    // Without --role, addresses in no profile get nothing past the guard.
+    let bare = super::nft::export_profiles(
+        &c,
+        super::nft::Placement::Host,
+        &[],
+        &[profile("198.18.2.10/32", &["director"])],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        chain_body(&bare, "to_profile").lines().count(),
+        2,
+        "one goto, no default, in:\n{bare}"
+    );
+}

@@ -93,13 +93,14 @@ pub fn export_nft(
     nft::export(catalog, roles, mgmt)
 }
 
-/// The appliance-mode policy (forward chain, profiles on both sides) as an
-/// nftables ruleset.
-pub fn export_nft_appliance(
+/// The policy with `--profile`s (a host's, or an appliance's with its
+/// forward chain) as an nftables ruleset.
+pub fn export_nft_profiles(
     catalog: &Catalog,
-    own_roles: &[String],
+    placement: nft::Placement,
+    roles: &[String],
     profiles: &[nft::ProfileSpec],
     mgmt: &[MgmtAllowance],
 ) -> Result<String, CatalogError> {
-    nft::export_appliance(catalog, own_roles, profiles, mgmt)
+    nft::export_profiles(catalog, placement, roles, profiles, mgmt)
 }
