@@ -265,7 +265,7 @@ fn nft_export_and_xdp_agree_on_every_role() {
     let mut total = 0usize;
     let mut mismatches = Vec::new();
     // Every role alone, as the default profile; then a host with profiles.
-    let mut cases: Vec<(Vec<String>, PolicySpec, Vec<(String, Packet)>)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     for role in catalog.role_ids() {
         cases.push((
             vec!["--role".into(), role.into()],
@@ -343,14 +343,15 @@ fn nft_export_and_xdp_agree_on_every_role() {
     );
 }
 
+/// One policy compared: the export's arguments, the same policy for the XDP
+/// program, and the probe packets.
+type Case = (Vec<String>, PolicySpec, Vec<(String, Packet)>);
+
 /// A host with per-destination profiles (`--role front-end` the default): a
 /// /28 and a /32 inside it, a /120 and a /128 inside it. Each address is
 /// probed with the ports of its own profile and of the containing one, so
 /// that a shorter prefix applied too, or the default, would show.
-fn host_profiles_case(
-    catalog: &Catalog,
-    seq: &mut u16,
-) -> (Vec<String>, PolicySpec, Vec<(String, Packet)>) {
+fn host_profiles_case(catalog: &Catalog, seq: &mut u16) -> Case {
     let profiles = [
         "198.18.0.16/28=edge-internal",
         "198.18.0.20/32=access-edge-external",
