@@ -9,7 +9,8 @@
 //! nft --appliance` and once runs `portguard run --iface LEG1 --iface LEG2`,
 //! with the same profiles; the same frames are injected at the ends and
 //! counted where they arrive (probe tables as in the host-mode differential,
-//! each dropping what it counts so the ends never answer).
+//! each dropping what it counts so the ends never answer). Twice, in fresh
+//! namespaces: without `--role` and with one for the router's own addresses.
 //!
 //! Two batches, in order: the openers (to the profile addresses from the
 //! internet, from them to the internet, to the router itself, ICMP echo),
