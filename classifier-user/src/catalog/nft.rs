@@ -1,6 +1,6 @@
-//! The policy of some roles as an nftables ruleset (`catalog export --format nft`),
-//! for a host (`export`) or for an appliance forwarding between its legs
-//! (`export_appliance`).
+//! The policy of some roles as an nftables ruleset (`catalog export --format nft`):
+//! for a host (`export`), for a host with per-destination profiles or for an
+//! appliance forwarding between its legs (`export_profiles`).
 //!
 //! Its input chain accepts what the XDP program passes: replies of flows the
 //! host opened, essential ICMP/ICMPv6, DHCP replies, the management allowance,
