@@ -94,8 +94,7 @@ impl Routed {
                 key,
                 in_netns(&r.appliance, || {
                     std::fs::write(Path::new("/proc/sys").join(key), "1")
-                })
-                .map_err(anyhow::Error::from),
+                }),
             )
             .unwrap_or_else(|e| panic!("{key}: {e}"));
         }
@@ -146,11 +145,8 @@ impl Routed {
 
 /// A UDP echo server in `ns` for `secs` seconds.
 fn echo(ns: &NetNs, bind: SocketAddr, secs: u64) {
-    let sock = ok_any(
-        "echo socket",
-        in_netns(ns, || UdpSocket::bind(bind)).map_err(anyhow::Error::from),
-    )
-    .unwrap_or_else(|e| panic!("binding {bind}: {e}"));
+    let sock = ok_any("echo socket", in_netns(ns, || UdpSocket::bind(bind)))
+        .unwrap_or_else(|e| panic!("binding {bind}: {e}"));
     ok(
         "read timeout",
         sock.set_read_timeout(Some(Duration::from_millis(200))),
