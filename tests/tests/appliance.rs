@@ -301,6 +301,35 @@ fn one_daemon_guards_both_legs_through_reload_kill9_restart_and_detach() {
         );
     }
 
+    // Events name the leg a packet arrived on, whichever leg is asked.
+    let out = portguard(&[
+        "events",
+        "--iface",
+        DMZ,
+        "--format",
+        "json",
+        "--verdict",
+        "drop",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "events --iface {DMZ} ({}): {}",
+        out.status,
+        text(&out.stderr)
+    );
+    let forbidden: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("\"dport\":3479"))
+        .collect();
+    assert!(
+        !forbidden.is_empty()
+            && forbidden
+                .iter()
+                .all(|l| l.contains(&format!("\"iface\":\"{EXT}\""))),
+        "the drops of UDP 3479 arrive on {EXT} and their events must say so:\n{stdout}"
+    );
+
     // `stats` and `reload` given the second leg find the instance.
     let out = portguard(&["stats", "--iface", DMZ]);
     let stdout = text(&out.stdout);
