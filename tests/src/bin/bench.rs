@@ -44,7 +44,10 @@ Method, in short:
 
 - **Per packet**: `BPF_PROG_TEST_RUN` of each program on one 64-byte frame,
   10 million repeats per case, split into interleaved rounds so that CPU
-  frequency drift and other load hit every case alike. The *floor* is an XDP
+  frequency drift and other load hit every case alike. ns/packet is the CPU
+  time of the thread that ran the repeats (the kernel loops in its context)
+  over their number: preemption excluded, and finer than the kernel's own
+  figure, which is whole ns (printed as a cross-check). The *floor* is an XDP
   program that only returns `XDP_PASS`: what the test harness itself costs
   per packet. The kernel runs the same frame again and again, so the maps'
   cache lines stay hot: this is the cost of the instructions, not of cache

@@ -38,6 +38,7 @@ use crate::{
     perpacket::{XdpFilterObject, allowed_port_flags, floor_xdp, load_floor},
     rawprog::{self, RawFloors},
     report::Report,
+    sys,
 };
 
 /// `BPF_F_TEST_XDP_LIVE_FRAMES` (linux/bpf.h).
@@ -71,20 +72,6 @@ impl XdpMd {
         .flat_map(|v| v.to_ne_bytes())
         .collect()
     }
-}
-
-/// CPU time of the calling thread, ns: the test run executes in the
-/// caller's context, so this is the CPU the frames cost.
-fn thread_cpu_ns() -> Result<f64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out pointer for clock_gettime.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("CLOCK_THREAD_CPUTIME_ID");
-    }
-    Ok(ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64)
 }
 
 struct Case<'a> {
@@ -154,7 +141,7 @@ fn measure(
                     egress_ifindex: 0,
                 }
                 .bytes();
-                let t0 = thread_cpu_ns()?;
+                let t0 = sys::thread_cpu_ns()?;
                 let out = rawprog::test_run(
                     c.prog,
                     &c.frame,
@@ -169,7 +156,7 @@ fn measure(
                         c.name
                     )
                 })?;
-                c.cpu_ns += thread_cpu_ns()? - t0;
+                c.cpu_ns += sys::thread_cpu_ns()? - t0;
                 c.kernel_ns += f64::from(out.duration_ns);
                 c.runs += 1;
                 c.frames += u64::from(per_round);

@@ -48,6 +48,20 @@ impl std::ops::Sub for Cpu {
     }
 }
 
+/// CPU time of the calling thread, ns. `BPF_PROG_TEST_RUN` executes in
+/// its caller's context, so this is what the runs cost, preemption excluded.
+pub fn thread_cpu_ns() -> Result<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer for clock_gettime.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("CLOCK_THREAD_CPUTIME_ID");
+    }
+    Ok(ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64)
+}
+
 /// An interface's packet counters (`ip -s -j link`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Link {
