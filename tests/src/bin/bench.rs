@@ -150,14 +150,14 @@ fn main() -> Result<()> {
     if let Err(e) = perpacket::run(&mut report, repeat, rounds) {
         report.failed("per packet and scaling", &e);
     }
-    if let Err(e) = live::run(&mut report, live_frames, rounds) {
-        report.failed("live frames", &e);
-    }
     if let Err(e) = perpacket::reload_swap(&mut report, swaps) {
         report.failed("reload swap time", &e);
     }
     if let Err(e) = flood::run_all(&mut report, secs, reloads) {
         report.failed("floods, reloads under a flood, memory", &e);
+    }
+    if let Err(e) = live::run(&mut report, live_frames, rounds) {
+        report.failed("live frames", &e);
     }
     let total = started.elapsed().as_secs_f64();
     let run = format!(

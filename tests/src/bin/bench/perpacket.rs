@@ -568,6 +568,35 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         ),
         t,
     );
+    // The egress recorder against the empty TC program.
+    let tc_floor = exact("empty TC program, RTP datagram");
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| program and packet | ns/packet | x empty TC program | ns above it |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|");
+    for c in cases.iter().filter(|c| c.group == "tc") {
+        let v = ns(c);
+        let _ = writeln!(
+            t,
+            "| {} | {v:.2} | {:.2} | {:.2} |",
+            c.name,
+            v / tc_floor,
+            v - tc_floor
+        );
+    }
+    report.section(
+        "1b. Egress recorder under BPF_PROG_TEST_RUN",
+        "The TC program `portguard_egress` on 64-byte frames the host sends, in the same interleaved rounds as \
+         section 1, next to an empty TC (sched_cls) program that only returns `TC_ACT_OK` (two instructions, \
+         loaded by the bench). Each flow is established before the rounds: the frame that opens it (the \
+         datagram itself; a SYN for TCP) ran once through the recorder, and the XDP program then passed the \
+         flow's reply as `established` on a local port the policy keeps closed (it dropped it before). The \
+         RTP datagram is what a media server sends per packet; the ACK is the rest of a connection it opened.",
+        t,
+    );
+
     let worst_pg = cases
         .iter()
         .filter(|c| c.group == "pg")
@@ -629,35 +658,6 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         format!("spread allowed {sa:.3}, dropped {sd:.3}"),
         sa <= 1.10 && sd <= 1.10,
     ));
-
-    // The egress recorder against the empty TC program.
-    let tc_floor = exact("empty TC program, RTP datagram");
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "| program and packet | ns/packet | x empty TC program | ns above it |"
-    );
-    let _ = writeln!(t, "|---|---:|---:|---:|");
-    for c in cases.iter().filter(|c| c.group == "tc") {
-        let v = ns(c);
-        let _ = writeln!(
-            t,
-            "| {} | {v:.2} | {:.2} | {:.2} |",
-            c.name,
-            v / tc_floor,
-            v - tc_floor
-        );
-    }
-    report.section(
-        "1b. Egress recorder under BPF_PROG_TEST_RUN",
-        "The TC program `portguard_egress` on 64-byte frames the host sends, in the same interleaved rounds as \
-         section 1, next to an empty TC (sched_cls) program that only returns `TC_ACT_OK` (two instructions, \
-         loaded by the bench). Each flow is established before the rounds: the frame that opens it (the \
-         datagram itself; a SYN for TCP) ran once through the recorder, and the XDP program then passed the \
-         flow's reply as `established` on a local port the policy keeps closed (it dropped it before). The \
-         RTP datagram is what a media server sends per packet; the ACK is the rest of a connection it opened.",
-        t,
-    );
 
     // Issue 14's goals: each packet against dny_udp on the same packet, the
     // allowed IPv4 packet against the floor, the recorder against the empty
