@@ -152,6 +152,17 @@ fn main() -> Result<()> {
     ] {
         cmd.env_remove(var);
     }
+    // Packet headers sit at 2-byte offsets: without this LLVM splits every
+    // wider packet read into byte loads (and spills the bytes to the stack),
+    // where the verifier accepts a misaligned packet load as one instruction
+    // on the architectures with efficient unaligned access (x86-64, arm64).
+    // The stack must stay aligned for the verifier: the map keys built on it
+    // are 8-byte aligned types (classifier-common), and the egress program
+    // loads into aligned buffers.
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "-Ctarget-feature=+allows-misaligned-mem-access",
+    );
     match toolchain {
         Toolchain::Prebuilt(rustc) => {
             // Debian's rustc is a stable build; the BPF target needs unstable

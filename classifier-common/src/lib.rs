@@ -57,7 +57,14 @@ pub const MAX_PROFILES: u32 = 8;
 /// Two copies of every profile's port arrays: the packet path reads the one
 /// `Config::generation` names while userspace rewrites the other.
 pub const GENERATIONS: u32 = 2;
-pub const PORT_BLOCK_ENTRIES: u32 = MAX_PROFILES * GENERATIONS * PROTO_COUNT * BLOCKS_PER_PROTO;
+/// Rule directions: inbound rows match a packet whose destination is the
+/// profile's address, outbound rows one whose source is (appliance mode only;
+/// a host's own outbound connections are recorded by the egress program).
+pub const DIR_INBOUND: u32 = 0;
+pub const DIR_OUTBOUND: u32 = 1;
+pub const DIRECTIONS: u32 = 2;
+pub const PORT_BLOCK_ENTRIES: u32 =
+    MAX_PROFILES * GENERATIONS * DIRECTIONS * PROTO_COUNT * BLOCKS_PER_PROTO;
 
 /// "No profile": in `Config::default_profile` it means packets to an address
 /// outside every `--profile` are dropped; in `ProfileSel` it means the prefix
@@ -66,8 +73,15 @@ pub const PROFILE_NONE: u32 = u32::MAX;
 
 /// Index of the entry of `PORT_BLOCKS` holding `port`.
 #[inline(always)]
-pub const fn port_block_index(profile: u32, generation: u32, proto: u32, port: u16) -> u32 {
-    ((profile * GENERATIONS + generation) * PROTO_COUNT + proto) * BLOCKS_PER_PROTO
+pub const fn port_block_index(
+    profile: u32,
+    generation: u32,
+    direction: u32,
+    proto: u32,
+    port: u16,
+) -> u32 {
+    (((profile * GENERATIONS + generation) * DIRECTIONS + direction) * PROTO_COUNT + proto)
+        * BLOCKS_PER_PROTO
         + (port as u32 / PORTS_PER_BLOCK)
 }
 
@@ -91,6 +105,15 @@ pub const FLAG_DROP_IPSEC_MEDIA: u32 = 1 << 2;
 /// Tests only: write each packet's counter index to `TRACE[0]`, so a test can
 /// see exactly which verdict and reason one frame got.
 pub const FLAG_TRACE: u32 = 1 << 3;
+/// Appliance mode: the program guards forwarded traffic on several legs.
+/// Outbound rows match by source profile, passes by a rule record the reverse
+/// flow so that the answer passes, the lockout guard covers only the
+/// appliance's own addresses, and counters are kept per leg.
+pub const FLAG_APPLIANCE: u32 = 1 << 4;
+
+/// Most interfaces (legs) one instance guards; `COUNTERS` has one full set
+/// of entries per leg.
+pub const MAX_LEGS: u32 = 4;
 
 /// Emit packet events for drop and would_drop verdicts into `EVENTS`. High
 /// bits, clear of the policy flags, because the daemon sets them apart from
@@ -112,6 +135,10 @@ pub struct GenConfig {
     /// Non-zero when `PROFILES` has prefixes for this generation; when zero
     /// the packet path skips the trie lookup.
     pub has_prefixes: u32,
+    /// Bit p set: profile p has outbound rows (appliance mode). Zero spares
+    /// the packet path the source-side trie lookup.
+    pub outbound_profiles: u32,
+    pub pad: u32,
 }
 
 /// The single entry of the `CONFIG` array.
@@ -126,13 +153,19 @@ pub struct Config {
     /// Every port some `--mgmt` allowance opens (0 = unused): only packets to
     /// one of these pay for the `MGMT` trie lookup.
     pub mgmt_ports: [u16; MGMT_PORTS],
+    /// Appliance mode: the ifindex of each leg; a packet's counters go to the
+    /// set of the leg it arrived on (0 = unused slot; unknown ifindex = leg 0).
+    pub legs: [u32; MAX_LEGS as usize],
 }
 
-/// Value of the `PROFILES` LPM trie: the destination's profile in each generation.
+/// Value of the `PROFILES` LPM trie: the address's profile in each generation,
+/// and (appliance mode) whether it is one of the appliance's own addresses,
+/// which is what the lockout guard covers there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ProfileSel {
     pub by_generation: [u32; GENERATIONS as usize],
+    pub local_by_generation: [u32; GENERATIONS as usize],
 }
 
 /// Value of the `MGMT` LPM trie (keyed by source address): TCP destination
@@ -160,8 +193,10 @@ pub struct LpmKey {
 
 /// Key of `FLOWS`: a connection the host itself opened, written from the
 /// host's side (local = this host). XDP looks up inbound packets with source
-/// and destination swapped into this shape.
-#[repr(C)]
+/// and destination swapped into this shape. 8-byte aligned: the eBPF side
+/// copies addresses into it with 8-byte stores, which the verifier accepts
+/// on the stack only when aligned.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
     pub remote: Addr,
@@ -180,8 +215,8 @@ pub struct FlowKey {
 pub const FLOW_PORTS_PER_ENTRY: u32 = 8;
 pub const FLOW_PORT_ENTRIES: u32 = 65_536 / FLOW_PORTS_PER_ENTRY;
 
-/// Key of `FRAGMENTS`: one fragmented datagram.
-#[repr(C)]
+/// Key of `FRAGMENTS`: one fragmented datagram (8-byte aligned, as `FlowKey`).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FragKey {
     pub src: Addr,
@@ -325,6 +360,9 @@ pub const PCLASS_NAMES: [&str; PCLASS_COUNT as usize] = ["tcp", "udp", "icmp", "
 /// then one entry per (reason, verdict, protocol class).
 pub const REASON_COUNTER_BASE: u32 = MAX_RULE_SLOTS;
 pub const COUNTER_ENTRIES: u32 = REASON_COUNTER_BASE + REASON_COUNT * VERDICT_COUNT * PCLASS_COUNT;
+/// `COUNTERS` holds one set of `COUNTER_ENTRIES` per leg: leg l's entry for
+/// counter c is at `l * COUNTER_ENTRIES + c`.
+pub const COUNTER_MAP_ENTRIES: u32 = MAX_LEGS * COUNTER_ENTRIES;
 
 #[inline(always)]
 pub const fn reason_counter_index(reason: u32, verdict: u32, pclass: u32) -> u32 {
@@ -450,10 +488,26 @@ mod tests {
 
     #[test]
     fn port_blocks_do_not_overlap() {
-        let last = port_block_index(MAX_PROFILES - 1, GENERATIONS - 1, PROTO_COUNT - 1, u16::MAX);
+        let last = port_block_index(
+            MAX_PROFILES - 1,
+            GENERATIONS - 1,
+            DIRECTIONS - 1,
+            PROTO_COUNT - 1,
+            u16::MAX,
+        );
         assert_eq!(last, PORT_BLOCK_ENTRIES - 1);
-        assert_eq!(port_block_index(0, 0, PROTO_UDP, 0), BLOCKS_PER_PROTO);
-        assert_eq!(port_block_index(0, 1, PROTO_TCP, 0), 2 * BLOCKS_PER_PROTO);
+        assert_eq!(
+            port_block_index(0, 0, DIR_INBOUND, PROTO_UDP, 0),
+            BLOCKS_PER_PROTO
+        );
+        assert_eq!(
+            port_block_index(0, 0, DIR_OUTBOUND, PROTO_TCP, 0),
+            2 * BLOCKS_PER_PROTO
+        );
+        assert_eq!(
+            port_block_index(0, 1, DIR_INBOUND, PROTO_TCP, 0),
+            4 * BLOCKS_PER_PROTO
+        );
     }
 
     #[test]
@@ -466,7 +520,8 @@ mod tests {
     #[test]
     fn map_values_have_expected_sizes() {
         assert_eq!(size_of::<PortBlock>(), 8);
-        assert_eq!(size_of::<Config>(), 56);
+        assert_eq!(size_of::<Config>(), 88);
+        assert_eq!(size_of::<ProfileSel>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<LpmKey>(), 20);

@@ -16,9 +16,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use classifier_common::{
-    Addr, COUNTER_ENTRIES, Config, Counter, EVENT_BURST_NS, EVENT_REASON_RULE, EVENT_RING_BYTES,
-    EVENT_SNAPLEN, Event, EventBudget, EventConfig, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA,
-    FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_MONITOR, FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES,
+    Addr, COUNTER_ENTRIES, COUNTER_MAP_ENTRIES, Config, Counter, DIR_INBOUND, DIR_OUTBOUND,
+    EVENT_BURST_NS, EVENT_REASON_RULE, EVENT_RING_BYTES, EVENT_SNAPLEN, Event, EventBudget,
+    EventConfig, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_EVENTS,
+    FLAG_EVENTS_PASS, FLAG_MONITOR, FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES,
     FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES,
     MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT, PCLASS_ICMP, PCLASS_OTHER,
     PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock,
@@ -41,7 +42,7 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static PORT_BLOCKS: Array<PortBlock> = Array::with_max_entries(PORT_BLOCK_ENTRIES, 0);
 #[map]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_MAP_ENTRIES, 0);
 #[map]
 static PROFILES: LpmTrie<Addr, ProfileSel> = LpmTrie::with_max_entries(LPM_ENTRIES, 0);
 #[map]
@@ -142,39 +143,42 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
+/// An address as four words in memory order (IPv4 mapped into IPv6): read
+/// from the packet with four loads, carried in four registers, and written
+/// into a key only where a map needs one.
+type Words = [u32; 4];
+
+/// The `::ffff:0:0/96` prefix's third word, in memory order.
+const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// A word of the packet at `p + at`, in memory order.
 #[inline(always)]
-fn mapped4(b: &[u8], at: usize) -> Addr {
-    [
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0xff,
-        0xff,
-        b[at],
-        b[at + 1],
-        b[at + 2],
-        b[at + 3],
-    ]
+fn word_at(p: *const u8, at: usize) -> u32 {
+    // SAFETY: the caller checked that `p .. p + at + 4` lies in the packet.
+    unsafe { core::ptr::read_unaligned(p.add(at).cast::<u32>()) }
 }
 
-#[inline(always)]
-fn addr6(b: &[u8], at: usize) -> Addr {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[at..at + 16]);
-    a
+impl L3 {
+    /// The map key form of the source address: the same bytes.
+    #[inline(always)]
+    fn src(&self) -> Addr {
+        // SAFETY: same size, and every bit pattern is a valid byte array.
+        unsafe { core::mem::transmute::<Words, Addr>(self.src) }
+    }
+
+    #[inline(always)]
+    fn dst(&self) -> Addr {
+        // SAFETY: as above.
+        unsafe { core::mem::transmute::<Words, Addr>(self.dst) }
+    }
 }
 
 /// The network layer summary the transport decision needs.
 struct L3 {
-    src: Addr,
-    dst: Addr,
+    /// Words, not bytes: 32 byte values took a register each and were
+    /// spilled to the stack, filling most of the verifier's 512 bytes.
+    src: Words,
+    dst: Words,
     proto: u8,
     /// Offset of the transport header.
     l4: usize,
@@ -212,7 +216,13 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
     if config.flags & FLAG_TRACE != 0 {
         let _ = TRACE.set(0, outcome.counter, 0);
     }
-    if let Some(c) = COUNTERS.get_ptr_mut(outcome.counter) {
+    // Appliance mode keeps one set of counters per leg; a host has one leg.
+    let leg_base = if config.flags & FLAG_APPLIANCE != 0 {
+        leg_of(config, ctx.ingress_ifindex() as u32) * COUNTER_ENTRIES
+    } else {
+        0
+    };
+    if let Some(c) = COUNTERS.get_ptr_mut(leg_base + outcome.counter) {
         // SAFETY: a per-CPU array value is only touched by this CPU.
         let packets = unsafe {
             (*c).packets += 1;
@@ -235,6 +245,19 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
     } else {
         xdp_action::XDP_DROP
     })
+}
+
+/// The leg a packet arrived on: its index in `Config::legs`, 0 if unknown.
+#[inline(always)]
+fn leg_of(config: &Config, ifindex: u32) -> u32 {
+    let mut i = 0;
+    while i < config.legs.len() {
+        if config.legs[i] == ifindex {
+            return i as u32;
+        }
+        i += 1;
+    }
+    0
 }
 
 /// Counter indexes from here on are the anomaly reasons (malformed and after,
@@ -432,6 +455,10 @@ fn classify(frame: &Frame, config: &Config) -> Outcome {
 
 #[inline(always)]
 fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
+    let hp = frame
+        .ptr::<[u8; 20]>(off)
+        .ok_or(Reason::Malformed)?
+        .cast::<u8>();
     let h = frame.bytes::<20>(off).ok_or(Reason::Malformed)?;
     let ihl = (h[0] & 0x0f) as usize * 4;
     if h[0] >> 4 != 4 || ihl < 20 {
@@ -447,8 +474,8 @@ fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
     let more = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
     Ok(L3 {
-        src: mapped4(&h, 12),
-        dst: mapped4(&h, 16),
+        src: [0, 0, V4_MAPPED, word_at(hp, 12)],
+        dst: [0, 0, V4_MAPPED, word_at(hp, 16)],
         proto: h[9],
         l4: off + ihl,
         end: off + total,
@@ -462,7 +489,11 @@ fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
 
 #[inline(always)]
 fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
-    let h = frame.bytes::<40>(off).ok_or(Reason::Malformed)?;
+    let hp = frame
+        .ptr::<[u8; 40]>(off)
+        .ok_or(Reason::Malformed)?
+        .cast::<u8>();
+    let h = frame.bytes::<8>(off).ok_or(Reason::Malformed)?;
     if h[0] >> 4 != 6 {
         return Err(Reason::Malformed);
     }
@@ -471,8 +502,18 @@ fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
         return Err(Reason::Malformed);
     }
     let mut l3 = L3 {
-        src: addr6(&h, 8),
-        dst: addr6(&h, 24),
+        src: [
+            word_at(hp, 8),
+            word_at(hp, 12),
+            word_at(hp, 16),
+            word_at(hp, 20),
+        ],
+        dst: [
+            word_at(hp, 24),
+            word_at(hp, 28),
+            word_at(hp, 32),
+            word_at(hp, 36),
+        ],
         proto: h[6],
         l4: off + 40,
         end: off + 40 + payload,
@@ -526,8 +567,8 @@ fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
 #[inline(always)]
 fn frag_key(l3: &L3) -> FragKey {
     FragKey {
-        src: l3.src,
-        dst: l3.dst,
+        src: l3.src(),
+        dst: l3.dst(),
         id: l3.frag_id,
         proto: l3.frag_proto,
         pad: [0; 3],
@@ -573,27 +614,19 @@ fn classify_l4(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
     }
     match l3.proto {
         IPPROTO_TCP => match frame.bytes::<TCP_HLEN>(l3.l4) {
-            Some(h) => classify_ports(
+            Some(h) => Outcome::unpack(classify_ports(
                 l3,
                 config,
-                PROTO_TCP,
-                PCLASS_TCP,
-                be16(&h, 0),
-                be16(&h, 2),
-                h[13],
-            ),
+                Ports::pack(PROTO_TCP, PCLASS_TCP, be16(&h, 0), be16(&h, 2), h[13]),
+            )),
             None => deny(Reason::Malformed, PCLASS_TCP, config),
         },
         IPPROTO_UDP => match frame.bytes::<UDP_HLEN>(l3.l4) {
-            Some(h) => classify_ports(
+            Some(h) => Outcome::unpack(classify_ports(
                 l3,
                 config,
-                PROTO_UDP,
-                PCLASS_UDP,
-                be16(&h, 0),
-                be16(&h, 2),
-                0,
-            ),
+                Ports::pack(PROTO_UDP, PCLASS_UDP, be16(&h, 0), be16(&h, 2), 0),
+            )),
             None => deny(Reason::Malformed, PCLASS_UDP, config),
         },
         IPPROTO_ICMP if !l3.v6 => classify_icmp(frame, l3, config),
@@ -646,26 +679,50 @@ fn classify_icmp(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
     pass(reason, PCLASS_ICMP)
 }
 
+/// An address's entry in `PROFILES` for the active generation: its profile
+/// (`PROFILE_NONE` when no prefix holds it) and whether it is one of the
+/// appliance's own addresses.
+#[derive(Clone, Copy)]
+struct Sel {
+    profile: u32,
+    local: bool,
+}
+
+#[inline(always)]
+fn lookup_sel(addr: &Addr, generation: usize) -> Sel {
+    match PROFILES.get(Key::new(128, *addr)) {
+        Some(sel) => Sel {
+            profile: sel.by_generation[generation],
+            local: sel.local_by_generation[generation] != 0,
+        },
+        None => Sel {
+            profile: PROFILE_NONE,
+            local: false,
+        },
+    }
+}
+
 /// The destination's profile in the active generation.
 #[inline(always)]
-fn profile_of(l3: &L3, config: &Config) -> u32 {
+fn dst_sel(l3: &L3, config: &Config) -> Sel {
     let generation = (config.generation & 1) as usize;
     let default = config.gens[generation].default_profile;
     if config.gens[generation].has_prefixes == 0 {
-        return default;
+        return Sel {
+            profile: default,
+            local: false,
+        };
     }
-    match PROFILES.get(Key::new(128, l3.dst)) {
-        Some(sel) => match sel.by_generation[generation] {
-            PROFILE_NONE => default,
-            p => p,
-        },
-        None => default,
+    let mut sel = lookup_sel(&l3.dst(), generation);
+    if sel.profile == PROFILE_NONE {
+        sel.profile = default;
     }
+    sel
 }
 
 #[inline(always)]
 fn to_media_host(l3: &L3, config: &Config) -> bool {
-    is_media_profile(profile_of(l3, config), config)
+    is_media_profile(dst_sel(l3, config).profile, config)
 }
 
 #[inline(always)]
@@ -674,8 +731,71 @@ fn is_media_profile(profile: u32, config: &Config) -> bool {
     profile < 32 && config.gens[generation].media_profiles & (1 << profile) != 0
 }
 
+/// The rule slot `profile`'s `direction` rows give (proto, port), 0 if none.
 #[inline(always)]
-fn classify_ports(
+fn rule_slot(profile: u32, config: &Config, direction: u32, proto: u32, port: u16) -> u16 {
+    let generation = config.generation & 1;
+    match PORT_BLOCKS.get_ptr(port_block_index(
+        profile, generation, direction, proto, port,
+    )) {
+        Some(block) => {
+            // Four u16 slots read as one word: no indexing, so no bounds branch.
+            // SAFETY: `get_ptr` returned a valid pointer to an 8-byte value.
+            let word = unsafe { core::ptr::read_unaligned(block as *const u64) };
+            (word >> ((port as u64 & 3) * 16)) as u16
+        }
+        None => 0,
+    }
+}
+
+/// The transport fields `classify_ports` needs, in one register: a BPF
+/// function takes at most five arguments.
+struct Ports;
+
+impl Ports {
+    #[inline(always)]
+    fn pack(proto: u32, pclass: u32, sport: u16, dport: u16, flags: u8) -> u64 {
+        ((sport as u64) << 48)
+            | ((dport as u64) << 32)
+            | ((flags as u64) << 16)
+            | ((pclass as u64 & 0xff) << 8)
+            | (proto as u64 & 0xff)
+    }
+}
+
+impl Outcome {
+    /// `classify_ports` returns its outcome in one register: the counter,
+    /// with the top bit set for a pass.
+    #[inline(always)]
+    fn pack(self) -> u32 {
+        self.counter | if self.pass { 1 << 31 } else { 0 }
+    }
+
+    #[inline(always)]
+    fn unpack(v: u32) -> Outcome {
+        Outcome {
+            counter: v & !(1 << 31),
+            pass: v & (1 << 31) != 0,
+        }
+    }
+}
+
+/// The port decision, out of line: its map keys (profile, management and
+/// flow lookups, and the flow it records) live in its own stack frame, so
+/// that the parser's frame and this one each stay well inside the verifier's
+/// 512-byte budget for a call chain.
+#[inline(never)]
+fn classify_ports(l3: &L3, config: &Config, ports: u64) -> u32 {
+    let proto = (ports & 0xff) as u32;
+    let pclass = ((ports >> 8) & 0xff) as u32;
+    let flags = (ports >> 16) as u8;
+    let dport = (ports >> 32) as u16;
+    let sport = (ports >> 48) as u16;
+    decide_ports(l3, config, proto, pclass, sport, dport, flags).pack()
+}
+
+#[inline(always)]
+fn decide_ports(
     l3: &L3,
     config: &Config,
     proto: u32,
@@ -687,32 +807,50 @@ fn classify_ports(
     if proto == PROTO_UDP && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)) {
         return pass(Reason::Dhcp, pclass);
     }
+    let appliance = config.flags & FLAG_APPLIANCE != 0;
 
-    let profile = profile_of(l3, config);
-    if profile != PROFILE_NONE {
-        let generation = config.generation & 1;
-        if let Some(block) =
-            PORT_BLOCKS.get_ptr(port_block_index(profile, generation, proto, dport))
-        {
-            // Four u16 slots read as one word: no indexing, so no bounds branch.
-            // SAFETY: `get_ptr` returned a valid pointer to an 8-byte value.
-            let word = unsafe { core::ptr::read_unaligned(block as *const u64) };
-            let slot = (word >> ((dport as u64 & 3) * 16)) as u16;
-            if slot != 0 {
-                return Outcome {
-                    counter: slot as u32,
-                    pass: true,
-                };
+    let dst = dst_sel(l3, config);
+    if dst.profile != PROFILE_NONE {
+        let slot = rule_slot(dst.profile, config, DIR_INBOUND, proto, dport);
+        if slot != 0 {
+            if appliance {
+                record_answer(l3, sport, dport, flags);
+            }
+            return Outcome {
+                counter: slot as u32,
+                pass: true,
+            };
+        }
+    }
+    // Appliance mode: a packet from a profile's address meets that profile's
+    // outbound rows. Only profiles with such rows pay for the lookup.
+    let mut src_profile = PROFILE_NONE;
+    if appliance {
+        let generation = (config.generation & 1) as usize;
+        let outbound = config.gens[generation].outbound_profiles;
+        if outbound != 0 {
+            src_profile = lookup_sel(&l3.src(), generation).profile;
+            if src_profile < 32 && outbound & (1 << src_profile) != 0 {
+                let slot = rule_slot(src_profile, config, DIR_OUTBOUND, proto, dport);
+                if slot != 0 {
+                    record_answer(l3, sport, dport, flags);
+                    return Outcome {
+                        counter: slot as u32,
+                        pass: true,
+                    };
+                }
             }
         }
     }
 
     // The lockout guard: no catalog can take it away. Checked after the
     // catalog only so that allowed traffic does not pay for it; a port the
-    // catalog allows is counted under its rule.
+    // catalog allows is counted under its rule. An appliance keeps itself
+    // reachable, never a server behind it.
     if proto == PROTO_TCP
         && is_mgmt_port(config, dport)
-        && let Some(m) = MGMT.get(Key::new(128, l3.src))
+        && (!appliance || dst.local)
+        && let Some(m) = MGMT.get(Key::new(128, l3.src()))
     {
         let mut i = 0;
         while i < m.ports.len() {
@@ -727,8 +865,8 @@ fn classify_ports(
     let syn_only = proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !syn_only && local_port_has_flows(dport) {
         let flow = FlowKey {
-            remote: l3.src,
-            local: l3.dst,
+            remote: l3.src(),
+            local: l3.dst(),
             remote_port: sport,
             local_port: dport,
             proto: l3.proto,
@@ -738,13 +876,58 @@ fn classify_ports(
             return pass(Reason::Established, pclass);
         }
     }
-    if profile == PROFILE_NONE {
+    if dst.profile == PROFILE_NONE && src_profile == PROFILE_NONE {
         return deny(Reason::NoProfile, pclass, config);
     }
-    if proto == PROTO_UDP && (dport == 500 || dport == 4500) && is_media_profile(profile, config) {
+    if proto == PROTO_UDP
+        && (dport == 500 || dport == 4500)
+        && is_media_profile(dst.profile, config)
+    {
         return ipsec(config, pclass);
     }
     deny(Reason::PortNotAllowed, pclass, config)
+}
+
+/// Appliance mode: a packet passed by a rule opens the way back for its
+/// answer, in the shape the reply lookup above builds (the answer's source
+/// is this packet's destination). TCP records the opening SYN only; UDP
+/// every datagram, looked up first, because an LRU update on every media
+/// packet would cost more than the lookup that finds it present.
+#[inline(always)]
+fn record_answer(l3: &L3, sport: u16, dport: u16, flags: u8) {
+    if l3.proto == IPPROTO_TCP && flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return;
+    }
+    let key = FlowKey {
+        remote: l3.dst(),
+        local: l3.src(),
+        remote_port: dport,
+        local_port: sport,
+        proto: l3.proto,
+        pad: [0; 3],
+    };
+    remember_flow(&key);
+}
+
+/// Adds `key` to `FLOWS` unless present, and marks its local port in
+/// `FLOW_PORTS` so that the reply lookup is not skipped.
+#[inline(always)]
+fn remember_flow(key: &FlowKey) {
+    if FLOWS.get_ptr(*key).is_none() {
+        let _ = FLOWS.insert(*key, 0, 0);
+    }
+    let port = key.local_port;
+    if let Some(bytes) = FLOW_PORTS.get_ptr_mut(port as u32 / FLOW_PORTS_PER_ENTRY) {
+        let i = (port as usize) & (FLOW_PORTS_PER_ENTRY as usize - 1);
+        // SAFETY: a byte store into a valid map value; other CPUs only ever
+        // store 1 into their own bytes, so no update is lost. Read first: a
+        // store to a shared line on every packet would bounce it between CPUs.
+        unsafe {
+            if (*bytes)[i] == 0 {
+                (*bytes)[i] = 1;
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -779,91 +962,100 @@ pub fn portguard_egress(ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
+/// Reads the headers straight from the packet, as XDP does: the addresses
+/// as words, so the key is built from registers. A locally generated
+/// packet's headers are in the linear part of the buffer; one whose are not
+/// is not recorded.
 #[inline(always)]
 fn record_flow(ctx: &TcContext) {
-    let Ok(mut ethertype) = ctx.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let Some(eth_type) = frame.bytes::<2>(12) else {
         return;
     };
+    let mut ethertype = be16(&eth_type, 0);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let Ok(inner) = ctx.load::<[u8; 2]>(off + 2).map(u16::from_be_bytes) else {
+        let Some(tag) = frame.bytes::<4>(off) else {
             return;
         };
-        ethertype = inner;
+        ethertype = be16(&tag, 2);
         off += 4;
     }
-    let (src, dst, proto, l4) = match ethertype {
+    let (src, dst, proto, l4): (Words, Words, u8, usize) = match ethertype {
         ETH_P_IP => {
-            let Ok(vihl) = ctx.load::<u8>(off) else {
+            let (Some(hp), Some(h)) = (frame.ptr::<[u8; 20]>(off), frame.bytes::<20>(off)) else {
                 return;
             };
-            let Ok(frag) = ctx.load::<[u8; 2]>(off + 6).map(u16::from_be_bytes) else {
-                return;
-            };
-            if frag & 0x1fff != 0 {
+            let hp = hp.cast::<u8>();
+            if be16(&h, 6) & 0x1fff != 0 {
                 return;
             }
-            let (Ok(proto), Ok(s), Ok(d)) = (
-                ctx.load::<u8>(off + 9),
-                ctx.load::<[u8; 4]>(off + 12),
-                ctx.load::<[u8; 4]>(off + 16),
-            ) else {
-                return;
-            };
-            let map4 = |a: [u8; 4]| {
-                [
-                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-                ]
-            };
-            (map4(s), map4(d), proto, off + (vihl & 0x0f) as usize * 4)
+            (
+                [0, 0, V4_MAPPED, word_at(hp, 12)],
+                [0, 0, V4_MAPPED, word_at(hp, 16)],
+                h[9],
+                off + (h[0] & 0x0f) as usize * 4,
+            )
         }
         ETH_P_IPV6 => {
-            let (Ok(proto), Ok(s), Ok(d)) = (
-                ctx.load::<u8>(off + 6),
-                ctx.load::<Addr>(off + 8),
-                ctx.load::<Addr>(off + 24),
-            ) else {
+            let (Some(hp), Some(h)) = (frame.ptr::<[u8; 40]>(off), frame.bytes::<8>(off)) else {
                 return;
             };
-            (s, d, proto, off + 40)
+            let hp = hp.cast::<u8>();
+            (
+                [
+                    word_at(hp, 8),
+                    word_at(hp, 12),
+                    word_at(hp, 16),
+                    word_at(hp, 20),
+                ],
+                [
+                    word_at(hp, 24),
+                    word_at(hp, 28),
+                    word_at(hp, 32),
+                    word_at(hp, 36),
+                ],
+                h[6],
+                off + 40,
+            )
         }
         _ => return,
     };
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return;
-    }
-    let (Ok(sport), Ok(dport)) = (
-        ctx.load::<[u8; 2]>(l4).map(u16::from_be_bytes),
-        ctx.load::<[u8; 2]>(l4 + 2).map(u16::from_be_bytes),
-    ) else {
-        return;
-    };
-    if proto == IPPROTO_TCP {
-        let Ok(flags) = ctx.load::<u8>(l4 + 13) else {
-            return;
-        };
-        // SYN without ACK: the host opens the connection.
-        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-            return;
+    let (sport, dport) = match proto {
+        IPPROTO_TCP => {
+            let Some(h) = frame.bytes::<TCP_HLEN>(l4) else {
+                return;
+            };
+            // SYN without ACK: the host opens the connection.
+            if h[13] & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                return;
+            }
+            (be16(&h, 0), be16(&h, 2))
         }
-    }
+        IPPROTO_UDP => {
+            let Some(h) = frame.bytes::<UDP_HLEN>(l4) else {
+                return;
+            };
+            (be16(&h, 0), be16(&h, 2))
+        }
+        _ => return,
+    };
+    // SAFETY (both): same size, and every bit pattern is a valid byte array.
     let key = FlowKey {
-        remote: dst,
-        local: src,
+        remote: unsafe { core::mem::transmute::<Words, Addr>(dst) },
+        local: unsafe { core::mem::transmute::<Words, Addr>(src) },
         remote_port: dport,
         local_port: sport,
         proto,
         pad: [0; 3],
     };
-    let _ = FLOWS.insert(key, 0, 0);
-    if let Some(bytes) = FLOW_PORTS.get_ptr_mut(sport as u32 / FLOW_PORTS_PER_ENTRY) {
-        // SAFETY: a byte store into a valid map value; other CPUs only ever
-        // store 1 into their own bytes, so no update is lost.
-        unsafe { (*bytes)[(sport as usize) & (FLOW_PORTS_PER_ENTRY as usize - 1)] = 1 };
-    }
+    remember_flow(&key);
 }
 
 #[cfg(not(test))]

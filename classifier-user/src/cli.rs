@@ -75,14 +75,23 @@ pub enum Mode {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Interface to protect.
-    #[arg(long, value_name = "IF")]
-    pub iface: String,
+    /// Interface to protect. Repeat it (at most 4) to guard an appliance's
+    /// legs with one policy and one flow table: appliance mode.
+    #[arg(long, value_name = "IF", required = true)]
+    pub iface: Vec<String>,
+    /// Appliance mode with a single --iface (a one-armed router): forwarded
+    /// traffic is checked against --profile on both sides.
+    #[arg(long)]
+    pub appliance: bool,
     /// Roles this host runs (comma-separated role ids); the default profile.
     /// Without it, packets to addresses outside every --profile are dropped.
+    /// In appliance mode: the roles of the appliance's own addresses
+    /// (without it they get the essentials and the lockout guard only).
     #[arg(long, value_name = "R[,R...]", value_delimiter = ',')]
     pub role: Vec<String>,
-    /// Per-destination roles: packets to CIDR are checked against these roles.
+    /// Per-address roles: packets to CIDR are checked against these roles'
+    /// inbound rows; in appliance mode packets from CIDR also against their
+    /// outbound rows.
     #[arg(long, value_name = "CIDR=ROLE[,ROLE]")]
     pub profile: Vec<ProfileArg>,
     /// Catalog file replacing the embedded default.
@@ -189,6 +198,13 @@ pub enum CatalogCommand {
 pub enum ExportFormat {
     /// An nftables ruleset (`nft -f`).
     Nft,
+}
+
+impl RunArgs {
+    /// Appliance mode: several legs, or --appliance.
+    pub fn is_appliance(&self) -> bool {
+        self.appliance || self.iface.len() > 1
+    }
 }
 
 #[derive(Debug, Args)]

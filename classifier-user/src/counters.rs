@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use classifier_common::{
-    Counter, PCLASS_NAMES, REASON_COUNT, Reason, VERDICT_COUNT, Verdict, decode_reason_counter,
-    reason_counter_index,
+    COUNTER_ENTRIES, Counter, PCLASS_NAMES, REASON_COUNT, Reason, VERDICT_COUNT, Verdict,
+    decode_reason_counter, reason_counter_index,
 };
 
 use crate::policy::SlotRegistry;
@@ -41,6 +41,21 @@ pub fn indices(registry: &SlotRegistry) -> Vec<u32> {
         }
     }
     v
+}
+
+/// [`indices`] in leg `leg`'s set of counters.
+pub fn leg_indices(registry: &SlotRegistry, leg: u32) -> Vec<u32> {
+    let base = leg * COUNTER_ENTRIES;
+    indices(registry).into_iter().map(|i| i + base).collect()
+}
+
+/// Leg `leg`'s entries as the counter indexes they stand for.
+pub fn rebase(raw: Vec<(u32, Counter)>, leg: u32) -> Vec<(u32, Counter)> {
+    let base = leg * COUNTER_ENTRIES;
+    raw.into_iter()
+        .filter(|(i, _)| *i >= base)
+        .map(|(i, c)| (i - base, c))
+        .collect()
 }
 
 fn add(into: &mut Counter, c: &Counter) {
@@ -84,6 +99,16 @@ pub fn snapshot(registry: &SlotRegistry, raw: &[(u32, Counter)]) -> Snapshot {
 }
 
 impl Snapshot {
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &Snapshot) {
+        for (k, c) in &other.rows {
+            add(self.rows.entry(k.clone()).or_default(), c);
+        }
+        for (k, c) in &other.drops {
+            add(self.drops.entry(k).or_default(), c);
+        }
+    }
+
     pub fn total(&self, verdict: &str) -> u64 {
         self.rows
             .iter()

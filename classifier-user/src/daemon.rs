@@ -1,7 +1,8 @@
 //! The running instance: what the signal loop, the link watcher and the
 //! metrics endpoint share. It owns the loaded classifier, the policy in
-//! force and the links that attach it, and follows its interface: when the
-//! interface goes away the links are released and `attached()` turns false;
+//! force and the links that attach it to each of its interfaces (legs: one
+//! on a host, several on an appliance), and follows them: when a leg's
+//! interface goes away its links are released and it counts as detached;
 //! when an interface of that name exists again the same program (same maps,
 //! so the same policy and counters) is attached to it.
 
@@ -109,54 +110,74 @@ pub struct Links {
     pub tc: Option<LinkHold>,
 }
 
-/// Wraps a fresh XDP link for keeping: pinned when there is a pin directory.
-pub fn hold_xdp(pin_dir: Option<&Path>, link: XdpLink) -> Result<LinkHold, LoadError> {
+/// Wraps a fresh XDP link for keeping: pinned as `pin` when there is a pin
+/// directory.
+pub fn hold_xdp(pin_dir: Option<&Path>, pin: &str, link: XdpLink) -> Result<LinkHold, LoadError> {
     match pin_dir {
         Some(dir) => {
             let fd = FdLink::try_from(link).map_err(LoadError::Link)?;
-            Ok(LinkHold::Pinned(loader::pin_link(
-                dir,
-                loader::XDP_LINK_PIN,
-                fd,
-            )?))
+            Ok(LinkHold::Pinned(loader::pin_link(dir, pin, fd)?))
         }
         None => Ok(LinkHold::Xdp(link)),
     }
 }
 
-/// Wraps a TC link for keeping: pinned when there is a pin directory.
-pub fn hold_tc(pin_dir: Option<&Path>, link: FdLink) -> Result<LinkHold, LoadError> {
+/// Wraps a TC link for keeping: pinned as `pin` when there is a pin directory.
+pub fn hold_tc(pin_dir: Option<&Path>, pin: &str, link: FdLink) -> Result<LinkHold, LoadError> {
     match pin_dir {
-        Some(dir) => Ok(LinkHold::Pinned(loader::pin_link(
-            dir,
-            loader::TC_LINK_PIN,
-            link,
-        )?)),
+        Some(dir) => Ok(LinkHold::Pinned(loader::pin_link(dir, pin, link)?)),
         None => Ok(LinkHold::Fd(link)),
+    }
+}
+
+/// One interface the instance guards.
+pub struct Leg {
+    pub name: String,
+    /// Its index in `--iface` order: the set of counters it uses.
+    pub index: u32,
+    /// The interface's index while attached, 0 while detached.
+    pub ifindex: u32,
+    pub links: Links,
+    pub xdp_mode: &'static str,
+    /// The last re-attach failure logged, so a retry every second does not
+    /// repeat it.
+    pub attach_error: Option<String>,
+}
+
+impl Leg {
+    pub fn attached(&self) -> bool {
+        self.links.xdp.is_some()
+    }
+
+    pub fn xdp_pin(&self) -> String {
+        loader::link_pin_name(loader::XDP_LINK_PIN, self.index, &self.name)
+    }
+
+    pub fn tc_pin(&self) -> String {
+        loader::link_pin_name(loader::TC_LINK_PIN, self.index, &self.name)
     }
 }
 
 /// The running instance.
 pub struct Daemon {
+    /// The first leg's name: the instance's name (pins, state, socket).
     pub iface: String,
+    pub legs: Vec<Leg>,
     pub classifier: Classifier,
     pub registry: SlotRegistry,
     pub spec: PolicySpec,
     pub catalog_path: Option<PathBuf>,
     pub catalog_generation: u32,
     pub rules_per_role: BTreeMap<String, usize>,
-    pub xdp_mode: &'static str,
     pub requested_xdp_mode: XdpModeArg,
     pub mode: Mode,
     pub reloads: ReloadCounts,
     pub state_path: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
-    pub links: Links,
-    /// The index of the interface the links are on (0 while detached).
-    pub ifindex: u32,
-    /// The last re-attach failure logged, so a retry every second does not
-    /// repeat it.
-    pub attach_error: Option<String>,
+    /// The last catalog compiled into force: what a change of the box's own
+    /// addresses (appliance mode) is recompiled from, without re-reading
+    /// the file.
+    pub catalog: Catalog,
     /// How long the last successful reload took from reading the catalog to the flip.
     pub last_swap: Option<Duration>,
     /// Packet events: the ring reader, the store and the control socket.
@@ -164,9 +185,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Whether the XDP program is attached to the interface right now.
+    /// Whether the XDP program is attached to every leg right now.
     pub fn attached(&self) -> bool {
-        self.links.xdp.is_some()
+        self.legs.iter().all(Leg::attached)
     }
 
     /// Re-reads the catalog; on any error the policy in force stays.
@@ -174,13 +195,7 @@ impl Daemon {
         let started = Instant::now();
         let result = (|| {
             let catalog = read_catalog(self.catalog_path.as_deref())?;
-            let mut registry = self.registry.clone();
-            let compiled = policy::compile(&catalog, &self.spec, &mut registry)?;
-            let generation = self.catalog_generation + 1;
-            self.classifier.install(&compiled, generation)?;
-            self.registry = registry;
-            self.catalog_generation = generation;
-            self.rules_per_role = compiled.rules_per_role;
+            let generation = self.install(catalog)?;
             Ok::<u32, RunError>(generation)
         })();
         match &result {
@@ -201,11 +216,76 @@ impl Daemon {
         result
     }
 
+    /// Compiles `catalog` with the flags in force and swaps it in.
+    fn install(&mut self, catalog: Catalog) -> Result<u32, RunError> {
+        let mut registry = self.registry.clone();
+        let compiled = policy::compile(&catalog, &self.spec, &mut registry)?;
+        let generation = self.catalog_generation + 1;
+        self.classifier.install(&compiled, generation)?;
+        self.registry = registry;
+        self.catalog_generation = generation;
+        self.rules_per_role = compiled.rules_per_role;
+        self.catalog = catalog;
+        Ok(generation)
+    }
+
+    /// Appliance mode: brings the box's own addresses (what its --role rows
+    /// and the lockout guard cover) in line with the kernel's. Called on
+    /// every netlink event and once a second; a change is a policy swap like
+    /// a reload, from the catalog in force.
+    pub fn follow_addresses(&mut self) {
+        if !self.spec.appliance {
+            return;
+        }
+        let mut now = iface::all_addresses();
+        now.sort();
+        now.dedup();
+        if now == self.spec.local_addrs {
+            return;
+        }
+        let before = std::mem::replace(&mut self.spec.local_addrs, now);
+        match self.install(self.catalog.clone()) {
+            Ok(g) => {
+                log::info!(
+                    "the box's own addresses changed ({} now): catalog generation {g} in force",
+                    self.spec.local_addrs.len()
+                );
+                self.save_state();
+            }
+            Err(e) => {
+                log::error!("the box's own addresses changed but the policy could not follow: {e}");
+                self.spec.local_addrs = before;
+            }
+        }
+    }
+
+    /// Every leg's counters, in leg order.
+    pub fn snapshots(&mut self) -> Result<Vec<(String, Snapshot)>, LoadError> {
+        let mut out = Vec::new();
+        for (name, index) in self
+            .legs
+            .iter()
+            .map(|l| (l.name.clone(), l.index))
+            .collect::<Vec<_>>()
+        {
+            let raw = self
+                .classifier
+                .counters(counters::leg_indices(&self.registry, index))?;
+            out.push((
+                name,
+                counters::snapshot(&self.registry, &counters::rebase(raw, index)),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The counters of every leg added up.
     pub fn snapshot(&mut self) -> Result<Snapshot, LoadError> {
-        let raw = self
-            .classifier
-            .counters(counters::indices(&self.registry))?;
-        Ok(counters::snapshot(&self.registry, &raw))
+        let mut total = Snapshot::default();
+        for (_, s) in self.snapshots()? {
+            total.merge(&s);
+        }
+        Ok(total)
     }
 
     pub fn save_state(&self) {
@@ -213,7 +293,12 @@ impl Daemon {
         let s = State {
             pid: std::process::id(),
             iface: self.iface.clone(),
-            xdp_mode: self.xdp_mode.to_string(),
+            legs: self.legs.iter().map(|l| l.name.clone()).collect(),
+            xdp_mode: self
+                .legs
+                .first()
+                .map_or("unknown", |l| l.xdp_mode)
+                .to_string(),
             mode: format!("{:?}", self.mode).to_lowercase(),
             catalog: self.catalog_path.clone(),
             catalog_generation: self.catalog_generation,
@@ -224,32 +309,39 @@ impl Daemon {
         }
     }
 
-    /// Attaches the loaded programs to the interface as it is now.
-    fn attach_fresh(&mut self) -> Result<(), LoadError> {
-        let (link, mode) = self
-            .classifier
-            .attach_xdp(&self.iface, self.requested_xdp_mode)?;
-        let xdp = hold_xdp(self.pin_dir.as_deref(), link)?;
-        let tc = match self.classifier.attach_tc(&self.iface) {
-            Ok(Some(l)) => Some(hold_tc(self.pin_dir.as_deref(), l)?),
+    /// Attaches the loaded programs to leg `i`'s interface as it is now.
+    fn attach_fresh(&mut self, i: usize) -> Result<(), LoadError> {
+        let leg = &self.legs[i];
+        let (name, xdp_pin, tc_pin) = (leg.name.clone(), leg.xdp_pin(), leg.tc_pin());
+        let (link, mode) = self.classifier.attach_xdp(&name, self.requested_xdp_mode)?;
+        let xdp = hold_xdp(self.pin_dir.as_deref(), &xdp_pin, link)?;
+        let tc = match self.classifier.attach_tc(&name) {
+            Ok(Some(l)) => Some(hold_tc(self.pin_dir.as_deref(), &tc_pin, l)?),
             Ok(None) => None,
             Err(e) => {
                 log::warn!(
-                    "replies to the host's own connections will not be recognised on {}: attaching the TC egress recorder failed: {e}",
-                    self.iface
+                    "replies to the host's own connections will not be recognised on {name}: attaching the TC egress recorder failed: {e}"
                 );
                 None
             }
         };
-        self.links = Links { xdp: Some(xdp), tc };
-        self.xdp_mode = mode;
+        let leg = &mut self.legs[i];
+        leg.links = Links { xdp: Some(xdp), tc };
+        leg.xdp_mode = mode;
         Ok(())
     }
 
     /// Releases the links (detaching the programs) unless `keep`, in which
     /// case pinned links stay attached for the next run.
     pub fn release_links(&mut self, keep: bool) {
-        let links = std::mem::take(&mut self.links);
+        for i in 0..self.legs.len() {
+            self.release_leg(i, keep);
+        }
+    }
+
+    fn release_leg(&mut self, i: usize, keep: bool) {
+        let leg = &mut self.legs[i];
+        let links = std::mem::take(&mut leg.links);
         for l in [links.xdp, links.tc].into_iter().flatten() {
             if keep {
                 drop(l);
@@ -257,53 +349,90 @@ impl Daemon {
                 l.release();
             }
         }
-        self.ifindex = 0;
+        leg.ifindex = 0;
     }
 
-    /// Brings the attachment in line with the interface: called on every
+    /// Tells the packet path which ifindex is which leg.
+    fn publish_legs(&mut self) {
+        let ifindexes: Vec<u32> = self.legs.iter().map(|l| l.ifindex).collect();
+        if let Err(e) = self.classifier.set_legs(&ifindexes) {
+            log::error!(
+                "writing the legs' interface indexes: {e}; counters may be labelled with the wrong leg"
+            );
+        }
+        self.events.set_legs(
+            self.legs
+                .iter()
+                .map(|l| (l.ifindex, l.name.clone()))
+                .collect(),
+        );
+    }
+
+    /// Brings the attachment in line with the interfaces: called on every
     /// link event and once a second. The kernel's interface table is the
     /// truth; the events only make the check prompt.
     pub fn follow_interface(&mut self) {
-        let now = iface::index(&self.iface);
-        if self.attached() && now == self.ifindex {
-            return;
+        let mut changed = false;
+        for i in 0..self.legs.len() {
+            changed |= self.follow_leg(i);
         }
-        if self.attached() {
+        if changed {
+            self.publish_legs();
+            self.save_state();
+        }
+        self.follow_addresses();
+    }
+
+    /// Follows one leg; true when its attachment changed.
+    fn follow_leg(&mut self, i: usize) -> bool {
+        let (name, attached, was) = {
+            let l = &self.legs[i];
+            (l.name.clone(), l.attached(), l.ifindex)
+        };
+        let now = iface::index(&name);
+        if attached && now == was {
+            return false;
+        }
+        if attached {
             log::error!(
-                "{} (ifindex {}) went away: nothing is attached and portguard_xdp_attached is 0 until an interface named {} exists again",
-                self.iface,
-                self.ifindex,
-                self.iface
+                "{name} (ifindex {was}) went away: nothing is attached there and portguard_xdp_attached{{iface=\"{name}\"}} is 0 until an interface named {name} exists again"
             );
             // The links point at a deleted device: drop them and their pins
             // so that no later start tries to update a defunct link.
-            self.release_links(false);
+            self.release_leg(i, false);
         }
         if now == 0 {
-            return;
+            return attached;
         }
-        match self.attach_fresh() {
+        match self.attach_fresh(i) {
             Ok(()) => {
-                self.ifindex = now;
-                self.attach_error = None;
+                let leg = &mut self.legs[i];
+                leg.ifindex = now;
+                leg.attach_error = None;
                 log::info!(
-                    "{} is back (ifindex {now}): catalog generation {} attached again ({} XDP), counters kept",
-                    self.iface,
+                    "{name} is back (ifindex {now}): catalog generation {} attached again ({} XDP), counters kept",
                     self.catalog_generation,
-                    self.xdp_mode
+                    self.legs[i].xdp_mode
                 );
-                self.save_state();
+                true
             }
             Err(e) => {
                 let msg = e.to_string();
-                if self.attach_error.as_deref() != Some(msg.as_str()) {
+                let leg = &mut self.legs[i];
+                if leg.attach_error.as_deref() != Some(msg.as_str()) {
                     log::error!(
-                        "re-attaching to {} (ifindex {now}) failed, retrying every second: {msg}",
-                        self.iface
+                        "re-attaching to {name} (ifindex {now}) failed, retrying every second: {msg}"
                     );
-                    self.attach_error = Some(msg);
+                    leg.attach_error = Some(msg);
                 }
+                attached
             }
         }
+    }
+
+    /// Called once after start: the packet path and the event reader learn
+    /// the legs' interface indexes.
+    pub fn started(&mut self) {
+        self.publish_legs();
     }
 }

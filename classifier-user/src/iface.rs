@@ -78,6 +78,16 @@ pub fn is_loopback(name: &str) -> bool {
 
 /// The addresses assigned to the interface (IPv4 and IPv6).
 pub fn addresses(name: &str) -> Vec<IpAddr> {
+    addresses_where(|ifname| ifname == name.as_bytes())
+}
+
+/// Every address configured on the box, on any interface (loopback's
+/// included: a packet to 127.0.0.1 is the box's own too).
+pub fn all_addresses() -> Vec<IpAddr> {
+    addresses_where(|_| true)
+}
+
+fn addresses_where(wanted: impl Fn(&[u8]) -> bool) -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below.
@@ -94,7 +104,7 @@ pub fn addresses(name: &str) -> Vec<IpAddr> {
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
         let ifname = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if ifname.to_bytes() != name.as_bytes() {
+        if !wanted(ifname.to_bytes()) {
             continue;
         }
         // SAFETY: the family says which sockaddr the pointer holds.

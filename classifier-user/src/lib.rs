@@ -15,6 +15,7 @@ pub mod loader;
 pub mod metrics;
 pub mod metrics_http;
 pub mod ownership;
+pub mod pinned;
 pub mod policy;
 pub mod state;
 pub mod trusted;

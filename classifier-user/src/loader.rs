@@ -18,9 +18,10 @@ use aya::{
     },
 };
 use classifier_common::{
-    BLOCKS_PER_PROTO, COUNTER_ENTRIES, Config, Counter, EventBudget, EventConfig, FLAG_EVENTS,
-    FLAG_EVENTS_PASS, FLAG_TRACE, GenConfig, MgmtPorts, PROFILE_NONE, PROTO_COUNT, PortBlock,
-    ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM, map_names, port_block_index,
+    BLOCKS_PER_PROTO, COUNTER_MAP_ENTRIES, Config, Counter, DIRECTIONS, EventBudget, EventConfig,
+    FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, GenConfig, MAX_LEGS, MgmtPorts, PROFILE_NONE,
+    PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM, map_names,
+    port_block_index,
 };
 
 use crate::{
@@ -52,6 +53,8 @@ pub enum LoadError {
         "{iface} already has an XDP program that portguard did not attach; remove it first (`ip link set dev {iface} xdp off`)"
     )]
     Busy { iface: String },
+    #[error("reading the eBPF object: {0}")]
+    Object(String),
     #[error("no interface named {0}")]
     NoInterface(String),
     #[error(
@@ -80,10 +83,11 @@ pub enum XdpModeArg {
 /// The loaded classifier: programs verified, maps created (or reused from pins).
 pub struct Classifier {
     ebpf: Ebpf,
-    /// What this process last wrote into each (profile, generation) port
-    /// table. A reload then writes only the entries that differ; a table this
-    /// process never wrote (fresh start, reused pins) is written whole.
-    written: std::collections::HashMap<(u32, u32), Vec<PortBlock>>,
+    /// What this process last wrote into each (profile, generation,
+    /// direction) port table. A reload then writes only the entries that
+    /// differ; a table this process never wrote (fresh start, reused pins) is
+    /// written whole.
+    written: std::collections::HashMap<(u32, u32, u32), Vec<PortBlock>>,
 }
 
 impl Classifier {
@@ -95,6 +99,9 @@ impl Classifier {
     }
 
     pub fn load_object(object: &[u8], pin_dir: Option<&Path>) -> Result<Self, LoadError> {
+        if let Some(dir) = pin_dir {
+            drop_incompatible_pins(object, dir)?;
+        }
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&'static str, PathBuf)> = match pin_dir {
             Some(dir) => map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
@@ -199,22 +206,25 @@ impl Classifier {
         let mut written = std::mem::take(&mut self.written);
         let mut blocks = self.array::<PortBlock>(map_names::PORT_BLOCKS)?;
         for (profile, compiled) in policy.profiles.iter().enumerate() {
-            let key = (profile as u32, next);
-            let previous = written.remove(&key);
-            for proto in 0..PROTO_COUNT {
-                let base = port_block_index(profile as u32, next, proto, 0);
-                for b in 0..BLOCKS_PER_PROTO {
-                    let i = (proto * BLOCKS_PER_PROTO + b) as usize;
-                    let value = compiled.blocks[i];
-                    if previous.as_ref().is_some_and(|p| p[i] == value) {
-                        continue;
+            for direction in 0..DIRECTIONS {
+                let key = (profile as u32, next, direction);
+                let wanted = compiled.blocks_for(direction);
+                let previous = written.remove(&key);
+                for proto in 0..PROTO_COUNT {
+                    let base = port_block_index(profile as u32, next, direction, proto, 0);
+                    for b in 0..BLOCKS_PER_PROTO {
+                        let i = (proto * BLOCKS_PER_PROTO + b) as usize;
+                        let value = wanted[i];
+                        if previous.as_ref().is_some_and(|p| p[i] == value) {
+                            continue;
+                        }
+                        blocks
+                            .set(base + b, value, 0)
+                            .map_err(map_err(map_names::PORT_BLOCKS))?;
                     }
-                    blocks
-                        .set(base + b, value, 0)
-                        .map_err(map_err(map_names::PORT_BLOCKS))?;
                 }
+                written.insert(key, wanted.to_vec());
             }
-            written.insert(key, compiled.blocks.clone());
         }
         self.written = written;
 
@@ -230,6 +240,8 @@ impl Classifier {
             media_profiles: policy.media_profiles,
             catalog_generation,
             has_prefixes: u32::from(!policy.prefixes.is_empty()),
+            outbound_profiles: policy.outbound_profiles,
+            pad: 0,
         };
         config.mgmt_ports = policy.mgmt_ports;
         // First write the new generation's settings while the old one is in force…
@@ -287,6 +299,14 @@ impl Classifier {
                 .max_by_key(|(q, _)| q.len)
                 .map_or(PROFILE_NONE, |(_, profile)| *profile)
         };
+        // Own addresses are host prefixes: an entry is local exactly when it
+        // is one of them (the generation not flipped to keeps what it had).
+        let local_old = |p: &Prefix| -> u32 {
+            existing
+                .iter()
+                .find(|(q, _)| q == p)
+                .map_or(0, |(_, sel)| sel.local_by_generation[active as usize])
+        };
         let union: BTreeSet<Prefix> = existing
             .iter()
             .map(|(p, _)| *p)
@@ -296,6 +316,8 @@ impl Classifier {
             let mut sel = ProfileSel::default();
             sel.by_generation[active as usize] = resolve_old(&p);
             sel.by_generation[next as usize] = resolve_new(&p);
+            sel.local_by_generation[active as usize] = local_old(&p);
+            sel.local_by_generation[next as usize] = u32::from(policy.local.contains(&p));
             trie.insert(&Key::new(u32::from(p.len), p.addr), sel, 0)
                 .map_err(map_err(map_names::PROFILES))?;
         }
@@ -417,6 +439,17 @@ impl Classifier {
         self.set_config(&config)
     }
 
+    /// Tells the packet path which ifindex is which leg (appliance mode);
+    /// counters of a packet from an unlisted ifindex go to leg 0.
+    pub fn set_legs(&mut self, ifindexes: &[u32]) -> Result<(), LoadError> {
+        let mut config = self.config()?;
+        config.legs = [0; MAX_LEGS as usize];
+        for (slot, i) in config.legs.iter_mut().zip(ifindexes) {
+            *slot = *i;
+        }
+        self.set_config(&config)
+    }
+
     /// The counter index of the last packet (with tracing on).
     pub fn last_counter(&mut self) -> Result<u32, LoadError> {
         self.array::<u32>(map_names::TRACE)?
@@ -506,6 +539,57 @@ impl Classifier {
     }
 }
 
+/// Map pins that a portguard with another map layout left (an upgrade that
+/// changed a map's size) cannot be reused: the verifier would refuse the new
+/// program against them. They are unpinned so that fresh maps replace them,
+/// all together because the counters, slots and policy belong together. The
+/// link pins stay, so the takeover still swaps the programs without a gap;
+/// counters restart and the flow table starts empty, which the log says.
+fn drop_incompatible_pins(object: &[u8], dir: &Path) -> Result<(), LoadError> {
+    let obj = aya_obj::Object::parse(object).map_err(|e| LoadError::Object(e.to_string()))?;
+    let mut differs = Vec::new();
+    for name in map_names::ALL {
+        let path = dir.join(name);
+        let (Some(def), true) = (obj.maps.get(name), path.exists()) else {
+            continue;
+        };
+        match aya::maps::MapInfo::from_pin(&path) {
+            Ok(info)
+                if info.key_size() == def.key_size()
+                    && info.value_size() == def.value_size()
+                    && info.max_entries() == def.max_entries() => {}
+            Ok(info) => differs.push(format!(
+                "{name} (key {} value {} entries {}, this build {} {} {})",
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+                def.key_size(),
+                def.value_size(),
+                def.max_entries()
+            )),
+            Err(e) => differs.push(format!("{name} ({e})")),
+        }
+    }
+    if differs.is_empty() {
+        return Ok(());
+    }
+    log::warn!(
+        "{}: maps pinned by a portguard with another layout ({}): replacing them; counters restart from zero and the flow table starts empty (pinned links are still taken over without a gap)",
+        dir.display(),
+        differs.join(", ")
+    );
+    for name in map_names::ALL {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|source| LoadError::Pin {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// A load refused for want of a capability gets a message naming it, not the
 /// verifier's log. The process's own capabilities decide, because a genuine
 /// verifier rejection also returns EACCES.
@@ -561,7 +645,7 @@ pub fn read_counters<M: std::borrow::Borrow<MapData>>(
 ) -> Result<Vec<(u32, Counter)>, LoadError> {
     let mut out = Vec::new();
     for i in indices {
-        if i >= COUNTER_ENTRIES {
+        if i >= COUNTER_MAP_ENTRIES {
             continue;
         }
         let per_cpu = counters.get(&i, 0).map_err(map_err(map_names::COUNTERS))?;
@@ -582,6 +666,16 @@ pub fn pin_dir(bpffs: &Path, iface: &str) -> PathBuf {
 
 pub const XDP_LINK_PIN: &str = "xdp_link";
 pub const TC_LINK_PIN: &str = "tc_link";
+
+/// The pin of a leg's link: the first leg's is `base` (as a one-interface
+/// instance has always named it), another's `base@IF` (bpffs refuses dots in names).
+pub fn link_pin_name(base: &str, leg: u32, iface: &str) -> String {
+    if leg == 0 {
+        base.to_string()
+    } else {
+        format!("{base}@{iface}")
+    }
+}
 
 /// Opens a pinned link if there is one.
 pub fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> {

@@ -45,21 +45,23 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Renders every metric of docs/metrics.md for one daemon.
 pub fn render(daemon: &mut Daemon) -> Result<String, String> {
-    let snap = daemon.snapshot().map_err(|e| e.to_string())?;
+    let snaps = daemon.snapshots().map_err(|e| e.to_string())?;
     let mut registry = Registry::default();
 
     let packets = Family::<PacketLabels, Counter>::default();
     let bytes = Family::<PacketLabels, Counter>::default();
-    for (k, c) in &snap.rows {
-        let labels = PacketLabels {
-            iface: daemon.iface.clone(),
-            role: k.role.clone(),
-            service: k.service.clone(),
-            proto: k.proto.clone(),
-            verdict: k.verdict.to_string(),
-        };
-        packets.get_or_create(&labels).inc_by(c.packets);
-        bytes.get_or_create(&labels).inc_by(c.bytes);
+    for (leg, snap) in &snaps {
+        for (k, c) in &snap.rows {
+            let labels = PacketLabels {
+                iface: leg.clone(),
+                role: k.role.clone(),
+                service: k.service.clone(),
+                proto: k.proto.clone(),
+                verdict: k.verdict.to_string(),
+            };
+            packets.get_or_create(&labels).inc_by(c.packets);
+            bytes.get_or_create(&labels).inc_by(c.bytes);
+        }
     }
     registry.register(
         "portguard_packets",
@@ -73,13 +75,15 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
     );
 
     let drops = Family::<DropLabels, Counter>::default();
-    for (reason, c) in &snap.drops {
-        drops
-            .get_or_create(&DropLabels {
-                iface: daemon.iface.clone(),
-                reason: (*reason).to_string(),
-            })
-            .inc_by(c.packets);
+    for (leg, snap) in &snaps {
+        for (reason, c) in &snap.drops {
+            drops
+                .get_or_create(&DropLabels {
+                    iface: leg.clone(),
+                    reason: (*reason).to_string(),
+                })
+                .inc_by(c.packets);
+        }
     }
     registry.register(
         "portguard_drops",
@@ -117,12 +121,14 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
     registry.register("portguard_reloads", "Catalog reloads by result", reloads);
 
     let attached = Family::<AttachLabels, Gauge>::default();
-    attached
-        .get_or_create(&AttachLabels {
-            iface: daemon.iface.clone(),
-            mode: daemon.xdp_mode.to_string(),
-        })
-        .set(i64::from(daemon.attached()));
+    for leg in &daemon.legs {
+        attached
+            .get_or_create(&AttachLabels {
+                iface: leg.name.clone(),
+                mode: leg.xdp_mode.to_string(),
+            })
+            .set(i64::from(leg.attached()));
+    }
     registry.register(
         "portguard_xdp_attached",
         "1 while the XDP program is attached",

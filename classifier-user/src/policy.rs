@@ -11,13 +11,13 @@ use std::{
 };
 
 use classifier_common::{
-    Addr, BLOCKS_PER_PROTO, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR, MAX_PROFILES,
-    MAX_RULE_SLOTS, MGMT_PORTS, PORTS_PER_BLOCK, PROFILE_NONE, PROTO_COUNT, PROTO_TCP, PROTO_UDP,
-    PortBlock,
+    Addr, BLOCKS_PER_PROTO, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR,
+    MAX_PROFILES, MAX_RULE_SLOTS, MGMT_PORTS, PORTS_PER_BLOCK, PROFILE_NONE, PROTO_COUNT,
+    PROTO_TCP, PROTO_UDP, PortBlock,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, CatalogError, EffectiveRule, Protocol, assign_ports};
+use crate::catalog::{Catalog, CatalogError, Direction, EffectiveRule, Protocol, assign_ports_in};
 
 /// Roles whose rules open the audio/video media ranges: a host running one of
 /// them sits on a media path, where the server ports document's IPsec exception
@@ -214,6 +214,13 @@ pub struct PolicySpec {
     pub drop_echo: bool,
     pub drop_ipsec_on_media: bool,
     pub client_media: Option<(u16, u16)>,
+    /// Appliance mode: profiles match sources against outbound rows too,
+    /// `default_roles` are the roles of the box's own addresses, and the
+    /// lockout guard covers only those.
+    pub appliance: bool,
+    /// Appliance mode: every address configured on the box (kept current by
+    /// the daemon from netlink).
+    pub local_addrs: Vec<IpAddr>,
 }
 
 impl PolicySpec {
@@ -227,6 +234,9 @@ impl PolicySpec {
         }
         if self.drop_ipsec_on_media {
             f |= FLAG_DROP_IPSEC_MEDIA;
+        }
+        if self.appliance {
+            f |= FLAG_APPLIANCE;
         }
         f
     }
@@ -242,6 +252,10 @@ pub struct RuleKey {
     pub proto: String,
     pub port_start: u16,
     pub port_end: u16,
+    /// "outbound" for an outbound row (appliance mode), empty for inbound:
+    /// state files written before directions existed read back unchanged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub direction: String,
 }
 
 impl RuleKey {
@@ -252,6 +266,10 @@ impl RuleKey {
             proto: proto_name(rule.protocol).to_string(),
             port_start: rule.port_start,
             port_end: rule.port_end,
+            direction: match rule.direction {
+                Direction::Inbound => String::new(),
+                Direction::Outbound => Direction::Outbound.as_str().to_string(),
+            },
         }
     }
 }
@@ -302,18 +320,39 @@ impl SlotRegistry {
 /// One profile's port arrays for both protocols, ready to copy into the map.
 pub struct CompiledProfile {
     pub roles: Vec<String>,
-    /// `PROTO_COUNT * BLOCKS_PER_PROTO` blocks: TCP first, then UDP.
+    /// Inbound rows: `PROTO_COUNT * BLOCKS_PER_PROTO` blocks, TCP first, then UDP.
     pub blocks: Vec<PortBlock>,
+    /// Outbound rows in the same shape (appliance mode; all zero on a host).
+    pub outbound: Vec<PortBlock>,
     pub media: bool,
     pub rules: usize,
 }
 
+fn slot_in(blocks: &[PortBlock], proto: u32, port: u16) -> u16 {
+    let b = &blocks[(proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK) as usize];
+    b.slots[(u32::from(port) % PORTS_PER_BLOCK) as usize]
+}
+
 impl CompiledProfile {
-    /// The slot the packet path finds for (proto, port).
+    /// The slot the packet path finds for (proto, destination port) of a
+    /// packet to an address of this profile.
     pub fn slot(&self, proto: u32, port: u16) -> u16 {
-        let b =
-            &self.blocks[(proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK) as usize];
-        b.slots[(u32::from(port) % PORTS_PER_BLOCK) as usize]
+        slot_in(&self.blocks, proto, port)
+    }
+
+    /// The slot for (proto, destination port) of a packet from an address of
+    /// this profile (appliance mode).
+    pub fn outbound_slot(&self, proto: u32, port: u16) -> u16 {
+        slot_in(&self.outbound, proto, port)
+    }
+
+    /// The blocks of one direction (`DIR_INBOUND` or `DIR_OUTBOUND`).
+    pub fn blocks_for(&self, direction: u32) -> &[PortBlock] {
+        if direction == classifier_common::DIR_OUTBOUND {
+            &self.outbound
+        } else {
+            &self.blocks
+        }
     }
 }
 
@@ -321,9 +360,14 @@ impl CompiledProfile {
 pub struct CompiledPolicy {
     pub profiles: Vec<CompiledProfile>,
     pub default_profile: u32,
-    /// Destination prefixes and their profile.
+    /// Prefixes and their profile (appliance mode: the box's own addresses
+    /// among them, as host prefixes).
     pub prefixes: Vec<(Prefix, u32)>,
+    /// Appliance mode: the box's own addresses, as host prefixes.
+    pub local: Vec<Prefix>,
     pub media_profiles: u32,
+    /// Bit p: profile p has outbound rows.
+    pub outbound_profiles: u32,
     pub flags: u32,
     /// `MGMT` trie entries, with the ports of every containing prefix folded in.
     pub mgmt: Vec<(Prefix, [u16; MGMT_PORTS])>,
@@ -336,15 +380,25 @@ pub struct CompiledPolicy {
 impl CompiledPolicy {
     /// Which profile the packet path picks for a destination address.
     pub fn profile_for(&self, dst: &Addr) -> u32 {
+        self.prefix_profile(dst).unwrap_or(self.default_profile)
+    }
+
+    /// The profile of the longest prefix holding `addr`, if any.
+    pub fn prefix_profile(&self, addr: &Addr) -> Option<u32> {
         let host = Prefix {
-            addr: *dst,
+            addr: *addr,
             len: 128,
         };
         self.prefixes
             .iter()
             .filter(|(p, _)| p.contains(&host))
             .max_by_key(|(p, _)| p.len)
-            .map_or(self.default_profile, |(_, profile)| *profile)
+            .map(|(_, profile)| *profile)
+    }
+
+    /// Whether `addr` is one of the appliance's own addresses.
+    pub fn is_local(&self, addr: &Addr) -> bool {
+        self.local.iter().any(|p| p.addr == *addr)
     }
 }
 
@@ -357,21 +411,25 @@ pub fn compile(
         Some((start, end)) => catalog.with_client_media(start, end)?,
         None => catalog.clone(),
     };
-    let mut role_sets: Vec<&Vec<String>> = Vec::new();
-    let default_profile = match &spec.default_roles {
-        Some(roles) => {
-            role_sets.push(roles);
+    let mut role_sets: Vec<Vec<String>> = Vec::new();
+    let default_profile = match (&spec.default_roles, spec.appliance) {
+        // An appliance's --role are the roles of its own addresses (added
+        // below as host prefixes); anything else is a forwarded packet that
+        // a --profile must cover.
+        (_, true) => PROFILE_NONE,
+        (Some(roles), false) => {
+            role_sets.push(roles.clone());
             0
         }
-        None => PROFILE_NONE,
+        (None, false) => PROFILE_NONE,
     };
     let mut prefixes = Vec::new();
     for p in &spec.profiles {
         // Profiles with the same roles share their arrays.
-        let idx = match role_sets.iter().position(|r| **r == p.roles) {
+        let idx = match role_sets.iter().position(|r| *r == p.roles) {
             Some(i) => i,
             None => {
-                role_sets.push(&p.roles);
+                role_sets.push(p.roles.clone());
                 role_sets.len() - 1
             }
         };
@@ -382,6 +440,44 @@ pub fn compile(
             });
         }
         prefixes.push((p.prefix, idx as u32));
+    }
+    let mut local = Vec::new();
+    if spec.appliance {
+        // The box's own addresses: --role's rows (none without --role: the
+        // essentials and the lockout guard only). An address a --profile
+        // names exactly keeps that profile and is still the box's own.
+        let roles = spec.default_roles.clone().unwrap_or_default();
+        let idx = match role_sets.iter().position(|r| *r == roles) {
+            Some(i) => i,
+            None => {
+                role_sets.push(roles);
+                role_sets.len() - 1
+            }
+        };
+        let mut addrs: Vec<Prefix> = spec
+            .local_addrs
+            .iter()
+            .filter_map(|ip| Prefix::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).ok())
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        for host in addrs {
+            if !prefixes.iter().any(|(q, _)| *q == host) {
+                prefixes.push((host, idx as u32));
+            }
+            local.push(host);
+        }
+        if prefixes.len() > classifier_common::LPM_ENTRIES as usize {
+            return Err(PolicyError::Flag {
+                flag: "--profile",
+                message: format!(
+                    "the profiles and the box's {} addresses need {} entries; the profile table holds {}",
+                    local.len(),
+                    prefixes.len(),
+                    classifier_common::LPM_ENTRIES
+                ),
+            });
+        }
     }
     if role_sets.len() > MAX_PROFILES as usize {
         return Err(PolicyError::TooManyProfiles);
@@ -395,24 +491,28 @@ pub fn compile(
 
     let mut profiles = Vec::new();
     let mut media_profiles = 0u32;
+    let mut outbound_profiles = 0u32;
     let mut rules_per_role = BTreeMap::new();
     for (i, roles) in role_sets.iter().enumerate() {
         let rules = catalog.effective_rules(roles)?;
-        let mut blocks = vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize];
-        // Only inbound rows reach the port arrays (assign_ports skips the
-        // others): a host's outbound rows are its own connections, whose
-        // replies the egress flow recorder lets back in, so opening their
-        // ports inbound would let in unsolicited packets.
-        for a in assign_ports(&rules) {
-            let slot = registry.slot_of(&RuleKey::of(&rules[a.rule]))?;
-            let proto = match a.protocol {
-                Protocol::Tcp => PROTO_TCP,
-                Protocol::Udp => PROTO_UDP,
-            };
-            for port in a.start..=a.end {
-                let idx = proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK;
-                blocks[idx as usize].slots[(u32::from(port) % PORTS_PER_BLOCK) as usize] = slot;
-            }
+        // Inbound rows match the packet's destination. Outbound rows match
+        // its source, which only an appliance sees on ingress: on a host
+        // they are its own connections, whose replies the egress flow
+        // recorder lets back in, and opening their ports inbound would let
+        // in unsolicited packets.
+        let blocks = port_blocks(&rules, Direction::Inbound, registry)?;
+        let (outbound, has_outbound) = if spec.appliance {
+            let b = port_blocks(&rules, Direction::Outbound, registry)?;
+            let any = b.iter().any(|x| x.slots.iter().any(|&s| s != 0));
+            (b, any)
+        } else {
+            (
+                vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize],
+                false,
+            )
+        };
+        if has_outbound {
+            outbound_profiles |= 1 << i;
         }
         for r in &rules {
             *rules_per_role.entry(r.role.clone()).or_insert(0) += 1;
@@ -422,8 +522,9 @@ pub fn compile(
             media_profiles |= 1 << i;
         }
         profiles.push(CompiledProfile {
-            roles: (*roles).clone(),
+            roles: roles.clone(),
             blocks,
+            outbound,
             media,
             rules: rules.len(),
         });
@@ -433,12 +534,36 @@ pub fn compile(
         profiles,
         default_profile,
         prefixes,
+        local,
         media_profiles,
+        outbound_profiles,
         flags: spec.flags(),
         mgmt: fold_mgmt(&spec.mgmt)?,
         mgmt_ports: mgmt_ports(&spec.mgmt)?,
         rules_per_role,
     })
+}
+
+/// One direction's port arrays of a profile, each port holding the slot of
+/// the rule that owns it.
+fn port_blocks(
+    rules: &[EffectiveRule],
+    direction: Direction,
+    registry: &mut SlotRegistry,
+) -> Result<Vec<PortBlock>, PolicyError> {
+    let mut blocks = vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize];
+    for a in assign_ports_in(rules, direction) {
+        let slot = registry.slot_of(&RuleKey::of(&rules[a.rule]))?;
+        let proto = match a.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        };
+        for port in a.start..=a.end {
+            let idx = proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK;
+            blocks[idx as usize].slots[(u32::from(port) % PORTS_PER_BLOCK) as usize] = slot;
+        }
+    }
+    Ok(blocks)
 }
 
 /// An LPM lookup returns only the longest match, so every prefix carries the

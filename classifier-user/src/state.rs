@@ -32,6 +32,9 @@ pub fn run_dir() -> Result<PathBuf, TrustError> {
 pub struct State {
     pub pid: u32,
     pub iface: String,
+    /// Every interface the instance guards, the first being `iface` (empty
+    /// in files written before appliance mode: then `iface` alone).
+    pub legs: Vec<String>,
     pub xdp_mode: String,
     pub mode: String,
     pub catalog: Option<PathBuf>,
@@ -47,6 +50,42 @@ impl State {
 
 pub fn path(run_dir: &Path, iface: &str) -> PathBuf {
     run_dir.join(format!("{iface}.json"))
+}
+
+impl State {
+    /// The instance's interfaces.
+    pub fn legs(&self) -> Vec<String> {
+        if self.legs.is_empty() {
+            vec![self.iface.clone()]
+        } else {
+            self.legs.clone()
+        }
+    }
+}
+
+/// The instance `iface` belongs to: its own name when it is an instance's
+/// first interface (or no instance knows it), else the first interface of
+/// the appliance instance that guards it as another leg. Commands given any
+/// leg of an appliance find its pins, state and socket through this.
+pub fn instance_of(run_dir: &Path, iface: &str) -> String {
+    if path(run_dir, iface).exists() {
+        return iface.to_string();
+    }
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return iface.to_string();
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        if let Ok(st) = load(&p)
+            && st.legs.iter().any(|l| l == iface)
+        {
+            return st.iface;
+        }
+    }
+    iface.to_string()
 }
 
 /// Reads a state file without following a symlink, refusing one that is not
@@ -109,11 +148,24 @@ mod tests {
                 proto: "tcp".into(),
                 port_start: 5061,
                 port_end: 5061,
+                direction: String::new(),
+            },
+        );
+        slots.insert(
+            4,
+            RuleKey {
+                role: "av-edge-external".into(),
+                service: "STUN".into(),
+                proto: "udp".into(),
+                port_start: 3478,
+                port_end: 3478,
+                direction: "outbound".into(),
             },
         );
         let s = State {
             pid: 42,
             iface: "eth9".into(),
+            legs: vec!["eth9".into(), "eth10".into()],
             slots,
             ..State::default()
         };
@@ -121,6 +173,27 @@ mod tests {
         let back = load(&p).expect("load");
         assert_eq!(back.pid, 42);
         assert_eq!(back.registry().get(3).map(|k| k.port_start), Some(5061));
+        assert_eq!(
+            back.registry().get(4).map(|k| k.direction.as_str()),
+            Some("outbound")
+        );
+        assert_eq!(back.legs(), ["eth9", "eth10"]);
+        // Any leg names the instance; an unknown interface names itself.
+        assert_eq!(instance_of(&dir, "eth10"), "eth9");
+        assert_eq!(instance_of(&dir, "eth9"), "eth9");
+        assert_eq!(instance_of(&dir, "eth11"), "eth11");
+        // A file written before directions and legs existed reads back.
+        fs::write(
+            path(&dir, "old0"),
+            r#"{"pid":1,"iface":"old0","slots":{"1":{"role":"a","service":"s","proto":"tcp","port_start":1,"port_end":2}}}"#,
+        )
+        .expect("old state");
+        let old = load(&path(&dir, "old0")).expect("an old state file loads");
+        assert_eq!(old.legs(), ["old0"]);
+        assert_eq!(
+            old.registry().get(1).map(|k| k.direction.as_str()),
+            Some("")
+        );
         let _ = fs::remove_dir_all(dir);
     }
 }

@@ -866,6 +866,7 @@ fn a_full_disk_leaves_the_previous_state_file_and_no_temporary_one() {
                 proto: "udp".into(),
                 port_start: i,
                 port_end: i,
+                direction: String::new(),
             },
         );
     }

@@ -25,7 +25,7 @@ pub use model::{
 };
 pub use parse::{MAX_DIAGNOSTICS, MAX_OVERLAPS_LISTED, MAX_ROLES, MAX_RULE_ENTRIES};
 pub use read::{MAX_CATALOG_BYTES, ReadError, read_bounded};
-pub use resolve::assign_ports;
+pub use resolve::{assign_ports, assign_ports_in};
 
 /// The origin name used in diagnostics for the embedded catalog.
 pub const EMBEDDED_NAME: &str = "catalog/sfb2015.toml";

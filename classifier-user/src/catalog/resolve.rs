@@ -61,6 +61,12 @@ pub(super) fn closure(catalog: &Catalog, roles: &[String]) -> Result<Vec<String>
 /// rules: they are the host's own connections, whose replies the flow
 /// recorder lets back in. Sorted by (protocol, start).
 pub fn assign_ports(rules: &[EffectiveRule]) -> Vec<PortAssignment> {
+    assign_ports_in(rules, Direction::Inbound)
+}
+
+/// [`assign_ports`] for the rules of one direction: appliance mode compiles
+/// the outbound rows too, matched against the packet's source address.
+pub fn assign_ports_in(rules: &[EffectiveRule], direction: Direction) -> Vec<PortAssignment> {
     let mut out: Vec<PortAssignment> = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         let candidates: Vec<(usize, &EffectiveRule)> = rules
@@ -69,7 +75,7 @@ pub fn assign_ports(rules: &[EffectiveRule]) -> Vec<PortAssignment> {
             .filter(|(_, r)| {
                 r.protocol == protocol
                     && r.side == MatchSide::Destination
-                    && r.direction == Direction::Inbound
+                    && r.direction == direction
                     && r.port_start <= r.port_end
             })
             .collect();

@@ -19,7 +19,12 @@ pub fn detach(args: DetachArgs) -> u8 {
     if let Err(e) = iface::validate(&args.iface) {
         return fail(e.to_string(), EXIT_USAGE);
     }
-    let dir = loader::pin_dir(&args.bpffs, &args.iface);
+    // Any leg of an appliance names the whole instance: its pins are one
+    // set, and detaching one leg would leave the others guarded by a policy
+    // nobody manages.
+    let run_dir = std::path::Path::new(state::RUN_DIR);
+    let name = state::instance_of(run_dir, &args.iface);
+    let dir = loader::pin_dir(&args.bpffs, &name);
     if !dir.exists() {
         return fail(
             format!(
@@ -33,23 +38,35 @@ pub fn detach(args: DetachArgs) -> u8 {
     if let Err(e) = trusted::check_existing_dir(&dir) {
         return fail(e.to_string(), EXIT_FAILURE);
     }
-    let lock = match InstanceLock::acquire(&args.iface, false) {
-        Ok(l) => l,
-        Err(e) => return fail(format!("--iface {}: {e}", args.iface), EXIT_FAILURE),
-    };
+    let legs = state::load(&state::path(run_dir, &name))
+        .map(|s| s.legs())
+        .unwrap_or_else(|_| vec![name.clone()]);
+    let mut locks = Vec::new();
+    for leg in &legs {
+        match InstanceLock::acquire(leg, false) {
+            Ok(l) => locks.push(l),
+            Err(e) => return fail(format!("--iface {leg}: {e}"), EXIT_FAILURE),
+        }
+    }
     loader::remove_pins(&dir);
     if let Ok(run_dir) = state::run_dir() {
-        let _ = std::fs::remove_file(state::path(&run_dir, &args.iface));
+        let _ = std::fs::remove_file(state::path(&run_dir, &name));
         // The control socket of a daemon that was killed.
-        let _ = std::fs::remove_file(crate::events::control::socket_path(&run_dir, &args.iface));
+        let _ = std::fs::remove_file(crate::events::control::socket_path(&run_dir, &name));
     }
-    lock.release();
+    for lock in locks {
+        lock.release();
+    }
     if dir.exists() {
         return fail(
             format!("--iface {}: could not remove {}", args.iface, dir.display()),
             EXIT_FAILURE,
         );
     }
-    let _ = writeln!(std::io::stdout(), "detached portguard from {}", args.iface);
+    let _ = writeln!(
+        std::io::stdout(),
+        "detached portguard from {}",
+        legs.join(", ")
+    );
     EXIT_OK
 }

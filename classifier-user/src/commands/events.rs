@@ -57,7 +57,8 @@ pub fn request(
     iface: &str,
     request: &Request,
 ) -> Result<BufReader<UnixStream>, ClientError> {
-    let path = control::socket_path(run_dir, iface);
+    // Any leg of an appliance reaches the instance's one socket.
+    let path = control::socket_path(run_dir, &crate::state::instance_of(run_dir, iface));
     let shown = path.display().to_string();
     let mut stream = UnixStream::connect(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::programs::links::FdLink;
-use classifier_common::LPM_ENTRIES;
+use classifier_common::{LPM_ENTRIES, MAX_LEGS};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::Mutex,
@@ -19,7 +19,7 @@ use tokio::{
 pub use crate::daemon::{RunError, read_catalog};
 use crate::{
     cli::{EXIT_OK, Mode, RunArgs},
-    daemon::{self, Daemon, Links, ReloadCounts},
+    daemon::{self, Daemon, Leg, Links, ReloadCounts},
     iface,
     link_watch::LinkEvents,
     loader::{self, Classifier, XdpModeArg},
@@ -48,6 +48,15 @@ pub fn spec_from_args(args: &RunArgs) -> PolicySpec {
         drop_echo: args.drop_echo,
         drop_ipsec_on_media: args.drop_ipsec_on_media,
         client_media: args.client_media_ports,
+        appliance: args.is_appliance(),
+        local_addrs: if args.is_appliance() {
+            let mut a = iface::all_addresses();
+            a.sort();
+            a.dedup();
+            a
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -77,19 +86,28 @@ pub fn run(args: RunArgs) -> u8 {
 
 /// What can be refused from the flags alone, before anything is touched.
 fn check_flags(args: &RunArgs, spec: &PolicySpec) -> Result<(), RunError> {
-    iface::validate(&args.iface).map_err(|e| RunError::Usage(e.to_string()))?;
-    let loopback = iface::is_loopback(&args.iface);
-    if loopback && !args.allow_loopback {
+    if args.iface.len() > MAX_LEGS as usize {
         return Err(RunError::Usage(format!(
-            "--iface {}: a loopback interface carries the host's own traffic (portguard's metrics included) and the policy would cut it; give --allow-loopback to protect it anyway",
-            args.iface
+            "--iface: at most {MAX_LEGS} interfaces per instance, {} given",
+            args.iface.len()
         )));
     }
-    if loopback && args.xdp_mode == XdpModeArg::Native {
-        return Err(RunError::Usage(format!(
-            "--xdp-mode native: the loopback driver of {} has no native XDP; use --xdp-mode generic (or auto)",
-            args.iface
-        )));
+    for (i, name) in args.iface.iter().enumerate() {
+        iface::validate(name).map_err(|e| RunError::Usage(e.to_string()))?;
+        if args.iface[..i].contains(name) {
+            return Err(RunError::Usage(format!("--iface {name} is given twice")));
+        }
+        let loopback = iface::is_loopback(name);
+        if loopback && !args.allow_loopback {
+            return Err(RunError::Usage(format!(
+                "--iface {name}: a loopback interface carries the host's own traffic (portguard's metrics included) and the policy would cut it; give --allow-loopback to protect it anyway"
+            )));
+        }
+        if loopback && args.xdp_mode == XdpModeArg::Native {
+            return Err(RunError::Usage(format!(
+                "--xdp-mode native: the loopback driver of {name} has no native XDP; use --xdp-mode generic (or auto)"
+            )));
+        }
     }
     if spec.profiles.len() > LPM_ENTRIES as usize {
         return Err(RunError::Usage(format!(
@@ -120,9 +138,18 @@ fn metrics_on_protected_iface(addr: SocketAddr, ifname: &str) -> Option<String> 
 
 /// "front-end, client", or what the absence of --role means.
 fn roles_text(spec: &PolicySpec) -> String {
-    match &spec.default_roles {
-        Some(r) => format!("roles {}", r.join(", ")),
-        None => "no default roles (only --profile destinations pass)".into(),
+    match (&spec.default_roles, spec.appliance) {
+        (Some(r), false) => format!("roles {}", r.join(", ")),
+        (None, false) => "no default roles (only --profile destinations pass)".into(),
+        (Some(r), true) => format!(
+            "appliance mode, its {} own addresses with roles {}",
+            spec.local_addrs.len(),
+            r.join(", ")
+        ),
+        (None, true) => format!(
+            "appliance mode, its {} own addresses with the essentials and the lockout guard only",
+            spec.local_addrs.len()
+        ),
     }
 }
 
@@ -161,14 +188,17 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
         );
     }
     // Everything that can be checked without privileges is checked first, so
-    // a typo never touches the interface.
+    // a typo never touches an interface.
     let catalog = read_catalog(args.catalog.as_deref())?;
-    let ifindex = iface::index(&args.iface);
-    if ifindex == 0 {
-        return Err(RunError::Usage(format!(
-            "--iface {}: no such interface",
-            args.iface
-        )));
+    let mut ifindexes = Vec::new();
+    for name in &args.iface {
+        let ifindex = iface::index(name);
+        if ifindex == 0 {
+            return Err(RunError::Usage(format!(
+                "--iface {name}: no such interface"
+            )));
+        }
+        ifindexes.push(ifindex);
     }
     let pins = match loader::ensure_bpffs(&args.bpffs) {
         Ok(()) => true,
@@ -186,27 +216,31 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
             false
         }
     };
-    // The lock first: until it is ours, nothing of another instance's
-    // (pins, state, the interface) may be touched, --clean-start included.
-    let lock = InstanceLock::acquire(&args.iface, args.clean_start)?;
-    let result = run_locked(&args, spec, &catalog, ifindex, pins);
-    lock.release();
+    // The locks first, one per leg: until they are ours, nothing of another
+    // instance's (pins, state, an interface) may be touched, --clean-start
+    // included. A failure drops the locks taken so far.
+    let mut locks = Vec::new();
+    for name in &args.iface {
+        locks.push(InstanceLock::acquire(name, args.clean_start)?);
+    }
+    let result = run_locked(&args, spec, catalog, &ifindexes, pins);
+    for lock in locks {
+        lock.release();
+    }
     result
 }
 
 fn run_locked(
     args: &RunArgs,
     spec: PolicySpec,
-    catalog: &crate::catalog::Catalog,
-    ifindex: u32,
+    catalog: crate::catalog::Catalog,
+    ifindexes: &[u32],
     pins: bool,
 ) -> Result<(), RunError> {
-    let state_path = state::path(&state::run_dir()?, &args.iface);
+    let primary = args.iface[0].as_str();
+    let state_path = state::path(&state::run_dir()?, primary);
     let pin_dir = if pins {
-        Some(trusted::private_dir(
-            &args.bpffs,
-            &["portguard", args.iface.as_str()],
-        )?)
+        Some(trusted::private_dir(&args.bpffs, &["portguard", primary])?)
     } else {
         None
     };
@@ -226,7 +260,7 @@ fn run_locked(
             loader::remove_pins(dir);
             let _ = fs::remove_file(&state_path);
             // remove_pins took the (empty) directories too.
-            trusted::private_dir(&args.bpffs, &["portguard", args.iface.as_str()])?;
+            trusted::private_dir(&args.bpffs, &["portguard", primary])?;
         } else if let Ok(previous) = state::load(&state_path) {
             registry = previous.registry();
             previous_mode = if previous.xdp_mode == "generic" {
@@ -236,14 +270,16 @@ fn run_locked(
             };
         }
     }
-    // Bind before attaching: a busy address must fail before the interface changes.
+    // Bind before attaching: a busy address must fail before an interface changes.
     let metrics_listener = std::net::TcpListener::bind(args.metrics_addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| RunError::Runtime(format!("--metrics-addr {}: {e}", args.metrics_addr)))?;
-    if let Some(w) = metrics_on_protected_iface(args.metrics_addr, &args.iface) {
-        log::warn!("{w}");
+    for name in &args.iface {
+        if let Some(w) = metrics_on_protected_iface(args.metrics_addr, name) {
+            log::warn!("{w}");
+        }
     }
-    let compiled = policy::compile(catalog, &spec, &mut registry)?;
+    let compiled = policy::compile(&catalog, &spec, &mut registry)?;
 
     let mut classifier = Classifier::load(pin_dir.as_deref())?;
     let previous_generation = classifier
@@ -255,63 +291,78 @@ fn run_locked(
         .unwrap_or(0);
     let catalog_generation = previous_generation + 1;
     classifier.install(&compiled, catalog_generation)?;
+    // Before any attach, so that every leg's first packet is counted as its own.
+    classifier.set_legs(ifindexes)?;
 
-    // Take over a link a previous run left pinned: one atomic program swap.
-    let old_xdp = match &pin_dir {
-        Some(dir) => live_pinned_link(dir, loader::XDP_LINK_PIN, ifindex)?,
-        None => None,
-    };
-    let (xdp_link, xdp_mode) = match old_xdp {
-        Some(link) => {
-            log::info!(
-                "taking over the XDP program a previous run left on {}",
-                args.iface
-            );
-            (classifier.take_over_xdp(link)?, previous_mode)
-        }
-        None => classifier.attach_xdp(&args.iface, args.xdp_mode)?,
-    };
-    let old_tc = match &pin_dir {
-        Some(dir) => live_pinned_link(dir, loader::TC_LINK_PIN, ifindex)?,
-        None => None,
-    };
-    let tc_link = match old_tc {
-        Some(link) => Some(classifier.take_over_tc(link)?),
-        None => match classifier.attach_tc(&args.iface) {
-            Ok(l) => l,
-            Err(e) => {
-                log::warn!(
-                    "replies to the host's own connections will not be recognised: attaching the TC egress recorder failed: {e}"
-                );
-                None
-            }
-        },
-    };
-    let links = Links {
-        xdp: Some(daemon::hold_xdp(pin_dir.as_deref(), xdp_link)?),
-        tc: match tc_link {
-            Some(l) => Some(daemon::hold_tc(pin_dir.as_deref(), l)?),
+    let mut legs = Vec::new();
+    for (i, (name, &ifindex)) in args.iface.iter().zip(ifindexes).enumerate() {
+        let mut leg = Leg {
+            name: name.clone(),
+            index: i as u32,
+            ifindex,
+            links: Links::default(),
+            xdp_mode: "native",
+            attach_error: None,
+        };
+        let (xdp_pin, tc_pin) = (leg.xdp_pin(), leg.tc_pin());
+        // Take over a link a previous run left pinned: one atomic program swap.
+        let old_xdp = match &pin_dir {
+            Some(dir) => live_pinned_link(dir, &xdp_pin, ifindex)?,
             None => None,
-        },
-    };
+        };
+        let (xdp_link, xdp_mode) = match old_xdp {
+            Some(link) => {
+                log::info!("taking over the XDP program a previous run left on {name}");
+                (classifier.take_over_xdp(link)?, previous_mode)
+            }
+            None => classifier.attach_xdp(name, args.xdp_mode)?,
+        };
+        leg.xdp_mode = xdp_mode;
+        leg.links.xdp = Some(daemon::hold_xdp(pin_dir.as_deref(), &xdp_pin, xdp_link)?);
+        let old_tc = match &pin_dir {
+            Some(dir) => live_pinned_link(dir, &tc_pin, ifindex)?,
+            None => None,
+        };
+        let tc_link = match old_tc {
+            Some(link) => Some(classifier.take_over_tc(link)?),
+            None => match classifier.attach_tc(name) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::warn!(
+                        "replies to the host's own connections will not be recognised on {name}: attaching the TC egress recorder failed: {e}"
+                    );
+                    None
+                }
+            },
+        };
+        leg.links.tc = match tc_link {
+            Some(l) => Some(daemon::hold_tc(pin_dir.as_deref(), &tc_pin, l)?),
+            None => None,
+        };
+        if let Some(warning) = loader::vlan_offload_warning(name) {
+            log::warn!("{warning}");
+        }
+        legs.push(leg);
+    }
     cleanup.armed = false;
     log::info!(
-        "portguard {} on {} ({xdp_mode} XDP), {}, {} profile(s), catalog generation {catalog_generation}",
+        "portguard {} on {} ({} XDP), {}, {} profile(s), catalog generation {catalog_generation}",
         if spec.monitor {
             "monitoring"
         } else {
             "enforcing"
         },
-        args.iface,
+        args.iface.join(", "),
+        legs.iter()
+            .map(|l| l.xdp_mode)
+            .collect::<Vec<_>>()
+            .join(", "),
         roles_text(&spec),
         compiled.profiles.len(),
     );
-    if let Some(warning) = loader::vlan_offload_warning(&args.iface) {
-        log::warn!("{warning}");
-    }
 
     let events = crate::events::Events::new(
-        &args.iface,
+        primary,
         &mut classifier,
         registry.clone(),
         crate::events::EventSettings {
@@ -323,26 +374,25 @@ fn run_locked(
             run_dir: PathBuf::from(state::RUN_DIR),
         },
     )?;
-    let daemon = Daemon {
+    let mut daemon = Daemon {
         events,
-        iface: args.iface.clone(),
+        iface: primary.to_string(),
+        legs,
         classifier,
         registry,
         spec,
         catalog_path: args.catalog.clone(),
+        catalog,
         catalog_generation,
         rules_per_role: compiled.rules_per_role,
-        xdp_mode,
         requested_xdp_mode: args.xdp_mode,
         mode: args.mode,
         reloads: ReloadCounts::default(),
         state_path: pin_dir.is_some().then(|| state_path.clone()),
         pin_dir: pin_dir.clone(),
-        links,
-        ifindex,
-        attach_error: None,
         last_swap: None,
     };
+    daemon.started();
     daemon.save_state();
     let daemon = Arc::new(Mutex::new(daemon));
 
@@ -355,15 +405,15 @@ fn run_locked(
     // Detach first, print after: a closed stdout must not keep the program
     // attached, and a failed write is not an error worth a panic.
     let mut d = runtime.block_on(daemon.lock_owned());
-    let snapshot = d.snapshot();
+    let snapshots = d.snapshots();
     let was_attached = d.attached();
+    let names = args.iface.join(", ");
     match pin_dir.as_deref().filter(|_| args.keep_attached) {
         Some(dir) => {
             d.release_links(true);
             if !was_attached {
                 log::warn!(
-                    "--keep-attached: nothing is attached ({} is gone); the policy and counters stay pinned under {} for the next run",
-                    d.iface,
+                    "--keep-attached: not every interface has the program ({names}); what is attached and the policy and counters stay pinned under {} for the next run",
                     dir.display()
                 );
             } else if dir.join(loader::XDP_LINK_PIN).exists() {
@@ -373,9 +423,8 @@ fn run_locked(
                 );
             } else {
                 log::error!(
-                    "--keep-attached: {} has vanished, so nothing stays attached to {}",
+                    "--keep-attached: {} has vanished, so nothing stays attached to {names}",
                     dir.join(loader::XDP_LINK_PIN).display(),
-                    d.iface
                 );
             }
         }
@@ -385,12 +434,17 @@ fn run_locked(
                 loader::remove_pins(dir);
                 let _ = fs::remove_file(&state_path);
             }
-            log::info!("detached from {}", d.iface);
+            log::info!("detached from {names}");
         }
     }
-    match snapshot {
+    match snapshots {
+        Ok(s) if s.len() == 1 => {
+            let _ = writeln!(io::stdout(), "{}", s[0].1.table());
+        }
         Ok(s) => {
-            let _ = writeln!(io::stdout(), "{}", s.table());
+            for (leg, snap) in s {
+                let _ = writeln!(io::stdout(), "{leg}\n{}\n", snap.table());
+            }
         }
         Err(e) => log::warn!("reading counters at exit: {e}"),
     }
@@ -494,6 +548,8 @@ mod tests {
             drop_echo: false,
             drop_ipsec_on_media: false,
             client_media: None,
+            appliance: false,
+            local_addrs: Vec::new(),
         };
         assert_eq!(roles_text(&spec), "roles front-end, client");
         spec.default_roles = None;

@@ -3,14 +3,10 @@
 
 use std::path::Path;
 
-use aya::maps::{Map, MapData, PerCpuArray};
-use classifier_common::{Counter, map_names};
-
 use crate::{
     cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, StatsArgs},
-    counters,
-    loader::{self, LoadError},
-    state,
+    loader,
+    pinned::PinnedInstance,
 };
 
 pub fn stats(args: StatsArgs) -> u8 {
@@ -45,7 +41,9 @@ pub fn stats(args: StatsArgs) -> u8 {
             Ok(table) => println!("{iface}\n{table}\n"),
             Err(e) => {
                 eprintln!("portguard stats --iface {iface}: {e}");
-                code = if args.iface.is_some() && !loader::pin_dir(&args.bpffs, &iface).exists() {
+                code = if args.iface.is_some()
+                    && PinnedInstance::find(&args.bpffs, &iface).is_none()
+                {
                     EXIT_USAGE
                 } else {
                     EXIT_FAILURE
@@ -57,24 +55,16 @@ pub fn stats(args: StatsArgs) -> u8 {
 }
 
 fn one(bpffs: &Path, iface: &str) -> Result<String, String> {
-    let dir = loader::pin_dir(bpffs, iface);
-    if !dir.exists() {
+    let Some(instance) = PinnedInstance::find(bpffs, iface) else {
         return Err(format!(
             "no instance on {iface} (nothing pinned under {})",
-            dir.display()
+            loader::pin_dir(bpffs, iface).display()
         ));
-    }
-    let st = state::load(&state::path(Path::new(state::RUN_DIR), iface)).unwrap_or_default();
-    let registry = st.registry();
-    let data = MapData::from_pin(dir.join(map_names::COUNTERS)).map_err(|e| e.to_string())?;
-    let map = Map::from_map_data(data).map_err(|e| e.to_string())?;
-    let counters: PerCpuArray<MapData, Counter> =
-        PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
-    let raw = loader::read_counters(&counters, counters::indices(&registry))
-        .map_err(|e: LoadError| e.to_string())?;
-    let snap = counters::snapshot(&registry, &raw);
-    Ok(format!(
-        "mode {} ({} XDP), catalog generation {}\n{}",
+    };
+    let st = &instance.state;
+    let snaps = instance.snapshots()?;
+    let mut out = format!(
+        "mode {} ({} XDP), catalog generation {}",
         if st.mode.is_empty() {
             "unknown"
         } else {
@@ -86,6 +76,15 @@ fn one(bpffs: &Path, iface: &str) -> Result<String, String> {
             &st.xdp_mode
         },
         st.catalog_generation,
-        snap.table()
-    ))
+    );
+    if snaps.len() == 1 {
+        out.push('\n');
+        out.push_str(&snaps[0].1.table());
+    } else {
+        // An appliance: one table per leg, as the metrics label them.
+        for (leg, snap) in &snaps {
+            out.push_str(&format!("\n\nleg {leg}\n{}", snap.table()));
+        }
+    }
+    Ok(out)
 }

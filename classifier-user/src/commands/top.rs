@@ -11,8 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Map, MapData, PerCpuArray};
-use classifier_common::{Counter, map_names};
 use ratatui::{
     Frame,
     crossterm::event::{self, Event, KeyCode},
@@ -26,7 +24,7 @@ use crate::{
     commands::events::{ClientError, parse_line, request},
     counters,
     events::control::{Request, Top},
-    loader, state,
+    pinned::PinnedInstance,
 };
 
 /// Seconds of history in the sparklines.
@@ -46,7 +44,6 @@ struct Model {
 
 pub fn top(args: TopArgs) -> u8 {
     // Fail before taking over the terminal when nothing runs there.
-    let dir = loader::pin_dir(&args.bpffs, &args.iface);
     if let Err(e) = fetch_top(&args.run_dir, &args.iface) {
         eprintln!("portguard top --iface {}: {e}", args.iface);
         return e.exit_code();
@@ -57,7 +54,7 @@ pub fn top(args: TopArgs) -> u8 {
     let mut next = Instant::now();
     let result = loop {
         if Instant::now() >= next {
-            sample(&mut model, &dir, &args.iface, tick);
+            sample(&mut model, &args.bpffs, &args.iface, tick);
             model.top = match fetch_top(&args.run_dir, &args.iface) {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -102,17 +99,16 @@ fn fetch_top(run_dir: &Path, iface: &str) -> Result<Top, ClientError> {
 }
 
 /// Reads the pinned counters and turns the difference into rates.
-fn sample(model: &mut Model, dir: &Path, iface: &str, tick: Duration) {
+fn sample(model: &mut Model, bpffs: &Path, iface: &str, tick: Duration) {
     let snap = (|| {
-        let st = state::load(&state::path(Path::new(state::RUN_DIR), iface)).unwrap_or_default();
-        let registry = st.registry();
-        let data = MapData::from_pin(dir.join(map_names::COUNTERS)).map_err(|e| e.to_string())?;
-        let map = Map::from_map_data(data).map_err(|e| e.to_string())?;
-        let c: PerCpuArray<MapData, Counter> =
-            PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
-        let raw =
-            loader::read_counters(&c, counters::indices(&registry)).map_err(|e| e.to_string())?;
-        Ok::<_, String>(counters::snapshot(&registry, &raw))
+        let instance = PinnedInstance::find(bpffs, iface)
+            .ok_or_else(|| format!("nothing pinned for {iface}"))?;
+        // Rates for the whole instance: every leg's counters added up.
+        let mut total = counters::Snapshot::default();
+        for (_, s) in instance.snapshots()? {
+            total.merge(&s);
+        }
+        Ok::<_, String>(total)
     })();
     let snap = match snap {
         Ok(s) => s,

@@ -34,6 +34,9 @@ use self::{record::EventRecord, store::Store};
 /// State the tasks and the metrics share.
 pub struct Shared {
     pub iface: String,
+    /// Appliance mode: each leg's ifindex and name, so that an event is
+    /// labelled with the leg it arrived on.
+    legs: Mutex<Vec<(u32, String)>>,
     pub roles: Vec<String>,
     pub catalog: Option<PathBuf>,
     pub mode: String,
@@ -51,6 +54,14 @@ impl Shared {
     /// still consistent enough to read.
     pub fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The name of the leg with `ifindex` (the instance's name if unknown).
+    pub fn leg_name(&self, ifindex: u32) -> String {
+        let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
+        legs.iter()
+            .find(|(i, _)| *i == ifindex && *i != 0)
+            .map_or_else(|| self.iface.clone(), |(_, n)| n.clone())
     }
 
     fn followers(&self) -> MutexGuard<'_, Vec<mpsc::Sender<Arc<EventRecord>>>> {
@@ -114,6 +125,7 @@ impl Events {
         Ok(Events {
             shared: Arc::new(Shared {
                 iface: iface.to_string(),
+                legs: Mutex::new(Vec::new()),
                 roles: settings.roles,
                 catalog: settings.catalog,
                 mode: settings.mode,
@@ -131,6 +143,11 @@ impl Events {
                 state: state::path(&settings.run_dir, iface),
             }),
         })
+    }
+
+    /// Names the legs' interface indexes for the events' `iface` field.
+    pub fn set_legs(&self, legs: Vec<(u32, String)>) {
+        *self.shared.legs.lock().unwrap_or_else(|p| p.into_inner()) = legs;
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -222,12 +239,8 @@ async fn read_ring(
                 }
                 registry_at = Instant::now();
             }
-            batch.push(Arc::new(record::decode(
-                &e,
-                &shared.iface,
-                offset,
-                &registry,
-            )));
+            let leg = shared.leg_name(e.ifindex);
+            batch.push(Arc::new(record::decode(&e, &leg, offset, &registry)));
             if batch.len() >= 256 {
                 deliver(&shared, std::mem::take(&mut batch));
             }
