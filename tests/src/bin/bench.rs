@@ -5,6 +5,8 @@
 //! `--quick`: fewer repeats and shorter floods, a smoke test of the bench
 //! itself; its figures are not the ones to quote.
 
+#[path = "bench/appliance.rs"]
+mod appliance;
 #[path = "bench/egress.rs"]
 mod egress;
 #[path = "bench/flood.rs"]

@@ -26,6 +26,7 @@ use portguard_testsupport::{
 use testkit::ops::{ALLOWED_PORT, FORBIDDEN_PORT};
 
 use crate::{
+    appliance,
     egress::{self, Egress},
     rawprog::{PinDir, RawFloors, TC_ACT_OK},
     report::{Report, Target},
@@ -236,6 +237,9 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let mut pg_events = Classifier::load(None)?;
     pg_events.install(&compiled, 1)?;
     pg_events.set_events(classifier_common::EVENT_RATE_DEFAULT, false)?;
+    // The same roles behind a box in appliance mode (issue 11).
+    let box_frames = appliance::frames();
+    let pg_box = appliance::load(&box_frames)?;
 
     let ports = allowed_port_flags(&compiled);
     let xf_dny_udp = XdpFilterObject::load("xdpfilt_dny_udp", &ports)?;
@@ -293,6 +297,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     }
     let events_prog = progs.len();
     progs.push(Prog::Xdp(pg_events.xdp_ref()?));
+    let box_prog = progs.len();
+    progs.push(Prog::Xdp(pg_box.xdp_ref()?));
     let tc_floor_prog = progs.len();
     progs.push(Prog::Tc(&raw_floors.tc));
     let egress_prog = progs.len();
@@ -432,6 +438,27 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         XDP_DROP,
     ));
     cases.push(case(
+        "appliance",
+        "portguard appliance mode, forwarded allowed UDP 50000 (destination in a --profile)",
+        box_prog,
+        &box_frames.forwarded_allowed,
+        XDP_PASS,
+    ));
+    cases.push(case(
+        "appliance",
+        "portguard appliance mode, forwarded dropped UDP 161",
+        box_prog,
+        &box_frames.forwarded_dropped,
+        XDP_DROP,
+    ));
+    cases.push(case(
+        "appliance",
+        "portguard appliance mode, allowed UDP 50000 to the box's own address",
+        box_prog,
+        &box_frames.local_allowed,
+        XDP_PASS,
+    ));
+    cases.push(case(
         "tc",
         "empty TC program, RTP datagram",
         tc_floor_prog,
@@ -562,6 +589,11 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
              portguard runs the lab policy (front-end + client, client media 50000-50019, SSH from anywhere); xdp-filter's \
              `filter_ports` holds every TCP and UDP port that policy opens. Asked once in this run, xdp-filter dny_udp, \
              given UDP 161 behind a VLAN tag, {vlan_seen}; behind an IPv6 hop-by-hop header, {ext_seen}. \
+             *Appliance mode* is `run --appliance` with the same roles and media range on the box's own address \
+             and on `--profile 198.18.0.0/24=front-end,client` behind it, one leg; the forwarded frames come from \
+             an address in no profile to a server in that /24 (the allowed one records its answer in FLOWS on its \
+             first pass, so the rounds measure the steady stream: the entry is looked up and found), and each was \
+             checked once to pass by a catalog rule or drop for a reason. \
              ns/packet is the CPU time of the thread that ran the repeats, divided by them; the kernel's own \
              figure (whole ns, truncated) differed from it by at most {kernel_gap:.2} ns on any case.",
             elapsed.as_secs_f64()
@@ -701,6 +733,11 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         tc_floor,
         "TCP ACK",
         exact("portguard_egress, TCP ACK on an established flow"),
+    ));
+    report.target(targets::forwarded_vs_local(
+        floor,
+        exact("portguard appliance mode, forwarded allowed UDP 50000 (destination in a --profile)"),
+        pg_allow,
     ));
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Issue 14's goals, judged from the figures of one run: the packet path
+//! Goals judged from the figures of one run. Issue 14's: the packet path
 //! against xdp-filter's `dny_udp` and against the floor, and the egress
-//! recorder against an empty TC program.
+//! recorder against an empty TC program. Issue 11's: a forwarded packet
+//! against today's local one.
 
 use crate::report::Target;
 
@@ -79,6 +80,21 @@ pub fn egress(tc_floor: f64, packet: &str, recorder: f64) -> Target {
     )
 }
 
+/// Issue 11: a forwarded allowed packet (appliance mode) costs no more than
+/// the local allowed packet of host mode; both are also shown above the floor.
+pub fn forwarded_vs_local(floor: f64, forwarded: f64, local: f64) -> Target {
+    Target::new(
+        11,
+        "appliance mode: a forwarded allowed UDP packet costs no more than host mode's local one",
+        format!(
+            "{forwarded:.2} ns vs {local:.2} ns ({:.2} vs {:.2} ns above the floor)",
+            forwarded - floor,
+            local - floor
+        ),
+        forwarded <= local,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +157,27 @@ mod tests {
             t.contains("no ratio: dny_udp 29.50 ns is not above the floor 30.00 ns")
                 && t.contains("**missed**"),
             "a negative denominator must not turn into a met target:\n{t}"
+        );
+    }
+
+    #[test]
+    fn a_forwarded_packet_meets_its_target_only_at_or_below_the_local_one() {
+        let t = table(vec![
+            forwarded_vs_local(10.0, 40.0, 40.0),
+            forwarded_vs_local(10.0, 40.5, 40.0),
+        ]);
+        let rows: Vec<&str> = t.lines().skip(2).collect();
+        assert!(
+            rows[0].starts_with("| 11 |")
+                && rows[0].contains("40.00 ns vs 40.00 ns (30.00 vs 30.00 ns above the floor)")
+                && rows[0].ends_with("| met |"),
+            "equal costs meet \"no more than\": {}",
+            rows[0]
+        );
+        assert!(
+            rows[1].ends_with("| **missed** |"),
+            "half a ns more misses: {}",
+            rows[1]
         );
     }
 
