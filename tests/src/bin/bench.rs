@@ -55,7 +55,9 @@ Method, in short:
   cache lines stay hot: this is the cost of the instructions, not of cache
   misses. xdp-filter is Debian's compiled object (xdp-tools), loaded with
   aya, its `filter_ports` map set to the same ports. Every case checks the
-  action it returns, so a figure is always of the intended path.
+  action it returns, so a figure is always of the intended path. portguard
+  also runs in appliance mode (the same roles behind the box by `--profile`
+  and on its own address): a forwarded packet, a packet to the box.
 - **Egress recorder**: the TC program `portguard_egress` the same way, in
   the same rounds, on a flow it has already recorded (an RTP datagram, a TCP
   ACK), next to an empty TC program that only returns `TC_ACT_OK` (two
@@ -80,7 +82,8 @@ of the four packets (allowed, dropped, VLAN-tagged, IPv6), portguard's ns
 above the floor at most 1.5x xdp-filter `dny_udp`'s ns above the floor on
 the same packet; the allowed IPv4 packet at most 1.3x the floor; the egress
 recorder at most 1.5x the empty TC program, on the RTP datagram and on the
-TCP ACK.
+TCP ACK. Issue 11's: a forwarded allowed packet (appliance mode) costs no
+more than host mode's local allowed packet.
 
 Reading the figures: xdp-filter's `dny_udp` object (deny policy, UDP only)
 does one array lookup on the destination port; it parses VLAN tags and IPv6
