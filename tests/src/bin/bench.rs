@@ -1,6 +1,8 @@
-//! `cargo xtask bench`: portguard next to the floor (an empty XDP program)
-//! and its peers (xdp-filter, nftables), all measured in one run, printed as
-//! markdown and written to docs/benchmarks.md (unless `--no-write`).
+//! `cargo xtask bench`: portguard next to the floor (an empty XDP program;
+//! an empty TC program for the egress recorder) and its peers (xdp-filter,
+//! nftables), all measured in one run, printed as markdown with the issues'
+//! targets judged from it, and written to docs/benchmarks.md (unless
+//! `--no-write`).
 //!
 //! `--quick`: fewer repeats and shorter floods, a smoke test of the bench
 //! itself; its figures are not the ones to quote.

@@ -116,6 +116,24 @@ pub fn udp_reached(ns: &NetNs) -> Result<u64> {
     Ok(total)
 }
 
+/// Packets the IPv4 layer of a namespace received (`Ip: InReceives`):
+/// counted after the check that drops frames addressed to another host.
+pub fn ip_in_receives(ns: &NetNs) -> Result<u64> {
+    let out = run(&mut ns_exec(ns, "cat", &["/proc/net/snmp"]))?;
+    let mut lines = out.lines().filter(|l| l.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no Ip: lines in /proc/net/snmp")
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "InReceives")
+        .context("no Ip InReceives in /proc/net/snmp")?
+        .1
+        .parse()
+        .context("Ip InReceives")
+}
+
 /// VmRSS of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
