@@ -807,6 +807,20 @@ pub fn remove_pins(dir: &Path) {
     {
         let _ = std::fs::remove_file(dir.join(name));
     }
+    // The links of an appliance's other legs (`xdp_link@IF`, `tc_link@IF`);
+    // nothing else that may be in the directory is ours to remove.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let leg_link = [XDP_LINK_PIN, TC_LINK_PIN]
+                .iter()
+                .any(|base| name.starts_with(&format!("{base}@")));
+            if leg_link {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let _ = std::fs::remove_dir(dir);
     // The shared parent goes too once no interface is left in it.
     if let Some(parent) = dir.parent() {
