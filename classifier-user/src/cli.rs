@@ -179,7 +179,8 @@ pub enum CatalogCommand {
         /// Target firewall language.
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Roles (comma-separated); every role when absent.
+        /// Roles (comma-separated); every role when absent. With --appliance,
+        /// the roles of the appliance's own addresses, none when absent.
         #[arg(long, value_name = "R[,R...]", value_delimiter = ',')]
         role: Vec<String>,
         /// Catalog file instead of the embedded default.
@@ -191,6 +192,18 @@ pub enum CatalogCommand {
         /// Leave out the default management allowance (TCP 22 from anywhere).
         #[arg(long)]
         no_default_mgmt: bool,
+        /// Appliance mode (as `run` with several --iface): a forward chain
+        /// for the traffic between the legs; the input chain keeps the
+        /// appliance's own addresses (--role rows if any, the essentials,
+        /// the lockout guard).
+        #[arg(long)]
+        appliance: bool,
+        /// Per-address roles, as `run --profile`: packets to CIDR are checked
+        /// against the inbound rows of ROLEs (and with --appliance, packets
+        /// from CIDR against their outbound rows); longest prefix wins. With
+        /// profiles, --role is the default profile, none when absent.
+        #[arg(long, value_name = "CIDR=ROLE[,ROLE]")]
+        profile: Vec<ProfileArg>,
     },
 }
 

@@ -55,6 +55,8 @@ fn catalog(c: CatalogCommand) -> u8 {
             catalog,
             mgmt,
             no_default_mgmt,
+            appliance,
+            profile,
         } => {
             let cat = match load_catalog(catalog.as_deref()) {
                 Ok(c) => c,
@@ -66,7 +68,9 @@ fn catalog(c: CatalogCommand) -> u8 {
                 Mgmt::defaults()
             };
             allowances.extend(mgmt);
-            let roles = if role.is_empty() {
+            // In appliance mode --role names the box's own roles, and none is
+            // a choice (the essentials and the guard only), not "every role".
+            let roles = if role.is_empty() && !appliance && profile.is_empty() {
                 cat.role_ids().iter().map(|r| r.to_string()).collect()
             } else {
                 role
@@ -79,7 +83,26 @@ fn catalog(c: CatalogCommand) -> u8 {
                     port: m.port,
                 })
                 .collect();
-            match commands::catalog::export_nft(&cat, &roles, &mgmt) {
+            let exported = if appliance || !profile.is_empty() {
+                let profiles: Vec<portguard::catalog::nft::ProfileSpec> = profile
+                    .into_iter()
+                    .map(|p| portguard::catalog::nft::ProfileSpec {
+                        prefix: p.prefix.ip(),
+                        prefix_len: p.prefix.display_len(),
+                        roles: p.roles,
+                    })
+                    .collect();
+                use portguard::catalog::nft::Placement;
+                let placement = if appliance {
+                    Placement::Appliance
+                } else {
+                    Placement::Host
+                };
+                commands::catalog::export_nft_profiles(&cat, placement, &roles, &profiles, &mgmt)
+            } else {
+                commands::catalog::export_nft(&cat, &roles, &mgmt)
+            };
+            match exported {
                 Ok(text) => {
                     print!("{text}");
                     0

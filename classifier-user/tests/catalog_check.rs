@@ -354,3 +354,152 @@ fn nft_export_sets_hold_the_assigned_ports() {
     let e = portguard::commands::catalog::export_nft(&catalog, &["nope".into()], &[]).err();
     assert!(e.is_some_and(|e| e.to_string().contains("unknown role `nope`")));
 }
+
+#[test]
+fn nft_check_accepts_the_appliance_export() {
+    if !nft_usable() {
+        return;
+    }
+    let perimeter = [
+        "access-edge-external",
+        "webconf-edge-external",
+        "av-edge-external",
+        "consolidated-edge-external",
+        "edge-internal",
+        "lb-edge-external",
+        "lb-edge-internal",
+        "reverse-proxy-external",
+        "reverse-proxy-internal",
+    ];
+    let mut cases: Vec<Vec<String>> = Vec::new();
+    // Every perimeter role behind its own /32 and /128, inside a /24 and a /64.
+    let mut all = vec![
+        "--profile".to_string(),
+        "198.18.2.0/24=edge-internal".into(),
+        "--profile".into(),
+        "2001:db8:2::/64=edge-internal".into(),
+    ];
+    for (i, role) in perimeter.iter().enumerate() {
+        all.extend([
+            "--profile".into(),
+            format!("198.18.2.{}={role}", 10 + i),
+            "--profile".into(),
+            format!("2001:db8:2::{:x}={role}", 0x10 + i),
+        ]);
+    }
+    cases.push(all);
+    // Own roles, a whole-family profile, a narrowed guard.
+    cases.push(
+        [
+            "--role",
+            "reverse-proxy-external,reverse-proxy-internal",
+            "--profile",
+            "::/0=lb-edge-internal",
+            "--profile",
+            "0.0.0.0/0=consolidated-edge-external",
+            "--mgmt",
+            "198.18.0.0/15:2222",
+            "--no-default-mgmt",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    // No profile at all: the forward chain drops all but replies and the essentials.
+    cases.push(Vec::new());
+    for (i, extra) in cases.iter().enumerate() {
+        // A host with the same profiles: an input chain only.
+        let mut host = vec!["catalog", "export", "--format", "nft"];
+        host.extend(extra.iter().map(String::as_str));
+        if extra.iter().any(|a| a == "--profile") {
+            let out = portguard(&host);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{host:?}: {}",
+                text(&out.stderr)
+            );
+            let ruleset = text(&out.stdout);
+            assert!(
+                ruleset.contains("jump to_profile") && !ruleset.contains("hook forward"),
+                "{host:?}: {ruleset}"
+            );
+            let path = temp_file(&format!("host-profiles-{i}.nft"), ruleset.as_bytes());
+            let check = Command::new("nft")
+                .args(["-c", "-f"])
+                .arg(&path)
+                .output()
+                .unwrap_or_else(|e| panic!("nft: {e}"));
+            assert!(
+                check.status.success(),
+                "nft -c refused the host export {host:?}:\n{}\n{ruleset}",
+                text(&check.stderr)
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+        let mut args = vec!["catalog", "export", "--format", "nft", "--appliance"];
+        args.extend(extra.iter().map(String::as_str));
+        let out = portguard(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let ruleset = text(&out.stdout);
+        assert!(
+            ruleset.contains("hook forward priority filter; policy drop;"),
+            "{args:?}: no forward chain in:\n{ruleset}"
+        );
+        let path = temp_file(&format!("appliance-{i}.nft"), ruleset.as_bytes());
+        let check = Command::new("nft")
+            .args(["-c", "-f"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("nft: {e}"));
+        assert!(
+            check.status.success(),
+            "nft -c refused the appliance export {args:?}:\n{}\n{ruleset}",
+            text(&check.stderr)
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn export_profile_needs_valid_input() {
+    for (args, needle) in [
+        (
+            &[
+                "--appliance",
+                "--profile",
+                "198.18.2.10/33=access-edge-external",
+            ][..],
+            "--profile",
+        ),
+        (
+            &["--appliance", "--profile", "198.18.2.10/32=no-such-role"][..],
+            "no-such-role",
+        ),
+        (
+            &[
+                "--appliance",
+                "--profile",
+                "198.18.2.0/24=edge-internal",
+                "--profile",
+                "198.18.2.9/24=edge-internal",
+            ][..],
+            "given twice",
+        ),
+    ] {
+        let mut all = vec!["catalog", "export", "--format", "nft"];
+        all.extend(args);
+        let out = portguard(&all);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{all:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{all:?}: stderr lacks {needle:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{all:?} printed a ruleset anyway");
+    }
+}

@@ -94,8 +94,7 @@ impl Routed {
                 key,
                 in_netns(&r.appliance, || {
                     std::fs::write(Path::new("/proc/sys").join(key), "1")
-                })
-                .map_err(anyhow::Error::from),
+                }),
             )
             .unwrap_or_else(|e| panic!("{key}: {e}"));
         }
@@ -146,11 +145,8 @@ impl Routed {
 
 /// A UDP echo server in `ns` for `secs` seconds.
 fn echo(ns: &NetNs, bind: SocketAddr, secs: u64) {
-    let sock = ok_any(
-        "echo socket",
-        in_netns(ns, || UdpSocket::bind(bind)).map_err(anyhow::Error::from),
-    )
-    .unwrap_or_else(|e| panic!("binding {bind}: {e}"));
+    let sock = ok_any("echo socket", in_netns(ns, || UdpSocket::bind(bind)))
+        .unwrap_or_else(|e| panic!("binding {bind}: {e}"));
     ok(
         "read timeout",
         sock.set_read_timeout(Some(Duration::from_millis(200))),
@@ -304,6 +300,35 @@ fn one_daemon_guards_both_legs_through_reload_kill9_restart_and_detach() {
             s.text
         );
     }
+
+    // Events name the leg a packet arrived on, whichever leg is asked.
+    let out = portguard(&[
+        "events",
+        "--iface",
+        DMZ,
+        "--format",
+        "json",
+        "--verdict",
+        "drop",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "events --iface {DMZ} ({}): {}",
+        out.status,
+        text(&out.stderr)
+    );
+    let forbidden: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("\"dport\":3479"))
+        .collect();
+    assert!(
+        !forbidden.is_empty()
+            && forbidden
+                .iter()
+                .all(|l| l.contains(&format!("\"iface\":\"{EXT}\""))),
+        "the drops of UDP 3479 arrive on {EXT} and their events must say so:\n{stdout}"
+    );
 
     // `stats` and `reload` given the second leg find the instance.
     let out = portguard(&["stats", "--iface", DMZ]);

@@ -23,7 +23,7 @@ use std::{
 use portguard::{
     catalog::{Catalog, Protocol},
     loader::Classifier,
-    policy::{self, SlotRegistry},
+    policy::{self, PolicySpec, SlotRegistry},
 };
 use portguard_testsupport::{
     frames::{L4, Packet},
@@ -38,12 +38,22 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// After the expected passes arrived: time for an unexpected one to show.
 const GRACE: Duration = Duration::from_millis(50);
 
+#[path = "nft_differential/appliance.rs"]
+mod appliance;
+
 /// The probe table: rule `i` counts packet `i` of `packets`, and nothing else.
 fn probe_table(packets: &[(String, Packet)]) -> String {
+    probe_table_then(packets.iter().map(|(_, p)| p).enumerate(), "")
+}
+
+/// A probe table over numbered packets; `then` follows each counter (` drop`
+/// keeps the namespace's own stack from answering, so that no RST or ICMP
+/// error of its own can touch the state being compared).
+fn probe_table_then<'a>(packets: impl Iterator<Item = (usize, &'a Packet)>, then: &str) -> String {
     let mut t = String::from(
         "table inet probe {\n    chain input {\n        type filter hook input priority 100; policy accept;\n",
     );
-    for (i, (_, p)) in packets.iter().enumerate() {
+    for (i, p) in packets {
         let fam = match p.src {
             IpAddr::V4(_) => "ip",
             IpAddr::V6(_) => "ip6",
@@ -57,7 +67,7 @@ fn probe_table(packets: &[(String, Packet)]) -> String {
         };
         let _ = writeln!(
             t,
-            "        {fam} saddr {} {fam} daddr {} {what} counter comment \"{i}\"",
+            "        {fam} saddr {} {fam} daddr {} {what} counter{then} comment \"{i}\"",
             p.src, p.dst
         );
     }
@@ -103,6 +113,18 @@ fn nft_in(ns: &NetNs, ruleset: &str) {
 /// Each probe rule's packet count, by rule (packet) index, from one
 /// `nft -j list table inet probe`.
 fn probe_counts(ns: &NetNs, n: usize) -> Vec<u64> {
+    let (counts, text) = probe_count_map(ns);
+    (0..n)
+        .map(|i| {
+            *counts
+                .get(&i)
+                .unwrap_or_else(|| panic!("no probe counter for packet {i} in:\n{text}"))
+        })
+        .collect()
+}
+
+/// The probe rules' packet counts by their index (comment), and the listing.
+fn probe_count_map(ns: &NetNs) -> (std::collections::BTreeMap<usize, u64>, String) {
     let text = run(Command::new("ip").args([
         "netns",
         "exec",
@@ -116,7 +138,7 @@ fn probe_counts(ns: &NetNs, n: usize) -> Vec<u64> {
     ]));
     let json: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("nft -j output: {e}\n{text}"));
-    let mut counts = vec![None; n];
+    let mut counts = std::collections::BTreeMap::new();
     let objects = json["nftables"].as_array().map_or(&[][..], Vec::as_slice);
     for rule in objects.iter().filter_map(|o| o.get("rule")) {
         let index = rule["comment"]
@@ -125,17 +147,11 @@ fn probe_counts(ns: &NetNs, n: usize) -> Vec<u64> {
         let packets = rule["expr"]
             .as_array()
             .and_then(|e| e.iter().find_map(|x| x["counter"]["packets"].as_u64()));
-        if let (Some(i), Some(packets)) = (index, packets)
-            && let Some(slot) = counts.get_mut(i)
-        {
-            *slot = Some(packets);
+        if let (Some(i), Some(packets)) = (index, packets) {
+            counts.insert(i, packets);
         }
     }
-    counts
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| c.unwrap_or_else(|| panic!("no probe counter for packet {i} in:\n{text}")))
-        .collect()
+    (counts, text)
 }
 
 /// Probe packets for one role: both edges of every destination rule, just
@@ -207,6 +223,8 @@ fn nft_export_and_xdp_agree_on_every_role() {
     for (ns, ifname, v4, v6) in [
         (&client, "nftc0", "198.18.0.1/24", "2001:db8::1/64"),
         (&server, "nfts0", "198.18.0.2/24", "2001:db8::2/64"),
+        (&server, "nfts0", "198.18.0.17/24", "2001:db8::101/64"),
+        (&server, "nfts0", "198.18.0.20/24", "2001:db8::120/64"),
     ] {
         run(Command::new("ip").args(["-n", ns.name(), "addr", "add", v4, "dev", ifname]));
         run(Command::new("ip").args(["-n", ns.name(), "addr", "add", v6, "dev", ifname, "nodad"]));
@@ -246,15 +264,25 @@ fn nft_export_and_xdp_agree_on_every_role() {
     let mut seq = 0u16;
     let mut total = 0usize;
     let mut mismatches = Vec::new();
-    for (generation, role) in (1..).zip(catalog.role_ids()) {
-        let ruleset =
-            run(Command::new(&bin).args(["catalog", "export", "--format", "nft", "--role", role]));
-        let compiled = policy::compile(&catalog, &role_spec(role), &mut registry)
-            .unwrap_or_else(|e| panic!("{role}: {e}"));
+    // Every role alone, as the default profile; then a host with profiles.
+    let mut cases: Vec<Case> = Vec::new();
+    for role in catalog.role_ids() {
+        cases.push((
+            vec!["--role".into(), role.into()],
+            role_spec(role),
+            packets_for(&catalog, role, &mut seq),
+        ));
+    }
+    cases.push(host_profiles_case(&catalog, &mut seq));
+    for (generation, (export, spec, mut packets)) in (1..).zip(cases) {
+        let ruleset = run(Command::new(&bin)
+            .args(["catalog", "export", "--format", "nft"])
+            .args(&export));
+        let compiled = policy::compile(&catalog, &spec, &mut registry)
+            .unwrap_or_else(|e| panic!("{export:?}: {e}"));
         xdp.install(&compiled, generation)
             .unwrap_or_else(|e| panic!("install: {e}"));
 
-        let mut packets = packets_for(&catalog, role, &mut seq);
         let mut frames = Vec::with_capacity(packets.len());
         let mut xdp_pass = Vec::with_capacity(packets.len());
         for (_, pkt) in &mut packets {
@@ -313,6 +341,64 @@ fn nft_export_and_xdp_agree_on_every_role() {
         mismatches.len(),
         mismatches.join("\n")
     );
+}
+
+/// One policy compared: the export's arguments, the same policy for the XDP
+/// program, and the probe packets.
+type Case = (Vec<String>, PolicySpec, Vec<(String, Packet)>);
+
+/// A host with per-destination profiles (`--role front-end` the default): a
+/// /28 and a /32 inside it, a /120 and a /128 inside it. Each address is
+/// probed with the ports of its own profile and of the containing one, so
+/// that a shorter prefix applied too, or the default, would show.
+fn host_profiles_case(catalog: &Catalog, seq: &mut u16) -> Case {
+    let profiles = [
+        "198.18.0.16/28=edge-internal",
+        "198.18.0.20/32=access-edge-external",
+        "2001:db8::100/120=edge-internal",
+        "2001:db8::120/128=access-edge-external",
+    ];
+    let mut export = vec!["--role".to_string(), "front-end".into()];
+    for p in profiles {
+        export.extend(["--profile".into(), p.into()]);
+    }
+    let spec = PolicySpec {
+        profiles: profiles
+            .iter()
+            .map(|p| p.parse().unwrap_or_else(|e| panic!("{p}: {e}")))
+            .collect(),
+        ..role_spec("front-end")
+    };
+    let mut packets = Vec::new();
+    for (v4, v6, roles) in [
+        (
+            "198.18.0.2",
+            "2001:db8::2",
+            &["front-end", "edge-internal"][..],
+        ),
+        (
+            "198.18.0.17",
+            "2001:db8::101",
+            &["edge-internal", "front-end"][..],
+        ),
+        (
+            "198.18.0.20",
+            "2001:db8::120",
+            &["access-edge-external", "edge-internal", "front-end"][..],
+        ),
+    ] {
+        for role in roles {
+            for (name, mut p) in packets_for(catalog, role, seq) {
+                p.dst = if p.dst.is_ipv4() {
+                    portguard_testsupport::frames::ip(v4)
+                } else {
+                    portguard_testsupport::frames::ip(v6)
+                };
+                packets.push((format!("profiles: {name} to {}", p.dst), p));
+            }
+        }
+    }
+    (export, spec, packets)
 }
 
 fn verdict(pass: bool) -> &'static str {

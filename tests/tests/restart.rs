@@ -437,3 +437,120 @@ fn monitor_to_enforce_by_a_keep_attached_restart_keeps_the_would_drop_history() 
         probe.sent
     );
 }
+
+/// Pins a fresh per-CPU array of `entries` 16-byte values at `path`: what a
+/// release with another `COUNTERS` size would have left.
+fn pin_foreign_layout_map(path: &std::path::Path, entries: u32) {
+    use std::os::unix::ffi::OsStrExt as _;
+    #[repr(C)]
+    #[derive(Default)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        pad: [u32; 27],
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: i64 = 0;
+    const BPF_OBJ_PIN: i64 = 6;
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    let create = MapCreate {
+        map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+        key_size: 4,
+        value_size: 16,
+        max_entries: entries,
+        ..MapCreate::default()
+    };
+    // SAFETY: a valid bpf_attr prefix, its size passed along.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &raw const create,
+            size_of::<MapCreate>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let pin = ObjPin {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: as above; `c` outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &raw const pin,
+            size_of::<ObjPin>(),
+        )
+    };
+    assert!(
+        r == 0,
+        "BPF_OBJ_PIN {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: our own descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// An upgrade whose maps differ in size from the pinned ones (a release that
+/// changed the layout): the new daemon replaces the maps instead of failing
+/// in the verifier, and still takes the pinned link over, so forbidden
+/// traffic never gets through.
+#[test]
+fn a_foreign_map_layout_is_replaced_and_the_link_still_taken_over() {
+    if !testkit::require_privileges("restart: foreign map layout") {
+        return;
+    }
+    let dir = TempDir::new("restart-layout");
+    let pair = Pair::new("pglay", 64);
+    let iface = pair.server_if.clone();
+    let mut first = pair.start(dir.path(), "first", &[]);
+    let allowed = pair.stream(ALLOWED_PORT, 1_000);
+    let forbidden = pair.stream(FORBIDDEN_PORT, 500);
+    allowed.wait_received_more(100, Duration::from_secs(5));
+    first.kill9();
+
+    let counters = pin_dir(&iface).join("COUNTERS");
+    std::fs::remove_file(&counters)
+        .unwrap_or_else(|e| panic!("removing {}: {e}", counters.display()));
+    pin_foreign_layout_map(&counters, 100);
+    assert!(pair.xdp_attached(), "the pinned link keeps the program");
+
+    let second = pair.start(dir.path(), "second", &[]);
+    let log = second.log();
+    for needle in [
+        "maps pinned by a portguard with another layout",
+        &format!("taking over the XDP program a previous run left on {iface}"),
+    ] {
+        assert!(log.contains(needle), "the log lacks {needle:?}:\n{log}");
+    }
+    let before = allowed.received();
+    allowed.wait_received_more(100, Duration::from_secs(5));
+    forbidden.wait_sent_more(100, Duration::from_secs(5));
+    assert!(allowed.received() > before, "allowed traffic stopped");
+    assert_eq!(
+        forbidden.received(),
+        0,
+        "forbidden UDP {FORBIDDEN_PORT} arrived across the layout change"
+    );
+    assert!(
+        rule_udp_passes(&pair) > 0.0,
+        "the new daemon counts in its new maps"
+    );
+}

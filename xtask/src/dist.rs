@@ -39,12 +39,13 @@ const MAINTAINER_SCRIPTS: [&str; 3] = ["postinst", "prerm", "postrm"];
 
 /// Documentation shipped under /usr/share/doc/portguard/ (repository path,
 /// installed name).
-const DOCS: [(&str, &str); 8] = [
+const DOCS: [(&str, &str); 9] = [
     ("README.md", "README.md"),
     ("docs/operations.md", "operations.md"),
     ("docs/cli.md", "cli.md"),
     ("docs/metrics.md", "metrics.md"),
     ("docs/catalog.md", "catalog.md"),
+    ("docs/perimeter.md", "perimeter.md"),
     ("docs/packet-policy.md", "packet-policy.md"),
     ("docs/alerts.yml", "alerts.yml"),
     ("docs/grafana/portguard.json", "grafana/portguard.json"),

@@ -1,4 +1,6 @@
-//! The policy of some roles as an nftables ruleset (`catalog export --format nft`).
+//! The policy of some roles as an nftables ruleset (`catalog export --format nft`):
+//! for a host (`export`), for a host with per-destination profiles or for an
+//! appliance forwarding between its legs (`export_profiles`).
 //!
 //! Its input chain accepts what the XDP program passes: replies of flows the
 //! host opened, essential ICMP/ICMPv6, DHCP replies, the management allowance,
@@ -44,91 +46,335 @@ pub fn export(
     s.push_str("table inet portguard\ndelete table inet portguard\n\n");
     s.push_str("table inet portguard {\n");
 
-    let mut chains = String::new();
-    let mut jumps = Vec::new();
-    let mut out_chains = String::new();
-    let mut out_jumps = Vec::new();
-    for role in &members {
-        let base = ident(role);
-        let chain = format!("role_{base}");
-        let _ = writeln!(chains, "\tchain {chain} {{");
-        let own = catalog.own_rules(role);
-        for proto in [Protocol::Tcp, Protocol::Udp] {
-            let ranges = merged(
-                own.iter()
-                    .filter(|r| {
-                        r.protocol == proto
-                            && r.side == MatchSide::Destination
-                            && r.direction == Direction::Inbound
-                    })
-                    .map(|r| (r.port_start, r.port_end))
-                    .collect(),
-            );
-            if ranges.is_empty() {
-                continue;
-            }
-            let set = format!("{base}_{proto}");
-            let elements: Vec<String> = ranges.iter().map(|&(a, b)| ports_text(a, b)).collect();
-            let _ = writeln!(
-                s,
-                "\tset {set} {{\n\t\ttype inet_service\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
-                elements.join(", ")
-            );
-            let _ = writeln!(
-                chains,
-                "\t\t{proto} dport @{set} counter accept comment \"{role}\""
-            );
-        }
-        for r in own.iter().filter(|r| r.side == MatchSide::Source) {
-            let _ = writeln!(
-                chains,
-                "\t\t# {} {} ({}) is the peer's port: its replies pass above (established, DHCP)",
-                r.protocol,
-                r.ports_text(),
-                one_line(&r.service)
-            );
-        }
-        chains.push_str("\t}\n\n");
-        jumps.push(chain);
+    let chains = RoleChains::of(catalog, &members);
+    s.push_str(&chains.sets);
+    input_chain(&mut s, &mgmt_rules, &chains.jumps, None);
+    output_chain(&mut s, &chains.out_jumps);
+    s.push_str(&chains.out_chains);
+    s.push_str(chains.chains.trim_end());
+    s.push_str("\n}\n");
+    Ok(s)
+}
 
-        // Set names: inbound ones end in _tcp/_udp, outbound ones in _out, and
-        // role ids have no `_`, so no two roles' sets can share a name.
-        let mut out_rules = String::new();
-        for proto in [Protocol::Tcp, Protocol::Udp] {
-            let ranges = merged(
-                own.iter()
-                    .filter(|r| r.protocol == proto && r.direction == Direction::Outbound)
-                    .map(|r| (r.port_start, r.port_end))
-                    .collect(),
-            );
-            if ranges.is_empty() {
-                continue;
-            }
-            let set = format!("{base}_{proto}_out");
-            let elements: Vec<String> = ranges.iter().map(|&(a, b)| ports_text(a, b)).collect();
-            let _ = writeln!(
-                s,
-                "\tset {set} {{\n\t\ttype inet_service\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
-                elements.join(", ")
-            );
-            let _ = writeln!(
-                out_rules,
-                "\t\t{proto} dport @{set} counter accept comment \"{role} outbound\""
-            );
-        }
-        if !out_rules.is_empty() {
-            let chain = format!("out_{base}");
-            let _ = write!(out_chains, "\tchain {chain} {{\n{out_rules}\t}}\n\n");
-            out_jumps.push(chain);
+/// `--profile CIDR=ROLE[,ROLE]` as the export sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileSpec {
+    pub prefix: IpAddr,
+    pub prefix_len: u8,
+    pub roles: Vec<String>,
+}
+
+/// Where the export runs: a host (packets to its addresses; `--profile`
+/// picks the roles by destination) or an appliance forwarding between legs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Host,
+    Appliance,
+}
+
+/// A host with `--profile`s, or an appliance.
+///
+/// Host: the input chain's `to_profile` chain gives a packet the inbound rows
+/// of the profile of its destination, or of `roles` (the default profile,
+/// `--role`) when no profile holds it; without `roles` such packets are
+/// dropped, as by `run`.
+///
+/// Appliance: the box forwards between its legs. A `forward` chain (policy
+/// drop) passes replies (conntrack), the essentials, and per profile the
+/// inbound rows of the packets to it and the outbound rows of the packets
+/// from it; the `input` chain keeps the box's own policy (the `roles` rows,
+/// the lockout guard, the essentials).
+///
+/// Longest prefix wins, on each side, as in the XDP program, which picks
+/// one profile per side with an LPM trie. nft rules are first-match and an
+/// interval map refuses nested prefixes ("conflicting intervals"), so each
+/// side is a chain of `daddr`/`saddr` matches ordered most specific first,
+/// each one a `goto` to its profile's chain. A `goto` does not come back to
+/// the side chain: when the profile's chain ends without a verdict, control
+/// returns to the chain that jumped to the side chain, so no shorter prefix
+/// (and not the default profile) is tried. A packet to an address in a /32
+/// inside a /24 gets the /32's rows only, exactly as the trie's single answer.
+pub fn export_profiles(
+    catalog: &Catalog,
+    placement: Placement,
+    roles: &[String],
+    profiles: &[ProfileSpec],
+    mgmt: &[MgmtAllowance],
+) -> Result<String, CatalogError> {
+    let appliance = placement == Placement::Appliance;
+    let own = if roles.is_empty() {
+        Vec::new()
+    } else {
+        catalog.resolve_roles(roles)?
+    };
+    let mgmt_rules = mgmt_lines(mgmt)?;
+    let sides = profile_matches(profiles)?;
+    let mut profile_members = Vec::with_capacity(profiles.len());
+    for p in profiles {
+        profile_members.push(catalog.resolve_roles(&p.roles)?);
+    }
+    let mut members: Vec<String> = Vec::new();
+    for m in own.iter().chain(profile_members.iter().flatten()) {
+        if !members.contains(m) {
+            members.push(m.clone());
         }
     }
 
-    s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
-    s.push_str("\t\tct state established,related counter accept comment \"established\"\n");
-    s.push_str("\t\tiif \"lo\" accept comment \"loopback\"\n");
-    s.push_str(
-        "\t\t# ARP is not IP: the inet family never sees it, so this table cannot drop it.\n",
+    let mut s = String::new();
+    let _ = writeln!(s, "#!/usr/sbin/nft -f");
+    let _ = writeln!(
+        s,
+        "# portguard: catalog {}, {}",
+        one_line(&catalog.origin),
+        if appliance {
+            "appliance mode"
+        } else {
+            "host with profiles"
+        }
     );
+    let _ = match (appliance, own.is_empty()) {
+        (true, true) => writeln!(
+            s,
+            "# The appliance's own addresses: the essentials and the lockout guard only (no --role)"
+        ),
+        (true, false) => writeln!(
+            s,
+            "# The appliance's own roles, inclusions resolved: {}",
+            own.join(", ")
+        ),
+        (false, true) => writeln!(
+            s,
+            "# Addresses in no profile: the essentials and the lockout guard only (no --role)"
+        ),
+        (false, false) => writeln!(
+            s,
+            "# Addresses in no profile, roles with inclusions resolved: {}",
+            own.join(", ")
+        ),
+    };
+    for (p, m) in profiles.iter().zip(&profile_members) {
+        let _ = writeln!(
+            s,
+            "# Profile {}/{}: {}",
+            masked(p.prefix, p.prefix_len),
+            p.prefix_len,
+            m.join(", ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# Client media ports: {}",
+        ports_text(catalog.client_media.0, catalog.client_media.1)
+    );
+    s.push_str("table inet portguard\ndelete table inet portguard\n\n");
+    s.push_str("table inet portguard {\n");
+
+    let chains = RoleChains::of(catalog, &members);
+    s.push_str(&chains.sets);
+    let own_jumps: Vec<String> = chains
+        .jumps
+        .iter()
+        .zip(&members)
+        .filter(|(_, m)| own.contains(m))
+        .map(|(j, _)| j.clone())
+        .collect();
+    if appliance {
+        let own_out: Vec<String> = own.iter().filter_map(|m| chains.out_chain_of(m)).collect();
+        // The box's own addresses: routing sends their packets to input, never to
+        // forward, so no --profile applies to them on the destination side, as
+        // the XDP program looks the appliance's own addresses up first. The
+        // source side still does: a profile's outbound rows allow its packets to
+        // anywhere, the appliance included.
+        input_chain(
+            &mut s,
+            &mgmt_rules,
+            &own_jumps,
+            Some("jump from_profile comment \"source profile\""),
+        );
+        output_chain(&mut s, &own_out);
+
+        s.push_str(
+            "\t# Forwarded packets: replies of what was passed (either way, either leg), the essentials\n\
+             \t# as on input, then the destination's profile (its inbound rows) and the source's profile\n\
+             \t# (its outbound rows); either side may pass the packet. No lockout guard here: it\n\
+             \t# never opens a port on a server behind the appliance.\n",
+        );
+        s.push_str(
+            "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n",
+        );
+        s.push_str("\t\tct state established,related counter accept comment \"established\"\n");
+        essentials(&mut s);
+        s.push_str("\t\tjump to_profile\n\t\tjump from_profile\n\t}\n\n");
+        side_chain(&mut s, "to_profile", "daddr", &sides, "to_p", &[]);
+        side_chain(&mut s, "from_profile", "saddr", &sides, "from_p", &[]);
+    } else {
+        input_chain(
+            &mut s,
+            &mgmt_rules,
+            &[],
+            Some("jump to_profile comment \"destination profile\""),
+        );
+        output_chain(&mut s, &chains.out_jumps);
+        // After every prefix's `goto`: only addresses in no profile get here.
+        side_chain(&mut s, "to_profile", "daddr", &sides, "to_p", &own_jumps);
+    }
+    for (i, (p, m)) in profiles.iter().zip(&profile_members).enumerate() {
+        let prefix = format!("{}/{}", masked(p.prefix, p.prefix_len), p.prefix_len);
+        let _ = writeln!(
+            s,
+            "\t# Packets to {prefix}: the inbound rows of {}.",
+            p.roles.join(",")
+        );
+        let _ = writeln!(s, "\tchain to_p{i} {{");
+        for (j, member) in chains.jumps.iter().zip(&members) {
+            if m.contains(member) {
+                let _ = writeln!(s, "\t\tjump {j}");
+            }
+        }
+        s.push_str("\t}\n\n");
+        if !appliance {
+            continue;
+        }
+        // Even an empty chain ends the source side here: no shorter prefix applies.
+        let _ = writeln!(
+            s,
+            "\t# Packets from {prefix}: the outbound rows of {}.",
+            p.roles.join(",")
+        );
+        let _ = writeln!(s, "\tchain from_p{i} {{");
+        for out in m.iter().filter_map(|r| chains.out_chain_of(r)) {
+            let _ = writeln!(s, "\t\tjump {out}");
+        }
+        s.push_str("\t}\n\n");
+    }
+    s.push_str(&chains.out_chains);
+    s.push_str(chains.chains.trim_end());
+    s.push_str("\n}\n");
+    Ok(s)
+}
+
+/// Appliance mode: `export_profiles` for an appliance.
+pub fn export_appliance(
+    catalog: &Catalog,
+    own_roles: &[String],
+    profiles: &[ProfileSpec],
+    mgmt: &[MgmtAllowance],
+) -> Result<String, CatalogError> {
+    export_profiles(catalog, Placement::Appliance, own_roles, profiles, mgmt)
+}
+
+/// The sets and chains of a list of roles (each role's own rules).
+struct RoleChains {
+    /// Named interval sets, inbound and outbound, in role order.
+    sets: String,
+    /// `role_<id>` chains: the inbound destination rows.
+    chains: String,
+    /// The `role_<id>` chain of each role, in order.
+    jumps: Vec<String>,
+    /// `out_<id>` chains: the outbound rows, for roles that have any.
+    out_chains: String,
+    out_jumps: Vec<String>,
+}
+
+impl RoleChains {
+    fn of(catalog: &Catalog, members: &[String]) -> RoleChains {
+        let mut sets = String::new();
+        let mut chains = String::new();
+        let mut jumps = Vec::new();
+        let mut out_chains = String::new();
+        let mut out_jumps = Vec::new();
+        for role in members {
+            let base = ident(role);
+            let chain = format!("role_{base}");
+            let _ = writeln!(chains, "\tchain {chain} {{");
+            let own = catalog.own_rules(role);
+            for proto in [Protocol::Tcp, Protocol::Udp] {
+                let ranges = merged(
+                    own.iter()
+                        .filter(|r| {
+                            r.protocol == proto
+                                && r.side == MatchSide::Destination
+                                && r.direction == Direction::Inbound
+                        })
+                        .map(|r| (r.port_start, r.port_end))
+                        .collect(),
+                );
+                if ranges.is_empty() {
+                    continue;
+                }
+                let set = format!("{base}_{proto}");
+                interval_set(&mut sets, &set, &ranges);
+                let _ = writeln!(
+                    chains,
+                    "\t\t{proto} dport @{set} counter accept comment \"{role}\""
+                );
+            }
+            for r in own.iter().filter(|r| r.side == MatchSide::Source) {
+                let _ = writeln!(
+                    chains,
+                    "\t\t# {} {} ({}) is the peer's port: its replies pass above (established, DHCP)",
+                    r.protocol,
+                    r.ports_text(),
+                    one_line(&r.service)
+                );
+            }
+            chains.push_str("\t}\n\n");
+            jumps.push(chain);
+
+            // Set names: inbound ones end in _tcp/_udp, outbound ones in _out, and
+            // role ids have no `_`, so no two roles' sets can share a name.
+            let mut out_rules = String::new();
+            for proto in [Protocol::Tcp, Protocol::Udp] {
+                let ranges = merged(
+                    own.iter()
+                        .filter(|r| r.protocol == proto && r.direction == Direction::Outbound)
+                        .map(|r| (r.port_start, r.port_end))
+                        .collect(),
+                );
+                if ranges.is_empty() {
+                    continue;
+                }
+                let set = format!("{base}_{proto}_out");
+                interval_set(&mut sets, &set, &ranges);
+                let _ = writeln!(
+                    out_rules,
+                    "\t\t{proto} dport @{set} counter accept comment \"{role} outbound\""
+                );
+            }
+            if !out_rules.is_empty() {
+                let chain = format!("out_{base}");
+                let _ = write!(out_chains, "\tchain {chain} {{\n{out_rules}\t}}\n\n");
+                out_jumps.push(chain);
+            }
+        }
+        RoleChains {
+            sets,
+            chains,
+            jumps,
+            out_chains,
+            out_jumps,
+        }
+    }
+
+    /// The `out_<id>` chain of a role, if it has outbound rows.
+    fn out_chain_of(&self, role: &str) -> Option<String> {
+        let chain = format!("out_{}", ident(role));
+        self.out_jumps.contains(&chain).then_some(chain)
+    }
+}
+
+fn interval_set(s: &mut String, name: &str, ranges: &[(u16, u16)]) {
+    let elements: Vec<String> = ranges.iter().map(|&(a, b)| ports_text(a, b)).collect();
+    let _ = writeln!(
+        s,
+        "\tset {name} {{\n\t\ttype inet_service\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
+        elements.join(", ")
+    );
+}
+
+/// What the XDP program passes whatever the policy: essential ICMP and
+/// ICMPv6, DHCP replies.
+fn essentials(s: &mut String) {
     s.push_str(
         "\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem, echo-request, echo-reply } \
          counter accept comment \"icmp\"\n",
@@ -142,30 +388,152 @@ pub fn export(
     );
     s.push_str("\t\tudp sport 67 udp dport 68 counter accept comment \"dhcp\"\n");
     s.push_str("\t\tudp sport 547 udp dport 546 counter accept comment \"dhcp\"\n");
+}
+
+fn input_chain(s: &mut String, mgmt_rules: &[String], jumps: &[String], last: Option<&str>) {
+    s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
+    s.push_str("\t\tct state established,related counter accept comment \"established\"\n");
+    s.push_str("\t\tiif \"lo\" accept comment \"loopback\"\n");
+    s.push_str(
+        "\t\t# ARP is not IP: the inet family never sees it, so this table cannot drop it.\n",
+    );
+    essentials(s);
     for line in mgmt_rules {
         let _ = writeln!(s, "\t\t{line}");
     }
-    for chain in &jumps {
+    for chain in jumps {
+        let _ = writeln!(s, "\t\tjump {chain}");
+    }
+    if let Some(line) = last {
+        let _ = writeln!(s, "\t\t{line}");
+    }
+    s.push_str("\t}\n\n");
+}
+
+fn output_chain(s: &mut String, out_jumps: &[String]) {
+    if out_jumps.is_empty() {
+        return;
+    }
+    s.push_str(
+        "\t# The roles' outbound rows: what the host sends is not filtered (policy accept), as by the\n\
+         \t# XDP program; these only count it, and its replies pass input as established.\n",
+    );
+    s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
+    for chain in out_jumps {
         let _ = writeln!(s, "\t\tjump {chain}");
     }
     s.push_str("\t}\n\n");
-    if !out_jumps.is_empty() {
-        s.push_str(
-            "\t# The roles' outbound rows: what the host sends is not filtered (policy accept), as by the\n\
-             \t# XDP program; these only count it, and its replies pass input as established.\n",
-        );
-        s.push_str(
-            "\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n",
-        );
-        for chain in &out_jumps {
-            let _ = writeln!(s, "\t\tjump {chain}");
+}
+
+/// One profile's address match in one family: the nft family keyword, the
+/// match text (`None` for a whole family) and the sort key (the prefix length
+/// in the IPv4-mapped IPv6 space the XDP trie uses).
+struct SideMatch {
+    family: &'static str,
+    prefix: Option<String>,
+    key: u8,
+    profile: usize,
+}
+
+/// Every profile's matches, longest prefix first. The XDP trie keys IPv4
+/// addresses as IPv4-mapped IPv6 ones, so an IPv6 prefix that contains
+/// `::ffff:0:0/96` (`::/0`, say) covers IPv4 packets too: it gets an IPv4
+/// match as well, sorted by its own (short) length.
+fn profile_matches(profiles: &[ProfileSpec]) -> Result<Vec<SideMatch>, CatalogError> {
+    let mut out = Vec::new();
+    let mut seen: Vec<(IpAddr, u8)> = Vec::new();
+    let mut errors = Vec::new();
+    for (i, p) in profiles.iter().enumerate() {
+        let max = if p.prefix.is_ipv4() { 32 } else { 128 };
+        let net = masked(p.prefix, p.prefix_len.min(max));
+        if p.prefix_len > max || seen.contains(&(net, p.prefix_len)) {
+            errors.push(Diagnostic {
+                origin: "--profile".into(),
+                line: 0,
+                column: 0,
+                severity: Severity::Error,
+                message: if p.prefix_len > max {
+                    format!("invalid prefix {}/{}", p.prefix, p.prefix_len)
+                } else {
+                    format!("{net}/{} is given twice", p.prefix_len)
+                },
+                hint: Some("give each prefix once, with all its roles: CIDR=ROLE[,ROLE]".into()),
+            });
+            continue;
         }
-        s.push_str("\t}\n\n");
-        s.push_str(&out_chains);
+        seen.push((net, p.prefix_len));
+        match net {
+            IpAddr::V4(_) => out.push(SideMatch {
+                family: "ip",
+                prefix: (p.prefix_len > 0).then(|| format!("{net}/{}", p.prefix_len)),
+                key: 96 + p.prefix_len,
+                profile: i,
+            }),
+            IpAddr::V6(v6) => {
+                out.push(SideMatch {
+                    family: "ip6",
+                    prefix: (p.prefix_len > 0).then(|| format!("{net}/{}", p.prefix_len)),
+                    key: p.prefix_len,
+                    profile: i,
+                });
+                let mapped = masked(
+                    IpAddr::V6(std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped()),
+                    p.prefix_len,
+                );
+                if p.prefix_len <= 96 && mapped == IpAddr::V6(v6) {
+                    out.push(SideMatch {
+                        family: "ip",
+                        prefix: None,
+                        key: p.prefix_len,
+                        profile: i,
+                    });
+                }
+            }
+        }
     }
-    s.push_str(chains.trim_end());
-    s.push_str("\n}\n");
-    Ok(s)
+    if !errors.is_empty() {
+        return Err(CatalogError {
+            diagnostics: errors,
+        });
+    }
+    // Stable: equal lengths in one family are disjoint prefixes, whose order
+    // does not matter.
+    out.sort_by_key(|m| std::cmp::Reverse(m.key));
+    Ok(out)
+}
+
+fn side_chain(
+    s: &mut String,
+    name: &str,
+    field: &str,
+    sides: &[SideMatch],
+    target: &str,
+    default_jumps: &[String],
+) {
+    let _ = writeln!(
+        s,
+        "\t# Longest prefix first, and `goto`: the first match is the only profile applied."
+    );
+    let _ = writeln!(s, "\tchain {name} {{");
+    for m in sides {
+        match &m.prefix {
+            Some(prefix) => {
+                let _ = writeln!(
+                    s,
+                    "\t\t{} {field} {prefix} goto {target}{}",
+                    m.family, m.profile
+                );
+            }
+            None => {
+                let proto = if m.family == "ip" { "ipv4" } else { "ipv6" };
+                let _ = writeln!(s, "\t\tmeta nfproto {proto} goto {target}{}", m.profile);
+            }
+        }
+    }
+    for chain in default_jumps {
+        let _ = writeln!(s, "\t\tjump {chain}");
+    }
+    s.push_str("\t}\n\n");
 }
 
 /// Sorted, with overlapping and adjacent ranges joined: nft refuses

@@ -1007,3 +1007,243 @@ fn nft_export_puts_outbound_rows_in_an_accepting_output_chain() {
         super::nft::export(&c, &["front-end".to_string()], &[]).unwrap_or_else(|e| panic!("{e}"));
     assert!(!fe.contains("hook output"), "{fe}");
 }
+
+fn profile(cidr: &str, roles: &[&str]) -> super::nft::ProfileSpec {
+    let (ip, len) = cidr
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{cidr}: no /"));
+    super::nft::ProfileSpec {
+        prefix: ip.parse().unwrap_or_else(|e| panic!("{cidr}: {e}")),
+        prefix_len: len.parse().unwrap_or_else(|e| panic!("{cidr}: {e}")),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+/// The body of chain `name` (up to its closing brace).
+fn chain_body(text: &str, name: &str) -> String {
+    let start = text
+        .find(&format!("\tchain {name} {{\n"))
+        .unwrap_or_else(|| panic!("no chain {name} in:\n{text}"));
+    let rest = &text[start..];
+    rest[..rest.find("\n\t}").unwrap_or(rest.len())].to_string()
+}
+
+#[test]
+fn nft_appliance_orders_each_side_longest_prefix_first_with_goto() {
+    let c = Catalog::embedded();
+    let text = super::nft::export_appliance(
+        &c,
+        &[],
+        &[
+            profile("198.18.2.0/24", &["edge-internal"]),
+            profile("198.18.2.10/32", &["access-edge-external"]),
+            profile("2001:db8:2::/64", &["edge-internal"]),
+            profile("2001:db8:2::12/128", &["av-edge-external"]),
+            profile("198.18.2.11/32", &["webconf-edge-external"]),
+        ],
+        &super::MgmtAllowance::defaults(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let to: Vec<String> = chain_body(&text, "to_profile")
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert_eq!(
+        to,
+        [
+            "ip daddr 198.18.2.10/32 goto to_p1",
+            "ip6 daddr 2001:db8:2::12/128 goto to_p3",
+            "ip daddr 198.18.2.11/32 goto to_p4",
+            "ip daddr 198.18.2.0/24 goto to_p0",
+            "ip6 daddr 2001:db8:2::/64 goto to_p2",
+        ],
+        "destination side, most specific first, in:\n{text}"
+    );
+    let from = chain_body(&text, "from_profile");
+    assert!(
+        from.contains("ip saddr 198.18.2.11/32 goto from_p4\n"),
+        "{from}"
+    );
+    // webconf-edge-external has no outbound rows: its source chain is empty,
+    // and still ends the source side (edge-internal's 5061 must not apply).
+    assert_eq!(
+        chain_body(&text, "from_p4").lines().count(),
+        1,
+        "from_p4 holds no rule in:\n{text}"
+    );
+    assert!(
+        chain_body(&text, "from_p0").contains("jump out_edge_internal"),
+        "{text}"
+    );
+    assert!(
+        chain_body(&text, "to_p1").contains("jump role_access_edge_external"),
+        "{text}"
+    );
+    let forward = chain_body(&text, "forward");
+    assert!(
+        forward.contains("type filter hook forward priority filter; policy drop;"),
+        "{forward}"
+    );
+    assert!(
+        forward.contains("ct state established,related counter accept"),
+        "{forward}"
+    );
+    assert!(
+        forward.contains("udp sport 67 udp dport 68 counter accept"),
+        "{forward}"
+    );
+    // The lockout guard is the box's own: never on forwarded packets.
+    assert!(!forward.contains("dport 22"), "{forward}");
+    let input = chain_body(&text, "input");
+    assert!(input.contains("meta nfproto ipv4 tcp dport 22"), "{input}");
+    assert!(
+        !input.contains("jump role_"),
+        "no --role: the essentials and the guard only, in:\n{input}"
+    );
+    assert!(input.contains("jump from_profile"), "{input}");
+    assert!(!text.contains("hook output"), "no own roles: {text}");
+}
+
+#[test]
+fn nft_appliance_own_roles_go_to_input_and_output_only() {
+    let c = Catalog::embedded();
+    let text = super::nft::export_appliance(
+        &c,
+        &[
+            "reverse-proxy-external".into(),
+            "reverse-proxy-internal".into(),
+        ],
+        &[profile("198.18.2.12/32", &["av-edge-external"])],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let input = chain_body(&text, "input");
+    assert!(
+        input.contains("jump role_reverse_proxy_external")
+            && input.contains("jump role_reverse_proxy_internal")
+            && !input.contains("role_av_edge_external"),
+        "{input}"
+    );
+    let output = chain_body(&text, "output");
+    assert!(
+        output.contains("jump out_reverse_proxy_internal")
+            && !output.contains("out_av_edge_external"),
+        "{output}"
+    );
+    assert!(
+        !chain_body(&text, "forward").contains("reverse_proxy"),
+        "{text}"
+    );
+}
+
+#[test]
+fn nft_appliance_whole_family_and_mapped_prefixes() {
+    let c = Catalog::embedded();
+    // The XDP trie keys IPv4 as IPv4-mapped IPv6: ::/0 covers both families,
+    // and sorts after every IPv4 prefix.
+    let text = super::nft::export_appliance(
+        &c,
+        &[],
+        &[
+            profile("::/0", &["edge-internal"]),
+            profile("0.0.0.0/0", &["reverse-proxy-external"]),
+        ],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let to: Vec<String> = chain_body(&text, "to_profile")
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert_eq!(
+        to,
+        [
+            "meta nfproto ipv4 goto to_p1",
+            "meta nfproto ipv6 goto to_p0",
+            "meta nfproto ipv4 goto to_p0",
+        ],
+        "in:\n{text}"
+    );
+}
+
+#[test]
+fn nft_appliance_refuses_a_prefix_given_twice() {
+    let c = Catalog::embedded();
+    let err = super::nft::export_appliance(
+        &c,
+        &[],
+        &[
+            profile("198.18.2.0/24", &["edge-internal"]),
+            profile("198.18.2.7/24", &["av-edge-external"]),
+        ],
+        &[],
+    )
+    .err()
+    .unwrap_or_else(|| panic!("a prefix given twice was accepted"));
+    let text = err.to_string();
+    assert!(
+        text.contains("--profile") && text.contains("198.18.2.0/24 is given twice"),
+        "{text}"
+    );
+    let unknown =
+        super::nft::export_appliance(&c, &[], &[profile("198.18.2.0/24", &["no-such-role"])], &[])
+            .err()
+            .unwrap_or_else(|| panic!("an unknown role was accepted"));
+    assert!(unknown.to_string().contains("no-such-role"), "{unknown}");
+}
+
+#[test]
+fn nft_host_profiles_pick_the_destination_profile_then_the_default() {
+    let c = Catalog::embedded();
+    let text = super::nft::export_profiles(
+        &c,
+        super::nft::Placement::Host,
+        &["front-end".to_string()],
+        &[
+            profile("198.18.2.0/24", &["edge-internal"]),
+            profile("198.18.2.10/32", &["director"]),
+        ],
+        &super::MgmtAllowance::defaults(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let to: Vec<String> = chain_body(&text, "to_profile")
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert_eq!(
+        to,
+        [
+            "ip daddr 198.18.2.10/32 goto to_p1",
+            "ip daddr 198.18.2.0/24 goto to_p0",
+            "jump role_front_end",
+            "jump role_all_servers",
+            "jump role_all_internal_servers",
+        ],
+        "the default profile only after every prefix, in:\n{text}"
+    );
+    assert!(!text.contains("hook forward"), "{text}");
+    assert!(!text.contains("from_profile"), "{text}");
+    let input = chain_body(&text, "input");
+    assert!(
+        input.contains("meta nfproto ipv4 tcp dport 22")
+            && input.ends_with("jump to_profile comment \"destination profile\""),
+        "{input}"
+    );
+    // Without --role, addresses in no profile get nothing past the guard.
+    let bare = super::nft::export_profiles(
+        &c,
+        super::nft::Placement::Host,
+        &[],
+        &[profile("198.18.2.10/32", &["director"])],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        chain_body(&bare, "to_profile").lines().count(),
+        2,
+        "one goto, no default, in:\n{bare}"
+    );
+}

@@ -92,3 +92,15 @@ pub fn export_nft(
 ) -> Result<String, CatalogError> {
     nft::export(catalog, roles, mgmt)
 }
+
+/// The policy with `--profile`s (a host's, or an appliance's with its
+/// forward chain) as an nftables ruleset.
+pub fn export_nft_profiles(
+    catalog: &Catalog,
+    placement: nft::Placement,
+    roles: &[String],
+    profiles: &[nft::ProfileSpec],
+    mgmt: &[MgmtAllowance],
+) -> Result<String, CatalogError> {
+    nft::export_profiles(catalog, placement, roles, profiles, mgmt)
+}

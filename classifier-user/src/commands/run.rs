@@ -560,6 +560,69 @@ mod tests {
         );
     }
 
+    fn run_args(argv: &[&str]) -> RunArgs {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(
+            ["portguard", "run"].iter().chain(argv.iter()).copied(),
+        )
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        match cli.command {
+            crate::cli::Command::Run(a) => a,
+            other => panic!("{argv:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn appliance_legs_are_checked_before_anything_is_touched() {
+        let a = run_args(&["--iface", "pgx0", "--iface", "pgx1", "--role", "front-end"]);
+        assert!(a.is_appliance(), "two legs are appliance mode");
+        let one = run_args(&["--iface", "pgx0", "--role", "front-end"]);
+        assert!(!one.is_appliance(), "one leg is a host");
+        let armed = run_args(&["--iface", "pgx0", "--appliance"]);
+        assert!(armed.is_appliance(), "--appliance on one leg");
+
+        let twice = run_args(&["--iface", "pgx0", "--iface", "pgx0", "--role", "front-end"]);
+        let e = check_flags(&twice, &spec_from_args(&twice)).expect_err("a leg given twice");
+        assert!(
+            e.to_string().contains("--iface pgx0 is given twice") && e.exit_code() == 2,
+            "{e}"
+        );
+        let five = run_args(&[
+            "--iface", "a0", "--iface", "a1", "--iface", "a2", "--iface", "a3", "--iface", "a4",
+        ]);
+        let e = check_flags(&five, &spec_from_args(&five)).expect_err("five legs");
+        assert!(
+            e.to_string().contains("at most 4 interfaces") && e.exit_code() == 2,
+            "{e}"
+        );
+        let bad = run_args(&["--iface", "pgx0", "--iface", "../x"]);
+        let e = check_flags(&bad, &spec_from_args(&bad)).expect_err("a path as a leg");
+        assert_eq!(e.exit_code(), 2, "{e}");
+    }
+
+    #[test]
+    fn an_appliance_without_role_is_valid_and_says_what_its_own_addresses_get() {
+        let a = run_args(&["--iface", "pgx0", "--iface", "pgx1"]);
+        let spec = spec_from_args(&a);
+        assert!(spec.appliance && spec.default_roles.is_none());
+        let text = roles_text(&spec);
+        assert!(
+            text.contains("essentials and the lockout guard only"),
+            "{text}"
+        );
+        let compiled = policy::compile(
+            &crate::catalog::Catalog::embedded(),
+            &spec,
+            &mut SlotRegistry::default(),
+        )
+        .unwrap_or_else(|e| panic!("an appliance needs no --role: {e}"));
+        assert_eq!(
+            compiled.default_profile,
+            classifier_common::PROFILE_NONE,
+            "forwarded traffic to no profile has no default"
+        );
+    }
+
     #[test]
     fn a_wildcard_metrics_address_is_reported_as_reachable_through_the_interface() {
         let any: SocketAddr = "0.0.0.0:9477".parse().expect("addr");

@@ -527,6 +527,7 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
             on / off
         );
         report.target(Target::new(
+            12,
             "flood: drop rate with events on ≥ 95% of events off",
             format!("{:.0}% ({on:.0} vs {off:.0}/s)", 100.0 * on / off),
             on / off >= 0.95,
@@ -535,6 +536,7 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
     if let (Some(pg), Some(nft)) = (get("portguard"), get("nftables")) {
         let _ = writeln!(ratios, "- dropped/s, portguard / nftables: {:.2}", pg / nft);
         report.target(Target::new(
+            7,
             "flood: portguard drops ≥ 2x nftables' packets/s",
             format!("{:.2}x ({pg:.0} vs {nft:.0}/s)", pg / nft),
             pg / nft >= 2.0,
@@ -547,6 +549,7 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
             pg / xf
         );
         report.target(Target::new(
+            7,
             "flood: portguard drops no fewer packets/s than xdp-filter",
             format!("{:.2}x ({pg:.0} vs {xf:.0}/s)", pg / xf),
             pg >= xf,
@@ -614,6 +617,7 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
     );
     report.section("5. Memory", "Read from /proc/PID/status and /proc/PID/fdinfo of the running daemon during the portguard floods.", t);
     report.target(Target::new(
+        7,
         "daemon RSS < 30 MiB",
         format!("{:.1} MiB", rss_max as f64 / 1024.0),
         rss_max < 30 * 1024,
@@ -705,6 +709,7 @@ fn reload_flood(report: &mut Report, lab: &Lab, allowed: &[u8], reloads: u32) ->
         t,
     );
     report.target(Target::new(
+        7,
         "zero allowed packets lost across reloads",
         format!(
             "{drops} dropped by portguard of {} allowed packets seen, in {} reloads",

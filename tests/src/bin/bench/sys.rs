@@ -48,6 +48,20 @@ impl std::ops::Sub for Cpu {
     }
 }
 
+/// CPU time of the calling thread, ns. `BPF_PROG_TEST_RUN` executes in
+/// its caller's context, so this is what the runs cost, preemption excluded.
+pub fn thread_cpu_ns() -> Result<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer for clock_gettime.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("CLOCK_THREAD_CPUTIME_ID");
+    }
+    Ok(ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64)
+}
+
 /// An interface's packet counters (`ip -s -j link`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Link {
@@ -100,6 +114,24 @@ pub fn udp_reached(ns: &NetNs) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// Packets the IPv4 layer of a namespace received (`Ip: InReceives`):
+/// counted after the check that drops frames addressed to another host.
+pub fn ip_in_receives(ns: &NetNs) -> Result<u64> {
+    let out = run(&mut ns_exec(ns, "cat", &["/proc/net/snmp"]))?;
+    let mut lines = out.lines().filter(|l| l.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no Ip: lines in /proc/net/snmp")
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "InReceives")
+        .context("no Ip InReceives in /proc/net/snmp")?
+        .1
+        .parse()
+        .context("Ip InReceives")
 }
 
 /// VmRSS of a process, in KiB.
