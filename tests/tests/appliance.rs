@@ -27,6 +27,10 @@ const AV: &str = "198.18.73.10";
 const AV6: &str = "2001:db8:73::10";
 const PARTNER: &str = "198.18.72.1";
 const PARTNER6: &str = "2001:db8:72::1";
+/// The partner's source port: fixed, and outside 50000-59999, where the A/V
+/// Edge's answers would pass by its outbound media rule rather than as
+/// answers (an ephemeral port may land there).
+const CLIENT_PORT: u16 = 40_478;
 
 /// internet (PARTNER) -- EXT | appliance | DMZ -- dmz (AV).
 struct Routed {
@@ -52,43 +56,28 @@ impl Routed {
             "internet leg",
             veth_pair(&r.internet, EXT_PEER, &r.appliance, EXT),
         );
-        ok_any("dmz leg", veth_pair(&r.dmz, DMZ_PEER, &r.appliance, DMZ));
         for (ns, ifname, cidr) in [
             (&r.internet, EXT_PEER, "198.18.72.1/24"),
             (&r.internet, EXT_PEER, "2001:db8:72::1/64"),
             (&r.appliance, EXT, "198.18.72.254/24"),
             (&r.appliance, EXT, "2001:db8:72::fe/64"),
-            (&r.appliance, DMZ, "198.18.73.254/24"),
-            (&r.appliance, DMZ, "2001:db8:73::fe/64"),
-            (&r.dmz, DMZ_PEER, "198.18.73.10/24"),
-            (&r.dmz, DMZ_PEER, "2001:db8:73::10/64"),
         ] {
             ok_any(cidr, addr(ns, ifname, cidr));
         }
-        for (ns, args) in [
-            (
-                &r.internet,
-                &["route", "add", "198.18.73.0/24", "via", "198.18.72.254"][..],
-            ),
-            (
-                &r.internet,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    "2001:db8:73::/64",
-                    "via",
-                    "2001:db8:72::fe",
-                ],
-            ),
-            (&r.dmz, &["route", "add", "default", "via", "198.18.73.254"]),
-            (
-                &r.dmz,
-                &["-6", "route", "add", "default", "via", "2001:db8:73::fe"],
-            ),
+        for args in [
+            &["route", "add", "198.18.73.0/24", "via", "198.18.72.254"][..],
+            &[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:73::/64",
+                "via",
+                "2001:db8:72::fe",
+            ],
         ] {
-            ok_any("route", ns.ip(args));
+            ok_any("route", r.internet.ip(args));
         }
+        r.link_dmz();
         for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
             ok_any(
                 key,
@@ -98,9 +87,30 @@ impl Routed {
             )
             .unwrap_or_else(|e| panic!("{key}: {e}"));
         }
+        r
+    }
+
+    /// The DMZ leg, its addresses and the DMZ's routes: at start, and again
+    /// after the test deleted it under a running daemon.
+    fn link_dmz(&self) {
+        ok_any(
+            "dmz leg",
+            veth_pair(&self.dmz, DMZ_PEER, &self.appliance, DMZ),
+        );
+        for cidr in ["198.18.73.254/24", "2001:db8:73::fe/64"] {
+            ok_any(cidr, addr(&self.appliance, DMZ, cidr));
+        }
+        for cidr in ["198.18.73.10/24", "2001:db8:73::10/64"] {
+            ok_any(cidr, addr(&self.dmz, DMZ_PEER, cidr));
+        }
+        for args in [
+            &["route", "add", "default", "via", "198.18.73.254"][..],
+            &["-6", "route", "add", "default", "via", "2001:db8:73::fe"],
+        ] {
+            ok_any("route", self.dmz.ip(args));
+        }
         // IPv6 duplicate address detection would hold the addresses back.
         std::thread::sleep(Duration::from_secs(2));
-        r
     }
 
     fn xdp_on(&self, ifname: &str) -> bool {
@@ -200,12 +210,12 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 fn check_policy(r: &Routed, round: &str) {
     // STUN into the A/V Edge (inbound row) and its answers.
     assert_eq!(
-        exchange(&r.internet, sa(PARTNER, 0), sa(AV, 3478), 5),
+        exchange(&r.internet, sa(PARTNER, CLIENT_PORT), sa(AV, 3478), 5),
         5,
         "{round}: STUN to the A/V Edge and back"
     );
     assert_eq!(
-        exchange(&r.internet, sa(PARTNER6, 0), sa(AV6, 3478), 5),
+        exchange(&r.internet, sa(PARTNER6, CLIENT_PORT), sa(AV6, 3478), 5),
         5,
         "{round}: STUN to the A/V Edge (IPv6) and back"
     );
@@ -223,12 +233,12 @@ fn check_policy(r: &Routed, round: &str) {
     // Forbidden: a port the A/V Edge does not publish, and the media range
     // inbound (unsolicited).
     assert_eq!(
-        exchange(&r.internet, sa(PARTNER, 0), sa(AV, 3479), 3),
+        exchange(&r.internet, sa(PARTNER, CLIENT_PORT + 1), sa(AV, 3479), 3),
         0,
         "{round}: UDP 3479 to the A/V Edge must be dropped"
     );
     assert_eq!(
-        exchange(&r.internet, sa(PARTNER, 0), sa(AV, 50_600), 3),
+        exchange(&r.internet, sa(PARTNER, CLIENT_PORT + 2), sa(AV, 50_600), 3),
         0,
         "{round}: unsolicited UDP to the A/V Edge's media range must be dropped"
     );
@@ -394,6 +404,39 @@ fn one_daemon_guards_both_legs_through_reload_kill9_restart_and_detach() {
             passed(&after, leg)
         );
     }
+
+    // A leg that goes away is reported as detached while the other leg
+    // keeps enforcing; when it comes back it is guarded again.
+    ok_any(
+        "deleting the DMZ leg",
+        r.appliance.ip(&["link", "del", DMZ]),
+    );
+    let gone = poll(Duration::from_secs(5), || {
+        let s = r.scrape();
+        (s.value("portguard_xdp_attached", &[("iface", DMZ)]) == 0.0
+            && s.value("portguard_xdp_attached", &[("iface", EXT)]) == 1.0)
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "with {DMZ} deleted, its gauge must be 0 and {EXT}'s 1:\n{}",
+        r.scrape().text
+    );
+    // The DMZ's echo servers stay bound to their addresses meanwhile.
+    r.link_dmz();
+    let back = poll(Duration::from_secs(5), || {
+        (r.xdp_on(DMZ)
+            && r.scrape()
+                .value("portguard_xdp_attached", &[("iface", DMZ)])
+                == 1.0)
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "{DMZ} re-created must be guarded again:\n{}",
+        second.log()
+    );
+    check_policy(&r, "after the DMZ leg came back");
 
     // `detach` refuses while it runs, and after a crash removes everything
     // from either leg.
