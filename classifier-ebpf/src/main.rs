@@ -436,6 +436,103 @@ fn deny(reason: Reason, pclass: u32, config: &Config) -> Outcome {
 
 #[inline(always)]
 fn classify(frame: &Frame, config: &Config) -> Outcome {
+    if let Some(outcome) = fast_path(frame, config) {
+        return outcome;
+    }
+    classify_any(frame, config)
+}
+
+/// The common packet on a host: an unfragmented TCP or UDP packet, IPv4
+/// without options or IPv6 without extension headers, under at most
+/// `MAX_VLAN_TAGS` tags, to a host whose catalog has no `--profile` prefixes.
+/// It is decided here with a port lookup and few live values; anything else
+/// (`None`) goes to `classify_any`, which parses the frame again from the
+/// start and decides every case. Each verdict here is the one `classify_any`
+/// would give: the same checks in the same order, minus the branches the
+/// conditions above rule out; where a decision needs an address (flows,
+/// management), it leaves the packet to `classify_any`.
+#[inline(always)]
+fn fast_path(frame: &Frame, config: &Config) -> Option<Outcome> {
+    let generation = (config.generation & 1) as usize;
+    let gen_config = &config.gens[generation];
+    let profile = gen_config.default_profile;
+    if config.flags & FLAG_APPLIANCE != 0 || gen_config.has_prefixes != 0 || profile == PROFILE_NONE
+    {
+        return None;
+    }
+    let eth = frame.ptr::<[u8; ETH_HLEN]>(0)?.cast::<u8>();
+    let mut ethertype = be16_at(eth, 12);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = be16_at(frame.ptr::<[u8; 4]>(off)?.cast::<u8>(), 2);
+        off += 4;
+    }
+    let (proto, l4, end) = match ethertype {
+        ETH_P_IP => {
+            let h = frame.ptr::<[u8; 20]>(off)?.cast::<u8>();
+            // SAFETY (both): inside the checked 20 bytes.
+            let (version_ihl, proto) = unsafe { (*h, *h.add(9)) };
+            let total = be16_at(h, 2) as usize;
+            // No options, no fragment (neither MF nor an offset).
+            if version_ihl != 0x45
+                || be16_at(h, 6) & 0x3fff != 0
+                || total < 20
+                || off + total > frame.len()
+            {
+                return None;
+            }
+            (proto, off + 20, off + total)
+        }
+        ETH_P_IPV6 => {
+            let h = frame.ptr::<[u8; 40]>(off)?.cast::<u8>();
+            // SAFETY (both): inside the checked 40 bytes.
+            let (version, proto) = unsafe { (*h >> 4, *h.add(6)) };
+            let payload = be16_at(h, 4) as usize;
+            if version != 6 || off + 40 + payload > frame.len() {
+                return None;
+            }
+            (proto, off + 40, off + 40 + payload)
+        }
+        _ => return None,
+    };
+    let (proto, pclass, hlen) = match proto {
+        IPPROTO_UDP => (PROTO_UDP, PCLASS_UDP, UDP_HLEN),
+        IPPROTO_TCP => (PROTO_TCP, PCLASS_TCP, TCP_HLEN),
+        _ => return None,
+    };
+    if l4 + hlen > end {
+        return None;
+    }
+    let h = frame.ptr::<[u8; 4]>(l4)?.cast::<u8>();
+    let (sport, dport) = (be16_at(h, 0), be16_at(h, 2));
+    if proto == PROTO_UDP && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)) {
+        return Some(pass(Reason::Dhcp, pclass));
+    }
+    let slot = rule_slot(profile, config, DIR_INBOUND, proto, dport);
+    if slot != 0 {
+        return Some(Outcome {
+            counter: slot as u32,
+            pass: true,
+        });
+    }
+    // Not allowed by a rule: the management guard and the flow table need
+    // the addresses, so a packet that may meet them is decided by the full
+    // path. (A flow is possible only where `FLOW_PORTS` marks the port.)
+    if (proto == PROTO_TCP && is_mgmt_port(config, dport)) || local_port_has_flows(dport) {
+        return None;
+    }
+    if proto == PROTO_UDP && (dport == 500 || dport == 4500) && is_media_profile(profile, config) {
+        return Some(ipsec(config, pclass));
+    }
+    Some(deny(Reason::PortNotAllowed, pclass, config))
+}
+
+/// Every frame: the parser and decision for all shapes and modes.
+#[inline(always)]
+fn classify_any(frame: &Frame, config: &Config) -> Outcome {
     let Some(eth_type) = frame.bytes::<2>(12) else {
         return deny(Reason::Malformed, PCLASS_OTHER, config);
     };
