@@ -470,9 +470,11 @@ fn fast_path(frame: &Frame, config: &Config) -> Option<Outcome> {
         ethertype = be16_at(frame.ptr::<[u8; 4]>(off)?.cast::<u8>(), 2);
         off += 4;
     }
-    let (proto, l4, end) = match ethertype {
+    // One bounds check per family covers the IP header and the ports that
+    // follow it (there are no options or extension headers in between).
+    let (proto, l4, end, ports) = match ethertype {
         ETH_P_IP => {
-            let h = frame.ptr::<[u8; 20]>(off)?.cast::<u8>();
+            let h = frame.ptr::<[u8; 20 + 4]>(off)?.cast::<u8>();
             // SAFETY (both): inside the checked 20 bytes.
             let (version_ihl, proto) = unsafe { (*h, *h.add(9)) };
             let total = be16_at(h, 2) as usize;
@@ -484,17 +486,19 @@ fn fast_path(frame: &Frame, config: &Config) -> Option<Outcome> {
             {
                 return None;
             }
-            (proto, off + 20, off + total)
+            // SAFETY: inside the checked 24 bytes.
+            (proto, off + 20, off + total, unsafe { h.add(20) })
         }
         ETH_P_IPV6 => {
-            let h = frame.ptr::<[u8; 40]>(off)?.cast::<u8>();
+            let h = frame.ptr::<[u8; 40 + 4]>(off)?.cast::<u8>();
             // SAFETY (both): inside the checked 40 bytes.
             let (version, proto) = unsafe { (*h >> 4, *h.add(6)) };
             let payload = be16_at(h, 4) as usize;
             if version != 6 || off + 40 + payload > frame.len() {
                 return None;
             }
-            (proto, off + 40, off + 40 + payload)
+            // SAFETY: inside the checked 44 bytes.
+            (proto, off + 40, off + 40 + payload, unsafe { h.add(40) })
         }
         _ => return None,
     };
@@ -506,8 +510,7 @@ fn fast_path(frame: &Frame, config: &Config) -> Option<Outcome> {
     if l4 + hlen > end {
         return None;
     }
-    let h = frame.ptr::<[u8; 4]>(l4)?.cast::<u8>();
-    let (sport, dport) = (be16_at(h, 0), be16_at(h, 2));
+    let (sport, dport) = (be16_at(ports, 0), be16_at(ports, 2));
     if proto == PROTO_UDP && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)) {
         return Some(pass(Reason::Dhcp, pclass));
     }
@@ -1081,64 +1084,74 @@ fn record_flow(ctx: &TcContext) {
         ethertype = be16(&tag, 2);
         off += 4;
     }
-    let (src, dst, proto, l4): (Words, Words, u8, usize) = match ethertype {
+    // The transport is checked before the addresses are read: only a TCP
+    // SYN or a UDP datagram is recorded, and most of the host's packets are
+    // neither.
+    let (hp, v6, proto, l4) = match ethertype {
         ETH_P_IP => {
-            let (Some(hp), Some(h)) = (frame.ptr::<[u8; 20]>(off), frame.bytes::<20>(off)) else {
+            let Some(hp) = frame.ptr::<[u8; 20]>(off) else {
                 return;
             };
             let hp = hp.cast::<u8>();
-            if be16(&h, 6) & 0x1fff != 0 {
+            if be16_at(hp, 6) & 0x1fff != 0 {
                 return;
             }
-            (
-                [0, 0, V4_MAPPED, word_at(hp, 12)],
-                [0, 0, V4_MAPPED, word_at(hp, 16)],
-                h[9],
-                off + (h[0] & 0x0f) as usize * 4,
-            )
+            // SAFETY (both): inside the checked 20 bytes.
+            let (version_ihl, proto) = unsafe { (*hp, *hp.add(9)) };
+            (hp, false, proto, off + (version_ihl & 0x0f) as usize * 4)
         }
         ETH_P_IPV6 => {
-            let (Some(hp), Some(h)) = (frame.ptr::<[u8; 40]>(off), frame.bytes::<8>(off)) else {
+            let Some(hp) = frame.ptr::<[u8; 40]>(off) else {
                 return;
             };
             let hp = hp.cast::<u8>();
-            (
-                [
-                    word_at(hp, 8),
-                    word_at(hp, 12),
-                    word_at(hp, 16),
-                    word_at(hp, 20),
-                ],
-                [
-                    word_at(hp, 24),
-                    word_at(hp, 28),
-                    word_at(hp, 32),
-                    word_at(hp, 36),
-                ],
-                h[6],
-                off + 40,
-            )
+            // SAFETY: inside the checked 40 bytes.
+            (hp, true, unsafe { *hp.add(6) }, off + 40)
         }
         _ => return,
     };
     let (sport, dport) = match proto {
         IPPROTO_TCP => {
-            let Some(h) = frame.bytes::<TCP_HLEN>(l4) else {
+            let Some(h) = frame.ptr::<[u8; TCP_HLEN]>(l4) else {
                 return;
             };
+            let h = h.cast::<u8>();
             // SYN without ACK: the host opens the connection.
-            if h[13] & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            // SAFETY: inside the checked header.
+            if unsafe { *h.add(13) } & (TCP_SYN | TCP_ACK) != TCP_SYN {
                 return;
             }
-            (be16(&h, 0), be16(&h, 2))
+            (be16_at(h, 0), be16_at(h, 2))
         }
         IPPROTO_UDP => {
-            let Some(h) = frame.bytes::<UDP_HLEN>(l4) else {
+            let Some(h) = frame.ptr::<[u8; UDP_HLEN]>(l4) else {
                 return;
             };
-            (be16(&h, 0), be16(&h, 2))
+            let h = h.cast::<u8>();
+            (be16_at(h, 0), be16_at(h, 2))
         }
         _ => return,
+    };
+    let (src, dst): (Words, Words) = if v6 {
+        (
+            [
+                word_at(hp, 8),
+                word_at(hp, 12),
+                word_at(hp, 16),
+                word_at(hp, 20),
+            ],
+            [
+                word_at(hp, 24),
+                word_at(hp, 28),
+                word_at(hp, 32),
+                word_at(hp, 36),
+            ],
+        )
+    } else {
+        (
+            [0, 0, V4_MAPPED, word_at(hp, 12)],
+            [0, 0, V4_MAPPED, word_at(hp, 16)],
+        )
     };
     // SAFETY (both): same size, and every bit pattern is a valid byte array.
     let key = FlowKey {
