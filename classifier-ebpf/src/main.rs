@@ -158,27 +158,20 @@ fn word_at(p: *const u8, at: usize) -> u32 {
     unsafe { core::ptr::read_unaligned(p.add(at).cast::<u32>()) }
 }
 
-impl L3 {
-    /// The map key form of the source address: the same bytes.
-    #[inline(always)]
-    fn src(&self) -> Addr {
-        // SAFETY: same size, and every bit pattern is a valid byte array.
-        unsafe { core::mem::transmute::<Words, Addr>(self.src) }
-    }
-
-    #[inline(always)]
-    fn dst(&self) -> Addr {
-        // SAFETY: as above.
-        unsafe { core::mem::transmute::<Words, Addr>(self.dst) }
-    }
+/// A big-endian u16 of the packet at `p + at`: one load, not two byte loads.
+#[inline(always)]
+fn be16_at(p: *const u8, at: usize) -> u16 {
+    // SAFETY: the caller checked that `p .. p + at + 2` lies in the packet.
+    u16::from_be(unsafe { core::ptr::read_unaligned(p.add(at).cast::<u16>()) })
 }
 
-/// The network layer summary the transport decision needs.
+/// The network layer summary the transport decision needs. The addresses
+/// stay in the packet: only the lookups that need one (flows, profiles,
+/// management, fragments) read it, so that the common packet, decided by
+/// one port lookup, neither loads nor spills 32 bytes of addresses.
 struct L3 {
-    /// Words, not bytes: 32 byte values took a register each and were
-    /// spilled to the stack, filling most of the verifier's 512 bytes.
-    src: Words,
-    dst: Words,
+    /// Offset of the source address; the destination follows it.
+    addrs: usize,
     proto: u8,
     /// Offset of the transport header.
     l4: usize,
@@ -194,6 +187,41 @@ struct L3 {
     /// A fragment other than the first: it carries no transport header.
     later_fragment: bool,
     v6: bool,
+}
+
+impl L3 {
+    /// The map key form of the source address (IPv4 mapped into IPv6).
+    #[inline(always)]
+    fn src(&self, frame: &Frame) -> Addr {
+        self.addr(frame, self.addrs)
+    }
+
+    #[inline(always)]
+    fn dst(&self, frame: &Frame) -> Addr {
+        self.addr(frame, self.addrs + if self.v6 { 16 } else { 4 })
+    }
+
+    /// The address at `off`, read again from the packet. The parser checked
+    /// that both addresses lie inside it; the check here is for the verifier
+    /// and cannot fail (the unspecified address would stand in if it did).
+    #[inline(always)]
+    fn addr(&self, frame: &Frame, off: usize) -> Addr {
+        let words: Words = if self.v6 {
+            match frame.ptr::<Words>(off) {
+                // SAFETY: `ptr` checked the 16 bytes.
+                Some(p) => unsafe { core::ptr::read_unaligned(p) },
+                None => [0; 4],
+            }
+        } else {
+            match frame.ptr::<u32>(off) {
+                // SAFETY: `ptr` checked the 4 bytes.
+                Some(p) => [0, 0, V4_MAPPED, unsafe { core::ptr::read_unaligned(p) }],
+                None => [0; 4],
+            }
+        };
+        // SAFETY: same size, and every bit pattern is a valid byte array.
+        unsafe { core::mem::transmute::<Words, Addr>(words) }
+    }
 }
 
 #[xdp]
@@ -281,9 +309,9 @@ fn log_anomaly(ctx: &XdpContext, counter: u32, packets: u64) {
 /// it as suppressed. The verdict path carries nothing extra for events.
 ///
 /// The event holds the first 128 bytes of the frame, and userspace reads the
-/// VLAN tags, addresses and ports from them: this function runs below the
-/// classifier's 480-byte frame with 32 bytes of the 512-byte stack left, and
-/// a second header parser here (unaligned reads spill) did not fit.
+/// VLAN tags, addresses and ports from them: a second header parser here
+/// would cost stack and instructions on every event for what userspace can
+/// read from the copy.
 #[inline(never)]
 fn emit_event(ctx: &XdpContext, counter: u32, flags: u32) {
     // Rule slots count passes only; reason counters carry their verdict.
@@ -408,6 +436,106 @@ fn deny(reason: Reason, pclass: u32, config: &Config) -> Outcome {
 
 #[inline(always)]
 fn classify(frame: &Frame, config: &Config) -> Outcome {
+    if let Some(outcome) = fast_path(frame, config) {
+        return outcome;
+    }
+    classify_any(frame, config)
+}
+
+/// The common packet on a host: an unfragmented TCP or UDP packet, IPv4
+/// without options or IPv6 without extension headers, under at most
+/// `MAX_VLAN_TAGS` tags, to a host whose catalog has no `--profile` prefixes.
+/// It is decided here with a port lookup and few live values; anything else
+/// (`None`) goes to `classify_any`, which parses the frame again from the
+/// start and decides every case. Each verdict here is the one `classify_any`
+/// would give: the same checks in the same order, minus the branches the
+/// conditions above rule out; where a decision needs an address (flows,
+/// management), it leaves the packet to `classify_any`.
+#[inline(always)]
+fn fast_path(frame: &Frame, config: &Config) -> Option<Outcome> {
+    let generation = (config.generation & 1) as usize;
+    let gen_config = &config.gens[generation];
+    let profile = gen_config.default_profile;
+    if config.flags & FLAG_APPLIANCE != 0 || gen_config.has_prefixes != 0 || profile == PROFILE_NONE
+    {
+        return None;
+    }
+    let eth = frame.ptr::<[u8; ETH_HLEN]>(0)?.cast::<u8>();
+    let mut ethertype = be16_at(eth, 12);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = be16_at(frame.ptr::<[u8; 4]>(off)?.cast::<u8>(), 2);
+        off += 4;
+    }
+    // One bounds check per family covers the IP header and the ports that
+    // follow it (there are no options or extension headers in between).
+    let (proto, l4, end, ports) = match ethertype {
+        ETH_P_IP => {
+            let h = frame.ptr::<[u8; 20 + 4]>(off)?.cast::<u8>();
+            // SAFETY (both): inside the checked 20 bytes.
+            let (version_ihl, proto) = unsafe { (*h, *h.add(9)) };
+            let total = be16_at(h, 2) as usize;
+            // No options, no fragment (neither MF nor an offset).
+            if version_ihl != 0x45
+                || be16_at(h, 6) & 0x3fff != 0
+                || total < 20
+                || off + total > frame.len()
+            {
+                return None;
+            }
+            // SAFETY: inside the checked 24 bytes.
+            (proto, off + 20, off + total, unsafe { h.add(20) })
+        }
+        ETH_P_IPV6 => {
+            let h = frame.ptr::<[u8; 40 + 4]>(off)?.cast::<u8>();
+            // SAFETY (both): inside the checked 40 bytes.
+            let (version, proto) = unsafe { (*h >> 4, *h.add(6)) };
+            let payload = be16_at(h, 4) as usize;
+            if version != 6 || off + 40 + payload > frame.len() {
+                return None;
+            }
+            // SAFETY: inside the checked 44 bytes.
+            (proto, off + 40, off + 40 + payload, unsafe { h.add(40) })
+        }
+        _ => return None,
+    };
+    let (proto, pclass, hlen) = match proto {
+        IPPROTO_UDP => (PROTO_UDP, PCLASS_UDP, UDP_HLEN),
+        IPPROTO_TCP => (PROTO_TCP, PCLASS_TCP, TCP_HLEN),
+        _ => return None,
+    };
+    if l4 + hlen > end {
+        return None;
+    }
+    let (sport, dport) = (be16_at(ports, 0), be16_at(ports, 2));
+    if proto == PROTO_UDP && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)) {
+        return Some(pass(Reason::Dhcp, pclass));
+    }
+    let slot = rule_slot(profile, config, DIR_INBOUND, proto, dport);
+    if slot != 0 {
+        return Some(Outcome {
+            counter: slot as u32,
+            pass: true,
+        });
+    }
+    // Not allowed by a rule: the management guard and the flow table need
+    // the addresses, so a packet that may meet them is decided by the full
+    // path. (A flow is possible only where `FLOW_PORTS` marks the port.)
+    if (proto == PROTO_TCP && is_mgmt_port(config, dport)) || local_port_has_flows(dport) {
+        return None;
+    }
+    if proto == PROTO_UDP && (dport == 500 || dport == 4500) && is_media_profile(profile, config) {
+        return Some(ipsec(config, pclass));
+    }
+    Some(deny(Reason::PortNotAllowed, pclass, config))
+}
+
+/// Every frame: the parser and decision for all shapes and modes.
+#[inline(always)]
+fn classify_any(frame: &Frame, config: &Config) -> Outcome {
     let Some(eth_type) = frame.bytes::<2>(12) else {
         return deny(Reason::Malformed, PCLASS_OTHER, config);
     };
@@ -439,7 +567,7 @@ fn classify(frame: &Frame, config: &Config) -> Outcome {
     };
 
     if l3.later_fragment {
-        return replay_fragment(&l3, config);
+        return replay_fragment(frame, &l3, config);
     }
     let outcome = classify_l4(frame, &l3, config);
     if l3.fragment {
@@ -448,7 +576,7 @@ fn classify(frame: &Frame, config: &Config) -> Outcome {
             counter: outcome.counter,
             pass: outcome.pass as u32,
         };
-        let _ = FRAGMENTS.insert(frag_key(&l3), verdict, 0);
+        let _ = FRAGMENTS.insert(frag_key(frame, &l3), verdict, 0);
     }
     outcome
 }
@@ -459,28 +587,30 @@ fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
         .ptr::<[u8; 20]>(off)
         .ok_or(Reason::Malformed)?
         .cast::<u8>();
-    let h = frame.bytes::<20>(off).ok_or(Reason::Malformed)?;
-    let ihl = (h[0] & 0x0f) as usize * 4;
-    if h[0] >> 4 != 4 || ihl < 20 {
+    // SAFETY: `ptr` checked the 20 bytes of the fixed header.
+    let version_ihl = unsafe { *hp };
+    let ihl = (version_ihl & 0x0f) as usize * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 {
         return Err(Reason::Malformed);
     }
     // Bounds of the whole header, options included.
     frame.ptr::<u8>(off + ihl - 1).ok_or(Reason::Malformed)?;
-    let total = be16(&h, 2) as usize;
+    let total = be16_at(hp, 2) as usize;
     if total < ihl || off + total > frame.len() {
         return Err(Reason::Malformed);
     }
-    let frag = be16(&h, 6);
+    let frag = be16_at(hp, 6);
     let more = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
+    // SAFETY: inside the checked 20 bytes.
+    let proto = unsafe { *hp.add(9) };
     Ok(L3 {
-        src: [0, 0, V4_MAPPED, word_at(hp, 12)],
-        dst: [0, 0, V4_MAPPED, word_at(hp, 16)],
-        proto: h[9],
+        addrs: off + 12,
+        proto,
         l4: off + ihl,
         end: off + total,
-        frag_proto: h[9],
-        frag_id: be16(&h, 4) as u32,
+        frag_proto: proto,
+        frag_id: be16_at(hp, 4) as u32,
         fragment: more || offset != 0,
         later_fragment: offset != 0,
         v6: false,
@@ -489,10 +619,8 @@ fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
 
 #[inline(always)]
 fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
-    let hp = frame
-        .ptr::<[u8; 40]>(off)
-        .ok_or(Reason::Malformed)?
-        .cast::<u8>();
+    // The fixed header, addresses included, lies in the packet.
+    frame.ptr::<[u8; 40]>(off).ok_or(Reason::Malformed)?;
     let h = frame.bytes::<8>(off).ok_or(Reason::Malformed)?;
     if h[0] >> 4 != 6 {
         return Err(Reason::Malformed);
@@ -502,18 +630,7 @@ fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
         return Err(Reason::Malformed);
     }
     let mut l3 = L3 {
-        src: [
-            word_at(hp, 8),
-            word_at(hp, 12),
-            word_at(hp, 16),
-            word_at(hp, 20),
-        ],
-        dst: [
-            word_at(hp, 24),
-            word_at(hp, 28),
-            word_at(hp, 32),
-            word_at(hp, 36),
-        ],
+        addrs: off + 8,
         proto: h[6],
         l4: off + 40,
         end: off + 40 + payload,
@@ -565,10 +682,10 @@ fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
 }
 
 #[inline(always)]
-fn frag_key(l3: &L3) -> FragKey {
+fn frag_key(frame: &Frame, l3: &L3) -> FragKey {
     FragKey {
-        src: l3.src(),
-        dst: l3.dst(),
+        src: l3.src(frame),
+        dst: l3.dst(frame),
         id: l3.frag_id,
         proto: l3.frag_proto,
         pad: [0; 3],
@@ -576,10 +693,10 @@ fn frag_key(l3: &L3) -> FragKey {
 }
 
 #[inline(always)]
-fn replay_fragment(l3: &L3, config: &Config) -> Outcome {
+fn replay_fragment(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
     // SAFETY: the value is copied out at once; an LRU entry may be evicted
     // concurrently but its memory stays valid for this RCU section.
-    match unsafe { FRAGMENTS.get(frag_key(l3)) } {
+    match unsafe { FRAGMENTS.get(frag_key(frame, l3)) } {
         Some(v) => Outcome {
             counter: v.counter,
             pass: v.pass != 0,
@@ -613,25 +730,43 @@ fn classify_l4(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
         return deny(Reason::Malformed, pclass_of(l3.proto), config);
     }
     match l3.proto {
-        IPPROTO_TCP => match frame.bytes::<TCP_HLEN>(l3.l4) {
-            Some(h) => Outcome::unpack(classify_ports(
-                l3,
-                config,
-                Ports::pack(PROTO_TCP, PCLASS_TCP, be16(&h, 0), be16(&h, 2), h[13]),
-            )),
+        IPPROTO_TCP => match frame.ptr::<[u8; TCP_HLEN]>(l3.l4) {
+            Some(h) => {
+                let h = h.cast::<u8>();
+                // SAFETY: inside the checked header.
+                let flags = unsafe { *h.add(13) };
+                decide_ports(
+                    frame,
+                    l3,
+                    config,
+                    PROTO_TCP,
+                    PCLASS_TCP,
+                    be16_at(h, 0),
+                    be16_at(h, 2),
+                    flags,
+                )
+            }
             None => deny(Reason::Malformed, PCLASS_TCP, config),
         },
-        IPPROTO_UDP => match frame.bytes::<UDP_HLEN>(l3.l4) {
-            Some(h) => Outcome::unpack(classify_ports(
-                l3,
-                config,
-                Ports::pack(PROTO_UDP, PCLASS_UDP, be16(&h, 0), be16(&h, 2), 0),
-            )),
+        IPPROTO_UDP => match frame.ptr::<[u8; UDP_HLEN]>(l3.l4) {
+            Some(h) => {
+                let h = h.cast::<u8>();
+                decide_ports(
+                    frame,
+                    l3,
+                    config,
+                    PROTO_UDP,
+                    PCLASS_UDP,
+                    be16_at(h, 0),
+                    be16_at(h, 2),
+                    0,
+                )
+            }
             None => deny(Reason::Malformed, PCLASS_UDP, config),
         },
         IPPROTO_ICMP if !l3.v6 => classify_icmp(frame, l3, config),
         IPPROTO_ICMPV6 if l3.v6 => classify_icmp(frame, l3, config),
-        IPPROTO_ESP | IPPROTO_AH if to_media_host(l3, config) => ipsec(config, PCLASS_OTHER),
+        IPPROTO_ESP | IPPROTO_AH if to_media_host(frame, l3, config) => ipsec(config, PCLASS_OTHER),
         _ => deny(Reason::ProtoNotAllowed, PCLASS_OTHER, config),
     }
 }
@@ -704,7 +839,7 @@ fn lookup_sel(addr: &Addr, generation: usize) -> Sel {
 
 /// The destination's profile in the active generation.
 #[inline(always)]
-fn dst_sel(l3: &L3, config: &Config) -> Sel {
+fn dst_sel(frame: &Frame, l3: &L3, config: &Config) -> Sel {
     let generation = (config.generation & 1) as usize;
     let default = config.gens[generation].default_profile;
     if config.gens[generation].has_prefixes == 0 {
@@ -713,7 +848,7 @@ fn dst_sel(l3: &L3, config: &Config) -> Sel {
             local: false,
         };
     }
-    let mut sel = lookup_sel(&l3.dst(), generation);
+    let mut sel = lookup_sel(&l3.dst(frame), generation);
     if sel.profile == PROFILE_NONE {
         sel.profile = default;
     }
@@ -721,8 +856,8 @@ fn dst_sel(l3: &L3, config: &Config) -> Sel {
 }
 
 #[inline(always)]
-fn to_media_host(l3: &L3, config: &Config) -> bool {
-    is_media_profile(dst_sel(l3, config).profile, config)
+fn to_media_host(frame: &Frame, l3: &L3, config: &Config) -> bool {
+    is_media_profile(dst_sel(frame, l3, config).profile, config)
 }
 
 #[inline(always)]
@@ -748,54 +883,16 @@ fn rule_slot(profile: u32, config: &Config, direction: u32, proto: u32, port: u1
     }
 }
 
-/// The transport fields `classify_ports` needs, in one register: a BPF
-/// function takes at most five arguments.
-struct Ports;
-
-impl Ports {
-    #[inline(always)]
-    fn pack(proto: u32, pclass: u32, sport: u16, dport: u16, flags: u8) -> u64 {
-        ((sport as u64) << 48)
-            | ((dport as u64) << 32)
-            | ((flags as u64) << 16)
-            | ((pclass as u64 & 0xff) << 8)
-            | (proto as u64 & 0xff)
-    }
-}
-
-impl Outcome {
-    /// `classify_ports` returns its outcome in one register: the counter,
-    /// with the top bit set for a pass.
-    #[inline(always)]
-    fn pack(self) -> u32 {
-        self.counter | if self.pass { 1 << 31 } else { 0 }
-    }
-
-    #[inline(always)]
-    fn unpack(v: u32) -> Outcome {
-        Outcome {
-            counter: v & !(1 << 31),
-            pass: v & (1 << 31) != 0,
-        }
-    }
-}
-
-/// The port decision, out of line: its map keys (profile, management and
-/// flow lookups, and the flow it records) live in its own stack frame, so
-/// that the parser's frame and this one each stay well inside the verifier's
-/// 512-byte budget for a call chain.
-#[inline(never)]
-fn classify_ports(l3: &L3, config: &Config, ports: u64) -> u32 {
-    let proto = (ports & 0xff) as u32;
-    let pclass = ((ports >> 8) & 0xff) as u32;
-    let flags = (ports >> 16) as u8;
-    let dport = (ports >> 32) as u16;
-    let sport = (ports >> 48) as u16;
-    decide_ports(l3, config, proto, pclass, sport, dport, flags).pack()
-}
-
+/// The port decision. Inline: the parser's frame no longer holds the
+/// addresses, and the keys built here fit the same frame; a call to an
+/// out-of-line function cost a spill of the parser's state per packet.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined: the arguments are registers"
+)]
 fn decide_ports(
+    frame: &Frame,
     l3: &L3,
     config: &Config,
     proto: u32,
@@ -809,12 +906,12 @@ fn decide_ports(
     }
     let appliance = config.flags & FLAG_APPLIANCE != 0;
 
-    let dst = dst_sel(l3, config);
+    let dst = dst_sel(frame, l3, config);
     if dst.profile != PROFILE_NONE {
         let slot = rule_slot(dst.profile, config, DIR_INBOUND, proto, dport);
         if slot != 0 {
             if appliance {
-                record_answer(l3, sport, dport, flags);
+                record_answer(frame, l3, sport, dport, flags);
             }
             return Outcome {
                 counter: slot as u32,
@@ -829,11 +926,11 @@ fn decide_ports(
         let generation = (config.generation & 1) as usize;
         let outbound = config.gens[generation].outbound_profiles;
         if outbound != 0 {
-            src_profile = lookup_sel(&l3.src(), generation).profile;
+            src_profile = lookup_sel(&l3.src(frame), generation).profile;
             if src_profile < 32 && outbound & (1 << src_profile) != 0 {
                 let slot = rule_slot(src_profile, config, DIR_OUTBOUND, proto, dport);
                 if slot != 0 {
-                    record_answer(l3, sport, dport, flags);
+                    record_answer(frame, l3, sport, dport, flags);
                     return Outcome {
                         counter: slot as u32,
                         pass: true,
@@ -850,7 +947,7 @@ fn decide_ports(
     if proto == PROTO_TCP
         && is_mgmt_port(config, dport)
         && (!appliance || dst.local)
-        && let Some(m) = MGMT.get(Key::new(128, l3.src()))
+        && let Some(m) = MGMT.get(Key::new(128, l3.src(frame)))
     {
         let mut i = 0;
         while i < m.ports.len() {
@@ -865,8 +962,8 @@ fn decide_ports(
     let syn_only = proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !syn_only && local_port_has_flows(dport) {
         let flow = FlowKey {
-            remote: l3.src(),
-            local: l3.dst(),
+            remote: l3.src(frame),
+            local: l3.dst(frame),
             remote_port: sport,
             local_port: dport,
             proto: l3.proto,
@@ -894,13 +991,13 @@ fn decide_ports(
 /// every datagram, looked up first, because an LRU update on every media
 /// packet would cost more than the lookup that finds it present.
 #[inline(always)]
-fn record_answer(l3: &L3, sport: u16, dport: u16, flags: u8) {
+fn record_answer(frame: &Frame, l3: &L3, sport: u16, dport: u16, flags: u8) {
     if l3.proto == IPPROTO_TCP && flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return;
     }
     let key = FlowKey {
-        remote: l3.dst(),
-        local: l3.src(),
+        remote: l3.dst(frame),
+        local: l3.src(frame),
         remote_port: dport,
         local_port: sport,
         proto: l3.proto,
@@ -987,64 +1084,74 @@ fn record_flow(ctx: &TcContext) {
         ethertype = be16(&tag, 2);
         off += 4;
     }
-    let (src, dst, proto, l4): (Words, Words, u8, usize) = match ethertype {
+    // The transport is checked before the addresses are read: only a TCP
+    // SYN or a UDP datagram is recorded, and most of the host's packets are
+    // neither.
+    let (hp, v6, proto, l4) = match ethertype {
         ETH_P_IP => {
-            let (Some(hp), Some(h)) = (frame.ptr::<[u8; 20]>(off), frame.bytes::<20>(off)) else {
+            let Some(hp) = frame.ptr::<[u8; 20]>(off) else {
                 return;
             };
             let hp = hp.cast::<u8>();
-            if be16(&h, 6) & 0x1fff != 0 {
+            if be16_at(hp, 6) & 0x1fff != 0 {
                 return;
             }
-            (
-                [0, 0, V4_MAPPED, word_at(hp, 12)],
-                [0, 0, V4_MAPPED, word_at(hp, 16)],
-                h[9],
-                off + (h[0] & 0x0f) as usize * 4,
-            )
+            // SAFETY (both): inside the checked 20 bytes.
+            let (version_ihl, proto) = unsafe { (*hp, *hp.add(9)) };
+            (hp, false, proto, off + (version_ihl & 0x0f) as usize * 4)
         }
         ETH_P_IPV6 => {
-            let (Some(hp), Some(h)) = (frame.ptr::<[u8; 40]>(off), frame.bytes::<8>(off)) else {
+            let Some(hp) = frame.ptr::<[u8; 40]>(off) else {
                 return;
             };
             let hp = hp.cast::<u8>();
-            (
-                [
-                    word_at(hp, 8),
-                    word_at(hp, 12),
-                    word_at(hp, 16),
-                    word_at(hp, 20),
-                ],
-                [
-                    word_at(hp, 24),
-                    word_at(hp, 28),
-                    word_at(hp, 32),
-                    word_at(hp, 36),
-                ],
-                h[6],
-                off + 40,
-            )
+            // SAFETY: inside the checked 40 bytes.
+            (hp, true, unsafe { *hp.add(6) }, off + 40)
         }
         _ => return,
     };
     let (sport, dport) = match proto {
         IPPROTO_TCP => {
-            let Some(h) = frame.bytes::<TCP_HLEN>(l4) else {
+            let Some(h) = frame.ptr::<[u8; TCP_HLEN]>(l4) else {
                 return;
             };
+            let h = h.cast::<u8>();
             // SYN without ACK: the host opens the connection.
-            if h[13] & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            // SAFETY: inside the checked header.
+            if unsafe { *h.add(13) } & (TCP_SYN | TCP_ACK) != TCP_SYN {
                 return;
             }
-            (be16(&h, 0), be16(&h, 2))
+            (be16_at(h, 0), be16_at(h, 2))
         }
         IPPROTO_UDP => {
-            let Some(h) = frame.bytes::<UDP_HLEN>(l4) else {
+            let Some(h) = frame.ptr::<[u8; UDP_HLEN]>(l4) else {
                 return;
             };
-            (be16(&h, 0), be16(&h, 2))
+            let h = h.cast::<u8>();
+            (be16_at(h, 0), be16_at(h, 2))
         }
         _ => return,
+    };
+    let (src, dst): (Words, Words) = if v6 {
+        (
+            [
+                word_at(hp, 8),
+                word_at(hp, 12),
+                word_at(hp, 16),
+                word_at(hp, 20),
+            ],
+            [
+                word_at(hp, 24),
+                word_at(hp, 28),
+                word_at(hp, 32),
+                word_at(hp, 36),
+            ],
+        )
+    } else {
+        (
+            [0, 0, V4_MAPPED, word_at(hp, 12)],
+            [0, 0, V4_MAPPED, word_at(hp, 16)],
+        )
     };
     // SAFETY (both): same size, and every bit pattern is a valid byte array.
     let key = FlowKey {
