@@ -25,6 +25,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    /// Per-CPU cache, not pinned: a new program starts it empty.
+    pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
     /// Every map, in the order they are pinned.
     pub const ALL: [&str; 12] = [
         CONFIG,
@@ -214,6 +216,23 @@ pub struct FlowKey {
 /// two CPUs setting neighbouring ports must not undo each other's store.
 pub const FLOW_PORTS_PER_ENTRY: u32 = 8;
 pub const FLOW_PORT_ENTRIES: u32 = 65_536 / FLOW_PORTS_PER_ENTRY;
+
+/// Slots of the per-CPU `RECENT_FLOWS` cache in front of the `FLOWS` lookup
+/// a recorder makes on every UDP datagram it sees.
+pub const RECENT_FLOW_SLOTS: u32 = 1_024;
+/// Datagrams of one flow that skip the `FLOWS` lookup after one that made
+/// it: the entry is looked up (and its LRU reference refreshed, or the entry
+/// re-inserted if it was evicted) on one datagram in 64.
+pub const RECENT_FLOW_SKIPS: u64 = 63;
+
+/// A `RECENT_FLOWS` slot: the hash of the flow last recorded through it and
+/// how many more of its datagrams may skip the lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RecentFlow {
+    pub tag: u64,
+    pub skips: u64,
+}
 
 /// Key of `FRAGMENTS`: one fragmented datagram (8-byte aligned, as `FlowKey`).
 #[repr(C, align(8))]
@@ -466,6 +485,7 @@ mod user {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for EventConfig {}
     unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for RecentFlow {}
 }
 
 #[cfg(test)]
@@ -529,5 +549,11 @@ mod tests {
         assert_eq!(size_of::<Event>(), 160);
         assert_eq!(size_of::<Event>() % 8, 0);
         assert_eq!(size_of::<EventBudget>(), 32);
+        assert_eq!(size_of::<RecentFlow>(), 16);
+        assert_eq!(
+            align_of::<FlowKey>(),
+            8,
+            "the recent-flow hash reads it as five words"
+        );
     }
 }
