@@ -305,3 +305,64 @@ fn role_gives_the_box_its_own_rows_only() {
         Err(Reason::NoProfile),
     );
 }
+
+/// The recorders skip the flow table lookup on 63 datagrams in 64 of a flow
+/// they recorded lately (a per-CPU cache): after an eviction, the entry is
+/// back by the 64th datagram, and not before. The thread stays on one CPU so
+/// that every run meets the same CPU's cache.
+#[test]
+fn an_evicted_flow_is_recorded_again_within_64_datagrams() {
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU 0"
+        );
+    }
+    let Some(mut b) = Box::new(None) else { return };
+    let out = Packet::udp(AV, PARTNER, 50_200, 50_700);
+    let answer = Packet::udp(PARTNER, AV, 50_700, 50_200);
+    b.expect(
+        "RTP out",
+        &out,
+        true,
+        Ok("av-edge-external/udp/50000-59999"),
+    );
+    b.expect("its answer", &answer, true, Err(Reason::Established));
+    b.0.clear_flows();
+    b.expect(
+        "the answer after the entry was evicted",
+        &answer,
+        false,
+        Err(Reason::PortNotAllowed),
+    );
+    for i in 1..=63 {
+        b.expect(
+            &format!("RTP out, datagram {i} after the first"),
+            &out,
+            true,
+            Ok("av-edge-external/udp/50000-59999"),
+        );
+    }
+    b.expect(
+        "the answer while the cache still skips the lookup",
+        &answer,
+        false,
+        Err(Reason::PortNotAllowed),
+    );
+    b.expect(
+        "RTP out, the 64th datagram",
+        &out,
+        true,
+        Ok("av-edge-external/udp/50000-59999"),
+    );
+    b.expect(
+        "the answer once the entry is back",
+        &answer,
+        true,
+        Err(Reason::Established),
+    );
+}

@@ -14,7 +14,7 @@ use aya::{
     maps::{HashMap, Map, MapData},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
-use classifier_common::{Counter, FragKey, FragVerdict, TC_EGRESS_PROGRAM, map_names};
+use classifier_common::{Counter, FlowKey, FragKey, FragVerdict, TC_EGRESS_PROGRAM, map_names};
 use portguard::{
     catalog::Catalog,
     ebpf_object,
@@ -147,6 +147,22 @@ impl Kernel {
         for k in keys {
             map.remove(&k)
                 .unwrap_or_else(|e| panic!("removing a fragment entry: {e}"));
+        }
+    }
+
+    /// Empties the kernel's flow table, as an eviction under pressure would.
+    pub fn clear_flows(&mut self) {
+        let path = self.pins().join(map_names::FLOWS);
+        let data =
+            MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        let map = Map::from_map_data(data).unwrap_or_else(|e| panic!("FLOWS: {e}"));
+        let mut flows: HashMap<MapData, FlowKey, u32> =
+            HashMap::try_from(map).unwrap_or_else(|e| panic!("FLOWS as a hash map: {e}"));
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            flows
+                .remove(&k)
+                .unwrap_or_else(|e| panic!("removing a flow entry: {e}"));
         }
     }
 
