@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     path::Path,
     process::{Child, Command, Stdio},
     sync::{
@@ -31,7 +31,7 @@ const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const METRICS: &str = "127.0.0.1:9477";
 pub const ROLES: &str = "front-end,client";
 pub const MEDIA: &str = "50000-50019";
-const UDP_DATAGRAMS: u32 = 20;
+pub(crate) const UDP_DATAGRAMS: u32 = 20;
 /// Messages written over each TCP connection that opens.
 const TCP_MESSAGES: u32 = 3;
 
@@ -444,35 +444,44 @@ fn send_all() -> Vec<u32> {
     CASES
         .iter()
         .map(|case| {
-            let to = case_addr(case);
-            match case.proto {
-                Proto::Udp => {
-                    let Ok(sock) = UdpSocket::bind("198.18.0.1:0") else {
-                        return 0;
-                    };
-                    let sent = (0..UDP_DATAGRAMS)
-                        .filter(|i| {
-                            // Paced: a veth drops nothing, but the receiver's
-                            // buffer should not be the thing measured.
-                            std::thread::sleep(Duration::from_millis(2));
-                            sock.send_to(format!("portguard lab {i}").as_bytes(), to)
-                                .is_ok()
-                        })
-                        .count();
-                    u32::try_from(sent).unwrap_or(u32::MAX)
-                }
-                Proto::Tcp => {
-                    if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
-                        for i in 0..TCP_MESSAGES {
-                            let _ = s.write_all(format!("portguard lab message {i}\n").as_bytes());
-                        }
-                    }
-                    // An attempt that got no answer counts as sent too.
-                    1
-                }
-            }
+            send_case(
+                case.proto,
+                IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+                case_addr(case),
+            )
         })
         .collect()
+}
+
+/// One case's traffic, from `from` (the host and edge labs share it): UDP
+/// datagrams, paced (a veth drops nothing, but the receiver's buffer should
+/// not be the thing measured), or one TCP connection attempt that writes a
+/// few messages if it connects. Returns the datagrams sent, or 1 for the
+/// attempt: an attempt that got no answer counts as sent too.
+pub(crate) fn send_case(proto: Proto, from: IpAddr, to: SocketAddr) -> u32 {
+    match proto {
+        Proto::Udp => {
+            let Ok(sock) = UdpSocket::bind(SocketAddr::new(from, 0)) else {
+                return 0;
+            };
+            let sent = (0..UDP_DATAGRAMS)
+                .filter(|i| {
+                    std::thread::sleep(Duration::from_millis(2));
+                    sock.send_to(format!("portguard lab {i}").as_bytes(), to)
+                        .is_ok()
+                })
+                .count();
+            u32::try_from(sent).unwrap_or(u32::MAX)
+        }
+        Proto::Tcp => {
+            if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                for i in 0..TCP_MESSAGES {
+                    let _ = s.write_all(format!("portguard lab message {i}\n").as_bytes());
+                }
+            }
+            1
+        }
+    }
 }
 
 /// `name{labels}` → value, from the metrics endpoint in the server namespace.

@@ -3,8 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::Write as _,
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -17,13 +16,11 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{CASES, FAMILIES, Host, Row, Topology};
 use crate::{
-    lab::Proto,
+    lab::{Proto, UDP_DATAGRAMS, send_case},
     netns::{in_netns, thread_in},
     sockets::Counter,
 };
 
-const UDP_DATAGRAMS: u32 = 20;
-const TCP_MESSAGES: u32 = 3;
 /// The A/V Edge's media port and its internet peer's, for the relay over
 /// plain sockets: the peer's port is in 50000-59999 because the outbound rule
 /// matches the destination port.
@@ -96,34 +93,6 @@ pub(super) fn socket_cases(topo: &Topology) -> Result<Vec<Row>> {
         }
     }
     Ok(rows)
-}
-
-/// UDP: datagrams from `from`; TCP: one attempt (from the route's source
-/// address) that writes a few messages if it connects, counted as one.
-fn send_case(proto: Proto, from: IpAddr, to: SocketAddr) -> u32 {
-    match proto {
-        Proto::Udp => {
-            let Ok(sock) = UdpSocket::bind(SocketAddr::new(from, 0)) else {
-                return 0;
-            };
-            let sent = (0..UDP_DATAGRAMS)
-                .filter(|i| {
-                    std::thread::sleep(Duration::from_millis(2));
-                    sock.send_to(format!("portguard edge lab {i}").as_bytes(), to)
-                        .is_ok()
-                })
-                .count();
-            u32::try_from(sent).unwrap_or(u32::MAX)
-        }
-        Proto::Tcp => {
-            if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
-                for i in 0..TCP_MESSAGES {
-                    let _ = s.write_all(format!("portguard edge lab message {i}\n").as_bytes());
-                }
-            }
-            1
-        }
-    }
 }
 
 /// Media out of the A/V Edge over plain sockets, per family: the Edge sends
