@@ -53,7 +53,21 @@ impl Kernel {
         loader::remove_pins(&pins);
         std::fs::create_dir_all(&pins)
             .unwrap_or_else(|e| panic!("creating {}: {e}", pins.display()));
-        Some(Kernel::load(test, spec, Some(pins)))
+        // A load that panics (the verifier refusing the program) must not
+        // leave the directory behind: the Kernel that would remove it on drop
+        // never exists.
+        struct Leftover<'a>(&'a Path);
+        impl Drop for Leftover<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    loader::remove_pins(self.0);
+                }
+            }
+        }
+        let guard = Leftover(&pins);
+        let kernel = Kernel::load(test, spec, Some(pins.clone()));
+        drop(guard);
+        Some(kernel)
     }
 
     /// Nothing pinned: `fragment_entries`, `clear_fragments` and `egress`
