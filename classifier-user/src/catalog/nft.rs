@@ -37,14 +37,7 @@ pub fn export(
         "# Roles with inclusions resolved: {}",
         members.join(", ")
     );
-    let _ = writeln!(
-        s,
-        "# Client media ports: {}",
-        ports_text(catalog.client_media.0, catalog.client_media.1)
-    );
-    // Creating then deleting makes a reload replace the table atomically, whether it exists or not.
-    s.push_str("table inet portguard\ndelete table inet portguard\n\n");
-    s.push_str("table inet portguard {\n");
+    open_table(&mut s, catalog);
 
     let chains = RoleChains::of(catalog, &members);
     s.push_str(&chains.sets);
@@ -54,6 +47,19 @@ pub fn export(
     s.push_str(chains.chains.trim_end());
     s.push_str("\n}\n");
     Ok(s)
+}
+
+/// The last header line (the client media range) and the opening of the
+/// table, as every export writes them.
+fn open_table(s: &mut String, catalog: &Catalog) {
+    let _ = writeln!(
+        s,
+        "# Client media ports: {}",
+        ports_text(catalog.client_media.0, catalog.client_media.1)
+    );
+    // Creating then deleting makes a reload replace the table atomically, whether it exists or not.
+    s.push_str("table inet portguard\ndelete table inet portguard\n\n");
+    s.push_str("table inet portguard {\n");
 }
 
 /// `--profile CIDR=ROLE[,ROLE]` as the export sees it.
@@ -161,13 +167,7 @@ pub fn export_profiles(
             m.join(", ")
         );
     }
-    let _ = writeln!(
-        s,
-        "# Client media ports: {}",
-        ports_text(catalog.client_media.0, catalog.client_media.1)
-    );
-    s.push_str("table inet portguard\ndelete table inet portguard\n\n");
-    s.push_str("table inet portguard {\n");
+    open_table(&mut s, catalog);
 
     let chains = RoleChains::of(catalog, &members);
     s.push_str(&chains.sets);
