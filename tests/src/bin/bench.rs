@@ -34,6 +34,9 @@ use report::Report;
 /// Repeats per per-packet case: the kernel loops in place, so timer
 /// overhead is amortised over this many runs.
 const REPEAT: u32 = 10_000_000;
+/// Interleaved rounds the per-packet repeats are split into (a few ms per
+/// case each); each case's figure is its fastest round.
+const PER_PACKET_ROUNDS: u32 = 50;
 /// Frames per live-frames case: passed frames cost an skb each (about a
 /// microsecond on a 2-CPU VM), so fewer than the in-place repeats.
 const LIVE_FRAMES: u32 = 2_000_000;
@@ -49,11 +52,14 @@ How the packet path got here, with the A/B figures measured on the way:
 Method, in short:
 
 - **Per packet**: `BPF_PROG_TEST_RUN` of each program on one 64-byte frame,
-  10 million repeats per case, split into interleaved rounds so that CPU
-  frequency drift and other load hit every case alike. ns/packet is the CPU
-  time of the thread that ran the repeats (the kernel loops in its context)
-  over their number: preemption excluded, and finer than the kernel's own
-  figure, which is whole ns (printed as a cross-check). The *floor* is an XDP
+  10 million repeats per case, split into 50 interleaved rounds of a few ms
+  each. A round's ns/packet is the CPU time of the thread that ran its
+  repeats (the kernel loops in its context) over their number: preemption
+  excluded, and finer than the kernel's own figure, which is whole ns
+  (printed as a cross-check). A case's figure is its fastest round:
+  interference only adds time, and on a shared VM whole stretches of
+  rounds run up to twice as slow (a neighbour on the host), which a mean
+  or a median would mix in by chance. The *floor* is an XDP
   program that only returns `XDP_PASS`: what the test harness itself costs
   per packet. The kernel runs the same frame again and again, so the maps'
   cache lines stay hot: this is the cost of the instructions, not of cache
@@ -106,6 +112,9 @@ struct Opts {
     quick: bool,
     write: bool,
     out: PathBuf,
+    /// `--only per-packet`: sections 1 and 2 alone, for A/B work on the
+    /// packet path (nothing is written: a partial run is not the record).
+    per_packet_only: bool,
 }
 
 fn opts() -> Result<Opts> {
@@ -113,12 +122,20 @@ fn opts() -> Result<Opts> {
         quick: false,
         write: true,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md"),
+        per_packet_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--no-write" => o.write = false,
+            "--only" => match args.next().as_deref() {
+                Some("per-packet") => {
+                    o.per_packet_only = true;
+                    o.write = false;
+                }
+                other => bail!("--only takes `per-packet`, not {other:?}"),
+            },
             "--out" => {
                 o.out = args
                     .next()
@@ -127,7 +144,7 @@ fn opts() -> Result<Opts> {
             }
             "-h" | "--help" => {
                 println!(
-                    "bench [--quick] [--no-write] [--out FILE]\n  --quick     fewer repeats and 1 s floods (smoke test)\n  --no-write  print only; do not write docs/benchmarks.md"
+                    "bench [--quick] [--no-write] [--out FILE] [--only per-packet]\n  --quick     fewer repeats and 1 s floods (smoke test)\n  --no-write  print only; do not write docs/benchmarks.md\n  --only per-packet\n              the per-packet and scaling sections alone (A/B work; writes nothing)"
                 );
                 std::process::exit(0);
             }
@@ -144,10 +161,10 @@ fn main() -> Result<()> {
     }
     let machine = sys::machine();
     println!("{machine}");
-    let (repeat, live_frames, rounds, secs, swaps) = if o.quick {
-        (1_000_000, 200_000, 2, 1.0, 6)
+    let (repeat, live_frames, rounds, live_rounds, secs, swaps) = if o.quick {
+        (1_000_000, 200_000, 10, 2, 1.0, 6)
     } else {
-        (REPEAT, LIVE_FRAMES, 5, 3.0, 21)
+        (REPEAT, LIVE_FRAMES, PER_PACKET_ROUNDS, 5, 3.0, 21)
     };
     let repeat = std::env::var("PORTGUARD_BENCH_REPEAT")
         .ok()
@@ -159,14 +176,16 @@ fn main() -> Result<()> {
     if let Err(e) = perpacket::run(&mut report, repeat, rounds) {
         report.failed("per packet and scaling", &e);
     }
-    if let Err(e) = perpacket::reload_swap(&mut report, swaps) {
-        report.failed("reload swap time", &e);
-    }
-    if let Err(e) = flood::run_all(&mut report, secs, reloads) {
-        report.failed("floods, reloads under a flood, memory", &e);
-    }
-    if let Err(e) = live::run(&mut report, live_frames, rounds) {
-        report.failed("live frames", &e);
+    if !o.per_packet_only {
+        if let Err(e) = perpacket::reload_swap(&mut report, swaps) {
+            report.failed("reload swap time", &e);
+        }
+        if let Err(e) = flood::run_all(&mut report, secs, reloads) {
+            report.failed("floods, reloads under a flood, memory", &e);
+        }
+        if let Err(e) = live::run(&mut report, live_frames, live_rounds) {
+            report.failed("live frames", &e);
+        }
     }
     let total = started.elapsed().as_secs_f64();
     let run = format!(
