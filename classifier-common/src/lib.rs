@@ -143,6 +143,22 @@ pub struct GenConfig {
     pub pad: u32,
 }
 
+/// `Config::fast_block_base` for a generation: the fast path decides a
+/// packet with one lookup at this base only on a host whose every local
+/// address has the default profile.
+pub const fn fast_block_base(
+    default_profile: u32,
+    generation: u32,
+    has_prefixes: bool,
+    appliance: bool,
+) -> u32 {
+    if default_profile == PROFILE_NONE || has_prefixes || appliance {
+        0
+    } else {
+        1 + port_block_index(default_profile, generation, DIR_INBOUND, 0, 0)
+    }
+}
+
 /// The single entry of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -158,6 +174,15 @@ pub struct Config {
     /// Appliance mode: the ifindex of each leg; a packet's counters go to the
     /// set of the leg it arrived on (0 = unused slot; unknown ifindex = leg 0).
     pub legs: [u32; MAX_LEGS as usize],
+    /// The host fast path's table in the generation in force: 1 + the
+    /// `PORT_BLOCKS` index of the default profile's inbound TCP port 0 (UDP
+    /// follows at `BLOCKS_PER_PROTO`), or 0 when that generation has no fast
+    /// path (no default profile, `--profile` prefixes, or appliance mode): see
+    /// [`fast_block_base`]. It is written with the flip, in the same update
+    /// as `generation`, and names its generation itself, so the fast path
+    /// reads one word where it would read `generation` and then `gens`; a
+    /// packet that reads it as the flip lands uses one whole table, old or new.
+    pub fast_block_base: u32,
 }
 
 /// Value of the `PROFILES` LPM trie: the address's profile in each generation,
@@ -540,7 +565,7 @@ mod tests {
     #[test]
     fn map_values_have_expected_sizes() {
         assert_eq!(size_of::<PortBlock>(), 8);
-        assert_eq!(size_of::<Config>(), 88);
+        assert_eq!(size_of::<Config>(), 92);
         assert_eq!(size_of::<ProfileSel>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FragKey>(), 40);

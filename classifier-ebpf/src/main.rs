@@ -16,12 +16,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use classifier_common::{
-    Addr, COUNTER_ENTRIES, COUNTER_MAP_ENTRIES, Config, Counter, DIR_INBOUND, DIR_OUTBOUND,
+    Addr, BLOCKS_PER_PROTO, COUNTER_ENTRIES, DIRECTIONS, GENERATIONS, PROTO_COUNT, COUNTER_MAP_ENTRIES, Config, Counter, DIR_INBOUND, DIR_OUTBOUND,
     EVENT_BURST_NS, EVENT_REASON_RULE, EVENT_RING_BYTES, EVENT_SNAPLEN, Event, EventBudget,
     EventConfig, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_EVENTS,
     FLAG_EVENTS_PASS, FLAG_MONITOR, FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES,
     FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, LPM_ENTRIES,
-    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT, PCLASS_ICMP, PCLASS_OTHER,
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT, PORTS_PER_BLOCK, PCLASS_ICMP, PCLASS_OTHER,
     PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock,
     ProfileSel, REASON_COUNTER_BASE, RECENT_FLOW_SKIPS, RECENT_FLOW_SLOTS, Reason, RecentFlow,
     VERDICT_COUNT, Verdict, port_block_index, reason_counter_index,
@@ -238,44 +238,69 @@ pub fn portguard(ctx: XdpContext) -> u32 {
 /// The single exit point: count the outcome and turn it into an action.
 #[inline(always)]
 fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
+    let config = CONFIG.get(0).ok_or(())?;
+    if let Some(outcome) = fast_path(ctx, config) {
+        return Ok(finish(ctx, config, outcome, 0));
+    }
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let config = CONFIG.get(0).ok_or(())?;
-    let outcome = classify(&frame, config);
-    if config.flags & FLAG_TRACE != 0 {
-        let _ = TRACE.set(0, outcome.counter, 0);
-    }
+    let outcome = classify_any(&frame, config);
     // Appliance mode keeps one set of counters per leg; a host has one leg.
     let leg_base = if config.flags & FLAG_APPLIANCE != 0 {
         leg_of(config, ctx.ingress_ifindex() as u32) * COUNTER_ENTRIES
     } else {
         0
     };
+    Ok(finish(ctx, config, outcome, leg_base))
+}
+
+/// Counts the outcome and turns it into an action. Everything that is off
+/// in the common case (the trace, anomaly logging, events) is one test here
+/// and a call to [`after_count`] when it is on: few values stay live across
+/// the counter lookup, so the common packet spills nothing.
+#[inline(always)]
+fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_base: u32) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let mut packets = 0;
     if let Some(c) = COUNTERS.get_ptr_mut(leg_base + outcome.counter) {
         // SAFETY: a per-CPU array value is only touched by this CPU.
-        let packets = unsafe {
+        packets = unsafe {
             (*c).packets += 1;
-            (*c).bytes += frame.len() as u64;
+            (*c).bytes += len;
             (*c).packets
         };
-        // Anomalies are logged when this CPU's count reaches a power of two:
-        // a flood costs a logarithmic number of lines, never one per packet.
-        if outcome.counter >= ANOMALY_FIRST && packets & (packets - 1) == 0 {
-            log_anomaly(ctx, outcome.counter, packets);
-        }
     }
-    // One test of a word already loaded; everything else about events lives
-    // out of line, so the path with events off does not change.
-    if config.flags & FLAG_EVENTS != 0 {
-        emit_event(ctx, outcome.counter, config.flags);
+    let flags = config.flags;
+    // Anomalies are logged when this CPU's count reaches a power of two:
+    // a flood costs a logarithmic number of lines, never one per packet.
+    if flags & (FLAG_TRACE | FLAG_EVENTS) != 0
+        || (outcome.counter >= ANOMALY_FIRST && packets & packets.wrapping_sub(1) == 0)
+    {
+        core::hint::cold_path();
+        after_count(ctx, flags, outcome.counter, packets);
     }
-    Ok(if outcome.pass {
+    if outcome.pass {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
-    })
+    }
+}
+
+/// The trace (tests), the anomaly log and packet events: out of line, so
+/// that the path with all three off carries none of their code.
+#[inline(never)]
+fn after_count(ctx: &XdpContext, flags: u32, counter: u32, packets: u64) {
+    if flags & FLAG_TRACE != 0 {
+        let _ = TRACE.set(0, counter, 0);
+    }
+    if counter >= ANOMALY_FIRST && packets != 0 && packets & (packets - 1) == 0 {
+        log_anomaly(ctx, counter, packets);
+    }
+    if flags & FLAG_EVENTS != 0 {
+        emit_event(ctx, counter, flags);
+    }
 }
 
 /// The leg a packet arrived on: its index in `Config::legs`, 0 if unknown.
@@ -437,87 +462,91 @@ fn deny(reason: Reason, pclass: u32, config: &Config) -> Outcome {
     }
 }
 
-#[inline(always)]
-fn classify(frame: &Frame, config: &Config) -> Outcome {
-    if let Some(outcome) = fast_path(frame, config) {
-        return outcome;
-    }
-    classify_any(frame, config)
-}
-
 /// The common packet on a host: an unfragmented TCP or UDP packet, IPv4
 /// without options or IPv6 without extension headers, under at most
-/// `MAX_VLAN_TAGS` tags, to a host whose catalog has no `--profile` prefixes.
-/// It is decided here with a port lookup and few live values; anything else
-/// (`None`) goes to `classify_any`, which parses the frame again from the
-/// start and decides every case. Each verdict here is the one `classify_any`
-/// would give: the same checks in the same order, minus the branches the
-/// conditions above rule out; where a decision needs an address (flows,
-/// management), it leaves the packet to `classify_any`.
+/// `MAX_VLAN_TAGS` tags, on a host whose generation has a fast table
+/// (`GenConfig::fast_block_base`: a default profile, no `--profile`
+/// prefixes, not an appliance). It is decided here with one port lookup and
+/// few live values; anything else (`None`) goes to `classify_any`, which
+/// parses the frame again from the start and decides every case. Each
+/// verdict here is the one `classify_any` would give: the same checks in the
+/// same order, minus the branches the conditions above rule out; where a
+/// decision needs an address (flows, management), it leaves the packet to
+/// `classify_any`.
 #[inline(always)]
-fn fast_path(frame: &Frame, config: &Config) -> Option<Outcome> {
-    let generation = (config.generation & 1) as usize;
-    let gen_config = &config.gens[generation];
-    let profile = gen_config.default_profile;
-    if config.flags & FLAG_APPLIANCE != 0 || gen_config.has_prefixes != 0 || profile == PROFILE_NONE
-    {
-        return None;
+fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
+    let base = config.fast_block_base;
+    if base == 0 {
+        return not_fast();
     }
-    let eth = frame.ptr::<[u8; ETH_HLEN]>(0)?.cast::<u8>();
-    let mut ethertype = be16_at(eth, 12);
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let Some(eth) = frame.ptr::<[u8; ETH_HLEN]>(0) else {
+        return not_fast();
+    };
+    let mut ethertype = be16_at(eth.cast::<u8>(), 12);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        ethertype = be16_at(frame.ptr::<[u8; 4]>(off)?.cast::<u8>(), 2);
+        let Some(tag) = frame.ptr::<[u8; 4]>(off) else {
+            return not_fast();
+        };
+        ethertype = be16_at(tag.cast::<u8>(), 2);
         off += 4;
     }
     // One bounds check per family covers the IP header and the ports that
     // follow it (there are no options or extension headers in between).
-    let (proto, l4, end, ports) = match ethertype {
-        ETH_P_IP => {
-            let h = frame.ptr::<[u8; 20 + 4]>(off)?.cast::<u8>();
-            // SAFETY (both): inside the checked 20 bytes.
-            let (version_ihl, proto) = unsafe { (*h, *h.add(9)) };
-            let total = be16_at(h, 2) as usize;
-            // No options, no fragment (neither MF nor an offset).
-            if version_ihl != 0x45
-                || be16_at(h, 6) & 0x3fff != 0
-                || total < 20
-                || off + total > frame.len()
-            {
-                return None;
-            }
-            // SAFETY: inside the checked 24 bytes.
-            (proto, off + 20, off + total, unsafe { h.add(20) })
+    let (proto, l4, end, ports) = if ethertype == ETH_P_IP {
+        let Some(h) = frame.ptr::<[u8; 20 + 4]>(off) else {
+            return not_fast();
+        };
+        let h = h.cast::<u8>();
+        // SAFETY (both): inside the checked 20 bytes.
+        let (version_ihl, proto) = unsafe { (*h, *h.add(9)) };
+        let total = be16_at(h, 2) as usize;
+        // No options, no fragment (neither MF nor an offset). (A total
+        // under 20 needs no test of its own: it puts the end before the
+        // transport header, which the check below refuses.)
+        if version_ihl != 0x45 || be16_at(h, 6) & 0x3fff != 0 || off + total > frame.len() {
+            return not_fast();
         }
-        ETH_P_IPV6 => {
-            let h = frame.ptr::<[u8; 40 + 4]>(off)?.cast::<u8>();
-            // SAFETY (both): inside the checked 40 bytes.
-            let (version, proto) = unsafe { (*h >> 4, *h.add(6)) };
-            let payload = be16_at(h, 4) as usize;
-            if version != 6 || off + 40 + payload > frame.len() {
-                return None;
-            }
-            // SAFETY: inside the checked 44 bytes.
-            (proto, off + 40, off + 40 + payload, unsafe { h.add(40) })
+        // SAFETY: inside the checked 24 bytes.
+        (proto, off + 20, off + total, unsafe { h.add(20) })
+    } else if ethertype == ETH_P_IPV6 {
+        let Some(h) = frame.ptr::<[u8; 40 + 4]>(off) else {
+            return not_fast();
+        };
+        let h = h.cast::<u8>();
+        // SAFETY (both): inside the checked 40 bytes.
+        let (version, proto) = unsafe { (*h >> 4, *h.add(6)) };
+        let payload = be16_at(h, 4) as usize;
+        if version != 6 || off + 40 + payload > frame.len() {
+            return not_fast();
         }
-        _ => return None,
+        // SAFETY: inside the checked 44 bytes.
+        (proto, off + 40, off + 40 + payload, unsafe { h.add(40) })
+    } else {
+        return not_fast();
     };
     let (proto, pclass, hlen) = match proto {
         IPPROTO_UDP => (PROTO_UDP, PCLASS_UDP, UDP_HLEN),
         IPPROTO_TCP => (PROTO_TCP, PCLASS_TCP, TCP_HLEN),
-        _ => return None,
+        _ => return not_fast(),
     };
     if l4 + hlen > end {
-        return None;
+        return not_fast();
     }
     let (sport, dport) = (be16_at(ports, 0), be16_at(ports, 2));
     if proto == PROTO_UDP && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)) {
+        core::hint::cold_path();
         return Some(pass(Reason::Dhcp, pclass));
     }
-    let slot = rule_slot(profile, config, DIR_INBOUND, proto, dport);
+    let index = base - 1 + proto * BLOCKS_PER_PROTO + dport as u32 / PORTS_PER_BLOCK;
+    let slot = port_slot(index, dport);
     if slot != 0 {
         return Some(Outcome {
             counter: slot as u32,
@@ -528,12 +557,28 @@ fn fast_path(frame: &Frame, config: &Config) -> Option<Outcome> {
     // the addresses, so a packet that may meet them is decided by the full
     // path. (A flow is possible only where `FLOW_PORTS` marks the port.)
     if (proto == PROTO_TCP && is_mgmt_port(config, dport)) || local_port_has_flows(dport) {
-        return None;
+        return not_fast();
     }
-    if proto == PROTO_UDP && (dport == 500 || dport == 4500) && is_media_profile(profile, config) {
-        return Some(ipsec(config, pclass));
+    if proto == PROTO_UDP && (dport == 500 || dport == 4500) {
+        core::hint::cold_path();
+        // The generation the table belongs to, not `config.generation`: the
+        // two are written in one update but may be read across it.
+        let generation = ((base - 1) / (DIRECTIONS * PROTO_COUNT * BLOCKS_PER_PROTO)) % GENERATIONS;
+        let gen_config = &config.gens[generation as usize];
+        let profile = gen_config.default_profile;
+        if profile < 32 && gen_config.media_profiles & (1 << profile) != 0 {
+            return Some(ipsec(config, pclass));
+        }
     }
     Some(deny(Reason::PortNotAllowed, pclass, config))
+}
+
+/// The fast path's "not mine": marked cold, so that LLVM lays the common
+/// packet's path out as straight-line code and these exits out of its way.
+#[inline(always)]
+fn not_fast() -> Option<Outcome> {
+    core::hint::cold_path();
+    None
 }
 
 /// Every frame: the parser and decision for all shapes and modes.
@@ -873,9 +918,16 @@ fn is_media_profile(profile: u32, config: &Config) -> bool {
 #[inline(always)]
 fn rule_slot(profile: u32, config: &Config, direction: u32, proto: u32, port: u16) -> u16 {
     let generation = config.generation & 1;
-    match PORT_BLOCKS.get_ptr(port_block_index(
-        profile, generation, direction, proto, port,
-    )) {
+    port_slot(
+        port_block_index(profile, generation, direction, proto, port),
+        port,
+    )
+}
+
+/// The rule slot of `port` in the `PORT_BLOCKS` entry `index` (0: no rule).
+#[inline(always)]
+fn port_slot(index: u32, port: u16) -> u16 {
+    match PORT_BLOCKS.get_ptr(index) {
         Some(block) => {
             // Four u16 slots read as one word: no indexing, so no bounds branch.
             // SAFETY: `get_ptr` returned a valid pointer to an 8-byte value.

@@ -19,9 +19,9 @@ use aya::{
 };
 use classifier_common::{
     BLOCKS_PER_PROTO, COUNTER_MAP_ENTRIES, Config, Counter, DIRECTIONS, EventBudget, EventConfig,
-    FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, GenConfig, MAX_LEGS, MgmtPorts, PROFILE_NONE,
-    PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM, map_names,
-    port_block_index,
+    FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, GenConfig, MAX_LEGS, MgmtPorts,
+    PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM,
+    fast_block_base, map_names, port_block_index,
 };
 
 use crate::{
@@ -246,8 +246,15 @@ impl Classifier {
         config.mgmt_ports = policy.mgmt_ports;
         // First write the new generation's settings while the old one is in force…
         self.set_config(&config)?;
-        // …then the flip: one 4-byte field the packet path reads once per packet.
+        // …then the flip: the packet path reads one of these two words once
+        // per packet (the fast path's table names its generation itself).
         config.generation = next;
+        config.fast_block_base = fast_block_base(
+            policy.default_profile,
+            next,
+            !policy.prefixes.is_empty(),
+            policy.flags & FLAG_APPLIANCE != 0,
+        );
         self.set_config(&config)?;
         self.prune_profiles(policy)?;
         Ok(next)
