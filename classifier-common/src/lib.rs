@@ -556,6 +556,27 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_table_is_the_default_profiles_inbound_rows_and_names_its_generation() {
+        for generation in 0..GENERATIONS {
+            let base = fast_block_base(3, generation, false, false);
+            assert_eq!(
+                base - 1 + PROTO_UDP * BLOCKS_PER_PROTO + 50_000 / PORTS_PER_BLOCK,
+                port_block_index(3, generation, DIR_INBOUND, PROTO_UDP, 50_000),
+                "UDP 50000 of profile 3, generation {generation}"
+            );
+            // What the packet path computes back from the base alone.
+            assert_eq!(
+                ((base - 1) / (DIRECTIONS * PROTO_COUNT * BLOCKS_PER_PROTO)) % GENERATIONS,
+                generation
+            );
+        }
+        assert_ne!(fast_block_base(0, 0, false, false), 0, "profile 0 has a table");
+        assert_eq!(fast_block_base(PROFILE_NONE, 0, false, false), 0);
+        assert_eq!(fast_block_base(0, 1, true, false), 0, "prefixes: no fast path");
+        assert_eq!(fast_block_base(0, 1, false, true), 0, "appliance: no fast path");
+    }
+
+    #[test]
     fn reason_discriminants_match_all() {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{r:?} out of order");
