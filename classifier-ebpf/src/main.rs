@@ -263,6 +263,7 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
 #[inline(always)]
 fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_base: u32) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
+    let flags = config.flags;
     let mut packets = 0;
     if let Some(c) = COUNTERS.get_ptr_mut(leg_base + outcome.counter) {
         // SAFETY: a per-CPU array value is only touched by this CPU.
@@ -272,7 +273,6 @@ fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_base: u32) ->
             (*c).packets
         };
     }
-    let flags = config.flags;
     // Anomalies are logged when this CPU's count reaches a power of two:
     // a flood costs a logarithmic number of lines, never one per packet.
     if flags & (FLAG_TRACE | FLAG_EVENTS) != 0
