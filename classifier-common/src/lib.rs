@@ -570,10 +570,22 @@ mod tests {
                 generation
             );
         }
-        assert_ne!(fast_block_base(0, 0, false, false), 0, "profile 0 has a table");
+        assert_ne!(
+            fast_block_base(0, 0, false, false),
+            0,
+            "profile 0 has a table"
+        );
         assert_eq!(fast_block_base(PROFILE_NONE, 0, false, false), 0);
-        assert_eq!(fast_block_base(0, 1, true, false), 0, "prefixes: no fast path");
-        assert_eq!(fast_block_base(0, 1, false, true), 0, "appliance: no fast path");
+        assert_eq!(
+            fast_block_base(0, 1, true, false),
+            0,
+            "prefixes: no fast path"
+        );
+        assert_eq!(
+            fast_block_base(0, 1, false, true),
+            0,
+            "appliance: no fast path"
+        );
     }
 
     #[test]
