@@ -20,7 +20,7 @@ use classifier_common::{
     DIR_OUTBOUND, DIRECTIONS, EVENT_BURST_NS, EVENT_REASON_RULE, EVENT_RING_BYTES, EVENT_SNAPLEN,
     Event, EventBudget, EventConfig, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA,
     FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_MONITOR, FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES,
-    FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, GENERATIONS,
+    FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, GENERATIONS, GenConfig,
     LPM_ENTRIES, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT, PCLASS_ICMP,
     PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PORTS_PER_BLOCK, PROFILE_NONE,
     PROTO_COUNT, PROTO_TCP, PROTO_UDP, PortBlock, ProfileSel, REASON_COUNTER_BASE,
@@ -465,9 +465,9 @@ fn deny(reason: Reason, pclass: u32, config: &Config) -> Outcome {
 
 /// The common packet on a host: an unfragmented TCP or UDP packet, IPv4
 /// without options or IPv6 without extension headers, under at most
-/// `MAX_VLAN_TAGS` tags, on a host whose generation has a fast table
-/// (`GenConfig::fast_block_base`: a default profile, no `--profile`
-/// prefixes, not an appliance). It is decided here with one port lookup and
+/// `MAX_VLAN_TAGS` tags, when the generation in force has a fast table
+/// (`Config::fast_block_base`: a default profile, no `--profile` prefixes,
+/// not an appliance). It is decided here with one port lookup and
 /// few live values; anything else (`None`) goes to `classify_any`, which
 /// parses the frame again from the start and decides every case. Each
 /// verdict here is the one `classify_any` would give: the same checks in the
@@ -566,8 +566,7 @@ fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
         // two are written in one update but may be read across it.
         let generation = ((base - 1) / (DIRECTIONS * PROTO_COUNT * BLOCKS_PER_PROTO)) % GENERATIONS;
         let gen_config = &config.gens[generation as usize];
-        let profile = gen_config.default_profile;
-        if profile < 32 && gen_config.media_profiles & (1 << profile) != 0 {
+        if is_media_profile_in(gen_config, gen_config.default_profile) {
             return Some(ipsec(config, pclass));
         }
     }
@@ -911,8 +910,13 @@ fn to_media_host(frame: &Frame, l3: &L3, config: &Config) -> bool {
 
 #[inline(always)]
 fn is_media_profile(profile: u32, config: &Config) -> bool {
-    let generation = (config.generation & 1) as usize;
-    profile < 32 && config.gens[generation].media_profiles & (1 << profile) != 0
+    is_media_profile_in(&config.gens[(config.generation & 1) as usize], profile)
+}
+
+/// Whether `profile` runs a media role in one generation's settings.
+#[inline(always)]
+fn is_media_profile_in(gen_config: &GenConfig, profile: u32) -> bool {
+    profile < 32 && gen_config.media_profiles & (1 << profile) != 0
 }
 
 /// The rule slot `profile`'s `direction` rows give (proto, port), 0 if none.
