@@ -159,6 +159,22 @@ pub const fn fast_block_base(
     }
 }
 
+/// The `PORT_BLOCKS` entry holding (`proto`, `port`) in the fast table at
+/// `base` (a non-zero [`fast_block_base`]).
+#[inline(always)]
+pub const fn fast_block_index(base: u32, proto: u32, port: u16) -> u32 {
+    base - 1 + proto * BLOCKS_PER_PROTO + port as u32 / PORTS_PER_BLOCK
+}
+
+/// The generation the fast table at `base` belongs to (a non-zero
+/// [`fast_block_base`]): the packet path reads it from the base, not from
+/// `Config::generation`, which is written in the same update but may be read
+/// across it.
+#[inline(always)]
+pub const fn fast_block_generation(base: u32) -> u32 {
+    ((base - 1) / (DIRECTIONS * PROTO_COUNT * BLOCKS_PER_PROTO)) % GENERATIONS
+}
+
 /// The single entry of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -560,15 +576,12 @@ mod tests {
         for generation in 0..GENERATIONS {
             let base = fast_block_base(3, generation, false, false);
             assert_eq!(
-                base - 1 + PROTO_UDP * BLOCKS_PER_PROTO + 50_000 / PORTS_PER_BLOCK,
+                fast_block_index(base, PROTO_UDP, 50_000),
                 port_block_index(3, generation, DIR_INBOUND, PROTO_UDP, 50_000),
                 "UDP 50000 of profile 3, generation {generation}"
             );
             // What the packet path computes back from the base alone.
-            assert_eq!(
-                ((base - 1) / (DIRECTIONS * PROTO_COUNT * BLOCKS_PER_PROTO)) % GENERATIONS,
-                generation
-            );
+            assert_eq!(fast_block_generation(base), generation);
         }
         assert_ne!(
             fast_block_base(0, 0, false, false),

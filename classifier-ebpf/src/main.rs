@@ -16,16 +16,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use classifier_common::{
-    Addr, BLOCKS_PER_PROTO, COUNTER_ENTRIES, COUNTER_MAP_ENTRIES, Config, Counter, DIR_INBOUND,
-    DIR_OUTBOUND, DIRECTIONS, EVENT_BURST_NS, EVENT_REASON_RULE, EVENT_RING_BYTES, EVENT_SNAPLEN,
-    Event, EventBudget, EventConfig, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA,
-    FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_MONITOR, FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES,
-    FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, GENERATIONS, GenConfig,
-    LPM_ENTRIES, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT, PCLASS_ICMP,
-    PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PORTS_PER_BLOCK, PROFILE_NONE,
-    PROTO_COUNT, PROTO_TCP, PROTO_UDP, PortBlock, ProfileSel, REASON_COUNTER_BASE,
-    RECENT_FLOW_SKIPS, RECENT_FLOW_SLOTS, Reason, RecentFlow, VERDICT_COUNT, Verdict,
-    port_block_index, reason_counter_index,
+    Addr, COUNTER_ENTRIES, COUNTER_MAP_ENTRIES, Config, Counter, DIR_INBOUND, DIR_OUTBOUND,
+    EVENT_BURST_NS, EVENT_REASON_RULE, EVENT_RING_BYTES, EVENT_SNAPLEN, Event, EventBudget,
+    EventConfig, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_EVENTS,
+    FLAG_EVENTS_PASS, FLAG_MONITOR, FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES,
+    FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, GenConfig, LPM_ENTRIES,
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT, PCLASS_ICMP, PCLASS_OTHER,
+    PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock,
+    ProfileSel, REASON_COUNTER_BASE, RECENT_FLOW_SKIPS, RECENT_FLOW_SLOTS, Reason, RecentFlow,
+    VERDICT_COUNT, Verdict, fast_block_generation, fast_block_index, port_block_index,
+    reason_counter_index,
 };
 
 /// The license the kernel reads from the object's `license` section. The
@@ -274,11 +274,7 @@ fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_base: u32) ->
             (*c).packets
         };
     }
-    // Anomalies are logged when this CPU's count reaches a power of two:
-    // a flood costs a logarithmic number of lines, never one per packet.
-    if flags & (FLAG_TRACE | FLAG_EVENTS) != 0
-        || (outcome.counter >= ANOMALY_FIRST && packets & packets.wrapping_sub(1) == 0)
-    {
+    if flags & (FLAG_TRACE | FLAG_EVENTS) != 0 || anomaly_log_due(outcome.counter, packets) {
         core::hint::cold_path();
         after_count(ctx, flags, outcome.counter, packets);
     }
@@ -289,6 +285,14 @@ fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_base: u32) ->
     }
 }
 
+/// Anomalies are logged when this CPU's count reaches a power of two: a
+/// flood costs a logarithmic number of lines, never one per packet. (A
+/// count of 0 means the counter could not be read.)
+#[inline(always)]
+fn anomaly_log_due(counter: u32, packets: u64) -> bool {
+    counter >= ANOMALY_FIRST && packets != 0 && packets & (packets - 1) == 0
+}
+
 /// The trace (tests), the anomaly log and packet events: out of line, so
 /// that the path with all three off carries none of their code.
 #[inline(never)]
@@ -296,7 +300,7 @@ fn after_count(ctx: &XdpContext, flags: u32, counter: u32, packets: u64) {
     if flags & FLAG_TRACE != 0 {
         let _ = TRACE.set(0, counter, 0);
     }
-    if counter >= ANOMALY_FIRST && packets != 0 && packets & (packets - 1) == 0 {
+    if anomaly_log_due(counter, packets) {
         log_anomaly(ctx, counter, packets);
     }
     if flags & FLAG_EVENTS != 0 {
@@ -546,8 +550,7 @@ fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
         core::hint::cold_path();
         return Some(pass(Reason::Dhcp, pclass));
     }
-    let index = base - 1 + proto * BLOCKS_PER_PROTO + dport as u32 / PORTS_PER_BLOCK;
-    let slot = port_slot(index, dport);
+    let slot = port_slot(fast_block_index(base, proto, dport), dport);
     if slot != 0 {
         return Some(Outcome {
             counter: slot as u32,
@@ -562,10 +565,8 @@ fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
     }
     if proto == PROTO_UDP && (dport == 500 || dport == 4500) {
         core::hint::cold_path();
-        // The generation the table belongs to, not `config.generation`: the
-        // two are written in one update but may be read across it.
-        let generation = ((base - 1) / (DIRECTIONS * PROTO_COUNT * BLOCKS_PER_PROTO)) % GENERATIONS;
-        let gen_config = &config.gens[generation as usize];
+        // The generation the table belongs to, not `config.generation`.
+        let gen_config = &config.gens[fast_block_generation(base) as usize];
         if is_media_profile_in(gen_config, gen_config.default_profile) {
             return Some(ipsec(config, pclass));
         }
