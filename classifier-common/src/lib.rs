@@ -25,8 +25,9 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
-    /// Per-CPU cache, not pinned: a new program starts it empty.
+    /// Per-CPU caches, not pinned: a new program starts them empty.
     pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
+    pub const SEL_CACHE: &str = "SEL_CACHE";
     /// Every map, in the order they are pinned.
     pub const ALL: [&str; 12] = [
         CONFIG,
@@ -140,7 +141,22 @@ pub struct GenConfig {
     /// Bit p set: profile p has outbound rows (appliance mode). Zero spares
     /// the packet path the source-side trie lookup.
     pub outbound_profiles: u32,
-    pub pad: u32,
+    /// A number no earlier install wrote (see [`next_sel_epoch`]). While
+    /// this generation is in force, `PROFILES` gives every address the same
+    /// answer, so the packet path caches its answers per CPU (`SEL_CACHE`)
+    /// under this number: the flip to a new generation retires them all.
+    /// 0 (a `CONFIG` no install has written) never matches a cache entry.
+    pub sel_epoch: u32,
+}
+
+/// The `GenConfig::sel_epoch` for the next install: one more than either
+/// generation's, never 0. It is read from `CONFIG`, which is pinned, so it
+/// keeps growing across daemon restarts and no two installs share one until
+/// it wraps, after 2^32 installs (136 years at one a second).
+pub const fn next_sel_epoch(gens: &[GenConfig; GENERATIONS as usize]) -> u32 {
+    let (a, b) = (gens[0].sel_epoch, gens[1].sel_epoch);
+    let next = (if a > b { a } else { b }).wrapping_add(1);
+    if next == 0 { 1 } else { next }
 }
 
 /// `Config::fast_block_base` for a generation: the fast path decides a
@@ -273,6 +289,26 @@ pub const RECENT_FLOW_SKIPS: u64 = 63;
 pub struct RecentFlow {
     pub tag: u64,
     pub skips: u64,
+}
+
+/// Slots of the per-CPU `SEL_CACHE` in front of the `PROFILES` trie: the
+/// addresses an appliance forwards to (an Edge pool, the servers behind a
+/// reverse proxy) are few, and each answer saves a trie walk.
+pub const SEL_CACHE_SLOTS: u32 = 256;
+
+/// A `SEL_CACHE` slot: an address and what `PROFILES` answered for it while
+/// the generation with `sel_epoch` was in force. The address is held as
+/// four words, as the packet path builds it, so that a hit is four compares.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SelCacheEntry {
+    pub addr: [u32; 4],
+    pub sel_epoch: u32,
+    /// The profile, `PROFILE_NONE` when no prefix holds the address.
+    pub profile: u32,
+    /// Non-zero: one of the appliance's own addresses.
+    pub local: u32,
+    pub pad: u32,
 }
 
 /// Key of `FRAGMENTS`: one fragmented datagram (8-byte aligned, as `FlowKey`).
@@ -527,6 +563,7 @@ mod user {
     unsafe impl aya::Pod for EventConfig {}
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for RecentFlow {}
+    unsafe impl aya::Pod for SelCacheEntry {}
 }
 
 #[cfg(test)]
@@ -602,6 +639,27 @@ mod tests {
     }
 
     #[test]
+    fn every_install_gets_a_sel_epoch_no_earlier_one_had() {
+        let mut gens = [GenConfig::default(); GENERATIONS as usize];
+        let mut seen = [0u32; 5];
+        for (install, epoch) in seen.iter_mut().enumerate() {
+            *epoch = next_sel_epoch(&gens);
+            gens[install % 2].sel_epoch = *epoch;
+        }
+        assert_eq!(
+            seen,
+            [1, 2, 3, 4, 5],
+            "epochs of five installs from a fresh CONFIG"
+        );
+        gens[0].sel_epoch = u32::MAX;
+        assert_eq!(
+            next_sel_epoch(&gens),
+            1,
+            "the wrap skips 0, which marks no install"
+        );
+    }
+
+    #[test]
     fn reason_discriminants_match_all() {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{r:?} out of order");
@@ -621,6 +679,7 @@ mod tests {
         assert_eq!(size_of::<Event>() % 8, 0);
         assert_eq!(size_of::<EventBudget>(), 32);
         assert_eq!(size_of::<RecentFlow>(), 16);
+        assert_eq!(size_of::<SelCacheEntry>(), 32);
         assert_eq!(
             align_of::<FlowKey>(),
             8,

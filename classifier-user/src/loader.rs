@@ -21,7 +21,7 @@ use classifier_common::{
     BLOCKS_PER_PROTO, COUNTER_MAP_ENTRIES, Config, Counter, DIRECTIONS, EventBudget, EventConfig,
     FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, GenConfig, MAX_LEGS, MgmtPorts,
     PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM,
-    fast_block_base, map_names, port_block_index,
+    fast_block_base, map_names, next_sel_epoch, port_block_index,
 };
 
 use crate::{
@@ -241,7 +241,7 @@ impl Classifier {
             catalog_generation,
             has_prefixes: u32::from(!policy.prefixes.is_empty()),
             outbound_profiles: policy.outbound_profiles,
-            pad: 0,
+            sel_epoch: next_sel_epoch(&config.gens),
         };
         config.mgmt_ports = policy.mgmt_ports;
         // First write the new generation's settings while the old one is in force…

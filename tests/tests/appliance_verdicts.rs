@@ -5,7 +5,10 @@
 //! does, and the lockout guard covers the box's own addresses only.
 
 use classifier_common::Reason;
-use portguard::policy::{Mgmt, PolicySpec};
+use portguard::{
+    catalog::Catalog,
+    policy::{self, Mgmt, PolicySpec},
+};
 use portguard_testsupport::{
     frames::{Packet, TCP_ACK, TCP_SYN},
     kernel::Kernel,
@@ -77,6 +80,33 @@ impl Box {
                 );
             }
         }
+    }
+}
+
+impl Box {
+    /// Installs `spec` as a reload does (the other generation, then the flip).
+    fn reload(&mut self, spec: &PolicySpec, catalog_generation: u32) {
+        let k = &mut self.0;
+        k.policy = policy::compile(&Catalog::embedded(), spec, &mut k.registry)
+            .unwrap_or_else(|e| panic!("reload {catalog_generation}: the policy compiles: {e}"));
+        k.classifier
+            .install(&k.policy, catalog_generation)
+            .unwrap_or_else(|e| panic!("reload {catalog_generation}: install: {e}"));
+    }
+}
+
+/// Keeps this test thread on CPU 0, so that every run meets the same CPU's
+/// caches (`RECENT_FLOWS`, `SEL_CACHE`).
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU 0"
+        );
     }
 }
 
@@ -312,16 +342,7 @@ fn role_gives_the_box_its_own_rows_only() {
 /// that every run meets the same CPU's cache.
 #[test]
 fn an_evicted_flow_is_recorded_again_within_64_datagrams() {
-    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning the test thread to CPU 0"
-        );
-    }
+    pin_to_cpu0();
     let Some(mut b) = Box::new(None) else { return };
     let out = Packet::udp(AV, PARTNER, 50_200, 50_700);
     let answer = Packet::udp(PARTNER, AV, 50_700, 50_200);
@@ -364,5 +385,82 @@ fn an_evicted_flow_is_recorded_again_within_64_datagrams() {
         &answer,
         true,
         Err(Reason::Established),
+    );
+}
+
+/// The per-CPU cache of `PROFILES` answers (`SEL_CACHE`) never outlives the
+/// generation it was filled in: after each reload that gives an address
+/// another profile, takes its profile away or gives it back, the very next
+/// packet to it (on the CPU whose cache holds the old answer) meets the new
+/// policy. The same test covers an own address turned into a forwarded one,
+/// which the lockout guard then no longer covers.
+#[test]
+fn a_reload_retires_the_cached_profile_of_every_address() {
+    pin_to_cpu0();
+    let Some(mut b) = Box::new(None) else { return };
+    let sip = Packet::tcp(PARTNER, ACCESS, 40_020, 5061);
+    let http = Packet::tcp(PARTNER, ACCESS, 40_021, 80);
+    let ssh_to_box = Packet::tcp(STRANGER, OWN, 40_022, 22);
+    for _ in 0..3 {
+        b.expect(
+            "SIP to the Access Edge",
+            &sip,
+            true,
+            Ok("access-edge-external/tcp/5061-5061"),
+        );
+        b.expect("SSH to the box", &ssh_to_box, true, Err(Reason::Management));
+    }
+
+    // The Access Edge's address now publishes the reverse proxy, and the
+    // box gave up the address it had.
+    let mut moved = spec(None);
+    moved.profiles[0] = "198.18.2.10/32=reverse-proxy-external"
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    moved.local_addrs.retain(|a| a.to_string() != OWN);
+    b.reload(&moved, 2);
+    b.expect(
+        "SIP after the move",
+        &sip,
+        false,
+        Err(Reason::PortNotAllowed),
+    );
+    b.expect(
+        "HTTP after the move",
+        &http,
+        true,
+        Ok("reverse-proxy-external/tcp/80-80"),
+    );
+    b.expect(
+        "SSH to an address the box gave up",
+        &ssh_to_box,
+        false,
+        Err(Reason::NoProfile),
+    );
+
+    let mut gone = spec(None);
+    gone.profiles.remove(0);
+    b.reload(&gone, 3);
+    b.expect(
+        "HTTP once the address has no profile",
+        &http,
+        false,
+        Err(Reason::NoProfile),
+    );
+
+    // Back to the first policy, in the generation slot it started in.
+    b.reload(&spec(None), 4);
+    b.expect(
+        "SIP back again",
+        &sip,
+        true,
+        Ok("access-edge-external/tcp/5061-5061"),
+    );
+    b.expect("HTTP back again", &http, false, Err(Reason::PortNotAllowed));
+    b.expect(
+        "SSH to the box again",
+        &ssh_to_box,
+        true,
+        Err(Reason::Management),
     );
 }
