@@ -755,7 +755,11 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     ) {
         report.target(t);
     }
-    report.target(targets::allowed_vs_floor(floor, pg_allow));
+    report.target(targets::allowed_vs_floor(
+        floor,
+        pg_allow,
+        exact(&format!("{dny_udp}allowed UDP 50000")),
+    ));
     report.target(targets::egress(
         tc_floor,
         "RTP datagram (UDP)",

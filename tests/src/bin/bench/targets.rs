@@ -56,13 +56,18 @@ pub fn above_floor(floor: f64, pairs: &[Pair<'_>]) -> Vec<Target> {
         .collect()
 }
 
-/// The allowed IPv4 packet against the floor.
-pub fn allowed_vs_floor(floor: f64, allowed: f64) -> Target {
+/// The allowed IPv4 packet against the floor, with `dny_udp`'s own ratio
+/// on the same packet beside it: what a one-lookup filter costs here says
+/// whether the goal can be met on this machine at all.
+pub fn allowed_vs_floor(floor: f64, allowed: f64, dny_udp: f64) -> Target {
     let r = allowed / floor;
     Target::new(
         ISSUE,
         &format!("allowed IPv4 UDP: portguard ≤ {ALLOWED_VS_FLOOR}x the empty XDP program"),
-        format!("{r:.2}x ({allowed:.2} ns vs {floor:.2} ns)"),
+        format!(
+            "{r:.2}x ({allowed:.2} ns vs {floor:.2} ns; xdp-filter dny_udp {:.2}x)",
+            dny_udp / floor
+        ),
         floor > 0.0 && r <= ALLOWED_VS_FLOOR,
     )
 }
@@ -184,8 +189,8 @@ mod tests {
     #[test]
     fn allowed_and_egress_are_judged_against_their_own_floor() {
         let t = table(vec![
-            allowed_vs_floor(30.0, 39.0),
-            allowed_vs_floor(30.0, 39.1),
+            allowed_vs_floor(30.0, 39.0, 41.6),
+            allowed_vs_floor(30.0, 39.1, 41.6),
             egress(20.0, "UDP", 30.0),
             egress(20.0, "TCP ACK", 41.0),
         ]);
@@ -195,6 +200,11 @@ mod tests {
             verdicts,
             [true, false, true, false],
             "1.30x met, 1.30333x missed, 1.50x met, 2.05x missed:\n{t}"
+        );
+        assert!(
+            rows[0].contains("1.30x (39.00 ns vs 30.00 ns; xdp-filter dny_udp 1.39x)"),
+            "dny_udp's own ratio stands beside portguard's: {}",
+            rows[0]
         );
         assert!(
             rows[2].contains("1.50x (30.00 ns vs 20.00 ns)"),
