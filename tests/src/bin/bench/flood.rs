@@ -423,7 +423,71 @@ fn row(t: &mut String, enforcer: &str, kind: &str, f: &Flood) {
     );
 }
 
-pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
+/// The receivers of the drop-only flood, measured against each other in
+/// rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Receiver {
+    /// portguard as it ships: packet events on, the default budget.
+    Portguard,
+    PortguardEventsOff,
+    Nftables,
+    XdpFilter,
+}
+
+impl Receiver {
+    const ALL: [Receiver; 4] = [
+        Receiver::Portguard,
+        Receiver::PortguardEventsOff,
+        Receiver::Nftables,
+        Receiver::XdpFilter,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Receiver::Portguard => "portguard (events on, the default)",
+            Receiver::PortguardEventsOff => "portguard --events-rate 0",
+            Receiver::Nftables => "nftables",
+            Receiver::XdpFilter => "xdp-filter",
+        }
+    }
+
+    fn slug(self) -> &'static str {
+        match self {
+            Receiver::Portguard => "pg",
+            Receiver::PortguardEventsOff => "pg-events-off",
+            Receiver::Nftables => "nft",
+            Receiver::XdpFilter => "xf",
+        }
+    }
+}
+
+/// One receiver's drop floods, one per round. Its figure is the round that
+/// dropped the most: on the shared CPUs, interference only ever takes
+/// packets away, as it only ever adds time to a per-packet round.
+#[derive(Default)]
+struct Rounds(Vec<Flood>);
+
+impl Rounds {
+    fn best(&self) -> Option<&Flood> {
+        self.0
+            .iter()
+            .max_by(|a, b| a.pps(a.dropped()).total_cmp(&b.pps(b.dropped())))
+    }
+
+    fn dropped_pps(&self) -> Option<f64> {
+        self.best().map(|f| f.pps(f.dropped()))
+    }
+
+    fn softirq_ns(&self) -> Option<f64> {
+        self.best().map(|f| f.cpu.softirq_ns / f.seen.max(1) as f64)
+    }
+}
+
+/// Sections 3 (floods), 5 (memory) and 4b (reloads under a flood). The
+/// drop-only floods run in `rounds` rounds, the receivers in an order that
+/// rotates from round to round; the mixed floods and the memory samples
+/// come from the first round.
+pub fn run_all(report: &mut Report, secs: f64, rounds: usize, reloads: u32) -> Result<()> {
     let lab = Lab::new()?;
     let allowed = lab.frame(ALLOWED_PORT);
     let forbidden = lab.frame(FORBIDDEN_PORT);
@@ -436,94 +500,114 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
         "| receiver | flood | sent/s | seen by receiver/s | passed/s | dropped/s | lost before the receiver | softirq ns/packet | busy CPU ns/packet |"
     );
     let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    let mut drops = Vec::new();
 
     // No firewall: what the sender and the stack do alone.
     let f = flood(&lab, "none-drop", &drop_only, secs, || Ok(()))?;
     row(&mut t, "no firewall", "UDP 161 only", &f);
 
-    // portguard, with memory sampled under load.
     let mut rss_max = 0;
     let mut maps = Vec::new();
-    {
-        let mut pg = start_portguard(&lab, None, &[])?;
-        let pid = pg.child.id();
-        let f = flood(&lab, "pg-drop", &drop_only, secs, || {
-            std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
-            rss_max = rss_max.max(sys::rss_kib(pid)?);
-            maps = sys::maps_of(pid)?;
-            Ok(())
-        })?;
-        row(&mut t, "portguard", "UDP 161 only", &f);
-        drops.push(("portguard", f));
-        let f = flood(&lab, "pg-mixed", &mixed, secs, || {
-            std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
-            rss_max = rss_max.max(sys::rss_kib(pid)?);
-            Ok(())
-        })?;
-        row(&mut t, "portguard", "50000 + 161 alternating", &f);
-        pg.stop()?;
+    let mut mixed_rows = String::new();
+    let mut by_receiver: [Rounds; 4] = Default::default();
+    let mut xdp_filter_failed = false;
+    for round in 0..rounds {
+        let first = round == 0;
+        for k in 0..Receiver::ALL.len() {
+            let receiver = Receiver::ALL[(k + round) % Receiver::ALL.len()];
+            let name = format!("{}-drop-{round}", receiver.slug());
+            let f = match receiver {
+                Receiver::Portguard => {
+                    let mut pg = start_portguard(&lab, None, &[])?;
+                    let pid = pg.child.id();
+                    // The daemon's memory, sampled under load.
+                    let mut sample = |with_maps: bool| -> Result<()> {
+                        std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
+                        rss_max = rss_max.max(sys::rss_kib(pid)?);
+                        if with_maps {
+                            maps = sys::maps_of(pid)?;
+                        }
+                        Ok(())
+                    };
+                    let f = flood(&lab, &name, &drop_only, secs, || {
+                        if first { sample(true) } else { Ok(()) }
+                    })?;
+                    if first {
+                        let m = flood(&lab, "pg-mixed", &mixed, secs, || sample(false))?;
+                        row(&mut mixed_rows, "portguard", "50000 + 161 alternating", &m);
+                    }
+                    pg.stop()?;
+                    f
+                }
+                Receiver::PortguardEventsOff => {
+                    let mut pg = start_portguard(&lab, None, &["--events-rate", "0"])?;
+                    let f = flood(&lab, &name, &drop_only, secs, || Ok(()))?;
+                    pg.stop()?;
+                    f
+                }
+                Receiver::Nftables => {
+                    let _nft = Nft::load(&lab)?;
+                    let f = flood(&lab, &name, &drop_only, secs, || Ok(()))?;
+                    if first {
+                        let m = flood(&lab, "nft-mixed", &mixed, secs, || Ok(()))?;
+                        row(&mut mixed_rows, "nftables", "50000 + 161 alternating", &m);
+                    }
+                    f
+                }
+                Receiver::XdpFilter => match XdpFilter::load(&lab) {
+                    Ok(_xf) => {
+                        let f = flood(&lab, &name, &drop_only, secs, || Ok(()))?;
+                        if first {
+                            let m = flood(&lab, "xf-mixed", &mixed, secs, || Ok(()))?;
+                            row(&mut mixed_rows, "xdp-filter", "50000 + 161 alternating", &m);
+                        }
+                        f
+                    }
+                    Err(e) => {
+                        if !xdp_filter_failed {
+                            report.failed("flood with xdp-filter", &e);
+                            xdp_filter_failed = true;
+                        }
+                        continue;
+                    }
+                },
+            };
+            by_receiver[receiver as usize].0.push(f);
+        }
     }
-    // Packet events on (the default budget, 1,000 events/s per CPU) against
-    // off, like for like: the same flood with nothing else in the measured
-    // window (the rows above sample the daemon's memory while they run), in
-    // alternating pairs so that drift and the shared CPUs hit both alike.
-    let mut events_pps: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    for pair in 1..=2 {
-        let sides: [(&str, &[&str]); 2] = [
-            ("portguard, events on", &[]),
-            ("portguard --events-rate 0", &["--events-rate", "0"]),
-        ];
-        for (side, (label, extra)) in sides.into_iter().enumerate() {
-            let mut pg = start_portguard(&lab, None, extra)?;
-            let f = flood(
-                &lab,
-                &format!("pg-events{side}-{pair}"),
-                &drop_only,
-                secs,
-                || Ok(()),
-            )?;
+    let mut per_round = String::new();
+    for receiver in Receiver::ALL {
+        let r = &by_receiver[receiver as usize];
+        if let Some(best) = r.best() {
             row(
                 &mut t,
-                &format!("{label} (pair {pair})"),
+                &format!("{}, best of {}", receiver.label(), r.0.len()),
                 "UDP 161 only",
-                &f,
+                best,
             );
-            events_pps[side].push(f.pps(f.dropped()));
-            pg.stop()?;
+            let all: Vec<String> =
+                r.0.iter()
+                    .map(|f| format!("{:.0}", f.pps(f.dropped())))
+                    .collect();
+            let _ = writeln!(
+                per_round,
+                "- dropped/s in each round, {}: {}",
+                receiver.label(),
+                all.join(", ")
+            );
         }
     }
-    {
-        let _nft = Nft::load(&lab)?;
-        let f = flood(&lab, "nft-drop", &drop_only, secs, || Ok(()))?;
-        row(&mut t, "nftables", "UDP 161 only", &f);
-        drops.push(("nftables", f));
-        let f = flood(&lab, "nft-mixed", &mixed, secs, || Ok(()))?;
-        row(&mut t, "nftables", "50000 + 161 alternating", &f);
-    }
-    match XdpFilter::load(&lab) {
-        Ok(_xf) => {
-            let f = flood(&lab, "xf-drop", &drop_only, secs, || Ok(()))?;
-            row(&mut t, "xdp-filter", "UDP 161 only", &f);
-            drops.push(("xdp-filter", f));
-            let f = flood(&lab, "xf-mixed", &mixed, secs, || Ok(()))?;
-            row(&mut t, "xdp-filter", "50000 + 161 alternating", &f);
-        }
-        Err(e) => report.failed("flood with xdp-filter", &e),
-    }
-    let get = |n: &str| {
-        drops
-            .iter()
-            .find(|(x, _)| *x == n)
-            .map(|(_, f)| f.pps(f.dropped()))
-    };
+    t.push_str(&mixed_rows);
+    let _ = write!(t, "\n{per_round}");
+
+    let get = |r: Receiver| by_receiver[r as usize].dropped_pps();
+    let cost = |r: Receiver| by_receiver[r as usize].softirq_ns();
     let mut ratios = String::new();
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let (on, off) = (mean(&events_pps[0]), mean(&events_pps[1]));
-    if off > 0.0 {
+    if let (Some(on), Some(off)) = (get(Receiver::Portguard), get(Receiver::PortguardEventsOff))
+        && off > 0.0
+    {
         let _ = writeln!(
             ratios,
-            "- dropped/s, events on (default budget) / events off, mean of the alternating pairs: {:.2}",
+            "- dropped/s, events on (default budget) / events off, best rounds: {:.2}",
             on / off
         );
         report.target(Target::new(
@@ -533,8 +617,12 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
             on / off >= 0.95,
         ));
     }
-    if let (Some(pg), Some(nft)) = (get("portguard"), get("nftables")) {
-        let _ = writeln!(ratios, "- dropped/s, portguard / nftables: {:.2}", pg / nft);
+    if let (Some(pg), Some(nft)) = (get(Receiver::Portguard), get(Receiver::Nftables)) {
+        let _ = writeln!(
+            ratios,
+            "- dropped/s, portguard / nftables, best rounds: {:.2}",
+            pg / nft
+        );
         report.target(Target::new(
             7,
             "flood: portguard drops ≥ 2x nftables' packets/s",
@@ -542,10 +630,10 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
             pg / nft >= 2.0,
         ));
     }
-    if let (Some(pg), Some(xf)) = (get("portguard"), get("xdp-filter")) {
+    if let (Some(pg), Some(xf)) = (get(Receiver::Portguard), get(Receiver::XdpFilter)) {
         let _ = writeln!(
             ratios,
-            "- dropped/s, portguard / xdp-filter: {:.2}",
+            "- dropped/s, portguard / xdp-filter, best rounds: {:.2}",
             pg / xf
         );
         report.target(Target::new(
@@ -555,23 +643,17 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
             pg >= xf,
         ));
     }
-    let cost = |n: &str| {
-        drops
-            .iter()
-            .find(|(x, _)| *x == n)
-            .map(|(_, f)| f.cpu.softirq_ns / f.seen.max(1) as f64)
-    };
-    if let (Some(pg), Some(nft)) = (cost("portguard"), cost("nftables")) {
+    if let (Some(pg), Some(nft)) = (cost(Receiver::Portguard), cost(Receiver::Nftables)) {
         let _ = writeln!(
             ratios,
-            "- receiver softirq ns per dropped packet, nftables / portguard: {:.2}",
+            "- receiver softirq ns per dropped packet, nftables / portguard, best rounds: {:.2}",
             nft / pg
         );
     }
-    if let (Some(pg), Some(xf)) = (cost("portguard"), cost("xdp-filter")) {
+    if let (Some(pg), Some(xf)) = (cost(Receiver::Portguard), cost(Receiver::XdpFilter)) {
         let _ = writeln!(
             ratios,
-            "- receiver softirq ns per dropped packet, xdp-filter / portguard: {:.2}",
+            "- receiver softirq ns per dropped packet, xdp-filter / portguard, best rounds: {:.2}",
             xf / pg
         );
     }
@@ -580,7 +662,10 @@ pub fn run_all(report: &mut Report, secs: f64, reloads: u32) -> Result<()> {
         "3. Flood over veth",
         &format!(
             "trafgen (`-P 1`: one process, TX_RING, qdisc bypass) floods 64-byte UDP frames from one namespace into the other for \
-             {secs:.0} s per row. The receiver runs `portguard run --role front-end,client --client-media-ports 50000-50019` \
+             {secs:.0} s per row. The drop-only floods run in {rounds} rounds, the receivers in an order that rotates \
+             from round to round; each receiver's row is its round that dropped the most (interference on the shared CPUs \
+             only ever takes packets away), every round's figure is listed under the table, and the ratios and targets \
+             use the best rounds. The mixed floods run once, in the first round. The receiver runs `portguard run --role front-end,client --client-media-ports 50000-50019` \
              (native XDP), or the ruleset of `portguard catalog export --format nft --role front-end,client` (input hook, \
              policy drop, conntrack), or `xdp-filter load --policy deny --features tcp,udp` (native XDP through libxdp's \
              dispatcher; it picks xdpfilt_dny_all) with every port the portguard policy opens written into its `filter_ports` \
