@@ -488,6 +488,10 @@ pub const EVENT_RING_BYTES: u32 = 1 << 20;
 /// The per-CPU budget's bucket holds one second of credit: a burst may use a
 /// whole second's events at once, never more.
 pub const EVENT_BURST_NS: u64 = 1_000_000_000;
+const _: () = assert!(
+    EVENT_BURST_NS <= u32::MAX as u64,
+    "EventBudget::credit_ns is 32 bits"
+);
 /// Default events per second per CPU.
 pub const EVENT_RATE_DEFAULT: u32 = 1_000;
 /// `Event::reason` when a catalog rule decided (then `slot` names it).
@@ -506,7 +510,13 @@ pub struct EventConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct EventBudget {
-    pub credit_ns: u64,
+    /// At most `EVENT_BURST_NS`, which fits 32 bits (checked below).
+    pub credit_ns: u32,
+    /// The low 32 bits of jiffies when `last_ns` was read: while jiffies
+    /// stands still, so does the coarse clock, and an empty budget stays
+    /// empty without a clock read (see the XDP program's `take_credit`).
+    pub last_jiffies: u32,
+    /// The coarse monotonic clock when credit was last added.
     pub last_ns: u64,
     /// Events emitted by this CPU.
     pub emitted: u64,

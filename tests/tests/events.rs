@@ -7,7 +7,9 @@
 //! - `--pcap` writes a file tshark reads with the same ports;
 //! - a non-root user is refused by the control socket;
 //! - under a flood the per-CPU budget holds: events never exceed what it
-//!   allows, and every drop is either an event or counted as suppressed.
+//!   allows, and every drop is either an event or counted as suppressed;
+//! - in the XDP program itself, an empty budget stays empty within a tick
+//!   and fills again with time.
 
 use std::{
     collections::BTreeSet,
@@ -15,7 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portguard_testsupport::frames::{ETH_P_8021AD, ETH_P_8021Q, Packet};
+use portguard_testsupport::{
+    frames::{ETH_P_8021AD, ETH_P_8021Q, Packet},
+    kernel::{Kernel, XDP_DROP},
+    spec::lab_spec,
+};
 use serde_json::Value;
 use testkit::ops::{Pair, TempDir, ok, poll, portguard, text};
 
@@ -572,5 +578,69 @@ fn a_follow_client_that_stops_reading_never_blocks_the_daemon() {
     assert!(
         lines < FLOOD,
         "the stalled client got all {lines} events: nothing was dropped, the test proves nothing"
+    );
+}
+
+/// The per-CPU budget in the XDP program (`BPF_PROG_TEST_RUN`, the thread on
+/// CPU 0): one second's credit at start, then none until time passes, then
+/// credit for the time that passed. Suppressed events skip the clock while
+/// jiffies stands still; this is what shows that credit still comes in.
+#[test]
+fn an_empty_budget_stays_empty_and_fills_again_with_time() {
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU 0"
+        );
+    }
+    let Some(mut k) = Kernel::new("events: the budget fills again", &lab_spec()) else {
+        return;
+    };
+    // 10 events/s: each costs 100 ms of credit, and the burst is 10.
+    const RATE: u64 = 10;
+    k.classifier
+        .set_events(RATE as u32, false)
+        .unwrap_or_else(|e| panic!("turning events on: {e}"));
+    let budget = k
+        .classifier
+        .take_event_budget()
+        .unwrap_or_else(|e| panic!("the budget map: {e}"));
+    let cpu0 = |what: &str| {
+        let b = budget
+            .get(&0, 0)
+            .unwrap_or_else(|e| panic!("{what}: reading EVENT_BUDGET: {e}"))[0];
+        (b.emitted, b.suppressed)
+    };
+    let dropped = Packet::udp("198.18.0.1", "198.18.0.2", 40_000, 161).build();
+    let mut run = |n: u64| {
+        for _ in 0..n {
+            assert_eq!(k.run_raw(&dropped).0, XDP_DROP, "UDP 161 is dropped");
+        }
+    };
+
+    run(50);
+    assert_eq!(
+        cpu0("after 50 drops"),
+        (RATE, 50 - RATE),
+        "(emitted, suppressed): one second's burst, then nothing"
+    );
+    let emptied = Instant::now();
+    std::thread::sleep(Duration::from_millis(350));
+    run(10);
+    let waited_ms = emptied.elapsed().as_millis() as u64;
+    let (emitted, suppressed) = cpu0("after the wait");
+    let new = emitted - RATE;
+    assert!(
+        (2..=waited_ms / 100 + 1).contains(&new),
+        "{new} events after {waited_ms} ms at one per 100 ms (suppressed {suppressed})"
+    );
+    assert_eq!(
+        emitted + suppressed,
+        60,
+        "every drop is an event or suppressed"
     );
 }
