@@ -276,16 +276,19 @@ fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_base: u32) ->
             (*c).packets
         };
     }
-    if flags & (FLAG_TRACE | FLAG_EVENTS) != 0 || anomaly_log_due(outcome.counter, packets) {
+    if flags & (FLAG_TRACE | FLAG_EVENTS) != 0 {
         core::hint::cold_path();
         // Events are on by default, and most packets pass: a pass that no
         // event is wanted for must not pay the call.
         if flags & FLAG_TRACE != 0
-            || anomaly_log_due(outcome.counter, packets)
             || event_wanted(flags, outcome.counter)
+            || anomaly_log_due(outcome.counter, packets)
         {
             after_count(ctx, flags, outcome.counter, packets);
         }
+    } else if anomaly_log_due(outcome.counter, packets) {
+        core::hint::cold_path();
+        after_count(ctx, flags, outcome.counter, packets);
     }
     if outcome.pass {
         xdp_action::XDP_PASS
@@ -299,7 +302,7 @@ fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_base: u32) ->
 /// count of 0 means the counter could not be read.)
 #[inline(always)]
 fn anomaly_log_due(counter: u32, packets: u64) -> bool {
-    counter >= ANOMALY_FIRST && packets != 0 && packets & (packets - 1) == 0
+    counter >= ANOMALY_FIRST && packets & packets.wrapping_sub(1) == 0 && packets != 0
 }
 
 /// The trace (tests), the anomaly log and packet events: out of line, so
