@@ -11,7 +11,7 @@ use portguard::{
 };
 use portguard_testsupport::{
     frames::{Packet, TCP_ACK, TCP_SYN},
-    kernel::Kernel,
+    kernel::{Kernel, pin_this_thread_to_cpu0},
 };
 
 /// The appliance's own addresses (one per leg and family).
@@ -92,21 +92,6 @@ impl Box {
         k.classifier
             .install(&k.policy, catalog_generation)
             .unwrap_or_else(|e| panic!("reload {catalog_generation}: install: {e}"));
-    }
-}
-
-/// Keeps this test thread on CPU 0, so that every run meets the same CPU's
-/// caches (`RECENT_FLOWS`, `SEL_CACHE`).
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning the test thread to CPU 0"
-        );
     }
 }
 
@@ -342,7 +327,7 @@ fn role_gives_the_box_its_own_rows_only() {
 /// that every run meets the same CPU's cache.
 #[test]
 fn an_evicted_flow_is_recorded_again_within_64_datagrams() {
-    pin_to_cpu0();
+    pin_this_thread_to_cpu0();
     let Some(mut b) = Box::new(None) else { return };
     let out = Packet::udp(AV, PARTNER, 50_200, 50_700);
     let answer = Packet::udp(PARTNER, AV, 50_700, 50_200);
@@ -396,7 +381,7 @@ fn an_evicted_flow_is_recorded_again_within_64_datagrams() {
 /// which the lockout guard then no longer covers.
 #[test]
 fn a_reload_retires_the_cached_profile_of_every_address() {
-    pin_to_cpu0();
+    pin_this_thread_to_cpu0();
     let Some(mut b) = Box::new(None) else { return };
     let sip = Packet::tcp(PARTNER, ACCESS, 40_020, 5061);
     let http = Packet::tcp(PARTNER, ACCESS, 40_021, 80);

@@ -19,7 +19,7 @@ use std::{
 
 use portguard_testsupport::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Packet},
-    kernel::{Kernel, XDP_DROP},
+    kernel::{Kernel, XDP_DROP, pin_this_thread_to_cpu0},
     spec::lab_spec,
 };
 use serde_json::Value;
@@ -587,16 +587,7 @@ fn a_follow_client_that_stops_reading_never_blocks_the_daemon() {
 /// jiffies stands still; this is what shows that credit still comes in.
 #[test]
 fn an_empty_budget_stays_empty_and_fills_again_with_time() {
-    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning the test thread to CPU 0"
-        );
-    }
+    pin_this_thread_to_cpu0();
     let Some(mut k) = Kernel::new("events: the budget fills again", &lab_spec()) else {
         return;
     };

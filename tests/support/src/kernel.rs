@@ -249,6 +249,22 @@ impl Drop for Kernel {
     }
 }
 
+/// Keeps the calling thread on CPU 0, so that every `BPF_PROG_TEST_RUN` it
+/// makes meets the same CPU's per-CPU maps (the recorders' and the
+/// profile cache, the event budget).
+pub fn pin_this_thread_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU 0"
+        );
+    }
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
