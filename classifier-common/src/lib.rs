@@ -28,6 +28,8 @@ pub mod map_names {
     /// Per-CPU caches, not pinned: a new program starts them empty.
     pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
     pub const SEL_CACHE: &str = "SEL_CACHE";
+    /// The program's maps that are not pinned (every other one is in `ALL`).
+    pub const UNPINNED: [&str; 2] = [RECENT_FLOWS, SEL_CACHE];
     /// Every map, in the order they are pinned.
     pub const ALL: [&str; 12] = [
         CONFIG,

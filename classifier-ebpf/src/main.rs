@@ -908,7 +908,7 @@ struct Sel {
 ///
 /// The trie walk was the largest cost of a forwarded packet (about 13 ns of
 /// 32 above the empty program); the addresses an appliance forwards to are
-/// few, so nearly every lookup is a cache hit: a hash, a slot and two
+/// few, so nearly every lookup is a cache hit: a hash, a slot and four
 /// compares. The answer cannot go stale: it is stored under the epoch of the
 /// generation it was read in, the trie answers every address the same while
 /// that generation is in force (the loader rewrites only the other one), and

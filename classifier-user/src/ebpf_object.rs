@@ -27,6 +27,38 @@ mod tests {
             .to_vec()
     }
 
+    /// A map added to the program but not to `map_names::ALL` would not be
+    /// pinned: a restart would lose it without a word. Each map the program
+    /// declares is pinned or named as a cache that a new program may start
+    /// empty (aya-log's own maps aside).
+    #[test]
+    fn every_map_of_the_program_is_pinned_or_named_as_unpinned() {
+        use std::collections::BTreeSet;
+
+        use aya_obj::EbpfSectionKind;
+        use classifier_common::map_names;
+
+        let obj = aya_obj::Object::parse(PORTGUARD)
+            .unwrap_or_else(|e| panic!("parsing the embedded portguard object: {e}"));
+        let declared: BTreeSet<&str> = obj
+            .maps
+            .iter()
+            .filter(|(name, map)| {
+                map.section_kind() == EbpfSectionKind::Maps && !name.starts_with("AYA_")
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let named: BTreeSet<&str> = map_names::ALL
+            .iter()
+            .chain(map_names::UNPINNED.iter())
+            .copied()
+            .collect();
+        assert_eq!(
+            declared, named,
+            "the program's maps (left) against map_names::ALL + UNPINNED (right)"
+        );
+    }
+
     #[test]
     fn both_objects_declare_a_gpl_compatible_license_matching_the_crates() {
         for (name, elf) in [("portguard", PORTGUARD), ("floor", FLOOR)] {
