@@ -1302,8 +1302,20 @@ fn record_flow(ctx: &TcContext) {
         }
         _ => return,
     };
-    let (src, dst): (Words, Words) = if v6 {
-        (
+    // One path per family (as Katran does): each builds its key and
+    // records it, so that IPv4's constant words stay constants through the
+    // hash instead of meeting IPv6's loaded ones in a merged stack slot.
+    let key = |src: Words, dst: Words| FlowKey {
+        // SAFETY (both): same size, and every bit pattern is a valid byte array.
+        remote: unsafe { core::mem::transmute::<Words, Addr>(dst) },
+        local: unsafe { core::mem::transmute::<Words, Addr>(src) },
+        remote_port: dport,
+        local_port: sport,
+        proto,
+        pad: [0; 3],
+    };
+    if v6 {
+        remember_flow(&key(
             [
                 word_at(hp, 8),
                 word_at(hp, 12),
@@ -1316,23 +1328,13 @@ fn record_flow(ctx: &TcContext) {
                 word_at(hp, 32),
                 word_at(hp, 36),
             ],
-        )
+        ));
     } else {
-        (
+        remember_flow(&key(
             [0, 0, V4_MAPPED, word_at(hp, 12)],
             [0, 0, V4_MAPPED, word_at(hp, 16)],
-        )
-    };
-    // SAFETY (both): same size, and every bit pattern is a valid byte array.
-    let key = FlowKey {
-        remote: unsafe { core::mem::transmute::<Words, Addr>(dst) },
-        local: unsafe { core::mem::transmute::<Words, Addr>(src) },
-        remote_port: dport,
-        local_port: sport,
-        proto,
-        pad: [0; 3],
-    };
-    remember_flow(&key);
+        ));
+    }
 }
 
 #[cfg(not(test))]
