@@ -5,10 +5,7 @@
 //! does, and the lockout guard covers the box's own addresses only.
 
 use classifier_common::Reason;
-use portguard::{
-    catalog::Catalog,
-    policy::{self, Mgmt, PolicySpec},
-};
+use portguard::policy::{Mgmt, PolicySpec};
 use portguard_testsupport::{
     frames::{Packet, TCP_ACK, TCP_SYN},
     kernel::{Kernel, pin_this_thread_to_cpu0},
@@ -80,18 +77,6 @@ impl Box {
                 );
             }
         }
-    }
-}
-
-impl Box {
-    /// Installs `spec` as a reload does (the other generation, then the flip).
-    fn reload(&mut self, spec: &PolicySpec, catalog_generation: u32) {
-        let k = &mut self.0;
-        k.policy = policy::compile(&Catalog::embedded(), spec, &mut k.registry)
-            .unwrap_or_else(|e| panic!("reload {catalog_generation}: the policy compiles: {e}"));
-        k.classifier
-            .install(&k.policy, catalog_generation)
-            .unwrap_or_else(|e| panic!("reload {catalog_generation}: install: {e}"));
     }
 }
 
@@ -403,7 +388,7 @@ fn a_reload_retires_the_cached_profile_of_every_address() {
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
     moved.local_addrs.retain(|a| a.to_string() != OWN);
-    b.reload(&moved, 2);
+    b.0.reload(&moved, 2);
     b.expect(
         "SIP after the move",
         &sip,
@@ -425,7 +410,7 @@ fn a_reload_retires_the_cached_profile_of_every_address() {
 
     let mut gone = spec(None);
     gone.profiles.remove(0);
-    b.reload(&gone, 3);
+    b.0.reload(&gone, 3);
     b.expect(
         "HTTP once the address has no profile",
         &http,
@@ -434,7 +419,7 @@ fn a_reload_retires_the_cached_profile_of_every_address() {
     );
 
     // Back to the first policy, in the generation slot it started in.
-    b.reload(&spec(None), 4);
+    b.0.reload(&spec(None), 4);
     b.expect(
         "SIP back again",
         &sip,

@@ -7,7 +7,7 @@ use classifier_common::{
 };
 use portguard::{
     catalog::Catalog,
-    policy::{self, Mgmt, PolicySpec},
+    policy::{Mgmt, PolicySpec},
 };
 use portguard_testsupport::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, L4, Packet, arp, non_ip},
@@ -729,11 +729,7 @@ fn reload_swaps_policy_and_keeps_counters() {
         default_roles: Some(vec!["director".into()]),
         ..lab_spec()
     };
-    let compiled = policy::compile(&Catalog::embedded(), &director, &mut h.0.registry)
-        .unwrap_or_else(|e| panic!("director compiles: {e}"));
-    h.0.classifier
-        .install(&compiled, 2)
-        .unwrap_or_else(|e| panic!("install: {e}"));
+    h.0.reload(&director, 2);
     assert_eq!(
         h.run(&Packet::udp(CLIENT, SERVER, 40_000, 50_000).build())
             .0,
@@ -746,11 +742,7 @@ fn reload_swaps_policy_and_keeps_counters() {
         after.packets > before.packets || slot_after != slot,
         "counters restarted across the reload"
     );
-    let back = policy::compile(&Catalog::embedded(), &lab_spec(), &mut h.0.registry)
-        .unwrap_or_else(|e| panic!("lab compiles: {e}"));
-    h.0.classifier
-        .install(&back, 3)
-        .unwrap_or_else(|e| panic!("install: {e}"));
+    h.0.reload(&lab_spec(), 3);
     let (_, slot_again) = h.run(&sip);
     assert_eq!(
         slot_again, slot,

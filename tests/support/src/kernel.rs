@@ -100,6 +100,16 @@ impl Kernel {
         }
     }
 
+    /// Installs `spec` as a reload does (the other generation, then the
+    /// flip), keeping the slot registry so that rules keep their counters.
+    pub fn reload(&mut self, spec: &PolicySpec, catalog_generation: u32) {
+        self.policy = policy::compile(&Catalog::embedded(), spec, &mut self.registry)
+            .unwrap_or_else(|e| panic!("reload {catalog_generation}: the policy compiles: {e}"));
+        self.classifier
+            .install(&self.policy, catalog_generation)
+            .unwrap_or_else(|e| panic!("reload {catalog_generation}: install: {e}"));
+    }
+
     fn pins(&self) -> &Path {
         self.pins
             .as_deref()
