@@ -18,7 +18,14 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const PROFILES: &str = "PROFILES";
     pub const MGMT: &str = "MGMT";
+    /// Confirmed flows: both sides have spoken (a hash, never evicted).
     pub const FLOWS: &str = "FLOWS";
+    /// Unconfirmed flows: one side has spoken (an LRU).
+    pub const FLOWS_NEW: &str = "FLOWS_NEW";
+    /// Per-source shares of the unconfirmed flows and the fragments.
+    pub const FLOW_SHARES: &str = "FLOW_SHARES";
+    /// Per-CPU counts of the flow tables' inserts, promotions and refusals.
+    pub const FLOW_STATS: &str = "FLOW_STATS";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const TRACE: &str = "TRACE";
     pub const FLOW_PORTS: &str = "FLOW_PORTS";
@@ -31,13 +38,16 @@ pub mod map_names {
     /// The program's maps that are not pinned (every other one is in `ALL`).
     pub const UNPINNED: [&str; 2] = [RECENT_FLOWS, SEL_CACHE];
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 15] = [
         CONFIG,
         PORT_BLOCKS,
         COUNTERS,
         PROFILES,
         MGMT,
         FLOWS,
+        FLOWS_NEW,
+        FLOW_SHARES,
+        FLOW_STATS,
         FRAGMENTS,
         TRACE,
         FLOW_PORTS,
@@ -111,8 +121,8 @@ pub const FLAG_DROP_IPSEC_MEDIA: u32 = 1 << 2;
 /// see exactly which verdict and reason one frame got.
 pub const FLAG_TRACE: u32 = 1 << 3;
 /// Appliance mode: the program guards forwarded traffic on several legs.
-/// Outbound rows match by source profile, passes by a rule record the reverse
-/// flow so that the answer passes, the lockout guard covers only the
+/// Outbound rows match by source profile (when the source sits behind the
+/// leg the packet arrived on), the lockout guard covers only the
 /// appliance's own addresses, and counters are kept per leg.
 pub const FLAG_APPLIANCE: u32 = 1 << 4;
 
@@ -217,16 +227,29 @@ pub struct Config {
     /// reads one word where it would read `generation` and then `gens`; a
     /// packet that reads it as the flip lands uses one whole table, old or new.
     pub fast_block_base: u32,
+    /// New unconfirmed flows one source prefix (an IPv4 /32, an IPv6 /64)
+    /// may open per `FLOW_SHARE_WINDOW_S`; past it the entry is refused.
+    /// 0 = no limit.
+    pub flow_share: u32,
+    /// First fragments one source prefix may have remembered in `FRAGMENTS`
+    /// per `FLOW_SHARE_WINDOW_S`. 0 = no limit.
+    pub fragment_share: u32,
 }
 
 /// Value of the `PROFILES` LPM trie: the address's profile in each generation,
 /// and (appliance mode) whether it is one of the appliance's own addresses,
-/// which is what the lockout guard covers there.
+/// which is what the lockout guard covers there, and the leg it sits behind.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ProfileSel {
     pub by_generation: [u32; GENERATIONS as usize],
     pub local_by_generation: [u32; GENERATIONS as usize],
+    /// The leg the prefix sits behind (the kernel's route to it), as a leg
+    /// index + 1; 0: behind no leg. Appliance mode applies a profile's
+    /// outbound rows only to packets that arrive on that leg, so a frame
+    /// that claims an Edge Server's address on the internet leg is not one
+    /// of the Edge's own (strict reverse-path check, RFC 3704).
+    pub leg_by_generation: [u32; GENERATIONS as usize],
 }
 
 /// Value of the `MGMT` LPM trie (keyed by source address): TCP destination
@@ -252,11 +275,13 @@ pub struct LpmKey {
     pub addr: Addr,
 }
 
-/// Key of `FLOWS`: a connection the host itself opened, written from the
-/// host's side (local = this host). XDP looks up inbound packets with source
-/// and destination swapped into this shape. 8-byte aligned: the eBPF side
-/// copies addresses into it with 8-byte stores, which the verifier accepts
-/// on the stack only when aligned.
+/// Key of `FLOWS` and `FLOWS_NEW`: an expected answer, written by the egress
+/// recorder from the side of the packet that left (local = its source): "a
+/// packet from remote:remote_port to local:local_port arriving on `leg` is
+/// an answer". XDP looks up arriving packets with source and destination
+/// swapped into this shape. 8-byte aligned: the eBPF side copies addresses
+/// into it with 8-byte stores, which the verifier accepts on the stack only
+/// when aligned.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
@@ -266,8 +291,129 @@ pub struct FlowKey {
     pub local_port: u16,
     /// IP protocol number (6 TCP, 17 UDP).
     pub proto: u8,
-    pub pad: [u8; 3],
+    /// The leg the recorded packet left by (its index in `Config::legs`):
+    /// its answer must arrive there. A frame planted on another leg is no
+    /// answer, whatever its addresses.
+    pub leg: u8,
+    pub pad: [u8; 2],
 }
+
+/// Value of `FLOWS` and `FLOWS_NEW`. Times are seconds of the coarse
+/// monotonic clock (`CLOCK_MONOTONIC_COARSE`, which userspace reads too).
+/// 8-byte aligned: built on the eBPF stack, where LLVM stores it in
+/// 8-byte words, which the verifier accepts only when aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowState {
+    /// When a packet of the flow was last seen, either way (refreshed when
+    /// `mark` moves on, so at most a few times a second).
+    pub seen: u32,
+    /// When the entry was made.
+    pub created: u32,
+    /// `bpf_jiffies64() >> FLOW_MARK_SHIFT` at the last refresh: while it
+    /// stands still, the packet path reads no clock.
+    pub mark: u32,
+    /// `FLOW_ANSWERED`, `FLOW_CLOSING`.
+    pub flags: u32,
+}
+
+/// `FlowState::flags`: an answer has been seen (UDP; a TCP entry is
+/// confirmed by its first answer past the handshake instead).
+pub const FLOW_ANSWERED: u32 = 1 << 0;
+/// A FIN or RST has been seen: the entry expires after `FLOW_CLOSING_S`.
+pub const FLOW_CLOSING: u32 = 1 << 1;
+/// `FLOWS_NEW` only: `FLOWS` was full when the entry was to be confirmed;
+/// the packet path tries again when `FlowState::mark` moves on.
+pub const FLOW_CONFIRM_REFUSED: u32 = 1 << 2;
+
+/// Jiffies per refresh mark, as a shift: 2^8 jiffies is 0.26 s at HZ=1000,
+/// 1 s at HZ=250, 2.6 s at HZ=100: far finer than any timeout.
+pub const FLOW_MARK_SHIFT: u32 = 8;
+
+/// A UDP entry whose answer came at least this long after it was made, and
+/// that had been answered before, is a stream, not a query and its reply:
+/// it is confirmed (Linux conntrack's rule for `ASSURED` UDP).
+pub const FLOW_UDP_STREAM_S: u32 = 2;
+
+/// Idle timeouts, in seconds, applied by the daemon's sweeper. Confirmed
+/// TCP: RFC 5382 (REQ-5, at least 2 h 4 min). Confirmed UDP: RFC 4787
+/// (REQ-5, at least 2 min; conntrack keeps a UDP stream 180 s).
+pub const FLOW_TCP_CONFIRMED_S: u32 = 7_440;
+pub const FLOW_UDP_CONFIRMED_S: u32 = 180;
+/// Unconfirmed entries: a handshake or a query left unanswered.
+pub const FLOW_TCP_UNCONFIRMED_S: u32 = 60;
+pub const FLOW_UDP_UNCONFIRMED_S: u32 = 30;
+/// After a FIN or RST.
+pub const FLOW_CLOSING_S: u32 = 10;
+
+/// The idle timeout of an entry of `FLOWS` (`confirmed`) or `FLOWS_NEW`.
+pub const fn flow_timeout_s(proto: u8, flags: u32, confirmed: bool) -> u32 {
+    if flags & FLOW_CLOSING != 0 {
+        FLOW_CLOSING_S
+    } else if proto == 6 {
+        if confirmed {
+            FLOW_TCP_CONFIRMED_S
+        } else {
+            FLOW_TCP_UNCONFIRMED_S
+        }
+    } else if confirmed {
+        FLOW_UDP_CONFIRMED_S
+    } else {
+        FLOW_UDP_UNCONFIRMED_S
+    }
+}
+
+/// Key of `FLOW_SHARES`: a source prefix (an IPv4 address, or the /64 of an
+/// IPv6 address: the first two words of the mapped form, or its last two
+/// for IPv4, which cannot collide with an IPv6 /64 outside ::ffff:0:0/96)
+/// and which table the share is of.
+/// 8-byte aligned: built on the eBPF stack, where LLVM stores it in
+/// 8-byte words, which the verifier accepts only when aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ShareKey {
+    pub prefix: [u32; 2],
+    /// `SHARE_FLOWS` or `SHARE_FRAGMENTS`.
+    pub kind: u32,
+    pub pad: u32,
+}
+
+pub const SHARE_FLOWS: u32 = 0;
+pub const SHARE_FRAGMENTS: u32 = 1;
+
+/// Value of `FLOW_SHARES`: entries made in the current window.
+/// 8-byte aligned: built on the eBPF stack, where LLVM stores it in
+/// 8-byte words, which the verifier accepts only when aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Share {
+    /// Coarse-clock seconds / `FLOW_SHARE_WINDOW_S`.
+    pub window: u32,
+    pub count: u32,
+}
+
+/// The window of a per-source share, in seconds.
+pub const FLOW_SHARE_WINDOW_S: u32 = 10;
+/// Sources whose shares are kept at once (an LRU: a source it forgets
+/// starts a new window, which a spoofed flood of many sources gets anyway).
+pub const FLOW_SHARE_ENTRIES: u32 = 16_384;
+
+/// `FLOW_STATS` (a per-CPU array of u64) indexes.
+pub const STAT_NEW_INSERTS: u32 = 0;
+/// Unconfirmed entries refused: the source's share was spent.
+pub const STAT_NEW_REFUSED: u32 = 1;
+/// Unconfirmed entries confirmed (moved to `FLOWS`).
+pub const STAT_PROMOTED: u32 = 2;
+/// Confirmations refused: `FLOWS` was full (the entry stays unconfirmed).
+pub const STAT_CONFIRMED_REFUSED: u32 = 3;
+pub const STAT_FRAGMENT_INSERTS: u32 = 4;
+/// First fragments not remembered: the source's share was spent.
+pub const STAT_FRAGMENT_REFUSED: u32 = 5;
+/// Entries the daemon's sweeper removed, idle (it adds to the first CPU's
+/// slot), so that evictions can be told from expiries.
+pub const STAT_CONFIRMED_EXPIRED: u32 = 6;
+pub const STAT_NEW_EXPIRED: u32 = 7;
+pub const FLOW_STAT_ENTRIES: u32 = 8;
 
 /// `FLOW_PORTS` has one byte per local port, set by the egress recorder when
 /// the host opens a flow from that port. A zero byte proves no flow can match,
@@ -282,15 +428,19 @@ pub const RECENT_FLOW_SLOTS: u32 = 1_024;
 /// Datagrams of one flow that skip the `FLOWS` lookup after one that made
 /// it: the entry is looked up (and its LRU reference refreshed, or the entry
 /// re-inserted if it was evicted) on one datagram in 64.
-pub const RECENT_FLOW_SKIPS: u64 = 63;
+pub const RECENT_FLOW_SKIPS: u32 = 63;
 
-/// A `RECENT_FLOWS` slot: the hash of the flow last recorded through it and
-/// how many more of its datagrams may skip the lookup.
+/// A `RECENT_FLOWS` slot: the hash of the flow last looked at through it,
+/// how many more of its packets may skip the lookup, and the refresh mark
+/// (`FlowState::mark`) they may skip it in: a slot older than that is
+/// stale, so that a flow whose entry was lost while it was quiet is
+/// recorded again at its next packet, not 63 packets later.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct RecentFlow {
     pub tag: u64,
-    pub skips: u64,
+    pub skips: u32,
+    pub mark: u32,
 }
 
 /// Slots of the per-CPU `SEL_CACHE` in front of the `PROFILES` trie: the
@@ -310,7 +460,8 @@ pub struct SelCacheEntry {
     pub profile: u32,
     /// Non-zero: one of the appliance's own addresses.
     pub local: u32,
-    pub pad: u32,
+    /// `ProfileSel::leg_by_generation` of the generation.
+    pub leg: u32,
 }
 
 /// Key of `FRAGMENTS`: one fragmented datagram (8-byte aligned, as `FlowKey`).
@@ -553,9 +704,19 @@ pub struct Event {
 pub const MAX_VLAN_TAGS: u32 = 2;
 pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
 
-/// Sizes of the LRU maps.
-pub const FLOW_ENTRIES: u32 = 65_536;
+/// Default sizes of the flow and fragment tables (the object's own; `run`
+/// sets others with `--flows`, `--flows-unconfirmed`, `--fragments`).
+/// `FLOWS` holds confirmed flows: 262,144 is an A/V Edge relaying 65,536
+/// calls with two media streams each way.
+pub const FLOW_ENTRIES: u32 = 262_144;
+pub const FLOW_NEW_ENTRIES: u32 = 65_536;
 pub const FRAGMENT_ENTRIES: u32 = 8_192;
+/// The default per-source share (`Config::flow_share`): an eighth of the
+/// default unconfirmed table per window, so that one source, or one
+/// spoofed /64, can never take it.
+pub const FLOW_SHARE_DEFAULT: u32 = FLOW_NEW_ENTRIES / 8;
+/// The default share of the fragment table, likewise an eighth.
+pub const FRAGMENT_SHARE_DEFAULT: u32 = FRAGMENT_ENTRIES / 8;
 pub const LPM_ENTRIES: u32 = 1_024;
 
 #[cfg(feature = "user")]
@@ -569,6 +730,9 @@ mod user {
     unsafe impl aya::Pod for MgmtPorts {}
     unsafe impl aya::Pod for LpmKey {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for ShareKey {}
+    unsafe impl aya::Pod for Share {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragVerdict {}
     unsafe impl aya::Pod for Counter {}
@@ -681,8 +845,11 @@ mod tests {
     #[test]
     fn map_values_have_expected_sizes() {
         assert_eq!(size_of::<PortBlock>(), 8);
-        assert_eq!(size_of::<Config>(), 92);
-        assert_eq!(size_of::<ProfileSel>(), 16);
+        assert_eq!(size_of::<Config>(), 100);
+        assert_eq!(size_of::<ProfileSel>(), 24);
+        assert_eq!(size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<ShareKey>(), 16);
+        assert_eq!(size_of::<Share>(), 8);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<LpmKey>(), 20);

@@ -1,11 +1,14 @@
 //! portguard's packet path.
 //!
-//! `portguard` (XDP, ingress) parses each frame with one cursor and a bounds
-//! check before every read, decides a verdict, and leaves through a single
-//! exit point that counts it. `portguard_egress` (TC, egress) records the
-//! connections the host itself opens so that XDP can let their replies in.
+//! `portguard` (XDP, ingress) parses each frame with a bounds check before
+//! every read, decides a verdict, and leaves through a single exit point
+//! that counts it. `portguard_egress` (TC, egress) records the flows that
+//! leave each leg (the host's own connections, and what an appliance really
+//! forwarded) so that XDP can let their answers in (`flows`).
 #![no_std]
 #![no_main]
+
+mod flows;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
@@ -19,14 +22,15 @@ use classifier_common::{
     Addr, COUNTER_ENTRIES, COUNTER_MAP_ENTRIES, Config, Counter, DIR_INBOUND, DIR_OUTBOUND,
     EVENT_BURST_NS, EVENT_REASON_RULE, EVENT_RING_BYTES, EVENT_SNAPLEN, Event, EventBudget,
     EventConfig, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_EVENTS,
-    FLAG_EVENTS_PASS, FLAG_MONITOR, FLAG_TRACE, FLOW_ENTRIES, FLOW_PORT_ENTRIES,
-    FLOW_PORTS_PER_ENTRY, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict, GenConfig, LPM_ENTRIES,
-    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT, PCLASS_ICMP, PCLASS_OTHER,
-    PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PROFILE_NONE, PROTO_TCP, PROTO_UDP, PortBlock,
-    ProfileSel, REASON_COUNTER_BASE, RECENT_FLOW_SKIPS, RECENT_FLOW_SLOTS, Reason, RecentFlow,
-    SEL_CACHE_SLOTS, SelCacheEntry, VERDICT_COUNT, Verdict, fast_block_generation,
-    fast_block_index, port_block_index, reason_counter_index,
+    FLAG_EVENTS_PASS, FLAG_MONITOR, FLAG_TRACE, FRAGMENT_ENTRIES, FlowKey, FragKey, FragVerdict,
+    GenConfig, LPM_ENTRIES, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, MgmtPorts, PCLASS_COUNT,
+    PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PORT_BLOCK_ENTRIES, PROFILE_NONE, PROTO_TCP,
+    PROTO_UDP, PortBlock, ProfileSel, REASON_COUNTER_BASE, Reason, SEL_CACHE_SLOTS, SHARE_FLOWS,
+    SHARE_FRAGMENTS, STAT_FRAGMENT_INSERTS, STAT_FRAGMENT_REFUSED, SelCacheEntry, ShareKey,
+    VERDICT_COUNT, Verdict, fast_block_generation, fast_block_index, port_block_index,
+    reason_counter_index,
 };
+use flows::{TCP_ACK, TCP_SYN, local_port_has_flows};
 
 /// The license the kernel reads from the object's `license` section. The
 /// crate is `MIT OR Apache-2.0`, but the kernel knows only GPL-compatible
@@ -49,18 +53,11 @@ static PROFILES: LpmTrie<Addr, ProfileSel> = LpmTrie::with_max_entries(LPM_ENTRI
 #[map]
 static MGMT: LpmTrie<Addr, MgmtPorts> = LpmTrie::with_max_entries(LPM_ENTRIES, 0);
 #[map]
-static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(FLOW_ENTRIES, 0);
-#[map]
-static FLOW_PORTS: Array<[u8; FLOW_PORTS_PER_ENTRY as usize]> =
-    Array::with_max_entries(FLOW_PORT_ENTRIES, 0);
-#[map]
 static TRACE: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static FRAGMENTS: LruHashMap<FragKey, FragVerdict> =
     LruHashMap::with_max_entries(FRAGMENT_ENTRIES, 0);
 
-#[map]
-static RECENT_FLOWS: PerCpuArray<RecentFlow> = PerCpuArray::with_max_entries(RECENT_FLOW_SLOTS, 0);
 #[map]
 static SEL_CACHE: PerCpuArray<SelCacheEntry> = PerCpuArray::with_max_entries(SEL_CACHE_SLOTS, 0);
 
@@ -90,8 +87,6 @@ const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 const TCP_HLEN: usize = 20;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 const UDP_HLEN: usize = 8;
 
 /// What the packet path decided: the `COUNTERS` entry to bump and whether the
@@ -249,14 +244,14 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let outcome = classify_any(&frame, config);
     // Appliance mode keeps one set of counters per leg; a host has one leg.
-    let leg_base = if config.flags & FLAG_APPLIANCE != 0 {
-        leg_of(config, ctx.ingress_ifindex() as u32) * COUNTER_ENTRIES
+    let leg = if config.flags & FLAG_APPLIANCE != 0 {
+        leg_of(config, ctx.ingress_ifindex() as u32)
     } else {
         0
     };
-    Ok(finish(ctx, config, outcome, leg_base))
+    let outcome = classify_any(&frame, config, leg);
+    Ok(finish(ctx, config, outcome, leg * COUNTER_ENTRIES))
 }
 
 /// Counts the outcome and turns it into an action. Everything that is off
@@ -610,9 +605,10 @@ fn not_fast() -> Option<Outcome> {
     None
 }
 
-/// Every frame: the parser and decision for all shapes and modes.
+/// Every frame: the parser and decision for all shapes and modes. `leg` is
+/// the leg the frame arrived on (always 0 on a host).
 #[inline(always)]
-fn classify_any(frame: &Frame, config: &Config) -> Outcome {
+fn classify_any(frame: &Frame, config: &Config, leg: u32) -> Outcome {
     let Some(eth_type) = frame.bytes::<2>(12) else {
         return deny(Reason::Malformed, PCLASS_OTHER, config);
     };
@@ -646,16 +642,50 @@ fn classify_any(frame: &Frame, config: &Config) -> Outcome {
     if l3.later_fragment {
         return replay_fragment(frame, &l3, config);
     }
-    let outcome = classify_l4(frame, &l3, config);
-    if l3.fragment {
-        // First fragment: the rest of the datagram follows this verdict.
-        let verdict = FragVerdict {
-            counter: outcome.counter,
-            pass: outcome.pass as u32,
-        };
-        let _ = FRAGMENTS.insert(frag_key(frame, &l3), verdict, 0);
+    let outcome = classify_l4(frame, &l3, config, leg);
+    if l3.fragment && outcome.pass {
+        remember_fragment(frame, &l3, config, outcome);
     }
     outcome
+}
+
+/// A first fragment that passed: the rest of its datagram follows its
+/// verdict. A dropped one takes no entry (its later fragments are orphans,
+/// dropped too), and a source may have only `Config::fragment_share` first
+/// fragments remembered per window, so that neither a flood of forbidden
+/// fragments nor one source's allowed ones can push out a legitimate
+/// datagram's entry.
+#[inline(never)]
+fn remember_fragment(frame: &Frame, l3: &L3, config: &Config, outcome: Outcome) {
+    let key = frag_key(frame, l3);
+    if !flows::take_share(&share_key(&key.src, SHARE_FRAGMENTS), config.fragment_share) {
+        flows::count(STAT_FRAGMENT_REFUSED);
+        return;
+    }
+    let verdict = FragVerdict {
+        counter: outcome.counter,
+        pass: outcome.pass as u32,
+    };
+    if FRAGMENTS.insert(key, verdict, 0).is_ok() {
+        flows::count(STAT_FRAGMENT_INSERTS);
+    }
+}
+
+/// The share of `addr`'s prefix (an IPv4 address, an IPv6 /64) in `kind`.
+#[inline(always)]
+fn share_key(addr: &Addr, kind: u32) -> ShareKey {
+    // SAFETY: same size, and every bit pattern is a valid set of words.
+    let w = unsafe { core::mem::transmute::<Addr, Words>(*addr) };
+    let prefix = if w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED {
+        [w[2], w[3]]
+    } else {
+        [w[0], w[1]]
+    };
+    ShareKey {
+        prefix,
+        kind,
+        pad: 0,
+    }
 }
 
 #[inline(always)]
@@ -793,7 +823,7 @@ fn pclass_of(proto: u8) -> u32 {
 }
 
 #[inline(always)]
-fn classify_l4(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
+fn classify_l4(frame: &Frame, l3: &L3, config: &Config, leg: u32) -> Outcome {
     // The transport header must lie inside the IP packet, not in padding
     // after it.
     let hlen = match l3.proto {
@@ -816,6 +846,7 @@ fn classify_l4(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
                     frame,
                     l3,
                     config,
+                    leg,
                     PROTO_TCP,
                     PCLASS_TCP,
                     be16_at(h, 0),
@@ -832,6 +863,7 @@ fn classify_l4(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
                     frame,
                     l3,
                     config,
+                    leg,
                     PROTO_UDP,
                     PCLASS_UDP,
                     be16_at(h, 0),
@@ -898,6 +930,8 @@ fn classify_icmp(frame: &Frame, l3: &L3, config: &Config) -> Outcome {
 struct Sel {
     profile: u32,
     local: bool,
+    /// The leg the address sits behind, + 1 (0: behind no leg).
+    leg: u32,
 }
 
 /// `PROFILES`' answer for `addr` in the generation in force (`generation`,
@@ -932,19 +966,29 @@ fn lookup_sel(addr: &Addr, generation: usize, epoch: u32, half: CacheHalf) -> Se
                 return Sel {
                     profile: (*e).profile,
                     local: (*e).local != 0,
+                    leg: (*e).leg,
                 };
             }
         }
     }
     core::hint::cold_path();
-    let sel = match PROFILES.get(Key::new(128, *addr)) {
+    // The trie key's address sits at offset 4 (after the prefix length): in
+    // a key of its own LLVM may store it with 8-byte words there, which the
+    // verifier refuses on the stack. Four bytes in front align it.
+    let key = AlignedLpmKey {
+        _align: 0,
+        key: Key::new(128, *addr),
+    };
+    let sel = match PROFILES.get(&key.key) {
         Some(sel) => Sel {
             profile: sel.by_generation[generation],
             local: sel.local_by_generation[generation] != 0,
+            leg: sel.leg_by_generation[generation],
         },
         None => Sel {
             profile: PROFILE_NONE,
             local: false,
+            leg: 0,
         },
     };
     if let Some(e) = slot {
@@ -955,11 +999,18 @@ fn lookup_sel(addr: &Addr, generation: usize, epoch: u32, half: CacheHalf) -> Se
                 sel_epoch: epoch,
                 profile: sel.profile,
                 local: u32::from(sel.local),
-                pad: 0,
+                leg: sel.leg,
             };
         }
     }
     sel
+}
+
+/// An LPM trie key whose address is 8-byte aligned on the stack.
+#[repr(C, align(8))]
+struct AlignedLpmKey {
+    _align: u32,
+    key: Key<Addr>,
 }
 
 /// Which half of `SEL_CACHE` an address is cached in (the slot's top bit).
@@ -978,6 +1029,7 @@ fn dst_sel(frame: &Frame, l3: &L3, config: &Config) -> Sel {
         return Sel {
             profile: default,
             local: false,
+            leg: 0,
         };
     }
     let epoch = config.gens[generation].sel_epoch;
@@ -1040,6 +1092,7 @@ fn decide_ports(
     frame: &Frame,
     l3: &L3,
     config: &Config,
+    leg: u32,
     proto: u32,
     pclass: u32,
     sport: u16,
@@ -1055,9 +1108,6 @@ fn decide_ports(
     if dst.profile != PROFILE_NONE {
         let slot = rule_slot(dst.profile, config, DIR_INBOUND, proto, dport);
         if slot != 0 {
-            if appliance {
-                record_answer(frame, l3, sport, dport, flags);
-            }
             return Outcome {
                 counter: slot as u32,
                 pass: true,
@@ -1065,18 +1115,21 @@ fn decide_ports(
         }
     }
     // Appliance mode: a packet from a profile's address meets that profile's
-    // outbound rows. Only profiles with such rows pay for the lookup.
+    // outbound rows, if it arrived on the leg that address sits behind (a
+    // strict reverse-path check: a frame on the internet leg that claims an
+    // Edge Server's source is not the Edge's). Only profiles with such rows
+    // pay for the lookup.
     let mut src_profile = PROFILE_NONE;
     if appliance {
         let generation = (config.generation & 1) as usize;
         let outbound = config.gens[generation].outbound_profiles;
         if outbound != 0 {
             let epoch = config.gens[generation].sel_epoch;
-            src_profile = lookup_sel(&l3.src(frame), generation, epoch, CacheHalf::Source).profile;
-            if src_profile < 32 && outbound & (1 << src_profile) != 0 {
+            let src = lookup_sel(&l3.src(frame), generation, epoch, CacheHalf::Source);
+            src_profile = src.profile;
+            if src_profile < 32 && outbound & (1 << src_profile) != 0 && src.leg == leg + 1 {
                 let slot = rule_slot(src_profile, config, DIR_OUTBOUND, proto, dport);
                 if slot != 0 {
-                    record_answer(frame, l3, sport, dport, flags);
                     return Outcome {
                         counter: slot as u32,
                         pass: true,
@@ -1104,7 +1157,8 @@ fn decide_ports(
         }
     }
 
-    // A pure SYN opens a connection: it is never a reply.
+    // An answer to a flow that left by this leg. A pure SYN opens a
+    // connection: it is never an answer.
     let syn_only = proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !syn_only && local_port_has_flows(dport) {
         let flow = FlowKey {
@@ -1113,9 +1167,10 @@ fn decide_ports(
             remote_port: sport,
             local_port: dport,
             proto: l3.proto,
-            pad: [0; 3],
+            leg: leg as u8,
+            pad: [0; 2],
         };
-        if FLOWS.get_ptr(flow).is_some() {
+        if flows::is_answer(&flow, flags) {
             return pass(Reason::Established, pclass);
         }
     }
@@ -1131,72 +1186,6 @@ fn decide_ports(
     deny(Reason::PortNotAllowed, pclass, config)
 }
 
-/// Appliance mode: a packet passed by a rule opens the way back for its
-/// answer, in the shape the reply lookup above builds (the answer's source
-/// is this packet's destination). TCP records the opening SYN only; UDP
-/// every datagram, looked up first, because an LRU update on every media
-/// packet would cost more than the lookup that finds it present.
-#[inline(always)]
-fn record_answer(frame: &Frame, l3: &L3, sport: u16, dport: u16, flags: u8) {
-    if l3.proto == IPPROTO_TCP && flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-        return;
-    }
-    let key = FlowKey {
-        remote: l3.dst(frame),
-        local: l3.src(frame),
-        remote_port: dport,
-        local_port: sport,
-        proto: l3.proto,
-        pad: [0; 3],
-    };
-    remember_flow(&key);
-}
-
-/// Adds `key` to `FLOWS` unless present, and marks its local port in
-/// `FLOW_PORTS` so that the reply lookup is not skipped.
-///
-/// A media flow sends a datagram every 20 ms: the `FLOWS` hash lookup on each
-/// cost more than the rest of the recorder. A per-CPU direct-mapped cache of
-/// the flows recorded lately lets 63 datagrams in 64 skip it. The one in 64
-/// still looks the entry up, which refreshes its LRU reference (or inserts it
-/// again if the table evicted it meanwhile); the answers' own lookups refresh
-/// it too. Bounded cost of the trade: after an eviction, at most 63 more
-/// datagrams go out before the entry is back.
-#[inline(always)]
-fn remember_flow(key: &FlowKey) {
-    // SAFETY: `FlowKey` is 40 bytes, 8-byte aligned, no padding: five words.
-    let w = unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() };
-    let tag = (w[0] ^ w[1].rotate_left(13) ^ w[2].rotate_left(29) ^ w[3].rotate_left(43) ^ w[4])
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        | 1;
-    if let Some(slot) = RECENT_FLOWS.get_ptr_mut((tag >> 54) as u32 & (RECENT_FLOW_SLOTS - 1)) {
-        // SAFETY: a per-CPU array value is only touched by this CPU.
-        unsafe {
-            if (*slot).tag == tag && (*slot).skips > 0 {
-                (*slot).skips -= 1;
-                return;
-            }
-            (*slot).tag = tag;
-            (*slot).skips = RECENT_FLOW_SKIPS;
-        }
-    }
-    if FLOWS.get_ptr(*key).is_none() {
-        let _ = FLOWS.insert(*key, 0, 0);
-    }
-    let port = key.local_port;
-    if let Some(bytes) = FLOW_PORTS.get_ptr_mut(port as u32 / FLOW_PORTS_PER_ENTRY) {
-        let i = (port as usize) & (FLOW_PORTS_PER_ENTRY as usize - 1);
-        // SAFETY: a byte store into a valid map value; other CPUs only ever
-        // store 1 into their own bytes, so no update is lost. Read first: a
-        // store to a shared line on every packet would bounce it between CPUs.
-        unsafe {
-            if (*bytes)[i] == 0 {
-                (*bytes)[i] = 1;
-            }
-        }
-    }
-}
-
 #[inline(always)]
 fn is_mgmt_port(config: &Config, port: u16) -> bool {
     let mut i = 0;
@@ -1209,32 +1198,27 @@ fn is_mgmt_port(config: &Config, port: u16) -> bool {
     false
 }
 
-#[inline(always)]
-fn local_port_has_flows(port: u16) -> bool {
-    match FLOW_PORTS.get(port as u32 / FLOW_PORTS_PER_ENTRY) {
-        Some(bytes) => {
-            // SAFETY: reading 8 bytes of a valid 8-byte map value as one word.
-            let word = unsafe { core::ptr::read_unaligned(bytes as *const _ as *const u64) };
-            (word >> ((port as u64 % FLOW_PORTS_PER_ENTRY as u64) * 8)) & 0xff != 0
-        }
-        None => true,
-    }
-}
-
-/// Records connections the host opens: a TCP SYN without ACK, or any UDP
-/// datagram the host sends. XDP then passes packets coming back on them.
+/// Records the flows that leave this leg, so that XDP lets their answers in
+/// (see `flows`).
 #[classifier]
 pub fn portguard_egress(ctx: TcContext) -> i32 {
-    record_flow(&ctx);
+    if let Some(config) = CONFIG.get(0) {
+        record_flow(&ctx, config);
+    }
     TC_ACT_OK
 }
 
 /// Reads the headers straight from the packet, as XDP does: the addresses
-/// as words, so the key is built from registers. A locally generated
-/// packet's headers are in the linear part of the buffer; one whose are not
-/// is not recorded.
+/// as words, so the key is built from registers. A packet whose headers
+/// are not in the linear part of the buffer is not recorded.
+///
+/// Every TCP segment (not only the SYN) and every UDP datagram is
+/// recorded, so that a flow table lost to a restart or a failover fills
+/// again from the traffic. What is not recorded: a packet whose answer a
+/// catalog rule lets in anyway (a server answering from its listening port:
+/// most of a host's segments), and a later fragment (no ports).
 #[inline(always)]
-fn record_flow(ctx: &TcContext) {
+fn record_flow(ctx: &TcContext, config: &Config) {
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
@@ -1254,9 +1238,6 @@ fn record_flow(ctx: &TcContext) {
         ethertype = be16(&tag, 2);
         off += 4;
     }
-    // The transport is checked before the addresses are read: only a TCP
-    // SYN or a UDP datagram is recorded, and most of the host's packets are
-    // neither.
     let (hp, v6, proto, l4) = match ethertype {
         ETH_P_IP => {
             let Some(hp) = frame.ptr::<[u8; 20]>(off) else {
@@ -1280,42 +1261,40 @@ fn record_flow(ctx: &TcContext) {
         }
         _ => return,
     };
-    let (sport, dport) = match proto {
+    let (pproto, sport, dport, tcp_flags) = match proto {
         IPPROTO_TCP => {
             let Some(h) = frame.ptr::<[u8; TCP_HLEN]>(l4) else {
                 return;
             };
             let h = h.cast::<u8>();
-            // SYN without ACK: the host opens the connection.
             // SAFETY: inside the checked header.
-            if unsafe { *h.add(13) } & (TCP_SYN | TCP_ACK) != TCP_SYN {
-                return;
-            }
-            (be16_at(h, 0), be16_at(h, 2))
+            (PROTO_TCP, be16_at(h, 0), be16_at(h, 2), unsafe {
+                *h.add(13)
+            })
         }
         IPPROTO_UDP => {
             let Some(h) = frame.ptr::<[u8; UDP_HLEN]>(l4) else {
                 return;
             };
             let h = h.cast::<u8>();
-            (be16_at(h, 0), be16_at(h, 2))
+            (PROTO_UDP, be16_at(h, 0), be16_at(h, 2), 0)
         }
         _ => return,
     };
-    // One path per family (as Katran does): each builds its key and
-    // records it, so that IPv4's constant words stay constants through the
-    // hash instead of meeting IPv6's loaded ones in a merged stack slot.
-    let key = |src: Words, dst: Words| FlowKey {
-        // SAFETY (both): same size, and every bit pattern is a valid byte array.
-        remote: unsafe { core::mem::transmute::<Words, Addr>(dst) },
-        local: unsafe { core::mem::transmute::<Words, Addr>(src) },
-        remote_port: dport,
-        local_port: sport,
-        proto,
-        pad: [0; 3],
+    // SAFETY: the context's `__sk_buff` is valid for the program's run.
+    let (ifindex, ingress) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
+    let appliance = config.flags & FLAG_APPLIANCE != 0;
+    let leg = if appliance {
+        leg_of(config, ifindex)
+    } else {
+        0
     };
+    // One path per family (as Katran does): each builds its addresses and
+    // records, so that IPv4's constant words stay constants through the
+    // hash instead of meeting IPv6's loaded ones in a merged stack slot.
     if v6 {
-        remember_flow(&key(
+        record_answer(
+            config,
             [
                 word_at(hp, 8),
                 word_at(hp, 12),
@@ -1328,13 +1307,112 @@ fn record_flow(ctx: &TcContext) {
                 word_at(hp, 32),
                 word_at(hp, 36),
             ],
-        ));
+            (proto, pproto, sport, dport, tcp_flags),
+            leg,
+            ingress != 0,
+        );
     } else {
-        remember_flow(&key(
+        record_answer(
+            config,
             [0, 0, V4_MAPPED, word_at(hp, 12)],
             [0, 0, V4_MAPPED, word_at(hp, 16)],
-        ));
+            (proto, pproto, sport, dport, tcp_flags),
+            leg,
+            ingress != 0,
+        );
     }
+}
+
+/// The leaving packet's answer, unless a catalog rule lets that answer in
+/// anyway: its destination would be this packet's source, its destination
+/// port this packet's source port. So a server answering from its
+/// listening port records nothing, and neither does any answer to a flow
+/// a rule opened: its own answer is that flow's next packet, which the
+/// rule passes. A forwarded packet from an address in no profile (the
+/// internet's side) is charged to its source's share; the box's own
+/// packets and its profiles' servers are not.
+#[inline(always)]
+fn record_answer(
+    config: &Config,
+    src: Words,
+    dst: Words,
+    (proto, pproto, sport, dport, tcp_flags): (u8, u32, u16, u16, u8),
+    leg: u32,
+    forwarded: bool,
+) {
+    // SAFETY (both): same size, and every bit pattern is a valid byte array.
+    let src_addr = unsafe { core::mem::transmute::<Words, Addr>(src) };
+    let key = FlowKey {
+        // SAFETY: as above.
+        remote: unsafe { core::mem::transmute::<Words, Addr>(dst) },
+        local: src_addr,
+        remote_port: dport,
+        local_port: sport,
+        proto,
+        leg: leg as u8,
+        pad: [0; 2],
+    };
+    // Most packets belong to a flow this CPU looked at lately, whether it
+    // recorded it or found a rule that answers it: they stop here. A FIN or
+    // RST always goes on, to start the entry's closing timeout.
+    if tcp_flags & (flows::TCP_FIN | flows::TCP_RST) == 0 && flows::recently_seen(&key) {
+        return;
+    }
+    let base = config.fast_block_base;
+    let ours = if base != 0 {
+        // A host whose every address has the default profile: the fast
+        // path's table, in the generation it names.
+        if port_slot(fast_block_index(base, pproto, sport), sport) != 0 {
+            return;
+        }
+        !forwarded
+    } else {
+        let generation = (config.generation & 1) as usize;
+        let gen_config = &config.gens[generation];
+        let mut profile = gen_config.default_profile;
+        if gen_config.has_prefixes != 0 {
+            let sel = lookup_sel(
+                &src_addr,
+                generation,
+                gen_config.sel_epoch,
+                CacheHalf::Destination,
+            );
+            if sel.profile != PROFILE_NONE {
+                profile = sel.profile;
+            }
+        }
+        if profile != PROFILE_NONE && rule_slot(profile, config, DIR_INBOUND, pproto, sport) != 0 {
+            return;
+        }
+        // Or the outbound rows of the answer's destination (this packet's
+        // source is an answer to what such a row passed), where they apply:
+        // on the leg it sits behind, which is the leg the answer arrives on.
+        let outbound = gen_config.outbound_profiles;
+        if outbound != 0 {
+            // SAFETY: as above.
+            let dst_addr = unsafe { core::mem::transmute::<Words, Addr>(dst) };
+            let sel = lookup_sel(
+                &dst_addr,
+                generation,
+                gen_config.sel_epoch,
+                CacheHalf::Source,
+            );
+            if sel.profile < 32
+                && outbound & (1 << sel.profile) != 0
+                && sel.leg == leg + 1
+                && rule_slot(sel.profile, config, DIR_OUTBOUND, pproto, sport) != 0
+            {
+                return;
+            }
+        }
+        !forwarded || profile != PROFILE_NONE
+    };
+    let share = if ours {
+        None
+    } else {
+        Some(share_key(&src_addr, SHARE_FLOWS))
+    };
+    flows::record(&key, tcp_flags, share.as_ref(), config.flow_share);
 }
 
 #[cfg(not(test))]

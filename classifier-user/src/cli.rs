@@ -146,6 +146,27 @@ pub struct RunArgs {
     /// Emit events for passed packets too (within the same budget).
     #[arg(long)]
     pub events_pass: bool,
+    /// Confirmed flows the flow table holds (both sides have spoken; never
+    /// evicted, a full table refuses new confirmations). About 100 bytes
+    /// each.
+    #[arg(long, default_value_t = classifier_common::FLOW_ENTRIES, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub flows: u32,
+    /// Unconfirmed flows (one side has spoken: a SYN, a first datagram) the
+    /// flow table holds; the least recently used go first.
+    #[arg(long, default_value_t = classifier_common::FLOW_NEW_ENTRIES, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub flows_unconfirmed: u32,
+    /// New unconfirmed flows one source (an IPv4 address, an IPv6 /64) may
+    /// open per 10 s, forwarded from outside every profile; 0: no limit.
+    /// Default: an eighth of --flows-unconfirmed.
+    #[arg(long, value_name = "N")]
+    pub flow_share: Option<u32>,
+    /// Fragmented datagrams in flight whose first fragment's verdict is
+    /// remembered; one source may hold an eighth of them per 10 s.
+    #[arg(long, default_value_t = classifier_common::FRAGMENT_ENTRIES, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
+    pub fragments: u32,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -217,6 +238,17 @@ impl RunArgs {
     /// Appliance mode: several legs, or --appliance.
     pub fn is_appliance(&self) -> bool {
         self.appliance || self.iface.len() > 1
+    }
+
+    /// The flow tables' sizes and shares these flags ask for.
+    pub fn flow_limits(&self) -> crate::loader::FlowLimits {
+        crate::loader::FlowLimits {
+            flows: self.flows,
+            flows_unconfirmed: self.flows_unconfirmed,
+            fragments: self.fragments,
+            flow_share: self.flow_share.unwrap_or(self.flows_unconfirmed / 8),
+            fragment_share: self.fragments / 8,
+        }
     }
 }
 

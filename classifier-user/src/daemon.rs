@@ -21,6 +21,7 @@ use crate::{
     catalog::{Catalog, CatalogError},
     cli::{EXIT_FAILURE, EXIT_USAGE, Mode},
     counters::{self, Snapshot},
+    flow_table::{self, FlowFigures},
     iface,
     loader::{self, Classifier, LoadError, XdpModeArg},
     ownership::OwnerError,
@@ -182,6 +183,8 @@ pub struct Daemon {
     pub last_swap: Option<Duration>,
     /// Packet events: the ring reader, the store and the control socket.
     pub events: crate::events::Events,
+    /// The flow tables as the last sweep found them.
+    pub flow_figures: FlowFigures,
 }
 
 impl Daemon {
@@ -381,6 +384,78 @@ impl Daemon {
             self.save_state();
         }
         self.follow_addresses();
+        self.follow_routes();
+    }
+
+    /// Appliance mode: brings the leg each `--profile` prefix sits behind
+    /// (where its outbound rows apply) in line with the kernel's routes.
+    /// Called with `follow_interface`; a change is a policy swap like a
+    /// reload.
+    pub fn follow_routes(&mut self) {
+        if !self.spec.appliance {
+            return;
+        }
+        let now = self.resolve_profile_legs();
+        if now == self.spec.profile_legs {
+            return;
+        }
+        let before = std::mem::replace(&mut self.spec.profile_legs, now);
+        match self.install(self.catalog.clone()) {
+            Ok(g) => {
+                log::info!(
+                    "the routes to the profiles changed ({}): catalog generation {g} in force",
+                    self.legs_text()
+                );
+                self.save_state();
+            }
+            Err(e) => {
+                log::error!(
+                    "the routes to the profiles changed but the policy could not follow: {e}"
+                );
+                self.spec.profile_legs = before;
+            }
+        }
+    }
+
+    /// The leg each `--profile` prefix's route leaves by, now.
+    pub fn resolve_profile_legs(&self) -> BTreeMap<policy::Prefix, u32> {
+        let prefixes: Vec<policy::Prefix> = self.spec.profiles.iter().map(|p| p.prefix).collect();
+        let ifindexes: Vec<u32> = self.legs.iter().map(|l| l.ifindex).collect();
+        crate::routes::profile_legs(&prefixes, &ifindexes)
+    }
+
+    /// `PREFIX -> LEG` for every profile prefix, for the log.
+    pub fn legs_text(&self) -> String {
+        let text: Vec<String> = self
+            .spec
+            .profiles
+            .iter()
+            .map(|p| match self.spec.profile_legs.get(&p.prefix) {
+                Some(&leg) => format!(
+                    "{} behind {}",
+                    p.prefix,
+                    self.legs.get(leg as usize).map_or("?", |l| l.name.as_str())
+                ),
+                None => format!("{} behind no leg", p.prefix),
+            })
+            .collect();
+        text.join(", ")
+    }
+
+    /// Removes idle flow entries and counts the tables (every few seconds).
+    pub fn sweep_flows(&mut self) {
+        let result = self
+            .classifier
+            .flow_tables()
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                t.figures(flow_table::now_s(), true)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok((figures, _swept)) => self.flow_figures = figures,
+            Err(e) => log::warn!("sweeping the flow tables: {e}"),
+        }
     }
 
     /// Follows one leg; true when its attachment changed.

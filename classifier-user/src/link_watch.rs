@@ -1,10 +1,10 @@
 //! Wakes the daemon when an interface appears, disappears or changes: a
-//! NETLINK_ROUTE socket subscribed to RTMGRP_LINK (and the address groups) in the daemon's network
+//! NETLINK_ROUTE socket subscribed to RTMGRP_LINK (and the address and route groups) in the daemon's network
 //! namespace. The messages are not parsed: any of them (and a lost one,
 //! reported as ENOBUFS) makes the daemon compare its interface's current
 //! index with the one it attached to (`Daemon::follow_interface`), so the
 //! kernel's interface table, not the message stream, is the truth. Twenty
-//! lines of libc instead of an rtnetlink stack, for three multicast groups.
+//! lines of libc instead of an rtnetlink stack, for five multicast groups.
 
 use std::{
     io,
@@ -18,6 +18,10 @@ const RTMGRP_LINK: u32 = 1;
 /// and lockout guard cover, so it follows them as promptly as its links.
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+/// Route changes: which leg a profile's addresses sit behind is the
+/// kernel's route to them (`routes`).
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
 pub struct LinkEvents {
     fd: AsyncFd<OwnedFd>,
@@ -42,7 +46,11 @@ impl LinkEvents {
         // SAFETY: a zeroed sockaddr_nl is valid; we set family and groups.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        sa.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+        sa.nl_groups = RTMGRP_LINK
+            | RTMGRP_IPV4_IFADDR
+            | RTMGRP_IPV6_IFADDR
+            | RTMGRP_IPV4_ROUTE
+            | RTMGRP_IPV6_ROUTE;
         // SAFETY: `sa` is a sockaddr_nl of the size passed.
         let rc = unsafe {
             libc::bind(

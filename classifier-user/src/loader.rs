@@ -19,7 +19,8 @@ use aya::{
 };
 use classifier_common::{
     BLOCKS_PER_PROTO, COUNTER_MAP_ENTRIES, Config, Counter, DIRECTIONS, EventBudget, EventConfig,
-    FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, GenConfig, MAX_LEGS, MgmtPorts,
+    FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, FLOW_ENTRIES, FLOW_NEW_ENTRIES,
+    FLOW_SHARE_DEFAULT, FRAGMENT_ENTRIES, FRAGMENT_SHARE_DEFAULT, GenConfig, MAX_LEGS, MgmtPorts,
     PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM,
     fast_block_base, map_names, next_sel_epoch, port_block_index,
 };
@@ -80,6 +81,54 @@ pub enum XdpModeArg {
     Generic,
 }
 
+/// Sizes of the flow and fragment tables and the per-source shares of
+/// them (`run --flows`, `--flows-unconfirmed`, `--fragments`,
+/// `--flow-share`). Sizes are fixed when the maps are made; a restart with
+/// other sizes makes those tables afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// Confirmed flows (`FLOWS`).
+    pub flows: u32,
+    /// Unconfirmed flows (`FLOWS_NEW`).
+    pub flows_unconfirmed: u32,
+    pub fragments: u32,
+    /// New unconfirmed flows per source prefix per window (0: no limit).
+    pub flow_share: u32,
+    /// First fragments remembered per source prefix per window.
+    pub fragment_share: u32,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        FlowLimits {
+            flows: FLOW_ENTRIES,
+            flows_unconfirmed: FLOW_NEW_ENTRIES,
+            fragments: FRAGMENT_ENTRIES,
+            flow_share: FLOW_SHARE_DEFAULT,
+            fragment_share: FRAGMENT_SHARE_DEFAULT,
+        }
+    }
+}
+
+impl FlowLimits {
+    /// The map sizes that differ from the object's own.
+    fn sizes(&self) -> [(&'static str, u32); 3] {
+        [
+            (map_names::FLOWS, self.flows),
+            (map_names::FLOWS_NEW, self.flows_unconfirmed),
+            (map_names::FRAGMENTS, self.fragments),
+        ]
+    }
+
+    /// The size this build gives map `name`, or `default`.
+    fn size_of(&self, name: &str, default: u32) -> u32 {
+        self.sizes()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(default, |(_, size)| *size)
+    }
+}
+
 /// The loaded classifier: programs verified, maps created (or reused from pins).
 pub struct Classifier {
     ebpf: Ebpf,
@@ -95,14 +144,32 @@ impl Classifier {
     /// pinned to) that directory, so a restarted daemon finds its policy and
     /// counters where the last one left them.
     pub fn load(pin_dir: Option<&Path>) -> Result<Self, LoadError> {
-        Self::load_object(ebpf_object::PORTGUARD, pin_dir)
+        Self::load_with(pin_dir, &FlowLimits::default())
     }
 
-    pub fn load_object(object: &[u8], pin_dir: Option<&Path>) -> Result<Self, LoadError> {
+    /// As [`Classifier::load`], with the flow tables sized and shared as
+    /// `limits` says.
+    pub fn load_with(pin_dir: Option<&Path>, limits: &FlowLimits) -> Result<Self, LoadError> {
+        let mut c = Self::load_object(ebpf_object::PORTGUARD, pin_dir, limits)?;
+        let mut config = c.config()?;
+        config.flow_share = limits.flow_share;
+        config.fragment_share = limits.fragment_share;
+        c.set_config(&config)?;
+        Ok(c)
+    }
+
+    pub fn load_object(
+        object: &[u8],
+        pin_dir: Option<&Path>,
+        limits: &FlowLimits,
+    ) -> Result<Self, LoadError> {
         if let Some(dir) = pin_dir {
-            drop_incompatible_pins(object, dir)?;
+            drop_incompatible_pins(object, dir, limits)?;
         }
         let mut loader = EbpfLoader::new();
+        for (name, size) in limits.sizes() {
+            loader.map_max_entries(name, size);
+        }
         let paths: Vec<(&'static str, PathBuf)> = match pin_dir {
             Some(dir) => map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -289,22 +356,32 @@ impl Classifier {
                 sel,
             ));
         }
-        let resolve_old = |p: &Prefix| -> u32 {
+        // (profile, leg + 1) of the longest prefix holding `p` that has a
+        // profile in the generation in force…
+        let resolve_old = |p: &Prefix| -> (u32, u32) {
             existing
                 .iter()
                 .filter(|(q, sel)| {
                     q.contains(p) && sel.by_generation[active as usize] != PROFILE_NONE
                 })
                 .max_by_key(|(q, _)| q.len)
-                .map_or(PROFILE_NONE, |(_, sel)| sel.by_generation[active as usize])
+                .map_or((PROFILE_NONE, 0), |(_, sel)| {
+                    (
+                        sel.by_generation[active as usize],
+                        sel.leg_by_generation[active as usize],
+                    )
+                })
         };
-        let resolve_new = |p: &Prefix| -> u32 {
+        // …and in the new one.
+        let resolve_new = |p: &Prefix| -> (u32, u32) {
             policy
                 .prefixes
                 .iter()
                 .filter(|(q, _)| q.contains(p))
                 .max_by_key(|(q, _)| q.len)
-                .map_or(PROFILE_NONE, |(_, profile)| *profile)
+                .map_or((PROFILE_NONE, 0), |(q, profile)| {
+                    (*profile, policy.prefix_legs.get(q).map_or(0, |l| l + 1))
+                })
         };
         // Own addresses are host prefixes: an entry is local exactly when it
         // is one of them (the generation not flipped to keeps what it had).
@@ -321,8 +398,14 @@ impl Classifier {
             .collect();
         for p in union {
             let mut sel = ProfileSel::default();
-            sel.by_generation[active as usize] = resolve_old(&p);
-            sel.by_generation[next as usize] = resolve_new(&p);
+            (
+                sel.by_generation[active as usize],
+                sel.leg_by_generation[active as usize],
+            ) = resolve_old(&p);
+            (
+                sel.by_generation[next as usize],
+                sel.leg_by_generation[next as usize],
+            ) = resolve_new(&p);
             sel.local_by_generation[active as usize] = local_old(&p);
             sel.local_by_generation[next as usize] = u32::from(policy.local.contains(&p));
             trie.insert(&Key::new(u32::from(p.len), p.addr), sel, 0)
@@ -376,6 +459,35 @@ impl Classifier {
             }
         }
         Ok(())
+    }
+
+    /// The flow and fragment tables and their counts, for the sweeper and
+    /// the metrics.
+    pub fn flow_tables(&self) -> Result<crate::flow_table::FlowTables<'_>, LoadError> {
+        use std::os::fd::AsFd as _;
+        let data = |name: &'static str| -> Result<&MapData, LoadError> {
+            match self.ebpf.map(name).ok_or(LoadError::Missing(name))? {
+                aya::maps::Map::HashMap(m)
+                | aya::maps::Map::LruHashMap(m)
+                | aya::maps::Map::PerCpuArray(m) => Ok(m),
+                _ => Err(LoadError::Missing(name)),
+            }
+        };
+        let capacity = |name: &'static str| -> Result<u64, LoadError> {
+            let info = data(name)?.info().map_err(map_err(name))?;
+            Ok(u64::from(info.max_entries()))
+        };
+        Ok(crate::flow_table::FlowTables {
+            flows: data(map_names::FLOWS)?.fd().as_fd(),
+            flows_new: data(map_names::FLOWS_NEW)?.fd().as_fd(),
+            fragments: data(map_names::FRAGMENTS)?.fd().as_fd(),
+            stats: data(map_names::FLOW_STATS)?.fd().as_fd(),
+            capacity: [
+                capacity(map_names::FLOWS)?,
+                capacity(map_names::FLOWS_NEW)?,
+                capacity(map_names::FRAGMENTS)?,
+            ],
+        })
     }
 
     /// Runs the XDP program on one frame in the kernel (`BPF_PROG_TEST_RUN`).
@@ -552,7 +664,7 @@ impl Classifier {
 /// all together because the counters, slots and policy belong together. The
 /// link pins stay, so the takeover still swaps the programs without a gap;
 /// counters restart and the flow table starts empty, which the log says.
-fn drop_incompatible_pins(object: &[u8], dir: &Path) -> Result<(), LoadError> {
+fn drop_incompatible_pins(object: &[u8], dir: &Path, limits: &FlowLimits) -> Result<(), LoadError> {
     let obj = aya_obj::Object::parse(object).map_err(|e| LoadError::Object(e.to_string()))?;
     let mut differs = Vec::new();
     for name in map_names::ALL {
@@ -564,7 +676,7 @@ fn drop_incompatible_pins(object: &[u8], dir: &Path) -> Result<(), LoadError> {
             Ok(info)
                 if info.key_size() == def.key_size()
                     && info.value_size() == def.value_size()
-                    && info.max_entries() == def.max_entries() => {}
+                    && info.max_entries() == limits.size_of(name, def.max_entries()) => {}
             Ok(info) => differs.push(format!(
                 "{name} (key {} value {} entries {}, this build {} {} {})",
                 info.key_size(),
@@ -572,7 +684,7 @@ fn drop_incompatible_pins(object: &[u8], dir: &Path) -> Result<(), LoadError> {
                 info.max_entries(),
                 def.key_size(),
                 def.value_size(),
-                def.max_entries()
+                limits.size_of(name, def.max_entries())
             )),
             Err(e) => differs.push(format!("{name} ({e})")),
         }

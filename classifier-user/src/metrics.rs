@@ -41,6 +41,53 @@ struct AttachLabels {
     mode: String,
 }
 
+/// `table` and, where the table holds kinds, `kind`: a `Vec` label set, so
+/// that the fragment table's series carry no empty `kind`.
+type FlowLabels = Vec<(&'static str, &'static str)>;
+
+/// The flow and fragment tables as the last sweep counted them (every
+/// `FLOW_SWEEP_SECS`).
+fn register_flow_tables(registry: &mut Registry, figures: &crate::flow_table::FlowFigures) {
+    let entries = Family::<FlowLabels, Gauge>::default();
+    let capacity = Family::<FlowLabels, Gauge>::default();
+    let evictions = Family::<FlowLabels, Counter>::default();
+    let refusals = Family::<FlowLabels, Counter>::default();
+    for (table, kind, f) in figures.rows() {
+        let mut labels = vec![("table", table)];
+        if let Some(kind) = kind {
+            labels.push(("kind", kind));
+        }
+        entries
+            .get_or_create(&labels)
+            .set(i64::try_from(f.entries).unwrap_or(i64::MAX));
+        capacity
+            .get_or_create(&labels)
+            .set(i64::try_from(f.capacity).unwrap_or(i64::MAX));
+        evictions.get_or_create(&labels).inc_by(f.evictions);
+        refusals.get_or_create(&labels).inc_by(f.refusals);
+    }
+    registry.register(
+        "portguard_flow_entries",
+        "Entries in each flow and fragment table",
+        entries,
+    );
+    registry.register(
+        "portguard_flow_capacity",
+        "Entries each flow and fragment table holds at most",
+        capacity,
+    );
+    registry.register(
+        "portguard_flow_evictions",
+        "Entries a full table pushed out to make room",
+        evictions,
+    );
+    registry.register(
+        "portguard_flow_refusals",
+        "Entries not made: a source's share spent, or the table full",
+        refusals,
+    );
+}
+
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Renders every metric of docs/metrics.md for one daemon.
@@ -135,6 +182,7 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
         attached,
     );
 
+    register_flow_tables(&mut registry, &daemon.flow_figures);
     crate::events::metrics::register(&mut registry, daemon.events.shared());
 
     let mut out = String::new();

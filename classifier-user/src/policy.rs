@@ -221,6 +221,12 @@ pub struct PolicySpec {
     /// Appliance mode: every address configured on the box (kept current by
     /// the daemon from netlink).
     pub local_addrs: Vec<IpAddr>,
+    /// Appliance mode: the leg (its index in `--iface` order) each
+    /// `--profile` prefix sits behind, from the kernel's route to it (kept
+    /// current by the daemon). A profile's outbound rows apply only to
+    /// packets that arrive on that leg; a prefix missing here sits behind
+    /// no leg, and its outbound rows apply nowhere.
+    pub profile_legs: BTreeMap<Prefix, u32>,
 }
 
 impl PolicySpec {
@@ -365,6 +371,8 @@ pub struct CompiledPolicy {
     pub prefixes: Vec<(Prefix, u32)>,
     /// Appliance mode: the box's own addresses, as host prefixes.
     pub local: Vec<Prefix>,
+    /// Appliance mode: the leg each prefix sits behind (`PolicySpec::profile_legs`).
+    pub prefix_legs: BTreeMap<Prefix, u32>,
     pub media_profiles: u32,
     /// Bit p: profile p has outbound rows.
     pub outbound_profiles: u32,
@@ -533,6 +541,12 @@ pub fn compile(
     Ok(CompiledPolicy {
         profiles,
         default_profile,
+        prefix_legs: spec
+            .profile_legs
+            .iter()
+            .filter(|(p, _)| prefixes.iter().any(|(q, _)| q == *p))
+            .map(|(p, l)| (*p, *l))
+            .collect(),
         prefixes,
         local,
         media_profiles,

@@ -363,9 +363,11 @@ fn build_corpus() -> String {
         "port_not_allowed/udp",
         &frag4(udp(C, S, 40_000, 161).payload(64), 0, true, 0x4343),
     );
+    // A dropped first fragment takes no entry: its later fragments are
+    // orphans.
     c.drop(
         "frag4-later-udp-161",
-        "port_not_allowed/udp",
+        "fragment_orphan/udp",
         &frag4(raw(C, S, 17).payload(64), 9, false, 0x4343),
     );
     c.drop(
@@ -382,7 +384,7 @@ fn build_corpus() -> String {
     );
     c.drop(
         "frag4-later-of-split-tcp-header",
-        "malformed/tcp",
+        "fragment_orphan/tcp",
         &frag4(raw(C, S, 6).payload(16), 1, false, 0x4444),
     );
     c.pass(
@@ -427,7 +429,7 @@ fn build_corpus() -> String {
     );
     c.drop(
         "frag6-later-tcp-3389-after-hop-by-hop",
-        "port_not_allowed/tcp",
+        "fragment_orphan/tcp",
         &raw(C6, S6, 6)
             .payload(64)
             .ext(Ext::HopByHop)
@@ -477,15 +479,29 @@ fn build_corpus() -> String {
         "port_not_allowed/tcp",
         &tcp("198.18.0.10", S, 389, 40_001, TCP_ACK),
     );
+    // Any segment the host sends records its answer, not only the SYN:
+    // a connection whose entry was lost (a restart, an eviction) is picked
+    // up mid-stream.
     c.egress(
-        "egress-tcp-syn-ack-is-not-an-opening",
-        &tcp(S, "198.18.0.9", 40_005, 5061, TCP_SYN | TCP_ACK),
+        "egress-tcp-mid-stream-ack-records",
+        &tcp(S, "198.18.0.9", 40_005, 5061, TCP_ACK),
     );
-    c.drop(
-        "no-flow-from-a-syn-ack",
-        "port_not_allowed/tcp",
+    c.pass(
+        "reply-to-a-mid-stream-ack",
+        "established/tcp",
         &tcp("198.18.0.9", S, 5061, 40_005, TCP_ACK),
     );
+    // A reset opens nothing.
+    c.egress(
+        "egress-tcp-rst-is-not-an-opening",
+        &tcp(S, "198.18.0.9", 40_006, 5061, 0x04 | TCP_ACK),
+    );
+    c.drop(
+        "no-flow-from-a-rst",
+        "port_not_allowed/tcp",
+        &tcp("198.18.0.9", S, 5061, 40_006, TCP_ACK),
+    );
+
     c.egress(
         "egress-udp-dns",
         &udp(S, "198.18.0.53", 40_002, 53).payload(30),
@@ -1287,7 +1303,7 @@ fn run_corpus(events: bool) {
                 ran += 1;
                 if verdict == "egress" {
                     k.egress(&frame);
-                    if let Some(flow) = reference::egress_flow(&frame) {
+                    if let Some(flow) = reference::egress_flow(&frame, &k.policy) {
                         state.flows.insert(flow);
                     }
                     continue;

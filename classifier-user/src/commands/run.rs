@@ -29,6 +29,9 @@ use crate::{
     state, trusted,
 };
 
+/// Seconds between sweeps of the flow tables.
+pub const FLOW_SWEEP_SECS: u64 = 5;
+
 pub fn spec_from_args(args: &RunArgs) -> PolicySpec {
     let mut mgmt = if args.no_default_mgmt {
         Vec::new()
@@ -57,6 +60,8 @@ pub fn spec_from_args(args: &RunArgs) -> PolicySpec {
         } else {
             Vec::new()
         },
+        // Resolved from the routing table once the legs are known.
+        profile_legs: std::collections::BTreeMap::new(),
     }
 }
 
@@ -232,7 +237,7 @@ fn run_inner(args: RunArgs) -> Result<(), RunError> {
 
 fn run_locked(
     args: &RunArgs,
-    spec: PolicySpec,
+    mut spec: PolicySpec,
     catalog: crate::catalog::Catalog,
     ifindexes: &[u32],
     pins: bool,
@@ -279,9 +284,27 @@ fn run_locked(
             log::warn!("{w}");
         }
     }
+    if spec.appliance {
+        let prefixes: Vec<policy::Prefix> = spec.profiles.iter().map(|p| p.prefix).collect();
+        spec.profile_legs = crate::routes::profile_legs(&prefixes, ifindexes);
+        for p in &spec.profiles {
+            match spec.profile_legs.get(&p.prefix) {
+                Some(&leg) => log::info!(
+                    "--profile {}: behind {} (its outbound rows apply to packets arriving there)",
+                    p.prefix,
+                    args.iface[leg as usize]
+                ),
+                None => log::warn!(
+                    "--profile {}: no route to it leaves by a leg ({}), so its outbound rows apply nowhere until one does",
+                    p.prefix,
+                    args.iface.join(", ")
+                ),
+            }
+        }
+    }
     let compiled = policy::compile(&catalog, &spec, &mut registry)?;
 
-    let mut classifier = Classifier::load(pin_dir.as_deref())?;
+    let mut classifier = Classifier::load_with(pin_dir.as_deref(), &args.flow_limits())?;
     let previous_generation = classifier
         .config()?
         .gens
@@ -391,8 +414,10 @@ fn run_locked(
         state_path: pin_dir.is_some().then(|| state_path.clone()),
         pin_dir: pin_dir.clone(),
         last_swap: None,
+        flow_figures: Default::default(),
     };
     daemon.started();
+    daemon.sweep_flows();
     daemon.save_state();
     let daemon = Arc::new(Mutex::new(daemon));
 
@@ -504,6 +529,10 @@ async fn serve(
     // interface coming back and the policy being attached to it.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Idle flow entries go, and the tables are counted, every few seconds:
+    // finer than the shortest timeout (10 s after a FIN or RST).
+    let mut sweep = tokio::time::interval(Duration::from_secs(FLOW_SWEEP_SECS));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -525,6 +554,7 @@ async fn serve(
                 daemon.lock().await.follow_interface();
             }
             _ = tick.tick() => daemon.lock().await.follow_interface(),
+            _ = sweep.tick() => daemon.lock().await.sweep_flows(),
         }
     }
     metrics_task.abort();
@@ -543,13 +573,7 @@ mod tests {
         let mut spec = PolicySpec {
             default_roles: Some(vec!["front-end".into(), "client".into()]),
             profiles: Vec::new(),
-            mgmt: Vec::new(),
-            monitor: false,
-            drop_echo: false,
-            drop_ipsec_on_media: false,
-            client_media: None,
-            appliance: false,
-            local_addrs: Vec::new(),
+            ..PolicySpec::default()
         };
         assert_eq!(roles_text(&spec), "roles front-end, client");
         spec.default_roles = None;

@@ -86,5 +86,36 @@ fn one(bpffs: &Path, iface: &str) -> Result<String, String> {
             out.push_str(&format!("\n\nleg {leg}\n{}", snap.table()));
         }
     }
+    match crate::flow_table::figures_from_pins(&loader::pin_dir(bpffs, iface)) {
+        Ok(f) => {
+            out.push_str("\n\n");
+            out.push_str(&flow_table_text(&f));
+        }
+        Err(e) => out.push_str(&format!("\n\nflow tables: unreadable ({e})")),
+    }
     Ok(out)
+}
+
+/// The flow and fragment tables: fill, evictions and refusals.
+fn flow_table_text(f: &crate::flow_table::FlowFigures) -> String {
+    let mut out = format!(
+        "{:<24} {:>10} {:>10} {:>6} {:>12} {:>12}",
+        "table", "entries", "capacity", "fill", "evictions", "refusals"
+    );
+    for (table, kind, t) in f.rows() {
+        let name = match kind {
+            Some(k) => format!("{table} ({k})"),
+            None => table.to_string(),
+        };
+        let fill = if t.capacity == 0 {
+            0.0
+        } else {
+            100.0 * t.entries as f64 / t.capacity as f64
+        };
+        out.push_str(&format!(
+            "\n{name:<24} {:>10} {:>10} {fill:>5.1}% {:>12} {:>12}",
+            t.entries, t.capacity, t.evictions, t.refusals
+        ));
+    }
+    out
 }

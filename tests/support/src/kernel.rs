@@ -2,7 +2,10 @@
 //! (verdicts, fuzz, differential, corpus). `Kernel::new` pins its maps in a
 //! private bpffs directory, so that a test can also reach `FRAGMENTS` and run
 //! the TC egress recorder on frames of its own; `Kernel::unpinned` leaves
-//! nothing on the bpffs (for a kernel that lives in a `static`).
+//! nothing on the bpffs (for a kernel that lives in a `static`);
+//! `Kernel::appliance` gives the program legs (real interfaces in a
+//! namespace of the test's own), so that a test can say which leg a frame
+//! arrives on and which it leaves by.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,11 +17,13 @@ use aya::{
     maps::{HashMap, Map, MapData},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
-use classifier_common::{Counter, FlowKey, FragKey, FragVerdict, TC_EGRESS_PROGRAM, map_names};
+use classifier_common::{
+    Counter, FlowKey, FlowState, FragKey, FragVerdict, TC_EGRESS_PROGRAM, map_names,
+};
 use portguard::{
     catalog::Catalog,
     ebpf_object,
-    loader::{self, Classifier},
+    loader::{self, Classifier, FlowLimits},
     policy::{self, CompiledPolicy, PolicySpec, SlotRegistry},
 };
 
@@ -36,6 +41,59 @@ pub struct Kernel {
     /// `None` for an unpinned kernel.
     pins: Option<PathBuf>,
     egress: Option<aya::Ebpf>,
+    legs: Option<Legs>,
+}
+
+/// An appliance's legs for `BPF_PROG_TEST_RUN`: veth interfaces in a
+/// network namespace the test thread has entered (the kernel looks a test
+/// run's interface up in the caller's namespace). Nothing is sent on them.
+struct Legs {
+    _ns: testkit::netns::NetNs,
+    ifindexes: Vec<u32>,
+}
+
+impl Legs {
+    /// `n` legs: veth pairs, up, with GRO on (which registers the receive
+    /// queues an XDP test run on an interface needs).
+    fn new(n: usize) -> Legs {
+        let ns = testkit::netns::NetNs::new("pgleg")
+            .unwrap_or_else(|e| panic!("a namespace for the legs: {e}"));
+        let mut ifindexes = Vec::new();
+        for i in 0..n {
+            let (a, b) = (format!("leg{i}"), format!("peer{i}"));
+            ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])
+                .unwrap_or_else(|e| panic!("veth {a}: {e}"));
+            for dev in [&a, &b] {
+                ns.ip(&["link", "set", dev, "up"])
+                    .unwrap_or_else(|e| panic!("{dev} up: {e}"));
+            }
+            testkit::netns::run(
+                testkit::netns::ns_exec(&ns, "ethtool", &["-K", &a, "gro", "on"])
+                    .stdout(std::process::Stdio::null()),
+            )
+            .unwrap_or_else(|e| panic!("GRO on {a}: {e}"));
+            let text = ns
+                .ip(&["-o", "link", "show", "dev", &a])
+                .unwrap_or_else(|e| panic!("{a}: {e}"));
+            let ifindex = text
+                .split(':')
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no ifindex in {text:?}"));
+            ifindexes.push(ifindex);
+        }
+        let file = std::fs::File::open(ns.path())
+            .unwrap_or_else(|e| panic!("opening {}: {e}", ns.path().display()));
+        // SAFETY: setns on this (the test's) thread only; `file` is open.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "entering the legs' namespace: {}",
+            std::io::Error::last_os_error()
+        );
+        Legs { _ns: ns, ifindexes }
+    }
 }
 
 impl Kernel {
@@ -45,6 +103,10 @@ impl Kernel {
         if !testkit::require_privileges(test) {
             return None;
         }
+        Some(Kernel::pinned(test, spec, &Kernel::unshared()))
+    }
+
+    fn pinned(test: &str, spec: &PolicySpec, limits: &FlowLimits) -> Kernel {
         let pins = PathBuf::from("/sys/fs/bpf").join(format!(
             "pg-pktpolicy-{}-{}",
             std::process::id(),
@@ -65,9 +127,90 @@ impl Kernel {
             }
         }
         let guard = Leftover(&pins);
-        let kernel = Kernel::load(test, spec, Some(pins.clone()));
+        let kernel = Kernel::load(test, spec, Some(pins.clone()), limits);
         drop(guard);
+        kernel
+    }
+
+    /// The tables' default sizes, with no per-source share: the reference
+    /// classifier the packet-policy tests hold the program to has none (a
+    /// share depends on time). `Kernel::appliance` keeps the shares.
+    fn unshared() -> FlowLimits {
+        FlowLimits {
+            flow_share: 0,
+            fragment_share: 0,
+            ..FlowLimits::default()
+        }
+    }
+
+    /// Pinned, with `legs` legs (leg 0 first, as `--iface` order): frames
+    /// run with [`Kernel::run_on`] and [`Kernel::egress_on`] arrive and
+    /// leave by a leg. The calling thread moves into the legs' namespace
+    /// for good; the test's thread is its own, so nothing else notices.
+    pub fn appliance(test: &str, spec: &PolicySpec, legs: usize) -> Option<Kernel> {
+        if !testkit::require_privileges(test) {
+            return None;
+        }
+        let legs = Legs::new(legs);
+        let mut kernel = Kernel::pinned(test, spec, &FlowLimits::default());
+        kernel
+            .classifier
+            .set_legs(&legs.ifindexes)
+            .unwrap_or_else(|e| panic!("{test}: the legs: {e}"));
+        kernel.legs = Some(legs);
         Some(kernel)
+    }
+
+    fn leg_ifindex(&self, leg: usize) -> u32 {
+        self.legs
+            .as_ref()
+            .and_then(|l| l.ifindexes.get(leg).copied())
+            .unwrap_or_else(|| panic!("no leg {leg}: use Kernel::appliance"))
+    }
+
+    /// One frame through XDP as it arrives on `leg`: (pass, counter).
+    pub fn run_on(&mut self, leg: usize, frame: &[u8]) -> (bool, u32) {
+        let ifindex = self.leg_ifindex(leg);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let r = self
+            .classifier
+            .xdp_ref()
+            .unwrap_or_else(|e| panic!("the XDP program: {e}"))
+            .test_run(opts)
+            .unwrap_or_else(|e| panic!("test_run on leg {leg} of {}: {e}", hex(frame)));
+        let counter = self
+            .classifier
+            .last_counter()
+            .unwrap_or_else(|e| panic!("reading TRACE: {e}"));
+        match r.return_value {
+            XDP_PASS => (true, counter),
+            XDP_DROP => (false, counter),
+            other => panic!("XDP returned {other} (not pass or drop) for {}", hex(frame)),
+        }
+    }
+
+    /// The egress recorder on a frame leaving by leg `out`, forwarded from
+    /// leg `from` (`None`: the box's own packet).
+    pub fn egress_on(&mut self, out: usize, from: Option<usize>, frame: &[u8]) {
+        let ifindex = self.leg_ifindex(out);
+        let ingress = from.map_or(0, |l| self.leg_ifindex(l));
+        // struct __sk_buff up to `ifindex`: len, pkt_type, mark,
+        // queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto,
+        // priority, ingress_ifindex, ifindex.
+        let mut skb = [0u32; 11];
+        skb[9] = ingress;
+        skb[10] = ifindex;
+        let ctx: Vec<u8> = skb.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        self.egress_with(frame, Some(&ctx));
     }
 
     /// Nothing pinned: `fragment_entries`, `clear_fragments` and `egress`
@@ -76,14 +219,14 @@ impl Kernel {
         if !testkit::require_privileges(test) {
             return None;
         }
-        Some(Kernel::load(test, spec, None))
+        Some(Kernel::load(test, spec, None, &Kernel::unshared()))
     }
 
-    fn load(test: &str, spec: &PolicySpec, pins: Option<PathBuf>) -> Kernel {
+    fn load(test: &str, spec: &PolicySpec, pins: Option<PathBuf>, limits: &FlowLimits) -> Kernel {
         let mut registry = SlotRegistry::default();
         let policy = policy::compile(&Catalog::embedded(), spec, &mut registry)
             .unwrap_or_else(|e| panic!("{test}: the policy must compile: {e}"));
-        let mut classifier = Classifier::load(pins.as_deref())
+        let mut classifier = Classifier::load_with(pins.as_deref(), limits)
             .unwrap_or_else(|e| panic!("{test}: loading the XDP program: {e}"));
         classifier
             .install(&policy, 1)
@@ -97,6 +240,7 @@ impl Kernel {
             policy,
             pins,
             egress: None,
+            legs: None,
         }
     }
 
@@ -174,25 +318,57 @@ impl Kernel {
         }
     }
 
-    /// Empties the kernel's flow table, as an eviction under pressure would.
-    pub fn clear_flows(&mut self) {
-        let path = self.pins().join(map_names::FLOWS);
+    fn flow_table(&self, name: &str) -> HashMap<MapData, FlowKey, FlowState> {
+        let path = self.pins().join(name);
         let data =
             MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-        let map = Map::from_map_data(data).unwrap_or_else(|e| panic!("FLOWS: {e}"));
-        let mut flows: HashMap<MapData, FlowKey, u32> =
-            HashMap::try_from(map).unwrap_or_else(|e| panic!("FLOWS as a hash map: {e}"));
-        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            flows
-                .remove(&k)
-                .unwrap_or_else(|e| panic!("removing a flow entry: {e}"));
+        let map = Map::from_map_data(data).unwrap_or_else(|e| panic!("{name}: {e}"));
+        HashMap::try_from(map).unwrap_or_else(|e| panic!("{name} as a hash map: {e}"))
+    }
+
+    /// Empties both flow tables and starts the recorder afresh (its per-CPU
+    /// cache empty), as a restart with `--clean-start` or a failover to a
+    /// standby box would.
+    pub fn restart_flows(&mut self) {
+        self.clear_flows();
+        self.egress = None;
+    }
+
+    /// Empties both flow tables, as evictions under pressure would (the
+    /// recorder's cache stays).
+    pub fn clear_flows(&mut self) {
+        for name in [map_names::FLOWS, map_names::FLOWS_NEW] {
+            let mut flows = self.flow_table(name);
+            let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                flows
+                    .remove(&k)
+                    .unwrap_or_else(|e| panic!("removing a {name} entry: {e}"));
+            }
         }
     }
 
+    /// The entries of the confirmed (`FLOWS`) or unconfirmed (`FLOWS_NEW`)
+    /// flow table.
+    pub fn flows(&self, confirmed: bool) -> Vec<(FlowKey, FlowState)> {
+        let name = if confirmed {
+            map_names::FLOWS
+        } else {
+            map_names::FLOWS_NEW
+        };
+        self.flow_table(name)
+            .iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("reading {name}: {e}")))
+            .collect()
+    }
+
     /// Runs the TC egress recorder on a frame the host sends (it shares
-    /// FLOWS and FLOW_PORTS with the XDP program through the pins).
+    /// the flow tables with the XDP program through the pins).
     pub fn egress(&mut self, frame: &[u8]) {
+        self.egress_with(frame, None);
+    }
+
+    fn egress_with(&mut self, frame: &[u8], ctx: Option<&[u8]>) {
         if self.egress.is_none() {
             let mut l = EbpfLoader::new();
             let paths: Vec<(&str, PathBuf)> = map_names::ALL
@@ -224,6 +400,7 @@ impl Kernel {
             .unwrap_or_else(|e| panic!("{TC_EGRESS_PROGRAM}: {e}"));
         let opts = TestRunOptions {
             data_in: Some(frame),
+            ctx_in: ctx,
             repeat: 1,
             ..TestRunOptions::default()
         };

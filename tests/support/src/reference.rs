@@ -32,11 +32,12 @@ pub type Flow = (Addr, Addr, u16, u16, u8);
 /// What the reference remembers between frames.
 #[derive(Clone, Debug, Default)]
 pub struct RefState {
-    /// First fragments' outcomes, replayed for the rest of their datagram.
+    /// Passed first fragments' outcomes, replayed for the rest of their
+    /// datagram (a dropped first fragment is not remembered).
     pub fragments: HashMap<FragId, (bool, u32)>,
     /// Flows the egress recorder would have seen.
     pub flows: HashSet<Flow>,
-    /// How many times a first fragment's outcome was written (new or
+    /// How many times a passed first fragment's outcome was written (new or
     /// overwritten): each write takes an LRU node in the kernel.
     pub fragment_writes: u64,
     /// How many later fragments found their first fragment's outcome.
@@ -70,7 +71,7 @@ pub fn classify(frame: &[u8], policy: &CompiledPolicy, state: &mut RefState) -> 
         };
     }
     let answer = d.transport(frame, &net, state);
-    if let Some((id, proto)) = net.first_fragment {
+    if let Some((id, proto)) = net.first_fragment.filter(|_| answer.0) {
         state
             .fragments
             .insert((net.src, net.dst, id, proto), answer);
@@ -411,9 +412,11 @@ impl Decider<'_> {
     }
 }
 
-/// The flow a frame the host sends opens, as the egress recorder sees it:
-/// a TCP SYN without ACK, or any UDP datagram (not a later fragment).
-pub fn egress_flow(frame: &[u8]) -> Option<Flow> {
+/// The flow a frame the host sends records, as the egress recorder sees
+/// it: any TCP segment but a reset, or any UDP datagram (not a later
+/// fragment), unless a catalog rule lets its answer in anyway (the host
+/// answering from a port its profile's inbound rows open).
+pub fn egress_flow(frame: &[u8], policy: &CompiledPolicy) -> Option<Flow> {
     let Net::Ip(ip) = network(frame) else {
         return None;
     };
@@ -423,13 +426,17 @@ pub fn egress_flow(frame: &[u8]) -> Option<Flow> {
     let l4 = frame.get(ip.l4..ip.l4 + 4)?;
     let sport = u16::from_be_bytes([l4[0], l4[1]]);
     let dport = u16::from_be_bytes([l4[2], l4[3]]);
-    match ip.proto {
-        6 if frame.get(ip.l4 + 13).is_some_and(|f| f & 0x12 == 0x02) => {
-            Some((ip.dst, ip.src, dport, sport, 6))
-        }
-        17 => Some((ip.dst, ip.src, dport, sport, 17)),
-        _ => None,
-    }
+    let proto = match ip.proto {
+        6 if frame.get(ip.l4 + 13).is_some_and(|f| f & 0x04 == 0) => PROTO_TCP,
+        17 => PROTO_UDP,
+        _ => return None,
+    };
+    let profile = Decider { policy }.profile(&ip.src);
+    let answered_by_rule = policy
+        .profiles
+        .get(profile as usize)
+        .is_some_and(|p| p.slot(proto, sport) != 0);
+    (!answered_by_rule).then_some((ip.dst, ip.src, dport, sport, ip.proto))
 }
 
 /// The counter index a reason answer stands for, for messages.

@@ -1,0 +1,326 @@
+//! Flow state: the answers the box expects.
+//!
+//! The TC egress recorder writes an entry for each flow that leaves a leg
+//! (the box's own connections, and on an appliance what the kernel really
+//! forwarded, after it routed and validated the frame): "a packet from the
+//! destination back to the source, arriving on this leg, is an answer". XDP
+//! lets such answers in as `established`.
+//!
+//! Entries live in two tables, as Linux conntrack's assured and unassured
+//! entries do, so that what one side alone can create (a SYN, a first
+//! datagram: all a spoofer can send) never pushes out what both sides have
+//! used:
+//! - `FLOWS_NEW`, an LRU: a flow only its opener has spoken on. A flood
+//!   turns it over; each source prefix may open only `Config::flow_share`
+//!   entries per window there, so no single source or spoofed /64 can take
+//!   it.
+//! - `FLOWS`, a hash that never evicts: flows the answerer has spoken on
+//!   too (TCP past the handshake; UDP answered for at least 2 s). A full
+//!   table refuses confirmations (counted) rather than dropping a live flow;
+//!   the daemon's sweeper removes idle entries.
+//!
+//! Every segment the rule side sends refreshes (or re-creates) its entry,
+//! not only the SYN, so a flow table lost to a restart or a failover fills
+//! again from the traffic (mid-stream pickup).
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use classifier_common::{
+    FLOW_ANSWERED, FLOW_CLOSING, FLOW_CONFIRM_REFUSED, FLOW_ENTRIES, FLOW_MARK_SHIFT,
+    FLOW_NEW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FLOW_SHARE_ENTRIES,
+    FLOW_SHARE_WINDOW_S, FLOW_STAT_ENTRIES, FLOW_UDP_STREAM_S, FlowKey, FlowState,
+    RECENT_FLOW_SKIPS, RECENT_FLOW_SLOTS, RecentFlow, STAT_CONFIRMED_REFUSED, STAT_NEW_INSERTS,
+    STAT_NEW_REFUSED, STAT_PROMOTED, Share, ShareKey,
+};
+
+/// Confirmed flows: both sides have spoken. Never evicted.
+#[map]
+pub static FLOWS: HashMap<FlowKey, FlowState> = HashMap::with_max_entries(FLOW_ENTRIES, 0);
+/// Unconfirmed flows: only the opener has spoken.
+#[map]
+pub static FLOWS_NEW: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(FLOW_NEW_ENTRIES, 0);
+/// Per-source shares of `FLOWS_NEW` and `FRAGMENTS`.
+#[map]
+pub static FLOW_SHARES: LruHashMap<ShareKey, Share> =
+    LruHashMap::with_max_entries(FLOW_SHARE_ENTRIES, 0);
+/// Inserts, confirmations and refusals, per CPU (`STAT_*`).
+#[map]
+pub static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_STAT_ENTRIES, 0);
+/// One byte per local port: "some entry expects an answer to this port".
+/// XDP looks the tables up only where it is set.
+#[map]
+pub static FLOW_PORTS: Array<[u8; FLOW_PORTS_PER_ENTRY as usize]> =
+    Array::with_max_entries(FLOW_PORT_ENTRIES, 0);
+/// Flows recorded lately, per CPU: most of a flow's packets skip the lookup.
+#[map]
+pub static RECENT_FLOWS: PerCpuArray<RecentFlow> =
+    PerCpuArray::with_max_entries(RECENT_FLOW_SLOTS, 0);
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+const EEXIST: i32 = 17;
+
+/// Seconds of the coarse monotonic clock (a helper call, about 5 ns): read
+/// only when an entry is made, confirmed, or refreshed.
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// The refresh mark: jiffies, coarsened. The verifier inlines the read into
+/// one load, so the packet path compares it with the entry's before it
+/// pays for a clock read and a store to a line other CPUs share.
+#[inline(always)]
+fn mark() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_jiffies64() } >> FLOW_MARK_SHIFT) as u32
+}
+
+#[inline(always)]
+pub fn count(stat: u32) {
+    if let Some(c) = FLOW_STATS.get_ptr_mut(stat) {
+        // SAFETY: a per-CPU array value is only touched by this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Notes a packet of the flow: `seen` moves on when the mark has, and a
+/// FIN or RST starts the short closing timeout.
+#[inline(always)]
+fn refresh(v: *mut FlowState, tcp_flags: u8) {
+    let m = mark();
+    // SAFETY: `v` points into a map value; a racing CPU writes the same
+    // kind of values, and either write is a correct refresh.
+    unsafe {
+        if (*v).mark != m {
+            (*v).mark = m;
+            (*v).seen = now_s();
+        }
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 && (*v).flags & FLOW_CLOSING == 0 {
+            core::hint::cold_path();
+            (*v).flags |= FLOW_CLOSING;
+            (*v).seen = now_s();
+        }
+    }
+}
+
+/// XDP: whether the arriving packet, keyed as its expected-answer entry
+/// would be, is an answer. A confirmed entry is one lookup; an unconfirmed
+/// one may be confirmed by this very packet.
+#[inline(always)]
+pub fn is_answer(key: &FlowKey, tcp_flags: u8) -> bool {
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        refresh(v, tcp_flags);
+        return true;
+    }
+    answer_unconfirmed(key, tcp_flags)
+}
+
+/// An answer to an unconfirmed flow, which it may confirm:
+/// - TCP: the answerer's first segment past the handshake (ACK without SYN
+///   or RST). Its stack sends one only once it has accepted the opener's
+///   ACK, which a spoofer who never saw the SYN-ACK cannot forge.
+/// - UDP: an answer at least `FLOW_UDP_STREAM_S` after the entry was made,
+///   after an earlier one: a stream, not a query and its reply.
+///
+/// Out of line: the confirmed answer, the common one, stays short.
+#[inline(never)]
+fn answer_unconfirmed(key: &FlowKey, tcp_flags: u8) -> bool {
+    let Some(v) = FLOWS_NEW.get_ptr_mut(key) else {
+        return false;
+    };
+    let now = now_s();
+    let m = mark();
+    // SAFETY: a copy of a map value this program's CPU may write concurrently
+    // with another's; the fields are words.
+    let state = unsafe { *v };
+    let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        FLOW_CLOSING
+    } else {
+        0
+    };
+    let confirms = if key.proto == IPPROTO_TCP {
+        tcp_flags & TCP_ACK != 0 && tcp_flags & (TCP_SYN | TCP_RST) == 0
+    } else {
+        state.flags & FLOW_ANSWERED != 0 && now.wrapping_sub(state.created) >= FLOW_UDP_STREAM_S
+    };
+    if !confirms {
+        // SAFETY: as above.
+        unsafe {
+            (*v).flags |= FLOW_ANSWERED | closing;
+            (*v).seen = now;
+        }
+        return true;
+    }
+    // A confirmation `FLOWS` refused (it was full) is tried again once the
+    // mark moves on, not on every packet.
+    if state.flags & FLOW_CONFIRM_REFUSED != 0 && state.mark == m {
+        return true;
+    }
+    let confirmed = FlowState {
+        seen: now,
+        created: state.created,
+        mark: m,
+        flags: (state.flags | FLOW_ANSWERED | closing) & !FLOW_CONFIRM_REFUSED,
+    };
+    match FLOWS.insert(key, confirmed, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count(STAT_PROMOTED);
+            let _ = FLOWS_NEW.remove(key);
+        }
+        // Another CPU confirmed it first.
+        Err(e) if e == -EEXIST => {
+            let _ = FLOWS_NEW.remove(key);
+        }
+        Err(_) => {
+            // `FLOWS` is full: the flow goes on, unconfirmed.
+            count(STAT_CONFIRMED_REFUSED);
+            // SAFETY: as above.
+            unsafe {
+                (*v).mark = m;
+                (*v).seen = now;
+                (*v).flags |= FLOW_ANSWERED | FLOW_CONFIRM_REFUSED | closing;
+            }
+        }
+    }
+    true
+}
+
+/// TC egress: the packet leaving expects `key` as its answer. Refreshes the
+/// entry, or makes an unconfirmed one, charged to `share` (the source
+/// prefix of a forwarded packet from outside every profile; `None` for the
+/// box's own packets and its profiles' addresses) within `limit`.
+#[inline(always)]
+pub fn record(key: &FlowKey, tcp_flags: u8, share: Option<&ShareKey>, limit: u32) {
+    let ending = tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        refresh(v, tcp_flags);
+        return;
+    }
+    if let Some(v) = FLOWS_NEW.get_ptr_mut(key) {
+        refresh(v, tcp_flags);
+        return;
+    }
+    // A reset opens nothing.
+    if tcp_flags & TCP_RST != 0 {
+        return;
+    }
+    if let Some(share) = share
+        && !take_share(share, limit)
+    {
+        count(STAT_NEW_REFUSED);
+        return;
+    }
+    let now = now_s();
+    let state = FlowState {
+        seen: now,
+        created: now,
+        mark: mark(),
+        flags: if ending { FLOW_CLOSING } else { 0 },
+    };
+    if FLOWS_NEW.insert(key, state, 0).is_ok() {
+        count(STAT_NEW_INSERTS);
+    }
+    mark_port(key.local_port);
+}
+
+/// A flow the recorder looked at lately on this CPU: 63 packets in 64 of it
+/// skip the rest (a media flow sends one every 20 ms, and the table lookup
+/// cost more than the rest of the recorder). The 64th refreshes the entry,
+/// or makes it again if the sweeper or the LRU took it meanwhile, and so
+/// does the first packet once the refresh mark has moved on (about a
+/// second at HZ=250). Bounded cost of the trade: after the entry is lost,
+/// or a reload changes whether a rule answers the flow, at most 63 more
+/// packets, within one mark, leave before the recorder looks again.
+#[inline(always)]
+pub fn recently_seen(key: &FlowKey) -> bool {
+    // SAFETY: `FlowKey` is 40 bytes, 8-byte aligned, no padding: five words.
+    let w = unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() };
+    let tag = (w[0] ^ w[1].rotate_left(13) ^ w[2].rotate_left(29) ^ w[3].rotate_left(43) ^ w[4])
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        | 1;
+    if let Some(slot) = RECENT_FLOWS.get_ptr_mut((tag >> 54) as u32 & (RECENT_FLOW_SLOTS - 1)) {
+        let m = mark();
+        // SAFETY: a per-CPU array value is only touched by this CPU.
+        unsafe {
+            if (*slot).tag == tag && (*slot).skips > 0 && (*slot).mark == m {
+                (*slot).skips -= 1;
+                return true;
+            }
+            (*slot).tag = tag;
+            (*slot).skips = RECENT_FLOW_SKIPS;
+            (*slot).mark = m;
+        }
+    }
+    false
+}
+
+/// Takes one entry from a source's share of the current window; false when
+/// it is spent (`limit` 0: no limit).
+#[inline(always)]
+pub fn take_share(key: &ShareKey, limit: u32) -> bool {
+    if limit == 0 {
+        return true;
+    }
+    let window = now_s() / FLOW_SHARE_WINDOW_S;
+    match FLOW_SHARES.get_ptr_mut(key) {
+        // SAFETY: a map value; two CPUs racing may both count one entry,
+        // which only loosens the bound by a CPU's worth.
+        Some(s) => unsafe {
+            if (*s).window != window {
+                (*s).window = window;
+                (*s).count = 1;
+                return true;
+            }
+            if (*s).count >= limit {
+                return false;
+            }
+            (*s).count += 1;
+            true
+        },
+        None => {
+            let _ = FLOW_SHARES.insert(key, Share { window, count: 1 }, 0);
+            true
+        }
+    }
+}
+
+/// Marks `port` in `FLOW_PORTS` so that XDP looks its answers up.
+#[inline(always)]
+fn mark_port(port: u16) {
+    if let Some(bytes) = FLOW_PORTS.get_ptr_mut(port as u32 / FLOW_PORTS_PER_ENTRY) {
+        let i = (port as usize) & (FLOW_PORTS_PER_ENTRY as usize - 1);
+        // SAFETY: a byte store into a valid map value; other CPUs only ever
+        // store 1 into their own bytes, so no update is lost. Read first: a
+        // store to a shared line on every packet would bounce it between CPUs.
+        unsafe {
+            if (*bytes)[i] == 0 {
+                (*bytes)[i] = 1;
+            }
+        }
+    }
+}
+
+/// Whether some entry expects an answer to local `port`: a zero byte proves
+/// none does, and spares the table lookups.
+#[inline(always)]
+pub fn local_port_has_flows(port: u16) -> bool {
+    match FLOW_PORTS.get(port as u32 / FLOW_PORTS_PER_ENTRY) {
+        Some(bytes) => {
+            // SAFETY: reading 8 bytes of a valid 8-byte map value as one word.
+            let word = unsafe { core::ptr::read_unaligned(bytes as *const _ as *const u64) };
+            (word >> ((port as u64 % FLOW_PORTS_PER_ENTRY as u64) * 8)) & 0xff != 0
+        }
+        None => true,
+    }
+}
