@@ -190,6 +190,9 @@ mod tests {
             sources: 2,
             sources_capped: false,
             not_allowed: packets,
+            requests: packets,
+            request_sources: 2,
+            request_sources_capped: false,
         }
     }
 

@@ -240,7 +240,9 @@ async fn read_ring(
                 registry_at = Instant::now();
             }
             let leg = shared.leg_name(e.ifindex);
-            batch.push(Arc::new(record::decode(&e, &leg, offset, &registry)));
+            let h = record::headers(record::captured(&e));
+            let r = record::decode_parsed(&e, &h, &leg, offset, &registry);
+            batch.push((Arc::new(r), h.tcp_flags));
             if batch.len() >= 256 {
                 deliver(&shared, std::mem::take(&mut batch));
             }
@@ -250,19 +252,21 @@ async fn read_ring(
     }
 }
 
-fn deliver(shared: &Shared, batch: Vec<Arc<EventRecord>>) {
+/// Events with their TCP flags (which the store classifies by, and which
+/// the control socket's answers do not carry).
+fn deliver(shared: &Shared, batch: Vec<(Arc<EventRecord>, Option<u8>)>) {
     if batch.is_empty() {
         return;
     }
     {
         let mut store = shared.store();
-        for r in &batch {
-            store.push((**r).clone());
+        for (r, flags) in &batch {
+            store.push((**r).clone(), *flags);
         }
     }
     let mut followers = shared.followers();
     followers.retain(|tx| {
-        for r in &batch {
+        for (r, _) in &batch {
             match tx.try_send(r.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
