@@ -29,6 +29,10 @@ pub const MAX_CLIENTS: usize = 16;
 pub const FOLLOW_QUEUE: usize = 1_024;
 /// A client that takes longer than this to accept one line is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a `--follow` client is checked for a hang-up. Without the
+/// check a client whose filter never matches is never written to, so its
+/// death went unnoticed and its slot was never freed.
+pub const HANGUP_CHECK: Duration = Duration::from_secs(1);
 
 pub fn socket_path(run_dir: &Path, iface: &str) -> PathBuf {
     run_dir.join(format!("{iface}.sock"))
@@ -213,6 +217,24 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
     }
 }
 
+/// Whether the client closed its end (or died: the kernel closes it then).
+/// POLLHUP on a unix stream socket means both directions are shut, so a
+/// client that only shut its writing half after the request (POLLRDHUP)
+/// and still reads is kept. Asked without waiting; cheap enough once a
+/// second per follower.
+fn hung_up(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd that we own, a descriptor the stream keeps open,
+    // and a zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 async fn events(
     mut stream: UnixStream,
     shared: &Shared,
@@ -241,7 +263,19 @@ async fn events(
     let Some(rx) = rx.as_mut() else {
         return;
     };
-    while let Some(r) = rx.recv().await {
+    let mut hangup = tokio::time::interval(HANGUP_CHECK);
+    hangup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let r = tokio::select! {
+            r = rx.recv() => r,
+            _ = hangup.tick() => {
+                if hung_up(&stream) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(r) = r else { break };
         if !keep(&r) {
             continue;
         }
@@ -258,4 +292,38 @@ async fn events(
         "dropped: this client did not keep up with the events",
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_client_is_hung_up_a_half_closed_one_is_not() {
+        let (ours, theirs) = UnixStream::pair().unwrap_or_else(|e| panic!("a socket pair: {e}"));
+        assert!(!hung_up(&ours), "a connected client seen as hung up");
+        let mut theirs = theirs;
+        theirs
+            .shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown(SHUT_WR): {e}"));
+        assert!(
+            !hung_up(&ours),
+            "a client that only stopped writing (it may still read) seen as hung up"
+        );
+        drop(theirs);
+        assert!(hung_up(&ours), "a closed client not seen as hung up");
+
+        // One that dies with our lines unread (POLLERR with the hang-up).
+        let (mut ours, theirs) =
+            UnixStream::pair().unwrap_or_else(|e| panic!("a socket pair: {e}"));
+        ours.write_all(b"unread\n")
+            .await
+            .unwrap_or_else(|e| panic!("writing: {e}"));
+        drop(theirs);
+        assert!(
+            hung_up(&ours),
+            "a client that died unread not seen as hung up"
+        );
+    }
 }
