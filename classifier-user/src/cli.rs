@@ -299,6 +299,10 @@ pub struct EventsArgs {
 pub struct SuggestArgs {
     #[arg(long, value_name = "IF")]
     pub iface: String,
+    /// Distinct sources of connection attempts (TCP SYNs) or UDP requests a
+    /// port needs to become a rule; ports with fewer are listed as comments.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_sources: u64,
     /// Where the daemon's control socket lives.
     #[arg(long, default_value = "/run/portguard", value_name = "DIR")]
     pub run_dir: PathBuf,

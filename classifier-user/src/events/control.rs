@@ -33,6 +33,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// check a client whose filter never matches is never written to, so its
 /// death went unnoticed and its slot was never freed.
 pub const HANGUP_CHECK: Duration = Duration::from_secs(1);
+/// Where the host's own outgoing connections get their source ports.
+const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
 pub fn socket_path(run_dir: &Path, iface: &str) -> PathBuf {
     run_dir.join(format!("{iface}.sock"))
@@ -63,6 +65,34 @@ pub struct Aggregates {
     pub ports: Vec<PortAggregate>,
     pub events_received: u64,
     pub suppressed: u64,
+    /// Events to new ports that found the key table full.
+    #[serde(default)]
+    pub ports_overflow: u64,
+    /// Ports seen once, forgotten to make room (a scan's).
+    #[serde(default)]
+    pub ports_evicted: u64,
+    /// The daemon's network namespace's ephemeral port range
+    /// (`net.ipv4.ip_local_port_range`, which IPv6 uses too): where answers
+    /// to the host's own connections arrive. None if it could not be read.
+    #[serde(default)]
+    pub ephemeral: Option<(u16, u16)>,
+    /// `run --client-media-ports`: the catalog's media rows narrowed to it.
+    #[serde(default)]
+    pub client_media_ports: Option<(u16, u16)>,
+}
+
+/// `net.ipv4.ip_local_port_range` as this process sees it (its network
+/// namespace's).
+pub fn local_port_range() -> Option<(u16, u16)> {
+    parse_port_range(&std::fs::read_to_string(LOCAL_PORT_RANGE).ok()?)
+}
+
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    match (it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -182,9 +212,14 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
         Request::Aggregates => {
             // One lock for both reads (a second lock() in the same
             // expression would wait for the first guard forever).
-            let (ports, events_received) = {
+            let (ports, events_received, ports_overflow, ports_evicted) = {
                 let store = shared.store();
-                (store.aggregates(), store.received)
+                (
+                    store.aggregates(),
+                    store.received,
+                    store.ports_overflow,
+                    store.ports_evicted,
+                )
             };
             let a = Aggregates {
                 iface: shared.iface.clone(),
@@ -194,6 +229,10 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
                 ports,
                 events_received,
                 suppressed: shared.suppressed.load(Ordering::Relaxed),
+                ports_overflow,
+                ports_evicted,
+                ephemeral: local_port_range(),
+                client_media_ports: shared.client_media_ports,
             };
             let _ = write_line(&mut stream, &serde_json::to_string(&a).unwrap_or_default()).await;
         }
@@ -324,6 +363,19 @@ mod tests {
         assert!(
             hung_up(&ours),
             "a client that died unread not seen as hung up"
+        );
+    }
+
+    #[test]
+    fn the_local_port_range_is_read_as_linux_writes_it() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32_768, 60_999)));
+        assert_eq!(parse_port_range("1024 65535"), Some((1_024, 65_535)));
+        assert_eq!(parse_port_range("60999 32768"), None, "reversed");
+        assert_eq!(parse_port_range("32768"), None, "one number");
+        assert_eq!(parse_port_range("a b"), None, "not numbers");
+        assert!(
+            local_port_range().is_some(),
+            "{LOCAL_PORT_RANGE} unreadable here"
         );
     }
 }

@@ -40,6 +40,8 @@ pub struct Shared {
     pub roles: Vec<String>,
     pub catalog: Option<PathBuf>,
     pub mode: String,
+    /// `run --client-media-ports`: the media rows' range in force.
+    pub client_media_ports: Option<(u16, u16)>,
     store: Mutex<Store>,
     followers: Mutex<Vec<mpsc::Sender<Arc<EventRecord>>>>,
     pub clients: AtomicUsize,
@@ -78,6 +80,7 @@ pub struct EventSettings {
     pub roles: Vec<String>,
     pub catalog: Option<PathBuf>,
     pub mode: String,
+    pub client_media_ports: Option<(u16, u16)>,
     pub run_dir: PathBuf,
 }
 
@@ -129,6 +132,7 @@ impl Events {
                 roles: settings.roles,
                 catalog: settings.catalog,
                 mode: settings.mode,
+                client_media_ports: settings.client_media_ports,
                 store: Mutex::new(Store::default()),
                 followers: Mutex::new(Vec::new()),
                 clients: AtomicUsize::new(0),
