@@ -235,9 +235,11 @@ pub struct DetachArgs {
     /// Interface to free.
     #[arg(long, value_name = "IF")]
     pub iface: String,
-    /// bpffs mount point the pins are under.
-    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
-    pub bpffs: PathBuf,
+    /// bpffs mount point the pins are under [default: the one the
+    /// instance's state file (/run/portguard/IF.json) records, else
+    /// /sys/fs/bpf].
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
