@@ -58,8 +58,9 @@ pub enum Command {
     Reload(ReloadArgs),
     /// The running daemon's packet events (root only).
     Events(EventsArgs),
-    /// A catalog fragment that would pass the traffic dropped (or that would
-    /// be dropped) since the daemon started.
+    /// A catalog fragment that would open the ports clients asked for (TCP
+    /// SYNs, UDP requests) and that were dropped (or would be) since the
+    /// daemon started.
     Suggest(SuggestArgs),
     /// A live terminal view of rates and the top dropped flows; `q` quits.
     Top(TopArgs),
@@ -235,9 +236,9 @@ pub struct DetachArgs {
     /// Interface to free.
     #[arg(long, value_name = "IF")]
     pub iface: String,
-    /// bpffs mount point the pins are under [default: the one the
+    /// bpffs mount point the pins are under. Default: the one the
     /// instance's state file (/run/portguard/IF.json) records, else
-    /// /sys/fs/bpf].
+    /// `/sys/fs/bpf`.
     #[arg(long, value_name = "DIR")]
     pub bpffs: Option<PathBuf>,
 }
