@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, fmt::Write as _, io::BufRead as _, path::Path};
 
 use crate::{
     catalog::{Catalog, Direction, MAX_CATALOG_BYTES, MatchSide, Protocol, read_bounded},
-    cli::{EXIT_FAILURE, EXIT_OK, SuggestArgs},
+    cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SuggestArgs},
     commands::events::{ClientError, parse_line, request},
     events::{control::Aggregates, control::Request},
 };
@@ -93,7 +93,7 @@ pub fn suggest(args: SuggestArgs) -> u8 {
         Err(e) => {
             eprintln!("portguard suggest --iface {}: {e}", args.iface);
             match e {
-                SuggestError::NoRole | SuggestError::UnknownRole(_) => crate::cli::EXIT_USAGE,
+                SuggestError::NoRole | SuggestError::UnknownRole(_) => EXIT_USAGE,
                 SuggestError::Catalog(_) | SuggestError::NoRoom => EXIT_FAILURE,
             }
         }
@@ -362,7 +362,8 @@ impl Context<'_> {
             self.role,
             a.catalog.as_ref().map_or(
                 "the catalog (the embedded default: pass it with --catalog)".to_string(),
-                |p| p.display().to_string()
+                // A line break in the path would end the comment.
+                |p| p.display().to_string().replace(['\n', '\r'], "?")
             ),
         );
         let ports: usize = runs.iter().map(|r| usize::from(r.end - r.start) + 1).sum();
