@@ -58,8 +58,9 @@ pub enum Command {
     Reload(ReloadArgs),
     /// The running daemon's packet events (root only).
     Events(EventsArgs),
-    /// A catalog fragment that would pass the traffic dropped (or that would
-    /// be dropped) since the daemon started.
+    /// A catalog fragment that would open the ports clients asked for (TCP
+    /// SYNs, UDP requests) and that were dropped (or would be) since the
+    /// daemon started.
     Suggest(SuggestArgs),
     /// A live terminal view of rates and the top dropped flows; `q` quits.
     Top(TopArgs),
@@ -267,9 +268,11 @@ pub struct DetachArgs {
     /// Interface to free.
     #[arg(long, value_name = "IF")]
     pub iface: String,
-    /// bpffs mount point the pins are under.
-    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
-    pub bpffs: PathBuf,
+    /// bpffs mount point the pins are under. Default: the one the
+    /// instance's state file (/run/portguard/IF.json) records, else
+    /// `/sys/fs/bpf`.
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -331,6 +334,10 @@ pub struct EventsArgs {
 pub struct SuggestArgs {
     #[arg(long, value_name = "IF")]
     pub iface: String,
+    /// Distinct sources of connection attempts (TCP SYNs) or UDP requests a
+    /// port needs to become a rule; ports with fewer are listed as comments.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_sources: u64,
     /// Where the daemon's control socket lives.
     #[arg(long, default_value = "/run/portguard", value_name = "DIR")]
     pub run_dir: PathBuf,

@@ -306,6 +306,12 @@ impl Daemon {
             catalog: self.catalog_path.clone(),
             catalog_generation: self.catalog_generation,
             slots: self.registry.slots().clone(),
+            // pin_dir is BPFFS/portguard/IF.
+            bpffs: self
+                .pin_dir
+                .as_deref()
+                .and_then(|d| d.parent()?.parent())
+                .map(|b| std::fs::canonicalize(b).unwrap_or_else(|_| b.to_path_buf())),
         };
         if let Err(e) = state::store(path, &s) {
             log::warn!("could not write {}: {e}", path.display());

@@ -18,6 +18,8 @@ use crate::{
 };
 
 pub const RUN_DIR: &str = "/run/portguard";
+/// Where the pins go when `--bpffs` is not given.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
 /// A state file is a few hundred bytes per rule; anything larger is not one.
 const MAX_STATE_BYTES: u64 = 16 << 20;
@@ -40,6 +42,11 @@ pub struct State {
     pub catalog: Option<PathBuf>,
     pub catalog_generation: u32,
     pub slots: BTreeMap<u16, RuleKey>,
+    /// The bpffs the instance pinned under (`run --bpffs`, absolute); None
+    /// when it runs without pins, and in files written before it was
+    /// recorded. `detach` (and so the package's `prerm`) finds the pins
+    /// through it.
+    pub bpffs: Option<PathBuf>,
 }
 
 impl State {
@@ -167,11 +174,13 @@ mod tests {
             iface: "eth9".into(),
             legs: vec!["eth9".into(), "eth10".into()],
             slots,
+            bpffs: Some("/srv/bpf".into()),
             ..State::default()
         };
         store(&p, &s).expect("store");
         let back = load(&p).expect("load");
         assert_eq!(back.pid, 42);
+        assert_eq!(back.bpffs, Some(PathBuf::from("/srv/bpf")), "bpffs");
         assert_eq!(back.registry().get(3).map(|k| k.port_start), Some(5061));
         assert_eq!(
             back.registry().get(4).map(|k| k.direction.as_str()),
@@ -190,6 +199,7 @@ mod tests {
         .expect("old state");
         let old = load(&path(&dir, "old0")).expect("an old state file loads");
         assert_eq!(old.legs(), ["old0"]);
+        assert_eq!(old.bpffs, None, "an old state file names no bpffs");
         assert_eq!(
             old.registry().get(1).map(|k| k.direction.as_str()),
             Some("")

@@ -4,6 +4,8 @@
 //! capabilities the unit grants: attach, enforce, pin, stop with
 //! --keep-attached leaving the program enforcing, a restart taking it over,
 //! and a final detach, all under that bounding set with no-new-privileges.
+//! The package's prerm, run as dpkg runs it on removal, takes portguard off
+//! every interface, whatever `--bpffs` each instance was run with.
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
@@ -296,5 +298,108 @@ fn portguard_runs_with_only_the_units_capabilities() {
         !pair.xdp_attached() && !pin_dir(&iface).exists() && !state_file(&iface).exists(),
         "not detached after SIGTERM without --keep-attached:\n{}",
         pair.server_link()
+    );
+}
+
+/// `packaging/maintainer-scripts/prerm remove`, in a mount namespace of its
+/// own (a fresh /run, /sys and bpffs: it must not find the instances of
+/// other tests on this machine), after two instances stopped with
+/// --keep-attached: one pinned under a `--bpffs` of its own, found through
+/// its state file, and one under the default bpffs whose state file is
+/// gone, found through its pins.
+#[test]
+fn prerm_detaches_every_instance_whatever_its_bpffs() {
+    if !testkit::require_privileges("packaging: prerm finds every instance") {
+        return;
+    }
+    let dir = TempDir::new("pk-prerm");
+    let ns = ops::ok_any("namespace", testkit::netns::NetNs::new("pkrm"));
+    for (a, b) in [("pkrma", "pkrmA"), ("pkrmb", "pkrmB")] {
+        ops::ok_any(
+            "veth pair",
+            ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b]),
+        );
+        for i in [a, b] {
+            ops::ok_any("link up", ns.ip(&["link", "set", i, "up"]));
+        }
+    }
+    let bpffs = dir.path().join("bpf");
+    ok("creating the bpffs directory", std::fs::create_dir(&bpffs));
+    let bin = testkit::portguard_bin();
+    let bin_dir = bin
+        .parent()
+        .unwrap_or_else(|| panic!("{} has no directory", bin.display()));
+    let prerm = ops::repo_root().join("packaging/maintainer-scripts/prerm");
+    let (d, b, p) = (dir.path().display(), bpffs.display(), bin_dir.display());
+    let script = format!(
+        r#"
+set -e
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -m 0700 /run/portguard
+PATH={p}:$PATH
+export PATH
+portguard run --iface pkrma --role front-end --keep-attached --metrics-addr 127.0.0.1:9481 2>{d}/a.log &
+a=$!
+portguard run --iface pkrmb --role front-end --keep-attached --metrics-addr 127.0.0.1:9482 --bpffs {b} 2>{d}/b.log &
+b=$!
+trap 'kill $a $b 2>/dev/null || true' EXIT
+for i in $(seq 200); do
+	grep -q 'metrics on http://' {d}/a.log && grep -q 'metrics on http://' {d}/b.log && break
+	sleep 0.1
+done
+kill -TERM $a $b
+wait $a || echo "EXIT a $?"
+wait $b || echo "EXIT b $?"
+report() {{
+	for i in pkrma pkrmb; do
+		if ip link show dev $i | grep -q 'prog/xdp'; then echo "$1 ATTACHED $i"; else echo "$1 DETACHED $i"; fi
+	done
+	for pins in /sys/fs/bpf/portguard/pkrma {b}/portguard/pkrmb; do
+		if [ -e $pins ]; then echo "$1 PINNED $pins"; else echo "$1 UNPINNED $pins"; fi
+	done
+	grep -o '"bpffs": *"[^"]*"' /run/portguard/pkrmb.json 2>/dev/null | sed "s/^/$1 STATE /" || true
+}}
+report BEFORE
+rm /run/portguard/pkrma.json
+sh {prerm} remove
+report AFTER
+"#,
+        prerm = prerm.display()
+    );
+    let out = ok(
+        "running prerm in a namespace",
+        Command::new("timeout")
+            .args(["120", "ip", "netns", "exec", ns.name(), "sh", "-c", &script])
+            .output(),
+    );
+    let logs = ["a.log", "b.log"]
+        .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default())
+        .join("\n");
+    let said = text(&out.stdout);
+    let report = format!(
+        "exit {}\nstdout:\n{said}\nstderr:\n{}\ndaemons:\n{logs}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(out.status.success(), "the script failed: {report}");
+    let bpffs_s = bpffs.display().to_string();
+    for want in [
+        "BEFORE ATTACHED pkrma".to_string(),
+        "BEFORE ATTACHED pkrmb".to_string(),
+        format!("BEFORE PINNED {bpffs_s}/portguard/pkrmb"),
+        format!("BEFORE STATE \"bpffs\": \"{bpffs_s}\""),
+        "AFTER DETACHED pkrma".to_string(),
+        "AFTER DETACHED pkrmb".to_string(),
+        "AFTER UNPINNED /sys/fs/bpf/portguard/pkrma".to_string(),
+        format!("AFTER UNPINNED {bpffs_s}/portguard/pkrmb"),
+    ] {
+        assert!(
+            said.lines().any(|l| l == want),
+            "no line {want:?}: {report}"
+        );
+    }
+    assert!(
+        !said.contains("EXIT "),
+        "an instance did not stop cleanly: {report}"
     );
 }

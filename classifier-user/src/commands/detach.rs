@@ -24,7 +24,15 @@ pub fn detach(args: DetachArgs) -> u8 {
     // nobody manages.
     let run_dir = std::path::Path::new(state::RUN_DIR);
     let name = state::instance_of(run_dir, &args.iface);
-    let dir = loader::pin_dir(&args.bpffs, &name);
+    let recorded = state::load(&state::path(run_dir, &name)).ok();
+    // The instance's own bpffs unless told otherwise: an instance run with
+    // `--bpffs` is found without it (the package's prerm passes none).
+    let bpffs = args
+        .bpffs
+        .clone()
+        .or_else(|| recorded.as_ref().and_then(|s| s.bpffs.clone()))
+        .unwrap_or_else(|| std::path::PathBuf::from(state::DEFAULT_BPFFS));
+    let dir = loader::pin_dir(&bpffs, &name);
     if !dir.exists() {
         return fail(
             format!(
@@ -38,9 +46,9 @@ pub fn detach(args: DetachArgs) -> u8 {
     if let Err(e) = trusted::check_existing_dir(&dir) {
         return fail(e.to_string(), EXIT_FAILURE);
     }
-    let legs = state::load(&state::path(run_dir, &name))
-        .map(|s| s.legs())
-        .unwrap_or_else(|_| vec![name.clone()]);
+    let legs = recorded
+        .as_ref()
+        .map_or_else(|| vec![name.clone()], state::State::legs);
     let mut locks = Vec::new();
     for leg in &legs {
         match InstanceLock::acquire(leg, false) {

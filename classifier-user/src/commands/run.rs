@@ -394,6 +394,7 @@ fn run_locked(
             roles: args.role.clone(),
             catalog: args.catalog.clone(),
             mode: format!("{:?}", args.mode).to_lowercase(),
+            client_media_ports: args.client_media_ports,
             run_dir: PathBuf::from(state::RUN_DIR),
         },
     )?;

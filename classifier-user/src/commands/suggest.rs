@@ -1,19 +1,70 @@
-//! `portguard suggest`: the traffic the daemon dropped (or, in monitor mode,
-//! would have) because no rule allowed its port, as `[[rule]]` entries in the
-//! catalog's own TOML. Appended to the catalog in force they pass `catalog
-//! check`, and once loaded (SIGHUP) that traffic passes.
+//! `portguard suggest`: the ports the daemon dropped (or, in monitor mode,
+//! would have) because no rule allowed them, as `[[rule]]` entries in the
+//! catalog's own TOML, for the ports someone asked for a service on.
+//!
+//! What the daemon says here is what anyone who can send it packets can
+//! make it say, so only requests count as evidence (a TCP SYN, a UDP
+//! datagram that is not a server's answer), never packets to the ports
+//! the host's own connections get their answers on; ports are ranked by
+//! distinct sources, capped, merged into ranges, and the fragment is
+//! checked, appended to the catalog in force, with the same parser as
+//! `catalog check` before it is printed. docs/visibility.md has the rules.
 
-use std::{collections::BTreeMap, fmt::Write as _, io::BufRead as _};
+use std::{collections::BTreeMap, fmt::Write as _, io::BufRead as _, path::Path};
 
 use crate::{
-    catalog::{Catalog, Protocol},
+    catalog::{Catalog, Direction, MAX_CATALOG_BYTES, MatchSide, Protocol, read_bounded},
     cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SuggestArgs},
-    commands::{
-        events::{ClientError, parse_line, request},
-        run::read_catalog,
-    },
-    events::{control::Aggregates, control::Request, store::PortAggregate},
+    commands::events::{ClientError, parse_line, request},
+    events::{control::Aggregates, control::Request},
 };
+
+/// Most ports suggested in one fragment; the rest are counted, not shown.
+pub const MAX_SUGGESTED_PORTS: usize = 64;
+/// Most lines in each list of ports not suggested.
+pub const MAX_NOTED: usize = 16;
+/// IANA's dynamic ports (RFC 6335), the ephemeral range of Windows (the
+/// Skype for Business servers and clients), BSD and macOS stacks: no
+/// service is assigned there, and answers to their connections arrive
+/// there.
+pub const DYNAMIC_PORTS: (u16, u16) = (49_152, 65_535);
+/// Linux's default `net.ipv4.ip_local_port_range`, for a daemon that did
+/// not report its own.
+pub const LINUX_EPHEMERAL: (u16, u16) = (32_768, 60_999);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuggestError {
+    #[error(
+        "the instance runs no --role (per-destination profiles only): add the rules to the role of the profile by hand"
+    )]
+    NoRole,
+    #[error("role {0} is not in the catalog in force")]
+    UnknownRole(String),
+    #[error("{0}")]
+    Catalog(String),
+    #[error(
+        "the catalog in force is too close to its {MAX_CATALOG_BYTES}-byte limit for any suggestion to be appended"
+    )]
+    NoRoom,
+}
+
+/// How much evidence a port needs and how many ports a fragment may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Distinct sources of requests a port needs to become a rule.
+    pub min_sources: u64,
+    /// Most ports suggested as rules.
+    pub max_ports: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            min_sources: 2,
+            max_ports: MAX_SUGGESTED_PORTS,
+        }
+    }
+}
 
 pub fn suggest(args: SuggestArgs) -> u8 {
     let aggregates = match fetch(&args) {
@@ -23,21 +74,28 @@ pub fn suggest(args: SuggestArgs) -> u8 {
             return e.exit_code();
         }
     };
-    let catalog = match read_catalog(aggregates.catalog.as_deref()) {
+    let (catalog, text) = match catalog_in_force(aggregates.catalog.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("portguard suggest: the catalog in force no longer loads:\n{e}");
             return EXIT_FAILURE;
         }
     };
-    match fragment(&catalog, &aggregates) {
+    let options = Options {
+        min_sources: args.min_sources,
+        ..Options::default()
+    };
+    match fragment(&catalog, &text, &aggregates, options) {
         Ok(text) => {
             print!("{text}");
             EXIT_OK
         }
         Err(e) => {
             eprintln!("portguard suggest --iface {}: {e}", args.iface);
-            EXIT_USAGE
+            match e {
+                SuggestError::NoRole | SuggestError::UnknownRole(_) => EXIT_USAGE,
+                SuggestError::Catalog(_) | SuggestError::NoRoom => EXIT_FAILURE,
+            }
         }
     }
 }
@@ -51,112 +109,447 @@ fn fetch(args: &SuggestArgs) -> Result<Aggregates, ClientError> {
     parse_line(line.trim())
 }
 
-/// One suggestion: a (protocol, port) with its counts over both verdicts.
-#[derive(Default)]
-struct Seen {
-    packets: u64,
-    sources: u64,
-    capped: bool,
+/// The catalog the daemon runs and its text (what the fragment is
+/// appended to), read the way `catalog check` reads it.
+fn catalog_in_force(path: Option<&Path>) -> Result<(Catalog, String), String> {
+    let Some(path) = path else {
+        return Ok((Catalog::embedded(), Catalog::embedded_text().to_string()));
+    };
+    let shown = path.display().to_string();
+    let bytes = read_bounded(path, MAX_CATALOG_BYTES).map_err(|e| format!("{shown}: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|e| format!("{shown}: not UTF-8: {e}"))?;
+    let (catalog, _warnings) = Catalog::parse(&text, &shown).map_err(|e| e.to_string())?;
+    Ok((catalog, text))
 }
 
-/// The TOML fragment for `a`, against `catalog`.
-pub fn fragment(catalog: &Catalog, a: &Aggregates) -> Result<String, String> {
-    let Some(role) = a.roles.first() else {
-        return Err(
-            "the instance runs no --role (per-destination profiles only): add the rules to the role of the profile by hand"
-                .into(),
-        );
-    };
+/// One (protocol, port), both verdicts added up.
+#[derive(Clone, Debug, Default)]
+struct Port {
+    proto: String,
+    port: u16,
+    /// Packets dropped as `port_not_allowed`.
+    packets: u64,
+    sources: u64,
+    sources_capped: bool,
+    requests: u64,
+    request_sources: u64,
+    request_sources_capped: bool,
+}
+
+/// Why a port is not suggested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Left {
+    /// Requests from fewer than `min_sources` sources.
+    Weak,
+    /// No request at all.
+    NotRequests,
+    /// In an ephemeral range.
+    Answers,
+    /// The catalog file already allows it for the instance's roles.
+    Listed,
+}
+
+/// Adjacent suggested ports of one protocol: one rule.
+#[derive(Debug)]
+struct Run {
+    proto: String,
+    start: u16,
+    end: u16,
+    requests: u64,
+    min_sources: u64,
+    max_sources: u64,
+    capped: bool,
+    /// The rank of its best port (0 = the most distinct sources).
+    rank: usize,
+}
+
+/// The TOML fragment for `a`, against `catalog` (whose text is
+/// `catalog_text`): appended to that text it passes `catalog check`.
+pub fn fragment(
+    catalog: &Catalog,
+    catalog_text: &str,
+    a: &Aggregates,
+    options: Options,
+) -> Result<String, SuggestError> {
+    let role = a.roles.first().ok_or(SuggestError::NoRole)?;
     let table = catalog
         .role(role)
-        .ok_or_else(|| format!("role {role} is not in the catalog in force"))?
+        .ok_or_else(|| SuggestError::UnknownRole(role.clone()))?
         .table;
-    let mine = catalog.resolve_roles(&a.roles).map_err(|e| e.to_string())?;
-    let mut seen: BTreeMap<(String, u16), Seen> = BTreeMap::new();
-    for p in a.ports.iter().filter(|p| useful(p)) {
-        let s = seen.entry((p.proto.clone(), p.port)).or_default();
+    let mine = catalog
+        .resolve_roles(&a.roles)
+        .map_err(|e| SuggestError::Catalog(e.to_string()))?;
+    // What the catalog file allows the instance, media rows narrowed as
+    // the daemon narrows them; a range the file no longer accepts leaves
+    // the media rows out (they then allow nothing here).
+    let narrowed = a
+        .client_media_ports
+        .map(|(lo, hi)| catalog.with_client_media(lo, hi));
+    let (file, media_known) = match &narrowed {
+        Some(Ok(c)) => (c, true),
+        Some(Err(_)) => (catalog, false),
+        None => (catalog, true),
+    };
+    let in_force: Vec<_> = file
+        .effective_rules(&a.roles)
+        .map_err(|e| SuggestError::Catalog(e.to_string()))?
+        .into_iter()
+        .filter(|r| media_known || !r.media)
+        .collect();
+    let ephemeral = a.ephemeral.unwrap_or(LINUX_EPHEMERAL);
+    let answer_ranges = [ephemeral, DYNAMIC_PORTS];
+
+    let mut ports: BTreeMap<(String, u16), Port> = BTreeMap::new();
+    for p in &a.ports {
+        if !(p.proto == "tcp" || p.proto == "udp") || p.not_allowed == 0 || p.port == 0 {
+            continue;
+        }
+        let s = ports.entry((p.proto.clone(), p.port)).or_default();
+        s.proto.clone_from(&p.proto);
+        s.port = p.port;
         s.packets += p.not_allowed;
+        s.requests += p.requests;
         // Sources per verdict may overlap: the larger is a floor.
         s.sources = s.sources.max(p.sources);
-        s.capped |= p.sources_capped;
+        s.sources_capped |= p.sources_capped;
+        s.request_sources = s.request_sources.max(p.request_sources);
+        s.request_sources_capped |= p.request_sources_capped;
     }
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# portguard suggest --iface {}: traffic {} since the daemon started ({} mode),\n\
-         # {} (proto, port) pair(s), for role {role}. Review before appending to\n\
-         # {} and reloading (SIGHUP).",
-        a.iface,
-        if a.mode == "monitor" {
-            "that enforcing would drop"
+
+    let mut candidates = Vec::new();
+    let mut left: BTreeMap<Left, Vec<(Port, String)>> = BTreeMap::new();
+    for p in ports.into_values() {
+        let why = if answer_ranges
+            .iter()
+            .any(|&(lo, hi)| lo <= p.port && p.port <= hi)
+        {
+            Some((Left::Answers, String::new()))
+        } else if let Some(r) = in_force.iter().find(|r| {
+            r.direction == Direction::Inbound
+                && r.side == MatchSide::Destination
+                && r.protocol.as_str() == p.proto
+                && r.port_start <= p.port
+                && p.port <= r.port_end
+        }) {
+            Some((Left::Listed, format!(" ({}: {:?})", r.role, r.service)))
+        } else if p.requests == 0 {
+            Some((Left::NotRequests, String::new()))
+        } else if p.request_sources < options.min_sources {
+            Some((Left::Weak, String::new()))
         } else {
-            "dropped"
-        },
-        a.mode,
-        seen.len(),
-        a.catalog.as_ref().map_or(
-            "the catalog (the embedded default: pass it with --catalog)".to_string(),
-            |p| { p.display().to_string() }
-        ),
-    );
-    if a.suppressed > 0 {
-        let _ = writeln!(
-            out,
-            "# {} events were suppressed by the budget: counts below are a floor.",
-            a.suppressed
-        );
+            None
+        };
+        match why {
+            Some((kind, detail)) => left.entry(kind).or_default().push((p, detail)),
+            None => candidates.push(p),
+        }
     }
-    for ((proto, port), s) in &seen {
-        let upper = proto.to_uppercase();
+    // Distinct sources first: one sender repeating itself is weaker
+    // evidence than many senders asking once each.
+    candidates.sort_by(|x, y| {
+        y.request_sources
+            .cmp(&x.request_sources)
+            .then(y.requests.cmp(&x.requests))
+            .then(x.proto.cmp(&y.proto))
+            .then(x.port.cmp(&y.port))
+    });
+    let capped = candidates.len().saturating_sub(options.max_ports);
+    candidates.truncate(options.max_ports);
+    let runs = merge(&candidates);
+
+    let context = Context {
+        catalog,
+        mine: &mine,
+        role,
+        table: table.as_str(),
+        a,
+        options,
+        ephemeral,
+        capped,
+        left: &left,
+    };
+    // Ranked runs are dropped from the end until the catalog with the
+    // fragment checks: a limit (size, counter slots) is never passed.
+    let mut n = runs.len();
+    loop {
+        let text = context.render(&runs[..n], runs.len() - n);
+        if fits(catalog_text, &text) {
+            return Ok(text);
+        }
+        if n == 0 {
+            return Err(SuggestError::NoRoom);
+        }
+        n /= 2;
+    }
+}
+
+/// Whether `catalog_text` with `fragment` appended passes `catalog check`.
+fn fits(catalog_text: &str, fragment: &str) -> bool {
+    if (catalog_text.len() + fragment.len()) as u64 > MAX_CATALOG_BYTES {
+        return false;
+    }
+    let combined = format!("{catalog_text}{fragment}");
+    Catalog::parse(&combined, "catalog + suggest").is_ok()
+}
+
+/// Adjacent ports of a protocol become one run; runs keep the rank of
+/// their best port. Only ports that were each suggested are merged, so a
+/// range never opens a port that was not asked for.
+fn merge(ranked: &[Port]) -> Vec<Run> {
+    let mut by_port: Vec<(usize, &Port)> = ranked.iter().enumerate().collect();
+    by_port.sort_by(|(_, x), (_, y)| x.proto.cmp(&y.proto).then(x.port.cmp(&y.port)));
+    let mut runs: Vec<Run> = Vec::new();
+    for (rank, p) in by_port {
+        match runs.last_mut() {
+            Some(r) if r.proto == p.proto && u32::from(r.end) + 1 == u32::from(p.port) => {
+                r.end = p.port;
+                r.requests += p.requests;
+                r.min_sources = r.min_sources.min(p.request_sources);
+                r.max_sources = r.max_sources.max(p.request_sources);
+                r.capped |= p.request_sources_capped;
+                r.rank = r.rank.min(rank);
+            }
+            _ => runs.push(Run {
+                proto: p.proto.clone(),
+                start: p.port,
+                end: p.port,
+                requests: p.requests,
+                min_sources: p.request_sources,
+                max_sources: p.request_sources,
+                capped: p.request_sources_capped,
+                rank,
+            }),
+        }
+    }
+    runs.sort_by_key(|r| r.rank);
+    runs
+}
+
+struct Context<'a> {
+    catalog: &'a Catalog,
+    mine: &'a [String],
+    role: &'a str,
+    table: &'a str,
+    a: &'a Aggregates,
+    options: Options,
+    ephemeral: (u16, u16),
+    /// Ports with evidence enough past `max_ports`.
+    capped: usize,
+    left: &'a BTreeMap<Left, Vec<(Port, String)>>,
+}
+
+impl Context<'_> {
+    /// The fragment with `runs` as rules; `dropped` more runs were left out
+    /// to stay within the catalog's limits.
+    fn render(&self, runs: &[Run], dropped: usize) -> String {
+        let a = self.a;
+        let mut out = String::new();
+        // A blank line first: appended to a file whose last line has no
+        // newline, the fragment still starts on a line of its own.
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "# {upper} {port}: {} packet(s) from {}{} distinct source(s)",
-            s.packets,
-            s.sources,
-            if s.capped { "+" } else { "" }
+            "# portguard suggest --iface {}: traffic {} since the daemon started ({} mode),\n\
+             # for role {}. Review it before appending it to\n\
+             # {} and reloading (SIGHUP).",
+            a.iface,
+            if a.mode == "monitor" {
+                "that enforcing would drop"
+            } else {
+                "dropped"
+            },
+            a.mode,
+            self.role,
+            a.catalog.as_ref().map_or(
+                "the catalog (the embedded default: pass it with --catalog)".to_string(),
+                // A line break in the path would end the comment.
+                |p| p.display().to_string().replace(['\n', '\r'], "?")
+            ),
         );
-        for other in listed_elsewhere(catalog, &mine, proto, *port) {
+        let ports: usize = runs.iter().map(|r| usize::from(r.end - r.start) + 1).sum();
+        let _ = writeln!(
+            out,
+            "# Evidence is a request: a TCP SYN or a UDP datagram that is not a server's\n\
+             # answer, from at least {} distinct source(s). Ports are ranked by distinct\n\
+             # sources, then packets; at most {} are suggested, adjacent ones as a range.\n\
+             # Sources can be forged: a port here was asked for, not proven needed.\n\
+             # {} rule(s) for {ports} port(s).",
+            self.options.min_sources,
+            self.options.max_ports,
+            runs.len(),
+        );
+        if self.capped > 0 {
             let _ = writeln!(
                 out,
-                "# {upper} {port} is listed for role {other}: add `--role {other}` instead?"
+                "# {} more port(s) with evidence enough were left out (at most {} at a\n\
+                 # time). That many ports asked for at once is more likely a scan from\n\
+                 # forged sources than services someone needs.",
+                self.capped, self.options.max_ports
+            );
+        }
+        if dropped > 0 {
+            let _ = writeln!(
+                out,
+                "# {dropped} more rule(s) were left out: with them the catalog would pass\n\
+                 # its limits (size or counter slots, docs/catalog.md \"Limits\")."
+            );
+        }
+        if a.suppressed > 0 {
+            let _ = writeln!(
+                out,
+                "# {} events were suppressed by the budget: counts below are a floor.",
+                a.suppressed
+            );
+        }
+        if a.ports_evicted > 0 || a.ports_overflow > 0 {
+            let _ = writeln!(
+                out,
+                "# The daemon keeps {} ports: {} seen only once (a scan's) were forgotten\n\
+                 # to make room and {} events found none, so some ports may be missing.",
+                crate::events::store::MAX_PORT_KEYS,
+                a.ports_evicted,
+                a.ports_overflow
+            );
+        }
+        for r in runs {
+            self.rule(&mut out, r);
+        }
+        self.notes(&mut out);
+        out
+    }
+
+    fn rule(&self, out: &mut String, r: &Run) {
+        let upper = r.proto.to_uppercase();
+        let ports = if r.start == r.end {
+            r.start.to_string()
+        } else {
+            format!("{}-{}", r.start, r.end)
+        };
+        let plus = if r.capped { "+" } else { "" };
+        let sources = if r.start == r.end {
+            format!("{}{plus} distinct source(s)", r.max_sources)
+        } else if r.min_sources == r.max_sources {
+            format!("{}{plus} distinct source(s) per port", r.max_sources)
+        } else {
+            format!(
+                "{}-{}{plus} distinct source(s) per port",
+                r.min_sources, r.max_sources
+            )
+        };
+        let what = if r.proto == "tcp" { "TCP SYN" } else { "UDP" };
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "# {upper} {ports}: {} packet(s) asking for a service ({what}) from {sources}",
+            r.requests
+        );
+        for other in listed_elsewhere(self.catalog, self.mine, &r.proto, r.start, r.end) {
+            let _ = writeln!(
+                out,
+                "# {upper} {ports} is listed for role {other}: add `--role {other}` instead?"
             );
         }
         let _ = writeln!(out, "[[rule]]");
-        let _ = writeln!(out, "role = {}", toml_str(role));
+        let _ = writeln!(out, "role = {}", toml_str(self.role));
         let _ = writeln!(
             out,
             "service = {}",
-            toml_str(&format!("suggested: {upper} {port}"))
+            toml_str(&format!("suggested: {upper} {ports}"))
         );
-        let _ = writeln!(out, "protocol = {}", toml_str(proto));
-        let _ = writeln!(out, "ports = \"{port}\"");
+        let _ = writeln!(out, "protocol = {}", toml_str(&r.proto));
+        let _ = writeln!(out, "ports = \"{ports}\"");
         let _ = writeln!(out, "transport = {}", toml_str(&upper));
-        let _ = writeln!(out, "table = {}", toml_str(table.as_str()));
+        let _ = writeln!(out, "table = {}", toml_str(self.table));
         let _ = writeln!(
             out,
             "note = {}",
             toml_str(&format!(
-                "Added from portguard suggest on {}: {} packet(s), {} source(s).",
-                a.iface, s.packets, s.sources
+                "Added from portguard suggest on {}: {} request(s) from {sources}.",
+                self.a.iface, r.requests
             ))
         );
     }
-    Ok(out)
+
+    /// The ports not suggested, by reason, busiest first: comments only.
+    fn notes(&self, out: &mut String) {
+        for (kind, ports) in self.left {
+            let _ = writeln!(out);
+            let head = match kind {
+                Left::Weak => format!(
+                    "# Not suggested: asked for from fewer than {} distinct sources (a scan,\n\
+                     # one client, one forger). `--min-sources 1` makes rules of them:",
+                    self.options.min_sources
+                ),
+                Left::NotRequests => {
+                    "# Not suggested: no request among the packets. TCP without a SYN is a\n\
+                     # late answer to the host's own connection, backscatter of someone\n\
+                     # else's forged SYNs or an ACK scan; UDP from a well-known port to a\n\
+                     # high one is a server's answer:"
+                        .to_string()
+                }
+                Left::Answers => format!(
+                    "# Not suggested: to the ephemeral ports {}-{} (this host's\n\
+                     # net.ipv4.ip_local_port_range) or {}-{} (IANA's dynamic ports, other\n\
+                     # stacks' ephemeral range), where answers to connections arrive. A\n\
+                     # late answer is no service; open a service there by hand:",
+                    self.ephemeral.0, self.ephemeral.1, DYNAMIC_PORTS.0, DYNAMIC_PORTS.1
+                ),
+                Left::Listed => {
+                    "# Not suggested: the catalog file already allows them for the instance's\n\
+                     # roles (dropped before the last reload, or outside --client-media-ports):"
+                        .to_string()
+                }
+            };
+            let _ = writeln!(out, "{head}");
+            let mut ports: Vec<&(Port, String)> = ports.iter().collect();
+            ports.sort_by(|(x, _), (y, _)| {
+                y.packets
+                    .cmp(&x.packets)
+                    .then(x.proto.cmp(&y.proto))
+                    .then(x.port.cmp(&y.port))
+            });
+            for (p, detail) in ports.iter().take(MAX_NOTED) {
+                let (count, capped) = if *kind == Left::Weak {
+                    (p.request_sources, p.request_sources_capped)
+                } else {
+                    (p.sources, p.sources_capped)
+                };
+                let _ = writeln!(
+                    out,
+                    "#   {} {}: {} packet(s), {} request(s), from {}{} source(s){detail}",
+                    p.proto.to_uppercase(),
+                    p.port,
+                    p.packets,
+                    p.requests,
+                    count,
+                    if capped { "+" } else { "" },
+                );
+            }
+            if ports.len() > MAX_NOTED {
+                let _ = writeln!(out, "#   ... and {} more", ports.len() - MAX_NOTED);
+            }
+        }
+    }
 }
 
-/// TCP or UDP traffic that a rule could have let through.
-fn useful(p: &PortAggregate) -> bool {
-    (p.proto == "tcp" || p.proto == "udp") && p.not_allowed > 0 && p.port != 0
-}
-
-/// Roles outside the instance's that list `proto`/`port`.
-fn listed_elsewhere(catalog: &Catalog, mine: &[String], proto: &str, port: u16) -> Vec<String> {
+/// Roles outside the instance's whose inbound rows (other than the client
+/// media rows) list `proto` ports in `start..=end`.
+fn listed_elsewhere(
+    catalog: &Catalog,
+    mine: &[String],
+    proto: &str,
+    start: u16,
+    end: u16,
+) -> Vec<String> {
     let mut roles: Vec<String> = catalog
         .rules
         .iter()
         .filter(|r| !mine.contains(&r.role))
-        .filter(|r| r.port_start <= port && port <= r.port_end)
+        // The client media rows span 1024-65535: naming them for every
+        // port would say nothing.
+        .filter(|r| !r.media)
+        .filter(|r| r.direction == Direction::Inbound && r.side == MatchSide::Destination)
+        .filter(|r| r.port_start <= end && start <= r.port_end)
         .filter(|r| {
             r.protocols.iter().any(|p| match p {
                 Protocol::Tcp => proto == "tcp",
@@ -177,60 +570,4 @@ fn toml_str(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn agg(proto: &str, port: u16, verdict: &str, packets: u64) -> PortAggregate {
-        PortAggregate {
-            proto: proto.into(),
-            port,
-            direction: "inbound".into(),
-            verdict: verdict.into(),
-            packets,
-            sources: 2,
-            sources_capped: false,
-            not_allowed: packets,
-        }
-    }
-
-    #[test]
-    fn fragment_appended_to_the_catalog_checks_and_names_other_roles() {
-        let catalog = Catalog::embedded();
-        let a = Aggregates {
-            iface: "eth9".into(),
-            roles: vec!["front-end".into()],
-            catalog: None,
-            mode: "monitor".into(),
-            ports: vec![
-                agg("udp", 161, "would_drop", 20),
-                agg("tcp", 3389, "would_drop", 3),
-                agg("udp", 3478, "would_drop", 4),
-            ],
-            events_received: 27,
-            suppressed: 0,
-        };
-        let text = fragment(&catalog, &a).unwrap_or_else(|e| panic!("no fragment: {e}"));
-        assert!(
-            text.contains("# UDP 161: 20 packet(s) from 2 distinct"),
-            "{text}"
-        );
-        let combined = format!("{}\n{text}", Catalog::embedded_text());
-        let (with, _) = Catalog::parse(&combined, "combined.toml")
-            .unwrap_or_else(|e| panic!("the fragment does not check:\n{e}\n{text}"));
-        for port in [161, 3389, 3478] {
-            assert!(
-                with.rules
-                    .iter()
-                    .any(|r| r.role == "front-end" && r.port_start == port && r.port_end == port),
-                "no front-end rule for {port} in\n{text}"
-            );
-        }
-        let hint = text
-            .lines()
-            .find(|l| l.starts_with("# UDP 3478 is listed for role"));
-        assert!(
-            hint.is_some(),
-            "no hint about the roles listing UDP 3478:\n{text}"
-        );
-    }
-}
+mod tests;

@@ -29,6 +29,12 @@ pub const MAX_CLIENTS: usize = 16;
 pub const FOLLOW_QUEUE: usize = 1_024;
 /// A client that takes longer than this to accept one line is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a `--follow` client is checked for a hang-up. Without the
+/// check a client whose filter never matches is never written to, so its
+/// death went unnoticed and its slot was never freed.
+pub const HANGUP_CHECK: Duration = Duration::from_secs(1);
+/// Where the host's own outgoing connections get their source ports.
+const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
 pub fn socket_path(run_dir: &Path, iface: &str) -> PathBuf {
     run_dir.join(format!("{iface}.sock"))
@@ -59,6 +65,34 @@ pub struct Aggregates {
     pub ports: Vec<PortAggregate>,
     pub events_received: u64,
     pub suppressed: u64,
+    /// Events to new ports that found the key table full.
+    #[serde(default)]
+    pub ports_overflow: u64,
+    /// Ports seen once, forgotten to make room (a scan's).
+    #[serde(default)]
+    pub ports_evicted: u64,
+    /// The daemon's network namespace's ephemeral port range
+    /// (`net.ipv4.ip_local_port_range`, which IPv6 uses too): where answers
+    /// to the host's own connections arrive. None if it could not be read.
+    #[serde(default)]
+    pub ephemeral: Option<(u16, u16)>,
+    /// `run --client-media-ports`: the catalog's media rows narrowed to it.
+    #[serde(default)]
+    pub client_media_ports: Option<(u16, u16)>,
+}
+
+/// `net.ipv4.ip_local_port_range` as this process sees it (its network
+/// namespace's).
+pub fn local_port_range() -> Option<(u16, u16)> {
+    parse_port_range(&std::fs::read_to_string(LOCAL_PORT_RANGE).ok()?)
+}
+
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    match (it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -178,9 +212,14 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
         Request::Aggregates => {
             // One lock for both reads (a second lock() in the same
             // expression would wait for the first guard forever).
-            let (ports, events_received) = {
+            let (ports, events_received, ports_overflow, ports_evicted) = {
                 let store = shared.store();
-                (store.aggregates(), store.received)
+                (
+                    store.aggregates(),
+                    store.received,
+                    store.ports_overflow,
+                    store.ports_evicted,
+                )
             };
             let a = Aggregates {
                 iface: shared.iface.clone(),
@@ -190,6 +229,10 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
                 ports,
                 events_received,
                 suppressed: shared.suppressed.load(Ordering::Relaxed),
+                ports_overflow,
+                ports_evicted,
+                ephemeral: local_port_range(),
+                client_media_ports: shared.client_media_ports,
             };
             let _ = write_line(&mut stream, &serde_json::to_string(&a).unwrap_or_default()).await;
         }
@@ -211,6 +254,24 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
             follow,
         } => events(stream, shared, count, verdict, follow).await,
     }
+}
+
+/// Whether the client closed its end (or died: the kernel closes it then).
+/// POLLHUP on a unix stream socket means both directions are shut, so a
+/// client that only shut its writing half after the request (POLLRDHUP)
+/// and still reads is kept. Asked without waiting; cheap enough once a
+/// second per follower.
+fn hung_up(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd that we own, a descriptor the stream keeps open,
+    // and a zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }
 
 async fn events(
@@ -241,7 +302,19 @@ async fn events(
     let Some(rx) = rx.as_mut() else {
         return;
     };
-    while let Some(r) = rx.recv().await {
+    let mut hangup = tokio::time::interval(HANGUP_CHECK);
+    hangup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let r = tokio::select! {
+            r = rx.recv() => r,
+            _ = hangup.tick() => {
+                if hung_up(&stream) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(r) = r else { break };
         if !keep(&r) {
             continue;
         }
@@ -258,4 +331,51 @@ async fn events(
         "dropped: this client did not keep up with the events",
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_client_is_hung_up_a_half_closed_one_is_not() {
+        let (ours, theirs) = UnixStream::pair().unwrap_or_else(|e| panic!("a socket pair: {e}"));
+        assert!(!hung_up(&ours), "a connected client seen as hung up");
+        let mut theirs = theirs;
+        theirs
+            .shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("shutdown(SHUT_WR): {e}"));
+        assert!(
+            !hung_up(&ours),
+            "a client that only stopped writing (it may still read) seen as hung up"
+        );
+        drop(theirs);
+        assert!(hung_up(&ours), "a closed client not seen as hung up");
+
+        // One that dies with our lines unread (POLLERR with the hang-up).
+        let (mut ours, theirs) =
+            UnixStream::pair().unwrap_or_else(|e| panic!("a socket pair: {e}"));
+        ours.write_all(b"unread\n")
+            .await
+            .unwrap_or_else(|e| panic!("writing: {e}"));
+        drop(theirs);
+        assert!(
+            hung_up(&ours),
+            "a client that died unread not seen as hung up"
+        );
+    }
+
+    #[test]
+    fn the_local_port_range_is_read_as_linux_writes_it() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32_768, 60_999)));
+        assert_eq!(parse_port_range("1024 65535"), Some((1_024, 65_535)));
+        assert_eq!(parse_port_range("60999 32768"), None, "reversed");
+        assert_eq!(parse_port_range("32768"), None, "one number");
+        assert_eq!(parse_port_range("a b"), None, "not numbers");
+        assert!(
+            local_port_range().is_some(),
+            "{LOCAL_PORT_RANGE} unreadable here"
+        );
+    }
 }

@@ -40,6 +40,8 @@ pub struct Shared {
     pub roles: Vec<String>,
     pub catalog: Option<PathBuf>,
     pub mode: String,
+    /// `run --client-media-ports`: the media rows' range in force.
+    pub client_media_ports: Option<(u16, u16)>,
     store: Mutex<Store>,
     followers: Mutex<Vec<mpsc::Sender<Arc<EventRecord>>>>,
     pub clients: AtomicUsize,
@@ -78,6 +80,7 @@ pub struct EventSettings {
     pub roles: Vec<String>,
     pub catalog: Option<PathBuf>,
     pub mode: String,
+    pub client_media_ports: Option<(u16, u16)>,
     pub run_dir: PathBuf,
 }
 
@@ -129,6 +132,7 @@ impl Events {
                 roles: settings.roles,
                 catalog: settings.catalog,
                 mode: settings.mode,
+                client_media_ports: settings.client_media_ports,
                 store: Mutex::new(Store::default()),
                 followers: Mutex::new(Vec::new()),
                 clients: AtomicUsize::new(0),
@@ -240,7 +244,9 @@ async fn read_ring(
                 registry_at = Instant::now();
             }
             let leg = shared.leg_name(e.ifindex);
-            batch.push(Arc::new(record::decode(&e, &leg, offset, &registry)));
+            let h = record::headers(record::captured(&e));
+            let r = record::decode_parsed(&e, &h, &leg, offset, &registry);
+            batch.push((Arc::new(r), h.tcp_flags));
             if batch.len() >= 256 {
                 deliver(&shared, std::mem::take(&mut batch));
             }
@@ -250,19 +256,21 @@ async fn read_ring(
     }
 }
 
-fn deliver(shared: &Shared, batch: Vec<Arc<EventRecord>>) {
+/// Events with their TCP flags (which the store classifies by, and which
+/// the control socket's answers do not carry).
+fn deliver(shared: &Shared, batch: Vec<(Arc<EventRecord>, Option<u8>)>) {
     if batch.is_empty() {
         return;
     }
     {
         let mut store = shared.store();
-        for r in &batch {
-            store.push((**r).clone());
+        for (r, flags) in &batch {
+            store.push((**r).clone(), *flags);
         }
     }
     let mut followers = shared.followers();
     followers.retain(|tx| {
-        for r in &batch {
+        for (r, _) in &batch {
             match tx.try_send(r.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {

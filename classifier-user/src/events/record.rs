@@ -57,6 +57,9 @@ pub struct Headers {
     pub ip_proto: Option<u8>,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
+    /// A TCP segment's flags byte (FIN 0x01 … CWR 0x80): whether a dropped
+    /// segment asked for a connection (`suggest` counts only those).
+    pub tcp_flags: Option<u8>,
 }
 
 /// Reads VLAN tags, addresses and ports with etherparse's lax parser, which
@@ -97,6 +100,12 @@ pub fn headers(frame: &[u8]) -> Headers {
             h.sport = Some(t.source_port);
             h.dport = Some(t.destination_port);
             h.ip_proto = Some(6);
+            h.tcp_flags = Some(
+                [t.fin, t.syn, t.rst, t.psh, t.ack, t.urg, t.ece, t.cwr]
+                    .iter()
+                    .enumerate()
+                    .fold(0u8, |acc, (bit, &set)| acc | (u8::from(set) << bit)),
+            );
         }
         Some(TransportHeader::Icmpv4(_)) => h.ip_proto = Some(1),
         Some(TransportHeader::Icmpv6(_)) => h.ip_proto = Some(58),
@@ -145,12 +154,27 @@ pub fn rfc3339(wall_ns: u64) -> String {
         .unwrap_or_default()
 }
 
+/// The bytes of the frame the kernel captured for `e`.
+pub fn captured(e: &Event) -> &[u8] {
+    &e.data[..(e.captured as usize).min(e.data.len())]
+}
+
 /// Decodes the kernel's event for `iface`; `offset_ns` from
 /// [`monotonic_offset_ns`], `registry` names rule slots.
 pub fn decode(e: &Event, iface: &str, offset_ns: i128, registry: &SlotRegistry) -> EventRecord {
-    let captured = (e.captured as usize).min(e.data.len());
-    let frame = &e.data[..captured];
-    let h = headers(frame);
+    decode_parsed(e, &headers(captured(e)), iface, offset_ns, registry)
+}
+
+/// [`decode`] with the headers already read from [`captured`]`(e)`, for a
+/// caller that needs them too (the reader keeps the TCP flags for the store).
+pub fn decode_parsed(
+    e: &Event,
+    h: &Headers,
+    iface: &str,
+    offset_ns: i128,
+    registry: &SlotRegistry,
+) -> EventRecord {
+    let frame = captured(e);
     let wall = (i128::from(e.time_ns) + offset_ns).max(0) as u64;
     let (reason, role, service) = if e.reason == EVENT_REASON_RULE {
         match u16::try_from(e.slot).ok().and_then(|s| registry.get(s)) {
@@ -170,7 +194,7 @@ pub fn decode(e: &Event, iface: &str, offset_ns: i128, registry: &SlotRegistry) 
             None,
         )
     };
-    let mut hex = String::with_capacity(2 * captured);
+    let mut hex = String::with_capacity(2 * frame.len());
     for b in frame {
         hex.push_str(&format!("{b:02x}"));
     }
@@ -185,7 +209,7 @@ pub fn decode(e: &Event, iface: &str, offset_ns: i128, registry: &SlotRegistry) 
             dst: h.dst,
             sport: h.sport,
             dport: h.dport,
-            vlan: h.vlan,
+            vlan: h.vlan.clone(),
             len: e.len,
             role,
             service,
@@ -246,6 +270,25 @@ mod tests {
             (h.ip_proto, h.sport, h.dport),
             (Some(6), Some(40_001), Some(3389))
         );
+    }
+
+    #[test]
+    fn tcp_flags_are_read_bit_for_bit() {
+        let segment = |syn: bool, ack: bool| {
+            let b = PacketBuilder::ethernet2(MACS.0, MACS.1)
+                .ipv4([198, 18, 0, 1], [198, 18, 0, 2], 64)
+                .tcp(40_002, 3389, 1, 1024);
+            let b = if syn { b.syn() } else { b };
+            let b = if ack { b.ack(7) } else { b };
+            let mut f = Vec::new();
+            b.write(&mut f, &[])
+                .unwrap_or_else(|e| panic!("building a frame: {e}"));
+            headers(&f).tcp_flags
+        };
+        assert_eq!(segment(true, false), Some(0x02), "a SYN");
+        assert_eq!(segment(false, true), Some(0x10), "a bare ACK");
+        assert_eq!(segment(true, true), Some(0x12), "a SYN-ACK");
+        assert_eq!(headers(&qinq_udp(1, 161)).tcp_flags, None, "UDP has none");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! the last `RECENT` events, and aggregates whose key sets are capped.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
+    hash::{BuildHasher as _, RandomState},
     net::IpAddr,
 };
 
@@ -20,6 +21,47 @@ pub const MAX_SOURCES_PER_PORT: usize = 64;
 pub const MAX_SOURCES_PER_SECOND: usize = 256;
 /// Series per verdict in the top-ports gauge.
 pub const TOP_PORTS: usize = 20;
+/// New keys between two sweeps of a full key table (see [`Store::push`]):
+/// a sweep visits every key, so this keeps it to 16 visits per new key.
+const SWEEP_EVERY: usize = MAX_PORT_KEYS / 16;
+
+/// TCP flag bits (RFC 9293).
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// What a dropped packet says about the port it was sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Someone asking for a service there: a TCP SYN (without ACK, RST or
+    /// FIN), or a UDP datagram that is not an answer from a server port.
+    Request,
+    /// Anything else: a TCP segment of a connection that is not being
+    /// opened (a late answer to the host's own connection, backscatter of
+    /// someone else's spoofed SYNs, an ACK scan), a UDP datagram from a
+    /// well-known port to a high one (a server's answer), other protocols.
+    Other,
+}
+
+impl Kind {
+    /// `tcp_flags` is the TCP flags byte (None when the frame was cut
+    /// before it: not known to be a SYN, so not a request).
+    pub fn of(proto: &str, sport: Option<u16>, dport: u16, tcp_flags: Option<u8>) -> Kind {
+        let request = match proto {
+            "tcp" => {
+                tcp_flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN)
+            }
+            // A client's source port is a high one; a datagram from a
+            // well-known port (DNS 53, NTP 123, QUIC 443 …) to a high port
+            // is a server answering. Well-known to well-known (NTP 123 ->
+            // 123, IKE 500 -> 500) is a peer asking.
+            "udp" => !sport.is_some_and(|s| s < 1024 && dport >= 1024),
+            _ => false,
+        };
+        if request { Kind::Request } else { Kind::Other }
+    }
+}
 
 /// One (protocol, destination port, direction, verdict) aggregated since start.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,14 +80,47 @@ pub struct PortAggregate {
     /// (`port_not_allowed`): what a catalog rule could let through.
     #[serde(default)]
     pub not_allowed: u64,
+    /// Of `not_allowed`, the requests ([`Kind::Request`]): the only packets
+    /// `suggest` takes as evidence that a service is wanted.
+    #[serde(default)]
+    pub requests: u64,
+    /// Distinct sources of those requests, counted up to `MAX_SOURCES_PER_PORT`.
+    #[serde(default)]
+    pub request_sources: u64,
+    #[serde(default)]
+    pub request_sources_capped: bool,
+}
+
+/// Distinct sources, counted up to `MAX_SOURCES_PER_PORT`: sorted keyed
+/// hashes of the addresses (8 bytes each; a full set is 512 bytes, where a
+/// tree of `IpAddr`s took about 2 KiB).
+#[derive(Default)]
+struct Sources {
+    hashes: Vec<u64>,
+    capped: bool,
+}
+
+impl Sources {
+    fn insert(&mut self, hash: u64) {
+        match self.hashes.binary_search(&hash) {
+            Ok(_) => {}
+            Err(at) if self.hashes.len() < MAX_SOURCES_PER_PORT => self.hashes.insert(at, hash),
+            Err(_) => self.capped = true,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.hashes.len() as u64
+    }
 }
 
 #[derive(Default)]
 struct PortState {
     packets: u64,
     not_allowed: u64,
-    sources: BTreeSet<IpAddr>,
-    capped: bool,
+    sources: Sources,
+    requests: u64,
+    request_sources: Sources,
 }
 
 /// One second of the last minute, for `top`.
@@ -70,29 +145,59 @@ pub struct Store {
     ports: BTreeMap<(String, u16, String), PortState>,
     /// Events not aggregated because `MAX_PORT_KEYS` was reached.
     pub ports_overflow: u64,
+    /// Keys holding a single event, forgotten to make room for new ones.
+    pub ports_evicted: u64,
+    /// New keys since the last sweep of the full key table.
+    inserted_since_sweep: usize,
+    /// Keys the hashes of sources: random per process, so that nobody can
+    /// choose addresses that collide.
+    hasher: RandomState,
     minute: VecDeque<Second>,
     pub received: u64,
 }
 
 impl Store {
-    pub fn push(&mut self, r: EventRecord) {
+    /// Keeps `r`; `tcp_flags` are its TCP segment's (see [`Kind::of`]).
+    ///
+    /// When the key table is full, a new key first sweeps out the keys that
+    /// hold a single event (what a port scan leaves: one probe per port),
+    /// at most once per `SWEEP_EVERY` new keys; only then are events
+    /// counted as overflow. So a scan cannot keep later traffic, which
+    /// comes back and repeats, out of the aggregates for good.
+    pub fn push(&mut self, r: EventRecord, tcp_flags: Option<u8>) {
         self.received += 1;
         if let Some(dport) = r.event.dport
             && r.event.verdict != "pass"
         {
             let key = (r.event.proto.clone(), dport, r.event.verdict.clone());
-            let known = self.ports.contains_key(&key);
-            if known || self.ports.len() < MAX_PORT_KEYS {
+            let mut known = self.ports.contains_key(&key);
+            if !known
+                && self.ports.len() >= MAX_PORT_KEYS
+                && self.inserted_since_sweep >= SWEEP_EVERY
+            {
+                let before = self.ports.len();
+                self.ports.retain(|_, st| st.packets > 1);
+                self.ports_evicted += (before - self.ports.len()) as u64;
+                self.inserted_since_sweep = 0;
+            }
+            if !known && self.ports.len() < MAX_PORT_KEYS {
+                self.inserted_since_sweep += 1;
+                known = true;
+            }
+            if known {
+                let src = r.event.src.map(|a| self.hasher.hash_one(a));
                 let st = self.ports.entry(key.clone()).or_default();
                 st.packets += 1;
+                if let Some(h) = src {
+                    st.sources.insert(h);
+                }
                 if r.event.reason == "port_not_allowed" {
                     st.not_allowed += 1;
-                }
-                if let Some(src) = r.event.src {
-                    if st.sources.len() < MAX_SOURCES_PER_PORT {
-                        st.sources.insert(src);
-                    } else if !st.sources.contains(&src) {
-                        st.capped = true;
+                    if Kind::of(&r.event.proto, r.event.sport, dport, tcp_flags) == Kind::Request {
+                        st.requests += 1;
+                        if let Some(h) = src {
+                            st.request_sources.insert(h);
+                        }
                     }
                 }
             } else {
@@ -148,9 +253,12 @@ impl Store {
                 direction: "inbound".into(),
                 verdict: verdict.clone(),
                 packets: st.packets,
-                sources: st.sources.len() as u64,
-                sources_capped: st.capped,
+                sources: st.sources.count(),
+                sources_capped: st.sources.capped,
                 not_allowed: st.not_allowed,
+                requests: st.requests,
+                request_sources: st.request_sources.count(),
+                request_sources_capped: st.request_sources.capped,
             })
             .collect()
     }
@@ -200,16 +308,20 @@ mod tests {
     use crate::events::record::EventJson;
 
     fn rec(port: u16, src: &str, verdict: &str) -> EventRecord {
+        rec_from("udp", 1, port, src, verdict)
+    }
+
+    fn rec_from(proto: &str, sport: u16, port: u16, src: &str, verdict: &str) -> EventRecord {
         EventRecord {
             event: EventJson {
                 time: String::new(),
                 iface: "x".into(),
                 verdict: verdict.into(),
                 reason: "port_not_allowed".into(),
-                proto: "udp".into(),
+                proto: proto.into(),
                 src: src.parse().ok(),
                 dst: None,
-                sport: Some(1),
+                sport: Some(sport),
                 dport: Some(port),
                 vlan: vec![],
                 len: 60,
@@ -221,32 +333,156 @@ mod tests {
         }
     }
 
+    fn src(i: usize) -> String {
+        format!("198.18.{}.{}", (i / 250) % 250, i % 250)
+    }
+
     #[test]
     fn recent_events_and_aggregates_stay_bounded() {
         let mut s = Store::default();
+        // Two events per key: none of them may be swept out.
+        for round in 0..2 {
+            for i in 0..MAX_PORT_KEYS {
+                s.push(rec(i as u16, &src(i + round), "drop"), None);
+            }
+        }
         for i in 0..(RECENT + 100) {
-            let src = format!("198.18.{}.{}", (i / 250) % 250, i % 250);
-            s.push(rec((i % (MAX_PORT_KEYS + 50)) as u16, &src, "drop"));
+            s.push(rec((MAX_PORT_KEYS + i % 50) as u16, &src(i), "drop"), None);
+            for _ in 0..MAX_SOURCES_PER_PORT / 32 {
+                s.push(rec(7, &src(i), "drop"), None);
+            }
         }
         assert_eq!(s.recent.len(), RECENT, "recent events are capped");
         assert_eq!(s.ports.len(), MAX_PORT_KEYS, "port keys are capped");
-        assert_eq!(s.ports_overflow, 50, "events past the key cap are counted");
+        assert_eq!(
+            s.ports_overflow,
+            (RECENT + 100) as u64,
+            "events past the key cap are counted"
+        );
+        assert_eq!(s.ports_evicted, 0, "keys with two events were evicted");
         assert!(
             s.ports
                 .values()
-                .all(|p| p.sources.len() <= MAX_SOURCES_PER_PORT),
+                .all(|p| p.sources.hashes.len() <= MAX_SOURCES_PER_PORT),
             "sources per port are capped"
         );
+        let seven = &s.ports[&("udp".to_string(), 7, "drop".to_string())];
+        assert!(
+            seven.sources.count() == MAX_SOURCES_PER_PORT as u64 && seven.sources.capped,
+            "UDP 7 from {} sources counts {} (capped {})",
+            RECENT + 100,
+            seven.sources.count(),
+            seven.sources.capped
+        );
         assert!(s.top_ports().len() <= TOP_PORTS, "top ports per verdict");
+    }
+
+    #[test]
+    fn a_scan_that_fills_the_key_table_is_swept_out_for_later_traffic() {
+        let mut s = Store::default();
+        // One probe to each of 5,000 ports, one source: a scan.
+        for port in 1..=5_000u16 {
+            s.push(
+                rec_from("tcp", 40_000, port, "198.18.0.66", "drop"),
+                Some(TCP_SYN),
+            );
+        }
+        // Then clients that come back.
+        for i in 0..3 {
+            s.push(
+                rec_from("tcp", 40_001, 5_061, &src(i), "drop"),
+                Some(TCP_SYN),
+            );
+        }
+        let a = s.aggregates();
+        let sip = a.iter().find(|a| a.port == 5_061).unwrap_or_else(|| {
+            panic!(
+                "TCP 5061 after the scan was not aggregated ({} keys, {} overflow, {} evicted)",
+                a.len(),
+                s.ports_overflow,
+                s.ports_evicted
+            )
+        });
+        assert_eq!((sip.requests, sip.request_sources), (3, 3), "{sip:?}");
+        assert!(a.len() <= MAX_PORT_KEYS, "{} keys", a.len());
+        assert_eq!(
+            s.ports_evicted + a.len() as u64 + s.ports_overflow,
+            5_000 + 1,
+            "every scanned port and TCP 5061 is a key kept, evicted or overflowed: {} evicted, {} kept, {} overflow",
+            s.ports_evicted,
+            a.len(),
+            s.ports_overflow
+        );
+    }
+
+    #[test]
+    fn only_syns_and_udp_requests_are_requests() {
+        let syn = Some(TCP_SYN);
+        let cases = [
+            ("tcp", 40_000, 3389, syn, Kind::Request),
+            // ECN-setup SYN (ECE, CWR) and a SYN with PSH are still SYNs.
+            ("tcp", 40_000, 3389, Some(TCP_SYN | 0xC8), Kind::Request),
+            ("tcp", 40_000, 3389, Some(TCP_ACK), Kind::Other),
+            ("tcp", 40_000, 3389, Some(TCP_SYN | TCP_ACK), Kind::Other),
+            ("tcp", 40_000, 3389, Some(TCP_RST), Kind::Other),
+            ("tcp", 40_000, 3389, Some(TCP_SYN | TCP_FIN), Kind::Other),
+            ("tcp", 40_000, 3389, Some(0), Kind::Other),
+            ("tcp", 40_000, 3389, None, Kind::Other),
+            ("udp", 40_000, 161, None, Kind::Request),
+            ("udp", 53, 45_000, None, Kind::Other),
+            ("udp", 123, 123, None, Kind::Request),
+            ("udp", 5_060, 5_060, None, Kind::Request),
+            ("icmp", 0, 0, None, Kind::Other),
+        ];
+        for (proto, sport, dport, flags, want) in cases {
+            assert_eq!(
+                Kind::of(proto, Some(sport), dport, flags),
+                want,
+                "{proto} {sport} -> {dport} flags {flags:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_and_their_sources_are_counted_apart_from_other_packets() {
+        let mut s = Store::default();
+        for i in 0..70 {
+            s.push(rec_from("tcp", 443, 3389, &src(i), "drop"), Some(TCP_ACK));
+        }
+        s.push(
+            rec_from("tcp", 40_000, 3389, "198.18.9.1", "drop"),
+            Some(TCP_SYN),
+        );
+        s.push(
+            rec_from("tcp", 40_000, 3389, "198.18.9.1", "drop"),
+            Some(TCP_SYN),
+        );
+        let a = s.aggregates();
+        assert_eq!(a.len(), 1, "{a:?}");
+        let rdp = &a[0];
+        assert_eq!(
+            (rdp.packets, rdp.sources, rdp.sources_capped),
+            (72, 64, true),
+            "all packets and their sources: {rdp:?}"
+        );
+        assert_eq!(
+            (
+                rdp.requests,
+                rdp.request_sources,
+                rdp.request_sources_capped
+            ),
+            (2, 1, false),
+            "only the SYNs are requests: {rdp:?}"
+        );
     }
 
     #[test]
     fn aggregates_count_packets_and_distinct_sources() {
         let mut s = Store::default();
         for src in ["198.18.0.1", "198.18.0.2", "198.18.0.1"] {
-            s.push(rec(161, src, "would_drop"));
+            s.push(rec(161, src, "would_drop"), None);
         }
-        s.push(rec(3389, "198.18.0.9", "drop"));
+        s.push(rec(3389, "198.18.0.9", "drop"), None);
         let a = s.aggregates();
         let snmp = a
             .iter()
