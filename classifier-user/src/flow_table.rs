@@ -150,14 +150,14 @@ impl FlowTables<'_> {
         ] {
             let mut values = percpu(self.stats, index)?;
             values[0] += n;
-            let attr = ElemAttr {
+            let mut attr = ElemAttr {
                 map_fd: self.stats.as_raw_fd() as u32,
                 pad: 0,
                 key: (&raw const index) as u64,
                 value: values.as_mut_ptr() as u64,
                 flags: 0,
             };
-            bpf(BPF_MAP_UPDATE_ELEM, &attr)?;
+            bpf(BPF_MAP_UPDATE_ELEM, &mut attr)?;
         }
         Ok(())
     }
@@ -168,14 +168,14 @@ fn percpu(fd: BorrowedFd<'_>, index: u32) -> io::Result<Vec<u64>> {
     let cpus =
         aya::util::nr_cpus().map_err(|(what, e)| io::Error::other(format!("{what}: {e}")))?;
     let mut values = vec![0u64; cpus];
-    let attr = ElemAttr {
+    let mut attr = ElemAttr {
         map_fd: fd.as_raw_fd() as u32,
         pad: 0,
         key: (&raw const index) as u64,
         value: values.as_mut_ptr() as u64,
         flags: 0,
     };
-    bpf(BPF_MAP_LOOKUP_ELEM, &attr)
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)
         .map_err(|e| io::Error::other(format!("{}[{index}]: {e}", map_names::FLOW_STATS)))?;
     Ok(values)
 }
@@ -250,10 +250,11 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<()> {
+/// `bpf(2)`. `attr` is mutable: the batch commands write back the count.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     // SAFETY: `attr` is a `union bpf_attr` member for `cmd`, its pointers
     // point at buffers that outlive the call, and its size is passed.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -328,14 +329,14 @@ fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<u64> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 gone += u64::from(attr.count);
                 for k in &chunk[(attr.count as usize).min(chunk.len())..] {
-                    let attr = ElemAttr {
+                    let mut attr = ElemAttr {
                         map_fd: fd.as_raw_fd() as u32,
                         pad: 0,
                         key: (k as *const K) as u64,
                         value: 0,
                         flags: 0,
                     };
-                    if bpf(BPF_MAP_DELETE_ELEM, &attr).is_ok() {
+                    if bpf(BPF_MAP_DELETE_ELEM, &mut attr).is_ok() {
                         gone += 1;
                     }
                 }

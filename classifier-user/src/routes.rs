@@ -26,7 +26,11 @@ const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
-/// `rtm_type` of a route to one of the box's own addresses.
+/// `rtm_type` of a route through a gateway or a link: the only kind that
+/// puts an address behind a leg (local, anycast, broadcast, unreachable,
+/// blackhole and prohibit routes do not).
+const RTN_UNICAST: u8 = 1;
+#[cfg(test)]
 const RTN_LOCAL: u8 = 2;
 const NLMSG_HDRLEN: usize = 16;
 const RTMSG_LEN: usize = 12;
@@ -41,11 +45,35 @@ pub fn profile_legs(prefixes: &[Prefix], legs: &[u32]) -> BTreeMap<Prefix, u32> 
     prefixes
         .iter()
         .filter_map(|p| {
-            let oif = socket.route_oif(p.ip()).ok().flatten()?;
+            let oif = socket.route_oif(probe_address(p)).ok().flatten()?;
             let leg = legs.iter().position(|&l| l == oif && l != 0)?;
             Some((*p, leg as u32))
         })
         .collect()
+}
+
+/// The address whose route stands for the prefix's: the prefix itself for
+/// a host prefix, else its first address after the network address (which
+/// a router on the subnet holds as its subnet-router anycast address, a
+/// route to the box itself).
+fn probe_address(p: &Prefix) -> IpAddr {
+    // Lengths are in the mapped IPv6 space: a host is /128 in both families.
+    let host_len = 128;
+    let mut addr = p.addr;
+    if p.len < host_len {
+        for byte in addr.iter_mut().rev() {
+            let (next, carry) = byte.overflowing_add(1);
+            *byte = next;
+            if !carry {
+                break;
+            }
+        }
+    }
+    Prefix {
+        addr,
+        len: host_len,
+    }
+    .ip()
 }
 
 struct Netlink {
@@ -126,8 +154,9 @@ impl Netlink {
     }
 }
 
-/// The `RTA_OIF` of an `RTM_NEWROUTE` answer; `None` for an error answer
-/// (no route), a local route, or a malformed message.
+/// The `RTA_OIF` of an `RTM_NEWROUTE` answer for a unicast route; `None`
+/// for an error answer (no route), any other kind of route, or a malformed
+/// message.
 fn parse_route_reply(buf: &[u8]) -> Option<u32> {
     let u16_at = |at: usize| {
         buf.get(at..at + 2)
@@ -143,7 +172,7 @@ fn parse_route_reply(buf: &[u8]) -> Option<u32> {
         return None;
     }
     let rtm_type = *buf.get(NLMSG_HDRLEN + 7)?;
-    if rtm_type == RTN_LOCAL {
+    if rtm_type != RTN_UNICAST {
         return None;
     }
     let mut at = NLMSG_HDRLEN + RTMSG_LEN;
@@ -225,6 +254,16 @@ mod tests {
             None,
             "a zero-length attribute"
         );
+    }
+
+    #[test]
+    fn a_network_is_probed_at_its_first_address_and_a_host_at_itself() {
+        let probe =
+            |s: &str| probe_address(&s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))).to_string();
+        assert_eq!(probe("198.18.2.0/24"), "198.18.2.1");
+        assert_eq!(probe("198.18.2.10/32"), "198.18.2.10");
+        assert_eq!(probe("2001:db8:2::/64"), "2001:db8:2::1");
+        assert_eq!(probe("2001:db8:2::12/128"), "2001:db8:2::12");
     }
 
     #[test]
