@@ -13,7 +13,7 @@ use std::{
 use testkit::ops::{self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, text};
 
 /// The metrics of docs/metrics.md (what the rules may use).
-const METRICS: [&str; 7] = [
+const METRICS: [&str; 11] = [
     "portguard_packets_total",
     "portguard_bytes_total",
     "portguard_drops_total",
@@ -21,6 +21,10 @@ const METRICS: [&str; 7] = [
     "portguard_catalog_generation",
     "portguard_reloads_total",
     "portguard_xdp_attached",
+    "portguard_flow_entries",
+    "portguard_flow_capacity",
+    "portguard_flow_evictions_total",
+    "portguard_flow_refusals_total",
 ];
 
 /// Whether promtool can run; under CI=true its absence fails the test.
