@@ -8,7 +8,10 @@
 //!   a pcap stopped with Ctrl-C (SIGINT to its process group) leaves every
 //!   event it received in the file, and the file catches up within a second
 //!   while it follows;
-//! - a non-root user is refused by the control socket;
+//! - a non-root user is refused by the control socket: by the file system as
+//!   the daemon makes /run/portguard on a machine where it never ran (a
+//!   private, empty /run), and with the way opened by the daemon itself
+//!   (SO_PEERCRED);
 //! - under a flood the per-CPU budget holds: events never exceed what it
 //!   allows, and every drop is either an event or counted as suppressed;
 //! - in the XDP program itself, an empty budget stays empty within a tick
@@ -16,6 +19,7 @@
 
 use std::{
     collections::BTreeSet,
+    os::unix::fs::PermissionsExt as _,
     process::Command,
     time::{Duration, Instant},
 };
@@ -26,7 +30,10 @@ use portguard_testsupport::{
     spec::lab_spec,
 };
 use serde_json::Value;
-use testkit::ops::{Pair, TempDir, ok, poll, portguard, text};
+use testkit::{
+    mountns::FreshRun,
+    ops::{Pair, TempDir, ok, ok_any, poll, portguard, text},
+};
 
 fn privileged(test: &str) -> bool {
     testkit::require_privileges(test)
@@ -202,68 +209,87 @@ fn control_socket_refuses_a_non_root_user() {
     if !privileged("events: non-root refused") {
         return;
     }
+    // A machine where portguard never ran, whatever this one's /run holds:
+    // the daemon and the clients get a /run of their own, empty, so
+    // /run/portguard is what the daemon makes of it.
+    let fresh = ok_any("a mount namespace with an empty /run", FreshRun::new());
+    let run_dir = fresh.run().join("portguard");
+    assert!(
+        !run_dir.exists(),
+        "the fresh /run already holds portguard/: the test proves nothing"
+    );
+    let wrapper = fresh.wrapper();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let dir = TempDir::new("ev-nobody");
     let pair = Pair::new("evnr", 72);
-    let _d = pair.start(dir.path(), "portguard", &[]);
+    let _d = pair.start_wrapped(&wrapper, dir.path(), "portguard", &[]);
+    let mode = |p: &std::path::Path| ok("stat", std::fs::metadata(p)).permissions().mode() & 0o7777;
+    assert_eq!(
+        mode(&run_dir),
+        0o700,
+        "the daemon should create /run/portguard with mode 0700"
+    );
     // A copy of the binary that `nobody` may execute wherever the build is.
     let bin = dir.path().join("portguard");
     ok(
         "copying portguard",
         std::fs::copy(testkit::portguard_bin(), &bin),
     );
-    let _ = Command::new("chmod").args(["755"]).arg(dir.path()).status();
-    let started = Instant::now();
-    let out = ok(
-        "runuser",
-        Command::new("runuser")
-            .args(["-u", "nobody", "--"])
-            .arg(&bin)
-            .args(["events", "--iface", &pair.server_if, "--count", "1"])
-            .output(),
+    ok(
+        "chmod the scratch dir",
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)),
     );
+    let as_nobody = || {
+        let started = Instant::now();
+        let out = ok(
+            "nsenter runuser",
+            Command::new(wrapper[0])
+                .args(&wrapper[1..])
+                .args(["runuser", "-u", "nobody", "--"])
+                .arg(&bin)
+                .args(["events", "--iface", &pair.server_if, "--count", "1"])
+                .output(),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused only after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "a refused client got output: {}",
+            text(&out.stdout)
+        );
+        out
+    };
+
+    // As the daemon leaves it, the file system refuses: /run/portguard is
+    // root's, 0700.
+    let out = as_nobody();
     let err = text(&out.stderr);
     assert!(
-        !out.status.success(),
-        "nobody read the events: {}",
-        text(&out.stdout)
-    );
-    assert!(
-        err.contains("root") && err.contains("permission denied"),
-        "the refusal does not say why: {err}"
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "a refused client got output: {}",
-        text(&out.stdout)
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "refused only after {:?}",
-        started.elapsed()
+        !out.status.success() && err.contains("root") && err.contains("permission denied"),
+        "nobody should be refused by the file system, saying why ({}): {err}",
+        out.status
     );
 
-    // With the file mode opened up, the daemon's own check (SO_PEERCRED)
-    // still refuses.
-    let socket = format!("/run/portguard/{}.sock", pair.server_if);
-    let _ = Command::new("chmod").args(["666", &socket]).status();
-    let out = ok(
-        "runuser",
-        Command::new("runuser")
-            .args(["-u", "nobody", "--"])
-            .arg(&bin)
-            .args(["events", "--iface", &pair.server_if, "--count", "1"])
-            .output(),
+    // With the way opened (in this namespace's /run only), nobody reaches
+    // the socket, and the daemon's own check (SO_PEERCRED) still refuses.
+    let socket = run_dir.join(format!("{}.sock", pair.server_if));
+    ok(
+        "chmod 0711 /run/portguard",
+        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o711)),
     );
+    ok(
+        "chmod 0666 the socket",
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)),
+    );
+    let out = as_nobody();
     let err = text(&out.stderr);
     assert!(
         !out.status.success() && err.contains("serves root only"),
         "the daemon did not refuse uid nobody itself ({}): {err}",
         out.status
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "refused client got {}",
-        text(&out.stdout)
     );
 }
 
