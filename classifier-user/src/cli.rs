@@ -316,9 +316,15 @@ pub struct EventsArgs {
     pub follow: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub format: EventFormat,
-    /// Also write the events' frames (first 128 bytes) to a pcap file.
+    /// Also write the events' frames (first 128 bytes) to a pcap file. While
+    /// following it is flushed at least once a second, and completed on
+    /// SIGINT/SIGTERM.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Flush the pcap file after every packet (as tcpdump -U does), not
+    /// once a second.
+    #[arg(short = 'U', long, requires = "pcap")]
+    pub packet_buffered: bool,
     /// Only events of this verdict.
     #[arg(long, value_enum)]
     pub verdict: Option<EventVerdict>,

@@ -211,7 +211,7 @@ fn show_json_lists_every_perimeter_rule_with_its_direction() {
         }
     }
     assert_eq!(
-        perimeter, 43,
+        perimeter, 44,
         "the perimeter rules (each names one protocol, so one object each)"
     );
 }

@@ -43,10 +43,16 @@ const HLB_EXTERNAL: &str =
     "Hardware load balancers for Edge port tables: External port firewall summary table";
 const HLB_INTERNAL: &str =
     "Hardware load balancers for Edge port tables: Internal port firewall summary table";
+/// The VIP table, as the note of a rule it alone gives a service names it.
+const VIP_EXTERNAL: &str =
+    "Hardware load balancers for Edge port tables: External interface Virtual IPs";
+const MAIN_EXTERNAL: &str = "Port and firewall planning > External port firewall summary table";
+const VIP_EXTERNAL_TITLE: &str =
+    "Hardware load balancers for Edge port tables > External interface Virtual IPs";
 
 const TABLES: [TableSpec; 8] = [
     TableSpec {
-        title: "Port and firewall planning > External port firewall summary table",
+        title: MAIN_EXTERNAL,
         document: EDGE_DOCUMENT,
         table: SeedTable::EdgeExternal,
         also_in: None,
@@ -78,7 +84,7 @@ const TABLES: [TableSpec; 8] = [
         rows: 8,
     },
     TableSpec {
-        title: "Hardware load balancers for Edge port tables > External interface Virtual IPs",
+        title: VIP_EXTERNAL_TITLE,
         document: EDGE_DOCUMENT,
         table: SeedTable::EdgeVipExternal,
         also_in: None,
@@ -219,6 +225,11 @@ fn role_of(kind: Kind, cell: &str) -> &'static str {
 /// The rows of one table as keys: inbound when the source is "Any" (the
 /// role's address is the destination), outbound otherwise (it is the source).
 fn keys(spec: &TableSpec) -> Vec<Key> {
+    keys_as(spec, spec.kind)
+}
+
+/// Like [`keys`], with the role read as a table of kind `roles` names it.
+fn keys_as(spec: &TableSpec, roles: Kind) -> Vec<Key> {
     table(spec)
         .into_iter()
         .map(|row| {
@@ -246,13 +257,33 @@ fn keys(spec: &TableSpec) -> Vec<Key> {
             };
             let (start, end) = ports(&port);
             Key {
-                role: role_of(spec.kind, own).to_string(),
+                role: role_of(roles, own).to_string(),
                 direction,
                 protocol: protocol(&proto),
                 start,
                 end,
             }
         })
+        .collect()
+}
+
+fn spec(title: &str) -> &'static TableSpec {
+    TABLES
+        .iter()
+        .find(|s| s.title == title)
+        .unwrap_or_else(|| panic!("no table spec titled {title}"))
+}
+
+/// The rows of the "External interface Virtual IPs" table that the main
+/// external table does not list for the service whose address they name. The
+/// VIP table names that service (the XMPP rows: "XMPP Proxy service (shares an
+/// IP address with the Access Edge service)"), and what the VIP forwards the
+/// service's own address needs: each is also a rule of the service's role.
+fn borrowed_rows() -> Vec<Key> {
+    let main = keys(spec(MAIN_EXTERNAL));
+    keys_as(spec(VIP_EXTERNAL_TITLE), Kind::EdgeExternal)
+        .into_iter()
+        .filter(|k| !main.contains(k))
         .collect()
 }
 
@@ -306,7 +337,12 @@ fn every_published_row_is_a_rule_and_every_perimeter_rule_a_row() {
         TABLES
             .iter()
             .filter(|s| s.also_in.is_none())
-            .flat_map(|s| keys(s).into_iter().map(|k| (k, s.table))),
+            .flat_map(|s| keys(s).into_iter().map(|k| (k, s.table)))
+            .chain(
+                borrowed_rows()
+                    .into_iter()
+                    .map(|k| (k, SeedTable::EdgeExternal)),
+            ),
     );
     let rules = count(perimeter_rules(&c).iter().map(|r| (key_of(r), r.table)));
     let missing: Vec<String> = published
@@ -375,6 +411,50 @@ fn rows_repeated_by_the_hlb_summary_tables_are_noted() {
     }
 }
 
+/// A VIP row the main external table lacks for its service is a rule of that
+/// service's role, whose note names the VIP table; a note names it only for
+/// such rows.
+#[test]
+fn vip_rows_the_main_table_lacks_are_rules_of_their_service() {
+    let borrowed = borrowed_rows();
+    assert_eq!(
+        borrowed,
+        [Key {
+            role: "access-edge-external".to_string(),
+            direction: Direction::Outbound,
+            protocol: Protocol::Tcp,
+            start: 5269,
+            end: 5269,
+        }],
+        "the VIP rows the main external table does not list for their service"
+    );
+    let c = Catalog::embedded();
+    let rules = perimeter_rules(&c);
+    let mention = format!("From \"{VIP_EXTERNAL}\"");
+    for k in &borrowed {
+        let r = rules
+            .iter()
+            .find(|r| key_of(r) == *k && r.table == SeedTable::EdgeExternal)
+            .unwrap_or_else(|| {
+                panic!("{VIP_EXTERNAL} lists {k:?}; no rule of the main table has it")
+            });
+        assert!(
+            r.note.contains(&mention),
+            "line {}: {k:?} comes from {VIP_EXTERNAL}; its note should say `{mention}`: {}",
+            r.line,
+            r.note
+        );
+    }
+    for r in rules.iter().filter(|r| r.note.contains(&mention)) {
+        assert!(
+            borrowed.contains(&key_of(r)),
+            "line {}: the note says `{mention}`, but {:?} is not a VIP row the main table lacks",
+            r.line,
+            key_of(r)
+        );
+    }
+}
+
 /// Where the documents disagree, the catalog follows the 2015 tables (see
 /// docs/catalog.md).
 #[test]
@@ -412,8 +492,8 @@ fn directions_where_the_documents_disagree() {
     );
     assert_eq!(
         dirs("access-edge-external", Protocol::Tcp, 5269),
-        [Inbound],
-        "XMPP: the 2015 external table lists it inbound only"
+        [Inbound, Outbound],
+        "XMPP: inbound from the main external table, outbound from the VIP table (server to server, each side connects)"
     );
     assert_eq!(
         dirs("lb-edge-external", Protocol::Tcp, 5269),

@@ -65,8 +65,8 @@ fn alert_rules_pass_promtool_check_rules() {
         text(&out.stderr)
     );
     assert!(
-        stdout.contains("SUCCESS: 6 rules found"),
-        "expected 6 rules: {stdout}"
+        stdout.contains("SUCCESS: 8 rules found"),
+        "expected 8 rules: {stdout}"
     );
 }
 

@@ -251,6 +251,21 @@ fn outbound_rows_match_the_source_and_only_answers_come_back() {
         false,
         Err(Reason::PortNotAllowed),
     );
+    // XMPP federation out of the Access Edge (the XMPP Proxy service shares
+    // its address): the proxy opens its own server-to-server connection,
+    // and the partner's SYN-ACK comes back as an answer.
+    b.expect(
+        "SYN Access Edge -> partner 5269",
+        &Packet::tcp(ACCESS, PARTNER, 40_040, 5269),
+        true,
+        Ok("access-edge-external/tcp/5269-5269"),
+    );
+    b.expect(
+        "SYN-ACK partner 5269 -> Access Edge",
+        &syn_ack(PARTNER, ACCESS, 5269, 40_040),
+        true,
+        Err(Reason::Established),
+    );
     // The Access Edge has no outbound row to 3478: its source profile does
     // not pass it (and the destination has no profile).
     b.expect(

@@ -4,8 +4,14 @@
 //!
 //! - JSON events name the right addresses, ports and VLAN tags for IPv4,
 //!   IPv6 and tagged frames;
-//! - `--pcap` writes a file tshark reads with the same ports;
-//! - a non-root user is refused by the control socket;
+//! - `--pcap` writes a file tshark reads with the same ports; a follow into
+//!   a pcap stopped with Ctrl-C (SIGINT to its process group) leaves every
+//!   event it received in the file, and the file catches up within a second
+//!   while it follows;
+//! - a non-root user is refused by the control socket: by the file system as
+//!   the daemon makes /run/portguard on a machine where it never ran (a
+//!   private, empty /run), and with the way opened by the daemon itself
+//!   (SO_PEERCRED);
 //! - under a flood the per-CPU budget holds: events never exceed what it
 //!   allows, and every drop is either an event or counted as suppressed;
 //! - in the XDP program itself, an empty budget stays empty within a tick
@@ -13,6 +19,7 @@
 
 use std::{
     collections::BTreeSet,
+    os::unix::fs::PermissionsExt as _,
     process::Command,
     time::{Duration, Instant},
 };
@@ -23,7 +30,10 @@ use portguard_testsupport::{
     spec::lab_spec,
 };
 use serde_json::Value;
-use testkit::ops::{Pair, TempDir, ok, poll, portguard, text};
+use testkit::{
+    mountns::FreshRun,
+    ops::{Pair, TempDir, ok, ok_any, poll, portguard, text},
+};
 
 fn privileged(test: &str) -> bool {
     testkit::require_privileges(test)
@@ -181,25 +191,9 @@ fn events_show_addresses_ports_and_vlans_as_json_and_pcap() {
             &pcap_s,
         ]);
         assert!(out.status.success(), "events --pcap: {}", text(&out.stderr));
-        let ts = ok(
-            "running tshark",
-            Command::new("tshark")
-                .args([
-                    "-r",
-                    &pcap_s,
-                    "-T",
-                    "fields",
-                    "-e",
-                    "udp.dstport",
-                    "-e",
-                    "tcp.dstport",
-                ])
-                .output(),
-        );
-        assert!(ts.status.success(), "tshark failed: {}", text(&ts.stderr));
-        let ports: BTreeSet<String> = text(&ts.stdout)
-            .split_whitespace()
-            .map(str::to_string)
+        let ports: BTreeSet<String> = tshark_fields(&pcap, &["udp.dstport", "tcp.dstport"])
+            .unwrap_or_else(|e| panic!("reading the pcap: {e}"))
+            .into_iter()
             .collect();
         for p in ["161", "3389", "3479", "8443"] {
             assert!(
@@ -215,68 +209,242 @@ fn control_socket_refuses_a_non_root_user() {
     if !privileged("events: non-root refused") {
         return;
     }
+    // A machine where portguard never ran, whatever this one's /run holds:
+    // the daemon and the clients get a /run of their own, empty, so
+    // /run/portguard is what the daemon makes of it.
+    let fresh = ok_any("a mount namespace with an empty /run", FreshRun::new());
+    let run_dir = fresh.run().join("portguard");
+    assert!(
+        !run_dir.exists(),
+        "the fresh /run already holds portguard/: the test proves nothing"
+    );
+    let wrapper = fresh.wrapper();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let dir = TempDir::new("ev-nobody");
     let pair = Pair::new("evnr", 72);
-    let _d = pair.start(dir.path(), "portguard", &[]);
+    let _d = pair.start_wrapped(&wrapper, dir.path(), "portguard", &[]);
+    let mode = |p: &std::path::Path| ok("stat", std::fs::metadata(p)).permissions().mode() & 0o7777;
+    assert_eq!(
+        mode(&run_dir),
+        0o700,
+        "the daemon should create /run/portguard with mode 0700"
+    );
     // A copy of the binary that `nobody` may execute wherever the build is.
     let bin = dir.path().join("portguard");
     ok(
         "copying portguard",
         std::fs::copy(testkit::portguard_bin(), &bin),
     );
-    let _ = Command::new("chmod").args(["755"]).arg(dir.path()).status();
-    let started = Instant::now();
-    let out = ok(
-        "runuser",
-        Command::new("runuser")
-            .args(["-u", "nobody", "--"])
-            .arg(&bin)
-            .args(["events", "--iface", &pair.server_if, "--count", "1"])
-            .output(),
+    ok(
+        "chmod the scratch dir",
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)),
     );
+    let as_nobody = || {
+        let started = Instant::now();
+        let out = ok(
+            "nsenter runuser",
+            Command::new(wrapper[0])
+                .args(&wrapper[1..])
+                .args(["runuser", "-u", "nobody", "--"])
+                .arg(&bin)
+                .args(["events", "--iface", &pair.server_if, "--count", "1"])
+                .output(),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused only after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "a refused client got output: {}",
+            text(&out.stdout)
+        );
+        out
+    };
+
+    // As the daemon leaves it, the file system refuses: /run/portguard is
+    // root's, 0700.
+    let out = as_nobody();
     let err = text(&out.stderr);
     assert!(
-        !out.status.success(),
-        "nobody read the events: {}",
-        text(&out.stdout)
-    );
-    assert!(
-        err.contains("root") && err.contains("permission denied"),
-        "the refusal does not say why: {err}"
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "a refused client got output: {}",
-        text(&out.stdout)
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "refused only after {:?}",
-        started.elapsed()
+        !out.status.success() && err.contains("root") && err.contains("permission denied"),
+        "nobody should be refused by the file system, saying why ({}): {err}",
+        out.status
     );
 
-    // With the file mode opened up, the daemon's own check (SO_PEERCRED)
-    // still refuses.
-    let socket = format!("/run/portguard/{}.sock", pair.server_if);
-    let _ = Command::new("chmod").args(["666", &socket]).status();
-    let out = ok(
-        "runuser",
-        Command::new("runuser")
-            .args(["-u", "nobody", "--"])
-            .arg(&bin)
-            .args(["events", "--iface", &pair.server_if, "--count", "1"])
-            .output(),
+    // With the way opened (in this namespace's /run only), nobody reaches
+    // the socket, and the daemon's own check (SO_PEERCRED) still refuses.
+    let socket = run_dir.join(format!("{}.sock", pair.server_if));
+    ok(
+        "chmod 0711 /run/portguard",
+        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o711)),
     );
+    ok(
+        "chmod 0666 the socket",
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)),
+    );
+    let out = as_nobody();
     let err = text(&out.stderr);
     assert!(
         !out.status.success() && err.contains("serves root only"),
         "the daemon did not refuse uid nobody itself ({}): {err}",
         out.status
     );
+}
+
+/// `tshark -r PCAP -T fields -e F…`: the values, or why tshark failed.
+fn tshark_fields(pcap: &std::path::Path, fields: &[&str]) -> Result<Vec<String>, String> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(pcap).args(["-T", "fields"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = ok("running tshark", cmd.output());
+    if !out.status.success() {
+        return Err(format!("tshark {}: {}", out.status, text(&out.stderr)));
+    }
+    Ok(text(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect())
+}
+
+/// `events --follow --pcap` ended as a person ends tcpdump: Ctrl-C, that is
+/// SIGINT to the foreground job's process group. Every event received is in
+/// the pcap, which tshark reads, and on stdout (a pipe); while it follows,
+/// the file is flushed within a second.
+#[test]
+fn a_follow_into_a_pcap_stopped_with_ctrl_c_keeps_every_event() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    use std::sync::{Arc, Mutex};
+    if !privileged("events: --follow --pcap and Ctrl-C") || !tool("tshark") {
+        return;
+    }
+    const BATCH: u16 = 20;
+    let dir = TempDir::new("ev-sigint");
+    let pair = Pair::new("evsi", 77);
+    let _d = pair.start(dir.path(), "portguard", &[]);
+    let f = Frames::new(&pair);
+    let (c, s) = (pair.client_ip.to_string(), pair.server_ip.to_string());
+    let pcap = dir.path().join("drops.pcap");
+    let mut follower = ok(
+        "starting events --follow",
+        Command::new(testkit::portguard_bin())
+            .args(["events", "--iface", &pair.server_if, "--follow"])
+            .args(["--verdict", "drop", "--format", "json", "--pcap"])
+            .arg(&pcap)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            // A job of its own, as a shell starts it: Ctrl-C signals the group.
+            .process_group(0)
+            .spawn(),
+    );
+    let pgid = follower.id() as i32;
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = follower
+        .stdout
+        .take()
+        .unwrap_or_else(|| panic!("no stdout pipe"));
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        })
+    };
+    let mut follower = Reap(follower);
+    // Each event is told apart by its source port.
+    let send = |first: u16| -> BTreeSet<String> {
+        (first..first + BATCH)
+            .map(|sport| {
+                f.send(Packet::udp(&c, &s, sport, 161).payload(10));
+                sport.to_string()
+            })
+            .collect()
+    };
+    let sports = |json: &[String]| -> BTreeSet<String> {
+        json.iter()
+            .map(|l| {
+                let v: Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"));
+                v["sport"].to_string()
+            })
+            .collect()
+    };
+    let printed = || lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+
+    // While it follows, the file catches up within a second (or two).
+    let first = send(41_000);
+    let flushed = poll(Duration::from_secs(3), || {
+        let got: BTreeSet<String> = tshark_fields(&pcap, &["udp.srcport"])
+            .ok()?
+            .into_iter()
+            .collect();
+        first.is_subset(&got).then_some(())
+    });
     assert!(
-        out.stdout.is_empty(),
-        "refused client got {}",
-        text(&out.stdout)
+        flushed.is_some(),
+        "after 3 s of following the pcap lacks some of {first:?}: {:?}",
+        tshark_fields(&pcap, &["udp.srcport"])
+    );
+
+    // The second batch is received (printed, so written to the pcap's
+    // buffer), then Ctrl-C at once, within the second between flushes.
+    let second = send(42_000);
+    let all: BTreeSet<String> = first.union(&second).cloned().collect();
+    let received = poll(Duration::from_secs(5), || {
+        all.is_subset(&sports(&printed())).then_some(())
+    });
+    assert!(
+        received.is_some(),
+        "the follower did not print all {} events: {:?}",
+        all.len(),
+        sports(&printed())
+    );
+    // SAFETY: signalling the process group of our own, unreaped child.
+    let r = unsafe { libc::killpg(pgid, libc::SIGINT) };
+    assert_eq!(r, 0, "killpg({pgid}, SIGINT) failed");
+    let status = poll(Duration::from_secs(5), || {
+        ok("try_wait", follower.0.try_wait())
+    })
+    .unwrap_or_else(|| panic!("events --follow did not end within 5 s of SIGINT"));
+    let _ = reader.join();
+    let mut stderr = String::new();
+    if let Some(mut e) = follower.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(
+        status.success(),
+        "events --follow should exit 0 on SIGINT, as tcpdump does: {status}: {stderr}"
+    );
+
+    let printed = printed();
+    let in_pcap = tshark_fields(&pcap, &["udp.srcport"])
+        .unwrap_or_else(|e| panic!("the pcap after SIGINT is not readable: {e}"));
+    assert_eq!(
+        in_pcap.len(),
+        printed.len(),
+        "the pcap holds {} packets, stdout {} events: every event received belongs in both",
+        in_pcap.len(),
+        printed.len()
+    );
+    let in_pcap: BTreeSet<String> = in_pcap.into_iter().collect();
+    let missing: Vec<&String> = all.difference(&in_pcap).collect();
+    assert!(
+        missing.is_empty(),
+        "events sent and received but missing from the pcap after SIGINT: {missing:?}"
     );
 }
 

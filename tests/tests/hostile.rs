@@ -500,8 +500,15 @@ fn a_foreign_or_writable_pin_directory_is_refused() {
     let dir = pin_dir(&pair.server_if);
     let (uid, gid) = hostile_user();
     // The shared parent is portguard's (root, 0700 or 0755); only the
-    // interface's own directory is planted.
+    // interface's own directory is planted. On a machine where no bpffs is
+    // mounted yet, the daemon would mount one before it looks: so does the
+    // test, before it plants anything.
     let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let bpffs = parent.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+    ok(
+        "mounting a bpffs where none is",
+        portguard::loader::ensure_bpffs(bpffs),
+    );
     if !parent.exists() {
         ok("mkdir parent", fs::create_dir(&parent));
         ok(

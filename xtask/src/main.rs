@@ -7,6 +7,7 @@ mod build;
 mod checks;
 mod dist;
 mod docs;
+mod fresh;
 mod fuzz;
 mod rootfs;
 mod run;

@@ -6,6 +6,10 @@
 //!
 //! A failed check fails the run but does not stop it: the tests still run,
 //! so one run shows everything that is wrong.
+//!
+//! As root the suite runs from the state of a machine where portguard never
+//! ran (see `fresh`): a private mount namespace with an empty /run/portguard
+//! and a new bpffs.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -16,7 +20,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::checks::{self, Check};
+use crate::{
+    checks::{self, Check},
+    fresh,
+};
 
 /// Totals over libtest's `test result:` lines and the test kit's `SKIP`
 /// marker lines (`testkit::skip_line`).
@@ -143,7 +150,32 @@ pub fn test(extra: &[String], env: &[(&str, &Path)]) -> Result<()> {
         // reads it to fail instead of skipping.
         cmd.env("CI", "true");
     }
-    let (tally, status) = run_tallied(&mut cmd)?;
+    let fresh = if root {
+        // Without it a test may pass here only thanks to what an earlier run
+        // left, and fail on a new machine: under CI that is a failure.
+        match fresh::enter() {
+            Ok(f) => {
+                eprintln!(
+                    "xtask test: the suite runs in a private mount namespace: an empty tmpfs on {}, a new bpffs on {} (a machine where portguard never ran)",
+                    fresh::RUN_DIR,
+                    fresh::BPFFS
+                );
+                Some(f)
+            }
+            Err(e) if ci => return Err(e.context("the fresh state for the suite (CI=true)")),
+            Err(e) => {
+                eprintln!(
+                    "xtask test: warning: {e:#}; the suite runs in this machine's own /run and bpffs, and may pass on what earlier runs left"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let ran = run_tallied(&mut cmd);
+    drop(fresh);
+    let (tally, status) = ran?;
     let secs = started.elapsed().as_secs_f64();
     for line in summary(&tally, &checks, status.success(), secs, ci) {
         println!("{line}");

@@ -877,7 +877,7 @@ fn embedded_perimeter_rules_state_their_direction() {
             perimeter += 1;
         }
     }
-    assert_eq!(perimeter, 43, "the perimeter rules");
+    assert_eq!(perimeter, 44, "the perimeter rules");
     let c = Catalog::embedded();
     assert!(
         c.rules

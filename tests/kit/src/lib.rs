@@ -9,6 +9,7 @@
 
 pub mod edge;
 pub mod lab;
+pub mod mountns;
 pub mod netns;
 pub mod ops;
 pub mod sockets;

@@ -9,7 +9,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use aya::{
@@ -32,6 +35,22 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Makes sure /sys/fs/bpf is a bpffs, as `portguard run` does: a machine
+/// whose init does not mount one (a container, a minimal VM) has a bare
+/// sysfs directory there until something mounts it, and the pins must not
+/// depend on a daemon of an earlier test having done so. Once per process,
+/// so that this process's tests never stack a second bpffs on the first.
+fn ensure_bpffs() {
+    static MOUNTED: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(e) =
+        MOUNTED.get_or_init(|| loader::ensure_bpffs(Path::new(BPFFS)).map_err(|e| e.to_string()))
+    {
+        panic!("{BPFFS} is not a bpffs and mounting one failed: {e}");
+    }
+}
 
 /// The kernel program under a policy, with tracing on.
 pub struct Kernel {
@@ -107,7 +126,8 @@ impl Kernel {
     }
 
     fn pinned(test: &str, spec: &PolicySpec, limits: &FlowLimits) -> Kernel {
-        let pins = PathBuf::from("/sys/fs/bpf").join(format!(
+        ensure_bpffs();
+        let pins = PathBuf::from(BPFFS).join(format!(
             "pg-pktpolicy-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
