@@ -234,7 +234,8 @@ pub fn record(key: &FlowKey, tcp_flags: u8, share: Option<&ShareKey>, limit: u32
     mark_port(key.local_port);
 }
 
-/// A flow the recorder looked at lately on this CPU: 63 packets in 64 of it
+/// A flow the recorder looked at lately on this CPU, leaving by interface
+/// `ifindex` (the key's leg is not known yet): 63 packets in 64 of it
 /// skip the rest (a media flow sends one every 20 ms, and the table lookup
 /// cost more than the rest of the recorder). The 64th refreshes the entry,
 /// or makes it again if the sweeper or the LRU took it meanwhile, and so
@@ -243,10 +244,15 @@ pub fn record(key: &FlowKey, tcp_flags: u8, share: Option<&ShareKey>, limit: u32
 /// or a reload changes whether a rule answers the flow, at most 63 more
 /// packets, within one mark, leave before the recorder looks again.
 #[inline(always)]
-pub fn recently_seen(key: &FlowKey) -> bool {
+pub fn recently_seen(key: &FlowKey, ifindex: u32) -> bool {
     // SAFETY: `FlowKey` is 40 bytes, 8-byte aligned, no padding: five words.
     let w = unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() };
-    let tag = (w[0] ^ w[1].rotate_left(13) ^ w[2].rotate_left(29) ^ w[3].rotate_left(43) ^ w[4])
+    let tag = (w[0]
+        ^ w[1].rotate_left(13)
+        ^ w[2].rotate_left(29)
+        ^ w[3].rotate_left(43)
+        ^ w[4]
+        ^ u64::from(ifindex) << 40)
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
         | 1;
     if let Some(slot) = RECENT_FLOWS.get_ptr_mut((tag >> 54) as u32 & (RECENT_FLOW_SLOTS - 1)) {

@@ -1202,9 +1202,7 @@ fn is_mgmt_port(config: &Config, port: u16) -> bool {
 /// (see `flows`).
 #[classifier]
 pub fn portguard_egress(ctx: TcContext) -> i32 {
-    if let Some(config) = CONFIG.get(0) {
-        record_flow(&ctx, config);
-    }
+    record_flow(&ctx);
     TC_ACT_OK
 }
 
@@ -1218,7 +1216,7 @@ pub fn portguard_egress(ctx: TcContext) -> i32 {
 /// catalog rule lets in anyway (a server answering from its listening port:
 /// most of a host's segments), and a later fragment (no ports).
 #[inline(always)]
-fn record_flow(ctx: &TcContext, config: &Config) {
+fn record_flow(ctx: &TcContext) {
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
@@ -1282,19 +1280,12 @@ fn record_flow(ctx: &TcContext, config: &Config) {
         _ => return,
     };
     // SAFETY: the context's `__sk_buff` is valid for the program's run.
-    let (ifindex, ingress) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
-    let appliance = config.flags & FLAG_APPLIANCE != 0;
-    let leg = if appliance {
-        leg_of(config, ifindex)
-    } else {
-        0
-    };
     // One path per family (as Katran does): each builds its addresses and
     // records, so that IPv4's constant words stay constants through the
     // hash instead of meeting IPv6's loaded ones in a merged stack slot.
     if v6 {
         record_answer(
-            config,
+            ctx,
             [
                 word_at(hp, 8),
                 word_at(hp, 12),
@@ -1308,17 +1299,13 @@ fn record_flow(ctx: &TcContext, config: &Config) {
                 word_at(hp, 36),
             ],
             (proto, pproto, sport, dport, tcp_flags),
-            leg,
-            ingress != 0,
         );
     } else {
         record_answer(
-            config,
+            ctx,
             [0, 0, V4_MAPPED, word_at(hp, 12)],
             [0, 0, V4_MAPPED, word_at(hp, 16)],
             (proto, pproto, sport, dport, tcp_flags),
-            leg,
-            ingress != 0,
         );
     }
 }
@@ -1333,31 +1320,44 @@ fn record_flow(ctx: &TcContext, config: &Config) {
 /// packets and its profiles' servers are not.
 #[inline(always)]
 fn record_answer(
-    config: &Config,
+    ctx: &TcContext,
     src: Words,
     dst: Words,
     (proto, pproto, sport, dport, tcp_flags): (u8, u32, u16, u16, u8),
-    leg: u32,
-    forwarded: bool,
 ) {
+    // SAFETY: the context's `__sk_buff` is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY (both): same size, and every bit pattern is a valid byte array.
     let src_addr = unsafe { core::mem::transmute::<Words, Addr>(src) };
-    let key = FlowKey {
+    let mut key = FlowKey {
         // SAFETY: as above.
         remote: unsafe { core::mem::transmute::<Words, Addr>(dst) },
         local: src_addr,
         remote_port: dport,
         local_port: sport,
         proto,
-        leg: leg as u8,
+        leg: 0,
         pad: [0; 2],
     };
     // Most packets belong to a flow this CPU looked at lately, whether it
-    // recorded it or found a rule that answers it: they stop here. A FIN or
-    // RST always goes on, to start the entry's closing timeout.
-    if tcp_flags & (flows::TCP_FIN | flows::TCP_RST) == 0 && flows::recently_seen(&key) {
+    // recorded it or found a rule that answers it: they stop here, before
+    // the configuration is read (the interface stands for the leg in the
+    // cache's tag). A FIN or RST always goes on, to start the entry's
+    // closing timeout.
+    if tcp_flags & (flows::TCP_FIN | flows::TCP_RST) == 0 && flows::recently_seen(&key, ifindex) {
         return;
     }
+    let Some(config) = CONFIG.get(0) else {
+        return;
+    };
+    let leg = if config.flags & FLAG_APPLIANCE != 0 {
+        leg_of(config, ifindex)
+    } else {
+        0
+    };
+    key.leg = leg as u8;
+    // SAFETY: as above.
+    let forwarded = unsafe { (*ctx.skb.skb).ingress_ifindex } != 0;
     let base = config.fast_block_base;
     let ours = if base != 0 {
         // A host whose every address has the default profile: the fast
