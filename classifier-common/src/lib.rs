@@ -34,9 +34,10 @@ pub mod map_names {
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Per-CPU caches, not pinned: a new program starts them empty.
     pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
+    pub const RECENT_ANSWERS: &str = "RECENT_ANSWERS";
     pub const SEL_CACHE: &str = "SEL_CACHE";
     /// The program's maps that are not pinned (every other one is in `ALL`).
-    pub const UNPINNED: [&str; 2] = [RECENT_FLOWS, SEL_CACHE];
+    pub const UNPINNED: [&str; 3] = [RECENT_FLOWS, RECENT_ANSWERS, SEL_CACHE];
     /// Every map, in the order they are pinned.
     pub const ALL: [&str; 15] = [
         CONFIG,

@@ -56,9 +56,15 @@ pub static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_STA
 #[map]
 pub static FLOW_PORTS: Array<[u8; FLOW_PORTS_PER_ENTRY as usize]> =
     Array::with_max_entries(FLOW_PORT_ENTRIES, 0);
-/// Flows recorded lately, per CPU: most of a flow's packets skip the lookup.
+/// Flows the recorder looked at lately, per CPU: most of a flow's packets
+/// skip the lookup.
 #[map]
 pub static RECENT_FLOWS: PerCpuArray<RecentFlow> =
+    PerCpuArray::with_max_entries(RECENT_FLOW_SLOTS, 0);
+/// Confirmed flows XDP found lately, per CPU: most of their answers skip
+/// the lookup.
+#[map]
+pub static RECENT_ANSWERS: PerCpuArray<RecentFlow> =
     PerCpuArray::with_max_entries(RECENT_FLOW_SLOTS, 0);
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -115,15 +121,68 @@ fn refresh(v: *mut FlowState, tcp_flags: u8) {
 }
 
 /// XDP: whether the arriving packet, keyed as its expected-answer entry
-/// would be, is an answer. A confirmed entry is one lookup; an unconfirmed
-/// one may be confirmed by this very packet.
+/// would be, is an answer. A confirmed flow found lately on this CPU skips
+/// the lookup on 63 answers in 64 (the hash lookup of a 40-byte key was
+/// most of an answer's cost); otherwise a confirmed entry is one lookup,
+/// and an unconfirmed one may be confirmed by this very packet.
+///
+/// The cache cannot vouch for a flow that is gone: the sweeper removes
+/// only entries idle for 10 s or more, and a slot is stale once the
+/// refresh mark has moved on (about a second), so any entry a slot vouches
+/// for was found within the mark. A FIN or RST always looks the entry up,
+/// to start its closing timeout.
 #[inline(always)]
 pub fn is_answer(key: &FlowKey, tcp_flags: u8) -> bool {
+    let ending = tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let tag = tag_of(key, 0);
+    let slot = RECENT_ANSWERS.get_ptr_mut(slot_of(tag));
+    let m = mark();
+    if !ending && let Some(slot) = slot {
+        // SAFETY: a per-CPU array value is only touched by this CPU.
+        unsafe {
+            if (*slot).tag == tag && (*slot).skips > 0 && (*slot).mark == m {
+                (*slot).skips -= 1;
+                return true;
+            }
+        }
+    }
     if let Some(v) = FLOWS.get_ptr_mut(key) {
         refresh(v, tcp_flags);
+        if let Some(slot) = slot {
+            // SAFETY: as above.
+            unsafe {
+                *slot = RecentFlow {
+                    tag,
+                    skips: if ending { 0 } else { RECENT_FLOW_SKIPS },
+                    mark: m,
+                };
+            }
+        }
         return true;
     }
     answer_unconfirmed(key, tcp_flags)
+}
+
+/// A flow's tag in the per-CPU caches: a hash of its key (five words) and
+/// `salt`, never 0 (an empty slot's tag).
+#[inline(always)]
+fn tag_of(key: &FlowKey, salt: u32) -> u64 {
+    // SAFETY: `FlowKey` is 40 bytes, 8-byte aligned, no padding: five words.
+    let w = unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() };
+    (w[0]
+        ^ w[1].rotate_left(13)
+        ^ w[2].rotate_left(29)
+        ^ w[3].rotate_left(43)
+        ^ w[4]
+        ^ u64::from(salt) << 40)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        | 1
+}
+
+/// The cache slot of a tag.
+#[inline(always)]
+fn slot_of(tag: u64) -> u32 {
+    (tag >> 54) as u32 & (RECENT_FLOW_SLOTS - 1)
 }
 
 /// An answer to an unconfirmed flow, which it may confirm:
@@ -245,17 +304,8 @@ pub fn record(key: &FlowKey, tcp_flags: u8, share: Option<&ShareKey>, limit: u32
 /// packets, within one mark, leave before the recorder looks again.
 #[inline(always)]
 pub fn recently_seen(key: &FlowKey, ifindex: u32) -> bool {
-    // SAFETY: `FlowKey` is 40 bytes, 8-byte aligned, no padding: five words.
-    let w = unsafe { &*(key as *const FlowKey).cast::<[u64; 5]>() };
-    let tag = (w[0]
-        ^ w[1].rotate_left(13)
-        ^ w[2].rotate_left(29)
-        ^ w[3].rotate_left(43)
-        ^ w[4]
-        ^ u64::from(ifindex) << 40)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        | 1;
-    if let Some(slot) = RECENT_FLOWS.get_ptr_mut((tag >> 54) as u32 & (RECENT_FLOW_SLOTS - 1)) {
+    let tag = tag_of(key, ifindex);
+    if let Some(slot) = RECENT_FLOWS.get_ptr_mut(slot_of(tag)) {
         let m = mark();
         // SAFETY: a per-CPU array value is only touched by this CPU.
         unsafe {

@@ -76,6 +76,18 @@ pub fn tcp_ack() -> EgressFrames {
     }
 }
 
+/// The answers XDP sees on the TCP flow of [`tcp_ack`]: the peer's SYN-ACK
+/// (the flow still unconfirmed: two table lookups) and its ACK once the
+/// flow is confirmed (one lookup).
+pub fn tcp_answers() -> (Vec<u8>, Vec<u8>) {
+    let tcp = |flags| {
+        Packet::tcp_flags(REMOTE, LOCAL, REMOTE_TCP_PORT, LOCAL_TCP_PORT, flags)
+            .payload(10)
+            .build()
+    };
+    (tcp(TCP_SYN | TCP_ACK), tcp(TCP_ACK))
+}
+
 /// portguard's two programs on shared, pinned maps.
 pub struct Egress {
     xdp: Classifier,
@@ -84,8 +96,9 @@ pub struct Egress {
 }
 
 impl Egress {
-    pub fn load(policy: &CompiledPolicy) -> Result<Egress> {
-        let pins = PinDir::new("egress")?;
+    /// `name` tells apart the pin directories of two instances.
+    pub fn load(name: &str, policy: &CompiledPolicy) -> Result<Egress> {
+        let pins = PinDir::new(name)?;
         let mut xdp = Classifier::load(Some(&pins.0)).context("loading portguard (pinned)")?;
         xdp.install(policy, 1)?;
         let mut loader = EbpfLoader::new();
@@ -110,6 +123,36 @@ impl Egress {
             tc,
             _pins: pins,
         })
+    }
+
+    /// The XDP program that shares the recorder's tables.
+    pub fn xdp(&self) -> Result<&aya::programs::Xdp> {
+        Ok(self.xdp.xdp_ref()?)
+    }
+
+    /// Confirms the TCP flow `frames` opened: the peer's ACK (past the
+    /// handshake) passes as `established` and moves the entry into the
+    /// confirmed table, which then holds exactly one flow.
+    pub fn confirm(&mut self, ack: &[u8]) -> Result<()> {
+        self.xdp.set_trace(true)?;
+        let action = self.xdp.test_run(ack, 1)?.return_value;
+        let reason = decode_reason_counter(self.xdp.last_counter()?).map(|(r, _, _)| r);
+        self.xdp.set_trace(false)?;
+        if action != XDP_PASS || reason != Some(Reason::Established) {
+            bail!("the peer's ACK returned {action} ({reason:?}), not a pass as established");
+        }
+        let path = self._pins.0.join(map_names::FLOWS);
+        let map = aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(&path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        );
+        let flows: aya::maps::HashMap<_, classifier_common::FlowKey, classifier_common::FlowState> =
+            aya::maps::HashMap::try_from(map)?;
+        let confirmed = flows.keys().filter(Result::is_ok).count();
+        if confirmed != 1 {
+            bail!("after the peer's ACK the confirmed table holds {confirmed} flows, not 1");
+        }
+        Ok(())
     }
 
     pub fn tc(&self) -> Result<&SchedClassifier> {

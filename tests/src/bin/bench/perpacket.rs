@@ -303,10 +303,17 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     // The egress recorder on flows it has recorded (issue 14), next to the
     // empty TC program.
     let raw_floors = RawFloors::load()?;
-    let mut recorder = Egress::load(&compiled)?;
+    let mut recorder = Egress::load("egress", &compiled)?;
     let (rtp, ack) = (egress::rtp(), egress::tcp_ack());
     recorder.establish("RTP datagram", &rtp)?;
     recorder.establish("TCP ACK", &ack)?;
+    // XDP on the answers of that TCP flow: the SYN-ACK while it is
+    // unconfirmed (its measured repeats do not confirm it), then the
+    // peer's ACK once it is.
+    let (syn_ack_answer, ack_answer) = egress::tcp_answers();
+    let mut unconfirmed = Egress::load("unconfirmed", &compiled)?;
+    unconfirmed.establish("TCP SYN", &egress::tcp_ack())?;
+    recorder.confirm(&ack_answer)?;
 
     let mut progs: Vec<Prog<'_>> = vec![
         Prog::Xdp(floor_xdp(&floor_obj)?),
@@ -326,6 +333,10 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     progs.push(Prog::Tc(&raw_floors.tc));
     let egress_prog = progs.len();
     progs.push(Prog::Tc(recorder.tc()?));
+    let confirmed_prog = progs.len();
+    progs.push(Prog::Xdp(recorder.xdp()?));
+    let unconfirmed_prog = progs.len();
+    progs.push(Prog::Xdp(unconfirmed.xdp()?));
 
     let (src, dst, src6, dst6) = ("198.18.0.1", "198.18.0.2", "2001:db8::1", "2001:db8::2");
     let allowed = udp64(src, dst, ALLOWED_PORT);
@@ -476,6 +487,20 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         "portguard appliance mode, allowed UDP 50000 to the box's own address",
         box_prog,
         &box_frames.local_allowed,
+        XDP_PASS,
+    ));
+    cases.push(case(
+        "pg",
+        "portguard, answer TCP ACK on a confirmed flow",
+        confirmed_prog,
+        &ack_answer,
+        XDP_PASS,
+    ));
+    cases.push(case(
+        "pg",
+        "portguard, answer TCP SYN-ACK on an unconfirmed flow",
+        unconfirmed_prog,
+        &syn_ack_answer,
         XDP_PASS,
     ));
     cases.push(case(
