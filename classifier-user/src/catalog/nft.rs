@@ -185,26 +185,22 @@ pub fn export_profiles(
         // the XDP program looks the appliance's own addresses up first. The
         // source side still does: a profile's outbound rows allow its packets to
         // anywhere, the appliance included.
-        input_chain(
-            &mut s,
-            &mgmt_rules,
-            &own_jumps,
-            Some("jump from_profile comment \"source profile\""),
-        );
+        input_chain(&mut s, &mgmt_rules, &own_jumps, Some(FROM_PROFILE_JUMP));
         output_chain(&mut s, &own_out);
 
         s.push_str(
             "\t# Forwarded packets: replies of what was passed (either way, either leg), the essentials\n\
              \t# as on input, then the destination's profile (its inbound rows) and the source's profile\n\
-             \t# (its outbound rows); either side may pass the packet. No lockout guard here: it\n\
-             \t# never opens a port on a server behind the appliance.\n",
+             \t# (its outbound rows, only when the source sits behind the leg the packet arrived\n\
+             \t# on: a strict reverse-path check); either side may pass the packet. No lockout\n\
+             \t# guard here: it never opens a port on a server behind the appliance.\n",
         );
         s.push_str(
             "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n",
         );
         s.push_str("\t\tct state established,related counter accept comment \"established\"\n");
         essentials(&mut s);
-        s.push_str("\t\tjump to_profile\n\t\tjump from_profile\n\t}\n\n");
+        let _ = writeln!(s, "\t\tjump to_profile\n\t\t{FROM_PROFILE_JUMP}\n\t}}\n");
         side_chain(&mut s, "to_profile", "daddr", &sides, "to_p", &[]);
         side_chain(&mut s, "from_profile", "saddr", &sides, "from_p", &[]);
     } else {
@@ -252,6 +248,15 @@ pub fn export_profiles(
     s.push_str("\n}\n");
     Ok(s)
 }
+
+/// The source side of an appliance: a profile's outbound rows apply only to
+/// a packet whose source the box routes back through the interface it
+/// arrived on (strict reverse-path filtering, RFC 3704), as the XDP program
+/// applies them only on the leg the profile's prefix sits behind. A frame
+/// on the internet leg that claims an Edge Server's address is not the
+/// Edge's.
+const FROM_PROFILE_JUMP: &str =
+    "fib saddr . iif oif exists jump from_profile comment \"source profile (strict reverse path)\"";
 
 /// Appliance mode: `export_profiles` for an appliance.
 pub fn export_appliance(

@@ -288,6 +288,17 @@ fn profile_roles(spec: &str) -> Vec<String> {
     roles.split(',').map(String::from).collect()
 }
 
+/// The side of the router an address lives on (its route): the client's
+/// network, or the DMZ's two.
+fn home(addr: IpAddr) -> Side {
+    let text = addr.to_string();
+    if text.starts_with("198.18.1.") || text.starts_with("2001:db8:1:") {
+        Side::Client
+    } else {
+        Side::Server
+    }
+}
+
 fn l4(proto: Protocol, src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Packet {
     match proto {
         Protocol::Tcp => Packet::tcp_flags(src, dst, sport, dport, flags),
@@ -325,6 +336,25 @@ fn openers(catalog: &Catalog) -> Vec<Probe> {
                 name: format!("{s} -> {c} {proto} {port}"),
                 packet: l4(proto, s, c, next(), port, TCP_SYN),
                 from: Side::Server,
+                to: Side::Client,
+                answers: None,
+            });
+        }
+    }
+    // Spoofed: a DMZ host's source address on the client leg, to the
+    // client (in no profile), hairpinned back out of that leg. Its outbound
+    // rows do not apply there (a strict reverse-path check), and what it
+    // would have planted must not let the answer in. (A spoof to another
+    // DMZ address is not observable here: the server namespace holds every
+    // DMZ address, and drops a packet from one of its own as a martian.)
+    for (k, &server) in SERVERS.iter().enumerate() {
+        for (j, &(proto, port)) in ports.iter().enumerate().filter(|(j, _)| j % 2 == k % 2) {
+            let v6 = (j / 2 + k) % 2 == 1;
+            let (s, c) = (fam(v6, server), fam(v6, CLIENTS[0]));
+            out.push(Probe {
+                name: format!("spoofed {s} on the client leg -> {c} {proto} {port}"),
+                packet: l4(proto, s, c, next(), port, TCP_SYN),
+                from: Side::Client,
                 to: Side::Client,
                 answers: None,
             });
@@ -437,7 +467,9 @@ fn answers(openers: &[Probe]) -> Vec<Probe> {
             name: format!("answer to [{}]", o.name),
             packet: l4(proto, &src, &dst, dport, sport, TCP_SYN | TCP_ACK),
             from: o.to,
-            to: o.from,
+            // Where the opener's source lives (for a spoofed opener, not
+            // the side it was sent from).
+            to: home(o.packet.src),
             answers: Some(i),
         });
         if i % 3 == 0 {
@@ -445,7 +477,7 @@ fn answers(openers: &[Probe]) -> Vec<Probe> {
                 name: format!("unsolicited like an answer to [{}]", o.name),
                 packet: l4(proto, &src, &dst, dport, sport + 10_000, TCP_SYN | TCP_ACK),
                 from: o.to,
-                to: o.from,
+                to: home(o.packet.src),
                 answers: None,
             });
         }
@@ -502,7 +534,9 @@ impl Semantics {
             .map(|(_, rules)| rules.as_slice())
     }
 
-    fn fresh(&self, p: &Packet) -> bool {
+    /// Whether `p`, arriving from `from`, passes with no flow state. A
+    /// profile's outbound rows apply only on the side its source lives on.
+    fn fresh(&self, p: &Packet, from: Side) -> bool {
         let (proto, dport) = match p.l4 {
             L4::Tcp { dport, .. } => (Protocol::Tcp, dport),
             L4::Udp { dport, .. } => (Protocol::Udp, dport),
@@ -519,7 +553,7 @@ impl Semantics {
                 })
             })
         };
-        let from = allows(self.profile(p.src), Direction::Outbound);
+        let from = home(p.src) == from && allows(self.profile(p.src), Direction::Outbound);
         if self.own.contains(&p.dst) {
             // The --role rows (none: the essentials and the lockout guard
             // only), whatever profile holds the address.
@@ -685,10 +719,13 @@ fn compare(catalog: &Catalog, own_role: Option<&str>) -> usize {
     let openers = openers(catalog);
     let answers = answers(&openers);
     let semantics = Semantics::new(catalog, own_role);
-    let expect_openers: Vec<bool> = openers.iter().map(|p| semantics.fresh(&p.packet)).collect();
+    let expect_openers: Vec<bool> = openers
+        .iter()
+        .map(|p| semantics.fresh(&p.packet, p.from))
+        .collect();
     let expect_answers: Vec<bool> = answers
         .iter()
-        .map(|a| a.answers.is_some_and(|i| expect_openers[i]) || semantics.fresh(&a.packet))
+        .map(|a| a.answers.is_some_and(|i| expect_openers[i]) || semantics.fresh(&a.packet, a.from))
         .collect();
     let passes = expect_openers.iter().filter(|e| **e).count();
     assert!(
