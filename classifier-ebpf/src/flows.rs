@@ -26,52 +26,27 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
-    macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::TcContext,
 };
 use classifier_common::{
-    FLOW_ANSWERED, FLOW_CLOSING, FLOW_CONFIRM_REFUSED, FLOW_ENTRIES, FLOW_MARK_SHIFT,
-    FLOW_NEW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FLOW_SHARE_ENTRIES,
-    FLOW_SHARE_WINDOW_S, FLOW_STAT_ENTRIES, FLOW_UDP_STREAM_S, FlowKey, FlowState,
-    RECENT_FLOW_SKIPS, RECENT_FLOW_SLOTS, RecentFlow, STAT_CONFIRMED_REFUSED, STAT_NEW_INSERTS,
-    STAT_NEW_REFUSED, STAT_PROMOTED, Share, ShareKey,
+    Addr, DIR_INBOUND, DIR_OUTBOUND, FLAG_APPLIANCE, FLOW_ANSWERED, FLOW_CLOSING,
+    FLOW_CONFIRM_REFUSED, FLOW_MARK_SHIFT, FLOW_PORTS_PER_ENTRY, FLOW_SHARE_WINDOW_S,
+    FLOW_UDP_STREAM_S, FlowKey, FlowState, MAX_VLAN_TAGS, PROFILE_NONE, PROTO_TCP, PROTO_UDP,
+    RECENT_FLOW_SKIPS, RECENT_FLOW_SLOTS, RecentFlow, SHARE_FLOWS, STAT_CONFIRMED_REFUSED,
+    STAT_NEW_INSERTS, STAT_NEW_REFUSED, STAT_PROMOTED, Share, ShareKey, fast_block_index,
 };
 
-/// Confirmed flows: both sides have spoken. Never evicted.
-#[map]
-pub static FLOWS: HashMap<FlowKey, FlowState> = HashMap::with_max_entries(FLOW_ENTRIES, 0);
-/// Unconfirmed flows: only the opener has spoken.
-#[map]
-pub static FLOWS_NEW: LruHashMap<FlowKey, FlowState> =
-    LruHashMap::with_max_entries(FLOW_NEW_ENTRIES, 0);
-/// Per-source shares of `FLOWS_NEW` and `FRAGMENTS`.
-#[map]
-pub static FLOW_SHARES: LruHashMap<ShareKey, Share> =
-    LruHashMap::with_max_entries(FLOW_SHARE_ENTRIES, 0);
-/// Inserts, confirmations and refusals, per CPU (`STAT_*`).
-#[map]
-pub static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_STAT_ENTRIES, 0);
-/// One byte per local port: "some entry expects an answer to this port".
-/// XDP looks the tables up only where it is set.
-#[map]
-pub static FLOW_PORTS: Array<[u8; FLOW_PORTS_PER_ENTRY as usize]> =
-    Array::with_max_entries(FLOW_PORT_ENTRIES, 0);
-/// Flows the recorder looked at lately, per CPU: most of a flow's packets
-/// skip the lookup.
-#[map]
-pub static RECENT_FLOWS: PerCpuArray<RecentFlow> =
-    PerCpuArray::with_max_entries(RECENT_FLOW_SLOTS, 0);
-/// Confirmed flows XDP found lately, per CPU: most of their answers skip
-/// the lookup.
-#[map]
-pub static RECENT_ANSWERS: PerCpuArray<RecentFlow> =
-    PerCpuArray::with_max_entries(RECENT_FLOW_SLOTS, 0);
-
-pub const IPPROTO_TCP: u8 = 6;
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+use crate::{
+    decide::{CacheHalf, leg_of, lookup_sel, port_slot, rule_slot, share_key},
+    maps::{
+        CONFIG, FLOW_PORTS, FLOW_SHARES, FLOW_STATS, FLOWS, FLOWS_NEW, RECENT_ANSWERS, RECENT_FLOWS,
+    },
+    parse::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_TCP, IPPROTO_UDP,
+        TCP_ACK, TCP_FIN, TCP_HLEN, TCP_RST, TCP_SYN, UDP_HLEN, V4_MAPPED, Words, be16, be16_at,
+        word_at,
+    },
+};
 
 const EEXIST: i32 = 17;
 
@@ -379,4 +354,213 @@ pub fn local_port_has_flows(port: u16) -> bool {
         }
         None => true,
     }
+}
+
+/// Reads the headers straight from the packet, as XDP does: the addresses
+/// as words, so the key is built from registers. A packet whose headers
+/// are not in the linear part of the buffer is not recorded.
+///
+/// Every TCP segment (not only the SYN) and every UDP datagram is
+/// recorded, so that a flow table lost to a restart or a failover fills
+/// again from the traffic. What is not recorded: a packet whose answer a
+/// catalog rule lets in anyway (a server answering from its listening port:
+/// most of a host's segments), and a later fragment (no ports).
+#[inline(always)]
+pub(crate) fn record_flow(ctx: &TcContext) {
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let Some(eth_type) = frame.bytes::<2>(12) else {
+        return;
+    };
+    let mut ethertype = be16(&eth_type, 0);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(tag) = frame.bytes::<4>(off) else {
+            return;
+        };
+        ethertype = be16(&tag, 2);
+        off += 4;
+    }
+    let (hp, v6, proto, l4) = match ethertype {
+        ETH_P_IP => {
+            let Some(hp) = frame.ptr::<[u8; 20]>(off) else {
+                return;
+            };
+            let hp = hp.cast::<u8>();
+            if be16_at(hp, 6) & 0x1fff != 0 {
+                return;
+            }
+            // SAFETY (both): inside the checked 20 bytes.
+            let (version_ihl, proto) = unsafe { (*hp, *hp.add(9)) };
+            (hp, false, proto, off + (version_ihl & 0x0f) as usize * 4)
+        }
+        ETH_P_IPV6 => {
+            let Some(hp) = frame.ptr::<[u8; 40]>(off) else {
+                return;
+            };
+            let hp = hp.cast::<u8>();
+            // SAFETY: inside the checked 40 bytes.
+            (hp, true, unsafe { *hp.add(6) }, off + 40)
+        }
+        _ => return,
+    };
+    let (pproto, sport, dport, tcp_flags) = match proto {
+        IPPROTO_TCP => {
+            let Some(h) = frame.ptr::<[u8; TCP_HLEN]>(l4) else {
+                return;
+            };
+            let h = h.cast::<u8>();
+            // SAFETY: inside the checked header.
+            (PROTO_TCP, be16_at(h, 0), be16_at(h, 2), unsafe {
+                *h.add(13)
+            })
+        }
+        IPPROTO_UDP => {
+            let Some(h) = frame.ptr::<[u8; UDP_HLEN]>(l4) else {
+                return;
+            };
+            let h = h.cast::<u8>();
+            (PROTO_UDP, be16_at(h, 0), be16_at(h, 2), 0)
+        }
+        _ => return,
+    };
+    // SAFETY: the context's `__sk_buff` is valid for the program's run.
+    // One path per family (as Katran does): each builds its addresses and
+    // records, so that IPv4's constant words stay constants through the
+    // hash instead of meeting IPv6's loaded ones in a merged stack slot.
+    if v6 {
+        record_answer(
+            ctx,
+            [
+                word_at(hp, 8),
+                word_at(hp, 12),
+                word_at(hp, 16),
+                word_at(hp, 20),
+            ],
+            [
+                word_at(hp, 24),
+                word_at(hp, 28),
+                word_at(hp, 32),
+                word_at(hp, 36),
+            ],
+            (proto, pproto, sport, dport, tcp_flags),
+        );
+    } else {
+        record_answer(
+            ctx,
+            [0, 0, V4_MAPPED, word_at(hp, 12)],
+            [0, 0, V4_MAPPED, word_at(hp, 16)],
+            (proto, pproto, sport, dport, tcp_flags),
+        );
+    }
+}
+
+/// The leaving packet's answer, unless a catalog rule lets that answer in
+/// anyway: its destination would be this packet's source, its destination
+/// port this packet's source port. So a server answering from its
+/// listening port records nothing, and neither does any answer to a flow
+/// a rule opened: its own answer is that flow's next packet, which the
+/// rule passes. A forwarded packet from an address in no profile (the
+/// internet's side) is charged to its source's share; the box's own
+/// packets and its profiles' servers are not.
+#[inline(always)]
+pub(crate) fn record_answer(
+    ctx: &TcContext,
+    src: Words,
+    dst: Words,
+    (proto, pproto, sport, dport, tcp_flags): (u8, u32, u16, u16, u8),
+) {
+    // SAFETY: the context's `__sk_buff` is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY (both): same size, and every bit pattern is a valid byte array.
+    let src_addr = unsafe { core::mem::transmute::<Words, Addr>(src) };
+    let mut key = FlowKey {
+        // SAFETY: as above.
+        remote: unsafe { core::mem::transmute::<Words, Addr>(dst) },
+        local: src_addr,
+        remote_port: dport,
+        local_port: sport,
+        proto,
+        leg: 0,
+        pad: [0; 2],
+    };
+    // Most packets belong to a flow this CPU looked at lately, whether it
+    // recorded it or found a rule that answers it: they stop here, before
+    // the configuration is read (the interface stands for the leg in the
+    // cache's tag). A FIN or RST always goes on, to start the entry's
+    // closing timeout.
+    if tcp_flags & (TCP_FIN | TCP_RST) == 0 && recently_seen(&key, ifindex) {
+        return;
+    }
+    let Some(config) = CONFIG.get(0) else {
+        return;
+    };
+    let leg = if config.flags & FLAG_APPLIANCE != 0 {
+        leg_of(config, ifindex)
+    } else {
+        0
+    };
+    key.leg = leg as u8;
+    // SAFETY: as above.
+    let forwarded = unsafe { (*ctx.skb.skb).ingress_ifindex } != 0;
+    let base = config.fast_block_base;
+    let ours = if base != 0 {
+        // A host whose every address has the default profile: the fast
+        // path's table, in the generation it names.
+        if port_slot(fast_block_index(base, pproto, sport), sport) != 0 {
+            return;
+        }
+        !forwarded
+    } else {
+        let generation = (config.generation & 1) as usize;
+        let gen_config = &config.gens[generation];
+        let mut profile = gen_config.default_profile;
+        if gen_config.has_prefixes != 0 {
+            let sel = lookup_sel(
+                &src_addr,
+                generation,
+                gen_config.sel_epoch,
+                CacheHalf::Destination,
+            );
+            if sel.profile != PROFILE_NONE {
+                profile = sel.profile;
+            }
+        }
+        if profile != PROFILE_NONE && rule_slot(profile, config, DIR_INBOUND, pproto, sport) != 0 {
+            return;
+        }
+        // Or the outbound rows of the answer's destination (this packet's
+        // source is an answer to what such a row passed), where they apply:
+        // on the leg it sits behind, which is the leg the answer arrives on.
+        let outbound = gen_config.outbound_profiles;
+        if outbound != 0 {
+            // SAFETY: as above.
+            let dst_addr = unsafe { core::mem::transmute::<Words, Addr>(dst) };
+            let sel = lookup_sel(
+                &dst_addr,
+                generation,
+                gen_config.sel_epoch,
+                CacheHalf::Source,
+            );
+            if sel.profile < 32
+                && outbound & (1 << sel.profile) != 0
+                && sel.leg == leg + 1
+                && rule_slot(sel.profile, config, DIR_OUTBOUND, pproto, sport) != 0
+            {
+                return;
+            }
+        }
+        !forwarded || profile != PROFILE_NONE
+    };
+    let share = if ours {
+        None
+    } else {
+        Some(share_key(&src_addr, SHARE_FLOWS))
+    };
+    record(&key, tcp_flags, share.as_ref(), config.flow_share);
 }
