@@ -242,7 +242,8 @@ impl RawSender {
     /// Sends every frame of `frames`, up to [`BATCH`] per `sendmmsg` call (a
     /// flood's frames cost one system call per batch, not one each). A full
     /// device queue (`ENOBUFS`, `EAGAIN`) is waited out and the rest sent,
-    /// so every frame leaves; any other error stops the batch.
+    /// so every frame leaves, unless the queue stays full for 10 s; any
+    /// other error stops the batch.
     pub fn send_batch(&self, frames: &[Vec<u8>]) -> io::Result<()> {
         use std::os::fd::AsRawFd as _;
         // SAFETY: zeroed sockaddr_ll is valid; filled below.
@@ -251,6 +252,7 @@ impl RawSender {
         addr.sll_ifindex = self.ifindex;
         addr.sll_halen = 6;
         let mut done = 0;
+        let mut progress = std::time::Instant::now();
         while done < frames.len() {
             let chunk = &frames[done..(done + BATCH).min(frames.len())];
             let mut iovs: Vec<libc::iovec> = chunk
@@ -281,7 +283,9 @@ impl RawSender {
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
-                    Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR) => {
+                    Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
+                        if progress.elapsed() < Duration::from_secs(10) =>
+                    {
                         std::thread::yield_now();
                         continue;
                     }
@@ -289,6 +293,7 @@ impl RawSender {
                 }
             }
             done += n as usize;
+            progress = std::time::Instant::now();
         }
         Ok(())
     }

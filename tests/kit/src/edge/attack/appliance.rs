@@ -218,9 +218,10 @@ pub(super) fn run(opts: &Options<'_>, report: &mut Report) -> Result<()> {
         ),
     ));
     let phase = "after kill -9 and run --clean-start";
-    // The answering side alone gets nowhere until the rule side speaks
-    // (docs/perimeter.md); shown on the UDP flows, where a dropped message
-    // leaves nothing behind to arrive later.
+    // Only what the rule side sends makes an entry, so the answering side
+    // alone gets nowhere until the rule side speaks again (as with
+    // conntrack failing over without conntrackd); shown on the UDP flows,
+    // where a dropped message leaves nothing behind to arrive later.
     report
         .conns
         .extend(conns.check_udp_expecting_drop(Mode::Appliance, phase));
@@ -293,10 +294,6 @@ fn flood_phase(
             .unconfirmed
             .refusals
             .saturating_sub(before.unconfirmed.refusals),
-        fragment_refusals: after
-            .fragments
-            .refusals
-            .saturating_sub(before.fragments.refusals),
         confirmed_before: before.confirmed.entries,
         confirmed_after: after.confirmed.entries,
         unconfirmed_after: after.unconfirmed.entries,

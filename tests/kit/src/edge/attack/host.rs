@@ -244,7 +244,6 @@ pub(super) fn run(opts: &Options<'_>, report: &mut Report) -> Result<()> {
                 .unconfirmed
                 .refusals
                 .saturating_sub(before.unconfirmed.refusals),
-            fragment_refusals: 0,
             confirmed_before: before.confirmed.entries,
             confirmed_after: after.confirmed.entries,
             unconfirmed_after: after.unconfirmed.entries,

@@ -24,9 +24,12 @@
 //!   connections through a spoofed UDP flood it answers and a SYN flood to
 //!   its SSH guard port.
 //!
-//! The same engine runs with nftables (portguard's own `catalog export
-//! --format nft --appliance`) in portguard's place, and with no firewall
-//! (the lab's own check: every plant's traffic then arrives). `cargo xtask
+//! [`appliance`] runs the first four, in that order, on the appliance.
+//!
+//! The same engine runs the appliance's plants with nftables in
+//! portguard's place (its own `catalog export --format nft --appliance`,
+//! alone or behind a `fib` reverse-path rule), and every plant with no
+//! firewall (the lab's own check: every plant's traffic then arrives). `cargo xtask
 //! run -- --scenario attack` prints it; the `lab_attack` test asserts on it.
 
 mod appliance;

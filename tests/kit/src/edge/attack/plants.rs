@@ -79,6 +79,10 @@ pub struct Case {
     pub v4_only: bool,
 }
 
+/// The appliance's reverse-path filtering unless a case says otherwise:
+/// loose, systemd's default.
+const LOOSE: u8 = 2;
+
 const fn case(name: &'static str, target: Target, port: u16, via: u16, proto: Proto) -> Case {
     Case {
         name,
@@ -87,7 +91,7 @@ const fn case(name: &'static str, target: Target, port: u16, via: u16, proto: Pr
         via,
         proto,
         shape: Shape::Plain,
-        rp_filter: Some(2),
+        rp_filter: Some(LOOSE),
         relay: false,
         v4_only: false,
     }
@@ -294,6 +298,10 @@ pub(super) fn run(env: &Env<'_>, cases: &[Case]) -> Result<Vec<PlantRow>> {
             .collect();
         rows.extend(batch_run(env, &batch)?);
     }
+    // Back to the scenario's own setting for what follows.
+    if let Some((ns, legs)) = env.router {
+        set_rp_filter(ns, legs, LOOSE)?;
+    }
     Ok(rows)
 }
 
@@ -418,18 +426,26 @@ fn batch_run(env: &Env<'_>, batch: &[(usize, &Case)]) -> Result<Vec<PlantRow>> {
 /// The plant: a frame from the target's port to the attacker's, as the
 /// target would send it (a datagram, or a SYN).
 fn plant_frame(env: &Env<'_>, s: &Shot<'_>) -> Vec<u8> {
-    let l4 = match s.case.proto {
-        Proto::Udp => L4::Udp {
-            sport: s.target.port(),
-            dport: s.case.via,
-        },
-        Proto::Tcp => L4::Tcp {
-            sport: s.target.port(),
-            dport: s.case.via,
-            flags: TCP_SYN,
-        },
+    let p = match s.case.proto {
+        Proto::Udp => Packet::new(
+            s.target.ip(),
+            s.attacker,
+            L4::Udp {
+                sport: s.target.port(),
+                dport: s.case.via,
+            },
+        )
+        .payload(8),
+        Proto::Tcp => Packet::new(
+            s.target.ip(),
+            s.attacker,
+            L4::Tcp {
+                sport: s.target.port(),
+                dport: s.case.via,
+                flags: TCP_SYN,
+            },
+        ),
     };
-    let p = Packet::new(s.target.ip(), s.attacker, l4).payload(8);
     match s.case.shape {
         Shape::Plain => env.wire.frame(p),
         Shape::BadChecksumForeignMac => {

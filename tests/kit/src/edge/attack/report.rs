@@ -92,11 +92,10 @@ pub struct FloodRow {
     /// Frames portguard counted on the leg the flood arrived on (the
     /// veth may drop some before XDP sees them).
     pub counted: u64,
-    /// Change of the unconfirmed table's evictions and refusals, and the
-    /// fragment table's refusals, over the flood (from `portguard stats`).
+    /// Change of the unconfirmed table's evictions and refusals over the
+    /// flood (from `portguard stats`).
     pub unconfirmed_evictions: u64,
     pub unconfirmed_refusals: u64,
-    pub fragment_refusals: u64,
     pub confirmed_before: u64,
     pub confirmed_after: u64,
     pub unconfirmed_after: u64,
