@@ -37,9 +37,9 @@ enum Cmd {
     Setup,
     /// Set up, then build the self-contained `portguard` binary (release).
     Build,
-    /// Set up, build, and run the lab demos: the host scenario, then the
-    /// routed edge scenario (`-- --scenario host|edge|all` picks; all by
-    /// default). `-- --iface IF --role R [flags]` runs `portguard run` with
+    /// Set up, build, and run the lab demos: the host scenario, the routed
+    /// edge scenario, then the attack scenario (`-- --scenario
+    /// host|edge|attack|all` picks; all by default). `-- --iface IF --role R [flags]` runs `portguard run` with
     /// those flags on a real interface instead.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -245,6 +245,10 @@ mod tests {
         assert_eq!(scenario(&[]), Some(run::Scenario::All));
         assert_eq!(scenario(&["--scenario", "edge"]), Some(run::Scenario::Edge));
         assert_eq!(scenario(&["--scenario=host"]), Some(run::Scenario::Host));
+        assert_eq!(
+            scenario(&["--scenario", "attack"]),
+            Some(run::Scenario::Attack)
+        );
         assert_eq!(scenario(&["--scenario", "all"]), Some(run::Scenario::All));
         assert_eq!(scenario(&["--iface", "eth0", "--role", "front-end"]), None);
         let bad = run::scenario(&args(&["--scenario", "moon"]))

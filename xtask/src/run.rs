@@ -1,8 +1,10 @@
 //! `cargo xtask run`: the lab demos (the host scenario, engine in
 //! `testkit::lab`; the routed edge scenario, engine in `testkit::edge`,
-//! printed by [`edge`]), or, with portguard's flags, portguard in the
-//! foreground on a real interface.
+//! printed by [`edge`]; the attack scenario, engine in
+//! `testkit::edge::attack`, printed by [`attack`]), or, with portguard's
+//! flags, portguard in the foreground on a real interface.
 
+mod attack;
 mod edge;
 
 use std::{
@@ -39,7 +41,10 @@ pub enum Scenario {
     /// The routed perimeter: internet <-> appliance (portguard on both
     /// legs) <-> DMZ with the Edge Server addresses and a reverse proxy.
     Edge,
-    /// The host scenario, then the edge scenario.
+    /// The edge topology and a host under attack: plants, spoofed floods,
+    /// fragment floods, kill -9 and run --clean-start.
+    Attack,
+    /// The host scenario, the edge scenario, then the attack scenario.
     All,
 }
 
@@ -62,36 +67,39 @@ pub fn scenario(args: &[String]) -> Result<Option<Scenario>> {
     match LabArgs::try_parse_from(args) {
         Ok(lab) => Ok(Some(lab.scenario)),
         Err(e) => bail!(
-            "{}(`--scenario host|edge|all` runs a lab scenario and takes no other argument; portguard's `run` flags, `--iface IF --role R ...`, run it on a real interface)",
+            "{}(`--scenario host|edge|attack|all` runs a lab scenario and takes no other argument; portguard's `run` flags, `--iface IF --role R ...`, run it on a real interface)",
             e.render()
         ),
     }
 }
 
-/// Runs the chosen scenarios; with `all`, the edge scenario runs even if the
-/// host one failed, and the run fails if either did.
+/// One scenario's printer.
+type Demo = fn() -> Result<()>;
+
+/// Runs the chosen scenarios; with `all`, each runs even if one before it
+/// failed, and the run fails if any did.
 pub fn lab(scenario: Scenario) -> Result<()> {
     catch_sigint();
+    let all = scenario == Scenario::All;
     let mut failed = Vec::new();
-    if matches!(scenario, Scenario::Host | Scenario::All)
-        && let Err(e) = demo()
-    {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            return Err(e);
+    let scenarios: [(Scenario, &str, Demo); 3] = [
+        (Scenario::Host, "host", demo),
+        (Scenario::Edge, "edge", || edge::demo(&INTERRUPTED)),
+        (Scenario::Attack, "attack", || attack::demo(&INTERRUPTED)),
+    ];
+    for (i, (which, name, demo)) in scenarios.into_iter().enumerate() {
+        if !(all || scenario == which) {
+            continue;
         }
-        eprintln!("xtask run: host scenario: {e:#}");
-        failed.push("host");
-    }
-    if matches!(scenario, Scenario::Edge | Scenario::All) {
-        if scenario == Scenario::All {
+        if all && i > 0 {
             println!();
         }
-        if let Err(e) = edge::demo(&INTERRUPTED) {
+        if let Err(e) = demo() {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 return Err(e);
             }
-            eprintln!("xtask run: edge scenario: {e:#}");
-            failed.push("edge");
+            eprintln!("xtask run: {name} scenario: {e:#}");
+            failed.push(name);
         }
     }
     if !failed.is_empty() {

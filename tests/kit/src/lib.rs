@@ -8,6 +8,7 @@
 //! `portguard-testsupport` (tests/support).
 
 pub mod edge;
+pub mod frames;
 pub mod lab;
 pub mod mountns;
 pub mod netns;

@@ -1,14 +1,15 @@
 //! Test-only code shared by portguard's tests, benchmarks and fuzzing, kept
-//! out of the production library: packet builders ([`frames`]), the reference
-//! classifier the kernel program is held to ([`reference`]), the kernel
-//! program under `BPF_PROG_TEST_RUN` ([`kernel`]) and the policies the tests
-//! share ([`spec`]).
+//! out of the production library: packet builders ([`frames`], kept in
+//! `testkit` so that the lab engines can put frames on a wire too), the
+//! reference classifier the kernel program is held to ([`reference`]), the
+//! kernel program under `BPF_PROG_TEST_RUN` ([`kernel`]) and the policies
+//! the tests share ([`spec`]).
 //!
 //! Unlike `testkit`, this crate depends on `classifier-user` (and so on the
 //! eBPF toolchain): what does not need portguard's library belongs in
 //! `testkit`.
 
-pub mod frames;
+pub use testkit::frames;
 pub mod kernel;
 pub mod reference;
 pub mod spec;

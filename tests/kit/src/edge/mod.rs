@@ -9,7 +9,10 @@
 //! One module per concern: the addresses, cases and topology here;
 //! `traffic` (the socket cases and the media relay), `peers` (sipp,
 //! coturn, curl), `report` (what arrived, and the per-leg counter checks).
+//! [`attack`] is another scenario on the same topology: the attacks of
+//! issue 22 (`--scenario attack`, the `lab_attack` test).
 
+pub mod attack;
 mod peers;
 mod report;
 mod traffic;
@@ -317,19 +320,36 @@ pub struct Options<'a> {
     pub live: bool,
 }
 
+/// The appliance's two legs. Their names are the instance's (its lock and
+/// pins under /run and the bpffs are keyed by them), so a scenario that may
+/// run beside the edge lab names its own.
+#[derive(Clone, Copy, Debug)]
+struct Legs {
+    ext: &'static str,
+    dmz: &'static str,
+}
+
+/// The edge lab's legs.
+const LEGS: Legs = Legs {
+    ext: EXT_IF,
+    dmz: DMZ_IF,
+};
+
 /// The three namespaces and their links, removed on drop.
 struct Topology {
     internet: NetNs,
     appliance: NetNs,
     dmz: NetNs,
+    legs: Legs,
 }
 
 impl Topology {
-    fn build() -> Result<Topology> {
+    fn build(legs: Legs) -> Result<Topology> {
         let t = Topology {
             internet: NetNs::new("pg-inet")?,
             appliance: NetNs::new("pg-appl")?,
             dmz: NetNs::new("pg-dmz")?,
+            legs,
         };
         // Without duplicate address detection on the link-local addresses
         // too: while they are tentative, the first IPv6 packets forwarded
@@ -344,16 +364,16 @@ impl Topology {
                 ],
             )?;
         }
-        veth_pair(&t.internet, INET_IF, &t.appliance, EXT_IF)?;
-        veth_pair(&t.appliance, DMZ_IF, &t.dmz, DMZ_HOST_IF)?;
+        veth_pair(&t.internet, INET_IF, &t.appliance, legs.ext)?;
+        veth_pair(&t.appliance, legs.dmz, &t.dmz, DMZ_HOST_IF)?;
         for family in FAMILIES {
             let (len, gw_ext, gw_dmz) = match family {
                 Family::V4 => (24, "198.18.1.1", "198.18.2.1"),
                 Family::V6 => (64, "2001:db8:1::1", "2001:db8:2::1"),
             };
             addr(&t.internet, INET_IF, &cidr(Host::Internet, family, len))?;
-            addr(&t.appliance, EXT_IF, &cidr(Host::Appliance, family, len))?;
-            addr(&t.appliance, DMZ_IF, &format!("{gw_dmz}/{len}"))?;
+            addr(&t.appliance, legs.ext, &cidr(Host::Appliance, family, len))?;
+            addr(&t.appliance, legs.dmz, &format!("{gw_dmz}/{len}"))?;
             for (host, _) in PROFILES {
                 addr(&t.dmz, DMZ_HOST_IF, &cidr(host, family, len))?;
             }
@@ -405,7 +425,11 @@ fn cidr(host: Host, family: Family, len: u8) -> String {
 
 /// `portguard run` on both legs, one profile per DMZ address and family.
 pub fn portguard_args() -> Vec<String> {
-    let mut args: Vec<String> = ["run", "--iface", EXT_IF, "--iface", DMZ_IF]
+    portguard_args_on(LEGS)
+}
+
+fn portguard_args_on(legs: Legs) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--iface", legs.ext, "--iface", legs.dmz]
         .map(String::from)
         .into();
     for family in FAMILIES {
@@ -423,7 +447,7 @@ pub fn portguard_args() -> Vec<String> {
 /// peers) is dropped on return, on any path.
 pub fn run(opts: &Options<'_>) -> Result<Report> {
     let interrupted = opts.interrupted;
-    let topo = Topology::build()?;
+    let topo = Topology::build(LEGS)?;
     let mut daemon = match opts.bin {
         Some(bin) => {
             let bin = bin.to_str().context("portguard path is not UTF-8")?;

@@ -17,7 +17,7 @@ use std::{
 
 pub use self::{
     daemon::{Daemon, portguard, portguard_in, portguard_in_wrapped, text},
-    pair::{Pair, pin_dir, state_file},
+    pair::{Pair, forget_iface, pin_dir, state_file},
     scrape::{Sample, Scrape, http_get, parse_sample},
     stream::{Delivery, Stream},
 };

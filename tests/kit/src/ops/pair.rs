@@ -20,7 +20,7 @@ pub fn state_file(iface: &str) -> PathBuf {
 
 /// Removes pins and state a crashed earlier run of the same test left
 /// (interface names are unique to each test).
-fn forget_iface(iface: &str) {
+pub fn forget_iface(iface: &str) {
     let _ = fs::remove_dir_all(pin_dir(iface));
     let _ = fs::remove_file(state_file(iface));
     // What a killed daemon leaves next to its state: the events control
