@@ -4,7 +4,7 @@
 //! and more, a single-source flood, first-fragment floods and a `kill -9`
 //! with `run --clean-start`; the same plants without a firewall (each gets
 //! through: the lab itself works) and with portguard's nftables export in
-//! its place, behind a reverse-path rule and (a known gap, ignored) alone.
+//! its place.
 
 use std::sync::{Mutex, atomic::AtomicBool};
 
@@ -21,9 +21,7 @@ fn run(test: &str, firewall: Firewall, floods: bool) -> Option<Report> {
     if !testkit::require_privileges(test) {
         return None;
     }
-    if matches!(firewall, Firewall::Nftables | Firewall::NftablesRpf)
-        && !testkit::require_program(test, "nft", "nftables")
-    {
+    if firewall == Firewall::Nftables && !testkit::require_program(test, "nft", "nftables") {
         return None;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,36 +123,16 @@ fn attack_lab_without_a_firewall_every_plant_gets_through() {
 }
 
 /// The nftables stand-in: portguard's own `catalog export
-/// --appliance` ruleset (conntrack for the answers) behind nftables' strict
-/// reverse-path rule. It keeps every plant of the appliance closed too.
+/// --appliance` ruleset (conntrack for the answers; the outbound rows only
+/// for a source routed back through the interface it arrived on). It keeps
+/// every plant of the appliance closed too.
 #[test]
-fn attack_lab_nftables_export_behind_a_reverse_path_rule_keeps_every_plant_closed() {
-    let test = "attack_lab_nftables_export_behind_a_reverse_path_rule_keeps_every_plant_closed";
-    let Some(report) = run(test, Firewall::NftablesRpf, false) else {
-        return;
-    };
-    let failures = report.failures();
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_every_plant_ran(&report, &[Mode::Appliance]);
-}
-
-/// A gap this scenario found in `catalog export --format nft --appliance`
-/// (not in portguard's packet path): the exported forward chain applies a
-/// profile's outbound rows whatever interface the packet came in on, so
-/// when the kernel forwards a spoofed Edge source arriving on the internet
-/// leg (rp_filter 0 or loose, and always over IPv6, which has no
-/// rp_filter), conntrack records the plant and the attacker's packets pass
-/// as its replies: 19 of the 24 plants get through. portguard's XDP
-/// program applies the outbound rows only on the leg the profile sits
-/// behind. Ignored until the export carries a leg or reverse-path check;
-/// `cargo test -- --ignored` shows which plants get through.
-#[test]
-#[ignore = "known gap: the nft export has no leg check for outbound rows (see the comment)"]
-fn known_gap_nftables_export_alone_keeps_every_plant_closed() {
-    let test = "known_gap_nftables_export_alone_keeps_every_plant_closed";
+fn attack_lab_nftables_export_keeps_every_plant_closed() {
+    let test = "attack_lab_nftables_export_keeps_every_plant_closed";
     let Some(report) = run(test, Firewall::Nftables, false) else {
         return;
     };
     let failures = report.failures();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_every_plant_ran(&report, &[Mode::Appliance]);
 }

@@ -69,17 +69,12 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     );
     println!("-- portguard (plants, floods, fragments, kill -9 and --clean-start):");
     let pg = run(Firewall::Portguard, true, interrupted)?;
-    println!(
-        "-- portguard's nftables export in its place (the appliance's plants), alone and with a fib reverse-path rule:"
-    );
-    let (nft, nft_rpf) = if which("nft") {
-        (
-            Some(run(Firewall::Nftables, false, interrupted)?),
-            Some(run(Firewall::NftablesRpf, false, interrupted)?),
-        )
+    println!("-- portguard's nftables export in its place (the appliance's plants):");
+    let nft = if which("nft") {
+        Some(run(Firewall::Nftables, false, interrupted)?)
     } else {
         println!("   nft is not installed: no comparison");
-        (None, None)
+        None
     };
     println!("-- no firewall (the plants; each must get through):");
     let none = run(Firewall::None, false, interrupted)?;
@@ -92,7 +87,7 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     for mode in [Mode::Appliance, Mode::Host] {
         println!();
         println!(
-            "{:<9} {:<5} {:<66} {:<28} {:>4}  {:<15} {:<15} {:<15} {:<15}",
+            "{:<9} {:<5} {:<66} {:<28} {:>4}  {:<15} {:<15} {:<15}",
             mode.name(),
             "",
             "CASE",
@@ -100,7 +95,6 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
             "SENT",
             "PORTGUARD",
             "NFT EXPORT",
-            "NFT + FIB RPF",
             "NO FIREWALL"
         );
         for row in pg.plants.iter().filter(|r| r.mode == mode) {
@@ -109,7 +103,7 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
                     .map_or("-".to_string(), |n| verdict(n, same(n, row)))
             };
             println!(
-                "{:<9} {:<5} {:<66} {:<28} {:>4}  {:<15} {:<15} {:<15} {:<15}",
+                "{:<9} {:<5} {:<66} {:<28} {:>4}  {:<15} {:<15} {:<15}",
                 "",
                 row.family.name(),
                 row.case,
@@ -117,7 +111,6 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
                 row.sent,
                 verdict(&pg, Some(row)),
                 cell(&nft),
-                cell(&nft_rpf),
                 verdict(&none, same(&none, row)),
             );
         }
@@ -125,14 +118,10 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     let (held, total) = pg.plants_held();
     println!();
     println!("portguard kept {held} of {total} plants closed (appliance and host, IPv4 and IPv6)");
-    if let (Some(n), Some(r)) = (&nft, &nft_rpf) {
+    if let Some(n) = &nft {
         let (h, t) = n.plants_held();
         println!(
             "nftables, portguard's `catalog export --format nft --appliance` (conntrack for the answers), kept {h} of {t} of the appliance's closed"
-        );
-        let (h, t) = r.plants_held();
-        println!(
-            "the same with nftables' strict reverse-path rule (`fib saddr . iif oif missing drop`, before conntrack) kept {h} of {t}"
         );
     }
     let (through, t) = none.plants_held();

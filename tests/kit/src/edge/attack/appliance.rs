@@ -12,11 +12,11 @@ use anyhow::{Context as _, Result};
 
 use super::{
     BIG_DATAGRAM, ConnRow, DMZ_LEG, EXT_LEG, FRAGMENT_FLOOD, Firewall, FloodRow, FragmentRow,
-    IDLE_FLOWS, Instance, LEGS, Mode, NFT_RPF, ONE_SOURCE_FLOOD, ONE_SOURCE_FRAGMENT_RATE,
+    IDLE_FLOWS, Instance, LEGS, Mode, ONE_SOURCE_FLOOD, ONE_SOURCE_FRAGMENT_RATE,
     ONE_SOURCE_FRAGMENTS, Options, Report, SYN_FLOOD_V4, SYN_FLOOD_V6, Wire, counted,
     flood::{self, Flood, Kind, Sources},
     idle::{Conn, Speaker, check_all, udp_expecting_drop},
-    load_export, nft, orphans, plants, prepare, progress,
+    load_export, orphans, plants, prepare, progress,
 };
 use crate::{
     edge::{DMZ_HOST_IF, FAMILIES, Family, Host, INET_IF, Topology, portguard_args_on},
@@ -53,7 +53,7 @@ pub(super) fn run(opts: &Options<'_>, report: &mut Report) -> Result<()> {
                 opts.interrupted,
             )?)
         }
-        Firewall::Nftables | Firewall::NftablesRpf => {
+        Firewall::Nftables => {
             let mut export = vec!["--appliance".to_string()];
             export.extend(args.iter().skip_while(|a| *a != "--profile").cloned());
             // `run`'s own flags after the profiles are not the export's.
@@ -63,9 +63,6 @@ pub(super) fn run(opts: &Options<'_>, report: &mut Report) -> Result<()> {
                 .unwrap_or(export.len());
             export.truncate(keep);
             load_export(&topo.appliance, opts.bin, &export)?;
-            if opts.firewall == Firewall::NftablesRpf {
-                nft(&topo.appliance, NFT_RPF.as_bytes())?;
-            }
             None
         }
         Firewall::None => None,

@@ -104,7 +104,7 @@ pub(super) fn run(opts: &Options<'_>, report: &mut Report) -> Result<()> {
                 opts.interrupted,
             )?)
         }
-        Firewall::Nftables | Firewall::NftablesRpf | Firewall::None => None,
+        Firewall::Nftables | Firewall::None => None,
     };
 
     let mut conns = Vec::new();

@@ -28,7 +28,7 @@
 //!
 //! The same engine runs the appliance's plants with nftables in
 //! portguard's place (its own `catalog export --format nft --appliance`,
-//! alone or behind a `fib` reverse-path rule), and every plant with no
+//! with its `fib` reverse-path check), and every plant with no
 //! firewall (the lab's own check: every plant's traffic then arrives). `cargo xtask
 //! run -- --scenario attack` prints it; the `lab_attack` test asserts on it.
 
@@ -83,9 +83,6 @@ pub enum Firewall {
     /// writes for the same profiles (conntrack for the answers): the
     /// appliance's plants only.
     Nftables,
-    /// The same with nftables' strict reverse-path filter ([`NFT_RPF`])
-    /// in front: the appliance's plants only.
-    NftablesRpf,
     /// Nothing: the plants only, each of which must then get through.
     None,
 }
@@ -95,9 +92,6 @@ impl Firewall {
         match self {
             Firewall::Portguard => "portguard",
             Firewall::Nftables => "nftables (catalog export --appliance)",
-            Firewall::NftablesRpf => {
-                "nftables (catalog export --appliance, and a fib reverse-path rule)"
-            }
             Firewall::None => "no firewall",
         }
     }
@@ -414,18 +408,6 @@ fn load_export(ns: &NetNs, bin: &Path, args: &[String]) -> Result<()> {
     }
     nft(ns, &out.stdout)
 }
-
-/// nftables' strict reverse-path filter (the `fib` idiom of the nftables
-/// wiki), before conntrack (priority raw): a packet whose source is not
-/// routed back out of the interface it came in on is dropped before it
-/// can make a conntrack entry. The kernel's rp_filter has no IPv6 version.
-pub const NFT_RPF: &str = "table inet portguard_rpf {
-\tchain prerouting {
-\t\ttype filter hook prerouting priority raw; policy accept;
-\t\tfib saddr . iif oif missing counter drop
-\t}
-}
-";
 
 /// What the scenario adds to the edge lab's topology: an address per
 /// attacker, an address in no profile in the DMZ, routes back to the

@@ -162,7 +162,7 @@ impl Report {
     pub fn plant_ok(&self, row: &PlantRow) -> bool {
         match self.firewall {
             Firewall::None => row.reached(),
-            Firewall::Portguard | Firewall::Nftables | Firewall::NftablesRpf => !row.reached(),
+            Firewall::Portguard | Firewall::Nftables => !row.reached(),
         }
     }
 
