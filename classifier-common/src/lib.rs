@@ -58,6 +58,48 @@ pub mod map_names {
     ];
 }
 
+/// The traffic that passes whatever the catalog says (docs/packet-policy.md,
+/// "Other protocols" and "Decision"): the one definition the XDP program
+/// decides by and the nftables export writes its rules from.
+pub mod essentials {
+    /// ICMP (IPv4) errors the stack needs: destination unreachable
+    /// (fragmentation needed among them, for path MTU discovery), time
+    /// exceeded, parameter problem.
+    pub const fn icmp4_error(icmp_type: u8) -> bool {
+        matches!(icmp_type, 3 | 11 | 12)
+    }
+    pub const ICMP4_ECHO_REPLY: u8 = 0;
+    pub const ICMP4_ECHO_REQUEST: u8 = 8;
+    /// ICMPv6 errors: destination unreachable, packet too big, time
+    /// exceeded, parameter problem.
+    pub const fn icmp6_error(icmp_type: u8) -> bool {
+        matches!(icmp_type, 1..=4)
+    }
+    pub const ICMP6_ECHO_REQUEST: u8 = 128;
+    pub const ICMP6_ECHO_REPLY: u8 = 129;
+    /// MLD query, report and done, router and neighbour solicitation and
+    /// advertisement, MLDv2 report: what IPv6 needs to find its neighbours.
+    /// Redirect (137) is left out on purpose.
+    pub const fn icmp6_neighbor_discovery(icmp_type: u8) -> bool {
+        matches!(icmp_type, 130..=136 | 143)
+    }
+    /// DHCP server to client (UDP source port, destination port), IPv4 and
+    /// IPv6: a host's lease must not depend on its catalog.
+    pub const DHCP_REPLIES: [(u16, u16); 2] = [(67, 68), (547, 546)];
+    pub const fn dhcp_reply(sport: u16, dport: u16) -> bool {
+        (sport == DHCP_REPLIES[0].0 && dport == DHCP_REPLIES[0].1)
+            || (sport == DHCP_REPLIES[1].0 && dport == DHCP_REPLIES[1].1)
+    }
+    /// IKE (UDP), counted as IPsec on a media path.
+    pub const IKE_PORTS: [u16; 2] = [500, 4500];
+    pub const fn ike_port(port: u16) -> bool {
+        port == IKE_PORTS[0] || port == IKE_PORTS[1]
+    }
+    /// ESP and AH, counted as IPsec on a media path.
+    pub const IPPROTO_ESP: u8 = 50;
+    pub const IPPROTO_AH: u8 = 51;
+}
+
 /// L4 protocol index used in the port arrays.
 pub const PROTO_TCP: u32 = 0;
 pub const PROTO_UDP: u32 = 1;
@@ -745,6 +787,9 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use super::*;
 
     #[test]
@@ -834,6 +879,23 @@ mod tests {
             1,
             "the wrap skips 0, which marks no install"
         );
+    }
+
+    #[test]
+    fn the_essentials_are_the_documented_types_and_ports() {
+        let types = |f: fn(u8) -> bool| (0..=255u8).filter(|t| f(*t)).collect::<Vec<_>>();
+        assert_eq!(types(essentials::icmp4_error), [3, 11, 12]);
+        assert_eq!(types(essentials::icmp6_error), [1, 2, 3, 4]);
+        assert_eq!(
+            types(essentials::icmp6_neighbor_discovery),
+            [130, 131, 132, 133, 134, 135, 136, 143]
+        );
+        for (sport, dport) in essentials::DHCP_REPLIES {
+            assert!(essentials::dhcp_reply(sport, dport), "{sport} -> {dport}");
+            assert!(!essentials::dhcp_reply(dport, sport), "{dport} -> {sport}");
+        }
+        let ike: Vec<u16> = (0..=u16::MAX).filter(|p| essentials::ike_port(*p)).collect();
+        assert_eq!(ike, essentials::IKE_PORTS);
     }
 
     #[test]

@@ -5,21 +5,19 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use classifier_common::{
     Addr, Config, DIR_INBOUND, DIR_OUTBOUND, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA,
-    FLAG_MONITOR, FlowKey, FragKey, FragVerdict, GenConfig, MAX_VLAN_TAGS, PCLASS_ICMP,
-    PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, PROFILE_NONE, PROTO_TCP, PROTO_UDP, Reason,
-    SEL_CACHE_SLOTS, SHARE_FRAGMENTS, STAT_FRAGMENT_INSERTS, STAT_FRAGMENT_REFUSED, SelCacheEntry,
-    ShareKey, Verdict, fast_block_generation, fast_block_index, port_block_index,
-    reason_counter_index,
+    FLAG_MONITOR, FlowKey, FragKey, FragVerdict, GenConfig, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP,
+    PCLASS_UDP, PROFILE_NONE, PROTO_TCP, PROTO_UDP, Reason, SEL_CACHE_SLOTS, SHARE_FRAGMENTS,
+    STAT_FRAGMENT_INSERTS, STAT_FRAGMENT_REFUSED, SelCacheEntry, ShareKey, Verdict, essentials,
+    fast_block_generation, fast_block_index, port_block_index, reason_counter_index,
 };
 
 use crate::{
     flows::{self, local_port_has_flows},
     maps::{FRAGMENTS, MGMT, PORT_BLOCKS, PROFILES, SEL_CACHE},
     parse::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_AH,
-        IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3, TCP_ACK, TCP_HLEN,
-        TCP_SYN, UDP_HLEN, V4_MAPPED, Words, be16, be16_at, opaque, parse_ipv4, parse_ipv6,
-        pclass_of,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, L3, TCP_ACK, TCP_HLEN, TCP_SYN, UDP_HLEN, V4_MAPPED, Words, be16_at, ethernet,
+        opaque, parse_ipv4, parse_ipv6, pclass_of,
     },
 };
 
@@ -76,21 +74,9 @@ pub(crate) fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let Some(eth) = frame.ptr::<[u8; ETH_HLEN]>(0) else {
+    let Ok((ethertype, off)) = ethernet(&frame) else {
         return not_fast();
     };
-    let mut ethertype = be16_at(eth.cast::<u8>(), 12);
-    let mut off = ETH_HLEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        let Some(tag) = frame.ptr::<[u8; 4]>(off) else {
-            return not_fast();
-        };
-        ethertype = be16_at(tag.cast::<u8>(), 2);
-        off += 4;
-    }
     // One bounds check per family covers the IP header and the ports that
     // follow it (there are no options or extension headers in between).
     let (proto, l4, end, ports) = if ethertype == ETH_P_IP {
@@ -134,7 +120,7 @@ pub(crate) fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
         return not_fast();
     }
     let (sport, dport) = (be16_at(ports, 0), be16_at(ports, 2));
-    if proto == PROTO_UDP && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)) {
+    if proto == PROTO_UDP && essentials::dhcp_reply(sport, dport) {
         core::hint::cold_path();
         return Some(pass(Reason::Dhcp, pclass));
     }
@@ -151,7 +137,7 @@ pub(crate) fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
     if (proto == PROTO_TCP && is_mgmt_port(config, dport)) || local_port_has_flows(dport) {
         return not_fast();
     }
-    if proto == PROTO_UDP && (dport == 500 || dport == 4500) {
+    if proto == PROTO_UDP && essentials::ike_port(dport) {
         core::hint::cold_path();
         // The generation the table belongs to, not `config.generation`.
         let gen_config = &config.gens[fast_block_generation(base) as usize];
@@ -174,28 +160,13 @@ pub(crate) fn not_fast() -> Option<Outcome> {
 /// the leg the frame arrived on (always 0 on a host).
 #[inline(always)]
 pub(crate) fn classify_any(frame: &Frame, config: &Config, leg: u32) -> Outcome {
-    let Some(eth_type) = frame.bytes::<2>(12) else {
-        return deny(Reason::Malformed, PCLASS_OTHER, config);
+    let (ethertype, off) = match ethernet(frame) {
+        Ok(link) => link,
+        Err(reason) => return deny(reason, PCLASS_OTHER, config),
     };
-    let mut ethertype = be16(&eth_type, 0);
-    let mut off = ETH_HLEN;
-    // One iteration per tag allowed, plus one to see a tag too many.
-    for _ in 0..=MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        if off >= ETH_HLEN + 4 * MAX_VLAN_TAGS as usize {
-            return deny(Reason::VlanDepth, PCLASS_OTHER, config);
-        }
-        let Some(tag) = frame.bytes::<4>(off) else {
-            return deny(Reason::Malformed, PCLASS_OTHER, config);
-        };
-        ethertype = be16(&tag, 2);
-        off += 4;
-    }
     let l3 = match ethertype {
-        ETH_P_IP => parse_ipv4(frame, off),
-        ETH_P_IPV6 => parse_ipv6(frame, off),
+        ETH_P_IP => parse_ipv4(frame, off, frame.len()),
+        ETH_P_IPV6 => parse_ipv6(frame, off, frame.len()),
         ETH_P_ARP => return pass(Reason::Arp, PCLASS_OTHER),
         _ => return pass(Reason::NonIp, PCLASS_OTHER),
     };
@@ -330,7 +301,9 @@ pub(crate) fn classify_l4(frame: &Frame, l3: &L3, config: &Config, leg: u32) -> 
         },
         IPPROTO_ICMP if !l3.v6 => classify_icmp(frame, l3, config),
         IPPROTO_ICMPV6 if l3.v6 => classify_icmp(frame, l3, config),
-        IPPROTO_ESP | IPPROTO_AH if to_media_host(frame, l3, config) => ipsec(config, PCLASS_OTHER),
+        essentials::IPPROTO_ESP | essentials::IPPROTO_AH if to_media_host(frame, l3, config) => {
+            ipsec(config, PCLASS_OTHER)
+        }
         _ => deny(Reason::ProtoNotAllowed, PCLASS_OTHER, config),
     }
 }
@@ -355,20 +328,20 @@ pub(crate) fn classify_icmp(frame: &Frame, l3: &L3, config: &Config) -> Outcome 
     let (reason, echo_request) = if l3.v6 {
         match icmp_type {
             // Destination unreachable, packet too big, time exceeded, parameter problem.
-            1..=4 => (Reason::Icmp, false),
-            128 => (Reason::Echo, true),
-            129 => (Reason::Echo, false),
+            t if essentials::icmp6_error(t) => (Reason::Icmp, false),
+            essentials::ICMP6_ECHO_REQUEST => (Reason::Echo, true),
+            essentials::ICMP6_ECHO_REPLY => (Reason::Echo, false),
             // MLD query/report/done, router and neighbour solicitation and
             // advertisement, MLDv2 report. Redirect (137) is left out on purpose.
-            130..=136 | 143 => (Reason::NeighborDiscovery, false),
+            t if essentials::icmp6_neighbor_discovery(t) => (Reason::NeighborDiscovery, false),
             _ => return deny(Reason::IcmpType, PCLASS_ICMP, config),
         }
     } else {
         match icmp_type {
             // Destination unreachable (incl. fragmentation needed), time exceeded, parameter problem.
-            3 | 11 | 12 => (Reason::Icmp, false),
-            8 => (Reason::Echo, true),
-            0 => (Reason::Echo, false),
+            t if essentials::icmp4_error(t) => (Reason::Icmp, false),
+            essentials::ICMP4_ECHO_REQUEST => (Reason::Echo, true),
+            essentials::ICMP4_ECHO_REPLY => (Reason::Echo, false),
             _ => return deny(Reason::IcmpType, PCLASS_ICMP, config),
         }
     };
@@ -560,7 +533,7 @@ pub(crate) fn decide_ports(
     dport: u16,
     flags: u8,
 ) -> Outcome {
-    if proto == PROTO_UDP && ((sport == 67 && dport == 68) || (sport == 547 && dport == 546)) {
+    if proto == PROTO_UDP && essentials::dhcp_reply(sport, dport) {
         return pass(Reason::Dhcp, pclass);
     }
     let appliance = config.flags & FLAG_APPLIANCE != 0;
@@ -638,10 +611,7 @@ pub(crate) fn decide_ports(
     if dst.profile == PROFILE_NONE && src_profile == PROFILE_NONE {
         return deny(Reason::NoProfile, pclass, config);
     }
-    if proto == PROTO_UDP
-        && (dport == 500 || dport == 4500)
-        && is_media_profile(dst.profile, config)
-    {
+    if proto == PROTO_UDP && essentials::ike_port(dport) && is_media_profile(dst.profile, config) {
         return ipsec(config, pclass);
     }
     deny(Reason::PortNotAllowed, pclass, config)

@@ -31,9 +31,9 @@ use aya_ebpf::{
 use classifier_common::{
     Addr, DIR_INBOUND, DIR_OUTBOUND, FLAG_APPLIANCE, FLOW_ANSWERED, FLOW_CLOSING,
     FLOW_CONFIRM_REFUSED, FLOW_MARK_SHIFT, FLOW_PORTS_PER_ENTRY, FLOW_SHARE_WINDOW_S,
-    FLOW_UDP_STREAM_S, FlowKey, FlowState, MAX_VLAN_TAGS, PROFILE_NONE, PROTO_TCP, PROTO_UDP,
-    RECENT_FLOW_SKIPS, RECENT_FLOW_SLOTS, RecentFlow, SHARE_FLOWS, STAT_CONFIRMED_REFUSED,
-    STAT_NEW_INSERTS, STAT_NEW_REFUSED, STAT_PROMOTED, Share, ShareKey, fast_block_index,
+    FLOW_UDP_STREAM_S, FlowKey, FlowState, PROFILE_NONE, PROTO_TCP, PROTO_UDP, RECENT_FLOW_SKIPS,
+    RECENT_FLOW_SLOTS, RecentFlow, SHARE_FLOWS, STAT_CONFIRMED_REFUSED, STAT_NEW_INSERTS,
+    STAT_NEW_REFUSED, STAT_PROMOTED, Share, ShareKey, fast_block_index,
 };
 
 use crate::{
@@ -42,9 +42,8 @@ use crate::{
         CONFIG, FLOW_PORTS, FLOW_SHARES, FLOW_STATS, FLOWS, FLOWS_NEW, RECENT_ANSWERS, RECENT_FLOWS,
     },
     parse::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_TCP, IPPROTO_UDP,
-        TCP_ACK, TCP_FIN, TCP_HLEN, TCP_RST, TCP_SYN, UDP_HLEN, V4_MAPPED, Words, be16, be16_at,
-        word_at,
+        ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_HLEN, TCP_RST,
+        TCP_SYN, UDP_HLEN, V4_MAPPED, Words, be16_at, ethernet, parse_ipv4, parse_ipv6, word_at,
     },
 };
 
@@ -371,44 +370,24 @@ pub(crate) fn record_flow(ctx: &TcContext) {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let Some(eth_type) = frame.bytes::<2>(12) else {
+    let Ok((ethertype, off)) = ethernet(&frame) else {
         return;
     };
-    let mut ethertype = be16(&eth_type, 0);
-    let mut off = ETH_HLEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        let Some(tag) = frame.bytes::<4>(off) else {
-            return;
-        };
-        ethertype = be16(&tag, 2);
-        off += 4;
-    }
-    let (hp, v6, proto, l4) = match ethertype {
-        ETH_P_IP => {
-            let Some(hp) = frame.ptr::<[u8; 20]>(off) else {
-                return;
-            };
-            let hp = hp.cast::<u8>();
-            if be16_at(hp, 6) & 0x1fff != 0 {
-                return;
-            }
-            // SAFETY (both): inside the checked 20 bytes.
-            let (version_ihl, proto) = unsafe { (*hp, *hp.add(9)) };
-            (hp, false, proto, off + (version_ihl & 0x0f) as usize * 4)
-        }
-        ETH_P_IPV6 => {
-            let Some(hp) = frame.ptr::<[u8; 40]>(off) else {
-                return;
-            };
-            let hp = hp.cast::<u8>();
-            // SAFETY: inside the checked 40 bytes.
-            (hp, true, unsafe { *hp.add(6) }, off + 40)
-        }
+    // The full parser: the recorder meets IPv6 extension headers too. A
+    // later fragment carries no ports; a malformed header is not recorded.
+    let packet_len = ctx.len() as usize;
+    let l3 = match ethertype {
+        ETH_P_IP => parse_ipv4(&frame, off, packet_len),
+        ETH_P_IPV6 => parse_ipv6(&frame, off, packet_len),
         _ => return,
     };
+    let Ok(l3) = l3 else {
+        return;
+    };
+    if l3.later_fragment {
+        return;
+    }
+    let (proto, l4) = (l3.proto, l3.l4);
     let (pproto, sport, dport, tcp_flags) = match proto {
         IPPROTO_TCP => {
             let Some(h) = frame.ptr::<[u8; TCP_HLEN]>(l4) else {
@@ -433,28 +412,36 @@ pub(crate) fn record_flow(ctx: &TcContext) {
     // One path per family (as Katran does): each builds its addresses and
     // records, so that IPv4's constant words stay constants through the
     // hash instead of meeting IPv6's loaded ones in a merged stack slot.
-    if v6 {
+    if l3.v6 {
+        let Some(hp) = frame.ptr::<[u8; 32]>(l3.addrs) else {
+            return;
+        };
+        let hp = hp.cast::<u8>();
         record_answer(
             ctx,
             [
+                word_at(hp, 0),
+                word_at(hp, 4),
                 word_at(hp, 8),
                 word_at(hp, 12),
-                word_at(hp, 16),
-                word_at(hp, 20),
             ],
             [
+                word_at(hp, 16),
+                word_at(hp, 20),
                 word_at(hp, 24),
                 word_at(hp, 28),
-                word_at(hp, 32),
-                word_at(hp, 36),
             ],
             (proto, pproto, sport, dport, tcp_flags),
         );
     } else {
+        let Some(hp) = frame.ptr::<[u8; 8]>(l3.addrs) else {
+            return;
+        };
+        let hp = hp.cast::<u8>();
         record_answer(
             ctx,
-            [0, 0, V4_MAPPED, word_at(hp, 12)],
-            [0, 0, V4_MAPPED, word_at(hp, 16)],
+            [0, 0, V4_MAPPED, word_at(hp, 0)],
+            [0, 0, V4_MAPPED, word_at(hp, 4)],
             (proto, pproto, sport, dport, tcp_flags),
         );
     }

@@ -3,7 +3,8 @@
 //! verifier workarounds that keep those checks provable.
 
 use classifier_common::{
-    Addr, MAX_IPV6_EXT_HEADERS, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP, Reason,
+    Addr, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP, PCLASS_UDP,
+    Reason,
 };
 
 pub(crate) const ETH_HLEN: usize = 14;
@@ -29,10 +30,6 @@ pub(crate) const IPPROTO_UDP: u8 = 17;
 pub(crate) const IPPROTO_ROUTING: u8 = 43;
 
 pub(crate) const IPPROTO_FRAGMENT: u8 = 44;
-
-pub(crate) const IPPROTO_ESP: u8 = 50;
-
-pub(crate) const IPPROTO_AH: u8 = 51;
 
 pub(crate) const IPPROTO_ICMPV6: u8 = 58;
 
@@ -115,6 +112,38 @@ pub(crate) fn be16_at(p: *const u8, at: usize) -> u16 {
     u16::from_be(unsafe { core::ptr::read_unaligned(p.add(at).cast::<u16>()) })
 }
 
+/// The Ethernet header and up to `MAX_VLAN_TAGS` 802.1Q / 802.1ad tags: the
+/// ethertype they carry and where its header starts. The one walk of the
+/// link layer, for the fast path, the full parser and the egress recorder.
+/// A frame too short for its ethertype or a tag is `Malformed`; a tag past
+/// the bound is `VlanDepth` (read no further).
+#[inline(always)]
+pub(crate) fn ethernet(frame: &Frame) -> Result<(u16, usize), Reason> {
+    let Some(eth) = frame.ptr::<[u8; ETH_HLEN]>(0) else {
+        return Err(Reason::Malformed);
+    };
+    let mut ethertype = be16_at(eth.cast::<u8>(), 12);
+    let mut off = ETH_HLEN;
+    let mut i = 0;
+    while i < MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            return Ok((ethertype, off));
+        }
+        let Some(tag) = frame.ptr::<[u8; 4]>(off) else {
+            return Err(Reason::Malformed);
+        };
+        ethertype = be16_at(tag.cast::<u8>(), 2);
+        off += 4;
+        i += 1;
+    }
+    // Still a tag after the last one allowed: too deep (not read).
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        core::hint::cold_path();
+        return Err(Reason::VlanDepth);
+    }
+    Ok((ethertype, off))
+}
+
 /// The network layer summary the transport decision needs. The addresses
 /// stay in the packet: only the lookups that need one (flows, profiles,
 /// management, fragments) read it, so that the common packet, decided by
@@ -174,8 +203,11 @@ impl L3 {
     }
 }
 
+/// The IPv4 header at `off`. `packet_len` is the whole packet's length:
+/// the frame's for XDP; for the egress recorder the socket buffer's, whose
+/// linear part (the frame) may hold only the headers of a GSO packet.
 #[inline(always)]
-pub(crate) fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
+pub(crate) fn parse_ipv4(frame: &Frame, off: usize, packet_len: usize) -> Result<L3, Reason> {
     let hp = frame
         .ptr::<[u8; 20]>(off)
         .ok_or(Reason::Malformed)?
@@ -189,7 +221,7 @@ pub(crate) fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
     // Bounds of the whole header, options included.
     frame.ptr::<u8>(off + ihl - 1).ok_or(Reason::Malformed)?;
     let total = be16_at(hp, 2) as usize;
-    if total < ihl || off + total > frame.len() {
+    if total < ihl || off + total > packet_len {
         return Err(Reason::Malformed);
     }
     let frag = be16_at(hp, 6);
@@ -210,8 +242,10 @@ pub(crate) fn parse_ipv4(frame: &Frame, off: usize) -> Result<L3, Reason> {
     })
 }
 
+/// The IPv6 header at `off` and its extension headers (`packet_len` as for
+/// [`parse_ipv4`]).
 #[inline(always)]
-pub(crate) fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
+pub(crate) fn parse_ipv6(frame: &Frame, off: usize, packet_len: usize) -> Result<L3, Reason> {
     // The fixed header, addresses included, lies in the packet.
     frame.ptr::<[u8; 40]>(off).ok_or(Reason::Malformed)?;
     let h = frame.bytes::<8>(off).ok_or(Reason::Malformed)?;
@@ -219,7 +253,7 @@ pub(crate) fn parse_ipv6(frame: &Frame, off: usize) -> Result<L3, Reason> {
         return Err(Reason::Malformed);
     }
     let payload = be16(&h, 4) as usize;
-    if off + 40 + payload > frame.len() {
+    if off + 40 + payload > packet_len {
         return Err(Reason::Malformed);
     }
     let mut l3 = L3 {

@@ -521,6 +521,19 @@ fn build_corpus() -> String {
         "port_not_allowed/tcp",
         &tcp("198.18.0.53", S, 53, 40_002, TCP_ACK),
     );
+    // The recorder walks IPv6 extension headers as the parser does: a
+    // flow opened with a destination-options header is recorded too.
+    c.egress(
+        "egress-udp6-after-destination-options",
+        &udp(S6, "2001:db8::54", 40_004, 53)
+            .payload(30)
+            .ext(Ext::DestOpts),
+    );
+    c.pass(
+        "reply-to-a-flow-opened-after-destination-options",
+        "established/udp",
+        &udp("2001:db8::54", S6, 53, 40_004).payload(60),
+    );
     c.egress(
         "egress-udp6-dns",
         &udp(S6, "2001:db8::53", 40_003, 53).payload(30),

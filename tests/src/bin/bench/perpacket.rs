@@ -257,6 +257,20 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     // The same policy with packet events on at the default budget: under a
     // flood nearly every drop takes the budget's "suppressed" exit, which is
     // what must stay cheap.
+    // A/B work: `PORTGUARD_BENCH_AB=FILE` runs the host cases of a second
+    // build of the XDP object (say, the one before a change) in the same
+    // interleaved rounds, as "B:" rows: two objects measured side by side
+    // differ by less than two runs of one object do.
+    let pg_b = match std::env::var_os("PORTGUARD_BENCH_AB") {
+        Some(path) => {
+            let object = std::fs::read(&path)
+                .with_context(|| format!("PORTGUARD_BENCH_AB: reading {}", path.display()))?;
+            let mut c = Classifier::load_object(&object, None, &Default::default())?;
+            c.install(&compiled, 1)?;
+            Some(c)
+        }
+        None => None,
+    };
     let mut pg_events = Classifier::load(None)?;
     pg_events.install(&compiled, 1)?;
     pg_events.set_events(classifier_common::EVENT_RATE_DEFAULT, false)?;
@@ -329,6 +343,11 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     progs.push(Prog::Xdp(pg_events.xdp_ref()?));
     let box_prog = progs.len();
     progs.push(Prog::Xdp(pg_box.xdp_ref()?));
+    let b_prog = pg_b.as_ref().map(|c| {
+        progs.push(Prog::Xdp(c.xdp_ref()?));
+        Ok::<usize, anyhow::Error>(progs.len() - 1)
+    });
+    let b_prog = b_prog.transpose()?;
     let tc_floor_prog = progs.len();
     progs.push(Prog::Tc(&raw_floors.tc));
     let egress_prog = progs.len();
@@ -489,6 +508,16 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         &box_frames.local_allowed,
         XDP_PASS,
     ));
+    if let Some(b) = b_prog {
+        for (name, frame, expect) in [
+            ("B: portguard, allowed UDP 50000", &allowed, XDP_PASS),
+            ("B: portguard, dropped UDP 161", &dropped, XDP_DROP),
+            ("B: portguard, VLAN-tagged UDP 50000", &vlan, XDP_PASS),
+            ("B: portguard, IPv6 UDP 50000", &v6, XDP_PASS),
+        ] {
+            cases.push(case("pg", name, b, frame, expect));
+        }
+    }
     cases.push(case(
         "pg",
         "portguard, answer TCP ACK on a confirmed flow",
