@@ -894,7 +894,9 @@ mod tests {
             assert!(essentials::dhcp_reply(sport, dport), "{sport} -> {dport}");
             assert!(!essentials::dhcp_reply(dport, sport), "{dport} -> {sport}");
         }
-        let ike: Vec<u16> = (0..=u16::MAX).filter(|p| essentials::ike_port(*p)).collect();
+        let ike: Vec<u16> = (0..=u16::MAX)
+            .filter(|p| essentials::ike_port(*p))
+            .collect();
         assert_eq!(ike, essentials::IKE_PORTS);
     }
 

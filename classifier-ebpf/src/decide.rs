@@ -15,9 +15,9 @@ use crate::{
     flows::{self, local_port_has_flows},
     maps::{FRAGMENTS, MGMT, PORT_BLOCKS, PROFILES, SEL_CACHE},
     parse::{
-        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-        IPPROTO_UDP, L3, TCP_ACK, TCP_HLEN, TCP_SYN, UDP_HLEN, V4_MAPPED, Words, be16_at, ethernet,
-        opaque, parse_ipv4, parse_ipv6, pclass_of,
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3, TCP_ACK, TCP_HLEN, TCP_SYN, UDP_HLEN,
+        V4_MAPPED, Words, be16_at, ethernet, opaque, parse_ipv4, parse_ipv6, pclass_of,
     },
 };
 
@@ -74,9 +74,7 @@ pub(crate) fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let Ok((ethertype, off)) = ethernet(&frame) else {
-        return not_fast();
-    };
+    let (ethertype, off) = ethernet!(frame, return not_fast());
     // One bounds check per family covers the IP header and the ports that
     // follow it (there are no options or extension headers in between).
     let (proto, l4, end, ports) = if ethertype == ETH_P_IP {
@@ -160,14 +158,12 @@ pub(crate) fn not_fast() -> Option<Outcome> {
 /// the leg the frame arrived on (always 0 on a host).
 #[inline(always)]
 pub(crate) fn classify_any(frame: &Frame, config: &Config, leg: u32) -> Outcome {
-    let (ethertype, off) = match ethernet(frame) {
-        Ok(link) => link,
-        Err(reason) => return deny(reason, PCLASS_OTHER, config),
-    };
+    let (ethertype, off) = ethernet!(frame, return deny(Reason::Malformed, PCLASS_OTHER, config));
     let l3 = match ethertype {
         ETH_P_IP => parse_ipv4(frame, off, frame.len()),
         ETH_P_IPV6 => parse_ipv6(frame, off, frame.len()),
         ETH_P_ARP => return pass(Reason::Arp, PCLASS_OTHER),
+        ETH_P_8021Q | ETH_P_8021AD => return deny(Reason::VlanDepth, PCLASS_OTHER, config),
         _ => return pass(Reason::NonIp, PCLASS_OTHER),
     };
     let l3 = match l3 {

@@ -370,9 +370,7 @@ pub(crate) fn record_flow(ctx: &TcContext) {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let Ok((ethertype, off)) = ethernet(&frame) else {
-        return;
-    };
+    let (ethertype, off) = ethernet!(frame, return);
     // The full parser: the recorder meets IPv6 extension headers too. A
     // later fragment carries no ports; a malformed header is not recorded.
     let packet_len = ctx.len() as usize;
