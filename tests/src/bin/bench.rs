@@ -17,6 +17,8 @@ mod flood;
 mod live;
 #[path = "bench/perpacket.rs"]
 mod perpacket;
+#[path = "bench/proc.rs"]
+mod proc;
 #[path = "bench/rawprog.rs"]
 mod rawprog;
 #[path = "bench/report.rs"]
