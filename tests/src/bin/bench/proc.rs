@@ -8,7 +8,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     os::unix::process::CommandExt as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -177,6 +177,71 @@ pub fn start_trafgen(ns: &NetNs, dev: &str, conf: &Path) -> Result<Proc> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(tg)
+}
+
+/// What trafgen 0.6.8 says when a flush of its TX_RING gets EAGAIN, which
+/// it takes for a fatal error. The kernel returns it now and then to a
+/// sender whose veth peer runs XDP (seen on Linux 6.18, most often while TCP
+/// shares the device; with the default ring and with one of 32 frames).
+const TRAFGEN_EAGAIN: &str = "Flushing TX_RING failed: Resource temporarily unavailable";
+/// More restarts than this in one flood: something else is wrong.
+const TRAFGEN_MAX_RESTARTS: u32 = 100;
+
+/// trafgen kept sending: started again at once when it gives up on EAGAIN
+/// (`TRAFGEN_EAGAIN`), the restarts counted; any other exit is an error.
+pub struct Trafgen<'a> {
+    ns: &'a NetNs,
+    dev: String,
+    conf: PathBuf,
+    proc: Proc,
+    pub restarts: u32,
+}
+
+impl<'a> Trafgen<'a> {
+    pub fn start(ns: &'a NetNs, dev: &str, conf: &Path) -> Result<Trafgen<'a>> {
+        let mut restarts = 0;
+        let proc = Trafgen::start_retrying(ns, dev, conf, &mut restarts)?;
+        Ok(Trafgen {
+            ns,
+            dev: dev.to_string(),
+            conf: conf.to_path_buf(),
+            proc,
+            restarts,
+        })
+    }
+
+    fn start_retrying(ns: &NetNs, dev: &str, conf: &Path, restarts: &mut u32) -> Result<Proc> {
+        loop {
+            match start_trafgen(ns, dev, conf) {
+                Ok(p) => return Ok(p),
+                Err(e) if Trafgen::gave_up_on_eagain(&e, *restarts) => *restarts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn gave_up_on_eagain(e: &anyhow::Error, restarts: u32) -> bool {
+        format!("{e:#}").contains(TRAFGEN_EAGAIN) && restarts < TRAFGEN_MAX_RESTARTS
+    }
+
+    /// Starts trafgen again if it gave up on EAGAIN.
+    pub fn keep_running(&mut self) -> Result<()> {
+        match self.proc.check_running() {
+            Ok(()) => Ok(()),
+            Err(e) if Trafgen::gave_up_on_eagain(&e, self.restarts) => {
+                self.proc.stop_group()?;
+                self.restarts += 1;
+                self.proc =
+                    Trafgen::start_retrying(self.ns, &self.dev, &self.conf, &mut self.restarts)?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn stop(&mut self) -> Result<()> {
+        self.proc.stop_group()
+    }
 }
 
 /// portguard's metrics page, fetched from inside `ns` (the endpoint listens
