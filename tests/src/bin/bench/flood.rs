@@ -6,15 +6,12 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use aya::maps::{Map, MapData, PerCpuArray};
 use portguard::{
     catalog::Catalog,
@@ -28,6 +25,7 @@ use testkit::{
 
 use crate::{
     perpacket::{allowed_port_flags, set_xdpfilter_ports},
+    proc::{self, Proc},
     report::{Report, Target},
     sys,
 };
@@ -35,6 +33,8 @@ use crate::{
 const TX_IP: &str = "198.18.9.1";
 const RX_IP: &str = "198.18.9.2";
 const XDP_FILTER_PINS: &str = "/sys/fs/bpf/xdp-filter";
+/// portguard's metrics endpoint, on the receiver namespace's loopback.
+const METRICS: &str = "127.0.0.1:19477";
 
 pub struct Lab {
     tx: NetNs,
@@ -82,97 +82,9 @@ impl Drop for Lab {
     }
 }
 
-/// A child process stopped with SIGINT (then SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    /// Its stderr, line by line.
-    lines: Option<mpsc::Receiver<String>>,
-    name: &'static str,
-}
-
-impl Proc {
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory preconditions; the pid is our child's.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// Stops a child started in its own process group (trafgen forks its
-    /// senders) and waits until no process of the group is left.
-    fn stop_group(&mut self) -> Result<()> {
-        let pgid = self.child.id() as i32;
-        // SAFETY: as above, for the group our child leads.
-        unsafe { libc::kill(-pgid, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let _ = self.stop();
-        // SAFETY: signal 0 only checks whether the group still exists.
-        while unsafe { libc::kill(-pgid, 0) } == 0 {
-            if Instant::now() > deadline {
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    }
-
-    /// Next stderr line containing `needle`, or an error naming what came instead.
-    fn wait_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        let lines = self.lines.as_ref().context("no stderr")?;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return Ok(l),
-                Ok(l) => seen.push(l),
-                Err(_) => bail!(
-                    "{}: no `{needle}` within {timeout:?}; stderr:\n{}",
-                    self.name,
-                    seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn stop(&mut self) -> Result<std::process::ExitStatus> {
-        self.signal(libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self.child.try_wait()? {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return Ok(self.child.wait()?);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.stop();
-        }
-    }
-}
-
-fn pipe_lines(child: &mut Child) -> Option<mpsc::Receiver<String>> {
-    let err = child.stderr.take()?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Some(rx)
-}
-
 fn start_portguard(lab: &Lab, catalog: Option<&Path>, extra: &[&str]) -> Result<Proc> {
-    let mut cmd = Command::new(testkit::portguard_bin());
-    cmd.args([
+    let catalog = catalog.map(|c| c.to_string_lossy().into_owned());
+    let mut args = vec![
         "run",
         "--iface",
         &lab.rx_if,
@@ -180,30 +92,17 @@ fn start_portguard(lab: &Lab, catalog: Option<&Path>, extra: &[&str]) -> Result<
         "front-end,client",
         "--client-media-ports",
         "50000-50019",
-    ])
-    .args([
         "--metrics-addr",
-        "127.0.0.1:19477",
+        METRICS,
         "--xdp-mode",
         "native",
         "--clean-start",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    if let Some(c) = catalog {
-        cmd.arg("--catalog").arg(c);
+    ];
+    if let Some(c) = &catalog {
+        args.extend(["--catalog", c]);
     }
-    cmd.args(extra);
-    spawn_in(&lab.rx, &mut cmd)?;
-    let mut child = cmd.spawn().context("starting portguard")?;
-    let lines = pipe_lines(&mut child);
-    let mut p = Proc {
-        child,
-        lines,
-        name: "portguard",
-    };
-    p.wait_line("metrics on", Duration::from_secs(30))?;
-    Ok(p)
+    args.extend(extra);
+    proc::start_portguard(&lab.rx, &args)
 }
 
 /// The nft ruleset of the same roles, loaded in the receiver's namespace.
@@ -345,48 +244,7 @@ fn flood(
     }
     let file = lab.tmp.join(format!("{name}.cfg"));
     std::fs::write(&file, cfg)?;
-    // -P 1: one sender process on one CPU; -A/-Q: leave the host's socket
-    // memory sysctls and IRQ affinities alone.
-    let mut cmd = ns_exec(
-        &lab.tx,
-        "trafgen",
-        &[
-            "--dev",
-            &lab.tx_if,
-            "--conf",
-            &file.to_string_lossy(),
-            "--cpus",
-            "1",
-            "--no-sock-mem",
-            "--notouch-irq",
-            "--no-cpu-stats",
-        ],
-    );
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let child = cmd.spawn().context("starting trafgen")?;
-    let mut tg = Proc {
-        child,
-        lines: None,
-        name: "trafgen",
-    };
-    // Wait until packets flow.
-    let t0 = sys::link(&lab.tx, &lab.tx_if)?.tx_packets;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sys::link(&lab.tx, &lab.tx_if)?.tx_packets < t0 + 1000 {
-        if let Some(s) = tg.child.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut e) = tg.child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            bail!("trafgen exited ({s}): {err}");
-        }
-        if Instant::now() > deadline {
-            bail!("trafgen sent nothing within 5 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut tg = proc::start_trafgen(&lab.tx, &lab.tx_if, &file)?;
     let a = snap(lab)?;
     let end = a.at + Duration::from_secs_f64(secs);
     during()?;
@@ -394,6 +252,9 @@ fn flood(
     if now < end {
         std::thread::sleep(end - now);
     }
+    // A sender that gave up mid-window would leave a rate that only looks
+    // measured.
+    tg.check_running()?;
     let b = snap(lab)?;
     tg.stop_group()?;
     // Let the receiver drain before the next measurement.
@@ -806,29 +667,12 @@ fn reload_flood(report: &mut Report, lab: &Lab, allowed: &[u8], reloads: u32) ->
 
 /// Sum of portguard's drop counters, from its metrics endpoint inside the receiver's namespace.
 fn pg_drops(lab: &Lab) -> Result<u64> {
-    use std::io::{Read as _, Write as _};
-    let body = testkit::netns::in_netns(&lab.rx, || -> Result<String> {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:19477")?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    })??;
-    let mut total = 0.0;
-    for line in body
-        .lines()
-        .filter(|l| l.starts_with("portguard_drops_total"))
-    {
-        total += line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .with_context(|| format!("metrics line {line}"))?;
-    }
+    let body = proc::metrics(&lab.rx, METRICS)?;
     // A family without samples is not printed: no drop line means no drop.
-    if !body.contains("portguard_catalog_generation") {
-        bail!("not portguard's metrics:\n{body}");
-    }
+    let total: f64 = proc::samples(&body, "portguard_drops_total")?
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
     Ok(total as u64)
 }
 
