@@ -692,6 +692,11 @@ const _: () = assert!(
 pub const EVENT_RATE_DEFAULT: u32 = 1_000;
 /// `Event::reason` when a catalog rule decided (then `slot` names it).
 pub const EVENT_REASON_RULE: u32 = u32::MAX;
+/// `Event::reason` of a packet that went on (verdict pass) but whose flow
+/// or fragment entry was refused; `slot` is the refusal's `FLOW_STATS`
+/// index (`STAT_NEW_REFUSED`, `STAT_CONFIRMED_REFUSED`,
+/// `STAT_FRAGMENT_REFUSED`).
+pub const EVENT_REASON_FLOW_REFUSED: u32 = u32::MAX - 1;
 
 /// The single entry of `EVENT_CONFIG`: what one event costs from a CPU's
 /// budget (1e9 / rate, in nanoseconds of credit). 0 with `FLAG_EVENTS` clear.

@@ -7,12 +7,14 @@ use classifier_common::{
     Addr, Config, DIR_INBOUND, DIR_OUTBOUND, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA,
     FLAG_MONITOR, FlowKey, FragKey, FragVerdict, GenConfig, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP,
     PCLASS_UDP, PROFILE_NONE, PROTO_TCP, PROTO_UDP, Reason, SEL_CACHE_SLOTS, SHARE_FRAGMENTS,
-    STAT_FRAGMENT_INSERTS, STAT_FRAGMENT_REFUSED, SelCacheEntry, ShareKey, Verdict, essentials,
-    fast_block_generation, fast_block_index, port_block_index, reason_counter_index,
+    STAT_CONFIRMED_REFUSED, STAT_FRAGMENT_INSERTS, STAT_FRAGMENT_REFUSED, SelCacheEntry, ShareKey,
+    Verdict, essentials, fast_block_generation, fast_block_index, port_block_index,
+    reason_counter_index,
 };
 
 use crate::{
-    flows::{self, local_port_has_flows},
+    events::{self, Hook},
+    flows::{self, Answer, local_port_has_flows},
     maps::{FRAGMENTS, MGMT, PORT_BLOCKS, PROFILES, SEL_CACHE},
     parse::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_ICMP,
@@ -73,6 +75,7 @@ pub(crate) fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
+        ctx: ctx.ctx.cast(),
     };
     let (ethertype, off) = ethernet!(frame, return not_fast());
     // One bounds check per family covers the IP header and the ports that
@@ -176,7 +179,7 @@ pub(crate) fn classify_any(frame: &Frame, config: &Config, leg: u32) -> Outcome 
     }
     let outcome = classify_l4(frame, &l3, config, leg);
     if l3.fragment && outcome.pass {
-        remember_fragment(frame, &l3, config, outcome);
+        remember_fragment(frame, &l3, config, leg, outcome);
     }
     outcome
 }
@@ -188,10 +191,25 @@ pub(crate) fn classify_any(frame: &Frame, config: &Config, leg: u32) -> Outcome 
 /// fragments nor one source's allowed ones can push out a legitimate
 /// datagram's entry.
 #[inline(never)]
-pub(crate) fn remember_fragment(frame: &Frame, l3: &L3, config: &Config, outcome: Outcome) {
+pub(crate) fn remember_fragment(
+    frame: &Frame,
+    l3: &L3,
+    config: &Config,
+    leg: u32,
+    outcome: Outcome,
+) {
     let key = frag_key(frame, l3);
     if !flows::take_share(&share_key(&key.src, SHARE_FRAGMENTS), config.fragment_share) {
         flows::count(STAT_FRAGMENT_REFUSED);
+        if events::refusal_wanted(config.flags) {
+            events::emit_refusal(
+                frame,
+                Hook::Xdp,
+                STAT_FRAGMENT_REFUSED,
+                leg_ifindex(config, leg),
+                frame.len() as u32,
+            );
+        }
         return;
     }
     let verdict = FragVerdict {
@@ -600,8 +618,21 @@ pub(crate) fn decide_ports(
             leg: leg as u8,
             pad: [0; 2],
         };
-        if flows::is_answer(&flow, flags) {
-            return pass(Reason::Established, pclass);
+        match flows::answer(&flow, flags) {
+            Answer::No => {}
+            Answer::Yes => return pass(Reason::Established, pclass),
+            Answer::ConfirmationRefused => {
+                if events::refusal_wanted(config.flags) {
+                    events::emit_refusal(
+                        frame,
+                        Hook::Xdp,
+                        STAT_CONFIRMED_REFUSED,
+                        leg_ifindex(config, leg),
+                        frame.len() as u32,
+                    );
+                }
+                return pass(Reason::Established, pclass);
+            }
         }
     }
     if dst.profile == PROFILE_NONE && src_profile == PROFILE_NONE {
@@ -623,6 +654,12 @@ pub(crate) fn is_mgmt_port(config: &Config, port: u16) -> bool {
         i += 1;
     }
     false
+}
+
+/// The interface of leg `leg` (a host's one interface is leg 0).
+#[inline(always)]
+pub(crate) fn leg_ifindex(config: &Config, leg: u32) -> u32 {
+    config.legs[(leg as usize) & (config.legs.len() - 1)]
 }
 
 /// The leg a packet arrived on: its index in `Config::legs`, 0 if unknown.

@@ -4,19 +4,24 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::{
+        bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes,
+        bpf_xdp_load_bytes,
+    },
+    maps::ring_buf::RingBufEntry,
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
 use classifier_common::{
-    Config, EVENT_BURST_NS, EVENT_REASON_RULE, EVENT_SNAPLEN, Event, EventBudget, FLAG_EVENTS,
-    FLAG_EVENTS_PASS, FLAG_TRACE, PCLASS_COUNT, REASON_COUNTER_BASE, Reason, VERDICT_COUNT,
-    Verdict, reason_counter_index,
+    Config, EVENT_BURST_NS, EVENT_REASON_FLOW_REFUSED, EVENT_REASON_RULE, EVENT_SNAPLEN, Event,
+    EventBudget, FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, PCLASS_COUNT, REASON_COUNTER_BASE,
+    Reason, VERDICT_COUNT, Verdict, reason_counter_index,
 };
 
 use crate::{
     decide::Outcome,
     maps::{COUNTERS, EVENT_BUDGET, EVENT_CONFIG, EVENTS, TRACE},
+    parse::Frame,
 };
 
 /// Counts the outcome and turns it into an action. Everything that is off
@@ -118,20 +123,9 @@ pub(crate) fn log_anomaly(ctx: &XdpContext, counter: u32, packets: u64) {
 /// read from the copy.
 #[inline(always)]
 pub(crate) fn emit_event(ctx: &XdpContext, counter: u32) {
-    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+    let Some(mut entry) = reserve_event() else {
         return;
     };
-    if !take_credit(budget) {
-        return;
-    }
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        // The reader is behind and the ring is full: as good as suppressed.
-        // SAFETY: a per-CPU array value is only touched by this CPU.
-        unsafe { (*budget).suppressed += 1 };
-        return;
-    };
-    // SAFETY: as above.
-    unsafe { (*budget).emitted += 1 };
     let e = entry.as_mut_ptr();
     let len = ctx.data_end() - ctx.data();
     // SAFETY: `e` points at a reserved, writable `Event`; every field is
@@ -162,6 +156,97 @@ pub(crate) fn emit_event(ctx: &XdpContext, counter: u32) {
             // where LLVM may drop a comparison), and `len` itself here.
             let cap = (((len as u32) - 1) & (EVENT_SNAPLEN as u32 - 1)) + 1;
             if bpf_xdp_load_bytes(ctx.ctx, 0, dst, cap) == 0 {
+                (*e).captured = cap;
+            }
+        }
+    }
+    entry.submit(0);
+}
+
+/// An event from this CPU's budget and the ring: `None` (counted as
+/// suppressed) when the budget or the ring has no room.
+#[inline(always)]
+fn reserve_event() -> Option<RingBufEntry<Event>> {
+    let budget = EVENT_BUDGET.get_ptr_mut(0)?;
+    if !take_credit(budget) {
+        return None;
+    }
+    let Some(entry) = EVENTS.reserve::<Event>(0) else {
+        // The reader is behind and the ring is full: as good as suppressed.
+        // SAFETY: a per-CPU array value is only touched by this CPU.
+        unsafe { (*budget).suppressed += 1 };
+        return None;
+    };
+    // SAFETY: as above.
+    unsafe { (*budget).emitted += 1 };
+    Some(entry)
+}
+
+/// Whether a refused entry gets an event: events are on.
+#[inline(always)]
+pub(crate) fn refusal_wanted(flags: u32) -> bool {
+    flags & FLAG_EVENTS != 0
+}
+
+/// Which program a frame is in: the context and the helper that copies it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hook {
+    Xdp,
+    Tc,
+}
+
+/// An event for a packet that went on (verdict pass) but whose flow or
+/// fragment entry was refused (`stat`: the refusal's `FLOW_STATS` index),
+/// within the same budget as the drops' events: who spent a source share,
+/// or whose confirmation a full table refused. Out of line, on paths a
+/// packet takes only when something is refused.
+///
+/// `ifindex` and `len` come from the caller (the leg's interface, the
+/// packet's length): the verifier allows the context's fields to be read
+/// only at fixed offsets of the untouched context pointer, which a call
+/// does not keep.
+/// The caller asks only with `FLAG_EVENTS` on ([`refusal_wanted`]).
+#[inline(never)]
+pub(crate) fn emit_refusal(frame: &Frame, hook: Hook, stat: u32, ifindex: u32, len: u32) {
+    let Some(mut entry) = reserve_event() else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `frame.ctx` is this program's context, of the kind `hook`
+    // says; `e` points at a reserved, writable `Event`, every field of
+    // which is written before submit (`data` up to `captured`).
+    unsafe {
+        (*e).time_ns = bpf_ktime_get_ns();
+        (*e).ifindex = ifindex;
+        (*e).verdict = Verdict::Pass as u32;
+        (*e).reason = EVENT_REASON_FLOW_REFUSED;
+        (*e).slot = stat;
+        (*e).len = len;
+        (*e).captured = 0;
+        let dst = (&raw mut (*e).data).cast::<core::ffi::c_void>();
+        // The linear part only (what the frame window covers): the headers.
+        // Two calls per hook with lengths the verifier can bound, as in
+        // `emit_event`.
+        // Hidden from LLVM, which would otherwise test it as two pointers
+        // and fold the arithmetic below into `avail`, leaving the verifier
+        // a length it cannot prove non-zero.
+        let avail = crate::parse::opaque(&frame.len());
+        if avail >= EVENT_SNAPLEN {
+            let n = EVENT_SNAPLEN as u32;
+            let rc = match hook {
+                Hook::Xdp => bpf_xdp_load_bytes(frame.ctx.cast(), 0, dst, n),
+                Hook::Tc => bpf_skb_load_bytes(frame.ctx, 0, dst, n),
+            };
+            if rc == 0 {
+                (*e).captured = n;
+            }
+        } else if avail > 0 {
+            let cap = (((avail as u32) - 1) & (EVENT_SNAPLEN as u32 - 1)) + 1;
+            let rc = match hook {
+                Hook::Xdp => bpf_xdp_load_bytes(frame.ctx.cast(), 0, dst, cap),
+                Hook::Tc => bpf_skb_load_bytes(frame.ctx, 0, dst, cap),
+            };
+            if rc == 0 {
                 (*e).captured = cap;
             }
         }

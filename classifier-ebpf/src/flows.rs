@@ -38,6 +38,7 @@ use classifier_common::{
 
 use crate::{
     decide::{CacheHalf, leg_of, lookup_sel, port_slot, rule_slot, share_key},
+    events::{Hook, emit_refusal, refusal_wanted},
     maps::{
         CONFIG, FLOW_PORTS, FLOW_SHARES, FLOW_STATS, FLOWS, FLOWS_NEW, RECENT_ANSWERS, RECENT_FLOWS,
     },
@@ -106,7 +107,7 @@ fn refresh(v: *mut FlowState, tcp_flags: u8) {
 /// for was found within the mark. A FIN or RST always looks the entry up,
 /// to start its closing timeout.
 #[inline(always)]
-pub fn is_answer(key: &FlowKey, tcp_flags: u8) -> bool {
+pub fn answer(key: &FlowKey, tcp_flags: u8) -> Answer {
     let ending = tcp_flags & (TCP_FIN | TCP_RST) != 0;
     let tag = tag_of(key, 0);
     let slot = RECENT_ANSWERS.get_ptr_mut(slot_of(tag));
@@ -116,7 +117,7 @@ pub fn is_answer(key: &FlowKey, tcp_flags: u8) -> bool {
         unsafe {
             if (*slot).tag == tag && (*slot).skips > 0 && (*slot).mark == m {
                 (*slot).skips -= 1;
-                return true;
+                return Answer::Yes;
             }
         }
     }
@@ -132,9 +133,18 @@ pub fn is_answer(key: &FlowKey, tcp_flags: u8) -> bool {
                 };
             }
         }
-        return true;
+        return Answer::Yes;
     }
     answer_unconfirmed(key, tcp_flags)
+}
+
+/// What [`answer`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    No,
+    Yes,
+    /// An answer that would have confirmed its flow, but `FLOWS` was full.
+    ConfirmationRefused,
 }
 
 /// A flow's tag in the per-CPU caches: a hash of its key (five words) and
@@ -168,9 +178,9 @@ fn slot_of(tag: u64) -> u32 {
 ///
 /// Out of line: the confirmed answer, the common one, stays short.
 #[inline(never)]
-fn answer_unconfirmed(key: &FlowKey, tcp_flags: u8) -> bool {
+fn answer_unconfirmed(key: &FlowKey, tcp_flags: u8) -> Answer {
     let Some(v) = FLOWS_NEW.get_ptr_mut(key) else {
-        return false;
+        return Answer::No;
     };
     let now = now_s();
     let m = mark();
@@ -193,12 +203,12 @@ fn answer_unconfirmed(key: &FlowKey, tcp_flags: u8) -> bool {
             (*v).flags |= FLOW_ANSWERED | closing;
             (*v).seen = now;
         }
-        return true;
+        return Answer::Yes;
     }
     // A confirmation `FLOWS` refused (it was full) is tried again once the
     // mark moves on, not on every packet.
     if state.flags & FLOW_CONFIRM_REFUSED != 0 && state.mark == m {
-        return true;
+        return Answer::Yes;
     }
     let confirmed = FlowState {
         seen: now,
@@ -224,35 +234,37 @@ fn answer_unconfirmed(key: &FlowKey, tcp_flags: u8) -> bool {
                 (*v).seen = now;
                 (*v).flags |= FLOW_ANSWERED | FLOW_CONFIRM_REFUSED | closing;
             }
+            return Answer::ConfirmationRefused;
         }
     }
-    true
+    Answer::Yes
 }
 
 /// TC egress: the packet leaving expects `key` as its answer. Refreshes the
 /// entry, or makes an unconfirmed one, charged to `share` (the source
 /// prefix of a forwarded packet from outside every profile; `None` for the
-/// box's own packets and its profiles' addresses) within `limit`.
+/// box's own packets and its profiles' addresses) within `limit`. False
+/// when the share was spent and no entry was made.
 #[inline(always)]
-pub fn record(key: &FlowKey, tcp_flags: u8, share: Option<&ShareKey>, limit: u32) {
+pub fn record(key: &FlowKey, tcp_flags: u8, share: Option<&ShareKey>, limit: u32) -> bool {
     let ending = tcp_flags & (TCP_FIN | TCP_RST) != 0;
     if let Some(v) = FLOWS.get_ptr_mut(key) {
         refresh(v, tcp_flags);
-        return;
+        return true;
     }
     if let Some(v) = FLOWS_NEW.get_ptr_mut(key) {
         refresh(v, tcp_flags);
-        return;
+        return true;
     }
     // A reset opens nothing.
     if tcp_flags & TCP_RST != 0 {
-        return;
+        return true;
     }
     if let Some(share) = share
         && !take_share(share, limit)
     {
         count(STAT_NEW_REFUSED);
-        return;
+        return false;
     }
     let now = now_s();
     let state = FlowState {
@@ -265,6 +277,7 @@ pub fn record(key: &FlowKey, tcp_flags: u8, share: Option<&ShareKey>, limit: u32
         count(STAT_NEW_INSERTS);
     }
     mark_port(key.local_port);
+    true
 }
 
 /// A flow the recorder looked at lately on this CPU, leaving by interface
@@ -369,6 +382,7 @@ pub(crate) fn record_flow(ctx: &TcContext) {
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
+        ctx: ctx.skb.skb.cast(),
     };
     let (ethertype, off) = ethernet!(frame, return);
     // The full parser: the recorder meets IPv6 extension headers too. A
@@ -547,5 +561,15 @@ pub(crate) fn record_answer(
     } else {
         Some(share_key(&src_addr, SHARE_FLOWS))
     };
-    record(&key, tcp_flags, share.as_ref(), config.flow_share);
+    if !record(&key, tcp_flags, share.as_ref(), config.flow_share) {
+        core::hint::cold_path();
+        let frame = Frame {
+            start: ctx.data(),
+            end: ctx.data_end(),
+            ctx: ctx.skb.skb.cast(),
+        };
+        if refusal_wanted(config.flags) {
+            emit_refusal(&frame, Hook::Tc, STAT_NEW_REFUSED, ifindex, ctx.len());
+        }
+    }
 }

@@ -58,6 +58,7 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
+        ctx: ctx.ctx.cast(),
     };
     // Appliance mode keeps one set of counters per leg; a host has one leg.
     let leg = if config.flags & FLAG_APPLIANCE != 0 {

@@ -47,6 +47,9 @@ pub(crate) const UDP_HLEN: usize = 8;
 pub(crate) struct Frame {
     pub(crate) start: usize,
     pub(crate) end: usize,
+    /// The program's context (`xdp_md` or `__sk_buff`), for the rare paths
+    /// that copy the frame into an event.
+    pub(crate) ctx: *mut core::ffi::c_void,
 }
 
 impl Frame {

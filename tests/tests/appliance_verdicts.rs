@@ -707,9 +707,20 @@ fn a_syn_flood_cannot_evict_a_confirmed_connection() {
 #[test]
 fn one_source_gets_only_its_share_of_unconfirmed_flows() {
     let Some(mut b) = Box::new(None) else { return };
+    // Events on (drops, and the refusals of entries), with room for all.
+    b.0.classifier
+        .set_events(1_000_000, false)
+        .unwrap_or_else(|e| panic!("turning events on: {e}"));
+    let mut ring =
+        b.0.classifier
+            .take_events_ring()
+            .unwrap_or_else(|e| panic!("the events ring: {e}"));
     let share = classifier_common::FLOW_SHARE_DEFAULT;
+    // Source ports from 10000: none is a port of the Access Edge's outbound
+    // rows (53, 80, 5061, 5269), whose answers a rule would pass anyway
+    // (those flows are not recorded, so they spend no share).
     for i in 0..share + 100 {
-        let syn = Packet::tcp(STRANGER, ACCESS, 1024 + i as u16, 5061).build();
+        let syn = Packet::tcp(STRANGER, ACCESS, 10_000 + i as u16, 5061).build();
         let (passed, _) = b.0.run_on(EXT, &syn);
         assert!(passed, "SYN {i}");
         b.0.egress_on(DMZ, Some(EXT), &syn);
@@ -728,10 +739,31 @@ fn one_source_gets_only_its_share_of_unconfirmed_flows() {
         from_stranger, share as usize,
         "entries one source opened within one window"
     );
+    // Each refusal is an event (verdict pass: the SYN went on), naming the
+    // table, with the frame that left: the stranger is who spent it.
+    let mut refused = 0;
+    while let Some(item) = ring.next() {
+        let e: classifier_common::Event =
+            *bytemuck::from_bytes(&item[..size_of::<classifier_common::Event>()]);
+        if e.reason == classifier_common::EVENT_REASON_FLOW_REFUSED {
+            assert_eq!(
+                (e.verdict, e.slot),
+                (
+                    classifier_common::Verdict::Pass as u32,
+                    classifier_common::STAT_NEW_REFUSED
+                ),
+                "a refusal event's verdict and table"
+            );
+            let src = &e.data[14 + 12..14 + 16];
+            assert_eq!(src, [198, 19, 0, 66], "the refused flow's source");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 100, "refusal events: one per SYN past the share");
     // The SYN-ACK to a SYN past the share has no entry.
     b.expect(
         "SYN-ACK to the stranger's last SYN",
-        &syn_ack(ACCESS, STRANGER, 5061, 1024 + (share + 99) as u16),
+        &syn_ack(ACCESS, STRANGER, 5061, 10_000 + (share + 99) as u16),
         false,
         Err(Reason::PortNotAllowed),
     );

@@ -3,7 +3,10 @@
 
 use std::net::IpAddr;
 
-use classifier_common::{EVENT_REASON_RULE, Event, Reason, Verdict};
+use classifier_common::{
+    EVENT_REASON_FLOW_REFUSED, EVENT_REASON_RULE, Event, Reason, STAT_CONFIRMED_REFUSED,
+    STAT_FRAGMENT_REFUSED, STAT_NEW_REFUSED, Verdict,
+};
 use etherparse::{LaxPacketHeaders, LaxPayloadSlice, LinkHeader, NetHeaders, TransportHeader};
 use serde::{Deserialize, Serialize};
 
@@ -176,7 +179,17 @@ pub fn decode_parsed(
 ) -> EventRecord {
     let frame = captured(e);
     let wall = (i128::from(e.time_ns) + offset_ns).max(0) as u64;
-    let (reason, role, service) = if e.reason == EVENT_REASON_RULE {
+    let (reason, role, service) = if e.reason == EVENT_REASON_FLOW_REFUSED {
+        // The packet went on; the entry its flow (or fragment) needed was
+        // refused: `service` says which.
+        let refused = match e.slot {
+            STAT_NEW_REFUSED => "flows/unconfirmed: the source's share is spent",
+            STAT_CONFIRMED_REFUSED => "flows/confirmed: the table is full",
+            STAT_FRAGMENT_REFUSED => "fragments: the source's share is spent",
+            _ => "unknown",
+        };
+        ("flow_refused".to_string(), None, Some(refused.to_string()))
+    } else if e.reason == EVENT_REASON_RULE {
         match u16::try_from(e.slot).ok().and_then(|s| registry.get(s)) {
             Some(k) => (
                 "rule".to_string(),
@@ -289,6 +302,29 @@ mod tests {
         assert_eq!(segment(false, true), Some(0x10), "a bare ACK");
         assert_eq!(segment(true, true), Some(0x12), "a SYN-ACK");
         assert_eq!(headers(&qinq_udp(1, 161)).tcp_flags, None, "UDP has none");
+    }
+
+    #[test]
+    fn a_refused_entry_is_named_with_its_table() {
+        let e = Event {
+            time_ns: 0,
+            ifindex: 1,
+            verdict: Verdict::Pass as u32,
+            reason: EVENT_REASON_FLOW_REFUSED,
+            slot: STAT_NEW_REFUSED,
+            len: 0,
+            captured: 0,
+            data: [0; classifier_common::EVENT_SNAPLEN],
+        };
+        let r = decode(&e, "eth0", 0, &SlotRegistry::default());
+        assert_eq!(
+            (r.event.verdict.as_str(), r.event.reason.as_str()),
+            ("pass", "flow_refused")
+        );
+        assert_eq!(
+            r.event.service.as_deref(),
+            Some("flows/unconfirmed: the source's share is spent")
+        );
     }
 
     #[test]
