@@ -11,11 +11,6 @@ use crate::{
     policy::{Mgmt, ProfileArg},
 };
 
-/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid input.
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-
 /// `portguard --version`: the release, the commit it was built from
 /// ("unknown" outside git) and the first 12 hex digits of the SHA-256 of the
 /// embedded eBPF object, so that two binaries enforcing differently can be

@@ -19,8 +19,8 @@ use aya::programs::{
 
 use crate::{
     catalog::{Catalog, CatalogError},
-    cli::{EXIT_FAILURE, EXIT_USAGE, Mode},
     counters::{self, Snapshot},
+    exit,
     flow_table::{self, FlowFigures},
     iface,
     loader::{self, Classifier, LoadError, XdpModeArg},
@@ -51,10 +51,10 @@ pub enum RunError {
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Usage(_) | RunError::Catalog(_) | RunError::Policy(_) => EXIT_USAGE,
-            RunError::Load(LoadError::NoInterface(_)) => EXIT_USAGE,
+            RunError::Usage(_) | RunError::Catalog(_) | RunError::Policy(_) => exit::USAGE,
+            RunError::Load(LoadError::NoInterface(_)) => exit::USAGE,
             RunError::Load(_) | RunError::Owner(_) | RunError::Trust(_) | RunError::Runtime(_) => {
-                EXIT_FAILURE
+                exit::FAILURE
             }
         }
     }
@@ -72,6 +72,11 @@ pub fn read_catalog(path: Option<&Path>) -> Result<Catalog, CatalogError> {
         }
         None => Ok(Catalog::embedded()),
     }
+}
+
+/// The mode as the state file and the events name it.
+pub fn mode_name(monitor: bool) -> &'static str {
+    if monitor { "monitor" } else { "enforce" }
 }
 
 /// Reload outcomes, for `portguard_reloads_total`.
@@ -171,7 +176,8 @@ pub struct Daemon {
     pub catalog_generation: u32,
     pub rules_per_role: BTreeMap<String, usize>,
     pub requested_xdp_mode: XdpModeArg,
-    pub mode: Mode,
+    /// `--mode monitor`: drops are counted as would-drops and passed.
+    pub monitor: bool,
     pub reloads: ReloadCounts,
     pub state_path: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
@@ -302,7 +308,7 @@ impl Daemon {
                 .first()
                 .map_or("unknown", |l| l.xdp_mode)
                 .to_string(),
-            mode: format!("{:?}", self.mode).to_lowercase(),
+            mode: mode_name(self.monitor).to_string(),
             catalog: self.catalog_path.clone(),
             catalog_generation: self.catalog_generation,
             slots: self.registry.slots().clone(),

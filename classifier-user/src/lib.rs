@@ -9,6 +9,7 @@ pub mod counters;
 pub mod daemon;
 pub mod ebpf_object;
 pub mod events;
+pub mod exit;
 pub mod flow_table;
 pub mod iface;
 pub mod link_watch;

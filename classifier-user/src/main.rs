@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use portguard::{
     catalog::Catalog,
-    cli::{CatalogCommand, Cli, Command, EXIT_USAGE},
-    commands,
+    cli::{CatalogCommand, Cli, Command},
+    commands, exit,
     policy::Mgmt,
 };
 
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 fn load_catalog(path: Option<&std::path::Path>) -> Result<Catalog, u8> {
     commands::run::read_catalog(path).map_err(|e| {
         eprintln!("{e}");
-        EXIT_USAGE
+        exit::USAGE
     })
 }
 
@@ -109,7 +109,7 @@ fn catalog(c: CatalogCommand) -> u8 {
                 }
                 Err(e) => {
                     eprintln!("portguard catalog export: {e}");
-                    EXIT_USAGE
+                    exit::USAGE
                 }
             }
         }

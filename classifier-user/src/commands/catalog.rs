@@ -6,11 +6,10 @@ use std::{
 };
 
 pub use crate::catalog::show::{ShowFormat, ShowTable};
-use crate::catalog::{Catalog, CatalogError, Direction, MgmtAllowance, count_findings, nft, show};
-
-const EXIT_OK: u8 = 0;
-const EXIT_FAILURE: u8 = 1;
-const EXIT_INVALID: u8 = 2;
+use crate::{
+    catalog::{Catalog, CatalogError, Direction, MgmtAllowance, count_findings, nft, show},
+    exit,
+};
 
 /// Validates a catalog file: every error and warning with file:line:col,
 /// then a summary. 2 on any error (an unreadable file included), else 0.
@@ -43,7 +42,7 @@ pub fn check(path: &Path) -> u8 {
     match ok_summary {
         Some(summary) => {
             println!("{summary}");
-            EXIT_OK
+            exit::OK
         }
         None => {
             let (errors, warnings) = count_findings(&diagnostics);
@@ -54,7 +53,7 @@ pub fn check(path: &Path) -> u8 {
                 if errors == 1 { "" } else { "s" },
                 if warnings == 1 { "" } else { "s" }
             );
-            EXIT_INVALID
+            exit::USAGE
         }
     }
 }
@@ -68,18 +67,18 @@ pub fn show(catalog: &Catalog, role: Option<&str>, format: ShowFormat, table: Sh
             Ok(rows) => show::render_rules(catalog, &rows, role, format),
             Err(e) => {
                 eprintln!("portguard catalog show: {e}");
-                return EXIT_INVALID;
+                return exit::USAGE;
             }
         },
     };
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => EXIT_OK,
+        Ok(()) => exit::OK,
         // A closed pipe (`| head`) is the reader's choice, not a failure.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit::OK,
         Err(e) => {
             eprintln!("portguard catalog show: cannot write to stdout: {e}");
-            EXIT_FAILURE
+            exit::FAILURE
         }
     }
 }

@@ -4,12 +4,7 @@
 
 use std::io::Write as _;
 
-use crate::{
-    cli::{DetachArgs, EXIT_FAILURE, EXIT_OK, EXIT_USAGE},
-    iface, loader,
-    ownership::InstanceLock,
-    state, trusted,
-};
+use crate::{cli::DetachArgs, exit, iface, loader, ownership::InstanceLock, state, trusted};
 
 pub fn detach(args: DetachArgs) -> u8 {
     let fail = |msg: String, code: u8| {
@@ -17,7 +12,7 @@ pub fn detach(args: DetachArgs) -> u8 {
         code
     };
     if let Err(e) = iface::validate(&args.iface) {
-        return fail(e.to_string(), EXIT_USAGE);
+        return fail(e.to_string(), exit::USAGE);
     }
     // Any leg of an appliance names the whole instance: its pins are one
     // set, and detaching one leg would leave the others guarded by a policy
@@ -40,11 +35,11 @@ pub fn detach(args: DetachArgs) -> u8 {
                 args.iface,
                 dir.display()
             ),
-            EXIT_USAGE,
+            exit::USAGE,
         );
     }
     if let Err(e) = trusted::check_existing_dir(&dir) {
-        return fail(e.to_string(), EXIT_FAILURE);
+        return fail(e.to_string(), exit::FAILURE);
     }
     let legs = recorded
         .as_ref()
@@ -53,7 +48,7 @@ pub fn detach(args: DetachArgs) -> u8 {
     for leg in &legs {
         match InstanceLock::acquire(leg, false) {
             Ok(l) => locks.push(l),
-            Err(e) => return fail(format!("--iface {leg}: {e}"), EXIT_FAILURE),
+            Err(e) => return fail(format!("--iface {leg}: {e}"), exit::FAILURE),
         }
     }
     loader::remove_pins(&dir);
@@ -68,7 +63,7 @@ pub fn detach(args: DetachArgs) -> u8 {
     if dir.exists() {
         return fail(
             format!("--iface {}: could not remove {}", args.iface, dir.display()),
-            EXIT_FAILURE,
+            exit::FAILURE,
         );
     }
     let _ = writeln!(
@@ -76,5 +71,5 @@ pub fn detach(args: DetachArgs) -> u8 {
         "detached portguard from {}",
         legs.join(", ")
     );
-    EXIT_OK
+    exit::OK
 }

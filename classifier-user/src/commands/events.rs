@@ -27,11 +27,12 @@ use tokio::{
 };
 
 use crate::{
-    cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EventFormat, EventsArgs},
+    cli::{EventFormat, EventsArgs},
     events::{
         control::{self, ErrorLine, Request},
         record::EventRecord,
     },
+    exit,
 };
 
 /// How long a snapshot (no `--follow`) waits for each answer line: a daemon
@@ -62,8 +63,8 @@ pub enum ClientError {
 impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::NotRunning { .. } => EXIT_USAGE,
-            _ => EXIT_FAILURE,
+            ClientError::NotRunning { .. } => exit::USAGE,
+            _ => exit::FAILURE,
         }
     }
 }
@@ -146,7 +147,7 @@ pub fn events(args: EventsArgs) -> u8 {
         .map_err(|e| ClientError::Output(format!("starting the runtime: {e}")))
         .and_then(|runtime| runtime.block_on(run(&args)));
     match result {
-        Ok(()) => EXIT_OK,
+        Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("portguard events --iface {}: {e}", args.iface);
             e.exit_code()

@@ -18,9 +18,9 @@ use tokio::{
 
 pub use crate::daemon::{RunError, read_catalog};
 use crate::{
-    cli::{EXIT_OK, Mode, RunArgs},
+    cli::{Mode, RunArgs},
     daemon::{self, Daemon, Leg, Links, ReloadCounts},
-    iface,
+    exit, iface,
     link_watch::LinkEvents,
     loader::{self, Classifier, XdpModeArg},
     metrics_http,
@@ -80,7 +80,7 @@ impl Drop for PinCleanup {
 
 pub fn run(args: RunArgs) -> u8 {
     match run_inner(args) {
-        Ok(()) => EXIT_OK,
+        Ok(()) => exit::OK,
         Err(e) => {
             // stderr may be closed too: nothing more to do than the exit code.
             let _ = writeln!(io::stderr(), "portguard run: {e}");
@@ -393,7 +393,7 @@ fn run_locked(
             pass: args.events_pass,
             roles: args.role.clone(),
             catalog: args.catalog.clone(),
-            mode: format!("{:?}", args.mode).to_lowercase(),
+            mode: daemon::mode_name(args.mode == Mode::Monitor).to_string(),
             client_media_ports: args.client_media_ports,
             run_dir: PathBuf::from(state::RUN_DIR),
         },
@@ -410,7 +410,7 @@ fn run_locked(
         catalog_generation,
         rules_per_role: compiled.rules_per_role,
         requested_xdp_mode: args.xdp_mode,
-        mode: args.mode,
+        monitor: args.mode == Mode::Monitor,
         reloads: ReloadCounts::default(),
         state_path: pin_dir.is_some().then(|| state_path.clone()),
         pin_dir: pin_dir.clone(),

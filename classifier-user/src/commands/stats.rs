@@ -3,18 +3,14 @@
 
 use std::path::Path;
 
-use crate::{
-    cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, StatsArgs},
-    loader,
-    pinned::PinnedInstance,
-};
+use crate::{cli::StatsArgs, exit, loader, pinned::PinnedInstance};
 
 pub fn stats(args: StatsArgs) -> u8 {
     if let Some(i) = &args.iface
         && let Err(e) = crate::iface::validate(i)
     {
         eprintln!("portguard stats: {e}");
-        return EXIT_USAGE;
+        return exit::USAGE;
     }
     let root = args.bpffs.join("portguard");
     let ifaces: Vec<String> = match &args.iface {
@@ -33,9 +29,9 @@ pub fn stats(args: StatsArgs) -> u8 {
             "portguard stats: no running instance (nothing pinned under {})",
             root.display()
         );
-        return EXIT_FAILURE;
+        return exit::FAILURE;
     }
-    let mut code = EXIT_OK;
+    let mut code = exit::OK;
     for iface in ifaces {
         match one(&args.bpffs, &iface) {
             Ok(table) => println!("{iface}\n{table}\n"),
@@ -44,9 +40,9 @@ pub fn stats(args: StatsArgs) -> u8 {
                 code = if args.iface.is_some()
                     && PinnedInstance::find(&args.bpffs, &iface).is_none()
                 {
-                    EXIT_USAGE
+                    exit::USAGE
                 } else {
-                    EXIT_FAILURE
+                    exit::FAILURE
                 };
             }
         }
