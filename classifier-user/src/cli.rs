@@ -230,24 +230,6 @@ pub enum ExportFormat {
     Nft,
 }
 
-impl RunArgs {
-    /// Appliance mode: several legs, or --appliance.
-    pub fn is_appliance(&self) -> bool {
-        self.appliance || self.iface.len() > 1
-    }
-
-    /// The flow tables' sizes and shares these flags ask for.
-    pub fn flow_limits(&self) -> crate::loader::FlowLimits {
-        crate::loader::FlowLimits {
-            flows: self.flows,
-            flows_unconfirmed: self.flows_unconfirmed,
-            fragments: self.fragments,
-            flow_share: self.flow_share.unwrap_or(self.flows_unconfirmed / 8),
-            fragment_share: self.fragments / 8,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Interface; every attached instance when absent.

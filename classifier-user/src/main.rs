@@ -31,7 +31,7 @@ fn main() -> ExitCode {
 }
 
 fn load_catalog(path: Option<&std::path::Path>) -> Result<Catalog, u8> {
-    commands::run::read_catalog(path).map_err(|e| {
+    portguard::daemon::read_catalog(path).map_err(|e| {
         eprintln!("{e}");
         exit::USAGE
     })
