@@ -72,12 +72,14 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
     move |source| LoadError::Program { name, source }
 }
 
-/// How XDP is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpModeArg {
+/// How XDP is attached (`run --xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
     /// Native (driver) mode, falling back to generic where the driver lacks it.
     Auto,
+    /// Native (driver) mode only.
     Native,
+    /// Generic (SKB) mode.
     Generic,
 }
 
@@ -595,7 +597,7 @@ impl Classifier {
     pub fn attach_xdp(
         &mut self,
         iface: &str,
-        mode: XdpModeArg,
+        mode: AttachMode,
     ) -> Result<(XdpLink, &'static str), LoadError> {
         let xdp = self.xdp()?;
         let attempt = |xdp: &mut Xdp, m: XdpMode| -> Result<XdpLink, LoadError> {
@@ -605,9 +607,9 @@ impl Classifier {
             xdp.take_link(id).map_err(prog_err("portguard"))
         };
         match mode {
-            XdpModeArg::Native => Ok((attempt(xdp, XdpMode::Driver)?, "native")),
-            XdpModeArg::Generic => Ok((attempt(xdp, XdpMode::Skb)?, "generic")),
-            XdpModeArg::Auto => match attempt(xdp, XdpMode::Driver) {
+            AttachMode::Native => Ok((attempt(xdp, XdpMode::Driver)?, "native")),
+            AttachMode::Generic => Ok((attempt(xdp, XdpMode::Skb)?, "generic")),
+            AttachMode::Auto => match attempt(xdp, XdpMode::Driver) {
                 Ok(link) => Ok((link, "native")),
                 Err(
                     e @ (LoadError::Busy { .. }

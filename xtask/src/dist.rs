@@ -201,14 +201,7 @@ pub fn control(arch: &str, depends: &str, installed_kib: u64) -> String {
 /// Builds the package and returns its path.
 pub fn dist() -> Result<PathBuf> {
     crate::cargo(
-        &[
-            "build",
-            "--release",
-            "-p",
-            "classifier-user",
-            "-p",
-            "docgen",
-        ],
+        &["build", "--release", "-p", "portguard-cli", "-p", "docgen"],
         &[],
         &[],
     )?;

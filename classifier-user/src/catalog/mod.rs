@@ -12,7 +12,6 @@ pub mod nft;
 mod parse;
 mod read;
 mod resolve;
-pub mod show;
 #[cfg(test)]
 mod tests;
 

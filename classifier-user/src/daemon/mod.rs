@@ -32,7 +32,7 @@ use crate::{
     exit,
     flow_table::{self, FlowFigures},
     iface,
-    loader::{self, Classifier, LoadError, XdpModeArg},
+    loader::{self, AttachMode, Classifier, LoadError},
     ownership::{InstanceLock, OwnerError},
     policy::{self, PolicyError, PolicySpec, Prefix, SlotRegistry},
     routes, state,
@@ -119,7 +119,7 @@ pub struct Daemon {
     catalog: Catalog,
     catalog_generation: u32,
     rules_per_role: BTreeMap<String, usize>,
-    requested_xdp_mode: XdpModeArg,
+    requested_xdp_mode: AttachMode,
     /// The XDP mode a previous run's state file records: the mode of a
     /// link taken over from it.
     previous_xdp_mode: &'static str,

@@ -9,7 +9,7 @@ use classifier_common::{LPM_ENTRIES, MAX_LEGS};
 use super::RunError;
 use crate::{
     iface,
-    loader::{FlowLimits, XdpModeArg},
+    loader::{AttachMode, FlowLimits},
     policy::{Mgmt, PolicySpec, ProfileArg},
 };
 
@@ -29,7 +29,7 @@ pub struct Options {
     pub catalog: Option<PathBuf>,
     /// Count drops as would-drops and pass them.
     pub monitor: bool,
-    pub xdp_mode: XdpModeArg,
+    pub xdp_mode: AttachMode,
     pub metrics_addr: SocketAddr,
     pub client_media_ports: Option<(u16, u16)>,
     /// Management allowances added to the default one.
@@ -108,7 +108,7 @@ impl Options {
                     "--iface {name}: a loopback interface carries the host's own traffic (portguard's metrics included) and the policy would cut it; give --allow-loopback to protect it anyway"
                 )));
             }
-            if loopback && self.xdp_mode == XdpModeArg::Native {
+            if loopback && self.xdp_mode == AttachMode::Native {
                 return Err(RunError::Usage(format!(
                     "--xdp-mode native: the loopback driver of {name} has no native XDP; use --xdp-mode generic (or auto)"
                 )));
@@ -185,7 +185,7 @@ mod tests {
             profiles: Vec::new(),
             catalog: None,
             monitor: false,
-            xdp_mode: XdpModeArg::Auto,
+            xdp_mode: AttachMode::Auto,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9477)),
             client_media_ports: None,
             mgmt: Vec::new(),

@@ -4,12 +4,13 @@
 
 use std::io::{self, Write as _};
 
-use crate::{
-    cli::{Mode, RunArgs},
+use portguard::{
     daemon::{Daemon, Options},
     exit,
-    loader::FlowLimits,
+    loader::{AttachMode, FlowLimits},
 };
+
+use crate::cli::{Mode, RunArgs, XdpMode};
 
 /// The daemon's options as the flags give them.
 fn options(args: RunArgs) -> Options {
@@ -19,7 +20,11 @@ fn options(args: RunArgs) -> Options {
         profiles: args.profile,
         catalog: args.catalog,
         monitor: args.mode == Mode::Monitor,
-        xdp_mode: args.xdp_mode,
+        xdp_mode: match args.xdp_mode {
+            XdpMode::Auto => AttachMode::Auto,
+            XdpMode::Native => AttachMode::Native,
+            XdpMode::Generic => AttachMode::Generic,
+        },
         metrics_addr: args.metrics_addr,
         client_media_ports: args.client_media_ports,
         mgmt: args.mgmt,

@@ -4,7 +4,8 @@
 
 use std::io::Write as _;
 
-use crate::{cli::ReloadArgs, exit, iface, ownership::Instance};
+use crate::cli::ReloadArgs;
+use portguard::{exit, iface, ownership::Instance};
 
 pub fn reload(args: ReloadArgs) -> u8 {
     if let Err(e) = iface::validate(&args.iface) {

@@ -22,6 +22,8 @@ use ratatui::{
 use crate::{
     cli::TopArgs,
     commands::events::{ClientError, parse_line, request},
+};
+use portguard::{
     counters,
     events::control::{Request, Top},
     exit,

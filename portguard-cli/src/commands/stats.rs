@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
-use crate::{cli::StatsArgs, exit, loader, pinned::PinnedInstance};
+use crate::cli::StatsArgs;
+use portguard::{exit, loader, pinned::PinnedInstance};
 
 pub fn stats(args: StatsArgs) -> u8 {
     if let Some(i) = &args.iface
-        && let Err(e) = crate::iface::validate(i)
+        && let Err(e) = portguard::iface::validate(i)
     {
         eprintln!("portguard stats: {e}");
         return exit::USAGE;
@@ -19,7 +20,7 @@ pub fn stats(args: StatsArgs) -> u8 {
             Ok(entries) => entries
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| crate::iface::validate(name).is_ok())
+                .filter(|name| portguard::iface::validate(name).is_ok())
                 .collect(),
             Err(_) => Vec::new(),
         },
@@ -82,7 +83,7 @@ fn one(bpffs: &Path, iface: &str) -> Result<String, String> {
             out.push_str(&format!("\n\nleg {leg}\n{}", snap.table()));
         }
     }
-    match crate::flow_table::figures_from_pins(&loader::pin_dir(bpffs, iface)) {
+    match portguard::flow_table::figures_from_pins(&loader::pin_dir(bpffs, iface)) {
         Ok(f) => {
             out.push_str("\n\n");
             out.push_str(&flow_table_text(&f));
@@ -93,7 +94,7 @@ fn one(bpffs: &Path, iface: &str) -> Result<String, String> {
 }
 
 /// The flow and fragment tables: fill, evictions and refusals.
-fn flow_table_text(f: &crate::flow_table::FlowFigures) -> String {
+fn flow_table_text(f: &portguard::flow_table::FlowFigures) -> String {
     let mut out = format!(
         "{:<24} {:>10} {:>10} {:>6} {:>12} {:>12}",
         "table", "entries", "capacity", "fill", "evictions", "refusals"

@@ -13,9 +13,11 @@
 use std::{collections::BTreeMap, fmt::Write as _, io::BufRead as _, path::Path};
 
 use crate::{
-    catalog::{Catalog, Direction, MAX_CATALOG_BYTES, MatchSide, Protocol, read_bounded},
     cli::SuggestArgs,
     commands::events::{ClientError, parse_line, request},
+};
+use portguard::{
+    catalog::{Catalog, Direction, MAX_CATALOG_BYTES, MatchSide, Protocol, read_bounded},
     events::{control::Aggregates, control::Request},
     exit,
 };
@@ -407,7 +409,7 @@ impl Context<'_> {
                 out,
                 "# The daemon keeps {} ports: {} seen only once (a scan's) were forgotten\n\
                  # to make room and {} events found none, so some ports may be missing.",
-                crate::events::store::MAX_PORT_KEYS,
+                portguard::events::store::MAX_PORT_KEYS,
                 a.ports_evicted,
                 a.ports_overflow
             );

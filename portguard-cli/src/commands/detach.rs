@@ -4,7 +4,8 @@
 
 use std::io::Write as _;
 
-use crate::{cli::DetachArgs, exit, iface, loader, ownership::InstanceLock, state, trusted};
+use crate::cli::DetachArgs;
+use portguard::{exit, iface, loader, ownership::InstanceLock, state, trusted};
 
 pub fn detach(args: DetachArgs) -> u8 {
     let fail = |msg: String, code: u8| {
@@ -55,7 +56,7 @@ pub fn detach(args: DetachArgs) -> u8 {
     if let Ok(run_dir) = state::run_dir() {
         let _ = std::fs::remove_file(state::path(&run_dir, &name));
         // The control socket of a daemon that was killed.
-        let _ = std::fs::remove_file(crate::events::control::socket_path(&run_dir, &name));
+        let _ = std::fs::remove_file(portguard::events::control::socket_path(&run_dir, &name));
     }
     for lock in locks {
         lock.release();

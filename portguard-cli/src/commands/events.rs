@@ -26,8 +26,8 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{
-    cli::{EventFormat, EventsArgs},
+use crate::cli::{EventFormat, EventsArgs};
+use portguard::{
     events::{
         control::{self, ErrorLine, Request},
         record::EventRecord,
@@ -87,7 +87,7 @@ fn connect(
     request: &Request,
 ) -> Result<(UnixStream, String), ClientError> {
     // Any leg of an appliance reaches the instance's one socket.
-    let path = control::socket_path(run_dir, &crate::state::instance_of(run_dir, iface));
+    let path = control::socket_path(run_dir, &portguard::state::instance_of(run_dir, iface));
     let shown = path.display().to_string();
     let mut stream = UnixStream::connect(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -371,7 +371,7 @@ fn text_line(r: &EventRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::record::EventJson;
+    use portguard::events::record::EventJson;
 
     fn scratch(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("pg-events-{tag}-{}", std::process::id()));
