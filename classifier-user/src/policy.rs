@@ -387,6 +387,7 @@ pub struct CompiledPolicy {
 
 impl CompiledPolicy {
     /// Which profile the packet path picks for a destination address.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn profile_for(&self, dst: &Addr) -> u32 {
         self.prefix_profile(dst).unwrap_or(self.default_profile)
     }

@@ -1,5 +1,8 @@
 //! Loading the eBPF object, writing a policy into its maps, attaching.
 
+#[cfg(feature = "test-hooks")]
+mod test_hooks;
+
 use std::{
     collections::BTreeSet,
     io,
@@ -10,8 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, TestRunResult, Xdp,
-        XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc,
         xdp::XdpLink,
@@ -19,7 +21,7 @@ use aya::{
 };
 use classifier_common::{
     BLOCKS_PER_PROTO, COUNTER_MAP_ENTRIES, Config, Counter, DIRECTIONS, EventBudget, EventConfig,
-    FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, FLOW_ENTRIES, FLOW_NEW_ENTRIES,
+    FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLOW_ENTRIES, FLOW_NEW_ENTRIES,
     FLOW_SHARE_DEFAULT, FRAGMENT_ENTRIES, FRAGMENT_SHARE_DEFAULT, GenConfig, MAX_LEGS, MgmtPorts,
     PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM,
     fast_block_base, map_names, next_sel_epoch, port_block_index,
@@ -63,6 +65,16 @@ pub enum LoadError {
     )]
     Permission(String),
 }
+
+/// The flags an install keeps: the event bits belong to the daemon's flags
+/// and the trace bit to tests, not to the policy.
+const KEPT_FLAGS: u32 = FLAG_EVENTS | FLAG_EVENTS_PASS | TRACE_FLAG;
+
+#[cfg(feature = "test-hooks")]
+const TRACE_FLAG: u32 = classifier_common::FLAG_TRACE;
+/// Without the test hooks nothing sets the trace bit.
+#[cfg(not(feature = "test-hooks"))]
+const TRACE_FLAG: u32 = 0;
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
     move |source| LoadError::Map { name, source }
@@ -224,14 +236,6 @@ impl Classifier {
             .map_err(prog_err("portguard"))
     }
 
-    pub fn xdp_ref(&self) -> Result<&Xdp, LoadError> {
-        self.ebpf
-            .program(XDP_PROGRAM)
-            .ok_or(LoadError::Missing("XDP program"))?
-            .try_into()
-            .map_err(prog_err("portguard"))
-    }
-
     fn tc(&mut self) -> Result<&mut SchedClassifier, LoadError> {
         self.ebpf
             .program_mut(TC_EGRESS_PROGRAM)
@@ -300,10 +304,7 @@ impl Classifier {
         self.write_profiles(policy, active, next)?;
         self.write_mgmt(policy)?;
 
-        // The trace bit belongs to tests and the event bits to the daemon's
-        // flags, not to the policy.
-        config.flags =
-            policy.flags | (config.flags & (FLAG_TRACE | FLAG_EVENTS | FLAG_EVENTS_PASS));
+        config.flags = policy.flags | (config.flags & KEPT_FLAGS);
         config.gens[next as usize] = GenConfig {
             default_profile: policy.default_profile,
             media_profiles: policy.media_profiles,
@@ -492,19 +493,6 @@ impl Classifier {
         })
     }
 
-    /// Runs the XDP program on one frame in the kernel (`BPF_PROG_TEST_RUN`).
-    /// `duration` of the result is per run.
-    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult, LoadError> {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        self.xdp_ref()?
-            .test_run(opts)
-            .map_err(prog_err("portguard"))
-    }
-
     /// Turns packet events on (`rate` events per second per CPU, passes too
     /// with `pass`) or off (`rate` 0). The budget is written before the flag
     /// is raised, so the first event already has its cost.
@@ -549,17 +537,6 @@ impl Classifier {
         PerCpuArray::try_from(map).map_err(map_err(map_names::EVENT_BUDGET))
     }
 
-    /// Makes the packet path record each packet's counter index in `TRACE`.
-    pub fn set_trace(&mut self, on: bool) -> Result<(), LoadError> {
-        let mut config = self.config()?;
-        config.flags = if on {
-            config.flags | FLAG_TRACE
-        } else {
-            config.flags & !FLAG_TRACE
-        };
-        self.set_config(&config)
-    }
-
     /// Tells the packet path which ifindex is which leg (appliance mode);
     /// counters of a packet from an unlisted ifindex go to leg 0.
     pub fn set_legs(&mut self, ifindexes: &[u32]) -> Result<(), LoadError> {
@@ -569,13 +546,6 @@ impl Classifier {
             *slot = *i;
         }
         self.set_config(&config)
-    }
-
-    /// The counter index of the last packet (with tracing on).
-    pub fn last_counter(&mut self) -> Result<u32, LoadError> {
-        self.array::<u32>(map_names::TRACE)?
-            .get(&0, 0)
-            .map_err(map_err(map_names::TRACE))
     }
 
     /// Per-CPU counters at `indices`, summed over CPUs.
