@@ -13,14 +13,14 @@ pub mod events;
 pub mod exit;
 pub mod flow_table;
 pub mod iface;
-pub mod link_watch;
+mod link_watch;
 pub mod loader;
-pub mod metrics;
-pub mod metrics_http;
+mod metrics;
+mod metrics_http;
 pub mod ownership;
 pub mod pinned;
 pub mod policy;
-pub mod routes;
+mod routes;
 pub mod state;
 pub mod trusted;
 

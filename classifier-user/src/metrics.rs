@@ -88,10 +88,10 @@ fn register_flow_tables(registry: &mut Registry, figures: &crate::flow_table::Fl
     );
 }
 
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Renders every metric of docs/metrics.md for one daemon.
-pub fn render(daemon: &mut Daemon) -> Result<String, String> {
+pub(crate) fn render(daemon: &mut Daemon) -> Result<String, String> {
     let snaps = daemon.snapshots().map_err(|e| e.to_string())?;
     let mut registry = Registry::default();
 

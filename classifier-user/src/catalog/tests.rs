@@ -909,8 +909,9 @@ fn chain_body(text: &str, name: &str) -> String {
 #[test]
 fn nft_appliance_orders_each_side_longest_prefix_first_with_goto() {
     let c = Catalog::embedded();
-    let text = super::nft::export_appliance(
+    let text = super::nft::export_profiles(
         &c,
+        super::nft::Placement::Appliance,
         &[],
         &[
             profile("198.18.2.0/24", &["edge-internal"]),
@@ -986,8 +987,9 @@ fn nft_appliance_orders_each_side_longest_prefix_first_with_goto() {
 #[test]
 fn nft_appliance_own_roles_go_to_input_and_output_only() {
     let c = Catalog::embedded();
-    let text = super::nft::export_appliance(
+    let text = super::nft::export_profiles(
         &c,
+        super::nft::Placement::Appliance,
         &[
             "reverse-proxy-external".into(),
             "reverse-proxy-internal".into(),
@@ -1020,8 +1022,9 @@ fn nft_appliance_whole_family_and_mapped_prefixes() {
     let c = Catalog::embedded();
     // The XDP trie keys IPv4 as IPv4-mapped IPv6: ::/0 covers both families,
     // and sorts after every IPv4 prefix.
-    let text = super::nft::export_appliance(
+    let text = super::nft::export_profiles(
         &c,
+        super::nft::Placement::Appliance,
         &[],
         &[
             profile("::/0", &["edge-internal"]),
@@ -1049,8 +1052,9 @@ fn nft_appliance_whole_family_and_mapped_prefixes() {
 #[test]
 fn nft_appliance_refuses_a_prefix_given_twice() {
     let c = Catalog::embedded();
-    let err = super::nft::export_appliance(
+    let err = super::nft::export_profiles(
         &c,
+        super::nft::Placement::Appliance,
         &[],
         &[
             profile("198.18.2.0/24", &["edge-internal"]),
@@ -1065,10 +1069,15 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
         text.contains("--profile") && text.contains("198.18.2.0/24 is given twice"),
         "{text}"
     );
-    let unknown =
-        super::nft::export_appliance(&c, &[], &[profile("198.18.2.0/24", &["no-such-role"])], &[])
-            .err()
-            .unwrap_or_else(|| panic!("an unknown role was accepted"));
+    let unknown = super::nft::export_profiles(
+        &c,
+        super::nft::Placement::Appliance,
+        &[],
+        &[profile("198.18.2.0/24", &["no-such-role"])],
+        &[],
+    )
+    .err()
+    .unwrap_or_else(|| panic!("an unknown role was accepted"));
     assert!(unknown.to_string().contains("no-such-role"), "{unknown}");
 }
 

@@ -172,7 +172,7 @@ impl Classifier {
         Ok(c)
     }
 
-    pub fn load_object(
+    pub(crate) fn load_object(
         object: &[u8],
         pin_dir: Option<&Path>,
         limits: &FlowLimits,
@@ -218,7 +218,7 @@ impl Classifier {
 
     /// The reader of the eBPF side's log ring (rare, rate-limited anomaly
     /// lines). Taken once; the daemon polls it.
-    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+    pub(crate) fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         match aya_log::EbpfLogger::init(&mut self.ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -228,7 +228,7 @@ impl Classifier {
         }
     }
 
-    pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
+    pub(crate) fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
         self.ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or(LoadError::Missing("XDP program"))?
@@ -252,7 +252,7 @@ impl Classifier {
         Array::try_from(map).map_err(map_err(name))
     }
 
-    pub fn config(&mut self) -> Result<Config, LoadError> {
+    pub(crate) fn config(&mut self) -> Result<Config, LoadError> {
         self.array::<Config>(map_names::CONFIG)?
             .get(&0, 0)
             .map_err(map_err(map_names::CONFIG))
@@ -466,7 +466,7 @@ impl Classifier {
 
     /// The flow and fragment tables and their counts, for the sweeper and
     /// the metrics.
-    pub fn flow_tables(&self) -> Result<crate::flow_table::FlowTables<'_>, LoadError> {
+    pub(crate) fn flow_tables(&self) -> Result<crate::flow_table::FlowTables<'_>, LoadError> {
         use std::os::fd::AsFd as _;
         let data = |name: &'static str| -> Result<&MapData, LoadError> {
             match self.ebpf.map(name).ok_or(LoadError::Missing(name))? {
@@ -564,7 +564,7 @@ impl Classifier {
 
     /// Attaches XDP to `iface`. `Auto` tries native first and says so when it
     /// falls back. Returns the mode in force.
-    pub fn attach_xdp(
+    pub(crate) fn attach_xdp(
         &mut self,
         iface: &str,
         mode: AttachMode,
@@ -598,7 +598,7 @@ impl Classifier {
 
     /// Moves an existing (pinned) XDP link onto this program in one step: the
     /// interface is never without a program.
-    pub fn take_over_xdp(&mut self, link: FdLink) -> Result<XdpLink, LoadError> {
+    pub(crate) fn take_over_xdp(&mut self, link: FdLink) -> Result<XdpLink, LoadError> {
         let xdp = self.xdp()?;
         let link = XdpLink::try_from(link).map_err(LoadError::Link)?;
         let id = xdp.attach_to_link(link).map_err(prog_err("portguard"))?;
@@ -607,7 +607,7 @@ impl Classifier {
 
     /// Attaches the egress flow recorder. Returns its link as an fd link
     /// (TCX on kernels >= 6.6) for pinning.
-    pub fn attach_tc(&mut self, iface: &str) -> Result<Option<FdLink>, LoadError> {
+    pub(crate) fn attach_tc(&mut self, iface: &str) -> Result<Option<FdLink>, LoadError> {
         // clsact is only needed on kernels without TCX; an existing one is fine.
         let _ = tc::qdisc_add_clsact(iface);
         let tc = self.tc()?;
@@ -618,7 +618,7 @@ impl Classifier {
         Ok(FdLink::try_from(link).ok())
     }
 
-    pub fn take_over_tc(&mut self, link: FdLink) -> Result<FdLink, LoadError> {
+    pub(crate) fn take_over_tc(&mut self, link: FdLink) -> Result<FdLink, LoadError> {
         use aya::programs::tc::SchedClassifierLink;
         let tc = self.tc()?;
         let link = SchedClassifierLink::try_from(link).map_err(LoadError::Link)?;
@@ -730,7 +730,7 @@ fn classify_attach_error(iface: &str, e: ProgramError) -> LoadError {
 
 /// Reads only the entries asked for: a scrape touches the slots in use and
 /// the reason counters, not all 16k slots.
-pub fn read_counters<M: std::borrow::Borrow<MapData>>(
+pub(crate) fn read_counters<M: std::borrow::Borrow<MapData>>(
     counters: &PerCpuArray<M, Counter>,
     indices: impl IntoIterator<Item = u32>,
 ) -> Result<Vec<(u32, Counter)>, LoadError> {
@@ -755,12 +755,12 @@ pub fn pin_dir(bpffs: &Path, iface: &str) -> PathBuf {
     bpffs.join("portguard").join(iface)
 }
 
-pub const XDP_LINK_PIN: &str = "xdp_link";
-pub const TC_LINK_PIN: &str = "tc_link";
+pub(crate) const XDP_LINK_PIN: &str = "xdp_link";
+pub(crate) const TC_LINK_PIN: &str = "tc_link";
 
 /// The pin of a leg's link: the first leg's is `base` (as a one-interface
 /// instance has always named it), another's `base@IF` (bpffs refuses dots in names).
-pub fn link_pin_name(base: &str, leg: u32, iface: &str) -> String {
+pub(crate) fn link_pin_name(base: &str, leg: u32, iface: &str) -> String {
     if leg == 0 {
         base.to_string()
     } else {
@@ -769,7 +769,7 @@ pub fn link_pin_name(base: &str, leg: u32, iface: &str) -> String {
 }
 
 /// Opens a pinned link if there is one.
-pub fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> {
+pub(crate) fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> {
     let path = dir.join(name);
     if !path.exists() {
         return Ok(None);
@@ -782,7 +782,7 @@ pub fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> 
 /// The interface index a pinned XDP or TCX link is attached to, asked of the
 /// kernel (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`). 0 means the link is
 /// defunct: its interface was deleted, and `bpf_link_update` on it fails.
-pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
+pub(crate) fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -846,7 +846,7 @@ pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
 }
 
 /// Pins a link, replacing a stale pin of the same name.
-pub fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, LoadError> {
+pub(crate) fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, LoadError> {
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
     link.pin(&path).map_err(|e| LoadError::Pin {
@@ -922,7 +922,7 @@ pub fn remove_pins(dir: &Path) {
 /// A warning when the NIC strips VLAN tags before XDP sees them: the policy
 /// then applies to the inner packet of every VLAN alike, which the operator
 /// should know.
-pub fn vlan_offload_warning(iface: &str) -> Option<String> {
+pub(crate) fn vlan_offload_warning(iface: &str) -> Option<String> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
     const ETHTOOL_GFLAGS: u32 = 0x25;
     const ETH_FLAG_RXVLAN: u32 = 1 << 8;
