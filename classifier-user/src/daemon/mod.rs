@@ -8,36 +8,33 @@
 //! program (same maps, so the same policy and counters) is attached to it;
 //! then it shuts down, detaching or keeping the program attached.
 
+mod follow;
 mod links;
 mod options;
 mod serve;
+mod start;
 
 use std::{
     collections::BTreeMap,
-    io,
     net::TcpListener,
     path::{Path, PathBuf},
     time::Instant,
 };
 
-use self::{
-    links::{Leg, LinkHold, Links, PinCleanup, live_pinned_link},
-    options::{metrics_on_protected_iface, own_addresses, roles_text},
-};
+use self::links::{Leg, LinkHold, Links, live_pinned_link};
 pub use self::{options::Options, serve::Outcome};
 use crate::{
     catalog::{Catalog, CatalogError},
     counters::{self, Snapshot},
-    events::{EventSettings, Events},
+    events::Events,
     exit,
     flow_table::{self, FlowFigures},
-    iface,
     loader::{self, AttachMode, Classifier, LoadError},
     ownership::{InstanceLock, OwnerError},
     policy::{self, PolicyError, PolicySpec, Prefix, SlotRegistry},
     routes, state,
     state::State,
-    trusted::{self, TrustError},
+    trusted::TrustError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -139,222 +136,6 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts an instance: everything that can be checked without
-    /// privileges is checked first (so a typo never touches an interface),
-    /// then each leg's lock is taken (until then nothing of another
-    /// instance's is touched, `--clean-start` included), the program is
-    /// loaded with the pinned maps (policy, counters and flows survive), the
-    /// policy installed and every leg attached, taking over the links a
-    /// previous run left pinned.
-    pub fn start(options: Options) -> Result<Daemon, RunError> {
-        let spec = options.spec();
-        options.check(&spec)?;
-        if spec.mgmt.is_empty() {
-            log::warn!(
-                "--no-default-mgmt without --mgmt: no management allowance; a catalog without SSH can lock you out"
-            );
-        }
-        let catalog = read_catalog(options.catalog.as_deref())?;
-        let mut ifindexes = Vec::new();
-        for name in &options.ifaces {
-            let ifindex = iface::index(name);
-            if ifindex == 0 {
-                return Err(RunError::Usage(format!(
-                    "--iface {name}: no such interface"
-                )));
-            }
-            ifindexes.push(ifindex);
-        }
-        let pins = match loader::ensure_bpffs(&options.bpffs) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RunError::Usage(format!(
-                    "--bpffs {}: no such directory",
-                    options.bpffs.display()
-                )));
-            }
-            Err(e) => {
-                log::warn!(
-                    "{}: not a bpffs and could not mount one ({e}); running without pins: `stats`, `detach` and restarts without a gap are unavailable",
-                    options.bpffs.display()
-                );
-                false
-            }
-        };
-        // A failure drops the locks taken so far.
-        let mut locks = Vec::new();
-        for name in &options.ifaces {
-            locks.push(InstanceLock::acquire(name, options.clean_start)?);
-        }
-        match Self::start_locked(options, spec, catalog, &ifindexes, pins) {
-            Ok(mut daemon) => {
-                daemon.locks = locks;
-                Ok(daemon)
-            }
-            Err(e) => {
-                for lock in locks {
-                    lock.release();
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// The start once the locks are ours.
-    fn start_locked(
-        options: Options,
-        mut spec: PolicySpec,
-        catalog: Catalog,
-        ifindexes: &[u32],
-        pins: bool,
-    ) -> Result<Daemon, RunError> {
-        let primary = options.ifaces[0].clone();
-        let state_path = state::path(&state::run_dir()?, &primary);
-        let pin_dir = if pins {
-            Some(trusted::private_dir(
-                &options.bpffs,
-                &["portguard", &primary],
-            )?)
-        } else {
-            None
-        };
-        // Pins (and the directory) this start creates are removed again if
-        // it fails before every leg is attached.
-        let mut cleanup = PinCleanup {
-            dir: pin_dir.clone().unwrap_or_default(),
-            armed: pin_dir
-                .as_ref()
-                .is_some_and(|d| options.clean_start || !d.join(loader::XDP_LINK_PIN).exists()),
-        };
-        let mut registry = SlotRegistry::default();
-        let mut previous_xdp_mode = "unknown";
-        if let Some(dir) = &pin_dir {
-            if options.clean_start {
-                loader::remove_pins(dir);
-                let _ = std::fs::remove_file(&state_path);
-                // remove_pins took the (empty) directories too.
-                trusted::private_dir(&options.bpffs, &["portguard", &primary])?;
-            } else if let Ok(previous) = state::load(&state_path) {
-                registry = previous.registry();
-                previous_xdp_mode = if previous.xdp_mode == "generic" {
-                    "generic"
-                } else {
-                    "native"
-                };
-            }
-        }
-        // Bound before attaching: a busy address must fail before an
-        // interface changes.
-        let metrics_listener = TcpListener::bind(options.metrics_addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| {
-                RunError::Runtime(format!("--metrics-addr {}: {e}", options.metrics_addr))
-            })?;
-        for name in &options.ifaces {
-            if let Some(w) = metrics_on_protected_iface(options.metrics_addr, name) {
-                log::warn!("{w}");
-            }
-        }
-        if spec.appliance {
-            spec.profile_legs = profile_legs(&spec, ifindexes);
-            for p in &spec.profiles {
-                match spec.profile_legs.get(&p.prefix) {
-                    Some(&leg) => log::info!(
-                        "--profile {}: behind {} (its outbound rows apply to packets arriving there)",
-                        p.prefix,
-                        options.ifaces[leg as usize]
-                    ),
-                    None => log::warn!(
-                        "--profile {}: no route to it leaves by a leg ({}), so its outbound rows apply nowhere until one does",
-                        p.prefix,
-                        options.ifaces.join(", ")
-                    ),
-                }
-            }
-        }
-        let compiled = policy::compile(&catalog, &spec, &mut registry)?;
-
-        let mut classifier = Classifier::load_with(pin_dir.as_deref(), &options.flow_limits)?;
-        let previous_generation = classifier
-            .config()?
-            .gens
-            .iter()
-            .map(|g| g.catalog_generation)
-            .max()
-            .unwrap_or(0);
-        let catalog_generation = previous_generation + 1;
-        classifier.install(&compiled, catalog_generation)?;
-        let events = Events::new(
-            &primary,
-            &mut classifier,
-            registry.clone(),
-            EventSettings {
-                rate: options.events_rate,
-                pass: options.events_pass,
-                roles: options.roles.clone(),
-                catalog: options.catalog.clone(),
-                mode: mode_name(options.monitor).to_string(),
-                client_media_ports: options.client_media_ports,
-                run_dir: PathBuf::from(state::RUN_DIR),
-            },
-        )?;
-        let profiles = compiled.profiles.len();
-        let mut daemon = Daemon {
-            iface: primary,
-            legs: options
-                .ifaces
-                .iter()
-                .zip(ifindexes)
-                .enumerate()
-                .map(|(i, (name, &ifindex))| Leg::new(name, i as u32, ifindex))
-                .collect(),
-            classifier,
-            registry,
-            spec,
-            catalog_path: options.catalog,
-            catalog,
-            catalog_generation,
-            rules_per_role: compiled.rules_per_role,
-            requested_xdp_mode: options.xdp_mode,
-            previous_xdp_mode,
-            monitor: options.monitor,
-            reloads: ReloadCounts::default(),
-            state_path: pin_dir.is_some().then_some(state_path),
-            pin_dir,
-            events,
-            flow_figures: FlowFigures::default(),
-            metrics_listener: Some(metrics_listener),
-            keep_attached: options.keep_attached,
-            locks: Vec::new(),
-        };
-        // Before any attach, so that every leg's first packet is counted as
-        // its own.
-        daemon.publish_legs()?;
-        for (i, &ifindex) in ifindexes.iter().enumerate() {
-            daemon.attach_leg(i, ifindex)?;
-        }
-        cleanup.armed = false;
-        log::info!(
-            "portguard {} on {} ({} XDP), {}, {profiles} profile(s), catalog generation {catalog_generation}",
-            if daemon.monitor {
-                "monitoring"
-            } else {
-                "enforcing"
-            },
-            options.ifaces.join(", "),
-            daemon
-                .legs
-                .iter()
-                .map(|l| l.xdp_mode)
-                .collect::<Vec<_>>()
-                .join(", "),
-            roles_text(&daemon.spec),
-        );
-        daemon.sweep_flows();
-        daemon.save_state();
-        Ok(daemon)
-    }
-
     /// Attaches the loaded programs to leg `i`'s interface, whose index is
     /// `ifindex` now: at start, and when the interface comes back. A link a
     /// previous run left pinned on that interface is taken over with one
@@ -520,34 +301,6 @@ impl Daemon {
         Ok(generation)
     }
 
-    /// Appliance mode: brings the box's own addresses (what its --role rows
-    /// and the lockout guard cover) in line with the kernel's. Called on
-    /// every netlink event and once a second; a change is a policy swap like
-    /// a reload, from the catalog in force.
-    fn follow_addresses(&mut self) {
-        if !self.spec.appliance {
-            return;
-        }
-        let now = own_addresses();
-        if now == self.spec.local_addrs {
-            return;
-        }
-        let before = std::mem::replace(&mut self.spec.local_addrs, now);
-        match self.install(self.catalog.clone()) {
-            Ok(g) => {
-                log::info!(
-                    "the box's own addresses changed ({} now): catalog generation {g} in force",
-                    self.spec.local_addrs.len()
-                );
-                self.save_state();
-            }
-            Err(e) => {
-                log::error!("the box's own addresses changed but the policy could not follow: {e}");
-                self.spec.local_addrs = before;
-            }
-        }
-    }
-
     /// Every leg's counters, in leg order.
     pub(crate) fn snapshots(&mut self) -> Result<Vec<(String, Snapshot)>, LoadError> {
         let mut out = Vec::new();
@@ -622,75 +375,6 @@ impl Daemon {
         self.classifier.set_legs(&ifindexes)
     }
 
-    /// Brings the attachment in line with the interfaces: called on every
-    /// link event and once a second. The kernel's interface table is the
-    /// truth; the events only make the check prompt.
-    fn follow_interface(&mut self) {
-        let mut changed = false;
-        for i in 0..self.legs.len() {
-            changed |= self.follow_leg(i);
-        }
-        if changed {
-            if let Err(e) = self.publish_legs() {
-                log::error!(
-                    "writing the legs' interface indexes: {e}; counters may be labelled with the wrong leg"
-                );
-            }
-            self.save_state();
-        }
-        self.follow_addresses();
-        self.follow_routes();
-    }
-
-    /// Appliance mode: brings the leg each `--profile` prefix sits behind
-    /// (where its outbound rows apply) in line with the kernel's routes.
-    /// Called with `follow_interface`; a change is a policy swap like a
-    /// reload.
-    fn follow_routes(&mut self) {
-        if !self.spec.appliance {
-            return;
-        }
-        let ifindexes: Vec<u32> = self.legs.iter().map(|l| l.ifindex).collect();
-        let now = profile_legs(&self.spec, &ifindexes);
-        if now == self.spec.profile_legs {
-            return;
-        }
-        let before = std::mem::replace(&mut self.spec.profile_legs, now);
-        match self.install(self.catalog.clone()) {
-            Ok(g) => {
-                log::info!(
-                    "the routes to the profiles changed ({}): catalog generation {g} in force",
-                    self.legs_text()
-                );
-                self.save_state();
-            }
-            Err(e) => {
-                log::error!(
-                    "the routes to the profiles changed but the policy could not follow: {e}"
-                );
-                self.spec.profile_legs = before;
-            }
-        }
-    }
-
-    /// `PREFIX -> LEG` for every profile prefix, for the log.
-    fn legs_text(&self) -> String {
-        let text: Vec<String> = self
-            .spec
-            .profiles
-            .iter()
-            .map(|p| match self.spec.profile_legs.get(&p.prefix) {
-                Some(&leg) => format!(
-                    "{} behind {}",
-                    p.prefix,
-                    self.legs.get(leg as usize).map_or("?", |l| l.name.as_str())
-                ),
-                None => format!("{} behind no leg", p.prefix),
-            })
-            .collect();
-        text.join(", ")
-    }
-
     /// Removes idle flow entries and counts the tables (every few seconds).
     fn sweep_flows(&mut self) {
         let result = self
@@ -704,51 +388,6 @@ impl Daemon {
         match result {
             Ok((figures, _swept)) => self.flow_figures = figures,
             Err(e) => log::warn!("sweeping the flow tables: {e}"),
-        }
-    }
-
-    /// Follows one leg; true when its attachment changed.
-    fn follow_leg(&mut self, i: usize) -> bool {
-        let (name, attached, was) = {
-            let l = &self.legs[i];
-            (l.name.clone(), l.attached(), l.ifindex)
-        };
-        let now = iface::index(&name);
-        if attached && now == was {
-            return false;
-        }
-        if attached {
-            log::error!(
-                "{name} (ifindex {was}) went away: nothing is attached there and portguard_xdp_attached{{iface=\"{name}\"}} is 0 until an interface named {name} exists again"
-            );
-            // The links point at a deleted device: drop them and their pins
-            // so that no later start tries to update a defunct link.
-            self.release_leg(i, false);
-        }
-        if now == 0 {
-            return attached;
-        }
-        match self.attach_leg(i, now) {
-            Ok(()) => {
-                self.legs[i].attach_error = None;
-                log::info!(
-                    "{name} is back (ifindex {now}): catalog generation {} attached again ({} XDP), counters kept",
-                    self.catalog_generation,
-                    self.legs[i].xdp_mode
-                );
-                true
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                let leg = &mut self.legs[i];
-                if leg.attach_error.as_deref() != Some(msg.as_str()) {
-                    log::error!(
-                        "re-attaching to {name} (ifindex {now}) failed, retrying every second: {msg}"
-                    );
-                    leg.attach_error = Some(msg);
-                }
-                attached
-            }
         }
     }
 }
