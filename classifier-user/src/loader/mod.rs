@@ -6,6 +6,7 @@ mod test_hooks;
 use std::{
     collections::BTreeSet,
     io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -779,13 +780,9 @@ pub(crate) fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, Load
     Ok(Some(FdLink::from(PinnedLink::from_pin(&path)?)))
 }
 
-/// The interface index a pinned XDP or TCX link is attached to, asked of the
-/// kernel (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`). 0 means the link is
-/// defunct: its interface was deleted, and `bpf_link_update` on it fails.
-pub(crate) fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+/// Opens a pinned BPF object (`BPF_OBJ_GET`).
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     let c =
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags, path_fd.
@@ -815,7 +812,42 @@ pub(crate) fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detaches a link's program now (`BPF_LINK_DETACH`), whoever else holds
+/// the link: it stays, defunct, until its last descriptor or pin goes.
+fn detach_link(link: &OwnedFd) -> io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    let attr = LinkDetach {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    // SAFETY: the attr outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &attr as *const LinkDetach,
+            size_of::<LinkDetach>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The interface index a pinned XDP or TCX link is attached to, asked of the
+/// kernel (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`). 0 means the link is
+/// defunct: its interface was deleted, and `bpf_link_update` on it fails.
+pub(crate) fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let fd = obj_get(path)?;
     // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose
     // xdp and tcx members start with the ifindex.
     let mut info = [0u64; 16];
@@ -889,28 +921,43 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes the pins of an interface: maps, links and the directory. Removing a
-/// link pin detaches its program once no process holds the link.
-pub fn remove_pins(dir: &Path) {
-    for name in map_names::ALL
-        .iter()
-        .chain([XDP_LINK_PIN, TC_LINK_PIN].iter())
-    {
-        let _ = std::fs::remove_file(dir.join(name));
-    }
-    // The links of an appliance's other legs (`xdp_link@IF`, `tc_link@IF`);
-    // nothing else that may be in the directory is ours to remove.
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
+/// The link pins in an interface's pin directory: `xdp_link`, `tc_link`
+/// and an appliance's other legs' (`xdp_link@IF`, `tc_link@IF`).
+fn link_pins(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            let leg_link = [XDP_LINK_PIN, TC_LINK_PIN]
+            [XDP_LINK_PIN, TC_LINK_PIN]
                 .iter()
-                .any(|base| name.starts_with(&format!("{base}@")));
-            if leg_link {
-                let _ = std::fs::remove_file(e.path());
-            }
+                .any(|base| *name == **base || name.starts_with(&format!("{base}@")))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Removes the pins of an interface: maps, links and the directory. The
+/// programs the link pins attach are detached before this returns.
+pub fn remove_pins(dir: &Path) {
+    // A removed pin lets go of its link only after an RCU grace period and
+    // a work queue: the program would stay attached a moment longer (a
+    // `detach` that returned, a fresh attach refused as busy).
+    let links = link_pins(dir);
+    for path in &links {
+        if let Err(e) = obj_get(path).and_then(|fd| detach_link(&fd)) {
+            log::debug!("{}: detaching: {e}", path.display());
         }
+    }
+    for name in map_names::ALL {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    // Nothing else that may be in the directory is ours to remove.
+    for path in &links {
+        let _ = std::fs::remove_file(path);
     }
     let _ = std::fs::remove_dir(dir);
     // The shared parent goes too once no interface is left in it.
