@@ -19,7 +19,7 @@ use crate::{
 
 pub(crate) const RUN_DIR: &str = "/run/portguard";
 /// Where the pins go when `--bpffs` is not given.
-pub(crate) const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
 /// A state file is a few hundred bytes per rule; anything larger is not one.
 const MAX_STATE_BYTES: u64 = 16 << 20;

@@ -173,7 +173,10 @@ impl Classifier {
         Ok(c)
     }
 
-    pub(crate) fn load_object(
+    /// Loads `object` (the embedded one, or for the benchmark's A/B runs
+    /// another build of it) as [`Classifier::load_with`] does, without
+    /// setting the flow shares.
+    pub fn load_object(
         object: &[u8],
         pin_dir: Option<&Path>,
         limits: &FlowLimits,
