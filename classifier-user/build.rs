@@ -17,7 +17,10 @@ use anyhow::{Context as _, Result, bail};
 use sha2::{Digest as _, Sha256};
 
 const TARGET: &str = "bpfel-unknown-none";
-const OBJECTS: [&str; 2] = ["portguard", "floor"];
+/// The program the daemon loads.
+const PORTGUARD: &str = "portguard";
+/// The benchmark's empty program: only with the `test-hooks` feature.
+const FLOOR: &str = "floor";
 
 enum Toolchain {
     /// A rustc whose sysroot has `core` prebuilt for the BPF target.
@@ -135,10 +138,20 @@ fn main() -> Result<()> {
             c
         }
     };
+    // Without the test hooks the floor is neither built nor embedded: the
+    // shipped binary carries only what the daemon loads.
+    let objects: &[&str] = if env::var_os("CARGO_FEATURE_TEST_HOOKS").is_some() {
+        &[PORTGUARD, FLOOR]
+    } else {
+        &[PORTGUARD]
+    };
     cmd.current_dir(&ebpf)
         .args(["build", "--release", "--target", TARGET, "--target-dir"])
         .arg(&target_dir)
         .env("PATH", path);
+    for name in objects {
+        cmd.args(["--bin", name]);
+    }
     // The outer build's settings are for the host, not for BPF.
     for var in [
         "RUSTC",
@@ -177,7 +190,7 @@ fn main() -> Result<()> {
     if !status.success() {
         bail!("building classifier-ebpf for {TARGET} failed ({status})");
     }
-    for name in OBJECTS {
+    for name in objects {
         let built = target_dir.join(TARGET).join("release").join(name);
         let dest = out_dir.join(format!("{name}.bpf.o"));
         fs::copy(&built, &dest)

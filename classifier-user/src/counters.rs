@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use classifier_common::{
-    COUNTER_ENTRIES, Counter, PCLASS_NAMES, REASON_COUNT, Reason, VERDICT_COUNT, Verdict,
+    COUNTER_ENTRIES, Counter, PCLASS_NAMES, REASON_COUNT, VERDICT_COUNT, Verdict,
     decode_reason_counter, reason_counter_index,
 };
 
@@ -15,10 +15,10 @@ use crate::policy::SlotRegistry;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RowKey {
     /// The catalog role, or `-` for packets no rule decided.
-    pub role: String,
+    pub(crate) role: String,
     /// The catalog service, or the reason for packets no rule decided.
     pub service: String,
-    pub proto: String,
+    pub(crate) proto: String,
     pub verdict: &'static str,
 }
 
@@ -26,12 +26,12 @@ pub struct RowKey {
 pub struct Snapshot {
     pub rows: BTreeMap<RowKey, Counter>,
     /// Drops (and would-be drops) by reason, for `portguard_drops_total`.
-    pub drops: BTreeMap<&'static str, Counter>,
+    pub(crate) drops: BTreeMap<&'static str, Counter>,
 }
 
 /// The counter indexes worth reading: every slot the registry knows and
 /// every reason entry.
-pub fn indices(registry: &SlotRegistry) -> Vec<u32> {
+pub(crate) fn indices(registry: &SlotRegistry) -> Vec<u32> {
     let mut v: Vec<u32> = registry.slots().keys().map(|s| u32::from(*s)).collect();
     for r in 0..REASON_COUNT {
         for verdict in 0..VERDICT_COUNT {
@@ -44,13 +44,13 @@ pub fn indices(registry: &SlotRegistry) -> Vec<u32> {
 }
 
 /// [`indices`] in leg `leg`'s set of counters.
-pub fn leg_indices(registry: &SlotRegistry, leg: u32) -> Vec<u32> {
+pub(crate) fn leg_indices(registry: &SlotRegistry, leg: u32) -> Vec<u32> {
     let base = leg * COUNTER_ENTRIES;
     indices(registry).into_iter().map(|i| i + base).collect()
 }
 
 /// Leg `leg`'s entries as the counter indexes they stand for.
-pub fn rebase(raw: Vec<(u32, Counter)>, leg: u32) -> Vec<(u32, Counter)> {
+pub(crate) fn rebase(raw: Vec<(u32, Counter)>, leg: u32) -> Vec<(u32, Counter)> {
     let base = leg * COUNTER_ENTRIES;
     raw.into_iter()
         .filter(|(i, _)| *i >= base)
@@ -63,7 +63,7 @@ fn add(into: &mut Counter, c: &Counter) {
     into.bytes += c.bytes;
 }
 
-pub fn snapshot(registry: &SlotRegistry, raw: &[(u32, Counter)]) -> Snapshot {
+pub(crate) fn snapshot(registry: &SlotRegistry, raw: &[(u32, Counter)]) -> Snapshot {
     let mut snap = Snapshot::default();
     for (index, c) in raw {
         if c.packets == 0 {
@@ -109,19 +109,10 @@ impl Snapshot {
         }
     }
 
-    pub fn total(&self, verdict: &str) -> u64 {
+    pub(crate) fn total(&self, verdict: &str) -> u64 {
         self.rows
             .iter()
             .filter(|(k, _)| k.verdict == verdict)
-            .map(|(_, c)| c.packets)
-            .sum()
-    }
-
-    /// Packets counted under one reason (any verdict).
-    pub fn reason(&self, reason: Reason) -> u64 {
-        self.rows
-            .iter()
-            .filter(|(k, _)| k.role == "-" && k.service == reason.name())
             .map(|(_, c)| c.packets)
             .sum()
     }

@@ -39,9 +39,9 @@ pub struct TableFigures {
 /// Every table, as the metrics and `stats` show them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowFigures {
-    pub confirmed: TableFigures,
-    pub unconfirmed: TableFigures,
-    pub fragments: TableFigures,
+    pub(crate) confirmed: TableFigures,
+    pub(crate) unconfirmed: TableFigures,
+    pub(crate) fragments: TableFigures,
 }
 
 impl FlowFigures {
@@ -57,26 +57,26 @@ impl FlowFigures {
 
 /// What one sweep removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Swept {
-    pub confirmed: u64,
-    pub unconfirmed: u64,
+pub(crate) struct Swept {
+    pub(crate) confirmed: u64,
+    pub(crate) unconfirmed: u64,
 }
 
 /// The tables of one instance, by descriptor (the daemon's loaded maps, or
 /// another process's pins for `stats`).
-pub struct FlowTables<'a> {
-    pub flows: BorrowedFd<'a>,
-    pub flows_new: BorrowedFd<'a>,
-    pub fragments: BorrowedFd<'a>,
+pub(crate) struct FlowTables<'a> {
+    pub(crate) flows: BorrowedFd<'a>,
+    pub(crate) flows_new: BorrowedFd<'a>,
+    pub(crate) fragments: BorrowedFd<'a>,
     /// `FLOW_STATS`, a per-CPU array of u64.
-    pub stats: BorrowedFd<'a>,
-    pub capacity: [u64; 3],
+    pub(crate) stats: BorrowedFd<'a>,
+    pub(crate) capacity: [u64; 3],
 }
 
 impl FlowTables<'_> {
     /// Removes the entries idle past their timeout at `now` (coarse-clock
     /// seconds) and counts what is left; `sweep` false only counts.
-    pub fn figures(&self, now: u32, sweep: bool) -> io::Result<(FlowFigures, Swept)> {
+    pub(crate) fn figures(&self, now: u32, sweep: bool) -> io::Result<(FlowFigures, Swept)> {
         let mut swept = Swept::default();
         let mut expired = Vec::new();
         let mut confirmed = 0u64;
@@ -187,7 +187,7 @@ fn idle(k: &FlowKey, v: &FlowState, now: u32, confirmed: bool) -> bool {
 
 /// The coarse monotonic clock in seconds: the clock the packet path stamps
 /// entries with (`bpf_ktime_get_coarse_ns`).
-pub fn now_s() -> u32 {
+pub(crate) fn now_s() -> u32 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -10,8 +10,8 @@ const IFNAMSIZ: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("--iface {name:?}: {why}")]
 pub struct BadName {
-    pub name: String,
-    pub why: &'static str,
+    pub(crate) name: String,
+    pub(crate) why: &'static str,
 }
 
 /// Accepts what the kernel accepts as an interface name (`dev_valid_name`):
@@ -43,7 +43,7 @@ pub fn validate(name: &str) -> Result<(), BadName> {
 }
 
 /// The interface's index in this network namespace, 0 when there is none.
-pub fn index(name: &str) -> u32 {
+pub(crate) fn index(name: &str) -> u32 {
     let Ok(c) = CString::new(name) else {
         return 0;
     };
@@ -53,7 +53,7 @@ pub fn index(name: &str) -> u32 {
 
 /// Whether the interface is a loopback device (IFF_LOOPBACK), asked with
 /// SIOCGIFFLAGS in the caller's namespace (sysfs may show another one's).
-pub fn is_loopback(name: &str) -> bool {
+pub(crate) fn is_loopback(name: &str) -> bool {
     if name == "lo" {
         return true;
     }
@@ -77,13 +77,13 @@ pub fn is_loopback(name: &str) -> bool {
 }
 
 /// The addresses assigned to the interface (IPv4 and IPv6).
-pub fn addresses(name: &str) -> Vec<IpAddr> {
+pub(crate) fn addresses(name: &str) -> Vec<IpAddr> {
     addresses_where(|ifname| ifname == name.as_bytes())
 }
 
 /// Every address configured on the box, on any interface (loopback's
 /// included: a packet to 127.0.0.1 is the box's own too).
-pub fn all_addresses() -> Vec<IpAddr> {
+pub(crate) fn all_addresses() -> Vec<IpAddr> {
     addresses_where(|_| true)
 }
 

@@ -23,13 +23,13 @@ const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
-pub struct LinkEvents {
+pub(crate) struct LinkEvents {
     fd: AsyncFd<OwnedFd>,
 }
 
 impl LinkEvents {
     /// Must run inside the runtime (the socket is registered with it).
-    pub fn open() -> io::Result<LinkEvents> {
+    pub(crate) fn open() -> io::Result<LinkEvents> {
         // SAFETY: plain socket(2).
         let fd = unsafe {
             libc::socket(
@@ -70,7 +70,7 @@ impl LinkEvents {
     }
 
     /// Waits for at least one link message and drains what is queued.
-    pub async fn changed(&mut self) -> io::Result<()> {
+    pub(crate) async fn changed(&mut self) -> io::Result<()> {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let mut guard = self.fd.readable_mut().await?;

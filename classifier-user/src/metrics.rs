@@ -45,8 +45,8 @@ struct AttachLabels {
 /// that the fragment table's series carry no empty `kind`.
 type FlowLabels = Vec<(&'static str, &'static str)>;
 
-/// The flow and fragment tables as the last sweep counted them (every
-/// `FLOW_SWEEP_SECS`).
+/// The flow and fragment tables as the last sweep counted them (every few
+/// seconds: `FLOW_SWEEP_SECS` in `daemon::serve`).
 fn register_flow_tables(registry: &mut Registry, figures: &crate::flow_table::FlowFigures) {
     let entries = Family::<FlowLabels, Gauge>::default();
     let capacity = Family::<FlowLabels, Gauge>::default();
@@ -88,10 +88,10 @@ fn register_flow_tables(registry: &mut Registry, figures: &crate::flow_table::Fl
     );
 }
 
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Renders every metric of docs/metrics.md for one daemon.
-pub fn render(daemon: &mut Daemon) -> Result<String, String> {
+pub(crate) fn render(daemon: &mut Daemon) -> Result<String, String> {
     let snaps = daemon.snapshots().map_err(|e| e.to_string())?;
     let mut registry = Registry::default();
 
@@ -139,7 +139,7 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
     );
 
     let rules = Family::<RoleLabels, Gauge>::default();
-    for (role, n) in &daemon.rules_per_role {
+    for (role, n) in daemon.rules_per_role() {
         rules
             .get_or_create(&RoleLabels { role: role.clone() })
             .set(*n as i64);
@@ -147,7 +147,7 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
     registry.register("portguard_catalog_rules", "Rules in force per role", rules);
 
     let generation = Gauge::<i64>::default();
-    generation.set(i64::from(daemon.catalog_generation));
+    generation.set(i64::from(daemon.catalog_generation()));
     registry.register(
         "portguard_catalog_generation",
         "Catalog generation in force",
@@ -159,20 +159,20 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
         .get_or_create(&ResultLabels {
             result: "ok".into(),
         })
-        .inc_by(daemon.reloads.ok);
+        .inc_by(daemon.reloads().ok);
     reloads
         .get_or_create(&ResultLabels {
             result: "error".into(),
         })
-        .inc_by(daemon.reloads.error);
+        .inc_by(daemon.reloads().error);
     registry.register("portguard_reloads", "Catalog reloads by result", reloads);
 
     let attached = Family::<AttachLabels, Gauge>::default();
-    for leg in &daemon.legs {
+    for leg in daemon.legs() {
         attached
             .get_or_create(&AttachLabels {
-                iface: leg.name.clone(),
-                mode: leg.xdp_mode.to_string(),
+                iface: leg.name().to_string(),
+                mode: leg.xdp_mode().to_string(),
             })
             .set(i64::from(leg.attached()));
     }
@@ -182,8 +182,8 @@ pub fn render(daemon: &mut Daemon) -> Result<String, String> {
         attached,
     );
 
-    register_flow_tables(&mut registry, &daemon.flow_figures);
-    crate::events::metrics::register(&mut registry, daemon.events.shared());
+    register_flow_tables(&mut registry, daemon.flow_figures());
+    crate::events::metrics::register(&mut registry, daemon.events().shared());
 
     let mut out = String::new();
     encode(&mut out, &registry).map_err(|e| e.to_string())?;

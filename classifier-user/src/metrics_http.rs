@@ -34,18 +34,18 @@ use crate::{daemon::Daemon, metrics};
 
 /// The bounds of the responder.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Connections served at once (each costs one descriptor and a buffer).
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Time a client has to send its whole request head.
-    pub header_read: Duration,
+    pub(crate) header_read: Duration,
     /// Time a connection may live at all, response included.
-    pub connection: Duration,
+    pub(crate) connection: Duration,
     /// Largest request head accepted (hyper's minimum is 8 KiB); larger gets 431.
-    pub max_head: usize,
+    pub(crate) max_head: usize,
 }
 
-pub const LIMITS: Limits = Limits {
+pub(crate) const LIMITS: Limits = Limits {
     connections: 256,
     header_read: Duration::from_secs(2),
     connection: Duration::from_secs(10),
@@ -133,7 +133,7 @@ async fn answer(
 }
 
 /// Serves until the task is aborted.
-pub async fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>, limits: Limits) {
+pub(crate) async fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.connections));
     let waiting = Arc::new(StdMutex::new(Waiting::default()));
     let mut accept_errors_logged = false;

@@ -47,7 +47,7 @@ pub enum OwnerError {
 }
 
 /// `/run/portguard/IF.lock`.
-pub fn lock_path(run_dir: &Path, iface: &str) -> PathBuf {
+pub(crate) fn lock_path(run_dir: &Path, iface: &str) -> PathBuf {
     run_dir.join(format!("{iface}.lock"))
 }
 
@@ -74,7 +74,7 @@ fn same_file(file: &File, path: &Path) -> bool {
 
 /// The pid holding an exclusive flock on `file`, from /proc/locks (the
 /// kernel's word, not a pid someone wrote into a file).
-pub fn holder(file: &File) -> Option<u32> {
+pub(crate) fn holder(file: &File) -> Option<u32> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = file.metadata().ok()?;
     let dev = meta.dev();
@@ -92,7 +92,7 @@ pub fn holder(file: &File) -> Option<u32> {
 
 /// The exclusive lock of a running instance. Dropping it (or dying)
 /// releases it; `release` also removes the file.
-pub struct InstanceLock {
+pub(crate) struct InstanceLock {
     file: File,
     path: PathBuf,
 }
@@ -100,7 +100,7 @@ pub struct InstanceLock {
 impl InstanceLock {
     /// Takes the interface's lock or says who holds it. The run directory is
     /// created root-only (or checked) first.
-    pub fn acquire(iface: &str, clean_start: bool) -> Result<InstanceLock, OwnerError> {
+    pub(crate) fn acquire(iface: &str, clean_start: bool) -> Result<InstanceLock, OwnerError> {
         let run_dir = state::run_dir()?;
         let path = lock_path(&run_dir, iface);
         // A previous owner may unlink the file between our open and our
@@ -139,7 +139,7 @@ impl InstanceLock {
 
     /// Removes the lock file, then releases the lock (in that order, so that
     /// a waiter that opened the old file notices and retries).
-    pub fn release(self) {
+    pub(crate) fn release(self) {
         let _ = std::fs::remove_file(&self.path);
         drop(self.file);
     }

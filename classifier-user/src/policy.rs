@@ -124,7 +124,7 @@ pub struct Mgmt {
     pub port: u16,
 }
 
-pub const DEFAULT_MGMT_PORT: u16 = 22;
+pub(crate) const DEFAULT_MGMT_PORT: u16 = 22;
 
 impl Mgmt {
     /// The default lockout guard: SSH from anywhere, both families.
@@ -194,7 +194,7 @@ impl FromStr for ProfileArg {
     }
 }
 
-pub fn split_roles(s: &str) -> Vec<String> {
+pub(crate) fn split_roles(s: &str) -> Vec<String> {
     s.split(',')
         .map(str::trim)
         .filter(|r| !r.is_empty())
@@ -230,7 +230,7 @@ pub struct PolicySpec {
 }
 
 impl PolicySpec {
-    pub fn flags(&self) -> u32 {
+    pub(crate) fn flags(&self) -> u32 {
         let mut f = 0;
         if self.monitor {
             f |= FLAG_MONITOR;
@@ -280,7 +280,7 @@ impl RuleKey {
     }
 }
 
-pub fn proto_name(p: Protocol) -> &'static str {
+pub(crate) fn proto_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
@@ -296,12 +296,12 @@ pub struct SlotRegistry {
 }
 
 impl SlotRegistry {
-    pub fn from_slots(slots: BTreeMap<u16, RuleKey>) -> Self {
+    pub(crate) fn from_slots(slots: BTreeMap<u16, RuleKey>) -> Self {
         let by_key = slots.iter().map(|(s, k)| (k.clone(), *s)).collect();
         SlotRegistry { slots, by_key }
     }
 
-    pub fn slot_of(&mut self, key: &RuleKey) -> Result<u16, PolicyError> {
+    pub(crate) fn slot_of(&mut self, key: &RuleKey) -> Result<u16, PolicyError> {
         if let Some(s) = self.by_key.get(key) {
             return Ok(*s);
         }
@@ -318,19 +318,17 @@ impl SlotRegistry {
         self.slots.get(&slot)
     }
 
-    pub fn slots(&self) -> &BTreeMap<u16, RuleKey> {
+    pub(crate) fn slots(&self) -> &BTreeMap<u16, RuleKey> {
         &self.slots
     }
 }
 
 /// One profile's port arrays for both protocols, ready to copy into the map.
 pub struct CompiledProfile {
-    pub roles: Vec<String>,
     /// Inbound rows: `PROTO_COUNT * BLOCKS_PER_PROTO` blocks, TCP first, then UDP.
     pub blocks: Vec<PortBlock>,
     /// Outbound rows in the same shape (appliance mode; all zero on a host).
-    pub outbound: Vec<PortBlock>,
-    pub media: bool,
+    pub(crate) outbound: Vec<PortBlock>,
     pub rules: usize,
 }
 
@@ -346,14 +344,8 @@ impl CompiledProfile {
         slot_in(&self.blocks, proto, port)
     }
 
-    /// The slot for (proto, destination port) of a packet from an address of
-    /// this profile (appliance mode).
-    pub fn outbound_slot(&self, proto: u32, port: u16) -> u16 {
-        slot_in(&self.outbound, proto, port)
-    }
-
     /// The blocks of one direction (`DIR_INBOUND` or `DIR_OUTBOUND`).
-    pub fn blocks_for(&self, direction: u32) -> &[PortBlock] {
+    pub(crate) fn blocks_for(&self, direction: u32) -> &[PortBlock] {
         if direction == classifier_common::DIR_OUTBOUND {
             &self.outbound
         } else {
@@ -370,44 +362,19 @@ pub struct CompiledPolicy {
     /// among them, as host prefixes).
     pub prefixes: Vec<(Prefix, u32)>,
     /// Appliance mode: the box's own addresses, as host prefixes.
-    pub local: Vec<Prefix>,
+    pub(crate) local: Vec<Prefix>,
     /// Appliance mode: the leg each prefix sits behind (`PolicySpec::profile_legs`).
-    pub prefix_legs: BTreeMap<Prefix, u32>,
+    pub(crate) prefix_legs: BTreeMap<Prefix, u32>,
     pub media_profiles: u32,
     /// Bit p: profile p has outbound rows.
-    pub outbound_profiles: u32,
+    pub(crate) outbound_profiles: u32,
     pub flags: u32,
     /// `MGMT` trie entries, with the ports of every containing prefix folded in.
     pub mgmt: Vec<(Prefix, [u16; MGMT_PORTS])>,
     /// Every management port, for the packet path's cheap pre-check.
-    pub mgmt_ports: [u16; MGMT_PORTS],
+    pub(crate) mgmt_ports: [u16; MGMT_PORTS],
     /// Rules per role, for the `portguard_catalog_rules` gauge.
-    pub rules_per_role: BTreeMap<String, usize>,
-}
-
-impl CompiledPolicy {
-    /// Which profile the packet path picks for a destination address.
-    pub fn profile_for(&self, dst: &Addr) -> u32 {
-        self.prefix_profile(dst).unwrap_or(self.default_profile)
-    }
-
-    /// The profile of the longest prefix holding `addr`, if any.
-    pub fn prefix_profile(&self, addr: &Addr) -> Option<u32> {
-        let host = Prefix {
-            addr: *addr,
-            len: 128,
-        };
-        self.prefixes
-            .iter()
-            .filter(|(p, _)| p.contains(&host))
-            .max_by_key(|(p, _)| p.len)
-            .map(|(_, profile)| *profile)
-    }
-
-    /// Whether `addr` is one of the appliance's own addresses.
-    pub fn is_local(&self, addr: &Addr) -> bool {
-        self.local.iter().any(|p| p.addr == *addr)
-    }
+    pub(crate) rules_per_role: BTreeMap<String, usize>,
 }
 
 pub fn compile(
@@ -525,15 +492,12 @@ pub fn compile(
         for r in &rules {
             *rules_per_role.entry(r.role.clone()).or_insert(0) += 1;
         }
-        let media = rules.iter().any(|r| MEDIA_ROLES.contains(&r.role.as_str()));
-        if media {
+        if rules.iter().any(|r| MEDIA_ROLES.contains(&r.role.as_str())) {
             media_profiles |= 1 << i;
         }
         profiles.push(CompiledProfile {
-            roles: roles.clone(),
             blocks,
             outbound,
-            media,
             rules: rules.len(),
         });
     }
@@ -677,7 +641,7 @@ mod tests {
                 "proto {proto} port {port}"
             );
         }
-        assert!(fe.media, "front-end terminates audio");
+        assert_eq!(p.media_profiles, 1, "front-end terminates audio");
     }
 
     /// `run --role R` on an Edge or reverse-proxy host: the inbound rows are
@@ -834,10 +798,19 @@ mod tests {
             "198.18.5.0/24=mediation".parse().expect("ok"),
         ];
         let p = compile(&cat, &s, &mut reg).expect("compiles");
-        let addr = |ip: &str| Prefix::from_str(ip).expect("ip").addr;
-        assert_eq!(p.profile_for(&addr("198.18.5.7")), 2);
-        assert_eq!(p.profile_for(&addr("198.18.6.7")), 1);
-        assert_eq!(p.profile_for(&addr("198.19.0.1")), 0);
+        // The packet path's pick: the longest prefix holding the address,
+        // else the default profile.
+        let profile_for = |ip: &str| {
+            let host = Prefix::from_str(ip).expect("ip");
+            p.prefixes
+                .iter()
+                .filter(|(q, _)| q.contains(&host))
+                .max_by_key(|(q, _)| q.len)
+                .map_or(p.default_profile, |(_, profile)| *profile)
+        };
+        assert_eq!(profile_for("198.18.5.7"), 2, "the /24 inside the /16");
+        assert_eq!(profile_for("198.18.6.7"), 1, "the /16");
+        assert_eq!(profile_for("198.19.0.1"), 0, "the default profile");
     }
 
     /// The largest catalog `check` lets through: 16,383 rules of one role,

@@ -38,7 +38,7 @@ const RTMSG_LEN: usize = 12;
 /// The legs (indexes into `legs`, the legs' interface indexes in `--iface`
 /// order) that each prefix's route leaves by. A prefix routed through no
 /// leg, to the box itself, or nowhere is left out.
-pub fn profile_legs(prefixes: &[Prefix], legs: &[u32]) -> BTreeMap<Prefix, u32> {
+pub(crate) fn profile_legs(prefixes: &[Prefix], legs: &[u32]) -> BTreeMap<Prefix, u32> {
     let Ok(socket) = Netlink::open() else {
         return BTreeMap::new();
     };

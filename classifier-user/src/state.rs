@@ -17,7 +17,7 @@ use crate::{
     trusted::{self, TrustError},
 };
 
-pub const RUN_DIR: &str = "/run/portguard";
+pub(crate) const RUN_DIR: &str = "/run/portguard";
 /// Where the pins go when `--bpffs` is not given.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
@@ -25,7 +25,7 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const MAX_STATE_BYTES: u64 = 16 << 20;
 
 /// `/run/portguard`, created root-only or checked to be (see `trusted`).
-pub fn run_dir() -> Result<PathBuf, TrustError> {
+pub(crate) fn run_dir() -> Result<PathBuf, TrustError> {
     trusted::private_dir(Path::new("/run"), &["portguard"])
 }
 
@@ -50,7 +50,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn registry(&self) -> SlotRegistry {
+    pub(crate) fn registry(&self) -> SlotRegistry {
         SlotRegistry::from_slots(self.slots.clone())
     }
 }
@@ -61,7 +61,7 @@ pub fn path(run_dir: &Path, iface: &str) -> PathBuf {
 
 impl State {
     /// The instance's interfaces.
-    pub fn legs(&self) -> Vec<String> {
+    pub(crate) fn legs(&self) -> Vec<String> {
         if self.legs.is_empty() {
             vec![self.iface.clone()]
         } else {

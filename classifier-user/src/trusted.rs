@@ -89,7 +89,7 @@ fn open_dir_at(dirfd: i32, name: &CString) -> io::Result<OwnedFd> {
 /// portguard does not own (`/run`, the bpffs mount) and so does not judge.
 /// Returns the full path once every component is a real directory owned by
 /// this user without group/world write.
-pub fn private_dir(base: &Path, components: &[&str]) -> Result<PathBuf, TrustError> {
+pub(crate) fn private_dir(base: &Path, components: &[&str]) -> Result<PathBuf, TrustError> {
     let base_c = cstr(base.as_os_str()).map_err(io_err(base))?;
     // SAFETY: `base_c` is NUL-terminated.
     let fd = unsafe {
@@ -133,7 +133,7 @@ pub fn private_dir(base: &Path, components: &[&str]) -> Result<PathBuf, TrustErr
 
 /// Checks that `dir` (a path `private_dir` returned earlier) is still a
 /// trusted directory, without creating anything.
-pub fn check_existing_dir(dir: &Path) -> Result<(), TrustError> {
+pub(crate) fn check_existing_dir(dir: &Path) -> Result<(), TrustError> {
     let c = cstr(dir.as_os_str()).map_err(io_err(dir))?;
     // SAFETY: `c` is NUL-terminated.
     let fd = unsafe {
@@ -154,7 +154,7 @@ pub fn check_existing_dir(dir: &Path) -> Result<(), TrustError> {
 /// Opens a regular file inside a trusted directory without following a
 /// symlink, creating it (mode 0600) when `create`; refuses a file someone
 /// else owns or may write.
-pub fn open_file(path: &Path, create: bool, write: bool) -> Result<File, TrustError> {
+pub(crate) fn open_file(path: &Path, create: bool, write: bool) -> Result<File, TrustError> {
     let c = cstr(path.as_os_str()).map_err(io_err(path))?;
     let mut flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
     flags |= if write { libc::O_RDWR } else { libc::O_RDONLY };

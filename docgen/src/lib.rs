@@ -5,8 +5,8 @@
 //! This lives in its own crate rather than behind a hidden `portguard`
 //! subcommand so that the shipped binary carries none of it, and outside
 //! xtask because xtask must build before the eBPF toolchain exists (this
-//! crate links the `portguard` library, whose build script compiles the eBPF
-//! object). `cargo xtask dist` and `cargo xtask docs` run it.
+//! crate links `portguard-cli` and so the `portguard` library, whose build
+//! script compiles the eBPF object). `cargo xtask dist` and `cargo xtask docs` run it.
 
 use std::{
     fmt::Write as _,
@@ -16,7 +16,7 @@ use std::{
 
 use clap::{Arg, ArgAction, Command, CommandFactory as _};
 use clap_complete::Shell;
-use portguard::cli::Cli;
+use portguard_cli::cli::Cli;
 
 /// The manual section: portguard is a system administration command.
 pub const MAN_SECTION: &str = "8";
@@ -242,7 +242,7 @@ fn command_section(cmd: &Command, depth: usize, out: &mut String) {
 /// every commit.
 pub fn cli_markdown() -> String {
     let mut out = String::from(
-        "<!-- Generated from classifier-user/src/cli.rs by `cargo xtask docs`; \
+        "<!-- Generated from portguard-cli/src/cli.rs by `cargo xtask docs`; \
          do not edit by hand. -->\n\n\
          # portguard command line reference\n\n\
          Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid input. \

@@ -1,6 +1,9 @@
 //! The static checks `cargo xtask test` runs before the tests, so that CI
 //! enforces them: `cargo fmt --check` and `cargo clippy -D warnings`, for the
-//! workspace and for the eBPF crate (its own workspace).
+//! workspace, for the library and the CLI as the package builds them
+//! (without the library's `test-hooks` feature, which the workspace's
+//! tests turn on for every crate) and for the eBPF crate (its own
+//! workspace).
 //!
 //! The eBPF crate is linted for `bpfel-unknown-none` the way
 //! classifier-user/build.rs builds it: with Debian's rustc (prebuilt `core`
@@ -22,6 +25,7 @@ pub enum Kind {
     FmtWorkspace,
     FmtEbpf,
     ClippyWorkspace,
+    ClippyShipped,
     ClippyEbpf,
 }
 
@@ -47,6 +51,10 @@ pub fn all() -> Vec<Check> {
             kind: Kind::ClippyWorkspace,
         },
         Check {
+            name: "cargo clippy -D warnings (classifier-user and portguard-cli without test-hooks)",
+            kind: Kind::ClippyShipped,
+        },
+        Check {
             name: "cargo clippy -D warnings (classifier-ebpf, bpfel-unknown-none)",
             kind: Kind::ClippyEbpf,
         },
@@ -69,6 +77,21 @@ pub fn run(check: &Check) -> bool {
         Kind::ClippyWorkspace => Ok(crate::cargo_command(&[
             "clippy",
             "--workspace",
+            "--release",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+        // Alone, so that no other crate's dependency turns the hooks on: what
+        // only the hooks use would otherwise hide dead code and unused
+        // imports of the shipped build.
+        Kind::ClippyShipped => Ok(crate::cargo_command(&[
+            "clippy",
+            "-p",
+            "classifier-user",
+            "-p",
+            "portguard-cli",
             "--release",
             "--all-targets",
             "--",
@@ -165,6 +188,7 @@ mod tests {
                 Kind::FmtWorkspace,
                 Kind::FmtEbpf,
                 Kind::ClippyWorkspace,
+                Kind::ClippyShipped,
                 Kind::ClippyEbpf
             ]
         );

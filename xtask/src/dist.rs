@@ -201,14 +201,7 @@ pub fn control(arch: &str, depends: &str, installed_kib: u64) -> String {
 /// Builds the package and returns its path.
 pub fn dist() -> Result<PathBuf> {
     crate::cargo(
-        &[
-            "build",
-            "--release",
-            "-p",
-            "classifier-user",
-            "-p",
-            "docgen",
-        ],
+        &["build", "--release", "-p", "portguard-cli", "-p", "docgen"],
         &[],
         &[],
     )?;
@@ -247,6 +240,13 @@ pub fn dist() -> Result<PathBuf> {
             .arg(release.join("portguard")),
     )?;
     fs::set_permissions(sbin.join("portguard"), fs::Permissions::from_mode(0o755))?;
+    // Built without the library's test hooks: the daemon's eBPF object is
+    // embedded, the benchmark's empty floor program is not.
+    let objects = embedded_bpf_objects(&fs::read(sbin.join("portguard"))?);
+    ensure!(
+        objects == 1,
+        "the shipped binary embeds {objects} eBPF objects, not the daemon's alone: was portguard built with the `test-hooks` feature?"
+    );
 
     stage.copy(
         &repo.join("packaging/portguard@.service"),
@@ -387,9 +387,42 @@ fn lintian(deb: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How many eBPF ELF objects (64-bit little-endian, `e_machine` EM_BPF)
+/// are embedded in `bin`.
+fn embedded_bpf_objects(bin: &[u8]) -> usize {
+    const EM_BPF: u16 = 247;
+    bin.windows(20)
+        .filter(|h| {
+            h.starts_with(b"\x7fELF")
+                && h[4] == 2
+                && h[5] == 1
+                && u16::from_le_bytes([h[18], h[19]]) == EM_BPF
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedded_bpf_objects_are_counted_and_the_host_elf_is_not() {
+        let elf = |machine: u16| {
+            let mut h = vec![0u8; 64];
+            h[..4].copy_from_slice(b"\x7fELF");
+            h[4] = 2;
+            h[5] = 1;
+            h[18..20].copy_from_slice(&machine.to_le_bytes());
+            h
+        };
+        let mut bin = elf(62);
+        assert_eq!(embedded_bpf_objects(&bin), 0, "an x86-64 ELF alone");
+        bin.extend(b"rodata");
+        bin.extend(elf(247));
+        assert_eq!(embedded_bpf_objects(&bin), 1, "one BPF object embedded");
+        bin.extend(elf(247));
+        assert_eq!(embedded_bpf_objects(&bin), 2, "two BPF objects embedded");
+    }
 
     #[test]
     fn the_changelog_names_this_version() {

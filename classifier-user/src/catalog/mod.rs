@@ -12,7 +12,6 @@ pub mod nft;
 mod parse;
 mod read;
 mod resolve;
-pub mod show;
 #[cfg(test)]
 mod tests;
 
@@ -23,16 +22,20 @@ pub use model::{
     MatchSide, MgmtAllowance, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule,
     SERVER_PORTS_DOCUMENT, SeedTable, Severity, count_findings,
 };
-pub use parse::{MAX_DIAGNOSTICS, MAX_OVERLAPS_LISTED, MAX_ROLES, MAX_RULE_ENTRIES};
+pub(crate) use parse::MAX_DIAGNOSTICS;
+#[cfg(test)]
+pub(crate) use parse::{MAX_OVERLAPS_LISTED, MAX_ROLES, MAX_RULE_ENTRIES};
 pub use read::{MAX_CATALOG_BYTES, ReadError, read_bounded};
-pub use resolve::{assign_ports, assign_ports_in};
+#[cfg(test)]
+use resolve::assign_ports;
+pub(crate) use resolve::assign_ports_in;
 
 /// The origin name used in diagnostics for the embedded catalog.
-pub const EMBEDDED_NAME: &str = "catalog/sfb2015.toml";
+pub(crate) const EMBEDDED_NAME: &str = "catalog/sfb2015.toml";
 
 /// The floor for the client media range (ClientMediaPortRange) that the server
 /// ports document states: at least 20 ports.
-pub const MIN_CLIENT_MEDIA_PORTS: u32 = 20;
+pub(crate) const MIN_CLIENT_MEDIA_PORTS: u32 = 20;
 
 const EMBEDDED_TEXT: &str = include_str!("../../../catalog/sfb2015.toml");
 

@@ -60,7 +60,7 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+    pub(crate) const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,7 +69,7 @@ impl Direction {
         }
     }
 
-    pub fn from_word(word: &str) -> Option<Direction> {
+    pub(crate) fn from_word(word: &str) -> Option<Direction> {
         Direction::ALL.into_iter().find(|d| d.as_str() == word)
     }
 }
@@ -179,7 +179,7 @@ impl SeedTable {
         }
     }
 
-    pub fn from_word(word: &str) -> Option<SeedTable> {
+    pub(crate) fn from_word(word: &str) -> Option<SeedTable> {
         SeedTable::ALL.into_iter().find(|t| t.as_str() == word)
     }
 }
@@ -209,12 +209,12 @@ impl fmt::Display for Severity {
 /// (line 0: not about a place in a file, e.g. an I/O error or a flag).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
-    pub origin: String,
+    pub(crate) origin: String,
     pub line: usize,
-    pub column: usize,
+    pub(crate) column: usize,
     pub severity: Severity,
-    pub message: String,
-    pub hint: Option<String>,
+    pub(crate) message: String,
+    pub(crate) hint: Option<String>,
 }
 
 impl fmt::Display for Diagnostic {
@@ -274,7 +274,7 @@ impl Diagnostic {
 
     /// The errors and warnings this diagnostic stands for, if it stands for
     /// the ones not shown.
-    pub fn omitted_counts(&self) -> Option<(usize, usize)> {
+    pub(crate) fn omitted_counts(&self) -> Option<(usize, usize)> {
         let rest = self.message.strip_prefix(OMITTED_PREFIX)?;
         let mut numbers = rest
             .split_whitespace()
@@ -332,7 +332,7 @@ pub struct RoleDef {
     pub table: SeedTable,
     pub includes: Vec<String>,
     pub why: String,
-    pub line: usize,
+    pub(crate) line: usize,
 }
 
 /// One rule as the catalog states it.
@@ -345,21 +345,21 @@ pub struct Rule {
     pub port_start: u16,
     pub port_end: u16,
     /// The range as written in the file (a media rule's range may only be narrowed).
-    pub declared: (u16, u16),
-    pub transport: String,
-    pub table: SeedTable,
-    pub note: String,
+    pub(crate) declared: (u16, u16),
+    pub(crate) transport: String,
+    pub(crate) table: SeedTable,
+    pub(crate) note: String,
     pub side: MatchSide,
     /// `inbound` unless the rule says otherwise.
     pub direction: Direction,
     pub media: bool,
     /// The line of the rule's `[[rule]]` header.
-    pub line: usize,
+    pub(crate) line: usize,
 }
 
 impl Rule {
     /// One entry per protocol.
-    pub fn expand(&self) -> impl Iterator<Item = EffectiveRule> + '_ {
+    pub(crate) fn expand(&self) -> impl Iterator<Item = EffectiveRule> + '_ {
         self.protocols.iter().map(move |&protocol| EffectiveRule {
             role: self.role.clone(),
             service: self.service.clone(),
@@ -387,7 +387,7 @@ pub struct IpsecException {
     pub source_ports: String,
     pub destination_ports: String,
     pub authentication: String,
-    pub line: usize,
+    pub(crate) line: usize,
 }
 
 /// A parsed, valid catalog.
@@ -420,7 +420,7 @@ pub struct EffectiveRule {
 }
 
 impl EffectiveRule {
-    pub fn width(&self) -> u32 {
+    pub(crate) fn width(&self) -> u32 {
         u32::from(self.port_end) - u32::from(self.port_start)
     }
 
@@ -440,10 +440,10 @@ pub(crate) fn ports_text(start: u16, end: u16) -> String {
 /// Ports `start..=end` of `protocol` belong to `rules[rule]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortAssignment {
-    pub protocol: Protocol,
-    pub start: u16,
-    pub end: u16,
-    pub rule: usize,
+    pub(crate) protocol: Protocol,
+    pub(crate) start: u16,
+    pub(crate) end: u16,
+    pub(crate) rule: usize,
 }
 
 /// The lockout guard: TCP to `port` from `prefix/prefix_len` is always allowed.
@@ -456,7 +456,8 @@ pub struct MgmtAllowance {
 
 impl MgmtAllowance {
     /// `::/0` and `0.0.0.0/0`, port 22.
-    pub fn defaults() -> Vec<MgmtAllowance> {
+    #[cfg(test)]
+    pub(crate) fn defaults() -> Vec<MgmtAllowance> {
         vec![
             MgmtAllowance {
                 prefix: IpAddr::from([0u8; 4]),

@@ -258,16 +258,6 @@ pub fn export_profiles(
 const FROM_PROFILE_JUMP: &str =
     "fib saddr . iif oif exists jump from_profile comment \"source profile (strict reverse path)\"";
 
-/// Appliance mode: `export_profiles` for an appliance.
-pub fn export_appliance(
-    catalog: &Catalog,
-    own_roles: &[String],
-    profiles: &[ProfileSpec],
-    mgmt: &[MgmtAllowance],
-) -> Result<String, CatalogError> {
-    export_profiles(catalog, Placement::Appliance, own_roles, profiles, mgmt)
-}
-
 /// The sets and chains of a list of roles (each role's own rules).
 struct RoleChains {
     /// Named interval sets, inbound and outbound, in role order.
@@ -543,7 +533,7 @@ fn side_chain(
 
 /// Sorted, with overlapping and adjacent ranges joined: nft refuses
 /// overlapping interval elements.
-pub fn merged(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+pub(crate) fn merged(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     ranges.sort_unstable();
     let mut out: Vec<(u16, u16)> = Vec::new();
     for (a, b) in ranges {
@@ -622,7 +612,7 @@ fn masked(addr: IpAddr, len: u8) -> IpAddr {
 }
 
 /// A role id as an nft identifier.
-pub fn ident(role: &str) -> String {
+pub(crate) fn ident(role: &str) -> String {
     role.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()

@@ -85,19 +85,19 @@ struct RawIpsec {
 
 /// Roles a catalog may define. The default catalog has 17; the cap bounds
 /// the reachability tables overlap detection builds (roles × root roles bits).
-pub const MAX_ROLES: usize = 8_192;
+pub(crate) const MAX_ROLES: usize = 8_192;
 
 /// Distinct destination rules a catalog may have, counting each protocol of
 /// a rule once: every one needs a counter slot, and slot 0 means "no rule".
 /// The same limit `run` applies when it hands out slots.
-pub const MAX_RULE_ENTRIES: usize = MAX_RULE_SLOTS as usize - 1;
+pub(crate) const MAX_RULE_ENTRIES: usize = MAX_RULE_SLOTS as usize - 1;
 
 /// Diagnostics reported per catalog: the first ones in file order, then one
 /// that counts the rest, so a hostile file cannot make megabytes of output.
-pub const MAX_DIAGNOSTICS: usize = 64;
+pub(crate) const MAX_DIAGNOSTICS: usize = 64;
 
 /// Overlapping rule pairs listed one by one; the rest are counted.
-pub const MAX_OVERLAPS_LISTED: usize = 32;
+pub(crate) const MAX_OVERLAPS_LISTED: usize = 32;
 
 /// Rule pairs the overlap sweep compares before it stops counting: 2,000
 /// fully nested rules (about 2 million pairs) are still counted exactly.

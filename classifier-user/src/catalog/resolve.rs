@@ -60,13 +60,17 @@ pub(super) fn closure(catalog: &Catalog, roles: &[String]) -> Result<Vec<String>
 /// the earlier rule. Source-side rules compile to nothing, and so do outbound
 /// rules: they are the host's own connections, whose replies the flow
 /// recorder lets back in. Sorted by (protocol, start).
-pub fn assign_ports(rules: &[EffectiveRule]) -> Vec<PortAssignment> {
+#[cfg(test)]
+pub(crate) fn assign_ports(rules: &[EffectiveRule]) -> Vec<PortAssignment> {
     assign_ports_in(rules, Direction::Inbound)
 }
 
 /// [`assign_ports`] for the rules of one direction: appliance mode compiles
 /// the outbound rows too, matched against the packet's source address.
-pub fn assign_ports_in(rules: &[EffectiveRule], direction: Direction) -> Vec<PortAssignment> {
+pub(crate) fn assign_ports_in(
+    rules: &[EffectiveRule],
+    direction: Direction,
+) -> Vec<PortAssignment> {
     let mut out: Vec<PortAssignment> = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         let candidates: Vec<(usize, &EffectiveRule)> = rules

@@ -3,7 +3,6 @@ use proptest::prelude::*;
 use super::{
     Catalog, Diagnostic, Direction, EffectiveRule, MatchSide, Protocol, SeedTable, Severity,
     assign_ports,
-    show::{self, ShowFormat},
 };
 
 /// The role ids of the team's roles contract, in its order: the 17 of the
@@ -653,80 +652,6 @@ proptest! {
 }
 
 #[test]
-fn show_formats() {
-    let c = Catalog::embedded();
-    let rows = show::rows(&c, Some("front-end")).unwrap_or_else(|e| panic!("{e}"));
-    let json = show::render_rules(&c, &rows, Some("front-end"), ShowFormat::Json);
-    let v: serde_json::Value =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
-    let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
-    assert_eq!(arr.len(), rows.len());
-    for key in [
-        "role",
-        "service",
-        "protocol",
-        "port_start",
-        "port_end",
-        "transport",
-        "table",
-        "document",
-        "match",
-        "direction",
-        "note",
-    ] {
-        assert!(
-            arr[0].get(key).is_some(),
-            "json objects carry `{key}`: {}",
-            arr[0]
-        );
-    }
-    assert!(
-        arr.iter().any(|o| o["role"] == "all-servers"
-            && o["protocol"] == "udp"
-            && o["port_start"] == 1434)
-    );
-
-    let csv = show::render_rules(&c, &rows, None, ShowFormat::Csv);
-    assert!(csv.starts_with(
-        "role,service,protocol,port_start,port_end,transport,table,match,direction,note\r\n"
-    ));
-    assert!(
-        csv.contains(",\"HTTPS, TCP\","),
-        "a comma in a field is quoted"
-    );
-    assert!(csv.contains("\"\"port 4443\"\""), "quotes are doubled");
-
-    let md = show::render_rules(&c, &rows, Some("front-end"), ShowFormat::Md);
-    assert!(
-        md.contains("## front-end\n") && md.contains("### Required server ports (by server role)"),
-        "{md}"
-    );
-
-    let all = show::rows(&c, None).unwrap_or_else(|e| panic!("{e}"));
-    let md_all = show::render_rules(&c, &all, None, ShowFormat::Md);
-    for id in DESIGN_ROLE_IDS {
-        assert!(md_all.contains(&format!("## {id}\n")), "a section for {id}");
-    }
-    assert!(md_all.contains("### Hardware load balancer ports if using DNS load balancing"));
-
-    let table = show::render_rules(&c, &rows, None, ShowFormat::Table);
-    let header = table.lines().next().unwrap_or_default();
-    let ports_col = header.find("PORTS").unwrap_or_else(|| panic!("{header}"));
-    let line = table
-        .lines()
-        .find(|l| l.contains("SQL Browser"))
-        .unwrap_or_else(|| panic!("{table}"));
-    assert_eq!(
-        line.get(ports_col..ports_col + 4),
-        Some("1434"),
-        "aligned columns:\n{header}\n{line}"
-    );
-
-    let ipsec = show::render_ipsec(&c, ShowFormat::Csv);
-    assert_eq!(ipsec.lines().count(), 16, "header and 15 rows");
-}
-
-#[test]
 fn nft_merges_intervals() {
     assert_eq!(
         super::nft::merged(vec![
@@ -923,53 +848,6 @@ fn embedded_perimeter_inclusions() {
 }
 
 #[test]
-fn show_formats_carry_the_direction() {
-    let c = Catalog::embedded();
-    let rows = show::rows(&c, Some("av-edge-external")).unwrap_or_else(|e| panic!("{e}"));
-    let json = show::render_rules(&c, &rows, Some("av-edge-external"), ShowFormat::Json);
-    let v: serde_json::Value =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
-    let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
-    let find = |proto: &str, port: u64, dir: &str| {
-        arr.iter().any(|o| {
-            o["protocol"] == proto
-                && o["port_start"] == port
-                && o["direction"] == dir
-                && o["role"] == "av-edge-external"
-                && o["table"] == "edge-external"
-                && o["document"] == super::EDGE_DOCUMENT
-        })
-    };
-    assert!(find("udp", 3478, "inbound"), "{json}");
-    assert!(find("udp", 3478, "outbound"), "{json}");
-    assert!(find("udp", 50000, "outbound"), "{json}");
-    assert!(!find("udp", 50000, "inbound"), "{json}");
-
-    let table = show::render_rules(&c, &rows, None, ShowFormat::Table);
-    let header = table.lines().next().unwrap_or_default();
-    assert!(header.ends_with("DIRECTION"), "{header}");
-    assert!(
-        table
-            .lines()
-            .any(|l| l.contains("50000-59999") && l.ends_with("outbound")),
-        "{table}"
-    );
-    let csv = show::render_rules(&c, &rows, None, ShowFormat::Csv);
-    assert!(
-        csv.lines()
-            .any(|l| l.contains(",50000,59999,") && l.contains(",destination,outbound,")),
-        "{csv}"
-    );
-    let md = show::render_rules(&c, &rows, Some("av-edge-external"), ShowFormat::Md);
-    assert!(
-        md.contains("### External port firewall summary table")
-            && md.contains(super::EDGE_DOCUMENT)
-            && md.contains("| destination | outbound |"),
-        "{md}"
-    );
-}
-
-#[test]
 fn nft_export_puts_outbound_rows_in_an_accepting_output_chain() {
     let c = Catalog::embedded();
     let text = super::nft::export(
@@ -1031,8 +909,9 @@ fn chain_body(text: &str, name: &str) -> String {
 #[test]
 fn nft_appliance_orders_each_side_longest_prefix_first_with_goto() {
     let c = Catalog::embedded();
-    let text = super::nft::export_appliance(
+    let text = super::nft::export_profiles(
         &c,
+        super::nft::Placement::Appliance,
         &[],
         &[
             profile("198.18.2.0/24", &["edge-internal"]),
@@ -1108,8 +987,9 @@ fn nft_appliance_orders_each_side_longest_prefix_first_with_goto() {
 #[test]
 fn nft_appliance_own_roles_go_to_input_and_output_only() {
     let c = Catalog::embedded();
-    let text = super::nft::export_appliance(
+    let text = super::nft::export_profiles(
         &c,
+        super::nft::Placement::Appliance,
         &[
             "reverse-proxy-external".into(),
             "reverse-proxy-internal".into(),
@@ -1142,8 +1022,9 @@ fn nft_appliance_whole_family_and_mapped_prefixes() {
     let c = Catalog::embedded();
     // The XDP trie keys IPv4 as IPv4-mapped IPv6: ::/0 covers both families,
     // and sorts after every IPv4 prefix.
-    let text = super::nft::export_appliance(
+    let text = super::nft::export_profiles(
         &c,
+        super::nft::Placement::Appliance,
         &[],
         &[
             profile("::/0", &["edge-internal"]),
@@ -1171,8 +1052,9 @@ fn nft_appliance_whole_family_and_mapped_prefixes() {
 #[test]
 fn nft_appliance_refuses_a_prefix_given_twice() {
     let c = Catalog::embedded();
-    let err = super::nft::export_appliance(
+    let err = super::nft::export_profiles(
         &c,
+        super::nft::Placement::Appliance,
         &[],
         &[
             profile("198.18.2.0/24", &["edge-internal"]),
@@ -1187,10 +1069,15 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
         text.contains("--profile") && text.contains("198.18.2.0/24 is given twice"),
         "{text}"
     );
-    let unknown =
-        super::nft::export_appliance(&c, &[], &[profile("198.18.2.0/24", &["no-such-role"])], &[])
-            .err()
-            .unwrap_or_else(|| panic!("an unknown role was accepted"));
+    let unknown = super::nft::export_profiles(
+        &c,
+        super::nft::Placement::Appliance,
+        &[],
+        &[profile("198.18.2.0/24", &["no-such-role"])],
+        &[],
+    )
+    .err()
+    .unwrap_or_else(|| panic!("an unknown role was accepted"));
     assert!(unknown.to_string().contains("no-such-role"), "{unknown}");
 }
 

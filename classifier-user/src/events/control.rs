@@ -23,16 +23,16 @@ use super::{
 
 /// Most clients attached at once; more are refused, so that memory stays
 /// bounded however many attach.
-pub const MAX_CLIENTS: usize = 16;
+pub(crate) const MAX_CLIENTS: usize = 16;
 /// Events queued for one `--follow` client; a client this far behind is
 /// dropped (and counted) rather than slowing the reader.
-pub const FOLLOW_QUEUE: usize = 1_024;
+pub(crate) const FOLLOW_QUEUE: usize = 1_024;
 /// A client that takes longer than this to accept one line is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a `--follow` client is checked for a hang-up. Without the
 /// check a client whose filter never matches is never written to, so its
 /// death went unnoticed and its slot was never freed.
-pub const HANGUP_CHECK: Duration = Duration::from_secs(1);
+pub(crate) const HANGUP_CHECK: Duration = Duration::from_secs(1);
 /// Where the host's own outgoing connections get their source ports.
 const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
@@ -83,7 +83,7 @@ pub struct Aggregates {
 
 /// `net.ipv4.ip_local_port_range` as this process sees it (its network
 /// namespace's).
-pub fn local_port_range() -> Option<(u16, u16)> {
+pub(crate) fn local_port_range() -> Option<(u16, u16)> {
     parse_port_range(&std::fs::read_to_string(LOCAL_PORT_RANGE).ok()?)
 }
 
@@ -97,7 +97,7 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Top {
-    pub iface: String,
+    pub(crate) iface: String,
     pub mode: String,
     pub view: TopView,
     pub suppressed: u64,
@@ -109,7 +109,7 @@ pub struct ErrorLine {
 }
 
 /// Binds the socket (replacing a stale one) with mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -126,7 +126,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

@@ -23,7 +23,7 @@ struct PortLabels {
     verdict: String,
 }
 
-pub fn register(registry: &mut Registry, shared: &Shared) {
+pub(crate) fn register(registry: &mut Registry, shared: &Shared) {
     let suppressed = Family::<IfaceLabels, Counter>::default();
     suppressed
         .get_or_create(&IfaceLabels {

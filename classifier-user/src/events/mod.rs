@@ -6,7 +6,7 @@
 //! The daemon holds one [`Events`] and calls [`Events::spawn`] once.
 
 pub mod control;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod record;
 pub mod store;
 
@@ -32,34 +32,34 @@ use crate::{
 use self::{record::EventRecord, store::Store};
 
 /// State the tasks and the metrics share.
-pub struct Shared {
-    pub iface: String,
+pub(crate) struct Shared {
+    pub(crate) iface: String,
     /// Appliance mode: each leg's ifindex and name, so that an event is
     /// labelled with the leg it arrived on.
     legs: Mutex<Vec<(u32, String)>>,
-    pub roles: Vec<String>,
-    pub catalog: Option<PathBuf>,
-    pub mode: String,
+    pub(crate) roles: Vec<String>,
+    pub(crate) catalog: Option<PathBuf>,
+    pub(crate) mode: String,
     /// `run --client-media-ports`: the media rows' range in force.
-    pub client_media_ports: Option<(u16, u16)>,
+    pub(crate) client_media_ports: Option<(u16, u16)>,
     store: Mutex<Store>,
     followers: Mutex<Vec<mpsc::Sender<Arc<EventRecord>>>>,
-    pub clients: AtomicUsize,
+    pub(crate) clients: AtomicUsize,
     /// Follow clients dropped because they fell behind.
-    pub clients_dropped: AtomicU64,
+    pub(crate) clients_dropped: AtomicU64,
     /// Sum over CPUs of the events the budget (or a full ring) suppressed.
-    pub suppressed: AtomicU64,
+    pub(crate) suppressed: AtomicU64,
 }
 
 impl Shared {
     /// The store; a panic elsewhere while holding it leaves data that is
     /// still consistent enough to read.
-    pub fn store(&self) -> MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The name of the leg with `ifindex` (the instance's name if unknown).
-    pub fn leg_name(&self, ifindex: u32) -> String {
+    pub(crate) fn leg_name(&self, ifindex: u32) -> String {
         let legs = self.legs.lock().unwrap_or_else(|p| p.into_inner());
         legs.iter()
             .find(|(i, _)| *i == ifindex && *i != 0)
@@ -72,19 +72,19 @@ impl Shared {
 }
 
 /// Settings of `run` that concern events.
-pub struct EventSettings {
+pub(crate) struct EventSettings {
     /// Events per second per CPU; 0 turns events off.
-    pub rate: u32,
+    pub(crate) rate: u32,
     /// Emit events for passed packets too.
-    pub pass: bool,
-    pub roles: Vec<String>,
-    pub catalog: Option<PathBuf>,
-    pub mode: String,
-    pub client_media_ports: Option<(u16, u16)>,
-    pub run_dir: PathBuf,
+    pub(crate) pass: bool,
+    pub(crate) roles: Vec<String>,
+    pub(crate) catalog: Option<PathBuf>,
+    pub(crate) mode: String,
+    pub(crate) client_media_ports: Option<(u16, u16)>,
+    pub(crate) run_dir: PathBuf,
 }
 
-pub struct Events {
+pub(crate) struct Events {
     shared: Arc<Shared>,
     parts: Option<Parts>,
 }
@@ -98,7 +98,7 @@ struct Parts {
 }
 
 /// The running tasks; dropping it stops them and removes the socket.
-pub struct EventTasks {
+pub(crate) struct EventTasks {
     tasks: Vec<JoinHandle<()>>,
     socket: Option<PathBuf>,
 }
@@ -116,7 +116,7 @@ impl Drop for EventTasks {
 
 impl Events {
     /// Sets the kernel's budget and takes the ring and budget maps.
-    pub fn new(
+    pub(crate) fn new(
         iface: &str,
         classifier: &mut Classifier,
         registry: SlotRegistry,
@@ -150,17 +150,17 @@ impl Events {
     }
 
     /// Names the legs' interface indexes for the events' `iface` field.
-    pub fn set_legs(&self, legs: Vec<(u32, String)>) {
+    pub(crate) fn set_legs(&self, legs: Vec<(u32, String)>) {
         *self.shared.legs.lock().unwrap_or_else(|p| p.into_inner()) = legs;
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
     /// Starts the reader, the control socket and the budget poller (once;
     /// inside a tokio runtime).
-    pub fn spawn(&mut self) -> EventTasks {
+    pub(crate) fn spawn(&mut self) -> EventTasks {
         let mut tasks = Vec::new();
         let Some(parts) = self.parts.take() else {
             return EventTasks {

@@ -53,22 +53,22 @@ impl EventRecord {
 
 /// The headers read from an event's captured bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers {
-    pub vlan: Vec<u16>,
-    pub src: Option<IpAddr>,
-    pub dst: Option<IpAddr>,
-    pub ip_proto: Option<u8>,
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
+pub(crate) struct Headers {
+    pub(crate) vlan: Vec<u16>,
+    pub(crate) src: Option<IpAddr>,
+    pub(crate) dst: Option<IpAddr>,
+    pub(crate) ip_proto: Option<u8>,
+    pub(crate) sport: Option<u16>,
+    pub(crate) dport: Option<u16>,
     /// A TCP segment's flags byte (FIN 0x01 … CWR 0x80): whether a dropped
     /// segment asked for a connection (`suggest` counts only those).
-    pub tcp_flags: Option<u8>,
+    pub(crate) tcp_flags: Option<u8>,
 }
 
 /// Reads VLAN tags, addresses and ports with etherparse's lax parser, which
 /// keeps what it could read of a cut or malformed frame (a dropped frame is
 /// often malformed on purpose).
-pub fn headers(frame: &[u8]) -> Headers {
+pub(crate) fn headers(frame: &[u8]) -> Headers {
     let mut h = Headers::default();
     let Ok(p) = LaxPacketHeaders::from_ethernet(frame) else {
         return h;
@@ -118,7 +118,7 @@ pub fn headers(frame: &[u8]) -> Headers {
     h
 }
 
-pub fn proto_name(p: Option<u8>) -> String {
+pub(crate) fn proto_name(p: Option<u8>) -> String {
     match p {
         Some(6) => "tcp".into(),
         Some(17) => "udp".into(),
@@ -131,7 +131,7 @@ pub fn proto_name(p: Option<u8>) -> String {
     }
 }
 
-pub fn verdict_name(v: u32) -> &'static str {
+pub(crate) fn verdict_name(v: u32) -> &'static str {
     match v {
         x if x == Verdict::Pass as u32 => Verdict::Pass.name(),
         x if x == Verdict::Drop as u32 => Verdict::Drop.name(),
@@ -141,7 +141,7 @@ pub fn verdict_name(v: u32) -> &'static str {
 
 /// CLOCK_REALTIME minus CLOCK_MONOTONIC now: what turns `bpf_ktime_get_ns`
 /// into wall-clock time.
-pub fn monotonic_offset_ns() -> i128 {
+pub(crate) fn monotonic_offset_ns() -> i128 {
     let now = |clock| {
         // SAFETY: clock_gettime writes into the zeroed timespec we own.
         let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
@@ -151,26 +151,32 @@ pub fn monotonic_offset_ns() -> i128 {
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
-pub fn rfc3339(wall_ns: u64) -> String {
+pub(crate) fn rfc3339(wall_ns: u64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(wall_ns))
         .map(|t| t.to_string())
         .unwrap_or_default()
 }
 
 /// The bytes of the frame the kernel captured for `e`.
-pub fn captured(e: &Event) -> &[u8] {
+pub(crate) fn captured(e: &Event) -> &[u8] {
     &e.data[..(e.captured as usize).min(e.data.len())]
 }
 
 /// Decodes the kernel's event for `iface`; `offset_ns` from
 /// [`monotonic_offset_ns`], `registry` names rule slots.
-pub fn decode(e: &Event, iface: &str, offset_ns: i128, registry: &SlotRegistry) -> EventRecord {
+#[cfg(test)]
+pub(crate) fn decode(
+    e: &Event,
+    iface: &str,
+    offset_ns: i128,
+    registry: &SlotRegistry,
+) -> EventRecord {
     decode_parsed(e, &headers(captured(e)), iface, offset_ns, registry)
 }
 
 /// [`decode`] with the headers already read from [`captured`]`(e)`, for a
 /// caller that needs them too (the reader keeps the TCP flags for the store).
-pub fn decode_parsed(
+pub(crate) fn decode_parsed(
     e: &Event,
     h: &Headers,
     iface: &str,

@@ -12,15 +12,15 @@ use serde::{Deserialize, Serialize};
 use super::record::EventRecord;
 
 /// Events kept for `portguard events` (about 1.5 MiB with their frames).
-pub const RECENT: usize = 4_096;
+pub(crate) const RECENT: usize = 4_096;
 /// Distinct (proto, port, verdict) keys aggregated since start.
 pub const MAX_PORT_KEYS: usize = 4_096;
 /// Distinct sources remembered per port key.
-pub const MAX_SOURCES_PER_PORT: usize = 64;
+pub(crate) const MAX_SOURCES_PER_PORT: usize = 64;
 /// Distinct sources counted per second of the last minute.
-pub const MAX_SOURCES_PER_SECOND: usize = 256;
+pub(crate) const MAX_SOURCES_PER_SECOND: usize = 256;
 /// Series per verdict in the top-ports gauge.
-pub const TOP_PORTS: usize = 20;
+pub(crate) const TOP_PORTS: usize = 20;
 /// New keys between two sweeps of a full key table (see [`Store::push`]):
 /// a sweep visits every key, so this keeps it to 16 visits per new key.
 const SWEEP_EVERY: usize = MAX_PORT_KEYS / 16;
@@ -33,7 +33,7 @@ const TCP_ACK: u8 = 0x10;
 
 /// What a dropped packet says about the port it was sent to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Someone asking for a service there: a TCP SYN (without ACK, RST or
     /// FIN), or a UDP datagram that is not an answer from a server port.
     Request,
@@ -47,7 +47,7 @@ pub enum Kind {
 impl Kind {
     /// `tcp_flags` is the TCP flags byte (None when the frame was cut
     /// before it: not known to be a SYN, so not a request).
-    pub fn of(proto: &str, sport: Option<u16>, dport: u16, tcp_flags: Option<u8>) -> Kind {
+    pub(crate) fn of(proto: &str, sport: Option<u16>, dport: u16, tcp_flags: Option<u8>) -> Kind {
         let request = match proto {
             "tcp" => {
                 tcp_flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN)
@@ -140,20 +140,20 @@ pub struct TopView {
 }
 
 #[derive(Default)]
-pub struct Store {
+pub(crate) struct Store {
     recent: VecDeque<EventRecord>,
     ports: BTreeMap<(String, u16, String), PortState>,
     /// Events not aggregated because `MAX_PORT_KEYS` was reached.
-    pub ports_overflow: u64,
+    pub(crate) ports_overflow: u64,
     /// Keys holding a single event, forgotten to make room for new ones.
-    pub ports_evicted: u64,
+    pub(crate) ports_evicted: u64,
     /// New keys since the last sweep of the full key table.
     inserted_since_sweep: usize,
     /// Keys the hashes of sources: random per process, so that nobody can
     /// choose addresses that collide.
     hasher: RandomState,
     minute: VecDeque<Second>,
-    pub received: u64,
+    pub(crate) received: u64,
 }
 
 impl Store {
@@ -164,7 +164,7 @@ impl Store {
     /// at most once per `SWEEP_EVERY` new keys; only then are events
     /// counted as overflow. So a scan cannot keep later traffic, which
     /// comes back and repeats, out of the aggregates for good.
-    pub fn push(&mut self, r: EventRecord, tcp_flags: Option<u8>) {
+    pub(crate) fn push(&mut self, r: EventRecord, tcp_flags: Option<u8>) {
         self.received += 1;
         if let Some(dport) = r.event.dport
             && r.event.verdict != "pass"
@@ -231,7 +231,11 @@ impl Store {
     }
 
     /// The last `count` events that `keep` accepts, oldest first.
-    pub fn recent(&self, count: usize, keep: impl Fn(&EventRecord) -> bool) -> Vec<EventRecord> {
+    pub(crate) fn recent(
+        &self,
+        count: usize,
+        keep: impl Fn(&EventRecord) -> bool,
+    ) -> Vec<EventRecord> {
         let mut out: Vec<EventRecord> = self
             .recent
             .iter()
@@ -244,7 +248,7 @@ impl Store {
         out
     }
 
-    pub fn aggregates(&self) -> Vec<PortAggregate> {
+    pub(crate) fn aggregates(&self) -> Vec<PortAggregate> {
         self.ports
             .iter()
             .map(|((proto, port, verdict), st)| PortAggregate {
@@ -264,7 +268,7 @@ impl Store {
     }
 
     /// The `TOP_PORTS` busiest (proto, port) pairs per verdict since start.
-    pub fn top_ports(&self) -> Vec<PortAggregate> {
+    pub(crate) fn top_ports(&self) -> Vec<PortAggregate> {
         let mut all = self.aggregates();
         all.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.port.cmp(&b.port)));
         let mut per_verdict: HashMap<String, usize> = HashMap::new();
@@ -278,7 +282,7 @@ impl Store {
     }
 
     /// Top ports and sources over the seconds since `now_s - 60`.
-    pub fn last_minute(&self, now_s: u64, n: usize) -> TopView {
+    pub(crate) fn last_minute(&self, now_s: u64, n: usize) -> TopView {
         let mut ports: HashMap<(String, u16, String), u64> = HashMap::new();
         let mut sources: HashMap<IpAddr, u64> = HashMap::new();
         for s in self.minute.iter().filter(|s| s.second + 60 > now_s) {

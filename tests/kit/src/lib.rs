@@ -182,7 +182,7 @@ pub fn portguard_bin() -> PathBuf {
     let bin = bin_next_to(&exe);
     assert!(
         bin.is_file(),
-        "{} is missing: build it first (`cargo build --release -p classifier-user`, which `cargo xtask test` does)",
+        "{} is missing: build it first (`cargo build --release -p portguard-cli`, which `cargo xtask test` does)",
         bin.display()
     );
     bin

@@ -4,16 +4,13 @@
 
 use std::io::Write as _;
 
-use crate::{
-    cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ReloadArgs},
-    iface,
-    ownership::Instance,
-};
+use crate::cli::ReloadArgs;
+use portguard::{exit, iface, ownership::Instance};
 
 pub fn reload(args: ReloadArgs) -> u8 {
     if let Err(e) = iface::validate(&args.iface) {
         let _ = writeln!(std::io::stderr(), "portguard reload: {e}");
-        return EXIT_USAGE;
+        return exit::USAGE;
     }
     let instance = match Instance::find(&args.iface) {
         Ok(i) => i,
@@ -23,7 +20,7 @@ pub fn reload(args: ReloadArgs) -> u8 {
                 "portguard reload --iface {}: {e}",
                 args.iface
             );
-            return EXIT_FAILURE;
+            return exit::FAILURE;
         }
     };
     if let Err(e) = instance.signal(libc::SIGHUP) {
@@ -33,7 +30,7 @@ pub fn reload(args: ReloadArgs) -> u8 {
             args.iface,
             instance.pid
         );
-        return EXIT_FAILURE;
+        return exit::FAILURE;
     }
     let _ = writeln!(
         std::io::stdout(),
@@ -41,5 +38,5 @@ pub fn reload(args: ReloadArgs) -> u8 {
         instance.pid,
         args.iface
     );
-    EXIT_OK
+    exit::OK
 }

@@ -20,10 +20,13 @@ use ratatui::{
 };
 
 use crate::{
-    cli::{EXIT_FAILURE, EXIT_OK, TopArgs},
+    cli::TopArgs,
     commands::events::{ClientError, parse_line, request},
+};
+use portguard::{
     counters,
     events::control::{Request, Top},
+    exit,
     pinned::PinnedInstance,
 };
 
@@ -81,10 +84,10 @@ pub fn top(args: TopArgs) -> u8 {
     };
     ratatui::restore();
     match result {
-        Ok(()) => EXIT_OK,
+        Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("portguard top: {e}");
-            EXIT_FAILURE
+            exit::FAILURE
         }
     }
 }

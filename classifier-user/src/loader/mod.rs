@@ -1,8 +1,12 @@
 //! Loading the eBPF object, writing a policy into its maps, attaching.
 
+#[cfg(feature = "test-hooks")]
+mod test_hooks;
+
 use std::{
     collections::BTreeSet,
     io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -10,8 +14,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, TestRunResult, Xdp,
-        XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc,
         xdp::XdpLink,
@@ -19,7 +22,7 @@ use aya::{
 };
 use classifier_common::{
     BLOCKS_PER_PROTO, COUNTER_MAP_ENTRIES, Config, Counter, DIRECTIONS, EventBudget, EventConfig,
-    FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, FLOW_ENTRIES, FLOW_NEW_ENTRIES,
+    FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLOW_ENTRIES, FLOW_NEW_ENTRIES,
     FLOW_SHARE_DEFAULT, FRAGMENT_ENTRIES, FRAGMENT_SHARE_DEFAULT, GenConfig, MAX_LEGS, MgmtPorts,
     PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM,
     fast_block_base, map_names, next_sel_epoch, port_block_index,
@@ -64,6 +67,16 @@ pub enum LoadError {
     Permission(String),
 }
 
+/// The flags an install keeps: the event bits belong to the daemon's flags
+/// and the trace bit to tests, not to the policy.
+const KEPT_FLAGS: u32 = FLAG_EVENTS | FLAG_EVENTS_PASS | TRACE_FLAG;
+
+#[cfg(feature = "test-hooks")]
+const TRACE_FLAG: u32 = classifier_common::FLAG_TRACE;
+/// Without the test hooks nothing sets the trace bit.
+#[cfg(not(feature = "test-hooks"))]
+const TRACE_FLAG: u32 = 0;
+
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
     move |source| LoadError::Map { name, source }
 }
@@ -72,12 +85,14 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
     move |source| LoadError::Program { name, source }
 }
 
-/// How XDP is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpModeArg {
+/// How XDP is attached (`run --xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
     /// Native (driver) mode, falling back to generic where the driver lacks it.
     Auto,
+    /// Native (driver) mode only.
     Native,
+    /// Generic (SKB) mode.
     Generic,
 }
 
@@ -158,6 +173,9 @@ impl Classifier {
         Ok(c)
     }
 
+    /// Loads `object` (the embedded one, or for the benchmark's A/B runs
+    /// another build of it) as [`Classifier::load_with`] does, without
+    /// setting the flow shares.
     pub fn load_object(
         object: &[u8],
         pin_dir: Option<&Path>,
@@ -204,7 +222,7 @@ impl Classifier {
 
     /// The reader of the eBPF side's log ring (rare, rate-limited anomaly
     /// lines). Taken once; the daemon polls it.
-    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+    pub(crate) fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         match aya_log::EbpfLogger::init(&mut self.ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -214,17 +232,9 @@ impl Classifier {
         }
     }
 
-    pub fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
+    pub(crate) fn xdp(&mut self) -> Result<&mut Xdp, LoadError> {
         self.ebpf
             .program_mut(XDP_PROGRAM)
-            .ok_or(LoadError::Missing("XDP program"))?
-            .try_into()
-            .map_err(prog_err("portguard"))
-    }
-
-    pub fn xdp_ref(&self) -> Result<&Xdp, LoadError> {
-        self.ebpf
-            .program(XDP_PROGRAM)
             .ok_or(LoadError::Missing("XDP program"))?
             .try_into()
             .map_err(prog_err("portguard"))
@@ -246,7 +256,7 @@ impl Classifier {
         Array::try_from(map).map_err(map_err(name))
     }
 
-    pub fn config(&mut self) -> Result<Config, LoadError> {
+    pub(crate) fn config(&mut self) -> Result<Config, LoadError> {
         self.array::<Config>(map_names::CONFIG)?
             .get(&0, 0)
             .map_err(map_err(map_names::CONFIG))
@@ -298,10 +308,7 @@ impl Classifier {
         self.write_profiles(policy, active, next)?;
         self.write_mgmt(policy)?;
 
-        // The trace bit belongs to tests and the event bits to the daemon's
-        // flags, not to the policy.
-        config.flags =
-            policy.flags | (config.flags & (FLAG_TRACE | FLAG_EVENTS | FLAG_EVENTS_PASS));
+        config.flags = policy.flags | (config.flags & KEPT_FLAGS);
         config.gens[next as usize] = GenConfig {
             default_profile: policy.default_profile,
             media_profiles: policy.media_profiles,
@@ -463,7 +470,7 @@ impl Classifier {
 
     /// The flow and fragment tables and their counts, for the sweeper and
     /// the metrics.
-    pub fn flow_tables(&self) -> Result<crate::flow_table::FlowTables<'_>, LoadError> {
+    pub(crate) fn flow_tables(&self) -> Result<crate::flow_table::FlowTables<'_>, LoadError> {
         use std::os::fd::AsFd as _;
         let data = |name: &'static str| -> Result<&MapData, LoadError> {
             match self.ebpf.map(name).ok_or(LoadError::Missing(name))? {
@@ -488,19 +495,6 @@ impl Classifier {
                 capacity(map_names::FRAGMENTS)?,
             ],
         })
-    }
-
-    /// Runs the XDP program on one frame in the kernel (`BPF_PROG_TEST_RUN`).
-    /// `duration` of the result is per run.
-    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult, LoadError> {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        self.xdp_ref()?
-            .test_run(opts)
-            .map_err(prog_err("portguard"))
     }
 
     /// Turns packet events on (`rate` events per second per CPU, passes too
@@ -547,17 +541,6 @@ impl Classifier {
         PerCpuArray::try_from(map).map_err(map_err(map_names::EVENT_BUDGET))
     }
 
-    /// Makes the packet path record each packet's counter index in `TRACE`.
-    pub fn set_trace(&mut self, on: bool) -> Result<(), LoadError> {
-        let mut config = self.config()?;
-        config.flags = if on {
-            config.flags | FLAG_TRACE
-        } else {
-            config.flags & !FLAG_TRACE
-        };
-        self.set_config(&config)
-    }
-
     /// Tells the packet path which ifindex is which leg (appliance mode);
     /// counters of a packet from an unlisted ifindex go to leg 0.
     pub fn set_legs(&mut self, ifindexes: &[u32]) -> Result<(), LoadError> {
@@ -567,13 +550,6 @@ impl Classifier {
             *slot = *i;
         }
         self.set_config(&config)
-    }
-
-    /// The counter index of the last packet (with tracing on).
-    pub fn last_counter(&mut self) -> Result<u32, LoadError> {
-        self.array::<u32>(map_names::TRACE)?
-            .get(&0, 0)
-            .map_err(map_err(map_names::TRACE))
     }
 
     /// Per-CPU counters at `indices`, summed over CPUs.
@@ -592,10 +568,10 @@ impl Classifier {
 
     /// Attaches XDP to `iface`. `Auto` tries native first and says so when it
     /// falls back. Returns the mode in force.
-    pub fn attach_xdp(
+    pub(crate) fn attach_xdp(
         &mut self,
         iface: &str,
-        mode: XdpModeArg,
+        mode: AttachMode,
     ) -> Result<(XdpLink, &'static str), LoadError> {
         let xdp = self.xdp()?;
         let attempt = |xdp: &mut Xdp, m: XdpMode| -> Result<XdpLink, LoadError> {
@@ -605,9 +581,9 @@ impl Classifier {
             xdp.take_link(id).map_err(prog_err("portguard"))
         };
         match mode {
-            XdpModeArg::Native => Ok((attempt(xdp, XdpMode::Driver)?, "native")),
-            XdpModeArg::Generic => Ok((attempt(xdp, XdpMode::Skb)?, "generic")),
-            XdpModeArg::Auto => match attempt(xdp, XdpMode::Driver) {
+            AttachMode::Native => Ok((attempt(xdp, XdpMode::Driver)?, "native")),
+            AttachMode::Generic => Ok((attempt(xdp, XdpMode::Skb)?, "generic")),
+            AttachMode::Auto => match attempt(xdp, XdpMode::Driver) {
                 Ok(link) => Ok((link, "native")),
                 Err(
                     e @ (LoadError::Busy { .. }
@@ -626,7 +602,7 @@ impl Classifier {
 
     /// Moves an existing (pinned) XDP link onto this program in one step: the
     /// interface is never without a program.
-    pub fn take_over_xdp(&mut self, link: FdLink) -> Result<XdpLink, LoadError> {
+    pub(crate) fn take_over_xdp(&mut self, link: FdLink) -> Result<XdpLink, LoadError> {
         let xdp = self.xdp()?;
         let link = XdpLink::try_from(link).map_err(LoadError::Link)?;
         let id = xdp.attach_to_link(link).map_err(prog_err("portguard"))?;
@@ -635,7 +611,7 @@ impl Classifier {
 
     /// Attaches the egress flow recorder. Returns its link as an fd link
     /// (TCX on kernels >= 6.6) for pinning.
-    pub fn attach_tc(&mut self, iface: &str) -> Result<Option<FdLink>, LoadError> {
+    pub(crate) fn attach_tc(&mut self, iface: &str) -> Result<Option<FdLink>, LoadError> {
         // clsact is only needed on kernels without TCX; an existing one is fine.
         let _ = tc::qdisc_add_clsact(iface);
         let tc = self.tc()?;
@@ -646,7 +622,7 @@ impl Classifier {
         Ok(FdLink::try_from(link).ok())
     }
 
-    pub fn take_over_tc(&mut self, link: FdLink) -> Result<FdLink, LoadError> {
+    pub(crate) fn take_over_tc(&mut self, link: FdLink) -> Result<FdLink, LoadError> {
         use aya::programs::tc::SchedClassifierLink;
         let tc = self.tc()?;
         let link = SchedClassifierLink::try_from(link).map_err(LoadError::Link)?;
@@ -758,7 +734,7 @@ fn classify_attach_error(iface: &str, e: ProgramError) -> LoadError {
 
 /// Reads only the entries asked for: a scrape touches the slots in use and
 /// the reason counters, not all 16k slots.
-pub fn read_counters<M: std::borrow::Borrow<MapData>>(
+pub(crate) fn read_counters<M: std::borrow::Borrow<MapData>>(
     counters: &PerCpuArray<M, Counter>,
     indices: impl IntoIterator<Item = u32>,
 ) -> Result<Vec<(u32, Counter)>, LoadError> {
@@ -783,12 +759,12 @@ pub fn pin_dir(bpffs: &Path, iface: &str) -> PathBuf {
     bpffs.join("portguard").join(iface)
 }
 
-pub const XDP_LINK_PIN: &str = "xdp_link";
-pub const TC_LINK_PIN: &str = "tc_link";
+pub(crate) const XDP_LINK_PIN: &str = "xdp_link";
+pub(crate) const TC_LINK_PIN: &str = "tc_link";
 
 /// The pin of a leg's link: the first leg's is `base` (as a one-interface
 /// instance has always named it), another's `base@IF` (bpffs refuses dots in names).
-pub fn link_pin_name(base: &str, leg: u32, iface: &str) -> String {
+pub(crate) fn link_pin_name(base: &str, leg: u32, iface: &str) -> String {
     if leg == 0 {
         base.to_string()
     } else {
@@ -797,7 +773,7 @@ pub fn link_pin_name(base: &str, leg: u32, iface: &str) -> String {
 }
 
 /// Opens a pinned link if there is one.
-pub fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> {
+pub(crate) fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> {
     let path = dir.join(name);
     if !path.exists() {
         return Ok(None);
@@ -807,13 +783,9 @@ pub fn pinned_link(dir: &Path, name: &str) -> Result<Option<FdLink>, LoadError> 
     Ok(Some(FdLink::from(PinnedLink::from_pin(&path)?)))
 }
 
-/// The interface index a pinned XDP or TCX link is attached to, asked of the
-/// kernel (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`). 0 means the link is
-/// defunct: its interface was deleted, and `bpf_link_update` on it fails.
-pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+/// Opens a pinned BPF object (`BPF_OBJ_GET`).
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     let c =
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags, path_fd.
@@ -843,7 +815,42 @@ pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detaches a link's program now (`BPF_LINK_DETACH`), whoever else holds
+/// the link: it stays, defunct, until its last descriptor or pin goes.
+fn detach_link(link: &OwnedFd) -> io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    let attr = LinkDetach {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    // SAFETY: the attr outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &attr as *const LinkDetach,
+            size_of::<LinkDetach>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The interface index a pinned XDP or TCX link is attached to, asked of the
+/// kernel (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`). 0 means the link is
+/// defunct: its interface was deleted, and `bpf_link_update` on it fails.
+pub(crate) fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let fd = obj_get(path)?;
     // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose
     // xdp and tcx members start with the ifindex.
     let mut info = [0u64; 16];
@@ -874,7 +881,7 @@ pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
 }
 
 /// Pins a link, replacing a stale pin of the same name.
-pub fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, LoadError> {
+pub(crate) fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, LoadError> {
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
     link.pin(&path).map_err(|e| LoadError::Pin {
@@ -917,28 +924,43 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes the pins of an interface: maps, links and the directory. Removing a
-/// link pin detaches its program once no process holds the link.
-pub fn remove_pins(dir: &Path) {
-    for name in map_names::ALL
-        .iter()
-        .chain([XDP_LINK_PIN, TC_LINK_PIN].iter())
-    {
-        let _ = std::fs::remove_file(dir.join(name));
-    }
-    // The links of an appliance's other legs (`xdp_link@IF`, `tc_link@IF`);
-    // nothing else that may be in the directory is ours to remove.
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
+/// The link pins in an interface's pin directory: `xdp_link`, `tc_link`
+/// and an appliance's other legs' (`xdp_link@IF`, `tc_link@IF`).
+fn link_pins(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            let leg_link = [XDP_LINK_PIN, TC_LINK_PIN]
+            [XDP_LINK_PIN, TC_LINK_PIN]
                 .iter()
-                .any(|base| name.starts_with(&format!("{base}@")));
-            if leg_link {
-                let _ = std::fs::remove_file(e.path());
-            }
+                .any(|base| *name == **base || name.starts_with(&format!("{base}@")))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Removes the pins of an interface: maps, links and the directory. The
+/// programs the link pins attach are detached before this returns.
+pub fn remove_pins(dir: &Path) {
+    // A removed pin lets go of its link only after an RCU grace period and
+    // a work queue: the program would stay attached a moment longer (a
+    // `detach` that returned, a fresh attach refused as busy).
+    let links = link_pins(dir);
+    for path in &links {
+        if let Err(e) = obj_get(path).and_then(|fd| detach_link(&fd)) {
+            log::debug!("{}: detaching: {e}", path.display());
         }
+    }
+    for name in map_names::ALL {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    // Nothing else that may be in the directory is ours to remove.
+    for path in &links {
+        let _ = std::fs::remove_file(path);
     }
     let _ = std::fs::remove_dir(dir);
     // The shared parent goes too once no interface is left in it.
@@ -950,7 +972,7 @@ pub fn remove_pins(dir: &Path) {
 /// A warning when the NIC strips VLAN tags before XDP sees them: the policy
 /// then applies to the inner packet of every VLAN alike, which the operator
 /// should know.
-pub fn vlan_offload_warning(iface: &str) -> Option<String> {
+pub(crate) fn vlan_offload_warning(iface: &str) -> Option<String> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
     const ETHTOOL_GFLAGS: u32 = 0x25;
     const ETH_FLAG_RXVLAN: u32 = 1 << 8;

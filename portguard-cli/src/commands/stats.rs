@@ -3,18 +3,15 @@
 
 use std::path::Path;
 
-use crate::{
-    cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, StatsArgs},
-    loader,
-    pinned::PinnedInstance,
-};
+use crate::cli::StatsArgs;
+use portguard::{exit, loader, pinned::PinnedInstance};
 
 pub fn stats(args: StatsArgs) -> u8 {
     if let Some(i) = &args.iface
-        && let Err(e) = crate::iface::validate(i)
+        && let Err(e) = portguard::iface::validate(i)
     {
         eprintln!("portguard stats: {e}");
-        return EXIT_USAGE;
+        return exit::USAGE;
     }
     let root = args.bpffs.join("portguard");
     let ifaces: Vec<String> = match &args.iface {
@@ -23,7 +20,7 @@ pub fn stats(args: StatsArgs) -> u8 {
             Ok(entries) => entries
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| crate::iface::validate(name).is_ok())
+                .filter(|name| portguard::iface::validate(name).is_ok())
                 .collect(),
             Err(_) => Vec::new(),
         },
@@ -33,9 +30,9 @@ pub fn stats(args: StatsArgs) -> u8 {
             "portguard stats: no running instance (nothing pinned under {})",
             root.display()
         );
-        return EXIT_FAILURE;
+        return exit::FAILURE;
     }
-    let mut code = EXIT_OK;
+    let mut code = exit::OK;
     for iface in ifaces {
         match one(&args.bpffs, &iface) {
             Ok(table) => println!("{iface}\n{table}\n"),
@@ -44,9 +41,9 @@ pub fn stats(args: StatsArgs) -> u8 {
                 code = if args.iface.is_some()
                     && PinnedInstance::find(&args.bpffs, &iface).is_none()
                 {
-                    EXIT_USAGE
+                    exit::USAGE
                 } else {
-                    EXIT_FAILURE
+                    exit::FAILURE
                 };
             }
         }
@@ -86,7 +83,7 @@ fn one(bpffs: &Path, iface: &str) -> Result<String, String> {
             out.push_str(&format!("\n\nleg {leg}\n{}", snap.table()));
         }
     }
-    match crate::flow_table::figures_from_pins(&loader::pin_dir(bpffs, iface)) {
+    match portguard::flow_table::figures_from_pins(&loader::pin_dir(bpffs, iface)) {
         Ok(f) => {
             out.push_str("\n\n");
             out.push_str(&flow_table_text(&f));
@@ -97,7 +94,7 @@ fn one(bpffs: &Path, iface: &str) -> Result<String, String> {
 }
 
 /// The flow and fragment tables: fill, evictions and refusals.
-fn flow_table_text(f: &crate::flow_table::FlowFigures) -> String {
+fn flow_table_text(f: &portguard::flow_table::FlowFigures) -> String {
     let mut out = format!(
         "{:<24} {:>10} {:>10} {:>6} {:>12} {:>12}",
         "table", "entries", "capacity", "fill", "evictions", "refusals"

@@ -13,10 +13,13 @@
 use std::{collections::BTreeMap, fmt::Write as _, io::BufRead as _, path::Path};
 
 use crate::{
-    catalog::{Catalog, Direction, MAX_CATALOG_BYTES, MatchSide, Protocol, read_bounded},
-    cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SuggestArgs},
+    cli::SuggestArgs,
     commands::events::{ClientError, parse_line, request},
+};
+use portguard::{
+    catalog::{Catalog, Direction, MAX_CATALOG_BYTES, MatchSide, Protocol, read_bounded},
     events::{control::Aggregates, control::Request},
+    exit,
 };
 
 /// Most ports suggested in one fragment; the rest are counted, not shown.
@@ -78,7 +81,7 @@ pub fn suggest(args: SuggestArgs) -> u8 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("portguard suggest: the catalog in force no longer loads:\n{e}");
-            return EXIT_FAILURE;
+            return exit::FAILURE;
         }
     };
     let options = Options {
@@ -88,13 +91,13 @@ pub fn suggest(args: SuggestArgs) -> u8 {
     match fragment(&catalog, &text, &aggregates, options) {
         Ok(text) => {
             print!("{text}");
-            EXIT_OK
+            exit::OK
         }
         Err(e) => {
             eprintln!("portguard suggest --iface {}: {e}", args.iface);
             match e {
-                SuggestError::NoRole | SuggestError::UnknownRole(_) => EXIT_USAGE,
-                SuggestError::Catalog(_) | SuggestError::NoRoom => EXIT_FAILURE,
+                SuggestError::NoRole | SuggestError::UnknownRole(_) => exit::USAGE,
+                SuggestError::Catalog(_) | SuggestError::NoRoom => exit::FAILURE,
             }
         }
     }
@@ -406,7 +409,7 @@ impl Context<'_> {
                 out,
                 "# The daemon keeps {} ports: {} seen only once (a scan's) were forgotten\n\
                  # to make room and {} events found none, so some ports may be missing.",
-                crate::events::store::MAX_PORT_KEYS,
+                portguard::events::store::MAX_PORT_KEYS,
                 a.ports_evicted,
                 a.ports_overflow
             );

@@ -2,7 +2,7 @@
 //! catalog with the fragment appended always checks.
 
 use super::*;
-use crate::events::store::PortAggregate;
+use portguard::events::store::PortAggregate;
 
 /// A port with `requests` requests from `request_sources` sources and
 /// `others` other packets (bare ACKs, answers) from `other_sources`.

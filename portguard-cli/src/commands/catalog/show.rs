@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::model::{Catalog, EffectiveRule, IpsecException, SeedTable};
+use portguard::catalog::{Catalog, CatalogError, EffectiveRule, IpsecException, SeedTable};
 
 /// `--format` of `catalog show`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -24,10 +24,7 @@ pub enum ShowTable {
 
 /// The rows `show` prints: `role`'s rules with inclusions resolved, or every
 /// role's own rules (in role order) without one.
-pub fn rows(
-    catalog: &Catalog,
-    role: Option<&str>,
-) -> Result<Vec<EffectiveRule>, super::CatalogError> {
+pub fn rows(catalog: &Catalog, role: Option<&str>) -> Result<Vec<EffectiveRule>, CatalogError> {
     match role {
         Some(r) => catalog.effective_rules(&[r.to_string()]),
         None => Ok(catalog
@@ -388,5 +385,132 @@ fn json<T: Serialize>(value: &T) -> String {
         }
         // Only strings and numbers go in; serializing them cannot fail.
         Err(e) => format!("{{\"error\": \"{e}\"}}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portguard::catalog::{Catalog, EDGE_DOCUMENT};
+
+    use super::ShowFormat;
+
+    #[test]
+    fn show_formats() {
+        let c = Catalog::embedded();
+        let rows = super::rows(&c, Some("front-end")).unwrap_or_else(|e| panic!("{e}"));
+        let json = super::render_rules(&c, &rows, Some("front-end"), ShowFormat::Json);
+        let v: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
+        let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
+        assert_eq!(arr.len(), rows.len());
+        for key in [
+            "role",
+            "service",
+            "protocol",
+            "port_start",
+            "port_end",
+            "transport",
+            "table",
+            "document",
+            "match",
+            "direction",
+            "note",
+        ] {
+            assert!(
+                arr[0].get(key).is_some(),
+                "json objects carry `{key}`: {}",
+                arr[0]
+            );
+        }
+        assert!(arr.iter().any(|o| o["role"] == "all-servers"
+            && o["protocol"] == "udp"
+            && o["port_start"] == 1434));
+
+        let csv = super::render_rules(&c, &rows, None, ShowFormat::Csv);
+        assert!(csv.starts_with(
+            "role,service,protocol,port_start,port_end,transport,table,match,direction,note\r\n"
+        ));
+        assert!(
+            csv.contains(",\"HTTPS, TCP\","),
+            "a comma in a field is quoted"
+        );
+        assert!(csv.contains("\"\"port 4443\"\""), "quotes are doubled");
+
+        let md = super::render_rules(&c, &rows, Some("front-end"), ShowFormat::Md);
+        assert!(
+            md.contains("## front-end\n")
+                && md.contains("### Required server ports (by server role)"),
+            "{md}"
+        );
+
+        let all = super::rows(&c, None).unwrap_or_else(|e| panic!("{e}"));
+        let md_all = super::render_rules(&c, &all, None, ShowFormat::Md);
+        for id in c.role_ids() {
+            assert!(md_all.contains(&format!("## {id}\n")), "a section for {id}");
+        }
+        assert!(md_all.contains("### Hardware load balancer ports if using DNS load balancing"));
+
+        let table = super::render_rules(&c, &rows, None, ShowFormat::Table);
+        let header = table.lines().next().unwrap_or_default();
+        let ports_col = header.find("PORTS").unwrap_or_else(|| panic!("{header}"));
+        let line = table
+            .lines()
+            .find(|l| l.contains("SQL Browser"))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert_eq!(
+            line.get(ports_col..ports_col + 4),
+            Some("1434"),
+            "aligned columns:\n{header}\n{line}"
+        );
+
+        let ipsec = super::render_ipsec(&c, ShowFormat::Csv);
+        assert_eq!(ipsec.lines().count(), 16, "header and 15 rows");
+    }
+
+    #[test]
+    fn show_formats_carry_the_direction() {
+        let c = Catalog::embedded();
+        let rows = super::rows(&c, Some("av-edge-external")).unwrap_or_else(|e| panic!("{e}"));
+        let json = super::render_rules(&c, &rows, Some("av-edge-external"), ShowFormat::Json);
+        let v: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
+        let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
+        let find = |proto: &str, port: u64, dir: &str| {
+            arr.iter().any(|o| {
+                o["protocol"] == proto
+                    && o["port_start"] == port
+                    && o["direction"] == dir
+                    && o["role"] == "av-edge-external"
+                    && o["table"] == "edge-external"
+                    && o["document"] == EDGE_DOCUMENT
+            })
+        };
+        assert!(find("udp", 3478, "inbound"), "{json}");
+        assert!(find("udp", 3478, "outbound"), "{json}");
+        assert!(find("udp", 50000, "outbound"), "{json}");
+        assert!(!find("udp", 50000, "inbound"), "{json}");
+
+        let table = super::render_rules(&c, &rows, None, ShowFormat::Table);
+        let header = table.lines().next().unwrap_or_default();
+        assert!(header.ends_with("DIRECTION"), "{header}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains("50000-59999") && l.ends_with("outbound")),
+            "{table}"
+        );
+        let csv = super::render_rules(&c, &rows, None, ShowFormat::Csv);
+        assert!(
+            csv.lines()
+                .any(|l| l.contains(",50000,59999,") && l.contains(",destination,outbound,")),
+            "{csv}"
+        );
+        let md = super::render_rules(&c, &rows, Some("av-edge-external"), ShowFormat::Md);
+        assert!(
+            md.contains("### External port firewall summary table")
+                && md.contains(EDGE_DOCUMENT)
+                && md.contains("| destination | outbound |"),
+            "{md}"
+        );
     }
 }

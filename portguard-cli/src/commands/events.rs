@@ -26,12 +26,13 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{
-    cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EventFormat, EventsArgs},
+use crate::cli::{EventFormat, EventsArgs};
+use portguard::{
     events::{
         control::{self, ErrorLine, Request},
         record::EventRecord,
     },
+    exit,
 };
 
 /// How long a snapshot (no `--follow`) waits for each answer line: a daemon
@@ -62,8 +63,8 @@ pub enum ClientError {
 impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::NotRunning { .. } => EXIT_USAGE,
-            _ => EXIT_FAILURE,
+            ClientError::NotRunning { .. } => exit::USAGE,
+            _ => exit::FAILURE,
         }
     }
 }
@@ -86,7 +87,7 @@ fn connect(
     request: &Request,
 ) -> Result<(UnixStream, String), ClientError> {
     // Any leg of an appliance reaches the instance's one socket.
-    let path = control::socket_path(run_dir, &crate::state::instance_of(run_dir, iface));
+    let path = control::socket_path(run_dir, &portguard::state::instance_of(run_dir, iface));
     let shown = path.display().to_string();
     let mut stream = UnixStream::connect(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -146,7 +147,7 @@ pub fn events(args: EventsArgs) -> u8 {
         .map_err(|e| ClientError::Output(format!("starting the runtime: {e}")))
         .and_then(|runtime| runtime.block_on(run(&args)));
     match result {
-        Ok(()) => EXIT_OK,
+        Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("portguard events --iface {}: {e}", args.iface);
             e.exit_code()
@@ -370,7 +371,7 @@ fn text_line(r: &EventRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::record::EventJson;
+    use portguard::events::record::EventJson;
 
     fn scratch(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("pg-events-{tag}-{}", std::process::id()));

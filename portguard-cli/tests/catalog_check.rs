@@ -302,7 +302,7 @@ fn nft_check_accepts_every_role() {
             port: 22,
         },
     ];
-    let ruleset = portguard::commands::catalog::export_nft(&catalog, &["director".into()], &mgmt)
+    let ruleset = portguard::catalog::nft::export(&catalog, &["director".into()], &mgmt)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         ruleset.contains("ip saddr 10.0.0.0/8 tcp dport 2222"),
@@ -329,9 +329,8 @@ fn nft_check_accepts_every_role() {
 #[test]
 fn nft_export_sets_hold_the_assigned_ports() {
     let catalog = Catalog::embedded();
-    let ruleset =
-        portguard::commands::catalog::export_nft(&catalog, &["front-end-mediation".into()], &[])
-            .unwrap_or_else(|e| panic!("{e}"));
+    let ruleset = portguard::catalog::nft::export(&catalog, &["front-end-mediation".into()], &[])
+        .unwrap_or_else(|e| panic!("{e}"));
     for needle in [
         "jump role_front_end_mediation",
         "jump role_front_end\n",
@@ -351,7 +350,7 @@ fn nft_export_sets_hold_the_assigned_ports() {
         !ruleset.contains("tcp dport 22"),
         "no management allowance was asked for:\n{ruleset}"
     );
-    let e = portguard::commands::catalog::export_nft(&catalog, &["nope".into()], &[]).err();
+    let e = portguard::catalog::nft::export(&catalog, &["nope".into()], &[]).err();
     assert!(e.is_some_and(|e| e.to_string().contains("unknown role `nope`")));
 }
 

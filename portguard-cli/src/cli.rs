@@ -5,34 +5,14 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{
-    commands::catalog::{ShowFormat, ShowTable},
-    loader::XdpModeArg,
-    policy::{Mgmt, ProfileArg},
-};
+use portguard::policy::{Mgmt, ProfileArg};
 
-/// Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid input.
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-
-/// `portguard --version`: the release, the commit it was built from
-/// ("unknown" outside git) and the first 12 hex digits of the SHA-256 of the
-/// embedded eBPF object, so that two binaries enforcing differently can be
-/// told apart even at the same version.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("PORTGUARD_GIT_COMMIT"),
-    ", eBPF object sha256:",
-    env!("PORTGUARD_EBPF_SHA256"),
-    ")"
-);
+use crate::commands::catalog::{ShowFormat, ShowTable};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "portguard",
-    version = VERSION,
+    version = portguard::VERSION,
     about = "Enforce the Skype for Business Server 2015 port catalog with XDP"
 )]
 pub struct Cli {
@@ -74,6 +54,15 @@ pub enum Mode {
     Monitor,
 }
 
+/// How XDP is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic where the driver lacks it.
+    Auto,
+    Native,
+    Generic,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Interface to protect. Repeat it (at most 4) to guard an appliance's
@@ -103,7 +92,7 @@ pub struct RunArgs {
     pub mode: Mode,
     /// How to attach the XDP program.
     #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
-    pub xdp_mode: XdpModeArg,
+    pub xdp_mode: XdpMode,
     /// Where to serve GET /metrics.
     #[arg(long, default_value = "127.0.0.1:9477", value_name = "ADDR")]
     pub metrics_addr: SocketAddr,
@@ -171,7 +160,7 @@ pub struct RunArgs {
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
-    crate::policy::parse_port_range(s)
+    portguard::policy::parse_port_range(s)
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,24 +222,6 @@ pub enum CatalogCommand {
 pub enum ExportFormat {
     /// An nftables ruleset (`nft -f`).
     Nft,
-}
-
-impl RunArgs {
-    /// Appliance mode: several legs, or --appliance.
-    pub fn is_appliance(&self) -> bool {
-        self.appliance || self.iface.len() > 1
-    }
-
-    /// The flow tables' sizes and shares these flags ask for.
-    pub fn flow_limits(&self) -> crate::loader::FlowLimits {
-        crate::loader::FlowLimits {
-            flows: self.flows,
-            flows_unconfirmed: self.flows_unconfirmed,
-            fragments: self.fragments,
-            flow_share: self.flow_share.unwrap_or(self.flows_unconfirmed / 8),
-            fragment_share: self.fragments / 8,
-        }
-    }
 }
 
 #[derive(Debug, Args)]

@@ -1,0 +1,187 @@
+//! `portguard catalog check|show|export`.
+
+use std::{
+    io::{self, Write as _},
+    path::Path,
+};
+
+mod show;
+
+use portguard::{
+    catalog::{Catalog, Direction, MgmtAllowance, count_findings, nft},
+    daemon::read_catalog,
+    exit,
+    policy::{Mgmt, ProfileArg},
+};
+
+pub use self::show::{ShowFormat, ShowTable};
+use crate::cli::CatalogCommand;
+
+/// Validates a catalog file: every error and warning with file:line:col,
+/// then a summary. 2 on any error (an unreadable file included), else 0.
+pub fn check(path: &Path) -> u8 {
+    let (diagnostics, ok_summary) = match Catalog::load(path) {
+        Ok((catalog, warnings)) => {
+            let (_, warning_count) = count_findings(&warnings);
+            let outbound = catalog
+                .rules
+                .iter()
+                .filter(|r| r.direction == Direction::Outbound)
+                .count();
+            let summary = format!(
+                "{}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {warning_count} warning{}",
+                path.display(),
+                catalog.roles.len(),
+                catalog.rules.len(),
+                catalog.rules.len() - outbound,
+                catalog.ipsec.len(),
+                if warning_count == 1 { "" } else { "s" }
+            );
+            (warnings, Some(summary))
+        }
+        Err(e) => (e.diagnostics, None),
+    };
+    let mut err = io::stderr().lock();
+    for d in &diagnostics {
+        let _ = writeln!(err, "{d}");
+    }
+    match ok_summary {
+        Some(summary) => {
+            println!("{summary}");
+            exit::OK
+        }
+        None => {
+            let (errors, warnings) = count_findings(&diagnostics);
+            let _ = writeln!(
+                err,
+                "{}: invalid: {errors} error{}, {warnings} warning{}",
+                path.display(),
+                if errors == 1 { "" } else { "s" },
+                if warnings == 1 { "" } else { "s" }
+            );
+            exit::USAGE
+        }
+    }
+}
+
+/// Prints the rules (of `role`, inclusions resolved, or every role's own) or
+/// the IPsec exceptions. 2 for an unknown role, 1 if stdout fails.
+pub fn show(catalog: &Catalog, role: Option<&str>, format: ShowFormat, table: ShowTable) -> u8 {
+    let text = match table {
+        ShowTable::Ipsec => show::render_ipsec(catalog, format),
+        ShowTable::Rules => match show::rows(catalog, role) {
+            Ok(rows) => show::render_rules(catalog, &rows, role, format),
+            Err(e) => {
+                eprintln!("portguard catalog show: {e}");
+                return exit::USAGE;
+            }
+        },
+    };
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => exit::OK,
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            eprintln!("portguard catalog show: cannot write to stdout: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// `portguard catalog check|show|export`.
+pub fn catalog(c: CatalogCommand) -> u8 {
+    match c {
+        CatalogCommand::Check { file } => check(&file),
+        CatalogCommand::Show {
+            role,
+            format,
+            table,
+            catalog,
+        } => match load_catalog(catalog.as_deref()) {
+            Ok(cat) => show(&cat, role.as_deref(), format, table),
+            Err(code) => code,
+        },
+        CatalogCommand::Export {
+            format: _,
+            role,
+            catalog,
+            mgmt,
+            no_default_mgmt,
+            appliance,
+            profile,
+        } => match load_catalog(catalog.as_deref()) {
+            Ok(cat) => export(&cat, role, mgmt, no_default_mgmt, appliance, profile),
+            Err(code) => code,
+        },
+    }
+}
+
+fn load_catalog(path: Option<&Path>) -> Result<Catalog, u8> {
+    read_catalog(path).map_err(|e| {
+        eprintln!("{e}");
+        exit::USAGE
+    })
+}
+
+/// Prints the policy of `role` (every role when absent on a host; with
+/// `--profile`s or `--appliance` the default profile, none when absent) as
+/// an nftables ruleset.
+fn export(
+    catalog: &Catalog,
+    role: Vec<String>,
+    mgmt: Vec<Mgmt>,
+    no_default_mgmt: bool,
+    appliance: bool,
+    profile: Vec<ProfileArg>,
+) -> u8 {
+    let mut allowances = if no_default_mgmt {
+        Vec::new()
+    } else {
+        Mgmt::defaults()
+    };
+    allowances.extend(mgmt);
+    // In appliance mode --role names the box's own roles, and none is a
+    // choice (the essentials and the guard only), not "every role".
+    let roles = if role.is_empty() && !appliance && profile.is_empty() {
+        catalog.role_ids().iter().map(|r| r.to_string()).collect()
+    } else {
+        role
+    };
+    let mgmt: Vec<MgmtAllowance> = allowances
+        .iter()
+        .map(|m| MgmtAllowance {
+            prefix: m.prefix.ip(),
+            prefix_len: m.prefix.display_len(),
+            port: m.port,
+        })
+        .collect();
+    let exported = if appliance || !profile.is_empty() {
+        let profiles: Vec<nft::ProfileSpec> = profile
+            .into_iter()
+            .map(|p| nft::ProfileSpec {
+                prefix: p.prefix.ip(),
+                prefix_len: p.prefix.display_len(),
+                roles: p.roles,
+            })
+            .collect();
+        let placement = if appliance {
+            nft::Placement::Appliance
+        } else {
+            nft::Placement::Host
+        };
+        nft::export_profiles(catalog, placement, &roles, &profiles, &mgmt)
+    } else {
+        nft::export(catalog, &roles, &mgmt)
+    };
+    match exported {
+        Ok(text) => {
+            print!("{text}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("portguard catalog export: {e}");
+            exit::USAGE
+        }
+    }
+}
