@@ -6,6 +6,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod media;
+
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "portguard";
 /// Name of the TC egress program that records the host's own flows.
@@ -36,10 +38,16 @@ pub mod map_names {
     pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
     pub const RECENT_ANSWERS: &str = "RECENT_ANSWERS";
     pub const SEL_CACHE: &str = "SEL_CACHE";
+    /// Per-source STUN budgets: not pinned, a new program starts every
+    /// source with a full bucket.
+    pub const STUN_BUDGET: &str = "STUN_BUDGET";
+    /// Per generation, one bit per UDP source port: the catalog's
+    /// amplification ports (`reflection_ports`).
+    pub const REFLECTION_PORTS: &str = "REFLECTION_PORTS";
     /// The program's maps that are not pinned (every other one is in `ALL`).
-    pub const UNPINNED: [&str; 3] = [RECENT_FLOWS, RECENT_ANSWERS, SEL_CACHE];
+    pub const UNPINNED: [&str; 4] = [RECENT_FLOWS, RECENT_ANSWERS, SEL_CACHE, STUN_BUDGET];
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         CONFIG,
         PORT_BLOCKS,
         COUNTERS,
@@ -55,6 +63,7 @@ pub mod map_names {
         EVENTS,
         EVENT_CONFIG,
         EVENT_BUDGET,
+        REFLECTION_PORTS,
     ];
 }
 
@@ -168,6 +177,11 @@ pub const FLAG_TRACE: u32 = 1 << 3;
 /// leg the packet arrived on), the lockout guard covers only the
 /// appliance's own addresses, and counters are kept per leg.
 pub const FLAG_APPLIANCE: u32 = 1 << 4;
+/// `run --media-check monitor`: a datagram a media rule refuses
+/// (`not_media`, `reflection`, `rate_limited`) passes, counted as
+/// `would_drop`, even in enforce mode. (`--media-check off` compiles the
+/// rules without their media flag: no cost at all.)
+pub const FLAG_MEDIA_MONITOR: u32 = 1 << 5;
 
 /// Most interfaces (legs) one instance guards; `COUNTERS` has one full set
 /// of entries per leg.
@@ -277,6 +291,14 @@ pub struct Config {
     /// First fragments one source prefix may have remembered in `FRAGMENTS`
     /// per `FLOW_SHARE_WINDOW_S`. 0 = no limit.
     pub fragment_share: u32,
+    /// The STUN budget of a source prefix (an IPv4 address, an IPv6 /64):
+    /// microseconds of credit one request costs (`media::cost_us`; 0 = no
+    /// limit) and the bucket's room, in requests.
+    pub stun_source_cost_us: u32,
+    pub stun_source_burst: u32,
+    /// The same for a subnet (an IPv4 /16, an IPv6 /48).
+    pub stun_net_cost_us: u32,
+    pub stun_net_burst: u32,
 }
 
 /// Value of the `PROFILES` LPM trie: the address's profile in each generation,
@@ -561,9 +583,15 @@ pub enum Reason {
     ProtoNotAllowed = 14,
     IcmpType = 15,
     NoProfile = 16,
+    // Media rules' refusals (docs/packet-policy.md, "Media payload"). They
+    // are counted per media rule (`media_counter_index`), not in the reason
+    // entries, which stay zero for them.
+    NotMedia = 17,
+    Reflection = 18,
+    RateLimited = 19,
 }
 
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 20;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -584,6 +612,9 @@ impl Reason {
         Reason::ProtoNotAllowed,
         Reason::IcmpType,
         Reason::NoProfile,
+        Reason::NotMedia,
+        Reason::Reflection,
+        Reason::RateLimited,
     ];
 
     /// The label used in metrics and stats.
@@ -606,6 +637,9 @@ impl Reason {
             Reason::ProtoNotAllowed => "proto_not_allowed",
             Reason::IcmpType => "icmp_type",
             Reason::NoProfile => "no_profile",
+            Reason::NotMedia => "not_media",
+            Reason::Reflection => "reflection",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -649,9 +683,51 @@ pub const PCLASS_COUNT: u32 = 4;
 pub const PCLASS_NAMES: [&str; PCLASS_COUNT as usize] = ["tcp", "udp", "icmp", "other"];
 
 /// `COUNTERS` layout: `[0, MAX_RULE_SLOTS)` are rule slots (their passes),
-/// then one entry per (reason, verdict, protocol class).
+/// then one entry per (reason, verdict, protocol class), then one per media
+/// rule for its passes, then `media::MEDIA_REFUSALS` * 2 per media rule for
+/// its refusals (drop, would_drop): passes and refusals apart, so that the
+/// packet path tells a refusal by one compare.
 pub const REASON_COUNTER_BASE: u32 = MAX_RULE_SLOTS;
-pub const COUNTER_ENTRIES: u32 = REASON_COUNTER_BASE + REASON_COUNT * VERDICT_COUNT * PCLASS_COUNT;
+pub const MEDIA_PASS_BASE: u32 = REASON_COUNTER_BASE + REASON_COUNT * VERDICT_COUNT * PCLASS_COUNT;
+pub const MEDIA_REFUSAL_BASE: u32 = MEDIA_PASS_BASE + media::MAX_MEDIA_RULES;
+pub const COUNTER_ENTRIES: u32 =
+    MEDIA_REFUSAL_BASE + media::MAX_MEDIA_RULES * media::MEDIA_REFUSALS * 2;
+
+/// The counter of media rule `index`'s passes.
+#[inline(always)]
+pub const fn media_pass_counter(index: u32) -> u32 {
+    MEDIA_PASS_BASE + index
+}
+
+/// The counter of media rule `index`'s refusals for `refusal`, as a drop
+/// or (`would_drop`) a pass that enforce mode would drop.
+#[inline(always)]
+pub const fn media_refusal_counter(index: u32, refusal: u32, would_drop: bool) -> u32 {
+    MEDIA_REFUSAL_BASE + (index * media::MEDIA_REFUSALS + refusal) * 2 + would_drop as u32
+}
+
+/// Inverse of the media counters: (media index, verdict, reason); the
+/// reason is `None` for passes.
+pub const fn decode_media_counter(index: u32) -> Option<(u32, Verdict, Option<Reason>)> {
+    if index < MEDIA_PASS_BASE || index >= COUNTER_ENTRIES {
+        return None;
+    }
+    if index < MEDIA_REFUSAL_BASE {
+        return Some((index - MEDIA_PASS_BASE, Verdict::Pass, None));
+    }
+    let off = index - MEDIA_REFUSAL_BASE;
+    let verdict = if off % 2 == 0 {
+        Verdict::Drop
+    } else {
+        Verdict::WouldDrop
+    };
+    let reason = match (off / 2) % media::MEDIA_REFUSALS {
+        0 => Reason::NotMedia,
+        1 => Reason::Reflection,
+        _ => Reason::RateLimited,
+    };
+    Some((off / 2 / media::MEDIA_REFUSALS, verdict, Some(reason)))
+}
 /// `COUNTERS` holds one set of `COUNTER_ENTRIES` per leg: leg l's entry for
 /// counter c is at `l * COUNTER_ENTRIES + c`.
 pub const COUNTER_MAP_ENTRIES: u32 = MAX_LEGS * COUNTER_ENTRIES;
@@ -663,7 +739,7 @@ pub const fn reason_counter_index(reason: u32, verdict: u32, pclass: u32) -> u32
 
 /// Inverse of [`reason_counter_index`] for userspace readers.
 pub const fn decode_reason_counter(index: u32) -> Option<(Reason, u32, u32)> {
-    if index < REASON_COUNTER_BASE || index >= COUNTER_ENTRIES {
+    if index < REASON_COUNTER_BASE || index >= MEDIA_PASS_BASE {
         return None;
     }
     let off = index - REASON_COUNTER_BASE;
@@ -788,6 +864,7 @@ mod user {
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for RecentFlow {}
     unsafe impl aya::Pod for SelCacheEntry {}
+    unsafe impl aya::Pod for media::StunBucket {}
 }
 
 #[cfg(test)]
@@ -808,7 +885,27 @@ mod tests {
             }
         }
         assert_eq!(decode_reason_counter(REASON_COUNTER_BASE - 1), None);
-        assert_eq!(decode_reason_counter(COUNTER_ENTRIES), None);
+        assert_eq!(decode_reason_counter(MEDIA_PASS_BASE), None);
+        for index in [0, 7, media::MAX_MEDIA_RULES - 1] {
+            assert_eq!(
+                decode_media_counter(media_pass_counter(index)),
+                Some((index, Verdict::Pass, None))
+            );
+            for (r, reason) in [Reason::NotMedia, Reason::Reflection, Reason::RateLimited]
+                .into_iter()
+                .enumerate()
+            {
+                for (would, verdict) in [(false, Verdict::Drop), (true, Verdict::WouldDrop)] {
+                    let c = media_refusal_counter(index, r as u32, would);
+                    assert_eq!(
+                        decode_media_counter(c),
+                        Some((index, verdict, Some(reason))),
+                        "media rule {index}, {reason:?}, would_drop {would}"
+                    );
+                }
+            }
+        }
+        assert_eq!(decode_media_counter(COUNTER_ENTRIES), None);
     }
 
     #[test]
@@ -915,7 +1012,7 @@ mod tests {
     #[test]
     fn map_values_have_expected_sizes() {
         assert_eq!(size_of::<PortBlock>(), 8);
-        assert_eq!(size_of::<Config>(), 100);
+        assert_eq!(size_of::<Config>(), 116);
         assert_eq!(size_of::<ProfileSel>(), 24);
         assert_eq!(size_of::<FlowState>(), 16);
         assert_eq!(size_of::<ShareKey>(), 16);

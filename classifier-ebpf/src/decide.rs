@@ -8,14 +8,16 @@ use classifier_common::{
     FLAG_MONITOR, FlowKey, FragKey, FragVerdict, GenConfig, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP,
     PCLASS_UDP, PROFILE_NONE, PROTO_TCP, PROTO_UDP, Reason, SEL_CACHE_SLOTS, SHARE_FRAGMENTS,
     STAT_CONFIRMED_REFUSED, STAT_FRAGMENT_INSERTS, STAT_FRAGMENT_REFUSED, SelCacheEntry, ShareKey,
-    Verdict, essentials, fast_block_generation, fast_block_index, port_block_index,
-    reason_counter_index,
+    Verdict, essentials, fast_block_generation, fast_block_index,
+    media::{MEDIA_SLOT_FLAG, MediaRefusal},
+    port_block_index, reason_counter_index,
 };
 
 use crate::{
     events::{self, Hook},
     flows::{self, Answer, local_port_has_flows},
     maps::{FRAGMENTS, MGMT, PORT_BLOCKS, PROFILES, SEL_CACHE},
+    media::{self, Check},
     parse::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_ICMP,
         IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3, TCP_ACK, TCP_HLEN, TCP_SYN, UDP_HLEN,
@@ -127,10 +129,22 @@ pub(crate) fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
     }
     let slot = port_slot(fast_block_index(base, proto, dport), dport);
     if slot != 0 {
-        return Some(Outcome {
-            counter: slot as u32,
-            pass: true,
-        });
+        if slot & MEDIA_SLOT_FLAG == 0 {
+            return Some(Outcome {
+                counter: slot as u32,
+                pass: true,
+            });
+        }
+        // A media rule (UDP only). A refusal that may be an answer to a
+        // recorded flow, and a STUN request (its budget needs the source),
+        // are left to the full path.
+        return match media::check(&frame, fast_block_generation(base), l4, end, sport) {
+            Check::Pass => Some(media::pass(slot)),
+            Check::Refuse(r) if !local_port_has_flows(dport) => {
+                Some(media::refuse(slot, r, config))
+            }
+            _ => not_fast(),
+        };
     }
     // Not allowed by a rule: the management guard and the flow table need
     // the addresses, so a packet that may meet them is decided by the full
@@ -553,13 +567,28 @@ pub(crate) fn decide_ports(
     let appliance = config.flags & FLAG_APPLIANCE != 0;
 
     let dst = dst_sel(frame, l3, config);
+    // A media rule's refusal: counted only if the datagram answers no
+    // recorded flow (below).
+    let mut refused: Option<Outcome> = None;
     if dst.profile != PROFILE_NONE {
         let slot = rule_slot(dst.profile, config, DIR_INBOUND, proto, dport);
         if slot != 0 {
-            return Outcome {
-                counter: slot as u32,
-                pass: true,
-            };
+            if slot & MEDIA_SLOT_FLAG == 0 {
+                return Outcome {
+                    counter: slot as u32,
+                    pass: true,
+                };
+            }
+            match media::check(frame, config.generation, l3.l4, l3.end, sport) {
+                Check::Pass => return media::pass(slot),
+                Check::Budget => {
+                    if media::within_budget(&l3.src(frame), config) {
+                        return media::pass(slot);
+                    }
+                    refused = Some(media::refuse(slot, MediaRefusal::RateLimited, config));
+                }
+                Check::Refuse(r) => refused = Some(media::refuse(slot, r, config)),
+            }
         }
     }
     // Appliance mode: a packet from a profile's address meets that profile's
@@ -575,13 +604,26 @@ pub(crate) fn decide_ports(
             let epoch = config.gens[generation].sel_epoch;
             let src = lookup_sel(&l3.src(frame), generation, epoch, CacheHalf::Source);
             src_profile = src.profile;
-            if src_profile < 32 && outbound & (1 << src_profile) != 0 && src.leg == leg + 1 {
+            if refused.is_none()
+                && src_profile < 32
+                && outbound & (1 << src_profile) != 0
+                && src.leg == leg + 1
+            {
                 let slot = rule_slot(src_profile, config, DIR_OUTBOUND, proto, dport);
                 if slot != 0 {
-                    return Outcome {
-                        counter: slot as u32,
-                        pass: true,
-                    };
+                    if slot & MEDIA_SLOT_FLAG == 0 {
+                        return Outcome {
+                            counter: slot as u32,
+                            pass: true,
+                        };
+                    }
+                    // The profile's own traffic: its payload is checked,
+                    // but its STUN requests (it is the ICE agent or the
+                    // relay) take no budget.
+                    match media::check(frame, config.generation, l3.l4, l3.end, sport) {
+                        Check::Pass | Check::Budget => return media::pass(slot),
+                        Check::Refuse(r) => refused = Some(media::refuse(slot, r, config)),
+                    }
                 }
             }
         }
@@ -592,6 +634,7 @@ pub(crate) fn decide_ports(
     // catalog allows is counted under its rule. An appliance keeps itself
     // reachable, never a server behind it.
     if proto == PROTO_TCP
+        && refused.is_none()
         && is_mgmt_port(config, dport)
         && (!appliance || dst.local)
         && let Some(m) = MGMT.get(Key::new(128, l3.src(frame)))
@@ -634,6 +677,9 @@ pub(crate) fn decide_ports(
                 return pass(Reason::Established, pclass);
             }
         }
+    }
+    if let Some(outcome) = refused {
+        return outcome;
     }
     if dst.profile == PROFILE_NONE && src_profile == PROFILE_NONE {
         return deny(Reason::NoProfile, pclass, config);

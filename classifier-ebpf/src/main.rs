@@ -13,6 +13,7 @@ mod decide;
 mod events;
 mod flows;
 mod maps;
+mod media;
 mod parse;
 
 use aya_ebpf::{

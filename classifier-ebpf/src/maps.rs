@@ -13,6 +13,7 @@ use classifier_common::{
     FLOW_STAT_ENTRIES, FRAGMENT_ENTRIES, FlowKey, FlowState, FragKey, FragVerdict, LPM_ENTRIES,
     MgmtPorts, PORT_BLOCK_ENTRIES, PortBlock, ProfileSel, RECENT_FLOW_SLOTS, RecentFlow,
     SEL_CACHE_SLOTS, SelCacheEntry, Share, ShareKey,
+    media::{REFLECTION_ENTRIES_PER_GEN, STUN_BUDGET_ENTRIES, StunBucket},
 };
 
 #[map]
@@ -81,3 +82,13 @@ pub(crate) static RECENT_FLOWS: PerCpuArray<RecentFlow> =
 #[map]
 pub(crate) static RECENT_ANSWERS: PerCpuArray<RecentFlow> =
     PerCpuArray::with_max_entries(RECENT_FLOW_SLOTS, 0);
+/// The catalog's amplification source ports, one bit a port, one bitmap
+/// per generation (written with the port arrays, switched by the flip).
+#[map]
+pub(crate) static REFLECTION_PORTS: Array<u64> =
+    Array::with_max_entries(2 * REFLECTION_ENTRIES_PER_GEN, 0);
+/// STUN budgets of sources and subnets: an LRU of its own, so that a
+/// spoofed flood evicts only other budgets, never a flow.
+#[map]
+pub(crate) static STUN_BUDGET: LruHashMap<ShareKey, StunBucket> =
+    LruHashMap::with_max_entries(STUN_BUDGET_ENTRIES, 0);

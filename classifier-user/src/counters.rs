@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use classifier_common::{
     COUNTER_ENTRIES, Counter, PCLASS_NAMES, REASON_COUNT, VERDICT_COUNT, Verdict,
-    decode_reason_counter, reason_counter_index,
+    decode_media_counter, decode_reason_counter,
+    media::{MEDIA_INDEX_MASK, MEDIA_REFUSALS, MEDIA_SLOT_FLAG},
+    media_pass_counter, media_refusal_counter, reason_counter_index,
 };
 
 use crate::policy::SlotRegistry;
@@ -32,7 +34,20 @@ pub struct Snapshot {
 /// The counter indexes worth reading: every slot the registry knows and
 /// every reason entry.
 pub(crate) fn indices(registry: &SlotRegistry) -> Vec<u32> {
-    let mut v: Vec<u32> = registry.slots().keys().map(|s| u32::from(*s)).collect();
+    let mut v: Vec<u32> = Vec::new();
+    for &slot in registry.slots().keys() {
+        if slot & MEDIA_SLOT_FLAG == 0 {
+            v.push(u32::from(slot));
+            continue;
+        }
+        // A media rule: its passes and its refusals.
+        let index = u32::from(slot & MEDIA_INDEX_MASK);
+        v.push(media_pass_counter(index));
+        for refusal in 0..MEDIA_REFUSALS {
+            v.push(media_refusal_counter(index, refusal, false));
+            v.push(media_refusal_counter(index, refusal, true));
+        }
+    }
     for r in 0..REASON_COUNT {
         for verdict in 0..VERDICT_COUNT {
             for pclass in 0..PCLASS_NAMES.len() as u32 {
@@ -83,6 +98,22 @@ pub(crate) fn snapshot(registry: &SlotRegistry, raw: &[(u32, Counter)]) -> Snaps
             };
             add(snap.rows.entry(key).or_default(), c);
             if verdict != Verdict::Pass {
+                add(snap.drops.entry(reason.name()).or_default(), c);
+            }
+        } else if let Some((media, verdict, reason)) = decode_media_counter(*index) {
+            // A media rule's passes and refusals: under the rule, as any
+            // rule's passes are, and the refusals under their reason too.
+            let Some(rule) = registry.get(MEDIA_SLOT_FLAG | media as u16) else {
+                continue;
+            };
+            let key = RowKey {
+                role: rule.role.clone(),
+                service: rule.service.clone(),
+                proto: rule.proto.clone(),
+                verdict: verdict.name(),
+            };
+            add(snap.rows.entry(key).or_default(), c);
+            if let Some(reason) = reason {
                 add(snap.drops.entry(reason.name()).or_default(), c);
             }
         } else if let Some(rule) = u16::try_from(*index).ok().and_then(|s| registry.get(s)) {

@@ -11,13 +11,16 @@ use std::{
 };
 
 use classifier_common::{
-    Addr, BLOCKS_PER_PROTO, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR,
-    MAX_PROFILES, MAX_RULE_SLOTS, MGMT_PORTS, PORTS_PER_BLOCK, PROFILE_NONE, PROTO_COUNT,
-    PROTO_TCP, PROTO_UDP, PortBlock,
+    Addr, BLOCKS_PER_PROTO, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA,
+    FLAG_MEDIA_MONITOR, FLAG_MONITOR, MAX_PROFILES, MAX_RULE_SLOTS, MGMT_PORTS, PORTS_PER_BLOCK,
+    PROFILE_NONE, PROTO_COUNT, PROTO_TCP, PROTO_UDP, PortBlock,
+    media::{MAX_MEDIA_RULES, MEDIA_SLOT_FLAG},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, CatalogError, Direction, EffectiveRule, Protocol, assign_ports_in};
+use crate::catalog::{
+    Catalog, CatalogError, Direction, EffectiveRule, Payload, Protocol, assign_ports_in,
+};
 
 /// Roles whose rules open the audio/video media ranges: a host running one of
 /// them sits on a media path, where the server ports document's IPsec exception
@@ -34,6 +37,43 @@ pub enum PolicyError {
     TooManyProfiles,
     #[error("more than {} distinct rules; the counter table is full", MAX_RULE_SLOTS - 1)]
     TooManyRules,
+    #[error("more than {MAX_MEDIA_RULES} distinct `payload = \"media\"` rules; their counter table is full")]
+    TooManyMediaRules,
+}
+
+/// `run --media-check`: what the `payload = "media"` rules do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MediaCheck {
+    /// Refuse what is not media (the default).
+    #[default]
+    Enforce,
+    /// Count it as `would_drop` and let it pass, whatever `--mode` says.
+    Monitor,
+    /// No check: the rules compile as if they had no `payload` key.
+    Off,
+}
+
+/// `run --stun-rate`, `--stun-burst`, `--stun-net-rate`, `--stun-net-burst`:
+/// STUN requests a second and burst per source prefix (an IPv4 address, an
+/// IPv6 /64) and per subnet (an IPv4 /16, an IPv6 /48). 0 = no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StunBudget {
+    pub source_rate: u32,
+    pub source_burst: u32,
+    pub net_rate: u32,
+    pub net_burst: u32,
+}
+
+impl Default for StunBudget {
+    fn default() -> Self {
+        use classifier_common::media::*;
+        StunBudget {
+            source_rate: STUN_SOURCE_RATE_DEFAULT,
+            source_burst: STUN_SOURCE_BURST_DEFAULT,
+            net_rate: STUN_NET_RATE_DEFAULT,
+            net_burst: STUN_NET_BURST_DEFAULT,
+        }
+    }
 }
 
 /// An IPv4 or IPv6 prefix, stored as an IPv4-mapped IPv6 prefix.
@@ -221,6 +261,8 @@ pub struct PolicySpec {
     /// Appliance mode: every address configured on the box (kept current by
     /// the daemon from netlink).
     pub local_addrs: Vec<IpAddr>,
+    pub media_check: MediaCheck,
+    pub stun_budget: StunBudget,
     /// Appliance mode: the leg (its index in `--iface` order) each
     /// `--profile` prefix sits behind, from the kernel's route to it (kept
     /// current by the daemon). A profile's outbound rows apply only to
@@ -243,6 +285,9 @@ impl PolicySpec {
         }
         if self.appliance {
             f |= FLAG_APPLIANCE;
+        }
+        if self.media_check == MediaCheck::Monitor {
+            f |= FLAG_MEDIA_MONITOR;
         }
         f
     }
@@ -297,7 +342,10 @@ pub struct SlotRegistry {
 
 impl SlotRegistry {
     pub(crate) fn from_slots(slots: BTreeMap<u16, RuleKey>) -> Self {
-        let by_key = slots.iter().map(|(s, k)| (k.clone(), *s)).collect();
+        let by_key = slots
+            .range(..MEDIA_SLOT_FLAG)
+            .map(|(s, k)| (k.clone(), *s))
+            .collect();
         SlotRegistry { slots, by_key }
     }
 
@@ -305,12 +353,40 @@ impl SlotRegistry {
         if let Some(s) = self.by_key.get(key) {
             return Ok(*s);
         }
-        let next = self.slots.keys().next_back().map_or(1, |s| s + 1);
+        let next = self
+            .slots
+            .range(..MEDIA_SLOT_FLAG)
+            .next_back()
+            .map_or(1, |(s, _)| s + 1);
         if u32::from(next) >= MAX_RULE_SLOTS {
             return Err(PolicyError::TooManyRules);
         }
         self.slots.insert(next, key.clone());
         self.by_key.insert(key.clone(), next);
+        Ok(next)
+    }
+
+    /// The slot value of a `payload = "media"` rule's UDP ports:
+    /// `MEDIA_SLOT_FLAG` and its media index, kept in the same registry (and
+    /// state file) as the rule slots, above them.
+    pub(crate) fn media_slot_of(&mut self, key: &RuleKey) -> Result<u16, PolicyError> {
+        let found = self
+            .slots
+            .range(MEDIA_SLOT_FLAG..)
+            .find(|(_, k)| *k == key)
+            .map(|(s, _)| *s);
+        if let Some(s) = found {
+            return Ok(s);
+        }
+        let next = self
+            .slots
+            .range(MEDIA_SLOT_FLAG..)
+            .next_back()
+            .map_or(MEDIA_SLOT_FLAG, |(s, _)| s + 1);
+        if u32::from(next - MEDIA_SLOT_FLAG) >= MAX_MEDIA_RULES {
+            return Err(PolicyError::TooManyMediaRules);
+        }
+        self.slots.insert(next, key.clone());
         Ok(next)
     }
 
@@ -375,6 +451,9 @@ pub struct CompiledPolicy {
     pub(crate) mgmt_ports: [u16; MGMT_PORTS],
     /// Rules per role, for the `portguard_catalog_rules` gauge.
     pub(crate) rules_per_role: BTreeMap<String, usize>,
+    /// The catalog's `reflection_ports`.
+    pub(crate) reflection_ports: Vec<u16>,
+    pub(crate) stun_budget: StunBudget,
 }
 
 pub fn compile(
@@ -475,9 +554,10 @@ pub fn compile(
         // they are its own connections, whose replies the egress flow
         // recorder lets back in, and opening their ports inbound would let
         // in unsolicited packets.
-        let blocks = port_blocks(&rules, Direction::Inbound, registry)?;
+        let media = spec.media_check != MediaCheck::Off;
+        let blocks = port_blocks(&rules, Direction::Inbound, media, registry)?;
         let (outbound, has_outbound) = if spec.appliance {
-            let b = port_blocks(&rules, Direction::Outbound, registry)?;
+            let b = port_blocks(&rules, Direction::Outbound, media, registry)?;
             let any = b.iter().any(|x| x.slots.iter().any(|&s| s != 0));
             (b, any)
         } else {
@@ -519,22 +599,29 @@ pub fn compile(
         mgmt: fold_mgmt(&spec.mgmt)?,
         mgmt_ports: mgmt_ports(&spec.mgmt)?,
         rules_per_role,
+        reflection_ports: catalog.reflection_ports.clone(),
+        stun_budget: spec.stun_budget,
     })
 }
 
 /// One direction's port arrays of a profile, each port holding the slot of
-/// the rule that owns it.
+/// the rule that owns it; with `media`, a `payload = "media"` rule's UDP
+/// ports hold its media slot instead, which the packet path checks.
 fn port_blocks(
     rules: &[EffectiveRule],
     direction: Direction,
+    media: bool,
     registry: &mut SlotRegistry,
 ) -> Result<Vec<PortBlock>, PolicyError> {
     let mut blocks = vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize];
     for a in assign_ports_in(rules, direction) {
-        let slot = registry.slot_of(&RuleKey::of(&rules[a.rule]))?;
-        let proto = match a.protocol {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
+        let rule = &rules[a.rule];
+        let (slot, proto) = match a.protocol {
+            Protocol::Tcp => (registry.slot_of(&RuleKey::of(rule))?, PROTO_TCP),
+            Protocol::Udp if media && rule.payload == Payload::Media => {
+                (registry.media_slot_of(&RuleKey::of(rule))?, PROTO_UDP)
+            }
+            Protocol::Udp => (registry.slot_of(&RuleKey::of(rule))?, PROTO_UDP),
         };
         for port in a.start..=a.end {
             let idx = proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK;

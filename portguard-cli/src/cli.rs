@@ -157,6 +157,36 @@ pub struct RunArgs {
     #[arg(long, default_value_t = classifier_common::FRAGMENT_ENTRIES, value_name = "N",
           value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
     pub fragments: u32,
+    /// What the catalog's `payload = "media"` rules do with a UDP datagram
+    /// that is not media, comes from an amplification source port or is a
+    /// STUN request over its budget: `enforce` drops it, `monitor` passes
+    /// it counted as would_drop (whatever --mode says), `off` does not look.
+    #[arg(long, value_enum, default_value_t = MediaCheck::Enforce, value_name = "MODE")]
+    pub media_check: MediaCheck,
+    /// New STUN requests (Binding, Allocate) per second one source (an IPv4
+    /// address, an IPv6 /64) may send to a media rule; 0: no limit.
+    #[arg(long, default_value_t = classifier_common::media::STUN_SOURCE_RATE_DEFAULT, value_name = "N")]
+    pub stun_rate: u32,
+    /// Requests one source may send at once above --stun-rate.
+    #[arg(long, default_value_t = classifier_common::media::STUN_SOURCE_BURST_DEFAULT, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub stun_burst: u32,
+    /// The same budget for a whole subnet (an IPv4 /16, an IPv6 /48): what a
+    /// flood spoofed across one subnet gets; 0: no limit.
+    #[arg(long, default_value_t = classifier_common::media::STUN_NET_RATE_DEFAULT, value_name = "N")]
+    pub stun_net_rate: u32,
+    /// Requests one subnet may send at once above --stun-net-rate.
+    #[arg(long, default_value_t = classifier_common::media::STUN_NET_BURST_DEFAULT, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub stun_net_burst: u32,
+}
+
+/// `run --media-check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MediaCheck {
+    Enforce,
+    Monitor,
+    Off,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {

@@ -49,6 +49,41 @@ impl fmt::Display for MatchSide {
     }
 }
 
+/// What a rule's UDP datagrams may carry (`payload` in the catalog).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Payload {
+    /// Anything: the port decides.
+    #[default]
+    Any,
+    /// Media only (RFC 7983/9443 and the Microsoft variants): a UDP
+    /// datagram that is not is refused as `not_media`, one from an
+    /// amplification source port as `reflection`, a STUN request over its
+    /// source's budget as `rate_limited` (docs/packet-policy.md). TCP is
+    /// not checked.
+    Media,
+}
+
+impl Payload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Payload::Any => "any",
+            Payload::Media => "media",
+        }
+    }
+
+    pub(crate) fn from_word(word: &str) -> Option<Payload> {
+        [Payload::Any, Payload::Media]
+            .into_iter()
+            .find(|p| p.as_str() == word)
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which address of a packet is the role's, for a rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -353,6 +388,8 @@ pub struct Rule {
     /// `inbound` unless the rule says otherwise.
     pub direction: Direction,
     pub media: bool,
+    /// What its UDP datagrams may carry.
+    pub payload: Payload,
     /// The line of the rule's `[[rule]]` header.
     pub(crate) line: usize,
 }
@@ -373,6 +410,7 @@ impl Rule {
             note: self.note.clone(),
             line: self.line,
             media: self.media,
+            payload: self.payload,
         })
     }
 }
@@ -399,6 +437,10 @@ pub struct Catalog {
     pub ipsec: Vec<IpsecException>,
     /// The range media rules use (inclusive).
     pub client_media: (u16, u16),
+    /// UDP source ports whose datagrams to a `payload = "media"` rule are
+    /// reflection (amplification) answers unless they answer a recorded
+    /// flow: `[settings] reflection_ports`, sorted, no duplicates.
+    pub reflection_ports: Vec<u16>,
 }
 
 /// A rule for one protocol, as a host running some roles sees it.
@@ -417,6 +459,7 @@ pub struct EffectiveRule {
     pub note: String,
     pub line: usize,
     pub media: bool,
+    pub payload: Payload,
 }
 
 impl EffectiveRule {

@@ -16,8 +16,8 @@ use toml::Spanned;
 use super::{
     MIN_CLIENT_MEDIA_PORTS,
     model::{
-        Catalog, CatalogError, Diagnostic, Direction, IpsecException, MatchSide, Protocol, RoleDef,
-        Rule, SeedTable, Severity, ports_text,
+        Catalog, CatalogError, Diagnostic, Direction, IpsecException, MatchSide, Payload,
+        Protocol, RoleDef, Rule, SeedTable, Severity, ports_text,
     },
 };
 
@@ -41,6 +41,7 @@ struct RawCatalog {
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     client_media_ports: Option<Spanned<toml::Value>>,
+    reflection_ports: Option<Spanned<Vec<Spanned<toml::Value>>>>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +70,7 @@ struct RawRule {
     side: Option<Spanned<String>>,
     direction: Option<Spanned<String>>,
     media: Option<Spanned<bool>>,
+    payload: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -311,7 +313,27 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic
         roles,
         ipsec,
         client_media: (1024, 65535),
+        reflection_ports: Vec::new(),
     };
+    if let Some(ports) = raw.settings.as_ref().and_then(|s| s.reflection_ports.as_ref()) {
+        for p in ports.get_ref() {
+            match p.get_ref().as_integer() {
+                Some(n @ 1..=65_535) => catalog.reflection_ports.push(n as u16),
+                Some(n) => d.error(
+                    &p.span(),
+                    format!("port {n} is out of range (ports are 1-65535)"),
+                    Some("reflection_ports is a list of UDP source ports, e.g. [53, 123]".into()),
+                ),
+                None => d.error(
+                    &p.span(),
+                    format!("a {} is not a port", p.get_ref().type_str()),
+                    Some("reflection_ports is a list of UDP source ports, e.g. [53, 123]".into()),
+                ),
+            }
+        }
+        catalog.reflection_ports.sort_unstable();
+        catalog.reflection_ports.dedup();
+    }
     let media_setting = raw
         .settings
         .as_ref()
@@ -618,6 +640,36 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], roles: &[RoleDef]
                 Some("drop `match = \"source\"` or `media = true`".into()),
             );
         }
+        let payload = match &r.payload {
+            None => Payload::Any,
+            Some(word) => match Payload::from_word(word.get_ref()) {
+                Some(Payload::Media) if !protocols.contains(&Protocol::Udp) => {
+                    d.error(
+                        &word.span(),
+                        "`payload = \"media\"` checks UDP datagrams; this rule has no UDP",
+                        Some("drop the key, or give the rule `protocol = \"udp\"` or `\"both\"`".into()),
+                    );
+                    Payload::Any
+                }
+                Some(Payload::Media) if side == MatchSide::Source => {
+                    d.error(
+                        &word.span(),
+                        "a `payload = \"media\"` rule matches the destination port",
+                        Some("drop `match = \"source\"` or the payload key".into()),
+                    );
+                    Payload::Any
+                }
+                Some(payload) => payload,
+                None => {
+                    d.error(
+                        &word.span(),
+                        format!("unknown payload `{}`", word.get_ref()),
+                        Some("expected `media` or `any`".into()),
+                    );
+                    Payload::Any
+                }
+            },
+        };
         if d.errors > errors_before {
             continue;
         }
@@ -671,6 +723,7 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], roles: &[RoleDef]
             side,
             direction,
             media,
+            payload,
             line,
         });
     }

@@ -10,7 +10,7 @@ use super::RunError;
 use crate::{
     iface,
     loader::{AttachMode, FlowLimits},
-    policy::{Mgmt, PolicySpec, ProfileArg},
+    policy::{MediaCheck, Mgmt, PolicySpec, ProfileArg, StunBudget},
 };
 
 /// An instance's settings: one field per `run` flag (docs/cli.md).
@@ -48,6 +48,10 @@ pub struct Options {
     pub events_rate: u32,
     pub events_pass: bool,
     pub flow_limits: FlowLimits,
+    /// What the `payload = "media"` rules do.
+    pub media_check: MediaCheck,
+    /// STUN requests per source and per subnet to a media rule.
+    pub stun_budget: StunBudget,
 }
 
 impl Options {
@@ -85,6 +89,8 @@ impl Options {
                 Vec::new()
             },
             profile_legs: BTreeMap::new(),
+            media_check: self.media_check,
+            stun_budget: self.stun_budget,
         }
     }
 
@@ -199,6 +205,8 @@ mod tests {
             events_rate: classifier_common::EVENT_RATE_DEFAULT,
             events_pass: false,
             flow_limits: FlowLimits::default(),
+            media_check: MediaCheck::default(),
+            stun_budget: StunBudget::default(),
         }
     }
 

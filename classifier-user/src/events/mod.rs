@@ -234,7 +234,8 @@ async fn read_ring(
             let e: Event = bytemuck::pod_read_unaligned(&item[..size_of::<Event>()]);
             drop(item);
             // A rule slot added by a reload: the state file names it.
-            if e.reason == classifier_common::EVENT_REASON_RULE
+            if (e.reason == classifier_common::EVENT_REASON_RULE
+                || e.slot & u32::from(classifier_common::media::MEDIA_SLOT_FLAG) != 0)
                 && u16::try_from(e.slot).is_ok_and(|s| registry.get(s).is_none())
                 && registry_at.elapsed() > Duration::from_secs(1)
             {

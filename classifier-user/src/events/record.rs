@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use classifier_common::{
     EVENT_REASON_FLOW_REFUSED, EVENT_REASON_RULE, Event, Reason, STAT_CONFIRMED_REFUSED,
-    STAT_FRAGMENT_REFUSED, STAT_NEW_REFUSED, Verdict,
+    STAT_FRAGMENT_REFUSED, STAT_NEW_REFUSED, Verdict, media::MEDIA_SLOT_FLAG,
 };
 use etherparse::{LaxPacketHeaders, LaxPayloadSlice, LinkHeader, NetHeaders, TransportHeader};
 use serde::{Deserialize, Serialize};
@@ -205,12 +205,16 @@ pub(crate) fn decode_parsed(
             None => ("rule".to_string(), None, None),
         }
     } else {
+        // A media rule's refusal names its rule too (`slot`, flagged).
+        let rule = (e.slot & u32::from(MEDIA_SLOT_FLAG) != 0)
+            .then(|| u16::try_from(e.slot).ok().and_then(|s| registry.get(s)))
+            .flatten();
         (
             Reason::from_index(e.reason)
                 .map_or("unknown", Reason::name)
                 .to_string(),
-            None,
-            None,
+            rule.map(|k| k.role.clone()),
+            rule.map(|k| k.service.clone()),
         )
     };
     let mut hex = String::with_capacity(2 * frame.len());

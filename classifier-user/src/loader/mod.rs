@@ -21,6 +21,7 @@ use aya::{
     },
 };
 use classifier_common::{
+    media,
     BLOCKS_PER_PROTO, COUNTER_MAP_ENTRIES, Config, Counter, DIRECTIONS, EventBudget, EventConfig,
     FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLOW_ENTRIES, FLOW_NEW_ENTRIES,
     FLOW_SHARE_DEFAULT, FRAGMENT_ENTRIES, FRAGMENT_SHARE_DEFAULT, GenConfig, MAX_LEGS, MgmtPorts,
@@ -268,6 +269,27 @@ impl Classifier {
             .map_err(map_err(map_names::CONFIG))
     }
 
+    /// Generation `generation`'s bitmap of the catalog's reflection ports
+    /// (the one the packet path does not read yet).
+    fn write_reflection_ports(
+        &mut self,
+        policy: &CompiledPolicy,
+        generation: u32,
+    ) -> Result<(), LoadError> {
+        let mut words = vec![0u64; media::REFLECTION_ENTRIES_PER_GEN as usize];
+        for &port in &policy.reflection_ports {
+            let (index, bit) = media::reflection_index(0, port);
+            words[index as usize] |= bit;
+        }
+        let mut map = self.array::<u64>(map_names::REFLECTION_PORTS)?;
+        let base = generation * media::REFLECTION_ENTRIES_PER_GEN;
+        for (i, word) in words.into_iter().enumerate() {
+            map.set(base + i as u32, word, 0)
+                .map_err(map_err(map_names::REFLECTION_PORTS))?;
+        }
+        Ok(())
+    }
+
     /// Writes `policy` into the generation the packet path does not read, then
     /// flips to it. The packet path sees the old policy or the new one, never
     /// a mixture. Returns the generation now in force.
@@ -307,6 +329,7 @@ impl Classifier {
 
         self.write_profiles(policy, active, next)?;
         self.write_mgmt(policy)?;
+        self.write_reflection_ports(policy, next)?;
 
         config.flags = policy.flags | (config.flags & KEPT_FLAGS);
         config.gens[next as usize] = GenConfig {
@@ -318,6 +341,11 @@ impl Classifier {
             sel_epoch: next_sel_epoch(&config.gens),
         };
         config.mgmt_ports = policy.mgmt_ports;
+        let stun = policy.stun_budget;
+        config.stun_source_cost_us = media::cost_us(stun.source_rate);
+        config.stun_source_burst = stun.source_burst.max(1);
+        config.stun_net_cost_us = media::cost_us(stun.net_rate);
+        config.stun_net_burst = stun.net_burst.max(1);
         // First write the new generation's settings while the old one is in force…
         self.set_config(&config)?;
         // …then the flip: the packet path reads one of these two words once

@@ -8,9 +8,10 @@ use portguard::{
     daemon::{Daemon, Options},
     exit,
     loader::{AttachMode, FlowLimits},
+    policy::{self, StunBudget},
 };
 
-use crate::cli::{Mode, RunArgs, XdpMode};
+use crate::cli::{MediaCheck, Mode, RunArgs, XdpMode};
 
 /// The daemon's options as the flags give them.
 fn options(args: RunArgs) -> Options {
@@ -43,6 +44,17 @@ fn options(args: RunArgs) -> Options {
             fragments: args.fragments,
             flow_share: args.flow_share.unwrap_or(args.flows_unconfirmed / 8),
             fragment_share: args.fragments / 8,
+        },
+        media_check: match args.media_check {
+            MediaCheck::Enforce => policy::MediaCheck::Enforce,
+            MediaCheck::Monitor => policy::MediaCheck::Monitor,
+            MediaCheck::Off => policy::MediaCheck::Off,
+        },
+        stun_budget: StunBudget {
+            source_rate: args.stun_rate,
+            source_burst: args.stun_burst,
+            net_rate: args.stun_net_rate,
+            net_burst: args.stun_net_burst,
         },
         ifaces: args.iface,
     }
