@@ -567,9 +567,6 @@ pub(crate) fn decide_ports(
     let appliance = config.flags & FLAG_APPLIANCE != 0;
 
     let dst = dst_sel(frame, l3, config);
-    // A media rule's refusal: counted only if the datagram answers no
-    // recorded flow (below).
-    let mut refused: Option<Outcome> = None;
     if dst.profile != PROFILE_NONE {
         let slot = rule_slot(dst.profile, config, DIR_INBOUND, proto, dport);
         if slot != 0 {
@@ -579,16 +576,14 @@ pub(crate) fn decide_ports(
                     pass: true,
                 };
             }
-            match media::check(frame, config.generation, l3.l4, l3.end, sport) {
-                Check::Pass => return media::pass(slot),
-                Check::Budget => {
-                    if media::within_budget(&l3.src(frame), config) {
-                        return media::pass(slot);
-                    }
-                    refused = Some(media::refuse(slot, MediaRefusal::RateLimited, config));
-                }
-                Check::Refuse(r) => refused = Some(media::refuse(slot, r, config)),
-            }
+            let call = MediaCall {
+                leg,
+                slot,
+                sport,
+                dport,
+                budget: true,
+            };
+            return media_rule(frame, l3, config, &call);
         }
     }
     // Appliance mode: a packet from a profile's address meets that profile's
@@ -604,11 +599,7 @@ pub(crate) fn decide_ports(
             let epoch = config.gens[generation].sel_epoch;
             let src = lookup_sel(&l3.src(frame), generation, epoch, CacheHalf::Source);
             src_profile = src.profile;
-            if refused.is_none()
-                && src_profile < 32
-                && outbound & (1 << src_profile) != 0
-                && src.leg == leg + 1
-            {
+            if src_profile < 32 && outbound & (1 << src_profile) != 0 && src.leg == leg + 1 {
                 let slot = rule_slot(src_profile, config, DIR_OUTBOUND, proto, dport);
                 if slot != 0 {
                     if slot & MEDIA_SLOT_FLAG == 0 {
@@ -620,10 +611,14 @@ pub(crate) fn decide_ports(
                     // The profile's own traffic: its payload is checked,
                     // but its STUN requests (it is the ICE agent or the
                     // relay) take no budget.
-                    match media::check(frame, config.generation, l3.l4, l3.end, sport) {
-                        Check::Pass | Check::Budget => return media::pass(slot),
-                        Check::Refuse(r) => refused = Some(media::refuse(slot, r, config)),
-                    }
+                    let call = MediaCall {
+                        leg,
+                        slot,
+                        sport,
+                        dport,
+                        budget: false,
+                    };
+                    return media_rule(frame, l3, config, &call);
                 }
             }
         }
@@ -634,7 +629,6 @@ pub(crate) fn decide_ports(
     // catalog allows is counted under its rule. An appliance keeps itself
     // reachable, never a server behind it.
     if proto == PROTO_TCP
-        && refused.is_none()
         && is_mgmt_port(config, dport)
         && (!appliance || dst.local)
         && let Some(m) = MGMT.get(Key::new(128, l3.src(frame)))
@@ -678,9 +672,6 @@ pub(crate) fn decide_ports(
             }
         }
     }
-    if let Some(outcome) = refused {
-        return outcome;
-    }
     if dst.profile == PROFILE_NONE && src_profile == PROFILE_NONE {
         return deny(Reason::NoProfile, pclass, config);
     }
@@ -688,6 +679,67 @@ pub(crate) fn decide_ports(
         return ipsec(config, pclass);
     }
     deny(Reason::PortNotAllowed, pclass, config)
+}
+
+/// What [`media_rule`] needs besides the frame: a BPF call passes five
+/// registers and no more, so the rest go by one pointer to the stack.
+pub(crate) struct MediaCall {
+    pub(crate) leg: u32,
+    /// The rule's slot value (`MEDIA_SLOT_FLAG` and its media index).
+    pub(crate) slot: u16,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    /// Whether STUN requests take from the budget (inbound rows only).
+    pub(crate) budget: bool,
+}
+
+/// A UDP datagram on a media rule in the full path: its check, its budget,
+/// and for a refusal the flow tables, whose answers pass unchecked. Out of
+/// line: the check's branches and the refusal's flow lookup would otherwise
+/// multiply the paths the verifier walks through the rest of the decision.
+#[inline(always)]
+pub(crate) fn media_rule(frame: &Frame, l3: &L3, config: &Config, call: &MediaCall) -> Outcome {
+    let packed = media_rule_packed(frame, l3, config, call);
+    Outcome {
+        counter: packed as u32,
+        pass: packed >> 32 != 0,
+    }
+}
+
+/// [`media_rule`]'s body, its outcome packed into one register (counter,
+/// and `1 << 32` for a pass): BPF returns no struct in registers.
+#[inline(never)]
+fn media_rule_packed(frame: &Frame, l3: &L3, config: &Config, call: &MediaCall) -> u64 {
+    let pack = |o: Outcome| u64::from(o.counter) | u64::from(o.pass) << 32;
+    let slot = call.slot;
+    let refusal = match media::check(frame, config.generation, l3.l4, l3.end, call.sport) {
+        Check::Pass => return pack(media::pass(slot)),
+        Check::Budget => {
+            if !call.budget || media::within_budget(&l3.src(frame), config) {
+                return pack(media::pass(slot));
+            }
+            MediaRefusal::RateLimited
+        }
+        Check::Refuse(r) => r,
+    };
+    if local_port_has_flows(call.dport) {
+        let flow = FlowKey {
+            remote: l3.src(frame),
+            local: l3.dst(frame),
+            remote_port: call.sport,
+            local_port: call.dport,
+            proto: l3.proto,
+            leg: call.leg as u8,
+            pad: [0; 2],
+        };
+        match flows::answer(&flow, 0) {
+            Answer::No => {}
+            Answer::Yes | Answer::ConfirmationRefused => {
+                return pack(pass(Reason::Established, PCLASS_UDP));
+            }
+        }
+    }
+    pack(media::refuse(slot, refusal, config))
 }
 
 #[inline(always)]

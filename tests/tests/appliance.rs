@@ -128,6 +128,9 @@ impl Routed {
             "--profile", "198.18.73.10/32=av-edge-external",
             "--profile", "2001:db8:73::10/128=av-edge-external",
             "--xdp-mode", "native", "--metrics-addr", METRICS,
+            // Ports and flows are watched here; the datagrams carry counters,
+            // which the media rules' payload check (media.rs) would refuse.
+            "--media-check", "off",
         ];
         let d = Daemon::spawn(&self.appliance, &args, dir, name);
         let up = poll(Duration::from_secs(20), || {

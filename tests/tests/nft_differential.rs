@@ -196,7 +196,9 @@ fn packets_for(catalog: &Catalog, role: &str, seq: &mut u16) -> Vec<(String, Pac
         };
         let pkt = match proto {
             Protocol::Tcp => Packet::tcp(src, dst, sport, port),
-            Protocol::Udp => Packet::udp(src, dst, sport, port).payload(8),
+            // Media, so that the media rules' payload check passes it on
+            // both sides: the ports are compared here.
+            Protocol::Udp => Packet::udp(src, dst, sport, port).rtp(),
         };
         out.push((format!("{role} {proto:?} {port} ({src})"), pkt));
     }

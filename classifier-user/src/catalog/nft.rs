@@ -12,8 +12,8 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use super::model::{
-    Catalog, CatalogError, Diagnostic, Direction, MatchSide, MgmtAllowance, Protocol, Severity,
-    ports_text,
+    Catalog, CatalogError, Diagnostic, Direction, EffectiveRule, MatchSide, MgmtAllowance,
+    Payload, Protocol, Severity, ports_text,
 };
 
 pub fn export(
@@ -60,6 +60,14 @@ fn open_table(s: &mut String, catalog: &Catalog) {
     // Creating then deleting makes a reload replace the table atomically, whether it exists or not.
     s.push_str("table inet portguard\ndelete table inet portguard\n\n");
     s.push_str("table inet portguard {\n");
+    if !catalog.reflection_ports.is_empty() && catalog.rules.iter().any(|r| r.payload == Payload::Media) {
+        let ports: Vec<String> = catalog.reflection_ports.iter().map(u16::to_string).collect();
+        let _ = writeln!(
+            s,
+            "\tset reflection_ports {{\n\t\ttype inet_service\n\t\telements = {{ {} }}\n\t}}\n",
+            ports.join(", ")
+        );
+    }
 }
 
 /// `--profile CIDR=ROLE[,ROLE]` as the export sees it.
@@ -283,6 +291,12 @@ impl RoleChains {
             let chain = format!("role_{base}");
             let _ = writeln!(chains, "\tchain {chain} {{");
             let own = catalog.own_rules(role);
+            let media = media_block(&own);
+            if !media.is_empty() {
+                let set = format!("{base}_udp_media");
+                interval_set(&mut sets, &set, &media);
+                media_rules(&mut chains, catalog, &base, role);
+            }
             for proto in [Protocol::Tcp, Protocol::Udp] {
                 let ranges = merged(
                     own.iter()
@@ -290,6 +304,7 @@ impl RoleChains {
                             r.protocol == proto
                                 && r.side == MatchSide::Destination
                                 && r.direction == Direction::Inbound
+                                && !(proto == Protocol::Udp && r.payload == Payload::Media)
                         })
                         .map(|r| (r.port_start, r.port_end))
                         .collect(),
@@ -356,6 +371,80 @@ impl RoleChains {
         let chain = format!("out_{}", ident(role));
         self.out_jumps.contains(&chain).then_some(chain)
     }
+}
+
+/// The UDP ranges of a role's inbound `payload = "media"` rows.
+fn media_block(own: &[EffectiveRule]) -> Vec<(u16, u16)> {
+    merged(
+        own.iter()
+            .filter(|r| {
+                r.protocol == Protocol::Udp
+                    && r.payload == Payload::Media
+                    && r.side == MatchSide::Destination
+                    && r.direction == Direction::Inbound
+            })
+            .map(|r| (r.port_start, r.port_end))
+            .collect(),
+    )
+}
+
+/// The media check of a role's `<id>_udp_media` set, as nftables can say
+/// it (docs/packet-policy.md, "Media payload"): the reflection ports, the
+/// STUN budget (Binding, Shared Secret and Allocate requests: their first
+/// two bytes are 0x0001-0x0003) per source and per subnet with the default
+/// rates, then the first byte's RFC 7983 ranges. What it cannot say: the
+/// length fields and cookies behind the first byte (so it passes a little
+/// more than the XDP program), and the per-rule counters (one counter per
+/// reason and role here).
+fn media_rules(s: &mut String, catalog: &Catalog, base: &str, role: &str) {
+    use classifier_common::media::{
+        STUN_NET_BURST_DEFAULT, STUN_NET_RATE_DEFAULT, STUN_SOURCE_BURST_DEFAULT,
+        STUN_SOURCE_RATE_DEFAULT,
+    };
+    let set = format!("{base}_udp_media");
+    let _ = writeln!(
+        s,
+        "		# {role}: payload = \"media\" (the length and cookie checks behind the first byte are the XDP program's only)"
+    );
+    if !catalog.reflection_ports.is_empty() {
+        let _ = writeln!(
+            s,
+            "		udp dport @{set} udp sport @reflection_ports counter drop comment \"reflection\""
+        );
+    }
+    let budgets = [
+        ("stun4", "ip saddr", STUN_SOURCE_RATE_DEFAULT, STUN_SOURCE_BURST_DEFAULT),
+        (
+            "stun6",
+            "ip6 saddr and ffff:ffff:ffff:ffff::",
+            STUN_SOURCE_RATE_DEFAULT,
+            STUN_SOURCE_BURST_DEFAULT,
+        ),
+        ("stunnet4", "ip saddr and 255.255.0.0", STUN_NET_RATE_DEFAULT, STUN_NET_BURST_DEFAULT),
+        (
+            "stunnet6",
+            "ip6 saddr and ffff:ffff:ffff::",
+            STUN_NET_RATE_DEFAULT,
+            STUN_NET_BURST_DEFAULT,
+        ),
+    ];
+    for (meter, key, rate, burst) in budgets {
+        if rate == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "		udp dport @{set} @th,64,16 0x0001-0x0003 meter {meter}_{base} size 65535 {{ {key} limit rate over {rate}/second burst {burst} packets }} counter drop comment \"rate_limited\""
+        );
+    }
+    let _ = writeln!(
+        s,
+        "		udp dport @{set} @th,64,8 {{ 0-3, 16-25, 32-191, 255 }} counter accept comment \"{role} media\""
+    );
+    let _ = writeln!(
+        s,
+        "		udp dport @{set} counter drop comment \"not_media\""
+    );
 }
 
 fn interval_set(s: &mut String, name: &str, ranges: &[(u16, u16)]) {

@@ -132,6 +132,13 @@ impl Packet {
         self
     }
 
+    /// A 16-byte RTP version 2 datagram's payload (RFC 3550): media, which
+    /// a `payload = "media"` rule passes.
+    pub fn rtp(mut self) -> Self {
+        self.payload = vec![0x80, 0x00, 0, 1, 0, 0, 0, 160, 0x70, 0x67, 0x00, 0x01, 1, 2, 3, 4];
+        self
+    }
+
     pub fn payload(mut self, len: usize) -> Self {
         self.payload = (0..len).map(|i| i as u8).collect();
         self

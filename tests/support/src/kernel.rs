@@ -441,6 +441,15 @@ impl Kernel {
 
     /// A counter index in words: a reason entry or a rule.
     pub fn describe(&self, counter: u32) -> String {
+        if let Some((media, verdict, reason)) = classifier_common::decode_media_counter(counter) {
+            let slot = u32::from(classifier_common::media::MEDIA_SLOT_FLAG) | media;
+            return format!(
+                "media rule {} {}{}",
+                self.rule(slot).unwrap_or_else(|| format!("<media index {media}>")),
+                verdict.name(),
+                reason.map_or(String::new(), |r| format!(" {}", r.name()))
+            );
+        }
         match self.rule(counter) {
             Some(r) => format!("rule {r}"),
             None => crate::reference::describe(counter),

@@ -1,8 +1,11 @@
 //! The policies the tests share, as `PolicySpec`s: the lab's server (the
 //! same roles and media range the lab demo and the operations tests pass on
-//! the command line), a host in front of a pool, and one role alone.
+//! the command line), a host in front of a pool, and one role alone. They
+//! decide by port: the media rules' payload check is off in them (its
+//! tests, tests/tests/media.rs, turn it on), so that a frame's filler bytes
+//! do not decide its verdict.
 
-use portguard::policy::{Mgmt, PolicySpec};
+use portguard::policy::{MediaCheck, Mgmt, PolicySpec};
 
 /// The lab's server: `testkit::lab::ROLES` (front-end + client), client media
 /// narrowed to `testkit::lab::MEDIA` (50000-50019), SSH from anywhere.
@@ -15,6 +18,7 @@ pub fn lab_spec() -> PolicySpec {
         default_roles: Some(testkit::lab::ROLES.split(',').map(String::from).collect()),
         mgmt: Mgmt::defaults(),
         client_media: Some((start, end)),
+        media_check: MediaCheck::Off,
         ..PolicySpec::default()
     }
 }
@@ -25,6 +29,7 @@ pub fn role_spec(role: &str) -> PolicySpec {
     PolicySpec {
         default_roles: Some(vec![role.to_string()]),
         mgmt: Mgmt::defaults(),
+        media_check: MediaCheck::Off,
         ..PolicySpec::default()
     }
 }
@@ -50,6 +55,7 @@ pub fn profiles_spec() -> PolicySpec {
         ],
         mgmt,
         client_media: Some((50_000, 50_019)),
+        media_check: MediaCheck::Off,
         ..PolicySpec::default()
     }
 }

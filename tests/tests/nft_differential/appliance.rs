@@ -302,7 +302,8 @@ fn home(addr: IpAddr) -> Side {
 fn l4(proto: Protocol, src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Packet {
     match proto {
         Protocol::Tcp => Packet::tcp_flags(src, dst, sport, dport, flags),
-        Protocol::Udp => Packet::udp(src, dst, sport, dport).payload(8),
+        // Media, which the media rules' payload check passes on both sides.
+        Protocol::Udp => Packet::udp(src, dst, sport, dport).rtp(),
     }
 }
 

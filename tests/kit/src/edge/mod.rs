@@ -429,9 +429,20 @@ pub fn portguard_args() -> Vec<String> {
 }
 
 fn portguard_args_on(legs: Legs) -> Vec<String> {
-    let mut args: Vec<String> = ["run", "--iface", legs.ext, "--iface", legs.dmz]
-        .map(String::from)
-        .into();
+    // The edge lab's datagrams carry text, which the media rules' payload
+    // check (tests/tests/media.rs) would refuse: the lab watches ports and
+    // flows.
+    let mut args: Vec<String> = [
+        "run",
+        "--iface",
+        legs.ext,
+        "--iface",
+        legs.dmz,
+        "--media-check",
+        "off",
+    ]
+    .map(String::from)
+    .into();
     for family in FAMILIES {
         for (host, role) in PROFILES {
             let len = if family == Family::V4 { 32 } else { 128 };
