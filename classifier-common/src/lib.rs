@@ -10,6 +10,10 @@ pub mod media;
 
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "portguard";
+/// Name of the XDP program the packet path tail-calls for a media rule's
+/// datagram that is not plainly media (docs/packet-policy.md, "Media
+/// payload").
+pub const MEDIA_PROGRAM: &str = "portguard_media";
 /// Name of the TC egress program that records the host's own flows.
 pub const TC_EGRESS_PROGRAM: &str = "portguard_egress";
 
@@ -44,10 +48,23 @@ pub mod map_names {
     /// Per generation, one bit per UDP source port: the catalog's
     /// amplification ports (`reflection_ports`).
     pub const REFLECTION_PORTS: &str = "REFLECTION_PORTS";
+    /// Rule slot -> its media index + 1 (0: not a media rule).
+    pub const MEDIA_INDEX: &str = "MEDIA_INDEX";
+    /// The media program, for the XDP program's tail call; and what the
+    /// caller hands it (per CPU). A new program fills them afresh.
+    pub const MEDIA_PROG: &str = "MEDIA_PROG";
+    pub const MEDIA_SCRATCH: &str = "MEDIA_SCRATCH";
     /// The program's maps that are not pinned (every other one is in `ALL`).
-    pub const UNPINNED: [&str; 4] = [RECENT_FLOWS, RECENT_ANSWERS, SEL_CACHE, STUN_BUDGET];
+    pub const UNPINNED: [&str; 6] = [
+        RECENT_FLOWS,
+        RECENT_ANSWERS,
+        SEL_CACHE,
+        STUN_BUDGET,
+        MEDIA_PROG,
+        MEDIA_SCRATCH,
+    ];
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         PORT_BLOCKS,
         COUNTERS,
@@ -64,6 +81,7 @@ pub mod map_names {
         EVENT_CONFIG,
         EVENT_BUDGET,
         REFLECTION_PORTS,
+        MEDIA_INDEX,
     ];
 }
 
@@ -683,50 +701,53 @@ pub const PCLASS_COUNT: u32 = 4;
 pub const PCLASS_NAMES: [&str; PCLASS_COUNT as usize] = ["tcp", "udp", "icmp", "other"];
 
 /// `COUNTERS` layout: `[0, MAX_RULE_SLOTS)` are rule slots (their passes),
-/// then one entry per (reason, verdict, protocol class), then one per media
-/// rule for its passes, then `media::MEDIA_REFUSALS` * 2 per media rule for
-/// its refusals (drop, would_drop): passes and refusals apart, so that the
-/// packet path tells a refusal by one compare.
+/// then one entry per (reason, verdict, protocol class), the reasons
+/// followed by three pseudo-reasons per media rule (its `not_media`,
+/// `reflection` and `rate_limited` refusals, `media_reason`): the same
+/// arithmetic decodes both, so the packet path's counting and events need
+/// no case of their own for them.
 pub const REASON_COUNTER_BASE: u32 = MAX_RULE_SLOTS;
-pub const MEDIA_PASS_BASE: u32 = REASON_COUNTER_BASE + REASON_COUNT * VERDICT_COUNT * PCLASS_COUNT;
-pub const MEDIA_REFUSAL_BASE: u32 = MEDIA_PASS_BASE + media::MAX_MEDIA_RULES;
+/// Reasons and media pseudo-reasons.
+pub const COUNTED_REASONS: u32 = REASON_COUNT + media::MAX_MEDIA_RULES * media::MEDIA_REFUSALS;
 pub const COUNTER_ENTRIES: u32 =
-    MEDIA_REFUSAL_BASE + media::MAX_MEDIA_RULES * media::MEDIA_REFUSALS * 2;
+    REASON_COUNTER_BASE + COUNTED_REASONS * VERDICT_COUNT * PCLASS_COUNT;
 
-/// The counter of media rule `index`'s passes.
+/// The pseudo-reason of media rule `index`'s refusals for `refusal`.
 #[inline(always)]
-pub const fn media_pass_counter(index: u32) -> u32 {
-    MEDIA_PASS_BASE + index
+pub const fn media_reason(index: u32, refusal: u32) -> u32 {
+    REASON_COUNT + index * media::MEDIA_REFUSALS + refusal
 }
 
-/// The counter of media rule `index`'s refusals for `refusal`, as a drop
-/// or (`would_drop`) a pass that enforce mode would drop.
-#[inline(always)]
-pub const fn media_refusal_counter(index: u32, refusal: u32, would_drop: bool) -> u32 {
-    MEDIA_REFUSAL_BASE + (index * media::MEDIA_REFUSALS + refusal) * 2 + would_drop as u32
-}
-
-/// Inverse of the media counters: (media index, verdict, reason); the
-/// reason is `None` for passes.
-pub const fn decode_media_counter(index: u32) -> Option<(u32, Verdict, Option<Reason>)> {
-    if index < MEDIA_PASS_BASE || index >= COUNTER_ENTRIES {
+/// A pseudo-reason as (media index, the reason it stands for).
+pub const fn decode_media_reason(reason: u32) -> Option<(u32, Reason)> {
+    if reason < REASON_COUNT || reason >= COUNTED_REASONS {
         return None;
     }
-    if index < MEDIA_REFUSAL_BASE {
-        return Some((index - MEDIA_PASS_BASE, Verdict::Pass, None));
-    }
-    let off = index - MEDIA_REFUSAL_BASE;
-    let verdict = if off % 2 == 0 {
-        Verdict::Drop
-    } else {
-        Verdict::WouldDrop
-    };
-    let reason = match (off / 2) % media::MEDIA_REFUSALS {
+    let off = reason - REASON_COUNT;
+    let r = match off % media::MEDIA_REFUSALS {
         0 => Reason::NotMedia,
         1 => Reason::Reflection,
         _ => Reason::RateLimited,
     };
-    Some((off / 2 / media::MEDIA_REFUSALS, verdict, Some(reason)))
+    Some((off / media::MEDIA_REFUSALS, r))
+}
+
+/// A media refusal's counter as (media index, verdict, reason).
+pub const fn decode_media_counter(index: u32) -> Option<(u32, Verdict, Reason)> {
+    if index < REASON_COUNTER_BASE || index >= COUNTER_ENTRIES {
+        return None;
+    }
+    let off = index - REASON_COUNTER_BASE;
+    let rest = off / PCLASS_COUNT;
+    let verdict = match rest % VERDICT_COUNT {
+        0 => Verdict::Pass,
+        1 => Verdict::Drop,
+        _ => Verdict::WouldDrop,
+    };
+    match decode_media_reason(rest / VERDICT_COUNT) {
+        Some((media, reason)) => Some((media, verdict, reason)),
+        None => None,
+    }
 }
 /// `COUNTERS` holds one set of `COUNTER_ENTRIES` per leg: leg l's entry for
 /// counter c is at `l * COUNTER_ENTRIES + c`.
@@ -739,7 +760,7 @@ pub const fn reason_counter_index(reason: u32, verdict: u32, pclass: u32) -> u32
 
 /// Inverse of [`reason_counter_index`] for userspace readers.
 pub const fn decode_reason_counter(index: u32) -> Option<(Reason, u32, u32)> {
-    if index < REASON_COUNTER_BASE || index >= MEDIA_PASS_BASE {
+    if index < REASON_COUNTER_BASE || index >= COUNTER_ENTRIES {
         return None;
     }
     let off = index - REASON_COUNTER_BASE;
@@ -865,6 +886,7 @@ mod user {
     unsafe impl aya::Pod for RecentFlow {}
     unsafe impl aya::Pod for SelCacheEntry {}
     unsafe impl aya::Pod for media::StunBucket {}
+    unsafe impl aya::Pod for media::MediaScratch {}
 }
 
 #[cfg(test)]
@@ -885,27 +907,26 @@ mod tests {
             }
         }
         assert_eq!(decode_reason_counter(REASON_COUNTER_BASE - 1), None);
-        assert_eq!(decode_reason_counter(MEDIA_PASS_BASE), None);
         for index in [0, 7, media::MAX_MEDIA_RULES - 1] {
-            assert_eq!(
-                decode_media_counter(media_pass_counter(index)),
-                Some((index, Verdict::Pass, None))
-            );
             for (r, reason) in [Reason::NotMedia, Reason::Reflection, Reason::RateLimited]
                 .into_iter()
                 .enumerate()
             {
-                for (would, verdict) in [(false, Verdict::Drop), (true, Verdict::WouldDrop)] {
-                    let c = media_refusal_counter(index, r as u32, would);
+                let pseudo = media_reason(index, r as u32);
+                assert_eq!(decode_reason_counter(reason_counter_index(pseudo, 1, PCLASS_UDP)), None);
+                for verdict in [Verdict::Drop, Verdict::WouldDrop] {
+                    let c = reason_counter_index(pseudo, verdict as u32, PCLASS_UDP);
+                    assert!(c < COUNTER_ENTRIES, "media rule {index} fits COUNTERS");
                     assert_eq!(
                         decode_media_counter(c),
-                        Some((index, verdict, Some(reason))),
-                        "media rule {index}, {reason:?}, would_drop {would}"
+                        Some((index, verdict, reason)),
+                        "media rule {index}, {reason:?}, {verdict:?}"
                     );
                 }
             }
         }
         assert_eq!(decode_media_counter(COUNTER_ENTRIES), None);
+        assert_eq!(decode_media_counter(reason_counter_index(Reason::NoProfile as u32, 1, 1)), None);
     }
 
     #[test]
@@ -1013,6 +1034,7 @@ mod tests {
     fn map_values_have_expected_sizes() {
         assert_eq!(size_of::<PortBlock>(), 8);
         assert_eq!(size_of::<Config>(), 116);
+        assert_eq!(size_of::<media::MediaScratch>(), 32);
         assert_eq!(size_of::<ProfileSel>(), 24);
         assert_eq!(size_of::<FlowState>(), 16);
         assert_eq!(size_of::<ShareKey>(), 16);

@@ -200,17 +200,38 @@ pub enum MediaRefusal {
 
 pub const MEDIA_REFUSALS: u32 = 3;
 
-/// Media rules the counters have room for. A rule with `payload = "media"`
-/// gets a media index besides its slot; `PORT_BLOCKS` holds
-/// `MEDIA_SLOT_FLAG | index` for its UDP ports.
-pub const MAX_MEDIA_RULES: u32 = 256;
-/// Set in a `PORT_BLOCKS` slot value: the port belongs to a media rule, and
-/// the low bits are its media index, not its rule slot (rule slots stay
-/// under `MAX_RULE_SLOTS`, 2^14).
+/// Media rules the counters have room for: each has three pseudo-reasons
+/// (`crate::media_reason`), 36 `COUNTERS` entries per leg.
+pub const MAX_MEDIA_RULES: u32 = 64;
+/// Set in a `PORT_BLOCKS` slot value: the port belongs to a media rule. The
+/// low bits are its rule slot as for any rule (rule slots stay under
+/// `MAX_RULE_SLOTS`, 2^14), which counts its passes.
 pub const MEDIA_SLOT_FLAG: u16 = 1 << 15;
-/// The value mask of a media slot.
+/// The rule slot of a slot value.
 pub const MEDIA_INDEX_MASK: u16 = MEDIA_SLOT_FLAG - 1;
 
+/// What the XDP program hands the media program with the tail call (the
+/// per-CPU `MEDIA_SCRATCH`): where the headers are and what the rule is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MediaScratch {
+    /// The rule slot (without `MEDIA_SLOT_FLAG`).
+    pub slot: u32,
+    /// The leg the frame arrived on.
+    pub leg: u32,
+    /// Offsets of the source address (the destination follows it) and of
+    /// the UDP header in the frame.
+    pub addrs: u32,
+    pub l4: u32,
+    /// The UDP payload's length, from the IP header.
+    pub payload_len: u32,
+    /// 1: IPv6.
+    pub v6: u32,
+    /// 1: STUN requests take from the budget (inbound rows).
+    pub budget: u32,
+    /// The generation whose reflection ports apply.
+    pub generation: u32,
+}
 
 /// Bits of one `REFLECTION_PORTS` entry.
 pub const REFLECTION_BITS_PER_ENTRY: u32 = 64;

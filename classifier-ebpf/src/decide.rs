@@ -9,7 +9,7 @@ use classifier_common::{
     PCLASS_UDP, PROFILE_NONE, PROTO_TCP, PROTO_UDP, Reason, SEL_CACHE_SLOTS, SHARE_FRAGMENTS,
     STAT_CONFIRMED_REFUSED, STAT_FRAGMENT_INSERTS, STAT_FRAGMENT_REFUSED, SelCacheEntry, ShareKey,
     Verdict, essentials, fast_block_generation, fast_block_index,
-    media::{MEDIA_SLOT_FLAG, MediaRefusal},
+    media::{MEDIA_INDEX_MASK, MEDIA_SLOT_FLAG},
     port_block_index, reason_counter_index,
 };
 
@@ -17,7 +17,7 @@ use crate::{
     events::{self, Hook},
     flows::{self, Answer, local_port_has_flows},
     maps::{FRAGMENTS, MGMT, PORT_BLOCKS, PROFILES, SEL_CACHE},
-    media::{self, Check},
+    media::{self, Handoff},
     parse::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_ICMP,
         IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3, TCP_ACK, TCP_HLEN, TCP_SYN, UDP_HLEN,
@@ -129,22 +129,31 @@ pub(crate) fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
     }
     let slot = port_slot(fast_block_index(base, proto, dport), dport);
     if slot != 0 {
-        if slot & MEDIA_SLOT_FLAG == 0 {
-            return Some(Outcome {
-                counter: slot as u32,
-                pass: true,
-            });
+        // A media rule's datagram that is not plainly media goes to the
+        // media program, which decides and counts it; this path goes on
+        // only if that tail call fails (no media program: the loader
+        // installs it before any policy).
+        if slot & MEDIA_SLOT_FLAG != 0
+            && !media::plainly_media(&frame, fast_block_generation(base), l4, end, sport)
+        {
+            media::hand_off(
+                frame.ctx,
+                &Handoff {
+                    slot,
+                    leg: 0,
+                    addrs: off + if ethertype == ETH_P_IPV6 { 8 } else { 12 },
+                    l4,
+                    end,
+                    v6: ethertype == ETH_P_IPV6,
+                    budget: true,
+                    generation: fast_block_generation(base),
+                },
+            );
         }
-        // A media rule (UDP only). A refusal that may be an answer to a
-        // recorded flow, and a STUN request (its budget needs the source),
-        // are left to the full path.
-        return match media::check(&frame, fast_block_generation(base), l4, end, sport) {
-            Check::Pass => Some(media::pass(slot)),
-            Check::Refuse(r) if !local_port_has_flows(dport) => {
-                Some(media::refuse(slot, r, config))
-            }
-            _ => not_fast(),
-        };
+        return Some(Outcome {
+            counter: (slot & MEDIA_INDEX_MASK) as u32,
+            pass: true,
+        });
     }
     // Not allowed by a rule: the management guard and the flow table need
     // the addresses, so a packet that may meet them is decided by the full
@@ -570,20 +579,16 @@ pub(crate) fn decide_ports(
     if dst.profile != PROFILE_NONE {
         let slot = rule_slot(dst.profile, config, DIR_INBOUND, proto, dport);
         if slot != 0 {
-            if slot & MEDIA_SLOT_FLAG == 0 {
-                return Outcome {
-                    counter: slot as u32,
-                    pass: true,
-                };
+            // A media rule's datagram: the media program decides it (here
+            // every one: the check in line would multiply the paths the
+            // verifier walks through this decision past its limit).
+            if slot & MEDIA_SLOT_FLAG != 0 {
+                media::hand_off(frame.ctx, &media_handoff(l3, config, leg, slot, true));
             }
-            let call = MediaCall {
-                leg,
-                slot,
-                sport,
-                dport,
-                budget: true,
+            return Outcome {
+                counter: (slot & MEDIA_INDEX_MASK) as u32,
+                pass: true,
             };
-            return media_rule(frame, l3, config, &call);
         }
     }
     // Appliance mode: a packet from a profile's address meets that profile's
@@ -602,23 +607,16 @@ pub(crate) fn decide_ports(
             if src_profile < 32 && outbound & (1 << src_profile) != 0 && src.leg == leg + 1 {
                 let slot = rule_slot(src_profile, config, DIR_OUTBOUND, proto, dport);
                 if slot != 0 {
-                    if slot & MEDIA_SLOT_FLAG == 0 {
-                        return Outcome {
-                            counter: slot as u32,
-                            pass: true,
-                        };
+                    // The profile's own media: checked, but its STUN
+                    // requests (it is the ICE agent or the relay) take no
+                    // budget.
+                    if slot & MEDIA_SLOT_FLAG != 0 {
+                        media::hand_off(frame.ctx, &media_handoff(l3, config, leg, slot, false));
                     }
-                    // The profile's own traffic: its payload is checked,
-                    // but its STUN requests (it is the ICE agent or the
-                    // relay) take no budget.
-                    let call = MediaCall {
-                        leg,
-                        slot,
-                        sport,
-                        dport,
-                        budget: false,
+                    return Outcome {
+                        counter: (slot & MEDIA_INDEX_MASK) as u32,
+                        pass: true,
                     };
-                    return media_rule(frame, l3, config, &call);
                 }
             }
         }
@@ -681,65 +679,19 @@ pub(crate) fn decide_ports(
     deny(Reason::PortNotAllowed, pclass, config)
 }
 
-/// What [`media_rule`] needs besides the frame: a BPF call passes five
-/// registers and no more, so the rest go by one pointer to the stack.
-pub(crate) struct MediaCall {
-    pub(crate) leg: u32,
-    /// The rule's slot value (`MEDIA_SLOT_FLAG` and its media index).
-    pub(crate) slot: u16,
-    pub(crate) sport: u16,
-    pub(crate) dport: u16,
-    /// Whether STUN requests take from the budget (inbound rows only).
-    pub(crate) budget: bool,
-}
-
-/// A UDP datagram on a media rule in the full path: its check, its budget,
-/// and for a refusal the flow tables, whose answers pass unchecked. Out of
-/// line: the check's branches and the refusal's flow lookup would otherwise
-/// multiply the paths the verifier walks through the rest of the decision.
+/// The media program's inputs for a frame the full parser read.
 #[inline(always)]
-pub(crate) fn media_rule(frame: &Frame, l3: &L3, config: &Config, call: &MediaCall) -> Outcome {
-    let packed = media_rule_packed(frame, l3, config, call);
-    Outcome {
-        counter: packed as u32,
-        pass: packed >> 32 != 0,
+fn media_handoff(l3: &L3, config: &Config, leg: u32, slot: u16, budget: bool) -> Handoff {
+    Handoff {
+        slot,
+        leg,
+        addrs: l3.addrs,
+        l4: l3.l4,
+        end: l3.end,
+        v6: l3.v6,
+        budget,
+        generation: config.generation & 1,
     }
-}
-
-/// [`media_rule`]'s body, its outcome packed into one register (counter,
-/// and `1 << 32` for a pass): BPF returns no struct in registers.
-#[inline(never)]
-fn media_rule_packed(frame: &Frame, l3: &L3, config: &Config, call: &MediaCall) -> u64 {
-    let pack = |o: Outcome| u64::from(o.counter) | u64::from(o.pass) << 32;
-    let slot = call.slot;
-    let refusal = match media::check(frame, config.generation, l3.l4, l3.end, call.sport) {
-        Check::Pass => return pack(media::pass(slot)),
-        Check::Budget => {
-            if !call.budget || media::within_budget(&l3.src(frame), config) {
-                return pack(media::pass(slot));
-            }
-            MediaRefusal::RateLimited
-        }
-        Check::Refuse(r) => r,
-    };
-    if local_port_has_flows(call.dport) {
-        let flow = FlowKey {
-            remote: l3.src(frame),
-            local: l3.dst(frame),
-            remote_port: call.sport,
-            local_port: call.dport,
-            proto: l3.proto,
-            leg: call.leg as u8,
-            pad: [0; 2],
-        };
-        match flows::answer(&flow, 0) {
-            Answer::No => {}
-            Answer::Yes | Answer::ConfirmationRefused => {
-                return pack(pass(Reason::Established, PCLASS_UDP));
-            }
-        }
-    }
-    pack(media::refuse(slot, refusal, config))
 }
 
 #[inline(always)]

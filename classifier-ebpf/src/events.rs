@@ -14,10 +14,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use classifier_common::{
     Config, EVENT_BURST_NS, EVENT_REASON_FLOW_REFUSED, EVENT_REASON_RULE, EVENT_SNAPLEN, Event,
-    EventBudget, FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, MEDIA_PASS_BASE, MEDIA_REFUSAL_BASE,
-    PCLASS_COUNT, REASON_COUNTER_BASE, Reason, VERDICT_COUNT, Verdict,
-    media::{MEDIA_REFUSALS, MEDIA_SLOT_FLAG},
-    reason_counter_index,
+    EventBudget, FLAG_EVENTS, FLAG_EVENTS_PASS, FLAG_TRACE, PCLASS_COUNT, REASON_COUNTER_BASE,
+    Reason, VERDICT_COUNT, Verdict, reason_counter_index,
 };
 
 use crate::{
@@ -69,11 +67,7 @@ pub(crate) fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_ba
 /// count of 0 means the counter could not be read.)
 #[inline(always)]
 pub(crate) fn anomaly_log_due(counter: u32, packets: u64) -> bool {
-    // Media rules' refusals are a flood's ordinary fate, not an anomaly.
-    counter >= ANOMALY_FIRST
-        && counter < MEDIA_PASS_BASE
-        && packets & packets.wrapping_sub(1) == 0
-        && packets != 0
+    counter >= ANOMALY_FIRST && packets & packets.wrapping_sub(1) == 0 && packets != 0
 }
 
 /// The trace (tests), the anomaly log and packet events: out of line, so
@@ -99,10 +93,7 @@ pub(crate) fn after_count(ctx: &XdpContext, flags: u32, counter: u32, packets: u
 pub(crate) fn event_wanted(flags: u32, counter: u32) -> bool {
     flags & FLAG_EVENTS != 0
         && (flags & FLAG_EVENTS_PASS != 0
-            || counter >= MEDIA_REFUSAL_BASE
-            || counter >= REASON_COUNTER_BASE
-                && counter < MEDIA_PASS_BASE
-                && counter_verdict(counter) != Verdict::Pass as u32)
+            || counter >= REASON_COUNTER_BASE && counter_verdict(counter) != Verdict::Pass as u32)
 }
 
 /// Counter indexes from here on are the anomaly reasons (malformed and after,
@@ -146,16 +137,6 @@ pub(crate) fn emit_event(ctx: &XdpContext, counter: u32) {
             (*e).verdict = Verdict::Pass as u32;
             (*e).reason = EVENT_REASON_RULE;
             (*e).slot = counter;
-        } else if counter >= MEDIA_REFUSAL_BASE {
-            // A media rule's refusal: its media index in `slot`, flagged.
-            let off = counter - MEDIA_REFUSAL_BASE;
-            (*e).verdict = Verdict::Drop as u32 + off % 2;
-            (*e).reason = Reason::NotMedia as u32 + (off / 2) % MEDIA_REFUSALS;
-            (*e).slot = u32::from(MEDIA_SLOT_FLAG) | off / 2 / MEDIA_REFUSALS;
-        } else if counter >= MEDIA_PASS_BASE {
-            (*e).verdict = Verdict::Pass as u32;
-            (*e).reason = EVENT_REASON_RULE;
-            (*e).slot = u32::from(MEDIA_SLOT_FLAG) | (counter - MEDIA_PASS_BASE);
         } else {
             (*e).verdict = counter_verdict(counter);
             (*e).reason = (counter - REASON_COUNTER_BASE) / (PCLASS_COUNT * VERDICT_COUNT);

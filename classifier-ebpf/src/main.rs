@@ -71,6 +71,13 @@ fn try_portguard(ctx: &XdpContext) -> Result<u32, ()> {
     Ok(finish(ctx, config, outcome, leg * COUNTER_ENTRIES))
 }
 
+/// The media program: a media rule's datagram that is not plainly media,
+/// tail-called from `portguard` (see `media`).
+#[xdp]
+pub fn portguard_media(ctx: XdpContext) -> u32 {
+    media::run(&ctx)
+}
+
 /// Records the flows that leave this leg, so that XDP lets their answers in
 /// (see `flows`).
 #[classifier]

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use classifier_common::{
     Addr, COUNTER_MAP_ENTRIES, Config, Counter, EVENT_RING_BYTES, EventBudget, EventConfig,
@@ -13,7 +13,8 @@ use classifier_common::{
     FLOW_STAT_ENTRIES, FRAGMENT_ENTRIES, FlowKey, FlowState, FragKey, FragVerdict, LPM_ENTRIES,
     MgmtPorts, PORT_BLOCK_ENTRIES, PortBlock, ProfileSel, RECENT_FLOW_SLOTS, RecentFlow,
     SEL_CACHE_SLOTS, SelCacheEntry, Share, ShareKey,
-    media::{REFLECTION_ENTRIES_PER_GEN, STUN_BUDGET_ENTRIES, StunBucket},
+    MAX_RULE_SLOTS,
+    media::{MediaScratch, REFLECTION_ENTRIES_PER_GEN, STUN_BUDGET_ENTRIES, StunBucket},
 };
 
 #[map]
@@ -92,3 +93,13 @@ pub(crate) static REFLECTION_PORTS: Array<u64> =
 #[map]
 pub(crate) static STUN_BUDGET: LruHashMap<ShareKey, StunBucket> =
     LruHashMap::with_max_entries(STUN_BUDGET_ENTRIES, 0);
+/// Rule slot -> its media index + 1 (0: not a media rule), for the media
+/// program's per-rule refusal counters.
+#[map]
+pub(crate) static MEDIA_INDEX: Array<u32> = Array::with_max_entries(MAX_RULE_SLOTS, 0);
+/// The media program (index 0), tail-called by the XDP program.
+#[map]
+pub(crate) static MEDIA_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// What the XDP program hands the media program, per CPU.
+#[map]
+pub(crate) static MEDIA_SCRATCH: PerCpuArray<MediaScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -4,10 +4,10 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use classifier_common::{
-    COUNTER_ENTRIES, Counter, PCLASS_NAMES, REASON_COUNT, VERDICT_COUNT, Verdict,
+    COUNTER_ENTRIES, Counter, PCLASS_NAMES, PCLASS_UDP, REASON_COUNT, VERDICT_COUNT, Verdict,
     decode_media_counter, decode_reason_counter,
     media::{MEDIA_INDEX_MASK, MEDIA_REFUSALS, MEDIA_SLOT_FLAG},
-    media_pass_counter, media_refusal_counter, reason_counter_index,
+    media_reason, reason_counter_index,
 };
 
 use crate::policy::SlotRegistry;
@@ -40,12 +40,16 @@ pub(crate) fn indices(registry: &SlotRegistry) -> Vec<u32> {
             v.push(u32::from(slot));
             continue;
         }
-        // A media rule: its passes and its refusals.
+        // A media rule's refusals (its passes count under its rule slot).
         let index = u32::from(slot & MEDIA_INDEX_MASK);
-        v.push(media_pass_counter(index));
         for refusal in 0..MEDIA_REFUSALS {
-            v.push(media_refusal_counter(index, refusal, false));
-            v.push(media_refusal_counter(index, refusal, true));
+            for verdict in [Verdict::Drop, Verdict::WouldDrop] {
+                v.push(reason_counter_index(
+                    media_reason(index, refusal),
+                    verdict as u32,
+                    PCLASS_UDP,
+                ));
+            }
         }
     }
     for r in 0..REASON_COUNT {
@@ -101,8 +105,8 @@ pub(crate) fn snapshot(registry: &SlotRegistry, raw: &[(u32, Counter)]) -> Snaps
                 add(snap.drops.entry(reason.name()).or_default(), c);
             }
         } else if let Some((media, verdict, reason)) = decode_media_counter(*index) {
-            // A media rule's passes and refusals: under the rule, as any
-            // rule's passes are, and the refusals under their reason too.
+            // A media rule's refusals: under the rule, and under their
+            // reason too.
             let Some(rule) = registry.get(MEDIA_SLOT_FLAG | media as u16) else {
                 continue;
             };
@@ -113,9 +117,7 @@ pub(crate) fn snapshot(registry: &SlotRegistry, raw: &[(u32, Counter)]) -> Snaps
                 verdict: verdict.name(),
             };
             add(snap.rows.entry(key).or_default(), c);
-            if let Some(reason) = reason {
-                add(snap.drops.entry(reason.name()).or_default(), c);
-            }
+            add(snap.drops.entry(reason.name()).or_default(), c);
         } else if let Some(rule) = u16::try_from(*index).ok().and_then(|s| registry.get(s)) {
             let key = RowKey {
                 role: rule.role.clone(),

@@ -366,9 +366,9 @@ impl SlotRegistry {
         Ok(next)
     }
 
-    /// The slot value of a `payload = "media"` rule's UDP ports:
-    /// `MEDIA_SLOT_FLAG` and its media index, kept in the same registry (and
-    /// state file) as the rule slots, above them.
+    /// A `payload = "media"` rule's media index (which names its refusal
+    /// counters), as `MEDIA_SLOT_FLAG | index`: kept in the same registry
+    /// (and state file) as the rule slots, above them.
     pub(crate) fn media_slot_of(&mut self, key: &RuleKey) -> Result<u16, PolicyError> {
         let found = self
             .slots
@@ -454,6 +454,8 @@ pub struct CompiledPolicy {
     /// The catalog's `reflection_ports`.
     pub(crate) reflection_ports: Vec<u16>,
     pub(crate) stun_budget: StunBudget,
+    /// (rule slot, media index) of every `payload = "media"` rule in force.
+    pub(crate) media_index: Vec<(u16, u32)>,
 }
 
 pub fn compile(
@@ -544,6 +546,7 @@ pub fn compile(
     }
 
     let mut profiles = Vec::new();
+    let mut media_index = Vec::new();
     let mut media_profiles = 0u32;
     let mut outbound_profiles = 0u32;
     let mut rules_per_role = BTreeMap::new();
@@ -555,9 +558,9 @@ pub fn compile(
         // recorder lets back in, and opening their ports inbound would let
         // in unsolicited packets.
         let media = spec.media_check != MediaCheck::Off;
-        let blocks = port_blocks(&rules, Direction::Inbound, media, registry)?;
+        let blocks = port_blocks(&rules, Direction::Inbound, media, registry, &mut media_index)?;
         let (outbound, has_outbound) = if spec.appliance {
-            let b = port_blocks(&rules, Direction::Outbound, media, registry)?;
+            let b = port_blocks(&rules, Direction::Outbound, media, registry, &mut media_index)?;
             let any = b.iter().any(|x| x.slots.iter().any(|&s| s != 0));
             (b, any)
         } else {
@@ -601,6 +604,11 @@ pub fn compile(
         rules_per_role,
         reflection_ports: catalog.reflection_ports.clone(),
         stun_budget: spec.stun_budget,
+        media_index: {
+            media_index.sort_unstable();
+            media_index.dedup();
+            media_index
+        },
     })
 }
 
@@ -612,6 +620,7 @@ fn port_blocks(
     direction: Direction,
     media: bool,
     registry: &mut SlotRegistry,
+    media_index: &mut Vec<(u16, u32)>,
 ) -> Result<Vec<PortBlock>, PolicyError> {
     let mut blocks = vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize];
     for a in assign_ports_in(rules, direction) {
@@ -619,7 +628,13 @@ fn port_blocks(
         let (slot, proto) = match a.protocol {
             Protocol::Tcp => (registry.slot_of(&RuleKey::of(rule))?, PROTO_TCP),
             Protocol::Udp if media && rule.payload == Payload::Media => {
-                (registry.media_slot_of(&RuleKey::of(rule))?, PROTO_UDP)
+                // Its passes count under its slot, its refusals under its
+                // media index's pseudo-reasons.
+                let key = RuleKey::of(rule);
+                let slot = registry.slot_of(&key)?;
+                let index = registry.media_slot_of(&key)? & !MEDIA_SLOT_FLAG;
+                media_index.push((slot, u32::from(index)));
+                (slot | MEDIA_SLOT_FLAG, PROTO_UDP)
             }
             Protocol::Udp => (registry.slot_of(&RuleKey::of(rule))?, PROTO_UDP),
         };

@@ -94,13 +94,17 @@ fn frames(sport: u16, dport: u16, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
 }
 
 /// A refusal's reason and verdict from the counter a frame bumped, or
-/// `None` when it passed under a media rule.
+/// `None` when it passed under its rule.
 fn refusal(k: &Kernel, counter: u32) -> Option<(Verdict, Reason)> {
-    match decode_media_counter(counter) {
-        Some((_, Verdict::Pass, None)) => None,
-        Some((_, verdict, Some(reason))) => Some((verdict, reason)),
-        _ => panic!("counted under {}, not a media rule", k.describe(counter)),
+    if let Some((_, verdict, reason)) = decode_media_counter(counter) {
+        return Some((verdict, reason));
     }
+    assert!(
+        k.rule(counter).is_some(),
+        "counted under {}, neither a rule nor a media refusal",
+        k.describe(counter)
+    );
+    None
 }
 
 #[test]

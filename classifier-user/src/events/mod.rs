@@ -234,9 +234,17 @@ async fn read_ring(
             let e: Event = bytemuck::pod_read_unaligned(&item[..size_of::<Event>()]);
             drop(item);
             // A rule slot added by a reload: the state file names it.
-            if (e.reason == classifier_common::EVENT_REASON_RULE
-                || e.slot & u32::from(classifier_common::media::MEDIA_SLOT_FLAG) != 0)
-                && u16::try_from(e.slot).is_ok_and(|s| registry.get(s).is_none())
+            let media_rule = classifier_common::decode_media_reason(e.reason).and_then(|(i, _)| {
+                u16::try_from(i)
+                    .ok()
+                    .map(|i| classifier_common::media::MEDIA_SLOT_FLAG | i)
+            });
+            let named = match media_rule {
+                Some(slot) => Some(slot),
+                None if e.reason == classifier_common::EVENT_REASON_RULE => u16::try_from(e.slot).ok(),
+                None => None,
+            };
+            if named.is_some_and(|s| registry.get(s).is_none())
                 && registry_at.elapsed() > Duration::from_secs(1)
             {
                 if let Ok(st) = state::load(&state_path) {

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use classifier_common::{
     EVENT_REASON_FLOW_REFUSED, EVENT_REASON_RULE, Event, Reason, STAT_CONFIRMED_REFUSED,
-    STAT_FRAGMENT_REFUSED, STAT_NEW_REFUSED, Verdict, media::MEDIA_SLOT_FLAG,
+    STAT_FRAGMENT_REFUSED, STAT_NEW_REFUSED, Verdict, decode_media_reason,
+    media::MEDIA_SLOT_FLAG,
 };
 use etherparse::{LaxPacketHeaders, LaxPayloadSlice, LinkHeader, NetHeaders, TransportHeader};
 use serde::{Deserialize, Serialize};
@@ -205,14 +206,19 @@ pub(crate) fn decode_parsed(
             None => ("rule".to_string(), None, None),
         }
     } else {
-        // A media rule's refusal names its rule too (`slot`, flagged).
-        let rule = (e.slot & u32::from(MEDIA_SLOT_FLAG) != 0)
-            .then(|| u16::try_from(e.slot).ok().and_then(|s| registry.get(s)))
-            .flatten();
+        // A media rule's refusal: its pseudo-reason names the reason and
+        // the rule.
+        let (reason, rule) = match decode_media_reason(e.reason) {
+            Some((index, reason)) => (
+                Some(reason),
+                u16::try_from(index)
+                    .ok()
+                    .and_then(|i| registry.get(MEDIA_SLOT_FLAG | i)),
+            ),
+            None => (Reason::from_index(e.reason), None),
+        };
         (
-            Reason::from_index(e.reason)
-                .map_or("unknown", Reason::name)
-                .to_string(),
+            reason.map_or("unknown", Reason::name).to_string(),
             rule.map(|k| k.role.clone()),
             rule.map(|k| k.service.clone()),
         )

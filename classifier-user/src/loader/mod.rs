@@ -25,7 +25,8 @@ use classifier_common::{
     BLOCKS_PER_PROTO, COUNTER_MAP_ENTRIES, Config, Counter, DIRECTIONS, EventBudget, EventConfig,
     FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLOW_ENTRIES, FLOW_NEW_ENTRIES,
     FLOW_SHARE_DEFAULT, FRAGMENT_ENTRIES, FRAGMENT_SHARE_DEFAULT, GenConfig, MAX_LEGS, MgmtPorts,
-    PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM, XDP_PROGRAM,
+    MEDIA_PROGRAM, PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM,
+    XDP_PROGRAM,
     fast_block_base, map_names, next_sel_epoch, port_block_index,
 };
 
@@ -215,6 +216,27 @@ impl Classifier {
             tc.load()
                 .map_err(|e| permission_or(e, "portguard_egress"))?;
         }
+        // The media program, in the array the XDP program tail-calls,
+        // before any policy can name a media rule.
+        if let Some(p) = ebpf.program_mut(MEDIA_PROGRAM) {
+            let media: &mut Xdp = p.try_into().map_err(prog_err("portguard_media"))?;
+            media
+                .load()
+                .map_err(|e| permission_or(e, "portguard_media"))?;
+            let fd = media
+                .fd()
+                .map_err(prog_err("portguard_media"))?
+                .try_clone()
+                .map_err(|e| LoadError::Object(format!("portguard_media: {e}")))?;
+            let map = ebpf
+                .map_mut(map_names::MEDIA_PROG)
+                .ok_or(LoadError::Missing(map_names::MEDIA_PROG))?;
+            let mut array = aya::maps::ProgramArray::try_from(map)
+                .map_err(map_err(map_names::MEDIA_PROG))?;
+            array
+                .set(0, &fd, 0)
+                .map_err(map_err(map_names::MEDIA_PROG))?;
+        }
         Ok(Classifier {
             ebpf,
             written: std::collections::HashMap::new(),
@@ -267,6 +289,17 @@ impl Classifier {
         self.array::<Config>(map_names::CONFIG)?
             .set(0, config, 0)
             .map_err(map_err(map_names::CONFIG))
+    }
+
+    /// Each media rule's index, by rule slot. A slot keeps its index for
+    /// the life of the registry, so both generations read the same entries.
+    fn write_media_index(&mut self, policy: &CompiledPolicy) -> Result<(), LoadError> {
+        let mut map = self.array::<u32>(map_names::MEDIA_INDEX)?;
+        for &(slot, index) in &policy.media_index {
+            map.set(u32::from(slot), index + 1, 0)
+                .map_err(map_err(map_names::MEDIA_INDEX))?;
+        }
+        Ok(())
     }
 
     /// Generation `generation`'s bitmap of the catalog's reflection ports
@@ -330,6 +363,7 @@ impl Classifier {
         self.write_profiles(policy, active, next)?;
         self.write_mgmt(policy)?;
         self.write_reflection_ports(policy, next)?;
+        self.write_media_index(policy)?;
 
         config.flags = policy.flags | (config.flags & KEPT_FLAGS);
         config.gens[next as usize] = GenConfig {

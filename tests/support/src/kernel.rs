@@ -444,10 +444,10 @@ impl Kernel {
         if let Some((media, verdict, reason)) = classifier_common::decode_media_counter(counter) {
             let slot = u32::from(classifier_common::media::MEDIA_SLOT_FLAG) | media;
             return format!(
-                "media rule {} {}{}",
+                "media rule {} {} {}",
                 self.rule(slot).unwrap_or_else(|| format!("<media index {media}>")),
                 verdict.name(),
-                reason.map_or(String::new(), |r| format!(" {}", r.name()))
+                reason.name()
             );
         }
         match self.rule(counter) {
