@@ -29,6 +29,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use classifier_common::{
+    media::MEDIA_SLOT_FLAG,
     Addr, DIR_INBOUND, DIR_OUTBOUND, FLAG_APPLIANCE, FLOW_ANSWERED, FLOW_CLOSING,
     FLOW_CONFIRM_REFUSED, FLOW_MARK_SHIFT, FLOW_PORTS_PER_ENTRY, FLOW_SHARE_WINDOW_S,
     FLOW_UDP_STREAM_S, FlowKey, FlowState, PROFILE_NONE, PROTO_TCP, PROTO_UDP, RECENT_FLOW_SKIPS,
@@ -459,6 +460,14 @@ pub(crate) fn record_flow(ctx: &TcContext) {
     }
 }
 
+/// Whether a rule with slot value `slot` lets every answer in: any rule but
+/// a media rule, which lets in only media (an answer to a flow the host
+/// sent from a media port, a DNS answer say, needs the flow recorded).
+#[inline(always)]
+fn answered_by_rule(slot: u16) -> bool {
+    slot != 0 && slot & MEDIA_SLOT_FLAG == 0
+}
+
 /// The leaving packet's answer, unless a catalog rule lets that answer in
 /// anyway: its destination would be this packet's source, its destination
 /// port this packet's source port. So a server answering from its
@@ -511,7 +520,7 @@ pub(crate) fn record_answer(
     let ours = if base != 0 {
         // A host whose every address has the default profile: the fast
         // path's table, in the generation it names.
-        if port_slot(fast_block_index(base, pproto, sport), sport) != 0 {
+        if answered_by_rule(port_slot(fast_block_index(base, pproto, sport), sport)) {
             return;
         }
         !forwarded
@@ -530,7 +539,9 @@ pub(crate) fn record_answer(
                 profile = sel.profile;
             }
         }
-        if profile != PROFILE_NONE && rule_slot(profile, config, DIR_INBOUND, pproto, sport) != 0 {
+        if profile != PROFILE_NONE
+            && answered_by_rule(rule_slot(profile, config, DIR_INBOUND, pproto, sport))
+        {
             return;
         }
         // Or the outbound rows of the answer's destination (this packet's
@@ -549,7 +560,7 @@ pub(crate) fn record_answer(
             if sel.profile < 32
                 && outbound & (1 << sel.profile) != 0
                 && sel.leg == leg + 1
-                && rule_slot(sel.profile, config, DIR_OUTBOUND, pproto, sport) != 0
+                && answered_by_rule(rule_slot(sel.profile, config, DIR_OUTBOUND, pproto, sport))
             {
                 return;
             }

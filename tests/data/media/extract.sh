@@ -16,7 +16,8 @@
 #     HelloVerifyRequest, ChangeCipherSpec, alerts), captured with tshark.
 #   sipp-g711a, sipp-dtmf: the RTP of /usr/share/sip-tester/*.pcap (sipp's
 #     pcap-play files: G.711 A-law and RFC 2833 events).
-# reflection.txt, amplification answers from their real source ports:
+# reflection.txt, amplification answers from their real source ports (the
+# datagrams from 53, 123, 161 and 162 only: a request is not a reflection):
 #   tcpdump: tests/dns_udp.pcap, ntp.pcap, ntp-mode7.pcap (monlist),
 #     ntp-control.pcap, ip-snmp-leftshift-unsigned.pcap of
 #     github.com/the-tcpdump-group/tcpdump (commit 39b50f76).
@@ -28,11 +29,11 @@ dump() { # SOURCE FILE [FILTER]
 {
     dump coturn-4.6 turn.pcapng "udp.port == 3478"
     dump openssl-dtls dtls.pcapng
-    dump sipp-g711a /usr/share/sip-tester/g711a.pcap
+    dump sipp-g711a /usr/share/sip-tester/g711a.pcap | head -n 40
     for f in /usr/share/sip-tester/dtmf_2833_*.pcap; do dump sipp-dtmf "$f"; done
 } > real.txt
 {
     for f in dns_udp ntp ntp-mode7 ntp-control ip-snmp-leftshift-unsigned; do
         dump "tcpdump-$f" "$f.pcap"
     done
-} > reflection.txt
+} | awk -F"\t" '$2 == 53 || $2 == 123 || $2 == 161 || $2 == 162' > reflection.txt
