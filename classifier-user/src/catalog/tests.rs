@@ -864,8 +864,23 @@ fn nft_export_puts_outbound_rows_in_an_accepting_output_chain() {
         let rest = &text[start..];
         rest[..rest.find("\n\t}").unwrap_or(rest.len())].to_string()
     };
+    // Inbound 3478 is a media row: its set of its own, and the check.
     assert!(
-        set("av_edge_external_udp").contains("elements = { 3478 }"),
+        set("av_edge_external_udp_media").contains("elements = { 3478 }"),
+        "{text}"
+    );
+    assert!(!text.contains("set av_edge_external_udp {"), "{text}");
+    for line in [
+        "udp dport @av_edge_external_udp_media udp sport @reflection_ports counter drop comment \"reflection\"",
+        "udp dport @av_edge_external_udp_media @th,64,16 0x0001-0x0003 meter stun4_av_edge_external size 65535 { ip saddr limit rate over 25/second burst 50 packets } counter drop comment \"rate_limited\"",
+        "meter stunnet6_av_edge_external size 65535 { ip6 saddr and ffff:ffff:ffff:: limit rate over 250/second burst 500 packets }",
+        "udp dport @av_edge_external_udp_media @th,64,8 { 0-3, 16-25, 32-191, 255 } counter accept",
+        "udp dport @av_edge_external_udp_media counter drop comment \"not_media\"",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert!(
+        set("reflection_ports").contains("19, 53, 69, 111, 123, 137, 161, 389"),
         "{text}"
     );
     assert!(

@@ -271,6 +271,15 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         }
         None => None,
     };
+    // The same policy with the media rules' payload check on (lab_spec has
+    // it off, so that the rows above measure ports alone): issue 23's rows.
+    let media_spec = PolicySpec {
+        media_check: portguard::policy::MediaCheck::Enforce,
+        ..lab_spec()
+    };
+    let media_compiled = policy::compile(&Catalog::embedded(), &media_spec, &mut registry)?;
+    let mut pg_media = Classifier::load(None)?;
+    pg_media.install(&media_compiled, 1)?;
     let mut pg_events = Classifier::load(None)?;
     pg_events.install(&compiled, 1)?;
     pg_events.set_events(classifier_common::EVENT_RATE_DEFAULT, false)?;
@@ -341,6 +350,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     }
     let events_prog = progs.len();
     progs.push(Prog::Xdp(pg_events.xdp_ref()?));
+    let media_prog = progs.len();
+    progs.push(Prog::Xdp(pg_media.xdp_ref()?));
     let box_prog = progs.len();
     progs.push(Prog::Xdp(pg_box.xdp_ref()?));
     let b_prog = pg_b.as_ref().map(|c| {
@@ -365,6 +376,12 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         .payload(18)
         .build();
     let v6 = udp64(src6, dst6, ALLOWED_PORT);
+    // A 64-byte frame like `allowed`, whose payload is an RTP packet.
+    let rtp = {
+        let mut p = Packet::udp(src, dst, 40_000, ALLOWED_PORT).rtp();
+        p.payload.resize(22, 0xd5);
+        p.build()
+    };
     // What dny_udp parses, asked of the object itself: a forbidden port
     // behind a VLAN tag, and behind an IPv6 extension header. A pass means
     // the filter never saw the port, so its cost on those packets is that of
@@ -485,6 +502,27 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         "portguard events on (1,000/s per CPU), dropped UDP 161",
         events_prog,
         &dropped,
+        XDP_DROP,
+    ));
+    cases.push(case(
+        "media",
+        "portguard, RTP to a media rule, check off",
+        1,
+        &rtp,
+        XDP_PASS,
+    ));
+    cases.push(case(
+        "media",
+        "portguard, RTP to a media rule, check on",
+        media_prog,
+        &rtp,
+        XDP_PASS,
+    ));
+    cases.push(case(
+        "media",
+        "portguard, junk to a media rule, check on (not_media)",
+        media_prog,
+        &allowed,
         XDP_DROP,
     ));
     cases.push(case(
@@ -648,6 +686,17 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         100.0 * pg_drop / ev_drop,
         ev_allow / pg_allow,
         ev_drop / pg_drop
+    );
+    let rtp_off = exact("portguard, RTP to a media rule, check off");
+    let rtp_on = exact("portguard, RTP to a media rule, check on");
+    let junk_on = exact("portguard, junk to a media rule, check on (not_media)");
+    let _ = writeln!(
+        t,
+        "| portguard media check on / off (RTP {:+.2} ns, junk dropped {:+.2} ns against the same port allowed unchecked) | {:.2} | {:.2} |",
+        rtp_on - rtp_off,
+        junk_on - pg_allow,
+        rtp_on / rtp_off,
+        junk_on / pg_allow
     );
     let _ = writeln!(
         t,
