@@ -4,6 +4,7 @@ use super::{
     Catalog, Diagnostic, Direction, EffectiveRule, MatchSide, Protocol, SeedTable, Severity,
     assign_ports,
 };
+use crate::policy::{Mgmt, Placement, PolicySpec, ProfileArg};
 
 /// The role ids of the team's roles contract, in its order: the 17 of the
 /// server ports document, then the perimeter roles (and the two load-balancer
@@ -849,13 +850,7 @@ fn embedded_perimeter_inclusions() {
 
 #[test]
 fn nft_export_puts_outbound_rows_in_an_accepting_output_chain() {
-    let c = Catalog::embedded();
-    let text = super::nft::export(
-        &c,
-        &["av-edge-external".to_string()],
-        &super::MgmtAllowance::defaults(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let text = nft(host(&["av-edge-external"], true)).unwrap_or_else(|e| panic!("{e}"));
     let set = |name: &str| {
         let start = text
             .find(&format!("set {name} {{"))
@@ -881,19 +876,43 @@ fn nft_export_puts_outbound_rows_in_an_accepting_output_chain() {
     );
     assert!(text.contains("\t\tjump out_av_edge_external\n"), "{text}");
     // A role without outbound rows gets no output chain.
-    let fe =
-        super::nft::export(&c, &["front-end".to_string()], &[]).unwrap_or_else(|e| panic!("{e}"));
+    let fe = nft(host(&["front-end"], false)).unwrap_or_else(|e| panic!("{e}"));
     assert!(!fe.contains("hook output"), "{fe}");
 }
 
-fn profile(cidr: &str, roles: &[&str]) -> super::nft::ProfileSpec {
-    let (ip, len) = cidr
-        .split_once('/')
-        .unwrap_or_else(|| panic!("{cidr}: no /"));
-    super::nft::ProfileSpec {
-        prefix: ip.parse().unwrap_or_else(|e| panic!("{cidr}: {e}")),
-        prefix_len: len.parse().unwrap_or_else(|e| panic!("{cidr}: {e}")),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
+/// The embedded catalog's nft export of `spec`.
+fn nft(spec: PolicySpec) -> Result<String, crate::policy::PolicyError> {
+    crate::policy::resolve(&Catalog::embedded(), &spec).map(|r| super::nft::export(&r))
+}
+
+/// A host running `roles`, with the default lockout guard or none.
+fn host(roles: &[&str], default_mgmt: bool) -> PolicySpec {
+    PolicySpec {
+        default_roles: Some(roles.iter().map(|r| r.to_string()).collect()),
+        mgmt: Mgmt::with_default(default_mgmt, &[]),
+        ..PolicySpec::default()
+    }
+}
+
+/// `placement` with `--role roles` (none when empty) and these profiles.
+fn with_profiles(
+    placement: Placement,
+    roles: &[&str],
+    profiles: &[(&str, &[&str])],
+    default_mgmt: bool,
+) -> PolicySpec {
+    PolicySpec {
+        default_roles: (!roles.is_empty()).then(|| roles.iter().map(|r| r.to_string()).collect()),
+        profiles: profiles
+            .iter()
+            .map(|(cidr, roles)| ProfileArg {
+                prefix: cidr.parse().unwrap_or_else(|e| panic!("{cidr}: {e}")),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+            })
+            .collect(),
+        mgmt: Mgmt::with_default(default_mgmt, &[]),
+        placement,
+        ..PolicySpec::default()
     }
 }
 
@@ -908,20 +927,18 @@ fn chain_body(text: &str, name: &str) -> String {
 
 #[test]
 fn nft_appliance_orders_each_side_longest_prefix_first_with_goto() {
-    let c = Catalog::embedded();
-    let text = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
+    let text = nft(with_profiles(
+        Placement::Appliance,
         &[],
         &[
-            profile("198.18.2.0/24", &["edge-internal"]),
-            profile("198.18.2.10/32", &["access-edge-external"]),
-            profile("2001:db8:2::/64", &["edge-internal"]),
-            profile("2001:db8:2::12/128", &["av-edge-external"]),
-            profile("198.18.2.11/32", &["webconf-edge-external"]),
+            ("198.18.2.0/24", &["edge-internal"]),
+            ("198.18.2.10/32", &["access-edge-external"]),
+            ("2001:db8:2::/64", &["edge-internal"]),
+            ("2001:db8:2::12/128", &["av-edge-external"]),
+            ("198.18.2.11/32", &["webconf-edge-external"]),
         ],
-        &super::MgmtAllowance::defaults(),
-    )
+        true,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     let to: Vec<String> = chain_body(&text, "to_profile")
         .lines()
@@ -986,17 +1003,12 @@ fn nft_appliance_orders_each_side_longest_prefix_first_with_goto() {
 
 #[test]
 fn nft_appliance_own_roles_go_to_input_and_output_only() {
-    let c = Catalog::embedded();
-    let text = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
-        &[
-            "reverse-proxy-external".into(),
-            "reverse-proxy-internal".into(),
-        ],
-        &[profile("198.18.2.12/32", &["av-edge-external"])],
-        &[],
-    )
+    let text = nft(with_profiles(
+        Placement::Appliance,
+        &["reverse-proxy-external", "reverse-proxy-internal"],
+        &[("198.18.2.12/32", &["av-edge-external"])],
+        false,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     let input = chain_body(&text, "input");
     assert!(
@@ -1019,19 +1031,17 @@ fn nft_appliance_own_roles_go_to_input_and_output_only() {
 
 #[test]
 fn nft_appliance_whole_family_and_mapped_prefixes() {
-    let c = Catalog::embedded();
     // The XDP trie keys IPv4 as IPv4-mapped IPv6: ::/0 covers both families,
     // and sorts after every IPv4 prefix.
-    let text = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
+    let text = nft(with_profiles(
+        Placement::Appliance,
         &[],
         &[
-            profile("::/0", &["edge-internal"]),
-            profile("0.0.0.0/0", &["reverse-proxy-external"]),
+            ("::/0", &["edge-internal"]),
+            ("0.0.0.0/0", &["reverse-proxy-external"]),
         ],
-        &[],
-    )
+        false,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     let to: Vec<String> = chain_body(&text, "to_profile")
         .lines()
@@ -1051,17 +1061,15 @@ fn nft_appliance_whole_family_and_mapped_prefixes() {
 
 #[test]
 fn nft_appliance_refuses_a_prefix_given_twice() {
-    let c = Catalog::embedded();
-    let err = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
+    let err = nft(with_profiles(
+        Placement::Appliance,
         &[],
         &[
-            profile("198.18.2.0/24", &["edge-internal"]),
-            profile("198.18.2.7/24", &["av-edge-external"]),
+            ("198.18.2.0/24", &["edge-internal"]),
+            ("198.18.2.7/24", &["av-edge-external"]),
         ],
-        &[],
-    )
+        false,
+    ))
     .err()
     .unwrap_or_else(|| panic!("a prefix given twice was accepted"));
     let text = err.to_string();
@@ -1069,13 +1077,12 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
         text.contains("--profile") && text.contains("198.18.2.0/24 is given twice"),
         "{text}"
     );
-    let unknown = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
+    let unknown = nft(with_profiles(
+        Placement::Appliance,
         &[],
-        &[profile("198.18.2.0/24", &["no-such-role"])],
-        &[],
-    )
+        &[("198.18.2.0/24", &["no-such-role"])],
+        false,
+    ))
     .err()
     .unwrap_or_else(|| panic!("an unknown role was accepted"));
     assert!(unknown.to_string().contains("no-such-role"), "{unknown}");
@@ -1083,17 +1090,15 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
 
 #[test]
 fn nft_host_profiles_pick_the_destination_profile_then_the_default() {
-    let c = Catalog::embedded();
-    let text = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Host,
-        &["front-end".to_string()],
+    let text = nft(with_profiles(
+        Placement::Host,
+        &["front-end"],
         &[
-            profile("198.18.2.0/24", &["edge-internal"]),
-            profile("198.18.2.10/32", &["director"]),
+            ("198.18.2.0/24", &["edge-internal"]),
+            ("198.18.2.10/32", &["director"]),
         ],
-        &super::MgmtAllowance::defaults(),
-    )
+        true,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     let to: Vec<String> = chain_body(&text, "to_profile")
         .lines()
@@ -1120,13 +1125,12 @@ fn nft_host_profiles_pick_the_destination_profile_then_the_default() {
         "{input}"
     );
     // Without --role, addresses in no profile get nothing past the guard.
-    let bare = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Host,
+    let bare = nft(with_profiles(
+        Placement::Host,
         &[],
-        &[profile("198.18.2.10/32", &["director"])],
-        &[],
-    )
+        &[("198.18.2.10/32", &["director"])],
+        false,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         chain_body(&bare, "to_profile").lines().count(),

@@ -8,7 +8,7 @@ use classifier_common::decode_reason_counter;
 use portguard::{
     catalog::Catalog,
     loader::Classifier,
-    policy::{self, PolicySpec, SlotRegistry},
+    policy::{self, Placement, PolicySpec, SlotRegistry},
 };
 use portguard_testsupport::{
     kernel::{XDP_DROP, XDP_PASS},
@@ -54,7 +54,7 @@ fn spec() -> Result<PolicySpec> {
         .clone()
         .context("the lab policy has no roles")?;
     Ok(PolicySpec {
-        appliance: true,
+        placement: Placement::Appliance,
         profiles: vec![
             format!("{BEHIND}={}", roles.join(","))
                 .parse()
@@ -72,7 +72,8 @@ fn spec() -> Result<PolicySpec> {
 /// then on it looks the entry up and finds it, as on a running stream.
 pub fn load(frames: &Frames) -> Result<Classifier> {
     let mut registry = SlotRegistry::default();
-    let compiled = policy::compile(&Catalog::embedded(), &spec()?, &mut registry)?;
+    let compiled = policy::resolve(&Catalog::embedded(), &spec()?)
+        .and_then(|r| policy::compile(&r, &mut registry))?;
     let mut c = Classifier::load(None).context("loading portguard for appliance mode")?;
     c.install(&compiled, 1)?;
     c.set_legs(&[LOOPBACK_IFINDEX])?;
