@@ -151,6 +151,33 @@ fn unknown_key_is_an_error_at_its_line() {
 }
 
 #[test]
+fn media_path_is_a_role_attribute_checked_at_its_line() {
+    // `b` (included by `a`) is on a media path; `a` is not marked itself.
+    let text = format!(
+        "{}media_path = true\n{}",
+        BASE,
+        rule("a", "tcp", "\"5061\"", "S")
+    );
+    let (c, _) = parse_ok(&text);
+    let marked = |id: &str| c.role(id).is_some_and(|r| r.media_path);
+    assert!(marked("b") && !marked("a"), "only b says media_path = true");
+    let bad = text.replace("media_path = true", "media_path = \"yes\"");
+    assert_one_error(&bad, line_of(&bad, "media_path"), "boolean");
+    let embedded = Catalog::embedded();
+    let marked: Vec<&str> = embedded
+        .roles
+        .iter()
+        .filter(|r| r.media_path)
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(
+        marked,
+        ["front-end-mediation", "all-internal-servers", "mediation"],
+        "the roles on a media path in the default catalog"
+    );
+}
+
+#[test]
 fn unknown_role_in_a_rule() {
     let text = format!("{BASE}{}", rule("nope", "tcp", "\"5061\"", "S"));
     let d = assert_one_error(&text, 18, "unknown role `nope`");
@@ -923,6 +950,87 @@ fn chain_body(text: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no chain {name} in:\n{text}"));
     let rest = &text[start..];
     rest[..rest.find("\n\t}").unwrap_or(rest.len())].to_string()
+}
+
+/// The always-allowed traffic the export writes is the set the XDP
+/// program passes (`classifier_common::essentials`), type by type.
+#[test]
+fn nft_essentials_are_the_xdp_programs() {
+    use classifier_common::essentials as e;
+    let text = nft(host(&["director"], false)).unwrap_or_else(|err| panic!("{err}"));
+    let types = |keyword: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(keyword))
+            .unwrap_or_else(|| panic!("no `{keyword}` rule in:\n{text}"));
+        let inner = &line[line.find('{').unwrap_or(0) + 1..line.find('}').unwrap_or(0)];
+        inner.split(',').map(|t| t.trim().to_string()).collect()
+    };
+    // nft's names of the types, by number (as `nft describe` lists them).
+    let v4 = [
+        (0, "echo-reply"),
+        (3, "destination-unreachable"),
+        (8, "echo-request"),
+        (11, "time-exceeded"),
+        (12, "parameter-problem"),
+    ];
+    let v6 = [
+        (1, "destination-unreachable"),
+        (2, "packet-too-big"),
+        (3, "time-exceeded"),
+        (4, "parameter-problem"),
+        (128, "echo-request"),
+        (129, "echo-reply"),
+        (130, "mld-listener-query"),
+        (131, "mld-listener-report"),
+        (132, "mld-listener-done"),
+        (133, "nd-router-solicit"),
+        (134, "nd-router-advert"),
+        (135, "nd-neighbor-solicit"),
+        (136, "nd-neighbor-advert"),
+        (137, "nd-redirect"),
+        (143, "mld2-listener-report"),
+    ];
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let expected = |names: &[(u8, &str)], pass: &dyn Fn(u8) -> bool| -> Vec<String> {
+        sorted(
+            (0..=u8::MAX)
+                .filter(|t| pass(*t))
+                .map(|t| {
+                    names
+                        .iter()
+                        .find(|(n, _)| *n == t)
+                        .map_or_else(|| t.to_string(), |(_, name)| name.to_string())
+                })
+                .collect(),
+        )
+    };
+    assert_eq!(
+        sorted(types("icmp type")),
+        expected(&v4, &|t| e::icmp4_error(t)
+            || t == e::ICMP4_ECHO_REQUEST
+            || t == e::ICMP4_ECHO_REPLY),
+        "ICMP types in:\n{text}"
+    );
+    assert_eq!(
+        sorted(types("icmpv6 type")),
+        expected(&v6, &|t| e::icmp6_error(t)
+            || e::icmp6_neighbor_discovery(t)
+            || t == e::ICMP6_ECHO_REQUEST
+            || t == e::ICMP6_ECHO_REPLY),
+        "ICMPv6 types in:\n{text}"
+    );
+    for (sport, dport) in e::DHCP_REPLIES {
+        assert!(
+            text.contains(&format!(
+                "udp sport {sport} udp dport {dport} counter accept"
+            )),
+            "DHCP reply {sport} -> {dport} missing from:\n{text}"
+        );
+    }
 }
 
 #[test]

@@ -209,3 +209,142 @@ pub fn resolve(catalog: &Catalog, spec: &PolicySpec) -> Result<Resolved, PolicyE
         drop_ipsec_on_media: spec.drop_ipsec_on_media,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ProfileArg;
+
+    /// Roles `a` (including `m`), `m`, `plain`; `m` says `media_path` when
+    /// `marked`.
+    fn catalog(marked: bool) -> Catalog {
+        let text = format!(
+            "version = 1\n\
+             [[role]]\nid = \"a\"\nlabel = \"A\"\ntable = \"server\"\nincludes = [\"m\"]\nwhy = \"w\"\n\
+             [[role]]\nid = \"m\"\nlabel = \"M\"\ntable = \"server\"\nmedia_path = {marked}\n\
+             [[role]]\nid = \"plain\"\nlabel = \"P\"\ntable = \"server\"\n\
+             [[rule]]\nrole = \"m\"\nservice = \"s\"\nprotocol = \"both\"\nports = \"5000-5010\"\ntransport = \"T\"\ntable = \"server\"\nnote = \"\"\n\
+             [[rule]]\nrole = \"a\"\nservice = \"o\"\nprotocol = \"tcp\"\nports = \"443\"\ntransport = \"T\"\ntable = \"server\"\nnote = \"\"\ndirection = \"outbound\"\n"
+        );
+        Catalog::parse(&text, "t.toml")
+            .unwrap_or_else(|e| panic!("the test catalog parses: {e}"))
+            .0
+    }
+
+    fn spec(placement: Placement, roles: Option<&[&str]>, profiles: &[&str]) -> PolicySpec {
+        PolicySpec {
+            default_roles: roles.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            profiles: profiles
+                .iter()
+                .map(|p| {
+                    p.parse::<ProfileArg>()
+                        .unwrap_or_else(|e| panic!("{p}: {e}"))
+                })
+                .collect(),
+            placement,
+            ..PolicySpec::default()
+        }
+    }
+
+    #[test]
+    fn media_path_comes_from_the_catalog_through_inclusions() {
+        let r = resolve(
+            &catalog(true),
+            &spec(
+                Placement::Host,
+                Some(&["a"]),
+                &["198.18.0.0/24=plain", "198.18.1.0/24=m"],
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let media: Vec<(Vec<String>, bool)> = r
+            .profiles
+            .iter()
+            .map(|p| (p.roles.clone(), p.media_path))
+            .collect();
+        assert_eq!(
+            media,
+            [
+                (vec!["a".to_string()], true),
+                (vec!["plain".to_string()], false),
+                (vec!["m".to_string()], true)
+            ],
+            "a includes m, which is on a media path; plain is not"
+        );
+        let unmarked = resolve(&catalog(false), &spec(Placement::Host, Some(&["a"]), &[]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !unmarked.profiles[0].media_path,
+            "without the attribute no role is on a media path, whatever its id"
+        );
+    }
+
+    #[test]
+    fn rules_split_by_direction_and_profiles_share_role_sets() {
+        let r = resolve(
+            &catalog(true),
+            &spec(
+                Placement::Appliance,
+                Some(&["m"]),
+                &["198.18.0.0/24=a", "198.18.1.0/24=m"],
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.profiles.len(), 2, "--role m and the second profile share");
+        assert_eq!(
+            r.own,
+            Some(1),
+            "the box's own addresses get --role's profile"
+        );
+        let a = &r.profiles[0];
+        assert_eq!(a.members, ["a", "m"], "inclusions resolved");
+        assert_eq!(
+            (a.inbound.len(), a.outbound.len()),
+            (2, 1),
+            "m's rule once per protocol, a's outbound row"
+        );
+        let profiles: Vec<u32> = r.prefixes.iter().map(|p| p.profile).collect();
+        assert_eq!(profiles, [0, 1]);
+        assert_eq!(
+            r.flags() & FLAG_APPLIANCE,
+            FLAG_APPLIANCE,
+            "the placement is the flag"
+        );
+        let (inbound, outbound) = r.rules_of("a").unwrap_or_else(|| panic!("a is a member"));
+        assert!(
+            inbound.is_empty() && outbound.len() == 1,
+            "a's own rows only"
+        );
+    }
+
+    #[test]
+    fn refused_before_anything_is_compiled() {
+        let cat = catalog(true);
+        let twice = resolve(
+            &cat,
+            &spec(
+                Placement::Host,
+                None,
+                &["198.18.0.0/24=a", "198.18.0.9/24=m"],
+            ),
+        );
+        assert!(
+            twice.is_err_and(|e| e.to_string().contains("198.18.0.0/24 is given twice")),
+            "a prefix given twice"
+        );
+        let nothing = resolve(&cat, &spec(Placement::Host, None, &[]));
+        assert!(
+            nothing.is_err_and(|e| e.to_string().contains("give --role")),
+            "no role at all"
+        );
+        let mut port0 = spec(Placement::Host, Some(&["a"]), &[]);
+        port0.mgmt = vec![Mgmt {
+            prefix: "10.0.0.0/8".parse().unwrap_or_else(|e| panic!("{e}")),
+            port: 0,
+        }];
+        assert!(
+            resolve(&cat, &port0).is_err_and(|e| e.to_string().contains("--mgmt")),
+            "management port 0"
+        );
+    }
+}
