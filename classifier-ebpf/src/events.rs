@@ -20,7 +20,7 @@ use classifier_common::{
 
 use crate::{
     decide::Outcome,
-    maps::{COUNTERS, EVENT_BUDGET, EVENT_CONFIG, EVENTS, TRACE},
+    maps::{COUNTERS, EVENT_BUDGET, EVENT_CONFIG, EVENTS},
     parse::Frame,
 };
 
@@ -41,11 +41,11 @@ pub(crate) fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_ba
             (*c).packets
         };
     }
-    if flags & (FLAG_TRACE | FLAG_EVENTS) != 0 {
+    if flags & (TRACE_FLAG | FLAG_EVENTS) != 0 {
         core::hint::cold_path();
         // Events are on by default, and most packets pass: a pass that no
         // event is wanted for must not pay the call.
-        if flags & FLAG_TRACE != 0
+        if flags & TRACE_FLAG != 0
             || event_wanted(flags, outcome.counter)
             || anomaly_log_due(outcome.counter, packets)
         {
@@ -62,6 +62,15 @@ pub(crate) fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_ba
     }
 }
 
+/// `FLAG_TRACE` in an object built for the tests (feature `trace`); in the
+/// shipped object no flag bit makes the exit look at the trace, and there is
+/// no `TRACE` map.
+const TRACE_FLAG: u32 = if cfg!(feature = "trace") {
+    FLAG_TRACE
+} else {
+    0
+};
+
 /// Anomalies are logged when this CPU's count reaches a power of two: a
 /// flood costs a logarithmic number of lines, never one per packet. (A
 /// count of 0 means the counter could not be read.)
@@ -74,8 +83,9 @@ pub(crate) fn anomaly_log_due(counter: u32, packets: u64) -> bool {
 /// that the path with all three off carries none of their code.
 #[inline(never)]
 pub(crate) fn after_count(ctx: &XdpContext, flags: u32, counter: u32, packets: u64) {
-    if flags & FLAG_TRACE != 0 {
-        let _ = TRACE.set(0, counter, 0);
+    #[cfg(feature = "trace")]
+    if flags & TRACE_FLAG != 0 {
+        let _ = crate::maps::TRACE.set(0, counter, 0);
     }
     if anomaly_log_due(counter, packets) {
         log_anomaly(ctx, counter, packets);
