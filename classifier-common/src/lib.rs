@@ -681,7 +681,8 @@ pub const fn decode_reason_counter(index: u32) -> Option<(Reason, u32, u32)> {
 
 /// Bytes of the frame an event carries.
 pub const EVENT_SNAPLEN: usize = 128;
-/// Size of the `EVENTS` ring buffer: 1 MiB holds about 4,800 events, several
+/// Size of the `EVENTS` ring buffer: 1 MiB holds about 6,200 events (160
+/// bytes each plus the ring's 8-byte record header), several
 /// seconds of the default budget on a small host even if the reader stalls.
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
 /// The per-CPU budget's bucket holds one second of credit: a burst may use a
