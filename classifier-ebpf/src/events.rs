@@ -41,11 +41,11 @@ pub(crate) fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_ba
             (*c).packets
         };
     }
-    if flags & (TRACE_FLAG | FLAG_EVENTS) != 0 {
+    if flags & SLOW_EXIT_FLAGS != 0 {
         core::hint::cold_path();
         // Events are on by default, and most packets pass: a pass that no
         // event is wanted for must not pay the call.
-        if flags & TRACE_FLAG != 0
+        if trace_on(flags)
             || event_wanted(flags, outcome.counter)
             || anomaly_log_due(outcome.counter, packets)
         {
@@ -62,13 +62,19 @@ pub(crate) fn finish(ctx: &XdpContext, config: &Config, outcome: Outcome, leg_ba
     }
 }
 
-/// `FLAG_TRACE` in an object built for the tests (feature `trace`); in the
-/// shipped object no flag bit makes the exit look at the trace, and there is
-/// no `TRACE` map.
-const TRACE_FLAG: u32 = if cfg!(feature = "trace") {
-    FLAG_TRACE
+/// Whether the tests' trace is on: only in an object built for the tests
+/// (feature `trace`); the shipped object has no `TRACE` map, and no flag
+/// bit makes its exit look for one.
+#[inline(always)]
+fn trace_on(flags: u32) -> bool {
+    cfg!(feature = "trace") && flags & FLAG_TRACE != 0
+}
+
+/// The flags that take the exit off its short path.
+const SLOW_EXIT_FLAGS: u32 = if cfg!(feature = "trace") {
+    FLAG_TRACE | FLAG_EVENTS
 } else {
-    0
+    FLAG_EVENTS
 };
 
 /// Anomalies are logged when this CPU's count reaches a power of two: a
@@ -84,7 +90,7 @@ pub(crate) fn anomaly_log_due(counter: u32, packets: u64) -> bool {
 #[inline(never)]
 pub(crate) fn after_count(ctx: &XdpContext, flags: u32, counter: u32, packets: u64) {
     #[cfg(feature = "trace")]
-    if flags & TRACE_FLAG != 0 {
+    if trace_on(flags) {
         let _ = crate::maps::TRACE.set(0, counter, 0);
     }
     if anomaly_log_due(counter, packets) {
