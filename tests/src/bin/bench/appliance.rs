@@ -67,9 +67,9 @@ fn spec() -> Result<PolicySpec> {
 
 /// Loads portguard in appliance mode and proves the paths the rounds
 /// measure: each frame gets its action, an allowed one by a catalog rule
-/// (not as the answer of a flow), a dropped one for a reason. The forwarded
-/// allowed datagram also records its answer in FLOWS the first time; from
-/// then on it looks the entry up and finds it, as on a running stream.
+/// (not as the answer of a flow), a dropped one for a reason. XDP records
+/// no flow (the egress recorder does, as a packet leaves a leg), so every
+/// round runs the same path as the first.
 pub fn load(frames: &Frames) -> Result<Classifier> {
     let mut registry = SlotRegistry::default();
     let compiled = policy::resolve(&Catalog::embedded(), &spec()?)

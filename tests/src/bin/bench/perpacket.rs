@@ -678,8 +678,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
              given UDP 161 behind a VLAN tag, {vlan_seen}; behind an IPv6 hop-by-hop header, {ext_seen}. \
              *Appliance mode* is `run --appliance` with the same roles and media range on the box's own address \
              and on `--profile 198.18.0.0/24=front-end,client` behind it, one leg; the forwarded frames come from \
-             an address in no profile to a server in that /24 (the allowed one records its answer in FLOWS on its \
-             first pass, so the rounds measure the steady stream: the entry is looked up and found), and each was \
+             an address in no profile to a server in that /24 (XDP records no flow: the egress recorder does, as \
+             a packet leaves a leg), and each was \
              checked once to pass by a catalog rule or drop for a reason. \
              ns/packet is the CPU time of the thread that ran a round's repeats, divided by them, in the fastest \
              of the case's rounds; the kernel's own figure (whole ns, truncated, from the wall clock, in the same \
