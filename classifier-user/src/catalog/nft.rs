@@ -74,15 +74,15 @@ fn open_table(s: &mut String, policy: &Resolved) {
 /// A host with `--profile`s, or an appliance.
 ///
 /// Host: the input chain's `to_profile` chain gives a packet the inbound rows
-/// of the profile of its destination, or of `roles` (the default profile,
-/// `--role`) when no profile holds it; without `roles` such packets are
-/// dropped, as by `run`.
+/// of the profile of its destination, or of the `own` profile (the default
+/// profile, `--role`) when no profile holds it; without `--role` such
+/// packets are dropped, as by `run`.
 ///
 /// Appliance: the box forwards between its legs. A `forward` chain (policy
 /// drop) passes replies (conntrack), the essentials, and per profile the
 /// inbound rows of the packets to it and the outbound rows of the packets
-/// from it; the `input` chain keeps the box's own policy (the `roles` rows,
-/// the lockout guard, the essentials).
+/// from it; the `input` chain keeps the box's own policy (the `own`
+/// profile's rows, the lockout guard, the essentials).
 ///
 /// Longest prefix wins, on each side, as in the XDP program, which picks
 /// one profile per side with an LPM trie. nft rules are first-match and an

@@ -121,8 +121,9 @@ pub struct CompiledPolicy {
     pub prefixes: Vec<(Prefix, u32)>,
     /// Appliance mode: the box's own addresses, as host prefixes.
     pub(crate) local: Vec<Prefix>,
-    /// Appliance mode: the leg each prefix sits behind (`PolicySpec::profile_legs`).
+    /// Appliance mode: the leg each `--profile` prefix sits behind (`ProfilePrefix::leg`).
     pub(crate) prefix_legs: BTreeMap<Prefix, u32>,
+    /// Bit p: profile p is a media host (`ResolvedProfile::media_path`).
     pub media_profiles: u32,
     /// Bit p: profile p has outbound rows.
     pub(crate) outbound_profiles: u32,
