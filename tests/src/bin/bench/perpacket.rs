@@ -251,7 +251,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     // Programs, indexed by `Case::prog`.
     let floor_obj = load_floor()?;
     let mut registry = SlotRegistry::default();
-    let compiled = policy::compile(&Catalog::embedded(), &lab_spec(), &mut registry)?;
+    let compiled = policy::resolve(&Catalog::embedded(), &lab_spec())
+        .and_then(|r| policy::compile(&r, &mut registry))?;
     let mut pg = Classifier::load(None)?;
     pg.install(&compiled, 1)?;
     // The same policy with packet events on at the default budget: under a
@@ -274,10 +275,11 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     // The same policy with the media rules' payload check on (lab_spec has
     // it off, so that the rows above measure ports alone): issue 23's rows.
     let media_spec = PolicySpec {
-        media_check: portguard::policy::MediaCheck::Enforce,
+        media_check: policy::MediaCheck::Enforce,
         ..lab_spec()
     };
-    let media_compiled = policy::compile(&Catalog::embedded(), &media_spec, &mut registry)?;
+    let media_compiled = policy::resolve(&Catalog::embedded(), &media_spec)
+        .and_then(|r| policy::compile(&r, &mut registry))?;
     let mut pg_media = Classifier::load(None)?;
     pg_media.install(&media_compiled, 1)?;
     let mut pg_events = Classifier::load(None)?;
@@ -311,7 +313,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         };
         let mut reg = SlotRegistry::default();
         let t1 = Instant::now();
-        let compiled = policy::compile(&catalog, &spec, &mut reg)?;
+        let compiled =
+            policy::resolve(&catalog, &spec).and_then(|r| policy::compile(&r, &mut reg))?;
         let compile = t1.elapsed();
         let rules = compiled.profiles.first().map_or(0, |p| p.rules);
         if rules != n as usize {
@@ -377,7 +380,7 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         .build();
     let v6 = udp64(src6, dst6, ALLOWED_PORT);
     // A 64-byte frame like `allowed`, whose payload is an RTP packet.
-    let rtp = {
+    let media_rtp = {
         let mut p = Packet::udp(src, dst, 40_000, ALLOWED_PORT).rtp();
         p.payload.resize(22, 0xd5);
         p.build()
@@ -508,14 +511,14 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         "media",
         "portguard, RTP to a media rule, check off",
         1,
-        &rtp,
+        &media_rtp,
         XDP_PASS,
     ));
     cases.push(case(
         "media",
         "portguard, RTP to a media rule, check on",
         media_prog,
-        &rtp,
+        &media_rtp,
         XDP_PASS,
     ));
     cases.push(case(
@@ -725,8 +728,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
              given UDP 161 behind a VLAN tag, {vlan_seen}; behind an IPv6 hop-by-hop header, {ext_seen}. \
              *Appliance mode* is `run --appliance` with the same roles and media range on the box's own address \
              and on `--profile 198.18.0.0/24=front-end,client` behind it, one leg; the forwarded frames come from \
-             an address in no profile to a server in that /24 (the allowed one records its answer in FLOWS on its \
-             first pass, so the rounds measure the steady stream: the entry is looked up and found), and each was \
+             an address in no profile to a server in that /24 (XDP records no flow: the egress recorder does, as \
+             a packet leaves a leg), and each was \
              checked once to pass by a catalog rule or drop for a reason. \
              ns/packet is the CPU time of the thread that ran a round's repeats, divided by them, in the fastest \
              of the case's rounds; the kernel's own figure (whole ns, truncated, from the wall clock, in the same \
@@ -898,9 +901,9 @@ pub fn reload_swap(report: &mut Report, swaps: u32) -> Result<()> {
     };
     let mut reg = SlotRegistry::default();
     let t0 = Instant::now();
-    let a = policy::compile(&catalog, &spec_a, &mut reg)?;
+    let a = policy::resolve(&catalog, &spec_a).and_then(|r| policy::compile(&r, &mut reg))?;
     let compile = t0.elapsed();
-    let b = policy::compile(&catalog, &spec_b, &mut reg)?;
+    let b = policy::resolve(&catalog, &spec_b).and_then(|r| policy::compile(&r, &mut reg))?;
     let diff = a.profiles[0]
         .blocks
         .iter()
