@@ -13,7 +13,7 @@ use classifier_common::{
     Reason, Verdict, decode_media_counter,
     media,
 };
-use portguard::policy::{MediaCheck, Mgmt, PolicySpec, Prefix, StunBudget};
+use portguard::policy::{MediaCheck, Mgmt, Placement, PolicySpec, Prefix, StunBudget};
 use portguard_testsupport::{
     frames::{ETH_P_8021Q, Packet},
     kernel::{Kernel, pin_this_thread_to_cpu0},
@@ -459,7 +459,7 @@ fn appliance_mode_checks_the_av_edge_media_rows() {
     let spec = PolicySpec {
         profiles,
         mgmt: Mgmt::defaults(),
-        appliance: true,
+        placement: Placement::Appliance,
         local_addrs: vec![p2("198.18.9.1"), p2("2001:db8:9::1")],
         profile_legs,
         ..PolicySpec::default()
