@@ -917,7 +917,10 @@ mod tests {
                 .enumerate()
             {
                 let pseudo = media_reason(index, r as u32);
-                assert_eq!(decode_reason_counter(reason_counter_index(pseudo, 1, PCLASS_UDP)), None);
+                assert_eq!(
+                    decode_reason_counter(reason_counter_index(pseudo, 1, PCLASS_UDP)),
+                    None
+                );
                 for verdict in [Verdict::Drop, Verdict::WouldDrop] {
                     let c = reason_counter_index(pseudo, verdict as u32, PCLASS_UDP);
                     assert!(c < COUNTER_ENTRIES, "media rule {index} fits COUNTERS");
@@ -930,7 +933,10 @@ mod tests {
             }
         }
         assert_eq!(decode_media_counter(COUNTER_ENTRIES), None);
-        assert_eq!(decode_media_counter(reason_counter_index(Reason::NoProfile as u32, 1, 1)), None);
+        assert_eq!(
+            decode_media_counter(reason_counter_index(Reason::NoProfile as u32, 1, 1)),
+            None
+        );
     }
 
     #[test]

@@ -108,7 +108,8 @@ pub const fn classify(head: &[u8; HEAD], len: usize) -> MediaKind {
                 && head[6] == STUN_COOKIE[2]
                 && head[7] == STUN_COOKIE[3];
             // Method (12 bits) apart from the class bits 0x0110.
-            let method = (msg_type & 0x000f) | ((msg_type & 0x00e0) >> 1) | ((msg_type & 0x3e00) >> 2);
+            let method =
+                (msg_type & 0x000f) | ((msg_type & 0x00e0) >> 1) | ((msg_type & 0x3e00) >> 2);
             let class = msg_type & 0x0110;
             // Without the cookie only the methods RFC 3489 and MS-TURN use
             // (Binding 1, Shared Secret 2, Allocate 3, Send 4, Data 5 and
@@ -405,7 +406,12 @@ mod tests {
         mux[..4].copy_from_slice(&[0xff, 0x10, 0x00, 36]);
         assert_eq!(classify_payload(&mux), MediaKind::MsTurnMux);
 
-        for junk in [&[][..], &[0x80][..], &[4, 5, 6, 7, 8, 9, 10, 11][..], &[200; 64][..]] {
+        for junk in [
+            &[][..],
+            &[0x80][..],
+            &[4, 5, 6, 7, 8, 9, 10, 11][..],
+            &[200; 64][..],
+        ] {
             assert_eq!(classify_payload(junk), MediaKind::NotMedia, "{junk:?}");
         }
     }
@@ -423,8 +429,10 @@ mod tests {
         assert_eq!(passed, 50, "a burst at one instant");
         let (ok, _) = take_token(bucket, 1_000 + u64::from(cost), cost, 50);
         assert!(ok, "one request's worth of time later");
-        let (v4_src, v4_net) = budget_keys(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 7, 9]);
-        let (_, v4_net2) = budget_keys(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 200, 1]);
+        let (v4_src, v4_net) =
+            budget_keys(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 7, 9]);
+        let (_, v4_net2) =
+            budget_keys(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 200, 1]);
         assert_eq!(v4_net, v4_net2, "one /16");
         assert_ne!(v4_src.prefix, v4_net.prefix);
     }

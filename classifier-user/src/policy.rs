@@ -37,7 +37,9 @@ pub enum PolicyError {
     TooManyProfiles,
     #[error("more than {} distinct rules; the counter table is full", MAX_RULE_SLOTS - 1)]
     TooManyRules,
-    #[error("more than {MAX_MEDIA_RULES} distinct `payload = \"media\"` rules; their counter table is full")]
+    #[error(
+        "more than {MAX_MEDIA_RULES} distinct `payload = \"media\"` rules; their counter table is full"
+    )]
     TooManyMediaRules,
 }
 

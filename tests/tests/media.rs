@@ -9,10 +9,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, time::Instant};
 
-use classifier_common::{
-    Reason, Verdict, decode_media_counter,
-    media,
-};
+use classifier_common::{Reason, Verdict, decode_media_counter, media};
 use portguard::policy::{MediaCheck, Mgmt, Placement, PolicySpec, Prefix, StunBudget};
 use portguard_testsupport::{
     frames::{ETH_P_8021Q, Packet},
@@ -85,10 +82,7 @@ fn frames(sport: u16, dport: u16, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
         let mut p = Packet::udp(src, dst, sport, dport);
         p.payload = payload.to_vec();
         v.push((fam.to_string(), p.clone().build()));
-        v.push((
-            format!("{fam} 802.1Q"),
-            p.vlan(ETH_P_8021Q, 10).build(),
-        ));
+        v.push((format!("{fam} 802.1Q"), p.vlan(ETH_P_8021Q, 10).build()));
     }
     v
 }
@@ -114,7 +108,10 @@ fn real_media_passes_every_media_rule_with_zero_false_drops() {
         return;
     };
     let real = load("real.txt");
-    assert!(real.len() > 300, "tests/data/media/real.txt lost its frames");
+    assert!(
+        real.len() > 300,
+        "tests/data/media/real.txt lost its frames"
+    );
     let mut runs = 0;
     for d in &real {
         let kind = media::classify_payload(&d.payload);
@@ -153,7 +150,9 @@ fn crafted_reflections() -> Vec<Datagram> {
         sport,
         payload: payload.to_vec(),
     };
-    let mut cldap = vec![0x30, 0x84, 0x00, 0x00, 0x0b, 0x8c, 0x02, 0x01, 0x01, 0x64, 0x84];
+    let mut cldap = vec![
+        0x30, 0x84, 0x00, 0x00, 0x0b, 0x8c, 0x02, 0x01, 0x01, 0x64, 0x84,
+    ];
     cldap.extend(std::iter::repeat_n(0x41, 200));
     vec![
         d(
@@ -253,7 +252,10 @@ fn reflection_answers_and_junk_are_refused_with_their_reason_host_mode() {
         random_total += 1;
         if !pass {
             random_dropped += 1;
-            assert_eq!(refusal(&k, counter), Some((Verdict::Drop, Reason::NotMedia)));
+            assert_eq!(
+                refusal(&k, counter),
+                Some((Verdict::Drop, Reason::NotMedia))
+            );
         }
     }
     eprintln!(
@@ -328,11 +330,12 @@ fn an_answer_to_a_recorded_flow_is_not_checked() {
     answer.payload = b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00".to_vec();
     let (pass, counter) = k.run(&answer.build());
     assert!(
-        pass && counter == classifier_common::reason_counter_index(
-            Reason::Established as u32,
-            Verdict::Pass as u32,
-            classifier_common::PCLASS_UDP
-        ),
+        pass && counter
+            == classifier_common::reason_counter_index(
+                Reason::Established as u32,
+                Verdict::Pass as u32,
+                classifier_common::PCLASS_UDP
+            ),
         "the DNS answer to the host's own query: {}",
         k.describe(counter)
     );
@@ -384,7 +387,8 @@ fn the_stun_budget_holds_a_flood_and_lets_clients_and_media_through() {
     // One source, 2,000 requests at once: its burst passes, a few more as
     // its bucket refills while the test runs, no more.
     // What a bucket may have refilled by while the flood ran.
-    let refill = |rate: u32, since: Instant| (f64::from(rate) * since.elapsed().as_secs_f64()) as usize + 1;
+    let refill =
+        |rate: u32, since: Instant| (f64::from(rate) * since.elapsed().as_secs_f64()) as usize + 1;
     let t = Instant::now();
     let passed = (0..2_000)
         .filter(|i| run(&mut k, &stun_from("198.19.7.7", SERVER, *i)))

@@ -403,8 +403,18 @@ fn media_rules(s: &mut String, policy: &Resolved, base: &str, role: &str) {
             b.source_rate,
             b.source_burst,
         ),
-        ("stunnet4", "ip saddr and 255.255.0.0", b.net_rate, b.net_burst),
-        ("stunnet6", "ip6 saddr and ffff:ffff:ffff::", b.net_rate, b.net_burst),
+        (
+            "stunnet4",
+            "ip saddr and 255.255.0.0",
+            b.net_rate,
+            b.net_burst,
+        ),
+        (
+            "stunnet6",
+            "ip6 saddr and ffff:ffff:ffff::",
+            b.net_rate,
+            b.net_burst,
+        ),
     ];
     for (meter, key, rate, burst) in budgets {
         if rate == 0 {
@@ -419,10 +429,7 @@ fn media_rules(s: &mut String, policy: &Resolved, base: &str, role: &str) {
         s,
         "\t\tudp dport @{set} @th,64,8 {{ 0-3, 16-25, 32-191, 255 }} counter accept comment \"{role} media\""
     );
-    let _ = writeln!(
-        s,
-        "\t\tudp dport @{set} counter drop comment \"not_media\""
-    );
+    let _ = writeln!(s, "\t\tudp dport @{set} counter drop comment \"not_media\"");
 }
 
 fn interval_set(s: &mut String, name: &str, ranges: &[(u16, u16)]) {

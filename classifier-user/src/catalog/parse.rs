@@ -16,8 +16,8 @@ use toml::Spanned;
 use super::{
     MIN_CLIENT_MEDIA_PORTS,
     model::{
-        Catalog, CatalogError, Diagnostic, Direction, IpsecException, MatchSide, Payload,
-        Protocol, RoleDef, Rule, SeedTable, Severity, ports_text,
+        Catalog, CatalogError, Diagnostic, Direction, IpsecException, MatchSide, Payload, Protocol,
+        RoleDef, Rule, SeedTable, Severity, ports_text,
     },
 };
 
@@ -317,7 +317,11 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic
         client_media: (1024, 65535),
         reflection_ports: Vec::new(),
     };
-    if let Some(ports) = raw.settings.as_ref().and_then(|s| s.reflection_ports.as_ref()) {
+    if let Some(ports) = raw
+        .settings
+        .as_ref()
+        .and_then(|s| s.reflection_ports.as_ref())
+    {
         for p in ports.get_ref() {
             match p.get_ref().as_integer() {
                 Some(n @ 1..=65_535) => catalog.reflection_ports.push(n as u16),
@@ -650,7 +654,10 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], roles: &[RoleDef]
                     d.error(
                         &word.span(),
                         "`payload = \"media\"` checks UDP datagrams; this rule has no UDP",
-                        Some("drop the key, or give the rule `protocol = \"udp\"` or `\"both\"`".into()),
+                        Some(
+                            "drop the key, or give the rule `protocol = \"udp\"` or `\"both\"`"
+                                .into(),
+                        ),
                     );
                     Payload::Any
                 }

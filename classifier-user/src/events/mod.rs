@@ -241,7 +241,9 @@ async fn read_ring(
             });
             let named = match media_rule {
                 Some(slot) => Some(slot),
-                None if e.reason == classifier_common::EVENT_REASON_RULE => u16::try_from(e.slot).ok(),
+                None if e.reason == classifier_common::EVENT_REASON_RULE => {
+                    u16::try_from(e.slot).ok()
+                }
                 None => None,
             };
             if named.is_some_and(|s| registry.get(s).is_none())

@@ -5,8 +5,7 @@ use std::net::IpAddr;
 
 use classifier_common::{
     EVENT_REASON_FLOW_REFUSED, EVENT_REASON_RULE, Event, Reason, STAT_CONFIRMED_REFUSED,
-    STAT_FRAGMENT_REFUSED, STAT_NEW_REFUSED, Verdict, decode_media_reason,
-    media::MEDIA_SLOT_FLAG,
+    STAT_FRAGMENT_REFUSED, STAT_NEW_REFUSED, Verdict, decode_media_reason, media::MEDIA_SLOT_FLAG,
 };
 use etherparse::{LaxPacketHeaders, LaxPayloadSlice, LinkHeader, NetHeaders, TransportHeader};
 use serde::{Deserialize, Serialize};

@@ -483,15 +483,27 @@ mod tests {
     #[test]
     fn a_media_rules_refusals_are_never_evidence_for_suggest() {
         let mut s = Store::default();
-        for (i, reason) in ["not_media", "reflection", "rate_limited"].iter().enumerate() {
+        for (i, reason) in ["not_media", "reflection", "rate_limited"]
+            .iter()
+            .enumerate()
+        {
             for n in 0..20 {
-                let mut r = rec_from("udp", 40_000 + n, 3478, &src(i * 20 + n as usize), "would_drop");
+                let mut r = rec_from(
+                    "udp",
+                    40_000 + n,
+                    3478,
+                    &src(i * 20 + n as usize),
+                    "would_drop",
+                );
                 r.event.reason = (*reason).into();
                 s.push(r, None);
             }
         }
         let a = s.aggregates();
-        let stun = a.iter().find(|a| a.port == 3478).expect("UDP 3478 aggregated");
+        let stun = a
+            .iter()
+            .find(|a| a.port == 3478)
+            .expect("UDP 3478 aggregated");
         assert_eq!(
             (stun.packets, stun.not_allowed, stun.requests),
             (60, 0, 0),

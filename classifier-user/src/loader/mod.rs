@@ -21,13 +21,11 @@ use aya::{
     },
 };
 use classifier_common::{
-    media,
     BLOCKS_PER_PROTO, COUNTER_MAP_ENTRIES, Config, Counter, DIRECTIONS, EventBudget, EventConfig,
     FLAG_APPLIANCE, FLAG_EVENTS, FLAG_EVENTS_PASS, FLOW_ENTRIES, FLOW_NEW_ENTRIES,
-    FLOW_SHARE_DEFAULT, FRAGMENT_ENTRIES, FRAGMENT_SHARE_DEFAULT, GenConfig, MAX_LEGS, MgmtPorts,
-    MEDIA_PROGRAM, PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM,
-    XDP_PROGRAM,
-    fast_block_base, map_names, next_sel_epoch, port_block_index,
+    FLOW_SHARE_DEFAULT, FRAGMENT_ENTRIES, FRAGMENT_SHARE_DEFAULT, GenConfig, MAX_LEGS,
+    MEDIA_PROGRAM, MgmtPorts, PROFILE_NONE, PROTO_COUNT, PortBlock, ProfileSel, TC_EGRESS_PROGRAM,
+    XDP_PROGRAM, fast_block_base, map_names, media, next_sel_epoch, port_block_index,
 };
 
 use crate::{
@@ -231,8 +229,8 @@ impl Classifier {
             let map = ebpf
                 .map_mut(map_names::MEDIA_PROG)
                 .ok_or(LoadError::Missing(map_names::MEDIA_PROG))?;
-            let mut array = aya::maps::ProgramArray::try_from(map)
-                .map_err(map_err(map_names::MEDIA_PROG))?;
+            let mut array =
+                aya::maps::ProgramArray::try_from(map).map_err(map_err(map_names::MEDIA_PROG))?;
             array
                 .set(0, &fd, 0)
                 .map_err(map_err(map_names::MEDIA_PROG))?;

@@ -221,7 +221,13 @@ pub fn compile(
         // they are its own connections, whose replies the egress flow
         // recorder lets back in, and opening their ports inbound would let
         // in unsolicited packets.
-        let blocks = port_blocks(&p.inbound, Direction::Inbound, media, registry, &mut media_index)?;
+        let blocks = port_blocks(
+            &p.inbound,
+            Direction::Inbound,
+            media,
+            registry,
+            &mut media_index,
+        )?;
         let (outbound, has_outbound) = if appliance {
             let b = port_blocks(
                 &p.outbound,

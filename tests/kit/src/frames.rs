@@ -135,7 +135,9 @@ impl Packet {
     /// A 16-byte RTP version 2 datagram's payload (RFC 3550): media, which
     /// a `payload = "media"` rule passes.
     pub fn rtp(mut self) -> Self {
-        self.payload = vec![0x80, 0x00, 0, 1, 0, 0, 0, 160, 0x70, 0x67, 0x00, 0x01, 1, 2, 3, 4];
+        self.payload = vec![
+            0x80, 0x00, 0, 1, 0, 0, 0, 160, 0x70, 0x67, 0x00, 0x01, 1, 2, 3, 4,
+        ];
         self
     }
 

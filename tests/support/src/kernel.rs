@@ -447,7 +447,8 @@ impl Kernel {
             let slot = u32::from(classifier_common::media::MEDIA_SLOT_FLAG) | media;
             return format!(
                 "media rule {} {} {}",
-                self.rule(slot).unwrap_or_else(|| format!("<media index {media}>")),
+                self.rule(slot)
+                    .unwrap_or_else(|| format!("<media index {media}>")),
                 verdict.name(),
                 reason.name()
             );
