@@ -348,7 +348,10 @@ pub const fn take_token(
 
 /// Microseconds of credit one request costs at `rate` a second (0: no limit).
 pub const fn cost_us(rate: u32) -> u32 {
-    if rate == 0 { 0 } else { 1_000_000 / rate }
+    match 1_000_000u32.checked_div(rate) {
+        Some(cost) => cost,
+        None => 0,
+    }
 }
 
 #[cfg(test)]

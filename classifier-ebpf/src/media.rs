@@ -102,7 +102,7 @@ pub(crate) fn hand_off(ctx: *mut core::ffi::c_void, h: &Handoff) {
     }
     let ctx = XdpContext::new(ctx.cast());
     // SAFETY: the media program is an XDP program over the same frame.
-    let _ = unsafe { MEDIA_PROG.tail_call(&ctx, 0) };
+    unsafe { MEDIA_PROG.tail_call(&ctx, 0) };
 }
 
 /// Offsets the media program accepts from the scratch: a frame's headers
