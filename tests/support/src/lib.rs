@@ -10,6 +10,8 @@
 //! `testkit`.
 
 pub use testkit::frames;
+pub mod frame_text;
 pub mod kernel;
 pub mod reference;
 pub mod spec;
+pub mod verdict_spec;
