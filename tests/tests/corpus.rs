@@ -23,7 +23,7 @@ use classifier_common::Reason;
 use portguard_testsupport::{
     kernel::{Kernel, hex},
     reference::{self, RefState},
-    verdict_spec::{Expect, Spec, Why},
+    verdict_spec::{self, Expect, Spec, Why},
 };
 
 fn corpus_path() -> PathBuf {
@@ -52,42 +52,6 @@ fn build_corpus(spec: &Spec) -> String {
         }
     }
     text
-}
-
-/// The counter an expectation stands for; a `rule:` expectation is checked
-/// against the rule the kernel found (its protocol, range and role).
-fn expected_counter(kernel: &Kernel, expect: &Expect, got: u32) -> Result<u32, String> {
-    let Expect::Verdict { why, .. } = expect else {
-        return Err("an egress frame has no verdict".into());
-    };
-    let Why::Rule { role, proto, port } = why else {
-        return expect
-            .reason_counter()
-            .ok_or_else(|| format!("{expect:?} names no counter"));
-    };
-    let key = u16::try_from(got).ok().and_then(|s| kernel.registry.get(s));
-    match key {
-        Some(k)
-            if k.proto == *proto
-                && (k.port_start..=k.port_end).contains(port)
-                && role.as_ref().is_none_or(|r| *r == k.role) =>
-        {
-            Ok(got)
-        }
-        Some(k) => Err(format!(
-            "counted under {}/{}/{}-{} ({}), expected a {}{proto} rule holding {port}",
-            k.role,
-            k.proto,
-            k.port_start,
-            k.port_end,
-            k.service,
-            role.as_ref().map_or(String::new(), |r| format!("{r} "))
-        )),
-        None => Err(format!(
-            "counted as {}, expected a catalog rule",
-            kernel.describe(got)
-        )),
-    }
 }
 
 #[test]
@@ -189,19 +153,38 @@ fn run_corpus(events: bool) {
     let spec = Spec::load();
     let mut failures = Vec::new();
     let mut ran = 0;
-    for section in &spec.sections {
-        // A fresh program (the previous one and its pins dropped first).
-        let Some(mut k) = Kernel::new("corpus", &spec.policy(&section.policy)) else {
-            return;
+    // One program per policy (a load is the slow part): the sections of a
+    // policy run one after the other, the flow and fragment tables emptied
+    // and the egress recorder restarted between them.
+    let mut sections: Vec<_> = spec.sections.iter().collect();
+    let first_seen = |policy: &str| spec.sections.iter().position(|s| s.policy == policy);
+    sections.sort_by_key(|s| first_seen(&s.policy));
+    let mut current: Option<(&str, Kernel)> = None;
+    let mut ring = None;
+    for section in sections {
+        let k = match &mut current {
+            Some((policy, k)) if *policy == section.policy => {
+                k.restart_flows();
+                k.clear_fragments();
+                k
+            }
+            _ => {
+                // The previous program and its pins go first.
+                current = None;
+                let Some(mut k) = Kernel::new("corpus", &spec.policy(&section.policy)) else {
+                    return;
+                };
+                ring = events.then(|| {
+                    k.classifier
+                        .set_events(1_000_000, true)
+                        .unwrap_or_else(|e| panic!("turning events on: {e}"));
+                    k.classifier
+                        .take_events_ring()
+                        .unwrap_or_else(|e| panic!("the events ring: {e}"))
+                });
+                &mut current.insert((section.policy.as_str(), k)).1
+            }
         };
-        let mut ring = events.then(|| {
-            k.classifier
-                .set_events(1_000_000, true)
-                .unwrap_or_else(|e| panic!("turning events on: {e}"));
-            k.classifier
-                .take_events_ring()
-                .unwrap_or_else(|e| panic!("the events ring: {e}"))
-        });
         let mut state = RefState::default();
         for case in &section.cases {
             let frame = &case.bytes;
@@ -214,29 +197,13 @@ fn run_corpus(events: bool) {
                 continue;
             }
             let got = k.run(frame);
-            let want_pass = case.expect.passes();
             let mut problems = Vec::new();
             if let Some(r) = ring.as_mut()
                 && let Err(e) = check_event(r, frame, &case.expect, got.1)
             {
                 problems.push(e);
             }
-            if got.0 != want_pass {
-                problems.push(format!(
-                    "verdict {} (expected {})",
-                    if got.0 { "pass" } else { "drop" },
-                    case.expect.text()
-                ));
-            }
-            match expected_counter(&k, &case.expect, got.1) {
-                Ok(want) if want == got.1 => {}
-                Ok(want) => problems.push(format!(
-                    "counted as {} (expected {})",
-                    k.describe(got.1),
-                    k.describe(want)
-                )),
-                Err(e) => problems.push(e),
-            }
+            problems.extend(verdict_spec::check(k, &case.expect, got));
             let reference = reference::classify(frame, &k.policy, &mut state);
             if reference != got {
                 problems.push(format!(

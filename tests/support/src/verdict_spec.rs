@@ -13,7 +13,7 @@ use classifier_common::{PCLASS_NAMES, Reason, Verdict, reason_counter_index};
 use portguard::policy::{Mgmt, PolicySpec};
 use serde::Deserialize;
 
-use crate::frame_text::FrameText;
+use crate::{frame_text::FrameText, kernel::Kernel};
 
 /// The file, embedded so that a test binary needs no path at run time.
 pub const TEXT: &str = include_str!("../../data/verdicts.toml");
@@ -62,6 +62,8 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct SectionText {
     policy: String,
+    #[serde(default)]
+    group: Option<String>,
     note: String,
     cases: Vec<CaseText>,
 }
@@ -101,6 +103,8 @@ pub struct Spec {
 #[derive(Debug)]
 pub struct Section {
     pub policy: String,
+    /// The test of tests/tests/verdicts.rs that runs this section again.
+    pub group: Option<String>,
     pub note: String,
     pub cases: Vec<Case>,
 }
@@ -266,6 +270,7 @@ impl Spec {
             }
             sections.push(Section {
                 policy: s.policy,
+                group: s.group,
                 note: s.note,
                 cases,
             });
@@ -295,6 +300,13 @@ impl Spec {
             .unwrap_or_else(|e| panic!("verdicts.toml policy `{name}`: {e}"))
     }
 
+    /// The sections of a group, in file order.
+    pub fn group<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a Section> {
+        self.sections
+            .iter()
+            .filter(move |s| s.group.as_deref() == Some(group))
+    }
+
     /// A case by name.
     pub fn case(&self, name: &str) -> &Case {
         self.cases()
@@ -306,14 +318,61 @@ impl Spec {
     pub fn cases(&self) -> impl Iterator<Item = &Case> {
         self.sections.iter().flat_map(|s| &s.cases)
     }
+}
 
-    /// The cases of a policy's sections, in file order.
-    pub fn cases_of<'a>(&'a self, policy: &'a str) -> impl Iterator<Item = &'a Case> {
-        self.sections
-            .iter()
-            .filter(move |s| s.policy == policy)
-            .flat_map(|s| &s.cases)
+/// What differs between what the kernel did with a frame (pass, counter)
+/// and what the case expects: the verdict, and the reason counter or the
+/// rule (its protocol, range and role) it was counted under.
+pub fn check(kernel: &Kernel, expect: &Expect, got: (bool, u32)) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Expect::Verdict { why, .. } = expect else {
+        return vec!["an egress frame has no verdict".into()];
+    };
+    if got.0 != expect.passes() {
+        problems.push(format!(
+            "{} (expected {})",
+            if got.0 { "passed" } else { "dropped" },
+            expect.text()
+        ));
     }
+    match why {
+        Why::Reason { .. } => {
+            let want = expect.reason_counter();
+            if want != Some(got.1) {
+                problems.push(format!(
+                    "counted as {} (expected {})",
+                    kernel.describe(got.1),
+                    expect.text()
+                ));
+            }
+        }
+        Why::Rule { role, proto, port } => {
+            match u16::try_from(got.1)
+                .ok()
+                .and_then(|s| kernel.registry.get(s))
+            {
+                Some(k)
+                    if k.proto == *proto
+                        && (k.port_start..=k.port_end).contains(port)
+                        && role.as_ref().is_none_or(|r| *r == k.role) => {}
+                Some(k) => problems.push(format!(
+                    "counted under {}/{}/{}-{} ({}), expected {}",
+                    k.role,
+                    k.proto,
+                    k.port_start,
+                    k.port_end,
+                    k.service,
+                    expect.text()
+                )),
+                None => problems.push(format!(
+                    "counted as {}, expected a catalog rule ({})",
+                    kernel.describe(got.1),
+                    expect.text()
+                )),
+            }
+        }
+    }
+    problems
 }
 
 impl PolicyText {
