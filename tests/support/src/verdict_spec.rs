@@ -7,7 +7,7 @@
 //! test takes its policies and the outcomes it must reach from here. The
 //! reference classifier stays the oracle for generated and fuzzed frames.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use classifier_common::{PCLASS_NAMES, Reason, Verdict, reason_counter_index};
 use portguard::policy::{Mgmt, PolicySpec};
@@ -44,6 +44,17 @@ pub struct PolicyText {
     /// `--client-media START-END`.
     #[serde(default)]
     pub client_media: Option<String>,
+    /// Appliance mode: the legs, in `--iface` order (names for the spec).
+    #[serde(default)]
+    pub legs: Vec<String>,
+    /// Appliance mode: the box's own addresses.
+    #[serde(default)]
+    pub own: Vec<IpAddr>,
+    /// Appliance mode: `CIDR=LEG`, where the box's routes send addresses
+    /// (the longest prefix wins; the rest of the world is behind the first
+    /// leg). A profile sits behind the leg its prefix is routed to.
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -135,17 +146,20 @@ pub enum Why {
     /// Counted under a reason counter of this packet class.
     Reason { reason: Reason, pclass: u32 },
     /// Passed under a catalog rule of this protocol whose range holds
-    /// `port` (and of this role, where named).
+    /// `port` (and of this role, where named); with `end`, whose range is
+    /// exactly `port-end`.
     Rule {
         role: Option<String>,
         proto: String,
         port: u16,
+        end: Option<u16>,
     },
 }
 
 impl Expect {
     /// `egress`, or `VERDICT WHY`: VERDICT is `pass`, `drop` or
-    /// `would_drop`; WHY is `REASON/PCLASS` or `rule:[ROLE/]PROTO/PORT`.
+    /// `would_drop`; WHY is `REASON/PCLASS` or
+    /// `rule:[ROLE/]PROTO/PORT[-END]`.
     pub fn parse(s: &str) -> Result<Expect, String> {
         if s == "egress" {
             return Ok(Expect::Egress);
@@ -166,12 +180,16 @@ impl Expect {
                 [role, proto, port] => (Some((*role).to_string()), *proto, *port),
                 _ => return Err(format!("`{why}` is not rule:[ROLE/]PROTO/PORT")),
             };
+            let bad = || format!("`{port}` in `{why}` is not PORT or START-END");
+            let (start, end) = match port.split_once('-') {
+                Some((s, e)) => (s, Some(e.parse().map_err(|_| bad())?)),
+                None => (port, None),
+            };
             Why::Rule {
                 role,
                 proto: proto.to_string(),
-                port: port
-                    .parse()
-                    .map_err(|_| format!("`{port}` in `{why}` is not a port"))?,
+                port: start.parse().map_err(|_| bad())?,
+                end,
             }
         } else {
             let (reason, pclass) = why
@@ -228,10 +246,16 @@ impl Expect {
                     Why::Reason { reason, pclass } => {
                         format!("{v} {}/{}", reason.name(), PCLASS_NAMES[*pclass as usize])
                     }
-                    Why::Rule { role, proto, port } => match role {
-                        Some(r) => format!("{v} rule:{r}/{proto}/{port}"),
-                        None => format!("{v} rule:{proto}/{port}"),
-                    },
+                    Why::Rule {
+                        role,
+                        proto,
+                        port,
+                        end,
+                    } => {
+                        let role = role.as_ref().map_or(String::new(), |r| format!("{r}/"));
+                        let end = end.map_or(String::new(), |e| format!("-{e}"));
+                        format!("{v} rule:{role}{proto}/{port}{end}")
+                    }
                 }
             }
         }
@@ -249,8 +273,14 @@ impl Spec {
         let mut names = std::collections::BTreeSet::new();
         let mut sections = Vec::new();
         for s in file.section {
-            if !file.policy.contains_key(&s.policy) {
+            let Some(policy) = file.policy.get(&s.policy) else {
                 return Err(format!("a section names an unknown policy `{}`", s.policy));
+            };
+            if !policy.legs.is_empty() && s.group.is_none() {
+                return Err(format!(
+                    "a section under the appliance policy `{}` has no group: only appliance_verdicts.rs runs appliances",
+                    s.policy
+                ));
             }
             let mut cases = Vec::new();
             for c in s.cases {
@@ -300,6 +330,13 @@ impl Spec {
             .unwrap_or_else(|e| panic!("verdicts.toml policy `{name}`: {e}"))
     }
 
+    /// Whether a policy is an appliance's (it has legs).
+    pub fn is_appliance(&self, policy: &str) -> bool {
+        self.policies
+            .get(policy)
+            .is_some_and(|p| !p.legs.is_empty())
+    }
+
     /// The sections of a group, in file order.
     pub fn group<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a Section> {
         self.sections
@@ -346,7 +383,12 @@ pub fn check(kernel: &Kernel, expect: &Expect, got: (bool, u32)) -> Vec<String> 
                 ));
             }
         }
-        Why::Rule { role, proto, port } => {
+        Why::Rule {
+            role,
+            proto,
+            port,
+            end,
+        } => {
             match u16::try_from(got.1)
                 .ok()
                 .and_then(|s| kernel.registry.get(s))
@@ -354,6 +396,7 @@ pub fn check(kernel: &Kernel, expect: &Expect, got: (bool, u32)) -> Vec<String> 
                 Some(k)
                     if k.proto == *proto
                         && (k.port_start..=k.port_end).contains(port)
+                        && end.is_none_or(|e| (k.port_start, k.port_end) == (*port, e))
                         && role.as_ref().is_none_or(|r| *r == k.role) => {}
                 Some(k) => problems.push(format!(
                     "counted under {}/{}/{}-{} ({}), expected {}",
@@ -376,6 +419,31 @@ pub fn check(kernel: &Kernel, expect: &Expect, got: (bool, u32)) -> Vec<String> 
 }
 
 impl PolicyText {
+    /// The leg an appliance's routes send `addr` by, or `None` for the box's
+    /// own addresses.
+    pub fn leg_of(&self, addr: IpAddr) -> Result<Option<usize>, String> {
+        if self.own.contains(&addr) {
+            return Ok(None);
+        }
+        let mut best: Option<(u8, usize)> = None;
+        for r in &self.routes {
+            let bad = || format!("route `{r}` is not CIDR=LEG");
+            let (cidr, leg) = r.split_once('=').ok_or_else(bad)?;
+            let leg = self
+                .legs
+                .iter()
+                .position(|l| l == leg)
+                .ok_or_else(|| format!("route `{r}`: no leg `{leg}`"))?;
+            let (net, len) = cidr.split_once('/').ok_or_else(bad)?;
+            let net: IpAddr = net.parse().map_err(|_| bad())?;
+            let len: u8 = len.parse().map_err(|_| bad())?;
+            if in_prefix(addr, net, len) && best.is_none_or(|(l, _)| len > l) {
+                best = Some((len, leg));
+            }
+        }
+        Ok(Some(best.map_or(0, |(_, leg)| leg)))
+    }
+
     /// The `PolicySpec` these flags give `portguard run`.
     pub fn to_spec(&self) -> Result<PolicySpec, String> {
         let mut mgmt = if self.default_mgmt {
@@ -399,16 +467,43 @@ impl PolicyText {
                 Some((s.parse().map_err(|_| bad())?, e.parse().map_err(|_| bad())?))
             }
         };
+        let profiles: Vec<portguard::policy::ProfileArg> = profiles;
+        let appliance = !self.legs.is_empty();
+        let mut profile_legs = BTreeMap::new();
+        if appliance {
+            for p in &profiles {
+                if let Some(leg) = self.leg_of(p.prefix.ip())? {
+                    profile_legs.insert(p.prefix, leg as u32);
+                }
+            }
+        }
         Ok(PolicySpec {
             default_roles: self.roles.clone(),
             profiles,
             mgmt,
+            appliance,
+            local_addrs: self.own.clone(),
+            profile_legs,
             monitor: self.monitor,
             drop_echo: self.drop_echo,
             drop_ipsec_on_media: self.drop_ipsec_on_media,
             client_media,
             ..PolicySpec::default()
         })
+    }
+}
+
+fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
     }
 }
 
