@@ -488,7 +488,6 @@ impl PolicyText {
             drop_echo: self.drop_echo,
             drop_ipsec_on_media: self.drop_ipsec_on_media,
             client_media,
-            ..PolicySpec::default()
         })
     }
 }
