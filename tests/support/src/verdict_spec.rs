@@ -114,7 +114,7 @@ pub struct Spec {
 #[derive(Debug)]
 pub struct Section {
     pub policy: String,
-    /// The test of tests/tests/verdicts.rs that runs this section again.
+    /// The test of tests/tests/policy/verdicts.rs that runs this section again.
     pub group: Option<String>,
     pub note: String,
     pub cases: Vec<Case>,

@@ -34,7 +34,7 @@ fn corpus_path() -> PathBuf {
 /// frames in hex.
 fn build_corpus(spec: &Spec) -> String {
     let mut text = String::from(
-        "# portguard packet-policy corpus: NAME | VERDICT | WHY | HEX (see tests/tests/corpus.rs)\n\
+        "# portguard packet-policy corpus: NAME | VERDICT | WHY | HEX (see tests/tests/policy/corpus.rs)\n\
          # Generated from tests/data/verdicts.toml (PORTGUARD_WRITE_CORPUS=1); expectations are hand-written there.\n",
     );
     for s in spec
