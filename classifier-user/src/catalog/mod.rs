@@ -19,7 +19,7 @@ use std::{path::Path, sync::OnceLock};
 
 pub use model::{
     Catalog, CatalogError, Diagnostic, Direction, EDGE_DOCUMENT, EffectiveRule, IpsecException,
-    MatchSide, MgmtAllowance, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule,
+    MatchSide, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule,
     SERVER_PORTS_DOCUMENT, SeedTable, Severity, count_findings,
 };
 pub(crate) use parse::MAX_DIAGNOSTICS;

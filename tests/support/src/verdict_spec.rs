@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use classifier_common::{PCLASS_NAMES, Reason, Verdict, reason_counter_index};
-use portguard::policy::{Mgmt, PolicySpec};
+use portguard::policy::{Mgmt, Placement, PolicySpec};
 use serde::Deserialize;
 
 use crate::{frame_text::FrameText, kernel::Kernel};
@@ -481,7 +481,11 @@ impl PolicyText {
             default_roles: self.roles.clone(),
             profiles,
             mgmt,
-            appliance,
+            placement: if appliance {
+                Placement::Appliance
+            } else {
+                Placement::Host
+            },
             local_addrs: self.own.clone(),
             profile_legs,
             monitor: self.monitor,
