@@ -390,8 +390,8 @@ mod tests {
                 .payload(64),
         );
         let mut frag = Packet::new(
-            "198.18.0.1".parse().unwrap_or_else(|e| panic!("{e}")),
-            "198.18.0.2".parse().unwrap_or_else(|e| panic!("{e}")),
+            "198.18.0.1".parse().expect("198.18.0.1 is an address"),
+            "198.18.0.2".parse().expect("198.18.0.2 is an address"),
             L4::Raw { proto: 17 },
         )
         .payload(16);
@@ -405,7 +405,7 @@ mod tests {
     fn edits_apply_in_order() {
         let t = FrameText::parse("udp 198.18.0.1:1 > 198.18.0.2:2 payload 8 cut-l4 41 set 14 44")
             .and_then(|t| t.build())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a UDP frame cut and edited builds");
         assert_eq!(t.len(), 41, "cut-l4 keeps 41 bytes");
         assert_eq!(
             &t[14..18],
@@ -414,7 +414,7 @@ mod tests {
         );
         let t = FrameText::parse("tcp 198.18.0.1:1 > 198.18.0.2:2 cut-l4 39")
             .and_then(|t| t.build())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("an IPv4 TCP frame cut to 39 bytes builds");
         assert_eq!(
             u16::from_be_bytes([t[16], t[17]]),
             25,
@@ -422,7 +422,7 @@ mod tests {
         );
         let t = FrameText::parse("tcp [2001:db8::1]:1 > [2001:db8::2]:2 vlan 8100:1 cut-l4 61")
             .and_then(|t| t.build())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a tagged IPv6 TCP frame cut to 61 bytes builds");
         assert_eq!(
             u16::from_be_bytes([t[22], t[23]]),
             3,
@@ -430,7 +430,7 @@ mod tests {
         );
         let arp = FrameText::parse("arp vlan 8100:10")
             .and_then(|t| t.build())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a tagged ARP request builds");
         assert_eq!(
             &arp[12..18],
             &[0x81, 0, 0, 10, 0x08, 0x06],
