@@ -2,7 +2,7 @@
 //! same roles and media range the lab demo and the operations tests pass on
 //! the command line), a host in front of a pool, and one role alone. They
 //! decide by port: the media rules' payload check is off in them (its
-//! tests, tests/tests/media.rs, turn it on), so that a frame's filler bytes
+//! tests, tests/tests/policy/media.rs, turn it on), so that a frame's filler bytes
 //! do not decide its verdict.
 
 use portguard::policy::{MediaCheck, Mgmt, PolicySpec};

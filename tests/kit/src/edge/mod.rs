@@ -430,7 +430,7 @@ pub fn portguard_args() -> Vec<String> {
 
 fn portguard_args_on(legs: Legs) -> Vec<String> {
     // The edge lab's datagrams carry text, which the media rules' payload
-    // check (tests/tests/media.rs) would refuse: the lab watches ports and
+    // check (tests/tests/policy/media.rs) would refuse: the lab watches ports and
     // flows.
     let mut args: Vec<String> = [
         "run",

@@ -115,7 +115,7 @@ impl Pair {
             "--xdp-mode", "native", "--metrics-addr", METRICS,
             // The port and flow behaviour is what these tests watch; their
             // datagrams carry text, which the media rules' payload check
-            // (tests/tests/media.rs) would refuse.
+            // (tests/tests/policy/media.rs) would refuse.
             "--media-check", "off",
         ]
         .iter()

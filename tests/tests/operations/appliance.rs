@@ -129,7 +129,7 @@ impl Routed {
             "--profile", "2001:db8:73::10/128=av-edge-external",
             "--xdp-mode", "native", "--metrics-addr", METRICS,
             // Ports and flows are watched here; the datagrams carry counters,
-            // which the media rules' payload check (media.rs) would refuse.
+            // which the media rules' payload check (tests/tests/policy/media.rs) would refuse.
             "--media-check", "off",
         ];
         let d = Daemon::spawn(&self.appliance, &args, dir, name);

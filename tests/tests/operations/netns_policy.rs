@@ -563,7 +563,7 @@ fn per_destination_profiles_without_a_default_role() {
         );
     }
     // Ports and flows are watched here; the datagrams carry text, which the
-    // media rules' payload check (media.rs) would refuse.
+    // media rules' payload check (tests/tests/policy/media.rs) would refuse.
     let args: Vec<String> = [
         "run",
         "--media-check",
