@@ -492,6 +492,11 @@ impl PolicyText {
             drop_echo: self.drop_echo,
             drop_ipsec_on_media: self.drop_ipsec_on_media,
             client_media,
+            // The cases decide by port and flow: their filler bytes are no
+            // media, and the payload check has its own tests
+            // (tests/tests/policy/media.rs).
+            media_check: portguard::policy::MediaCheck::Off,
+            stun_budget: portguard::policy::StunBudget::default(),
         })
     }
 }
