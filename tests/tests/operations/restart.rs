@@ -270,8 +270,6 @@ fn failed_starts_exit_with_the_documented_code_and_leave_the_interface_untouched
     let base = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
             "run",
-            "--media-check",
-            "off",
             "--iface",
             &iface,
             "--role",
