@@ -11,9 +11,8 @@ use classifier_common::{
     Addr, COUNTER_MAP_ENTRIES, Config, Counter, EVENT_RING_BYTES, EventBudget, EventConfig,
     FLOW_ENTRIES, FLOW_NEW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FLOW_SHARE_ENTRIES,
     FLOW_STAT_ENTRIES, FRAGMENT_ENTRIES, FlowKey, FlowState, FragKey, FragVerdict, LPM_ENTRIES,
-    MgmtPorts, PORT_BLOCK_ENTRIES, PortBlock, ProfileSel, RECENT_FLOW_SLOTS, RecentFlow,
-    SEL_CACHE_SLOTS, SelCacheEntry, Share, ShareKey,
-    MAX_RULE_SLOTS,
+    MAX_RULE_SLOTS, MgmtPorts, PORT_BLOCK_ENTRIES, PortBlock, ProfileSel, RECENT_FLOW_SLOTS,
+    RecentFlow, SEL_CACHE_SLOTS, SelCacheEntry, Share, ShareKey,
     media::{MediaScratch, REFLECTION_ENTRIES_PER_GEN, STUN_BUDGET_ENTRIES, StunBucket},
 };
 

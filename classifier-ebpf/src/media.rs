@@ -9,9 +9,7 @@
 //! one path that ends in the tail call, where the decision inline would
 //! multiply every path after it.
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use classifier_common::{
     COUNTER_ENTRIES, Config, FLAG_MEDIA_MONITOR, FLAG_MONITOR, FlowKey, PCLASS_UDP, Reason,
     ShareKey, Verdict,
@@ -32,9 +30,18 @@ use crate::{
 /// the budget must see). `l4` is the UDP header's offset, `end` the IP
 /// packet's.
 #[inline(always)]
-pub(crate) fn plainly_media(frame: &Frame, generation: u32, l4: usize, end: usize, sport: u16) -> bool {
+pub(crate) fn plainly_media(
+    frame: &Frame,
+    generation: u32,
+    l4: usize,
+    end: usize,
+    sport: u16,
+) -> bool {
     !is_reflection_port(generation, sport)
-        && !matches!(kind(frame, l4, end), MediaKind::NotMedia | MediaKind::StunRequest)
+        && !matches!(
+            kind(frame, l4, end),
+            MediaKind::NotMedia | MediaKind::StunRequest
+        )
 }
 
 /// The payload's kind. The classifier never looks at bytes past the
@@ -219,8 +226,12 @@ fn within_budget(src: &classifier_common::Addr, config: &Config) -> bool {
     let (source, net) = media::budget_keys(src);
     // SAFETY: a helper without arguments.
     let now_us = unsafe { bpf_ktime_get_coarse_ns() } / 1_000;
-    take(&source, now_us, config.stun_source_cost_us, config.stun_source_burst)
-        && take(&net, now_us, config.stun_net_cost_us, config.stun_net_burst)
+    take(
+        &source,
+        now_us,
+        config.stun_source_cost_us,
+        config.stun_source_burst,
+    ) && take(&net, now_us, config.stun_net_cost_us, config.stun_net_burst)
 }
 
 #[inline(always)]
