@@ -3,12 +3,14 @@
 //! appliance between namespaces (`appliance`), reloads under a stream
 //! (`reload`), restarts, takeover and detach (`restart`), packet events,
 //! `top` and `suggest` (`events`), and the metrics as Prometheus and its
-//! alert rules see them (`prometheus`, `alerts`). One binary, one link: run
+//! alert rules see them (`prometheus`, `alerts`), the edition a daemon
+//! enforces (`editions`). One binary, one link: run
 //! a part with a filter, e.g. `cargo test --release -p integration-tests
 //! --test operations reload::`.
 
 mod alerts;
 mod appliance;
+mod editions;
 mod events;
 mod netns_policy;
 mod prometheus;
