@@ -68,10 +68,12 @@ impl Lab {
         })
     }
 
-    /// An RTP-shaped datagram: 50000 is a `payload = "media"` port, where a
-    /// filler payload would be dropped as `not_media`.
+    /// A 64-byte frame with an RTP-shaped payload: 50000 is a
+    /// `payload = "media"` port, where a filler payload would be dropped as
+    /// `not_media`.
     fn frame(&self, dport: u16) -> Vec<u8> {
         let mut p = Packet::udp(TX_IP, RX_IP, 40_000, dport).rtp();
+        p.payload.resize(22, 0);
         p.src_mac = self.tx_mac;
         p.dst_mac = self.rx_mac;
         p.build()
