@@ -101,14 +101,12 @@ pub(super) fn derive(
             "note",
             "what the document says about the row",
         );
-        let protocols = match r.protocol.get_ref().as_str() {
-            "tcp" => vec![Protocol::Tcp],
-            "udp" => vec![Protocol::Udp],
-            "both" => vec![Protocol::Tcp, Protocol::Udp],
-            other => {
+        let protocols = match Protocol::from_catalog_word(r.protocol.get_ref()) {
+            Some(protocols) => protocols,
+            None => {
                 d.error(
                     &r.protocol.span(),
-                    format!("unknown protocol `{other}`"),
+                    format!("unknown protocol `{}`", r.protocol.get_ref()),
                     Some("expected `tcp`, `udp` or `both`, as the base's rule says".into()),
                 );
                 continue;

@@ -10,6 +10,17 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The protocols a catalog `protocol` word names (`both` is both), or
+    /// `None` for an unknown word.
+    pub(crate) fn from_catalog_word(word: &str) -> Option<Vec<Protocol>> {
+        match word {
+            "tcp" => Some(vec![Protocol::Tcp]),
+            "udp" => Some(vec![Protocol::Udp]),
+            "both" => Some(vec![Protocol::Tcp, Protocol::Udp]),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",

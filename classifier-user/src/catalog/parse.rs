@@ -623,14 +623,12 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], roles: &[RoleDef]
                 Some("name the document's service, in English".into()),
             );
         }
-        let protocols = match r.protocol.get_ref().as_str() {
-            "tcp" => vec![Protocol::Tcp],
-            "udp" => vec![Protocol::Udp],
-            "both" => vec![Protocol::Tcp, Protocol::Udp],
-            other => {
+        let protocols = match Protocol::from_catalog_word(r.protocol.get_ref()) {
+            Some(protocols) => protocols,
+            None => {
                 d.error(
                     &r.protocol.span(),
-                    format!("unknown protocol `{other}`"),
+                    format!("unknown protocol `{}`", r.protocol.get_ref()),
                     Some(
                         "expected `tcp`, `udp` or `both`; keep the document's wording in `transport`"
                             .into(),
