@@ -686,6 +686,16 @@ pub enum Verdict {
 pub const VERDICT_COUNT: u32 = 3;
 
 impl Verdict {
+    /// The verdict of a counter's verdict field (`decode_reason_counter`).
+    pub const fn from_index(i: u32) -> Option<Verdict> {
+        match i {
+            0 => Some(Verdict::Pass),
+            1 => Some(Verdict::Drop),
+            2 => Some(Verdict::WouldDrop),
+            _ => None,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",

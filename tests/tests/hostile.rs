@@ -12,6 +12,8 @@
 //!   come at it; HEAD, 404, 405 with `Allow`, 400 and 431 are answered;
 //! - a pin directory owned by another user, or writable by others, is refused;
 //! - SIGINT with stdout a closed pipe still detaches;
+//! - a malformed frame from the wire reaches the daemon's log as a line that
+//!   names its reason (the kernel logs numbers only);
 //! - `reload` never signals a stale pid, and says "needs root" to non-root;
 //! - a path-like `--iface` is refused by every command, and `--iface lo`
 //!   without `--allow-loopback`, native XDP on lo, 1,025 `--profile`
@@ -604,6 +606,60 @@ fn sigint_with_a_closed_stdout_still_detaches() {
     assert!(
         status.success() && !log().contains("panicked"),
         "portguard should exit 0 without a panic, got {status}:\n{}",
+        log()
+    );
+}
+
+#[test]
+fn a_malformed_frame_is_logged_by_its_reason_name() {
+    if !testkit::require_privileges("hostile: anomaly log") {
+        return;
+    }
+    let dir = TempDir::new("hostile-anomaly");
+    let pair = Pair::new("pghano", 177);
+    let stderr_path = dir.path().join("daemon.err");
+    let mut cmd = Command::new(testkit::portguard_bin());
+    cmd.args(pair.run_args(&[]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(ok("stderr file", fs::File::create(&stderr_path)));
+    ok_any("setns pre_exec", spawn_in(&pair.server, &mut cmd));
+    let mut child = ok("spawning portguard", cmd.spawn());
+    let log = || fs::read_to_string(&stderr_path).unwrap_or_default();
+    let up = poll(Duration::from_secs(20), || {
+        (log().contains("metrics on http://") && pair.xdp_attached()).then_some(())
+    });
+    if up.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("portguard did not come up:\n{}", log());
+    }
+    // An IPv4 ethertype followed by ten bytes: no room for an IP header.
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    frame.extend_from_slice(&[0x45; 10]);
+    let sender = ok_any(
+        "a raw socket on the client",
+        testkit::sockets::RawSender::new(&pair.client, &pair.client_if),
+    );
+    ok("sending the malformed frame", sender.send(&frame));
+    let wanted = "portguard: 1 other packets dropped as malformed on one CPU";
+    let logged = poll(Duration::from_secs(10), || {
+        log().contains(wanted).then_some(())
+    });
+    // SAFETY: signalling our own, unreaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = poll(Duration::from_secs(10), || ok("try_wait", child.try_wait()));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        logged.is_some(),
+        "no line {wanted:?} in the daemon's log:\n{}",
+        log()
+    );
+    assert!(
+        !log().contains("anomaly counter="),
+        "a raw anomaly line reached the log:\n{}",
         log()
     );
 }

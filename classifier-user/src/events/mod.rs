@@ -5,6 +5,7 @@
 //!
 //! The daemon holds one [`Events`] and calls [`Events::spawn`] once.
 
+pub(crate) mod anomaly;
 pub mod control;
 pub(crate) mod metrics;
 pub mod record;

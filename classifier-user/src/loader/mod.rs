@@ -241,9 +241,11 @@ impl Classifier {
     }
 
     /// The reader of the eBPF side's log ring (rare, rate-limited anomaly
-    /// lines). Taken once; the daemon polls it.
+    /// lines, named on their way to the daemon's log). Taken once; the
+    /// daemon polls it.
     pub(crate) fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+        let lines: &'static dyn log::Log = &crate::events::anomaly::ANOMALY_LINES;
+        match aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, lines) {
             Ok(l) => Some(l),
             Err(e) => {
                 log::warn!("eBPF log ring unavailable: {e}");

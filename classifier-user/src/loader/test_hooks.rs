@@ -49,4 +49,20 @@ impl Classifier {
             .get(&0, 0)
             .map_err(map_err(map_names::TRACE))
     }
+
+    /// Each loaded program's name and the instructions the verifier
+    /// processed to accept it (its budget is 1,000,000 per program).
+    pub fn verified_instructions(&self) -> Result<Vec<(String, u32)>, LoadError> {
+        let mut counts = Vec::new();
+        for (name, program) in self.ebpf.programs() {
+            let info = program
+                .info()
+                .map_err(|e| LoadError::Object(format!("{name}: {e}")))?;
+            if let Some(count) = info.verified_instruction_count() {
+                counts.push((name.to_owned(), count));
+            }
+        }
+        counts.sort();
+        Ok(counts)
+    }
 }

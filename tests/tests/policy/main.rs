@@ -15,3 +15,4 @@ mod differential;
 mod media;
 mod nft_differential;
 mod verdicts;
+mod verifier_budget;
