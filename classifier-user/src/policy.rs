@@ -12,12 +12,14 @@ use std::{
 
 use classifier_common::{
     Addr, BLOCKS_PER_PROTO, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR,
-    MAX_PROFILES, MAX_RULE_SLOTS, MGMT_PORTS, PORTS_PER_BLOCK, PROFILE_NONE, PROTO_COUNT,
-    PROTO_TCP, PROTO_UDP, PortBlock,
+    MAX_PROFILES, MAX_RULE_SLOTS, MGMT_PORTS, PEER_ENTRIES, PORTS_PER_BLOCK, PROFILE_NONE,
+    PROTO_COUNT, PROTO_TCP, PROTO_UDP, PortBlock, SLOT_MASK, SLOT_PEERS,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, CatalogError, Direction, EffectiveRule, Protocol, assign_ports_in};
+use crate::catalog::{
+    AddressesArg, Catalog, CatalogError, Direction, EffectiveRule, Protocol, assign_ports_in,
+};
 
 /// Roles whose rules open the audio/video media ranges: a host running one of
 /// them sits on a media path, where the server ports document's IPsec exception
@@ -227,6 +229,9 @@ pub struct PolicySpec {
     /// packets that arrive on that leg; a prefix missing here sits behind
     /// no leg, and its outbound rows apply nowhere.
     pub profile_legs: BTreeMap<Prefix, u32>,
+    /// `--addresses ID=CIDR,...`: these sets' contents replace the
+    /// catalog's, for this run and every reload of it.
+    pub addresses: Vec<AddressesArg>,
 }
 
 impl PolicySpec {
@@ -338,10 +343,16 @@ fn slot_in(blocks: &[PortBlock], proto: u32, port: u16) -> u16 {
 }
 
 impl CompiledProfile {
-    /// The slot the packet path finds for (proto, destination port) of a
-    /// packet to an address of this profile.
+    /// The rule slot (its counter) of (proto, destination port) for a packet
+    /// to an address of this profile, 0 if none; see [`Self::names_peers`].
     pub fn slot(&self, proto: u32, port: u16) -> u16 {
-        slot_in(&self.blocks, proto, port)
+        slot_in(&self.blocks, proto, port) & SLOT_MASK
+    }
+
+    /// Whether the inbound rule at (proto, port) names address sets: it
+    /// passes only a source in [`CompiledPolicy::peers`] of its slot.
+    pub fn names_peers(&self, proto: u32, port: u16) -> bool {
+        slot_in(&self.blocks, proto, port) & SLOT_PEERS != 0
     }
 
     /// The blocks of one direction (`DIR_INBOUND` or `DIR_OUTBOUND`).
@@ -375,6 +386,32 @@ pub struct CompiledPolicy {
     pub(crate) mgmt_ports: [u16; MGMT_PORTS],
     /// Rules per role, for the `portguard_catalog_rules` gauge.
     pub(crate) rules_per_role: BTreeMap<String, usize>,
+    /// The `PEERS` entries of each rule slot that names address sets, by
+    /// slot: the prefixes of the union of its sets (admitted, `true`), and
+    /// where an IPv6 prefix covers the IPv4-mapped range `::ffff:0:0/96`
+    /// that range itself (not admitted, `false`, unless the sets hold
+    /// `0.0.0.0/0`): the trie keys IPv4 peers as IPv4-mapped addresses, and
+    /// an IPv6 `::/0` must not admit IPv4 peers that no IPv4 prefix names.
+    /// No entries: no peer is admitted.
+    pub peers: BTreeMap<u16, Vec<(Prefix, bool)>>,
+}
+
+impl CompiledPolicy {
+    /// Whether a packet whose peer is `peer` passes by the rule at `slot`
+    /// (one without sets passes every peer).
+    pub fn peer_allowed(&self, slot: u16, peer: IpAddr) -> bool {
+        let Ok(host) = Prefix::new(peer, if peer.is_ipv4() { 32 } else { 128 }) else {
+            return false;
+        };
+        match self.peers.get(&(slot & SLOT_MASK)) {
+            None => true,
+            Some(entries) => entries
+                .iter()
+                .filter(|(p, _)| p.contains(&host))
+                .max_by_key(|(p, _)| p.len)
+                .is_some_and(|(_, admitted)| *admitted),
+        }
+    }
 }
 
 pub fn compile(
@@ -385,6 +422,17 @@ pub fn compile(
     let catalog = match spec.client_media {
         Some((start, end)) => catalog.with_client_media(start, end)?,
         None => catalog.clone(),
+    };
+    let catalog = if spec.addresses.is_empty() {
+        catalog
+    } else {
+        let (catalog, warnings) = catalog.with_addresses(&spec.addresses)?;
+        // A set the flag empties closes its rules: said at every start and
+        // reload, as `catalog check` says it of an empty set in the file.
+        for w in warnings {
+            log::warn!("{w}");
+        }
+        catalog
     };
     let mut role_sets: Vec<Vec<String>> = Vec::new();
     let default_profile = match (&spec.default_roles, spec.appliance) {
@@ -468,6 +516,7 @@ pub fn compile(
     let mut media_profiles = 0u32;
     let mut outbound_profiles = 0u32;
     let mut rules_per_role = BTreeMap::new();
+    let mut peers = BTreeMap::new();
     for (i, roles) in role_sets.iter().enumerate() {
         let rules = catalog.effective_rules(roles)?;
         // Inbound rows match the packet's destination. Outbound rows match
@@ -475,9 +524,9 @@ pub fn compile(
         // they are its own connections, whose replies the egress flow
         // recorder lets back in, and opening their ports inbound would let
         // in unsolicited packets.
-        let blocks = port_blocks(&rules, Direction::Inbound, registry)?;
+        let blocks = port_blocks(&catalog, &rules, Direction::Inbound, registry, &mut peers)?;
         let (outbound, has_outbound) = if spec.appliance {
-            let b = port_blocks(&rules, Direction::Outbound, registry)?;
+            let b = port_blocks(&catalog, &rules, Direction::Outbound, registry, &mut peers)?;
             let any = b.iter().any(|x| x.slots.iter().any(|&s| s != 0));
             (b, any)
         } else {
@@ -519,19 +568,66 @@ pub fn compile(
         mgmt: fold_mgmt(&spec.mgmt)?,
         mgmt_ports: mgmt_ports(&spec.mgmt)?,
         rules_per_role,
+        peers: check_peer_entries(peers)?,
     })
 }
 
+/// The `PEERS` entries of a rule naming `sets` (see [`CompiledPolicy::peers`]).
+fn peer_entries(catalog: &Catalog, sets: &[String]) -> Vec<(Prefix, bool)> {
+    let mut entries: Vec<(Prefix, bool)> = catalog
+        .peer_cidrs(sets)
+        .iter()
+        .filter_map(|c| Prefix::new(c.addr, c.len).ok())
+        .map(|p| (p, true))
+        .collect();
+    // 0.0.0.0/0 is ::ffff:0:0/96 in the trie's space.
+    let mapped = Prefix::new(IpAddr::from([0u8; 4]), 0);
+    if let Ok(mapped) = mapped
+        && !entries.iter().any(|(p, _)| *p == mapped)
+        && entries.iter().any(|(p, _)| p.contains(&mapped))
+    {
+        entries.push((mapped, false));
+    }
+    entries
+}
+
+/// Both generations' entries must fit `PEERS` while a reload runs.
+fn check_peer_entries(
+    peers: BTreeMap<u16, Vec<(Prefix, bool)>>,
+) -> Result<BTreeMap<u16, Vec<(Prefix, bool)>>, PolicyError> {
+    let entries: usize = peers.values().map(Vec::len).sum();
+    if entries > (PEER_ENTRIES / 2) as usize {
+        return Err(PolicyError::Flag {
+            flag: "--addresses",
+            message: format!(
+                "the rules that name address sets need {entries} peer entries (each prefix once per rule); the peer table holds {} per generation",
+                PEER_ENTRIES / 2
+            ),
+        });
+    }
+    Ok(peers)
+}
+
 /// One direction's port arrays of a profile, each port holding the slot of
-/// the rule that owns it.
+/// the rule that owns it, with `SLOT_PEERS` where that rule names address
+/// sets; their prefixes go to `peers` under the slot.
 fn port_blocks(
+    catalog: &Catalog,
     rules: &[EffectiveRule],
     direction: Direction,
     registry: &mut SlotRegistry,
+    peers: &mut BTreeMap<u16, Vec<(Prefix, bool)>>,
 ) -> Result<Vec<PortBlock>, PolicyError> {
     let mut blocks = vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize];
     for a in assign_ports_in(rules, direction) {
-        let slot = registry.slot_of(&RuleKey::of(&rules[a.rule]))?;
+        let rule = &rules[a.rule];
+        let mut slot = registry.slot_of(&RuleKey::of(rule))?;
+        if !rule.peers.is_empty() {
+            peers
+                .entry(slot)
+                .or_insert_with(|| peer_entries(catalog, &rule.peers));
+            slot |= SLOT_PEERS;
+        }
         let proto = match a.protocol {
             Protocol::Tcp => PROTO_TCP,
             Protocol::Udp => PROTO_UDP,
@@ -865,3 +961,7 @@ mod tests {
         assert!(parse_port_range("x").is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "policy_peers_tests.rs"]
+mod peers_tests;

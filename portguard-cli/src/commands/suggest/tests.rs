@@ -44,6 +44,7 @@ fn aggregates(roles: &[&str], ports: Vec<PortAggregate>) -> Aggregates {
         ports_evicted: 0,
         ephemeral: Some(LINUX_EPHEMERAL),
         client_media_ports: None,
+        addresses: Vec::new(),
     }
 }
 
