@@ -12,8 +12,8 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use super::model::{
-    Catalog, CatalogError, Diagnostic, Direction, MatchSide, MgmtAllowance, Protocol, Severity,
-    ports_text,
+    AddressSet, Catalog, CatalogError, Diagnostic, Direction, EffectiveRule, MatchSide,
+    MgmtAllowance, Protocol, Severity, ports_text,
 };
 
 pub fn export(
@@ -274,6 +274,8 @@ struct RoleChains {
 impl RoleChains {
     fn of(catalog: &Catalog, members: &[String]) -> RoleChains {
         let mut sets = String::new();
+        // The address sets the rules name, each defined once.
+        let mut used: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         let mut chains = String::new();
         let mut jumps = Vec::new();
         let mut out_chains = String::new();
@@ -290,6 +292,7 @@ impl RoleChains {
                             r.protocol == proto
                                 && r.side == MatchSide::Destination
                                 && r.direction == Direction::Inbound
+                                && r.peers.is_empty()
                         })
                         .map(|r| (r.port_start, r.port_end))
                         .collect(),
@@ -303,6 +306,14 @@ impl RoleChains {
                     chains,
                     "\t\t{proto} dport @{set} counter accept comment \"{role}\""
                 );
+            }
+            for r in own.iter().filter(|r| {
+                r.side == MatchSide::Destination
+                    && r.direction == Direction::Inbound
+                    && !r.peers.is_empty()
+            }) {
+                peer_rules(&mut chains, r, "saddr", role);
+                used.extend(r.peers.iter().cloned());
             }
             for r in own.iter().filter(|r| r.side == MatchSide::Source) {
                 let _ = writeln!(
@@ -322,7 +333,11 @@ impl RoleChains {
             for proto in [Protocol::Tcp, Protocol::Udp] {
                 let ranges = merged(
                     own.iter()
-                        .filter(|r| r.protocol == proto && r.direction == Direction::Outbound)
+                        .filter(|r| {
+                            r.protocol == proto
+                                && r.direction == Direction::Outbound
+                                && r.peers.is_empty()
+                        })
                         .map(|r| (r.port_start, r.port_end))
                         .collect(),
                 );
@@ -336,11 +351,21 @@ impl RoleChains {
                     "\t\t{proto} dport @{set} counter accept comment \"{role} outbound\""
                 );
             }
+            for r in own
+                .iter()
+                .filter(|r| r.direction == Direction::Outbound && !r.peers.is_empty())
+            {
+                peer_rules(&mut out_rules, r, "daddr", &format!("{role} outbound"));
+                used.extend(r.peers.iter().cloned());
+            }
             if !out_rules.is_empty() {
                 let chain = format!("out_{base}");
                 let _ = write!(out_chains, "\tchain {chain} {{\n{out_rules}\t}}\n\n");
                 out_jumps.push(chain);
             }
+        }
+        for set in catalog.addresses.iter().filter(|a| used.contains(&a.id)) {
+            address_sets(&mut sets, set);
         }
         RoleChains {
             sets,
@@ -355,6 +380,52 @@ impl RoleChains {
     fn out_chain_of(&self, role: &str) -> Option<String> {
         let chain = format!("out_{}", ident(role));
         self.out_jumps.contains(&chain).then_some(chain)
+    }
+}
+
+/// The nft names of an address set's two halves: `peers_<id>_v4` and
+/// `peers_<id>_v6` (port sets end in `_tcp`, `_udp` or `_out`).
+fn peer_set_name(id: &str, family: &str) -> String {
+    format!("peers_{}_{family}", ident(id))
+}
+
+/// An address set as two named interval sets, one per family. An empty half
+/// has no elements (nft refuses `elements = { }`) and matches nothing.
+fn address_sets(s: &mut String, set: &AddressSet) {
+    for (family, kind, v4) in [("v4", "ipv4_addr", true), ("v6", "ipv6_addr", false)] {
+        let elements: Vec<String> = set
+            .cidrs
+            .iter()
+            .filter(|c| c.addr.is_ipv4() == v4)
+            .map(ToString::to_string)
+            .collect();
+        let _ = write!(
+            s,
+            "\tset {} {{\n\t\ttype {kind}\n\t\tflags interval\n",
+            peer_set_name(&set.id, family)
+        );
+        if !elements.is_empty() {
+            let _ = writeln!(s, "\t\telements = {{ {} }}", elements.join(", "));
+        }
+        s.push_str("\t}\n\n");
+    }
+}
+
+/// The accept rules of a rule that names address sets: one per set and
+/// family, the peer (`saddr` of an inbound rule, `daddr` of an outbound one)
+/// in the set and the destination port in the rule's range.
+fn peer_rules(s: &mut String, r: &EffectiveRule, side: &str, comment: &str) {
+    for id in &r.peers {
+        for (family, v) in [("ip", "v4"), ("ip6", "v6")] {
+            let _ = writeln!(
+                s,
+                "\t\t{family} {side} @{} {} dport {} counter accept comment \"{comment}: {} peers {id}\"",
+                peer_set_name(id, v),
+                r.protocol,
+                r.ports_text(),
+                one_line(&r.service).replace('"', "'"),
+            );
+        }
     }
 }
 
