@@ -32,10 +32,13 @@ pub(crate) static PROFILES: LpmTrie<Addr, ProfileSel> = LpmTrie::with_max_entrie
 pub(crate) static MGMT: LpmTrie<Addr, MgmtPorts> = LpmTrie::with_max_entries(LPM_ENTRIES, 0);
 
 /// The address sets of the rules that name one: (generation, rule slot,
-/// prefix) → 1 (admitted) or 0 (carved out of a shorter admitted prefix). Looked up only for a port whose slot has `SLOT_PEERS`.
+/// prefix) → 1 (admitted) or 0 (carved out of a shorter admitted prefix).
+/// Looked up only for a port whose slot has `SLOT_PEERS`.
 #[map]
 pub(crate) static PEERS: LpmTrie<PeerAddr, u32> = LpmTrie::with_max_entries(PEER_ENTRIES, 0);
 
+/// Tests only (feature `trace`): the counter index of the last packet.
+#[cfg(feature = "trace")]
 #[map]
 pub(crate) static TRACE: Array<u32> = Array::with_max_entries(1, 0);
 

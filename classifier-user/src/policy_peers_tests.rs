@@ -5,8 +5,16 @@ use std::net::IpAddr;
 
 use classifier_common::PROTO_TCP;
 
-use super::{Mgmt, PolicySpec, SlotRegistry, compile};
+use super::{CompiledPolicy, Mgmt, Placement, PolicyError, PolicySpec, SlotRegistry};
 use crate::catalog::Catalog;
+
+fn compile(
+    catalog: &Catalog,
+    spec: &PolicySpec,
+    registry: &mut SlotRegistry,
+) -> Result<CompiledPolicy, PolicyError> {
+    super::compile(&super::resolve(catalog, spec)?, registry)
+}
 
 fn spec(role: &str, sets: &[&str]) -> PolicySpec {
     PolicySpec {
@@ -102,7 +110,7 @@ fn the_default_catalog_leaves_every_scoped_row_open() {
     ] {
         let mut registry = SlotRegistry::default();
         let mut s = spec(role, &[]);
-        s.appliance = true;
+        s.placement = Placement::Appliance;
         s.profiles = vec![
             format!("198.18.3.0/24={role}")
                 .parse()

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use classifier_common::{MAX_RULE_SLOTS, Reason};
 use portguard::{
     catalog::AddressesArg,
-    policy::{Mgmt, PolicySpec, Prefix},
+    policy::{Mgmt, Placement, PolicySpec, Prefix},
 };
 use portguard_testsupport::{
     frames::{Packet, TCP_ACK, TCP_SYN},
@@ -390,7 +390,7 @@ fn appliance_spec() -> PolicySpec {
     PolicySpec {
         profiles,
         mgmt: Mgmt::defaults(),
-        appliance: true,
+        placement: Placement::Appliance,
         local_addrs: vec![
             OWN.parse::<IpAddr>()
                 .unwrap_or_else(|e| panic!("{OWN}: {e}")),

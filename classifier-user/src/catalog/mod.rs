@@ -22,9 +22,8 @@ use std::{path::Path, sync::OnceLock};
 
 pub use model::{
     AddressSet, AddressesArg, Catalog, CatalogError, Cidr, Diagnostic, Direction, EDGE_DOCUMENT,
-    EffectiveRule, IpsecException, MatchSide, MgmtAllowance, PortAssignment, Protocol,
-    REVERSE_PROXY_DOCUMENT, RoleDef, Rule, SERVER_PORTS_DOCUMENT, SeedTable, SetSource, Severity,
-    count_findings,
+    EffectiveRule, IpsecException, MatchSide, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT,
+    RoleDef, Rule, SERVER_PORTS_DOCUMENT, SeedTable, SetSource, Severity, count_findings,
 };
 pub(crate) use parse::MAX_DIAGNOSTICS;
 #[cfg(test)]
