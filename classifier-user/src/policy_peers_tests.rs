@@ -120,7 +120,7 @@ fn the_default_catalog_leaves_every_scoped_row_open() {
         let p = compile(&Catalog::embedded(), &s, &mut registry)
             .unwrap_or_else(|e| panic!("{role}: {e}"));
         assert!(!p.peers.is_empty(), "{role} has rows with sets");
-        for (&slot, _) in &p.peers {
+        for &slot in p.peers.keys() {
             for peer in ["198.19.8.1", "10.1.2.3", "2001:db8::1", "fd00::1"] {
                 assert!(
                     p.peer_allowed(slot, ip(peer)),
