@@ -76,6 +76,11 @@ fn policy(name: &str) -> PolicySpec {
             ],
             ..lab_spec()
         },
+        "federation" => PolicySpec {
+            default_roles: Some(vec!["access-edge-external".into()]),
+            addresses: vec![parse("federation-partners=198.18.0.0/28,2001:db8::/120")],
+            ..lab_spec()
+        },
         other => panic!("corpus names an unknown policy `{other}`"),
     }
 }
@@ -1082,6 +1087,41 @@ fn build_corpus() -> String {
         &Packet::tcp(C, S, 40_000, 5061)
             .vlan(ETH_P_8021AD, 1)
             .vlan(ETH_P_8021Q, 2),
+    );
+
+    c.section(
+        "federation",
+        "The Access Edge's external address, closed federation: partners 198.18.0.0/28 and 2001:db8::/120.",
+    );
+    c.pass(
+        "federation-partner-tcp-5061",
+        "rule:tcp/5061",
+        &Packet::tcp(C, S, 40_000, 5061),
+    );
+    c.pass(
+        "federation-partner6-tcp-5269",
+        "rule:tcp/5269",
+        &Packet::tcp(C6, S6, 40_000, 5269),
+    );
+    c.drop(
+        "federation-stranger-tcp-5061",
+        "peer_not_allowed/tcp",
+        &Packet::tcp("198.18.0.200", S, 40_000, 5061),
+    );
+    c.drop(
+        "federation-stranger6-tcp-5061",
+        "peer_not_allowed/tcp",
+        &Packet::tcp("2001:db8::1:1", S6, 40_000, 5061),
+    );
+    c.pass(
+        "federation-stranger-tcp-443",
+        "rule:tcp/443",
+        &Packet::tcp("198.18.0.200", S, 40_000, 443),
+    );
+    c.drop(
+        "federation-stranger-tcp-5062",
+        "port_not_allowed/tcp",
+        &Packet::tcp("198.18.0.200", S, 40_000, 5062),
     );
     c.text
 }
