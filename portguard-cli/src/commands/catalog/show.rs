@@ -533,7 +533,7 @@ mod tests {
 
         let csv = super::render_rules(&c, &rows, None, ShowFormat::Csv);
         assert!(csv.starts_with(
-            "role,service,protocol,port_start,port_end,transport,table,match,direction,note\r\n"
+            "role,service,protocol,port_start,port_end,transport,table,match,direction,note,peers\r\n"
         ));
         assert!(
             csv.contains(",\"HTTPS, TCP\","),
@@ -597,11 +597,11 @@ mod tests {
 
         let table = super::render_rules(&c, &rows, None, ShowFormat::Table);
         let header = table.lines().next().unwrap_or_default();
-        assert!(header.ends_with("DIRECTION"), "{header}");
+        assert!(header.ends_with("DIRECTION  PEERS"), "{header}");
         assert!(
             table
                 .lines()
-                .any(|l| l.contains("50000-59999") && l.ends_with("outbound")),
+                .any(|l| l.contains("50000-59999") && l.contains("outbound") && l.ends_with("any")),
             "{table}"
         );
         let csv = super::render_rules(&c, &rows, None, ShowFormat::Csv);
@@ -616,6 +616,63 @@ mod tests {
                 && md.contains(EDGE_DOCUMENT)
                 && md.contains("| destination | outbound |"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn show_carries_the_peers_and_the_sets() {
+        let c = Catalog::embedded();
+        let rows = super::rows(&c, Some("edge-internal")).unwrap_or_else(|e| panic!("{e}"));
+        let json = super::render_rules(&c, &rows, Some("edge-internal"), ShowFormat::Json);
+        let v: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
+        let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
+        let peers_of = |port: u64, dir: &str| -> Vec<String> {
+            arr.iter()
+                .find(|o| o["port_start"] == port && o["direction"] == dir)
+                .and_then(|o| o["peers"].as_array())
+                .unwrap_or_else(|| panic!("no peers for {port} {dir}: {json}"))
+                .iter()
+                .filter_map(|p| p.as_str().map(String::from))
+                .collect()
+        };
+        assert_eq!(
+            peers_of(5061, "inbound"),
+            ["front-end-pool", "director-pool"]
+        );
+        assert_eq!(
+            peers_of(5062, "inbound"),
+            ["front-end-pool", "survivable-branch"]
+        );
+        assert!(
+            peers_of(3478, "inbound").is_empty(),
+            "media rows name no set"
+        );
+
+        let sets = super::render_sets(&c, ShowFormat::Json);
+        let v: serde_json::Value =
+            serde_json::from_str(&sets).unwrap_or_else(|e| panic!("json: {e}\n{sets}"));
+        let fed = v
+            .as_array()
+            .and_then(|a| a.iter().find(|o| o["id"] == "federation-partners"))
+            .unwrap_or_else(|| panic!("no federation-partners in {sets}"));
+        assert_eq!(
+            fed["cidrs"],
+            serde_json::json!(["0.0.0.0/0", "::/0"]),
+            "{sets}"
+        );
+        assert_eq!(fed["source"], "catalog");
+
+        let arg: portguard::catalog::AddressesArg = "federation-partners=198.19.7.0/24"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (narrowed, _) = c.with_addresses(&[arg]).unwrap_or_else(|e| panic!("{e}"));
+        let table = super::render_sets(&narrowed, ShowFormat::Table);
+        assert!(
+            table.lines().any(|l| l.starts_with("federation-partners")
+                && l.contains("198.19.7.0/24")
+                && l.contains("--addresses")),
+            "{table}"
         );
     }
 }
