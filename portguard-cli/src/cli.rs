@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use portguard::policy::{Mgmt, ProfileArg};
+use portguard::{
+    catalog::AddressesArg,
+    policy::{Mgmt, ProfileArg},
+};
 
 use crate::commands::catalog::{ShowFormat, ShowTable};
 
@@ -101,6 +104,12 @@ pub struct RunArgs {
     /// Skype for Business Server 2015), at least 20 ports.
     #[arg(long, value_name = "START-END", value_parser = parse_range)]
     pub client_media_ports: Option<(u16, u16)>,
+    /// Replace the contents of the catalog's address set ID for this run
+    /// (and every reload of it): rules naming it in `peers` pass only peers
+    /// in these prefixes, IPv4 or IPv6. `ID=` empties the set, closing its
+    /// rules. Repeat for several sets.
+    #[arg(long, value_name = "ID=CIDR[,CIDR...]")]
+    pub addresses: Vec<AddressesArg>,
     /// Management allowance: TCP to PORT (default 22) from CIDR always passes,
     /// whatever the catalog says. It adds to the default (SSH from anywhere),
     /// which stays unless --no-default-mgmt.
@@ -208,12 +217,15 @@ pub enum CatalogCommand {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: ShowFormat,
-        /// Which table: the port rules or the IPsec exceptions.
+        /// Which table: the port rules, the IPsec exceptions or the address sets.
         #[arg(long, value_enum, default_value = "rules")]
         table: ShowTable,
         /// Catalog file instead of the embedded default.
         #[arg(long, value_name = "FILE")]
         catalog: Option<PathBuf>,
+        /// Replace an address set's contents, as `run --addresses`.
+        #[arg(long, value_name = "ID=CIDR[,CIDR...]")]
+        addresses: Vec<AddressesArg>,
     },
     /// The same policy in another firewall's language.
     Export {
@@ -245,6 +257,9 @@ pub enum CatalogCommand {
         /// profiles, --role is the default profile, none when absent.
         #[arg(long, value_name = "CIDR=ROLE[,ROLE]")]
         profile: Vec<ProfileArg>,
+        /// Replace an address set's contents, as `run --addresses`.
+        #[arg(long, value_name = "ID=CIDR[,CIDR...]")]
+        addresses: Vec<AddressesArg>,
     },
 }
 

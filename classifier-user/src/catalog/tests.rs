@@ -642,6 +642,7 @@ fn arb_rule() -> impl Strategy<Value = EffectiveRule> {
             line: 0,
             media: false,
             payload: super::Payload::Any,
+            peers: Vec::new(),
         })
 }
 

@@ -8,7 +8,7 @@ use std::{
 mod show;
 
 use portguard::{
-    catalog::{Catalog, Direction, count_findings, nft},
+    catalog::{AddressesArg, Catalog, Direction, count_findings, nft},
     daemon::read_catalog,
     exit,
     policy::{self, Mgmt, Placement, PolicySpec, ProfileArg},
@@ -29,12 +29,13 @@ pub fn check(path: &Path) -> u8 {
                 .filter(|r| r.direction == Direction::Outbound)
                 .count();
             let summary = format!(
-                "{}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {warning_count} warning{}",
+                "{}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {} address sets, {warning_count} warning{}",
                 path.display(),
                 catalog.roles.len(),
                 catalog.rules.len(),
                 catalog.rules.len() - outbound,
                 catalog.ipsec.len(),
+                catalog.addresses.len(),
                 if warning_count == 1 { "" } else { "s" }
             );
             (warnings, Some(summary))
@@ -69,6 +70,7 @@ pub fn check(path: &Path) -> u8 {
 pub fn show(catalog: &Catalog, role: Option<&str>, format: ShowFormat, table: ShowTable) -> u8 {
     let text = match table {
         ShowTable::Ipsec => show::render_ipsec(catalog, format),
+        ShowTable::Addresses => show::render_sets(catalog, format),
         ShowTable::Rules => match show::rows(catalog, role) {
             Ok(rows) => show::render_rules(catalog, &rows, role, format),
             Err(e) => {
@@ -98,7 +100,8 @@ pub fn catalog(c: CatalogCommand) -> u8 {
             format,
             table,
             catalog,
-        } => match load_catalog(catalog.as_deref()) {
+            addresses,
+        } => match load_catalog(catalog.as_deref(), &addresses) {
             Ok(cat) => show(&cat, role.as_deref(), format, table),
             Err(code) => code,
         },
@@ -110,18 +113,35 @@ pub fn catalog(c: CatalogCommand) -> u8 {
             no_default_mgmt,
             appliance,
             profile,
-        } => match load_catalog(catalog.as_deref()) {
+            addresses,
+        } => match load_catalog(catalog.as_deref(), &addresses) {
             Ok(cat) => export(&cat, role, mgmt, no_default_mgmt, appliance, profile),
             Err(code) => code,
         },
     }
 }
 
-fn load_catalog(path: Option<&Path>) -> Result<Catalog, u8> {
-    read_catalog(path).map_err(|e| {
+/// The catalog, with `--addresses` applied as `run` applies it.
+fn load_catalog(path: Option<&Path>, addresses: &[AddressesArg]) -> Result<Catalog, u8> {
+    let catalog = read_catalog(path).map_err(|e| {
         eprintln!("{e}");
         exit::USAGE
-    })
+    })?;
+    if addresses.is_empty() {
+        return Ok(catalog);
+    }
+    match catalog.with_addresses(addresses) {
+        Ok((catalog, warnings)) => {
+            for w in warnings {
+                eprintln!("{w}");
+            }
+            Ok(catalog)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(exit::USAGE)
+        }
+    }
 }
 
 /// Prints the policy of `role` (every role when absent on a host; with

@@ -1,5 +1,6 @@
 //! The daemon as an operator runs it, one test binary: `portguard run` on
-//! native XDP in network namespaces with real traffic (`netns_policy`), an
+//! native XDP in network namespaces with real traffic (`netns_policy`, and
+//! address sets with real TCP connections: `netns_address_sets`), an
 //! appliance between namespaces (`appliance`), reloads under a stream
 //! (`reload`), restarts, takeover and detach (`restart`), packet events,
 //! `top` and `suggest` (`events`), and the metrics as Prometheus and its
@@ -10,6 +11,7 @@
 mod alerts;
 mod appliance;
 mod events;
+mod netns_address_sets;
 mod netns_policy;
 mod prometheus;
 mod reload;

@@ -44,6 +44,8 @@ fn aggregates(roles: &[&str], ports: Vec<PortAggregate>) -> Aggregates {
         ports_evicted: 0,
         ephemeral: Some(LINUX_EPHEMERAL),
         client_media_ports: None,
+        refused_peers: Vec::new(),
+        refused_peers_overflow: 0,
     }
 }
 
@@ -390,4 +392,29 @@ fn an_instance_without_a_role_gets_an_error() {
         Options::default(),
     );
     assert!(matches!(r, Err(SuggestError::NoRole)), "{r:?}");
+}
+
+#[test]
+fn refused_peers_are_named_with_the_sets_to_add_them_to() {
+    let mut a = aggregates(&["access-edge-external"], Vec::new());
+    a.refused_peers = vec![portguard::events::store::RefusedPeer {
+        proto: "tcp".into(),
+        port: 5061,
+        peer: Some("198.19.8.10".parse().unwrap_or_else(|e| panic!("{e}"))),
+        verdict: "would_drop".into(),
+        packets: 7,
+    }];
+    let text = default_fragment(&a, Options::default());
+    let line = text
+        .lines()
+        .find(|l| l.contains("198.19.8.10"))
+        .unwrap_or_else(|| panic!("the refused peer is not named:\n{text}"));
+    assert!(
+        line.contains("TCP 5061")
+            && line.contains("7 packet(s)")
+            && line.contains("federation-partners")
+            && line.starts_with('#'),
+        "the peer's line names the port, the count and the set, as a comment: {line}"
+    );
+    let _ = appended(Catalog::embedded_text(), &text);
 }
