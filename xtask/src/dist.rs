@@ -263,6 +263,12 @@ pub fn dist() -> Result<PathBuf> {
         "usr/share/portguard/sfb2015.toml",
         0o644,
     )?;
+    // Derived from the built-in 2015 catalog: it loads from anywhere.
+    stage.copy(
+        &repo.join("catalog/sfb2019.toml"),
+        "usr/share/portguard/sfb2019.toml",
+        0o644,
+    )?;
 
     let doc = "usr/share/doc/portguard";
     stage.copy(

@@ -390,10 +390,67 @@ pub struct IpsecException {
     pub(crate) line: usize,
 }
 
+/// A release of Skype for Business Server whose tables a catalog holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Edition {
+    /// Skype for Business Server 2015: the published tables as they are.
+    Sfb2015,
+    /// Skype for Business Server 2019, which Subscription Edition follows:
+    /// the 2015 tables without the features 2019 removed (XMPP, Persistent Chat).
+    Sfb2019,
+}
+
+impl Edition {
+    pub const ALL: [Edition; 2] = [Edition::Sfb2015, Edition::Sfb2019];
+
+    /// The word `--edition`, `edition = ` and `base = ` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Edition::Sfb2015 => "2015",
+            Edition::Sfb2019 => "2019",
+        }
+    }
+
+    pub fn from_word(word: &str) -> Option<Edition> {
+        Edition::ALL.into_iter().find(|e| e.as_str() == word)
+    }
+
+    /// The product's name, for headings.
+    pub fn product(self) -> &'static str {
+        match self {
+            Edition::Sfb2015 => "Skype for Business Server 2015",
+            Edition::Sfb2019 => "Skype for Business Server 2019 and Subscription Edition",
+        }
+    }
+}
+
+impl fmt::Display for Edition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `--edition` and `catalog diff` read an edition from its word.
+impl std::str::FromStr for Edition {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Edition, String> {
+        Edition::from_word(s).ok_or_else(|| {
+            format!(
+                "unknown edition `{s}`; expected one of: {}",
+                Edition::ALL.map(Edition::as_str).join(", ")
+            )
+        })
+    }
+}
+
 /// A parsed, valid catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Catalog {
     pub origin: String,
+    /// The release the file says its tables are for (`edition = "2019"`),
+    /// if it says.
+    pub edition: Option<Edition>,
     pub rules: Vec<Rule>,
     pub roles: Vec<RoleDef>,
     pub ipsec: Vec<IpsecException>,

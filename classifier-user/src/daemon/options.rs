@@ -8,6 +8,7 @@ use classifier_common::{LPM_ENTRIES, MAX_LEGS};
 
 use super::RunError;
 use crate::{
+    catalog::Edition,
     iface,
     loader::{AttachMode, FlowLimits},
     policy::{Mgmt, PolicySpec, ProfileArg},
@@ -27,6 +28,8 @@ pub struct Options {
     pub profiles: Vec<ProfileArg>,
     /// A catalog file replacing the embedded one.
     pub catalog: Option<PathBuf>,
+    /// The embedded catalog's edition (without `catalog`).
+    pub edition: Edition,
     /// Count drops as would-drops and pass them.
     pub monitor: bool,
     pub xdp_mode: AttachMode,
@@ -184,6 +187,7 @@ mod tests {
             roles: Vec::new(),
             profiles: Vec::new(),
             catalog: None,
+            edition: Edition::Sfb2015,
             monitor: false,
             xdp_mode: AttachMode::Auto,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9477)),

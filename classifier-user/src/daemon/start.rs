@@ -38,7 +38,7 @@ impl Daemon {
                 "--no-default-mgmt without --mgmt: no management allowance; a catalog without SSH can lock you out"
             );
         }
-        let catalog = read_catalog(options.catalog.as_deref())?;
+        let catalog = read_catalog(options.catalog.as_deref(), options.edition)?;
         let mut ifindexes = Vec::new();
         for name in &options.ifaces {
             let ifindex = iface::index(name);
@@ -196,6 +196,7 @@ impl Daemon {
             registry,
             spec,
             catalog_path: options.catalog,
+            edition: options.edition,
             catalog,
             catalog_generation,
             rules_per_role: compiled.rules_per_role,

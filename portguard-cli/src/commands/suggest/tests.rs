@@ -107,7 +107,7 @@ fn fragment_appended_to_the_default_catalog_passes_catalog_check() {
     let path = std::env::temp_dir().join(format!("pg-suggest-check-{}.toml", std::process::id()));
     std::fs::write(&path, format!("{}{text}", Catalog::embedded_text()))
         .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    let code = crate::commands::catalog::check(&path);
+    let code = crate::commands::catalog::check(Some(&path), None);
     let _ = std::fs::remove_file(&path);
     assert_eq!(code, 0, "catalog check exited {code}:\n{text}");
 }
