@@ -353,6 +353,10 @@ pub struct Rule {
     /// `inbound` unless the rule says otherwise.
     pub direction: Direction,
     pub media: bool,
+    /// The address sets the packet's remote side (the source of an inbound
+    /// rule, the destination of an outbound one) must be in, any of them;
+    /// empty: any peer.
+    pub peers: Vec<String>,
     /// The line of the rule's `[[rule]]` header.
     pub(crate) line: usize,
 }
@@ -373,6 +377,7 @@ impl Rule {
             note: self.note.clone(),
             line: self.line,
             media: self.media,
+            peers: self.peers.clone(),
         })
     }
 }
@@ -444,6 +449,129 @@ impl std::str::FromStr for Edition {
     }
 }
 
+/// An IPv4 or IPv6 prefix of an address set, its host bits clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// `192.0.2.0/24`, `2001:db8::/32`, or an address alone (a host prefix).
+    /// Host bits must be clear: `10.1.2.3/8` is refused rather than widened
+    /// or narrowed behind the operator's back.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let text = text.trim();
+        let (ip, len) = match text.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (text, None),
+        };
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("`{text}`: `{ip}` is not an IPv4 or IPv6 address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max && l.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => {
+                    return Err(format!(
+                        "`{text}`: `/{l}` is not a prefix length for {} (0-{max})",
+                        if max == 32 { "IPv4" } else { "IPv6" }
+                    ));
+                }
+            },
+        };
+        let network = Cidr::network(addr, len);
+        if network != addr {
+            return Err(format!(
+                "`{text}` has host bits set; the network is {network}/{len}"
+            ));
+        }
+        Ok(Cidr { addr, len })
+    }
+
+    fn network(addr: IpAddr, len: u8) -> IpAddr {
+        match addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::from((u32::from(v4) & mask).to_be_bytes())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::from((u128::from(v6) & mask).to_be_bytes())
+            }
+        }
+    }
+
+    /// Whether `ip` is inside this prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && Cidr::network(ip, self.len) == self.addr
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Where an address set's contents come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetSource {
+    /// `cidrs` (and `file`, if any) in the catalog.
+    Catalog,
+    /// `run --addresses ID=...`, which replaces the catalog's contents.
+    Flag,
+}
+
+/// An `[[addresses]]` set: the peers a rule naming it may talk with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressSet {
+    pub id: String,
+    /// Sorted, each once: the inline `cidrs`, then the file's.
+    pub cidrs: Vec<Cidr>,
+    /// The `file` as written (relative to the catalog file).
+    pub file: Option<String>,
+    pub note: String,
+    pub source: SetSource,
+    pub(crate) line: usize,
+}
+
+/// `run --addresses ID=CIDR[,CIDR...]`: the set's contents for this run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressesArg {
+    pub id: String,
+    pub cidrs: Vec<Cidr>,
+}
+
+impl std::str::FromStr for AddressesArg {
+    type Err = String;
+    /// `federation-partners=192.0.2.0/24,2001:db8::/32`; `ID=` alone
+    /// empties the set (its rules then match nothing).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, list) = s
+            .split_once('=')
+            .ok_or("expected ID=CIDR[,CIDR...] (an empty list empties the set)")?;
+        let id = id.trim();
+        if id.is_empty() {
+            return Err("no set id before `=`".into());
+        }
+        let mut cidrs = list
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(Cidr::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        cidrs.sort();
+        cidrs.dedup();
+        Ok(AddressesArg {
+            id: id.to_string(),
+            cidrs,
+        })
+    }
+}
+
 /// A parsed, valid catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Catalog {
@@ -454,6 +582,8 @@ pub struct Catalog {
     pub rules: Vec<Rule>,
     pub roles: Vec<RoleDef>,
     pub ipsec: Vec<IpsecException>,
+    /// The `[[addresses]]` sets, in catalog order.
+    pub addresses: Vec<AddressSet>,
     /// The range media rules use (inclusive).
     pub client_media: (u16, u16),
 }
@@ -474,6 +604,8 @@ pub struct EffectiveRule {
     pub note: String,
     pub line: usize,
     pub media: bool,
+    /// As [`Rule::peers`].
+    pub peers: Vec<String>,
 }
 
 impl EffectiveRule {

@@ -613,6 +613,7 @@ fn arb_rule() -> impl Strategy<Value = EffectiveRule> {
             note: String::new(),
             line: 0,
             media: false,
+            peers: Vec::new(),
         })
 }
 
