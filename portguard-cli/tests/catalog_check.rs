@@ -37,7 +37,7 @@ fn check_of_the_default_catalog_succeeds_with_warnings() {
     let out = portguard(&["catalog", "check", path.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains(": ok: 26 roles"), "summary: {stdout}");
+    assert!(stdout.contains(": ok: 30 roles"), "summary: {stdout}");
     let c = Catalog::embedded();
     let outbound = c
         .rules
@@ -211,8 +211,9 @@ fn show_json_lists_every_perimeter_rule_with_its_direction() {
         }
     }
     assert_eq!(
-        perimeter, 44,
-        "the perimeter rules (each names one protocol, so one object each)"
+        perimeter,
+        44 + 10,
+        "the perimeter rules and the 10 hybrid rules (each names one protocol, so one object each)"
     );
 }
 
@@ -508,7 +509,7 @@ fn the_2019_edition_on_every_catalog_command() {
     let out = portguard(&["catalog", "check", "--edition", "2019"]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).starts_with("catalog/sfb2019.toml (embedded): ok: 25 roles,"),
+        text(&out.stdout).starts_with("catalog/sfb2019.toml (embedded): ok: 29 roles,"),
         "{}",
         text(&out.stdout)
     );

@@ -25,9 +25,9 @@ use std::{path::Path, sync::OnceLock};
 
 pub use model::{
     AddressSet, AddressesArg, Catalog, CatalogError, Cidr, Diagnostic, Direction, EDGE_DOCUMENT,
-    Edition, EffectiveRule, IpsecException, MatchSide, MgmtAllowance, PortAssignment, Protocol,
-    REVERSE_PROXY_DOCUMENT, RoleDef, Rule, SERVER_PORTS_DOCUMENT, SeedTable, SetSource, Severity,
-    count_findings,
+    Edition, EffectiveRule, HYBRID_DOCUMENT, IpsecException, M365_ENDPOINTS_DOCUMENT, MatchSide,
+    MgmtAllowance, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule,
+    SERVER_PORTS_DOCUMENT, SeedTable, SetSource, Severity, count_findings,
 };
 pub(crate) use parse::MAX_DIAGNOSTICS;
 #[cfg(test)]
@@ -136,6 +136,12 @@ impl Catalog {
         Self::edition(Edition::Sfb2015)
     }
 
+    /// An edition's embedded catalog parsed anew, with its warnings: what
+    /// `catalog check --edition` reports.
+    pub fn check_edition(edition: Edition) -> Result<(Catalog, Vec<Diagnostic>), CatalogError> {
+        parse::parse(edition.embedded_text(), edition.embedded_name())
+    }
+
     /// An edition's catalog, compiled into the binary.
     pub fn edition(edition: Edition) -> Catalog {
         static EMBEDDED: [OnceLock<Catalog>; Edition::ALL.len()] =
@@ -144,14 +150,12 @@ impl Catalog {
             Edition::Sfb2015 => &EMBEDDED[0],
             Edition::Sfb2019 => &EMBEDDED[1],
         };
-        slot.get_or_init(
-            || match Self::parse(edition.embedded_text(), edition.embedded_name()) {
-                Ok((catalog, _warnings)) => catalog,
-                // Unreachable in a tested build: `tests::embedded_parses_without_errors`
-                // and `edition_tests` guard it.
-                Err(e) => panic!("the embedded {edition} catalog is invalid:\n{e}"),
-            },
-        )
+        slot.get_or_init(|| match Self::check_edition(edition) {
+            Ok((catalog, _warnings)) => catalog,
+            // Unreachable in a tested build: `tests::embedded_parses_without_errors`
+            // and `edition_tests` guard it.
+            Err(e) => panic!("the embedded {edition} catalog is invalid:\n{e}"),
+        })
         .clone()
     }
 

@@ -92,6 +92,14 @@ pub const EDGE_DOCUMENT: &str = "Skype/SfbServer/plan-your-deployment/edge-serve
 /// describe the reverse proxy's ports only in prose.
 pub const REVERSE_PROXY_DOCUMENT: &str =
     "Lync/LyncServer/lync-server-2013-port-summary-reverse-proxy.md";
+/// "Plan hybrid connectivity between Skype for Business Server 2015 and
+/// Skype for Business Online": its "Port and protocol requirements" table.
+pub const HYBRID_DOCUMENT: &str =
+    "Skype/SfbServer/skype-for-business-hybrid-solutions/plan-hybrid-connectivity.md";
+/// "Microsoft 365 URLs and IP address ranges", in the repository
+/// MicrosoftDocs/microsoft-365-docs (its tables are generated into
+/// `microsoft-365/includes/office-365-worldwide-endpoints.md`).
+pub const M365_ENDPOINTS_DOCUMENT: &str = "microsoft-365/enterprise/urls-and-ip-address-ranges.md";
 
 /// The published table a rule or role comes from (the type keeps its
 /// historical name: the first tables were those of the server ports document).
@@ -107,10 +115,14 @@ pub enum SeedTable {
     EdgeVipInternal,
     ReverseProxyExternal,
     ReverseProxyInternal,
+    /// Skype for Business hybrid: the Edge Server to and from Microsoft 365.
+    Hybrid,
+    /// Microsoft 365's "Skype for Business Online and Microsoft Teams" endpoints.
+    M365Endpoints,
 }
 
 impl SeedTable {
-    pub const ALL: [SeedTable; 10] = [
+    pub const ALL: [SeedTable; 12] = [
         SeedTable::Server,
         SeedTable::Hlb,
         SeedTable::DnsLb,
@@ -121,6 +133,8 @@ impl SeedTable {
         SeedTable::EdgeVipInternal,
         SeedTable::ReverseProxyExternal,
         SeedTable::ReverseProxyInternal,
+        SeedTable::Hybrid,
+        SeedTable::M365Endpoints,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -135,6 +149,8 @@ impl SeedTable {
             SeedTable::EdgeVipInternal => "edge-vip-internal",
             SeedTable::ReverseProxyExternal => "reverse-proxy-external",
             SeedTable::ReverseProxyInternal => "reverse-proxy-internal",
+            SeedTable::Hybrid => "hybrid",
+            SeedTable::M365Endpoints => "m365-endpoints",
         }
     }
 
@@ -160,10 +176,13 @@ impl SeedTable {
             SeedTable::ReverseProxyInternal => {
                 "Firewall Details for Reverse Proxy Server: Internal Interface"
             }
+            SeedTable::Hybrid => "Port and protocol requirements",
+            SeedTable::M365Endpoints => "Skype for Business Online and Microsoft Teams",
         }
     }
 
-    /// The document the table is in: its path in MicrosoftDocs/OfficeDocs-SkypeForBusiness.
+    /// The document the table is in: its path in MicrosoftDocs/OfficeDocs-SkypeForBusiness
+    /// (MicrosoftDocs/microsoft-365-docs for [`SeedTable::M365Endpoints`]).
     pub fn document(self) -> &'static str {
         match self {
             SeedTable::Server | SeedTable::Hlb | SeedTable::DnsLb | SeedTable::Client => {
@@ -176,6 +195,8 @@ impl SeedTable {
             SeedTable::ReverseProxyExternal | SeedTable::ReverseProxyInternal => {
                 REVERSE_PROXY_DOCUMENT
             }
+            SeedTable::Hybrid => HYBRID_DOCUMENT,
+            SeedTable::M365Endpoints => M365_ENDPOINTS_DOCUMENT,
         }
     }
 

@@ -31,7 +31,7 @@ pub fn check(path: Option<&Path>, edition: Option<Edition>) -> u8 {
                 let e = e.unwrap_or(Edition::Sfb2015);
                 (
                     format!("{} (embedded)", e.embedded_name()),
-                    Catalog::parse(e.embedded_text(), e.embedded_name()),
+                    Catalog::check_edition(e),
                 )
             }
         };
