@@ -127,8 +127,10 @@ fn endpoint_ports(cell: &str) -> Vec<(Protocol, u16)> {
     out
 }
 
-/// The endpoints table's rows: (ID, the IP ranges it lists, its ports).
-fn endpoint_rows() -> Vec<(u32, Vec<Cidr>, Vec<(Protocol, u16)>)> {
+/// An endpoints table row: its ID, the IP ranges it lists, its ports.
+type EndpointRow = (u32, Vec<Cidr>, Vec<(Protocol, u16)>);
+
+fn endpoint_rows() -> Vec<EndpointRow> {
     table(
         "microsoft-365/includes/office-365-worldwide-endpoints.md",
         "Skype for Business Online and Microsoft Teams",
