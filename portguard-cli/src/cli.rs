@@ -250,6 +250,23 @@ pub enum CatalogCommand {
         #[arg(value_name = "B")]
         b: String,
     },
+    /// Microsoft 365's endpoints JSON (a saved copy of
+    /// https://endpoints.office.com/endpoints/worldwide) as the
+    /// `microsoft-365` address set, printed as a catalog's TOML.
+    ImportEndpoints {
+        /// The saved JSON.
+        file: PathBuf,
+        /// Take the IP ranges of this service area.
+        #[arg(long, default_value = "Skype", value_name = "AREA")]
+        service_area: String,
+        /// The id of the address set printed.
+        #[arg(long, default_value = "microsoft-365", value_name = "ID")]
+        id: String,
+        /// The list's version, for the set's note (the JSON carries none:
+        /// https://endpoints.office.com/version/worldwide gives it).
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -618,3 +618,50 @@ fn diff_of_the_editions_lists_the_removed_rows_and_exits_0() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn import_endpoints_prints_the_set_and_refuses_bad_json_at_its_place() {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/endpoints-worldwide-sample.json");
+    let out = portguard(&[
+        "catalog",
+        "import-endpoints",
+        sample.to_str().unwrap_or_default(),
+        "--version",
+        "2023073100",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    let block = text(&out.stdout);
+    // Appended to a catalog of its own, the block is a valid set.
+    let catalog =
+        format!("version = 1\n[[role]]\nid = \"r\"\nlabel = \"R\"\ntable = \"hybrid\"\n{block}");
+    let (c, _) =
+        Catalog::parse(&catalog, "imported.toml").unwrap_or_else(|e| panic!("{e}\n{block}"));
+    let embedded = Catalog::embedded();
+    let want = embedded
+        .addresses
+        .iter()
+        .find(|s| s.id == "microsoft-365")
+        .map(|s| s.cidrs.clone());
+    assert_eq!(
+        c.addresses.first().map(|s| s.cidrs.clone()),
+        want,
+        "the sample's Skype ranges are the embedded microsoft-365 set"
+    );
+    assert!(block.contains("version 2023073100"), "{block}");
+
+    let bad = temp_file("endpoints-bad.json", b"[\n  {\"id\": 11,,}\n]\n");
+    let out = portguard(&[
+        "catalog",
+        "import-endpoints",
+        bad.to_str().unwrap_or_default(),
+    ]);
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(out.status.code(), Some(2), "bad JSON is bad input");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:2:13: not JSON: key must be a string", bad.display())),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing printed on an error");
+}

@@ -1,4 +1,4 @@
-//! `portguard catalog check|show|export|diff`.
+//! `portguard catalog check|show|export|diff|import-endpoints`.
 
 use std::{
     io::{self, Write as _},
@@ -6,6 +6,7 @@ use std::{
 };
 
 mod diff;
+mod import;
 mod show;
 
 use portguard::{
@@ -134,6 +135,12 @@ pub fn catalog(c: CatalogCommand) -> u8 {
             Err(code) => code,
         },
         CatalogCommand::Diff { a, b } => diff(&a, &b),
+        CatalogCommand::ImportEndpoints {
+            file,
+            service_area,
+            id,
+            version,
+        } => import::import_endpoints(&file, &service_area, &id, version.as_deref()),
     }
 }
 
