@@ -593,7 +593,7 @@ fn diff_of_the_editions_lists_the_removed_rows_and_exits_0() {
     for line in [
         "role persistent-chat: removed (持久聊天前端服务器, table server, includes all-servers)",
         "role lb-edge-external:",
-        "roles: 1 removed, 0 added, 0 changed; rules: 8 removed, 0 added, 0 changed; IPsec exceptions: 0 differ",
+        "roles: 1 removed, 0 added, 0 changed; rules: 8 removed, 0 added, 0 changed; address sets: 0 differ; IPsec exceptions: 0 differ",
     ] {
         assert!(
             stdout.lines().any(|l| l == line),
@@ -606,7 +606,7 @@ fn diff_of_the_editions_lists_the_removed_rows_and_exits_0() {
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     assert!(
         text(&out.stdout)
-            .ends_with("rules: 0 removed, 0 added, 0 changed; IPsec exceptions: 0 differ\n"),
+            .ends_with("rules: 0 removed, 0 added, 0 changed; address sets: 0 differ; IPsec exceptions: 0 differ\n"),
         "{}",
         text(&out.stdout)
     );
@@ -660,7 +660,10 @@ fn import_endpoints_prints_the_set_and_refuses_bad_json_at_its_place() {
     assert_eq!(out.status.code(), Some(2), "bad JSON is bad input");
     let stderr = text(&out.stderr);
     assert!(
-        stderr.starts_with(&format!("{}:2:13: not JSON: key must be a string", bad.display())),
+        stderr.starts_with(&format!(
+            "{}:2:13: not JSON: key must be a string",
+            bad.display()
+        )),
         "{stderr}"
     );
     assert!(out.stdout.is_empty(), "nothing printed on an error");
