@@ -152,6 +152,11 @@ fn main() -> Result<()> {
     for name in objects {
         cmd.args(["--bin", name]);
     }
+    // The tests' trace (the TRACE map and its test in the exit) is compiled
+    // into the object only for the test hooks.
+    if env::var_os("CARGO_FEATURE_TEST_HOOKS").is_some() {
+        cmd.args(["--features", "trace"]);
+    }
     // The outer build's settings are for the host, not for BPF.
     for var in [
         "RUSTC",

@@ -27,6 +27,8 @@ pub mod map_names {
     /// Per-CPU counts of the flow tables' inserts, promotions and refusals.
     pub const FLOW_STATS: &str = "FLOW_STATS";
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// Tests only: in the object built with the eBPF crate's `trace` feature
+    /// (classifier-user's `test-hooks`), absent from the shipped one.
     pub const TRACE: &str = "TRACE";
     pub const FLOW_PORTS: &str = "FLOW_PORTS";
     pub const EVENTS: &str = "EVENTS";
@@ -161,7 +163,8 @@ pub const FLAG_MONITOR: u32 = 1 << 0;
 pub const FLAG_DROP_ECHO: u32 = 1 << 1;
 pub const FLAG_DROP_IPSEC_MEDIA: u32 = 1 << 2;
 /// Tests only: write each packet's counter index to `TRACE[0]`, so a test can
-/// see exactly which verdict and reason one frame got.
+/// see exactly which verdict and reason one frame got. The shipped object
+/// (built without the eBPF crate's `trace` feature) ignores the bit.
 pub const FLAG_TRACE: u32 = 1 << 3;
 /// Appliance mode: the program guards forwarded traffic on several legs.
 /// Outbound rows match by source profile (when the source sits behind the
@@ -678,7 +681,8 @@ pub const fn decode_reason_counter(index: u32) -> Option<(Reason, u32, u32)> {
 
 /// Bytes of the frame an event carries.
 pub const EVENT_SNAPLEN: usize = 128;
-/// Size of the `EVENTS` ring buffer: 1 MiB holds about 4,800 events, several
+/// Size of the `EVENTS` ring buffer: 1 MiB holds about 6,200 events (160
+/// bytes each plus the ring's 8-byte record header), several
 /// seconds of the default budget on a small host even if the reader stalls.
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
 /// The per-CPU budget's bucket holds one second of credit: a burst may use a

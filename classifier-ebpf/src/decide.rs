@@ -528,9 +528,9 @@ pub(crate) fn port_slot(index: u32, port: u16) -> u16 {
     }
 }
 
-/// The port decision. Inline: the parser's frame no longer holds the
-/// addresses, and the keys built here fit the same frame; a call to an
-/// out-of-line function cost a spill of the parser's state per packet.
+/// The port decision. Inline: the parser's state holds no addresses, and
+/// the keys built here fit the same frame; a call to an out-of-line
+/// function would spill the parser's state on every packet.
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,

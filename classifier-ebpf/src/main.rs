@@ -2,7 +2,8 @@
 //!
 //! `portguard` (XDP, ingress) parses each frame (`parse`), decides a verdict
 //! (`decide`), and leaves through a single exit point that counts it
-//! (`events`: counters, the trace, anomaly lines, packet events).
+//! (`events`: counters, anomaly lines, packet events, and the tests' trace
+//! in an object built with the `trace` feature).
 //! `portguard_egress` (TC, egress) records the flows that leave each leg
 //! (the host's own connections, and what an appliance really forwarded) so
 //! that XDP can let their answers in (`flows`). Every map is in `maps`.

@@ -31,6 +31,8 @@ pub(crate) static PROFILES: LpmTrie<Addr, ProfileSel> = LpmTrie::with_max_entrie
 #[map]
 pub(crate) static MGMT: LpmTrie<Addr, MgmtPorts> = LpmTrie::with_max_entries(LPM_ENTRIES, 0);
 
+/// Tests only (feature `trace`): the counter index of the last packet.
+#[cfg(feature = "trace")]
 #[map]
 pub(crate) static TRACE: Array<u32> = Array::with_max_entries(1, 0);
 

@@ -1,28 +1,31 @@
-//! From a catalog and the `run` flags to the contents of the BPF maps.
+//! From a catalog and the `run` flags to the contents of the BPF maps, in
+//! two steps: [`resolve`] reads the catalog once for what the flags ask
+//! (each profile's roles, prefixes, legs, inbound and outbound rules, and
+//! whether it sits on a media path; the management rules; the placement and
+//! the other flags) into a [`Resolved`] policy, which [`compile`] turns into
+//! the maps and `catalog::nft` renders as an nftables ruleset.
 //!
-//! Compiling is pure (no syscalls), so a reload can build and check the whole
-//! new policy before it touches anything the packet path reads.
+//! Both steps are pure (no syscalls), so a reload can build and check the
+//! whole new policy before it touches anything the packet path reads.
+
+mod compile;
+mod resolve;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv6Addr},
     str::FromStr,
 };
 
-use classifier_common::{
-    Addr, BLOCKS_PER_PROTO, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR,
-    MAX_PROFILES, MAX_RULE_SLOTS, MGMT_PORTS, PORTS_PER_BLOCK, PROFILE_NONE, PROTO_COUNT,
-    PROTO_TCP, PROTO_UDP, PortBlock,
-};
+use classifier_common::{Addr, MAX_PROFILES, MAX_RULE_SLOTS};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, CatalogError, Direction, EffectiveRule, Protocol, assign_ports_in};
-
-/// Roles whose rules open the audio/video media ranges: a host running one of
-/// them sits on a media path, where the server ports document's IPsec exception
-/// table says IPsec must be off.
-const MEDIA_ROLES: [&str; 3] = ["all-internal-servers", "front-end-mediation", "mediation"];
+pub use self::{
+    compile::{CompiledPolicy, CompiledProfile, RuleKey, SlotRegistry, compile},
+    resolve::{ProfilePrefix, Resolved, ResolvedProfile, resolve},
+};
+use crate::catalog::CatalogError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -138,6 +141,18 @@ impl Mgmt {
             })
             .collect()
     }
+
+    /// `--mgmt` as `run` and `catalog export` read it: `extra` added to the
+    /// default guard, unless `--no-default-mgmt` left it out.
+    pub fn with_default(default: bool, extra: &[Mgmt]) -> Vec<Mgmt> {
+        let mut all = if default {
+            Mgmt::defaults()
+        } else {
+            Vec::new()
+        };
+        all.extend_from_slice(extra);
+        all
+    }
 }
 
 impl FromStr for Mgmt {
@@ -202,11 +217,27 @@ pub(crate) fn split_roles(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// Where the policy applies: the one notion of "appliance mode" (the maps'
+/// `FLAG_APPLIANCE` is derived from it in [`Resolved::flags`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// Packets to the host's own addresses: `--role` is the default profile,
+    /// `--profile` picks the roles by destination, outbound rows are the
+    /// host's own connections (not filtered).
+    #[default]
+    Host,
+    /// A box forwarding between its legs: profiles match sources against
+    /// their outbound rows too, `--role` are the roles of the box's own
+    /// addresses, and the lockout guard covers only those.
+    Appliance,
+}
+
 /// Everything `run` was told about the policy, apart from the catalog.
 #[derive(Clone, Debug, Default)]
 pub struct PolicySpec {
     /// `--role`: the default profile, or `None` to drop packets to addresses
-    /// outside every `--profile`.
+    /// outside every `--profile`. In appliance mode, the roles of the box's
+    /// own addresses.
     pub default_roles: Option<Vec<String>>,
     pub profiles: Vec<ProfileArg>,
     pub mgmt: Vec<Mgmt>,
@@ -214,10 +245,7 @@ pub struct PolicySpec {
     pub drop_echo: bool,
     pub drop_ipsec_on_media: bool,
     pub client_media: Option<(u16, u16)>,
-    /// Appliance mode: profiles match sources against outbound rows too,
-    /// `default_roles` are the roles of the box's own addresses, and the
-    /// lockout guard covers only those.
-    pub appliance: bool,
+    pub placement: Placement,
     /// Appliance mode: every address configured on the box (kept current by
     /// the daemon from netlink).
     pub local_addrs: Vec<IpAddr>,
@@ -227,365 +255,6 @@ pub struct PolicySpec {
     /// packets that arrive on that leg; a prefix missing here sits behind
     /// no leg, and its outbound rows apply nowhere.
     pub profile_legs: BTreeMap<Prefix, u32>,
-}
-
-impl PolicySpec {
-    pub(crate) fn flags(&self) -> u32 {
-        let mut f = 0;
-        if self.monitor {
-            f |= FLAG_MONITOR;
-        }
-        if self.drop_echo {
-            f |= FLAG_DROP_ECHO;
-        }
-        if self.drop_ipsec_on_media {
-            f |= FLAG_DROP_IPSEC_MEDIA;
-        }
-        if self.appliance {
-            f |= FLAG_APPLIANCE;
-        }
-        f
-    }
-}
-
-/// What a counter slot stands for: one catalog rule for one protocol. Slots
-/// are handed out once and kept for the life of the pinned maps, so counters
-/// keep counting when a reload moves or renumbers rules.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct RuleKey {
-    pub role: String,
-    pub service: String,
-    pub proto: String,
-    pub port_start: u16,
-    pub port_end: u16,
-    /// "outbound" for an outbound row (appliance mode), empty for inbound:
-    /// state files written before directions existed read back unchanged.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub direction: String,
-}
-
-impl RuleKey {
-    fn of(rule: &EffectiveRule) -> RuleKey {
-        RuleKey {
-            role: rule.role.clone(),
-            service: rule.service.clone(),
-            proto: proto_name(rule.protocol).to_string(),
-            port_start: rule.port_start,
-            port_end: rule.port_end,
-            direction: match rule.direction {
-                Direction::Inbound => String::new(),
-                Direction::Outbound => Direction::Outbound.as_str().to_string(),
-            },
-        }
-    }
-}
-
-pub(crate) fn proto_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
-}
-
-/// Slot numbers of rules, persistent across reloads and restarts.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SlotRegistry {
-    slots: BTreeMap<u16, RuleKey>,
-    #[serde(skip)]
-    by_key: HashMap<RuleKey, u16>,
-}
-
-impl SlotRegistry {
-    pub(crate) fn from_slots(slots: BTreeMap<u16, RuleKey>) -> Self {
-        let by_key = slots.iter().map(|(s, k)| (k.clone(), *s)).collect();
-        SlotRegistry { slots, by_key }
-    }
-
-    pub(crate) fn slot_of(&mut self, key: &RuleKey) -> Result<u16, PolicyError> {
-        if let Some(s) = self.by_key.get(key) {
-            return Ok(*s);
-        }
-        let next = self.slots.keys().next_back().map_or(1, |s| s + 1);
-        if u32::from(next) >= MAX_RULE_SLOTS {
-            return Err(PolicyError::TooManyRules);
-        }
-        self.slots.insert(next, key.clone());
-        self.by_key.insert(key.clone(), next);
-        Ok(next)
-    }
-
-    pub fn get(&self, slot: u16) -> Option<&RuleKey> {
-        self.slots.get(&slot)
-    }
-
-    pub(crate) fn slots(&self) -> &BTreeMap<u16, RuleKey> {
-        &self.slots
-    }
-}
-
-/// One profile's port arrays for both protocols, ready to copy into the map.
-pub struct CompiledProfile {
-    /// Inbound rows: `PROTO_COUNT * BLOCKS_PER_PROTO` blocks, TCP first, then UDP.
-    pub blocks: Vec<PortBlock>,
-    /// Outbound rows in the same shape (appliance mode; all zero on a host).
-    pub(crate) outbound: Vec<PortBlock>,
-    pub rules: usize,
-}
-
-fn slot_in(blocks: &[PortBlock], proto: u32, port: u16) -> u16 {
-    let b = &blocks[(proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK) as usize];
-    b.slots[(u32::from(port) % PORTS_PER_BLOCK) as usize]
-}
-
-impl CompiledProfile {
-    /// The slot the packet path finds for (proto, destination port) of a
-    /// packet to an address of this profile.
-    pub fn slot(&self, proto: u32, port: u16) -> u16 {
-        slot_in(&self.blocks, proto, port)
-    }
-
-    /// The blocks of one direction (`DIR_INBOUND` or `DIR_OUTBOUND`).
-    pub(crate) fn blocks_for(&self, direction: u32) -> &[PortBlock] {
-        if direction == classifier_common::DIR_OUTBOUND {
-            &self.outbound
-        } else {
-            &self.blocks
-        }
-    }
-}
-
-/// The full policy of one generation.
-pub struct CompiledPolicy {
-    pub profiles: Vec<CompiledProfile>,
-    pub default_profile: u32,
-    /// Prefixes and their profile (appliance mode: the box's own addresses
-    /// among them, as host prefixes).
-    pub prefixes: Vec<(Prefix, u32)>,
-    /// Appliance mode: the box's own addresses, as host prefixes.
-    pub(crate) local: Vec<Prefix>,
-    /// Appliance mode: the leg each prefix sits behind (`PolicySpec::profile_legs`).
-    pub(crate) prefix_legs: BTreeMap<Prefix, u32>,
-    pub media_profiles: u32,
-    /// Bit p: profile p has outbound rows.
-    pub(crate) outbound_profiles: u32,
-    pub flags: u32,
-    /// `MGMT` trie entries, with the ports of every containing prefix folded in.
-    pub mgmt: Vec<(Prefix, [u16; MGMT_PORTS])>,
-    /// Every management port, for the packet path's cheap pre-check.
-    pub(crate) mgmt_ports: [u16; MGMT_PORTS],
-    /// Rules per role, for the `portguard_catalog_rules` gauge.
-    pub(crate) rules_per_role: BTreeMap<String, usize>,
-}
-
-pub fn compile(
-    catalog: &Catalog,
-    spec: &PolicySpec,
-    registry: &mut SlotRegistry,
-) -> Result<CompiledPolicy, PolicyError> {
-    let catalog = match spec.client_media {
-        Some((start, end)) => catalog.with_client_media(start, end)?,
-        None => catalog.clone(),
-    };
-    let mut role_sets: Vec<Vec<String>> = Vec::new();
-    let default_profile = match (&spec.default_roles, spec.appliance) {
-        // An appliance's --role are the roles of its own addresses (added
-        // below as host prefixes); anything else is a forwarded packet that
-        // a --profile must cover.
-        (_, true) => PROFILE_NONE,
-        (Some(roles), false) => {
-            role_sets.push(roles.clone());
-            0
-        }
-        (None, false) => PROFILE_NONE,
-    };
-    let mut prefixes = Vec::new();
-    for p in &spec.profiles {
-        // Profiles with the same roles share their arrays.
-        let idx = match role_sets.iter().position(|r| *r == p.roles) {
-            Some(i) => i,
-            None => {
-                role_sets.push(p.roles.clone());
-                role_sets.len() - 1
-            }
-        };
-        if prefixes.iter().any(|(q, _): &(Prefix, u32)| *q == p.prefix) {
-            return Err(PolicyError::Flag {
-                flag: "--profile",
-                message: format!("{} is given twice", p.prefix),
-            });
-        }
-        prefixes.push((p.prefix, idx as u32));
-    }
-    let mut local = Vec::new();
-    if spec.appliance {
-        // The box's own addresses: --role's rows (none without --role: the
-        // essentials and the lockout guard only). An address a --profile
-        // names exactly keeps that profile and is still the box's own.
-        let roles = spec.default_roles.clone().unwrap_or_default();
-        let idx = match role_sets.iter().position(|r| *r == roles) {
-            Some(i) => i,
-            None => {
-                role_sets.push(roles);
-                role_sets.len() - 1
-            }
-        };
-        let mut addrs: Vec<Prefix> = spec
-            .local_addrs
-            .iter()
-            .filter_map(|ip| Prefix::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).ok())
-            .collect();
-        addrs.sort();
-        addrs.dedup();
-        for host in addrs {
-            if !prefixes.iter().any(|(q, _)| *q == host) {
-                prefixes.push((host, idx as u32));
-            }
-            local.push(host);
-        }
-        if prefixes.len() > classifier_common::LPM_ENTRIES as usize {
-            return Err(PolicyError::Flag {
-                flag: "--profile",
-                message: format!(
-                    "the profiles and the box's {} addresses need {} entries; the profile table holds {}",
-                    local.len(),
-                    prefixes.len(),
-                    classifier_common::LPM_ENTRIES
-                ),
-            });
-        }
-    }
-    if role_sets.len() > MAX_PROFILES as usize {
-        return Err(PolicyError::TooManyProfiles);
-    }
-    if role_sets.is_empty() {
-        return Err(PolicyError::Flag {
-            flag: "--role",
-            message: "give --role, or at least one --profile CIDR=ROLE".into(),
-        });
-    }
-
-    let mut profiles = Vec::new();
-    let mut media_profiles = 0u32;
-    let mut outbound_profiles = 0u32;
-    let mut rules_per_role = BTreeMap::new();
-    for (i, roles) in role_sets.iter().enumerate() {
-        let rules = catalog.effective_rules(roles)?;
-        // Inbound rows match the packet's destination. Outbound rows match
-        // its source, which only an appliance sees on ingress: on a host
-        // they are its own connections, whose replies the egress flow
-        // recorder lets back in, and opening their ports inbound would let
-        // in unsolicited packets.
-        let blocks = port_blocks(&rules, Direction::Inbound, registry)?;
-        let (outbound, has_outbound) = if spec.appliance {
-            let b = port_blocks(&rules, Direction::Outbound, registry)?;
-            let any = b.iter().any(|x| x.slots.iter().any(|&s| s != 0));
-            (b, any)
-        } else {
-            (
-                vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize],
-                false,
-            )
-        };
-        if has_outbound {
-            outbound_profiles |= 1 << i;
-        }
-        for r in &rules {
-            *rules_per_role.entry(r.role.clone()).or_insert(0) += 1;
-        }
-        if rules.iter().any(|r| MEDIA_ROLES.contains(&r.role.as_str())) {
-            media_profiles |= 1 << i;
-        }
-        profiles.push(CompiledProfile {
-            blocks,
-            outbound,
-            rules: rules.len(),
-        });
-    }
-
-    Ok(CompiledPolicy {
-        profiles,
-        default_profile,
-        prefix_legs: spec
-            .profile_legs
-            .iter()
-            .filter(|(p, _)| prefixes.iter().any(|(q, _)| q == *p))
-            .map(|(p, l)| (*p, *l))
-            .collect(),
-        prefixes,
-        local,
-        media_profiles,
-        outbound_profiles,
-        flags: spec.flags(),
-        mgmt: fold_mgmt(&spec.mgmt)?,
-        mgmt_ports: mgmt_ports(&spec.mgmt)?,
-        rules_per_role,
-    })
-}
-
-/// One direction's port arrays of a profile, each port holding the slot of
-/// the rule that owns it.
-fn port_blocks(
-    rules: &[EffectiveRule],
-    direction: Direction,
-    registry: &mut SlotRegistry,
-) -> Result<Vec<PortBlock>, PolicyError> {
-    let mut blocks = vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize];
-    for a in assign_ports_in(rules, direction) {
-        let slot = registry.slot_of(&RuleKey::of(&rules[a.rule]))?;
-        let proto = match a.protocol {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
-        };
-        for port in a.start..=a.end {
-            let idx = proto * BLOCKS_PER_PROTO + u32::from(port) / PORTS_PER_BLOCK;
-            blocks[idx as usize].slots[(u32::from(port) % PORTS_PER_BLOCK) as usize] = slot;
-        }
-    }
-    Ok(blocks)
-}
-
-/// An LPM lookup returns only the longest match, so every prefix carries the
-/// ports of the shorter prefixes that contain it.
-fn fold_mgmt(mgmt: &[Mgmt]) -> Result<Vec<(Prefix, [u16; MGMT_PORTS])>, PolicyError> {
-    let mut prefixes: Vec<Prefix> = mgmt.iter().map(|m| m.prefix).collect();
-    prefixes.sort();
-    prefixes.dedup();
-    prefixes
-        .into_iter()
-        .map(|p| {
-            let mut ports: Vec<u16> = mgmt
-                .iter()
-                .filter(|m| m.prefix.contains(&p))
-                .map(|m| m.port)
-                .collect();
-            ports.sort_unstable();
-            ports.dedup();
-            if ports.len() > MGMT_PORTS {
-                return Err(PolicyError::Flag {
-                    flag: "--mgmt",
-                    message: format!("{p} would allow more than {MGMT_PORTS} ports"),
-                });
-            }
-            let mut out = [0u16; MGMT_PORTS];
-            out[..ports.len()].copy_from_slice(&ports);
-            Ok((p, out))
-        })
-        .collect()
-}
-
-fn mgmt_ports(mgmt: &[Mgmt]) -> Result<[u16; MGMT_PORTS], PolicyError> {
-    let mut ports: Vec<u16> = mgmt.iter().map(|m| m.port).collect();
-    ports.sort_unstable();
-    ports.dedup();
-    if ports.len() > MGMT_PORTS {
-        return Err(PolicyError::Flag {
-            flag: "--mgmt",
-            message: format!("at most {MGMT_PORTS} distinct management ports"),
-        });
-    }
-    let mut out = [0u16; MGMT_PORTS];
-    out[..ports.len()].copy_from_slice(&ports);
-    Ok(out)
 }
 
 /// Parses `A-B` for `--client-media-ports`.
@@ -611,160 +280,8 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 mod tests {
     use super::*;
 
-    fn spec(roles: &[&str]) -> PolicySpec {
-        PolicySpec {
-            default_roles: Some(roles.iter().map(|s| s.to_string()).collect()),
-            mgmt: Mgmt::defaults(),
-            ..PolicySpec::default()
-        }
-    }
-
     #[test]
-    fn front_end_allows_sip_and_media_and_nothing_else_checked() {
-        let cat = Catalog::embedded();
-        let mut reg = SlotRegistry::default();
-        let p = compile(&cat, &spec(&["front-end"]), &mut reg).expect("front-end compiles");
-        let fe = &p.profiles[0];
-        for (proto, port, allowed) in [
-            (PROTO_TCP, 5061, true),
-            (PROTO_TCP, 443, true),
-            (PROTO_UDP, 50_000, true),
-            (PROTO_UDP, 1434, true),
-            (PROTO_TCP, 3389, false),
-            (PROTO_UDP, 161, false),
-            (PROTO_TCP, 1433, false),
-            (PROTO_TCP, 22, false),
-        ] {
-            assert_eq!(
-                fe.slot(proto, port) != 0,
-                allowed,
-                "proto {proto} port {port}"
-            );
-        }
-        assert_eq!(p.media_profiles, 1, "front-end terminates audio");
-    }
-
-    /// `run --role R` on an Edge or reverse-proxy host: the inbound rows are
-    /// open, the outbound-only ones are not (their replies come back through
-    /// the flow recorder).
-    #[test]
-    fn perimeter_roles_open_only_their_inbound_rows() {
-        let cat = Catalog::embedded();
-        for (roles, cases) in [
-            (
-                &["access-edge-external"][..],
-                &[
-                    (PROTO_TCP, 443, true),
-                    (PROTO_TCP, 5061, true),
-                    (PROTO_TCP, 5269, true),
-                    // Outbound only: CRL download and DNS queries.
-                    (PROTO_TCP, 80, false),
-                    (PROTO_TCP, 53, false),
-                    (PROTO_UDP, 53, false),
-                ][..],
-            ),
-            (
-                &["av-edge-external"],
-                &[
-                    (PROTO_UDP, 3478, true),
-                    (PROTO_TCP, 443, true),
-                    // The media relay range is outbound only in the 2015 tables.
-                    (PROTO_UDP, 50_000, false),
-                    (PROTO_TCP, 59_999, false),
-                    (PROTO_TCP, 5061, false),
-                ],
-            ),
-            (
-                &["webconf-edge-external"],
-                &[(PROTO_TCP, 443, true), (PROTO_UDP, 3478, false)],
-            ),
-            (
-                &["consolidated-edge-external"],
-                &[
-                    (PROTO_TCP, 443, true),
-                    (PROTO_TCP, 5061, true),
-                    (PROTO_UDP, 3478, true),
-                    (PROTO_TCP, 80, false),
-                    (PROTO_UDP, 50_000, false),
-                ],
-            ),
-            (
-                &["edge-internal"],
-                &[
-                    (PROTO_TCP, 5061, true),
-                    (PROTO_TCP, 5062, true),
-                    (PROTO_TCP, 8057, true),
-                    (PROTO_TCP, 4443, true),
-                    (PROTO_TCP, 23456, true),
-                    (PROTO_TCP, 50_001, true),
-                    (PROTO_TCP, 50_003, true),
-                    (PROTO_UDP, 3478, true),
-                    (PROTO_TCP, 50_004, false),
-                ],
-            ),
-            (
-                &["reverse-proxy-external"],
-                &[
-                    (PROTO_TCP, 443, true),
-                    (PROTO_TCP, 80, true),
-                    (PROTO_TCP, 4443, false),
-                ],
-            ),
-            (
-                // Every row is outbound: nothing is open inbound.
-                &["reverse-proxy-internal"],
-                &[
-                    (PROTO_TCP, 4443, false),
-                    (PROTO_TCP, 8080, false),
-                    (PROTO_TCP, 443, false),
-                ],
-            ),
-        ] {
-            let mut reg = SlotRegistry::default();
-            let p = compile(&cat, &spec(roles), &mut reg)
-                .unwrap_or_else(|e| panic!("{roles:?} must compile: {e}"));
-            for &(proto, port, allowed) in cases {
-                assert_eq!(
-                    p.profiles[0].slot(proto, port) != 0,
-                    allowed,
-                    "{roles:?}: proto {proto} port {port} should be {}",
-                    if allowed {
-                        "open inbound"
-                    } else {
-                        "closed inbound"
-                    }
-                );
-            }
-        }
-        // reverse-proxy-internal opens no port at all.
-        let mut reg = SlotRegistry::default();
-        let p = compile(&cat, &spec(&["reverse-proxy-internal"]), &mut reg)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let open = p.profiles[0]
-            .blocks
-            .iter()
-            .flat_map(|b| b.slots.iter())
-            .filter(|&&s| s != 0)
-            .count();
-        assert_eq!(open, 0, "reverse-proxy-internal has only outbound rows");
-    }
-
-    #[test]
-    fn slots_survive_a_recompile() {
-        let cat = Catalog::embedded();
-        let mut reg = SlotRegistry::default();
-        let a = compile(&cat, &spec(&["front-end"]), &mut reg).expect("compiles");
-        let b = compile(&cat, &spec(&["front-end", "director"]), &mut reg).expect("compiles");
-        let c = compile(&cat, &spec(&["front-end"]), &mut reg).expect("compiles");
-        assert_eq!(
-            a.profiles[0].slot(PROTO_TCP, 5061),
-            c.profiles[0].slot(PROTO_TCP, 5061)
-        );
-        assert_ne!(b.profiles[0].slot(PROTO_TCP, 5061), 0);
-    }
-
-    #[test]
-    fn mgmt_parsing_and_folding() {
+    fn mgmt_parsing() {
         let m: Mgmt = "10.0.0.0/8".parse().expect("v4 cidr");
         assert_eq!((m.prefix.len, m.port), (104, 22));
         let m: Mgmt = "10.1.0.0/16:2222".parse().expect("v4 cidr with port");
@@ -775,85 +292,15 @@ mod tests {
         assert_eq!(m.port, 22);
         assert!("10.0.0.0/8:0".parse::<Mgmt>().is_err());
         assert!("10.0.0.0/33".parse::<Mgmt>().is_err());
-        let folded = fold_mgmt(&[
-            "10.0.0.0/8".parse().expect("ok"),
-            "10.1.0.0/16:2222".parse().expect("ok"),
-        ])
-        .expect("folds");
-        let inner = folded.iter().find(|(p, _)| p.len == 112).expect("the /16");
         assert_eq!(
-            &inner.1[..2],
-            &[22, 2222],
-            "the /16 inherits port 22 of the /8"
-        );
-    }
-
-    #[test]
-    fn profiles_pick_longest_prefix() {
-        let cat = Catalog::embedded();
-        let mut reg = SlotRegistry::default();
-        let mut s = spec(&["front-end"]);
-        s.profiles = vec![
-            "198.18.0.0/16=director".parse().expect("ok"),
-            "198.18.5.0/24=mediation".parse().expect("ok"),
-        ];
-        let p = compile(&cat, &s, &mut reg).expect("compiles");
-        // The packet path's pick: the longest prefix holding the address,
-        // else the default profile.
-        let profile_for = |ip: &str| {
-            let host = Prefix::from_str(ip).expect("ip");
-            p.prefixes
-                .iter()
-                .filter(|(q, _)| q.contains(&host))
-                .max_by_key(|(q, _)| q.len)
-                .map_or(p.default_profile, |(_, profile)| *profile)
-        };
-        assert_eq!(profile_for("198.18.5.7"), 2, "the /24 inside the /16");
-        assert_eq!(profile_for("198.18.6.7"), 1, "the /16");
-        assert_eq!(profile_for("198.19.0.1"), 0, "the default profile");
-    }
-
-    /// The largest catalog `check` lets through: 16,383 rules of one role,
-    /// every one nested in the previous, compiles at once. (The one-rule-per-port
-    /// assignment used to compare every rule at every boundary: seconds.)
-    #[test]
-    fn a_catalog_that_fills_every_counter_slot_compiles_quickly() {
-        use std::fmt::Write as _;
-        let n = crate::catalog::MAX_RULE_ENTRIES;
-        let mut text =
-            String::from("version = 1\n[[role]]\nid = \"a\"\nlabel = \"A\"\ntable = \"server\"\n");
-        for i in 0..n {
-            let _ = write!(
-                text,
-                "[[rule]]\nrole = \"a\"\nservice = \"s{i}\"\nprotocol = \"tcp\"\nports = \"{}-{}\"\ntransport = \"T\"\ntable = \"server\"\nnote = \"\"\n",
-                i + 1,
-                65_535 - i
-            );
-        }
-        let (cat, _) =
-            Catalog::parse(&text, "full.toml").unwrap_or_else(|e| panic!("{n} rules:\n{e}"));
-        let started = std::time::Instant::now();
-        let mut reg = SlotRegistry::default();
-        let p = compile(&cat, &spec(&["a"]), &mut reg).unwrap_or_else(|e| panic!("compile: {e}"));
-        let took = started.elapsed();
-        assert!(
-            took < std::time::Duration::from_secs(2),
-            "compiling took {took:?}"
+            Mgmt::with_default(false, &[m]),
+            [m],
+            "--no-default-mgmt keeps only what is given"
         );
         assert_eq!(
-            reg.slots().len(),
-            n,
-            "every rule owns a port, so every rule has a slot"
-        );
-        // The narrowest range wins: the innermost rule owns its two ports.
-        let innermost = reg
-            .get(p.profiles[0].slot(PROTO_TCP, 16_383))
-            .map(|k| k.service.clone());
-        assert_eq!(innermost.as_deref(), Some("s16382"));
-        assert_ne!(
-            p.profiles[0].slot(PROTO_TCP, 65_535),
-            0,
-            "the outermost rule"
+            Mgmt::with_default(true, &[m])[2..],
+            [m],
+            "the default guard comes first"
         );
     }
 

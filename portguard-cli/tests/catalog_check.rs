@@ -5,7 +5,10 @@ use std::{
     process::{Command, Output},
 };
 
-use portguard::catalog::{Catalog, MgmtAllowance};
+use portguard::{
+    catalog::{Catalog, nft},
+    policy::{self, Mgmt, PolicySpec},
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portguard");
 
@@ -250,6 +253,22 @@ fn show_other_formats_and_unknown_role() {
 }
 
 /// `nft -c` needs root and nft; skipped without them unless CI=true.
+/// A host running `roles` with these management allowances (and no default one).
+fn host(roles: &[&str], mgmt: &[Mgmt]) -> PolicySpec {
+    PolicySpec {
+        default_roles: Some(roles.iter().map(|r| r.to_string()).collect()),
+        mgmt: mgmt.to_vec(),
+        ..PolicySpec::default()
+    }
+}
+
+/// The nft export of a host running `roles`.
+fn export(catalog: &Catalog, roles: &[&str], mgmt: &[Mgmt]) -> String {
+    policy::resolve(catalog, &host(roles, mgmt))
+        .map(|r| nft::export(&r))
+        .unwrap_or_else(|e| panic!("{roles:?}: {e}"))
+}
+
 fn nft_usable() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -291,20 +310,11 @@ fn nft_check_accepts_every_role() {
     }
 
     // Prefixes with host bits set are masked (nft refuses them otherwise).
-    let mgmt = [
-        MgmtAllowance {
-            prefix: "10.1.2.3".parse().unwrap_or_else(|e| panic!("{e}")),
-            prefix_len: 8,
-            port: 2222,
-        },
-        MgmtAllowance {
-            prefix: "2001:db8::1".parse().unwrap_or_else(|e| panic!("{e}")),
-            prefix_len: 32,
-            port: 22,
-        },
-    ];
-    let ruleset = portguard::catalog::nft::export(&catalog, &["director".into()], &mgmt)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mgmt: Vec<Mgmt> = ["10.1.2.3/8:2222", "[2001:db8::1/32]:22"]
+        .iter()
+        .map(|m| m.parse().unwrap_or_else(|e| panic!("{m}: {e}")))
+        .collect();
+    let ruleset = export(&catalog, &["director"], &mgmt);
     assert!(
         ruleset.contains("ip saddr 10.0.0.0/8 tcp dport 2222"),
         "{ruleset}"
@@ -330,8 +340,7 @@ fn nft_check_accepts_every_role() {
 #[test]
 fn nft_export_sets_hold_the_assigned_ports() {
     let catalog = Catalog::embedded();
-    let ruleset = portguard::catalog::nft::export(&catalog, &["front-end-mediation".into()], &[])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ruleset = export(&catalog, &["front-end-mediation"], &[]);
     for needle in [
         "jump role_front_end_mediation",
         "jump role_front_end\n",
@@ -351,7 +360,7 @@ fn nft_export_sets_hold_the_assigned_ports() {
         !ruleset.contains("tcp dport 22"),
         "no management allowance was asked for:\n{ruleset}"
     );
-    let e = portguard::catalog::nft::export(&catalog, &["nope".into()], &[]).err();
+    let e = policy::resolve(&catalog, &host(&["nope"], &[])).err();
     assert!(e.is_some_and(|e| e.to_string().contains("unknown role `nope`")));
 }
 

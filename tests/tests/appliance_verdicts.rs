@@ -9,7 +9,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use classifier_common::Reason;
-use portguard::policy::{Mgmt, PolicySpec, Prefix};
+use portguard::policy::{Mgmt, Placement, PolicySpec, Prefix};
 use portguard_testsupport::{
     frames::{Packet, TCP_ACK, TCP_SYN},
     kernel::{Kernel, pin_this_thread_to_cpu0},
@@ -50,7 +50,7 @@ fn spec(roles: Option<&str>) -> PolicySpec {
         default_roles: roles.map(|r| vec![r.to_string()]),
         profiles,
         mgmt: Mgmt::defaults(),
-        appliance: true,
+        placement: Placement::Appliance,
         local_addrs: vec![
             OWN.parse().unwrap_or_else(|e| panic!("{e}")),
             OWN6.parse().unwrap_or_else(|e| panic!("{e}")),

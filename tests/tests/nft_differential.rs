@@ -278,7 +278,8 @@ fn nft_export_and_xdp_agree_on_every_role() {
         let ruleset = run(Command::new(&bin)
             .args(["catalog", "export", "--format", "nft"])
             .args(&export));
-        let compiled = policy::compile(&catalog, &spec, &mut registry)
+        let compiled = policy::resolve(&catalog, &spec)
+            .and_then(|r| policy::compile(&r, &mut registry))
             .unwrap_or_else(|e| panic!("{export:?}: {e}"));
         xdp.install(&compiled, generation)
             .unwrap_or_else(|e| panic!("install: {e}"));

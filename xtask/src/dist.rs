@@ -242,10 +242,20 @@ pub fn dist() -> Result<PathBuf> {
     fs::set_permissions(sbin.join("portguard"), fs::Permissions::from_mode(0o755))?;
     // Built without the library's test hooks: the daemon's eBPF object is
     // embedded, the benchmark's empty floor program is not.
-    let objects = embedded_bpf_objects(&fs::read(sbin.join("portguard"))?);
+    let shipped = fs::read(sbin.join("portguard"))?;
+    let objects = embedded_bpf_objects(&shipped);
     ensure!(
-        objects == 1,
-        "the shipped binary embeds {objects} eBPF objects, not the daemon's alone: was portguard built with the `test-hooks` feature?"
+        objects.len() == 1,
+        "the shipped binary embeds {} eBPF objects, not the daemon's alone: was portguard built with the `test-hooks` feature?",
+        objects.len()
+    );
+    // Nor the tests' trace: the TRACE map exists only in the object built
+    // for the test hooks.
+    let maps = bpf_map_names(&shipped[objects[0]..])?;
+    ensure!(
+        !maps.iter().any(|m| m == "TRACE"),
+        "the shipped eBPF object declares the tests' TRACE map (maps: {})",
+        maps.join(", ")
     );
 
     stage.copy(
@@ -399,18 +409,37 @@ fn lintian(deb: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How many eBPF ELF objects (64-bit little-endian, `e_machine` EM_BPF)
-/// are embedded in `bin`.
-fn embedded_bpf_objects(bin: &[u8]) -> usize {
+/// The offsets of the eBPF ELF objects (64-bit little-endian, `e_machine`
+/// EM_BPF) embedded in `bin`.
+fn embedded_bpf_objects(bin: &[u8]) -> Vec<usize> {
     const EM_BPF: u16 = 247;
     bin.windows(20)
-        .filter(|h| {
+        .enumerate()
+        .filter(|(_, h)| {
             h.starts_with(b"\x7fELF")
                 && h[4] == 2
                 && h[5] == 1
                 && u16::from_le_bytes([h[18], h[19]]) == EM_BPF
         })
-        .count()
+        .map(|(at, _)| at)
+        .collect()
+}
+
+/// The maps an eBPF object declares: the symbols of its `maps` section. The
+/// object may be followed by the rest of the binary it is embedded in; its
+/// headers locate everything relative to its start.
+fn bpf_map_names(elf: &[u8]) -> Result<Vec<String>> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let file = object::File::parse(elf).context("parsing the embedded eBPF object")?;
+    let maps = file
+        .section_by_name("maps")
+        .context("the embedded eBPF object has no maps section")?
+        .index();
+    Ok(file
+        .symbols()
+        .filter(|s| s.section_index() == Some(maps))
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .collect())
 }
 
 #[cfg(test)]
@@ -428,12 +457,16 @@ mod tests {
             h
         };
         let mut bin = elf(62);
-        assert_eq!(embedded_bpf_objects(&bin), 0, "an x86-64 ELF alone");
+        assert_eq!(embedded_bpf_objects(&bin), [], "an x86-64 ELF alone");
         bin.extend(b"rodata");
         bin.extend(elf(247));
-        assert_eq!(embedded_bpf_objects(&bin), 1, "one BPF object embedded");
+        assert_eq!(embedded_bpf_objects(&bin), [70], "one BPF object embedded");
         bin.extend(elf(247));
-        assert_eq!(embedded_bpf_objects(&bin), 2, "two BPF objects embedded");
+        assert_eq!(
+            embedded_bpf_objects(&bin),
+            [70, 134],
+            "two BPF objects embedded"
+        );
     }
 
     #[test]

@@ -26,8 +26,8 @@ use std::{path::Path, sync::OnceLock};
 pub use model::{
     AddressSet, AddressesArg, Catalog, CatalogError, Cidr, Diagnostic, Direction, EDGE_DOCUMENT,
     Edition, EffectiveRule, HYBRID_DOCUMENT, IpsecException, M365_ENDPOINTS_DOCUMENT, MatchSide,
-    MgmtAllowance, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule,
-    SERVER_PORTS_DOCUMENT, SeedTable, SetSource, Severity, count_findings,
+    PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule, SERVER_PORTS_DOCUMENT,
+    SeedTable, SetSource, Severity, count_findings,
 };
 pub(crate) use parse::MAX_DIAGNOSTICS;
 #[cfg(test)]

@@ -353,6 +353,10 @@ pub struct RoleDef {
     pub table: SeedTable,
     pub includes: Vec<String>,
     pub why: String,
+    /// Hosts of the role (or of a role including it) are on a media path,
+    /// where the IPsec exception table asks for IPsec to be off: IKE, ESP
+    /// and AH towards them are `ipsec_on_media_path`.
+    pub media_path: bool,
     pub(crate) line: usize,
 }
 
@@ -654,31 +658,4 @@ pub struct PortAssignment {
     pub(crate) start: u16,
     pub(crate) end: u16,
     pub(crate) rule: usize,
-}
-
-/// The lockout guard: TCP to `port` from `prefix/prefix_len` is always allowed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MgmtAllowance {
-    pub prefix: IpAddr,
-    pub prefix_len: u8,
-    pub port: u16,
-}
-
-impl MgmtAllowance {
-    /// `::/0` and `0.0.0.0/0`, port 22.
-    #[cfg(test)]
-    pub(crate) fn defaults() -> Vec<MgmtAllowance> {
-        vec![
-            MgmtAllowance {
-                prefix: IpAddr::from([0u8; 4]),
-                prefix_len: 0,
-                port: 22,
-            },
-            MgmtAllowance {
-                prefix: IpAddr::from([0u16; 8]),
-                prefix_len: 0,
-                port: 22,
-            },
-        ]
-    }
 }

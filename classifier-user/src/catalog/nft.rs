@@ -1,6 +1,6 @@
-//! The policy of some roles as an nftables ruleset (`catalog export --format nft`):
-//! for a host (`export`), for a host with per-destination profiles or for an
-//! appliance forwarding between its legs (`export_profiles`).
+//! A resolved policy as an nftables ruleset (`catalog export --format nft`):
+//! for a host with its roles, for a host with per-destination profiles, or
+//! for an appliance forwarding between its legs.
 //!
 //! Its input chain accepts what the XDP program passes: replies of flows the
 //! host opened, essential ICMP/ICMPv6, DHCP replies, the management allowance,
@@ -11,25 +11,34 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
-use super::model::{
-    Catalog, CatalogError, Diagnostic, Direction, MatchSide, MgmtAllowance, Protocol, Severity,
-    ports_text,
-};
+use classifier_common::essentials;
 
-pub fn export(
-    catalog: &Catalog,
-    roles: &[String],
-    mgmt: &[MgmtAllowance],
-) -> Result<String, CatalogError> {
-    let members = catalog.resolve_roles(roles)?;
-    let mgmt_rules = mgmt_lines(mgmt)?;
+use super::model::{MatchSide, Protocol, ports_text};
+use crate::policy::{Mgmt, Placement, Prefix, Resolved};
+
+/// The ruleset enforcing `policy`.
+pub fn export(policy: &Resolved) -> String {
+    if policy.placement == Placement::Host && policy.prefixes.is_empty() {
+        export_host(policy)
+    } else {
+        export_profiles(policy)
+    }
+}
+
+/// A host without `--profile`: its roles' rows.
+fn export_host(policy: &Resolved) -> String {
+    let (roles, members) = match policy.own_profile() {
+        Some(p) => (p.roles.as_slice(), p.members.as_slice()),
+        None => (&[][..], &[][..]),
+    };
+    let mgmt_rules = mgmt_lines(&policy.mgmt);
 
     let mut s = String::new();
     let _ = writeln!(s, "#!/usr/sbin/nft -f");
     let _ = writeln!(
         s,
         "# portguard: catalog {} for role(s) {}",
-        one_line(&catalog.origin),
+        one_line(&policy.origin),
         roles.join(",")
     );
     let _ = writeln!(
@@ -37,59 +46,43 @@ pub fn export(
         "# Roles with inclusions resolved: {}",
         members.join(", ")
     );
-    open_table(&mut s, catalog);
+    open_table(&mut s, policy);
 
-    let chains = RoleChains::of(catalog, &members);
+    let chains = RoleChains::of(policy, members);
     s.push_str(&chains.sets);
     input_chain(&mut s, &mgmt_rules, &chains.jumps, None);
     output_chain(&mut s, &chains.out_jumps);
     s.push_str(&chains.out_chains);
     s.push_str(chains.chains.trim_end());
     s.push_str("\n}\n");
-    Ok(s)
+    s
 }
 
 /// The last header line (the client media range) and the opening of the
 /// table, as every export writes them.
-fn open_table(s: &mut String, catalog: &Catalog) {
+fn open_table(s: &mut String, policy: &Resolved) {
     let _ = writeln!(
         s,
         "# Client media ports: {}",
-        ports_text(catalog.client_media.0, catalog.client_media.1)
+        ports_text(policy.client_media.0, policy.client_media.1)
     );
     // Creating then deleting makes a reload replace the table atomically, whether it exists or not.
     s.push_str("table inet portguard\ndelete table inet portguard\n\n");
     s.push_str("table inet portguard {\n");
 }
 
-/// `--profile CIDR=ROLE[,ROLE]` as the export sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProfileSpec {
-    pub prefix: IpAddr,
-    pub prefix_len: u8,
-    pub roles: Vec<String>,
-}
-
-/// Where the export runs: a host (packets to its addresses; `--profile`
-/// picks the roles by destination) or an appliance forwarding between legs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Placement {
-    Host,
-    Appliance,
-}
-
 /// A host with `--profile`s, or an appliance.
 ///
 /// Host: the input chain's `to_profile` chain gives a packet the inbound rows
-/// of the profile of its destination, or of `roles` (the default profile,
-/// `--role`) when no profile holds it; without `roles` such packets are
-/// dropped, as by `run`.
+/// of the profile of its destination, or of the `own` profile (the default
+/// profile, `--role`) when no profile holds it; without `--role` such
+/// packets are dropped, as by `run`.
 ///
 /// Appliance: the box forwards between its legs. A `forward` chain (policy
 /// drop) passes replies (conntrack), the essentials, and per profile the
 /// inbound rows of the packets to it and the outbound rows of the packets
-/// from it; the `input` chain keeps the box's own policy (the `roles` rows,
-/// the lockout guard, the essentials).
+/// from it; the `input` chain keeps the box's own policy (the `own`
+/// profile's rows, the lockout guard, the essentials).
 ///
 /// Longest prefix wins, on each side, as in the XDP program, which picks
 /// one profile per side with an LPM trie. nft rules are first-match and an
@@ -100,27 +93,18 @@ pub enum Placement {
 /// returns to the chain that jumped to the side chain, so no shorter prefix
 /// (and not the default profile) is tried. A packet to an address in a /32
 /// inside a /24 gets the /32's rows only, exactly as the trie's single answer.
-pub fn export_profiles(
-    catalog: &Catalog,
-    placement: Placement,
-    roles: &[String],
-    profiles: &[ProfileSpec],
-    mgmt: &[MgmtAllowance],
-) -> Result<String, CatalogError> {
-    let appliance = placement == Placement::Appliance;
-    let own = if roles.is_empty() {
-        Vec::new()
-    } else {
-        catalog.resolve_roles(roles)?
-    };
-    let mgmt_rules = mgmt_lines(mgmt)?;
-    let sides = profile_matches(profiles)?;
-    let mut profile_members = Vec::with_capacity(profiles.len());
-    for p in profiles {
-        profile_members.push(catalog.resolve_roles(&p.roles)?);
-    }
+fn export_profiles(policy: &Resolved) -> String {
+    let appliance = policy.placement == Placement::Appliance;
+    let own: &[String] = policy.own_profile().map_or(&[], |p| p.members.as_slice());
+    let mgmt_rules = mgmt_lines(&policy.mgmt);
+    let sides = profile_matches(policy);
+    let profile_members: Vec<&[String]> = policy
+        .prefixes
+        .iter()
+        .map(|p| policy.profiles[p.profile as usize].members.as_slice())
+        .collect();
     let mut members: Vec<String> = Vec::new();
-    for m in own.iter().chain(profile_members.iter().flatten()) {
+    for m in own.iter().chain(profile_members.iter().copied().flatten()) {
         if !members.contains(m) {
             members.push(m.clone());
         }
@@ -131,7 +115,7 @@ pub fn export_profiles(
     let _ = writeln!(
         s,
         "# portguard: catalog {}, {}",
-        one_line(&catalog.origin),
+        one_line(&policy.origin),
         if appliance {
             "appliance mode"
         } else {
@@ -158,18 +142,12 @@ pub fn export_profiles(
             own.join(", ")
         ),
     };
-    for (p, m) in profiles.iter().zip(&profile_members) {
-        let _ = writeln!(
-            s,
-            "# Profile {}/{}: {}",
-            masked(p.prefix, p.prefix_len),
-            p.prefix_len,
-            m.join(", ")
-        );
+    for (p, m) in policy.prefixes.iter().zip(&profile_members) {
+        let _ = writeln!(s, "# Profile {}: {}", p.prefix, m.join(", "));
     }
-    open_table(&mut s, catalog);
+    open_table(&mut s, policy);
 
-    let chains = RoleChains::of(catalog, &members);
+    let chains = RoleChains::of(policy, &members);
     s.push_str(&chains.sets);
     let own_jumps: Vec<String> = chains
         .jumps
@@ -214,13 +192,10 @@ pub fn export_profiles(
         // After every prefix's `goto`: only addresses in no profile get here.
         side_chain(&mut s, "to_profile", "daddr", &sides, "to_p", &own_jumps);
     }
-    for (i, (p, m)) in profiles.iter().zip(&profile_members).enumerate() {
-        let prefix = format!("{}/{}", masked(p.prefix, p.prefix_len), p.prefix_len);
-        let _ = writeln!(
-            s,
-            "\t# Packets to {prefix}: the inbound rows of {}.",
-            p.roles.join(",")
-        );
+    for (i, (p, m)) in policy.prefixes.iter().zip(&profile_members).enumerate() {
+        let prefix = p.prefix;
+        let roles = policy.profiles[p.profile as usize].roles.join(",");
+        let _ = writeln!(s, "\t# Packets to {prefix}: the inbound rows of {roles}.");
         let _ = writeln!(s, "\tchain to_p{i} {{");
         for (j, member) in chains.jumps.iter().zip(&members) {
             if m.contains(member) {
@@ -234,8 +209,7 @@ pub fn export_profiles(
         // Even an empty chain ends the source side here: no shorter prefix applies.
         let _ = writeln!(
             s,
-            "\t# Packets from {prefix}: the outbound rows of {}.",
-            p.roles.join(",")
+            "\t# Packets from {prefix}: the outbound rows of {roles}."
         );
         let _ = writeln!(s, "\tchain from_p{i} {{");
         for out in m.iter().filter_map(|r| chains.out_chain_of(r)) {
@@ -246,7 +220,7 @@ pub fn export_profiles(
     s.push_str(&chains.out_chains);
     s.push_str(chains.chains.trim_end());
     s.push_str("\n}\n");
-    Ok(s)
+    s
 }
 
 /// The source side of an appliance: a profile's outbound rows apply only to
@@ -272,7 +246,7 @@ struct RoleChains {
 }
 
 impl RoleChains {
-    fn of(catalog: &Catalog, members: &[String]) -> RoleChains {
+    fn of(policy: &Resolved, members: &[String]) -> RoleChains {
         let mut sets = String::new();
         let mut chains = String::new();
         let mut jumps = Vec::new();
@@ -282,15 +256,12 @@ impl RoleChains {
             let base = ident(role);
             let chain = format!("role_{base}");
             let _ = writeln!(chains, "\tchain {chain} {{");
-            let own = catalog.own_rules(role);
+            let (inbound, outbound) = policy.rules_of(role).unwrap_or_default();
             for proto in [Protocol::Tcp, Protocol::Udp] {
                 let ranges = merged(
-                    own.iter()
-                        .filter(|r| {
-                            r.protocol == proto
-                                && r.side == MatchSide::Destination
-                                && r.direction == Direction::Inbound
-                        })
+                    inbound
+                        .iter()
+                        .filter(|r| r.protocol == proto && r.side == MatchSide::Destination)
                         .map(|r| (r.port_start, r.port_end))
                         .collect(),
                 );
@@ -304,7 +275,7 @@ impl RoleChains {
                     "\t\t{proto} dport @{set} counter accept comment \"{role}\""
                 );
             }
-            for r in own.iter().filter(|r| r.side == MatchSide::Source) {
+            for r in inbound.iter().filter(|r| r.side == MatchSide::Source) {
                 let _ = writeln!(
                     chains,
                     "\t\t# {} {} ({}) is the peer's port: its replies pass above (established, DHCP)",
@@ -321,8 +292,9 @@ impl RoleChains {
             let mut out_rules = String::new();
             for proto in [Protocol::Tcp, Protocol::Udp] {
                 let ranges = merged(
-                    own.iter()
-                        .filter(|r| r.protocol == proto && r.direction == Direction::Outbound)
+                    outbound
+                        .iter()
+                        .filter(|r| r.protocol == proto)
                         .map(|r| (r.port_start, r.port_end))
                         .collect(),
                 );
@@ -367,22 +339,84 @@ fn interval_set(s: &mut String, name: &str, ranges: &[(u16, u16)]) {
     );
 }
 
-/// What the XDP program passes whatever the policy: essential ICMP and
-/// ICMPv6, DHCP replies.
+/// What the XDP program passes whatever the policy, from the same
+/// constants (`classifier_common::essentials`): essential ICMP and ICMPv6,
+/// DHCP replies.
 fn essentials(s: &mut String) {
-    s.push_str(
-        "\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem, echo-request, echo-reply } \
-         counter accept comment \"icmp\"\n",
+    // In nft's order: errors, echo, then (ICMPv6) neighbour discovery and MLD.
+    let mut icmp = types(essentials::icmp4_error, icmp_name);
+    icmp.extend(
+        [essentials::ICMP4_ECHO_REQUEST, essentials::ICMP4_ECHO_REPLY].map(|t| named(t, icmp_name)),
     );
-    // The same types the XDP program passes; redirects are dropped on purpose.
-    s.push_str(
-        "\t\ticmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, \
-         echo-reply, mld-listener-query, mld-listener-report, mld-listener-done, nd-router-solicit, \
-         nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, mld2-listener-report } counter accept \
-         comment \"icmp\"\n",
+    let _ = writeln!(
+        s,
+        "\t\ticmp type {{ {} }} counter accept comment \"icmp\"",
+        icmp.join(", ")
     );
-    s.push_str("\t\tudp sport 67 udp dport 68 counter accept comment \"dhcp\"\n");
-    s.push_str("\t\tudp sport 547 udp dport 546 counter accept comment \"dhcp\"\n");
+    // Redirects are dropped on purpose (they are not among the essentials).
+    let mut icmp6 = types(essentials::icmp6_error, icmp6_name);
+    icmp6.extend(
+        [essentials::ICMP6_ECHO_REQUEST, essentials::ICMP6_ECHO_REPLY]
+            .map(|t| named(t, icmp6_name)),
+    );
+    icmp6.extend(types(essentials::icmp6_neighbor_discovery, icmp6_name));
+    let _ = writeln!(
+        s,
+        "\t\ticmpv6 type {{ {} }} counter accept comment \"icmp\"",
+        icmp6.join(", ")
+    );
+    for (sport, dport) in essentials::DHCP_REPLIES {
+        let _ = writeln!(
+            s,
+            "\t\tudp sport {sport} udp dport {dport} counter accept comment \"dhcp\""
+        );
+    }
+}
+
+/// The ICMP types `pass` lets through, by nft name, in type order.
+fn types(pass: fn(u8) -> bool, name: fn(u8) -> Option<&'static str>) -> Vec<String> {
+    (0..=u8::MAX)
+        .filter(|t| pass(*t))
+        .map(|t| named(t, name))
+        .collect()
+}
+
+/// nft's name of a type, or its number (which nft takes too).
+fn named(t: u8, name: fn(u8) -> Option<&'static str>) -> String {
+    name(t).map_or_else(|| t.to_string(), str::to_string)
+}
+
+/// nft's name of an ICMP type.
+fn icmp_name(t: u8) -> Option<&'static str> {
+    Some(match t {
+        0 => "echo-reply",
+        3 => "destination-unreachable",
+        8 => "echo-request",
+        11 => "time-exceeded",
+        12 => "parameter-problem",
+        _ => return None,
+    })
+}
+
+/// nft's name of an ICMPv6 type.
+fn icmp6_name(t: u8) -> Option<&'static str> {
+    Some(match t {
+        1 => "destination-unreachable",
+        2 => "packet-too-big",
+        3 => "time-exceeded",
+        4 => "parameter-problem",
+        128 => "echo-request",
+        129 => "echo-reply",
+        130 => "mld-listener-query",
+        131 => "mld-listener-report",
+        132 => "mld-listener-done",
+        133 => "nd-router-solicit",
+        134 => "nd-router-advert",
+        135 => "nd-neighbor-solicit",
+        136 => "nd-neighbor-advert",
+        143 => "mld2-listener-report",
+        _ => return None,
+    })
 }
 
 fn input_chain(s: &mut String, mgmt_rules: &[String], jumps: &[String], last: Option<&str>) {
@@ -434,67 +468,45 @@ struct SideMatch {
 /// addresses as IPv4-mapped IPv6 ones, so an IPv6 prefix that contains
 /// `::ffff:0:0/96` (`::/0`, say) covers IPv4 packets too: it gets an IPv4
 /// match as well, sorted by its own (short) length.
-fn profile_matches(profiles: &[ProfileSpec]) -> Result<Vec<SideMatch>, CatalogError> {
+fn profile_matches(policy: &Resolved) -> Vec<SideMatch> {
+    // The IPv4-mapped IPv6 prefix, the XDP trie's key of every IPv4 address.
+    let mapped = Prefix {
+        addr: std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped().octets(),
+        len: 96,
+    };
     let mut out = Vec::new();
-    let mut seen: Vec<(IpAddr, u8)> = Vec::new();
-    let mut errors = Vec::new();
-    for (i, p) in profiles.iter().enumerate() {
-        let max = if p.prefix.is_ipv4() { 32 } else { 128 };
-        let net = masked(p.prefix, p.prefix_len.min(max));
-        if p.prefix_len > max || seen.contains(&(net, p.prefix_len)) {
-            errors.push(Diagnostic {
-                origin: "--profile".into(),
-                line: 0,
-                column: 0,
-                severity: Severity::Error,
-                message: if p.prefix_len > max {
-                    format!("invalid prefix {}/{}", p.prefix, p.prefix_len)
-                } else {
-                    format!("{net}/{} is given twice", p.prefix_len)
-                },
-                hint: Some("give each prefix once, with all its roles: CIDR=ROLE[,ROLE]".into()),
-            });
-            continue;
-        }
-        seen.push((net, p.prefix_len));
-        match net {
+    for (i, p) in policy.prefixes.iter().enumerate() {
+        let len = p.prefix.display_len();
+        let whole = (len > 0).then(|| p.prefix.to_string());
+        match p.prefix.ip() {
             IpAddr::V4(_) => out.push(SideMatch {
                 family: "ip",
-                prefix: (p.prefix_len > 0).then(|| format!("{net}/{}", p.prefix_len)),
-                key: 96 + p.prefix_len,
+                prefix: whole,
+                key: p.prefix.len,
                 profile: i,
             }),
-            IpAddr::V6(v6) => {
+            IpAddr::V6(_) => {
                 out.push(SideMatch {
                     family: "ip6",
-                    prefix: (p.prefix_len > 0).then(|| format!("{net}/{}", p.prefix_len)),
-                    key: p.prefix_len,
+                    prefix: whole,
+                    key: p.prefix.len,
                     profile: i,
                 });
-                let mapped = masked(
-                    IpAddr::V6(std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped()),
-                    p.prefix_len,
-                );
-                if p.prefix_len <= 96 && mapped == IpAddr::V6(v6) {
+                if p.prefix.contains(&mapped) {
                     out.push(SideMatch {
                         family: "ip",
                         prefix: None,
-                        key: p.prefix_len,
+                        key: p.prefix.len,
                         profile: i,
                     });
                 }
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(CatalogError {
-            diagnostics: errors,
-        });
-    }
     // Stable: equal lengths in one family are disjoint prefixes, whose order
     // does not matter.
     out.sort_by_key(|m| std::cmp::Reverse(m.key));
-    Ok(out)
+    out
 }
 
 fn side_chain(
@@ -545,70 +557,30 @@ pub(crate) fn merged(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     out
 }
 
-fn mgmt_lines(mgmt: &[MgmtAllowance]) -> Result<Vec<String>, CatalogError> {
+fn mgmt_lines(mgmt: &[Mgmt]) -> Vec<String> {
     let mut lines = Vec::new();
-    let mut errors = Vec::new();
     for m in mgmt {
-        let (family, max) = match m.prefix {
-            IpAddr::V4(_) => ("ip", 32),
-            IpAddr::V6(_) => ("ip6", 128),
-        };
-        if m.prefix_len > max || m.port == 0 {
-            errors.push(Diagnostic {
-                origin: "--mgmt".into(),
-                line: 0,
-                column: 0,
-                severity: Severity::Error,
-                message: format!(
-                    "invalid management allowance {}/{} port {}",
-                    m.prefix, m.prefix_len, m.port
-                ),
-                hint: Some(format!(
-                    "the prefix length is at most {max} and the port 1-65535"
-                )),
-            });
-            continue;
-        }
-        let line = if m.prefix_len == 0 {
+        let line = match (m.prefix.ip(), m.prefix.display_len()) {
             // A /0 prefix matches the whole family; nft wants no address match for it.
-            let proto = if family == "ip" { "ipv4" } else { "ipv6" };
-            format!(
-                "meta nfproto {proto} tcp dport {} counter accept comment \"management\"",
+            (ip, 0) => format!(
+                "meta nfproto {} tcp dport {} counter accept comment \"management\"",
+                if ip.is_ipv4() { "ipv4" } else { "ipv6" },
                 m.port
-            )
-        } else {
-            format!(
-                "{family} saddr {}/{} tcp dport {} counter accept comment \"management\"",
-                masked(m.prefix, m.prefix_len),
-                m.prefix_len,
-                m.port
-            )
+            ),
+            (IpAddr::V4(_), _) => format!(
+                "ip saddr {} tcp dport {} counter accept comment \"management\"",
+                m.prefix, m.port
+            ),
+            (IpAddr::V6(_), _) => format!(
+                "ip6 saddr {} tcp dport {} counter accept comment \"management\"",
+                m.prefix, m.port
+            ),
         };
         if !lines.contains(&line) {
             lines.push(line);
         }
     }
-    if errors.is_empty() {
-        Ok(lines)
-    } else {
-        Err(CatalogError {
-            diagnostics: errors,
-        })
-    }
-}
-
-/// The network address: nft refuses a prefix with host bits set.
-fn masked(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            IpAddr::from((u32::from(a) & mask).to_be_bytes())
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            IpAddr::from((u128::from(a) & mask).to_be_bytes())
-        }
-    }
+    lines
 }
 
 /// A role id as an nft identifier.

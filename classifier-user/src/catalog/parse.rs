@@ -75,6 +75,8 @@ struct RawRole {
     includes: Vec<Spanned<String>>,
     #[serde(default)]
     why: Option<Spanned<String>>,
+    #[serde(default)]
+    media_path: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -482,6 +484,7 @@ fn validate_roles(d: &mut Diags<'_>, raw: &[Spanned<RawRole>]) -> Vec<RoleDef> {
             table: table.unwrap_or(SeedTable::Server),
             includes: r.includes.iter().map(|i| i.get_ref().clone()).collect(),
             why,
+            media_path: r.media_path.as_ref().is_some_and(|m| *m.get_ref()),
             line,
         });
     }

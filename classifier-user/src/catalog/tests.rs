@@ -4,6 +4,7 @@ use super::{
     Catalog, Diagnostic, Direction, EffectiveRule, MatchSide, Protocol, SeedTable, Severity,
     assign_ports,
 };
+use crate::policy::{Mgmt, Placement, PolicySpec, ProfileArg};
 
 /// The role ids of the team's roles contract, in its order: the 17 of the
 /// server ports document, then the perimeter roles (and the two load-balancer
@@ -151,6 +152,33 @@ fn unknown_key_is_an_error_at_its_line() {
     let line = line_of(&text, "colour");
     assert_eq!(line, 25);
     assert_one_error(&text, line, "colour");
+}
+
+#[test]
+fn media_path_is_a_role_attribute_checked_at_its_line() {
+    // `b` (included by `a`) is on a media path; `a` is not marked itself.
+    let text = format!(
+        "{}media_path = true\n{}",
+        BASE,
+        rule("a", "tcp", "\"5061\"", "S")
+    );
+    let (c, _) = parse_ok(&text);
+    let marked = |id: &str| c.role(id).is_some_and(|r| r.media_path);
+    assert!(marked("b") && !marked("a"), "only b says media_path = true");
+    let bad = text.replace("media_path = true", "media_path = \"yes\"");
+    assert_one_error(&bad, line_of(&bad, "media_path"), "boolean");
+    let embedded = Catalog::embedded();
+    let marked: Vec<&str> = embedded
+        .roles
+        .iter()
+        .filter(|r| r.media_path)
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(
+        marked,
+        ["front-end-mediation", "all-internal-servers", "mediation"],
+        "the roles on a media path in the default catalog"
+    );
 }
 
 #[test]
@@ -858,13 +886,7 @@ fn embedded_perimeter_inclusions() {
 
 #[test]
 fn nft_export_puts_outbound_rows_in_an_accepting_output_chain() {
-    let c = Catalog::embedded();
-    let text = super::nft::export(
-        &c,
-        &["av-edge-external".to_string()],
-        &super::MgmtAllowance::defaults(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let text = nft(host(&["av-edge-external"], true)).unwrap_or_else(|e| panic!("{e}"));
     let set = |name: &str| {
         let start = text
             .find(&format!("set {name} {{"))
@@ -890,19 +912,43 @@ fn nft_export_puts_outbound_rows_in_an_accepting_output_chain() {
     );
     assert!(text.contains("\t\tjump out_av_edge_external\n"), "{text}");
     // A role without outbound rows gets no output chain.
-    let fe =
-        super::nft::export(&c, &["front-end".to_string()], &[]).unwrap_or_else(|e| panic!("{e}"));
+    let fe = nft(host(&["front-end"], false)).unwrap_or_else(|e| panic!("{e}"));
     assert!(!fe.contains("hook output"), "{fe}");
 }
 
-fn profile(cidr: &str, roles: &[&str]) -> super::nft::ProfileSpec {
-    let (ip, len) = cidr
-        .split_once('/')
-        .unwrap_or_else(|| panic!("{cidr}: no /"));
-    super::nft::ProfileSpec {
-        prefix: ip.parse().unwrap_or_else(|e| panic!("{cidr}: {e}")),
-        prefix_len: len.parse().unwrap_or_else(|e| panic!("{cidr}: {e}")),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
+/// The embedded catalog's nft export of `spec`.
+fn nft(spec: PolicySpec) -> Result<String, crate::policy::PolicyError> {
+    crate::policy::resolve(&Catalog::embedded(), &spec).map(|r| super::nft::export(&r))
+}
+
+/// A host running `roles`, with the default lockout guard or none.
+fn host(roles: &[&str], default_mgmt: bool) -> PolicySpec {
+    PolicySpec {
+        default_roles: Some(roles.iter().map(|r| r.to_string()).collect()),
+        mgmt: Mgmt::with_default(default_mgmt, &[]),
+        ..PolicySpec::default()
+    }
+}
+
+/// `placement` with `--role roles` (none when empty) and these profiles.
+fn with_profiles(
+    placement: Placement,
+    roles: &[&str],
+    profiles: &[(&str, &[&str])],
+    default_mgmt: bool,
+) -> PolicySpec {
+    PolicySpec {
+        default_roles: (!roles.is_empty()).then(|| roles.iter().map(|r| r.to_string()).collect()),
+        profiles: profiles
+            .iter()
+            .map(|(cidr, roles)| ProfileArg {
+                prefix: cidr.parse().unwrap_or_else(|e| panic!("{cidr}: {e}")),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+            })
+            .collect(),
+        mgmt: Mgmt::with_default(default_mgmt, &[]),
+        placement,
+        ..PolicySpec::default()
     }
 }
 
@@ -915,22 +961,101 @@ fn chain_body(text: &str, name: &str) -> String {
     rest[..rest.find("\n\t}").unwrap_or(rest.len())].to_string()
 }
 
+/// The always-allowed traffic the export writes is the set the XDP
+/// program passes (`classifier_common::essentials`), type by type.
+#[test]
+fn nft_essentials_are_the_xdp_programs() {
+    use classifier_common::essentials as e;
+    let text = nft(host(&["director"], false)).unwrap_or_else(|err| panic!("{err}"));
+    let types = |keyword: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(keyword))
+            .unwrap_or_else(|| panic!("no `{keyword}` rule in:\n{text}"));
+        let inner = &line[line.find('{').unwrap_or(0) + 1..line.find('}').unwrap_or(0)];
+        inner.split(',').map(|t| t.trim().to_string()).collect()
+    };
+    // nft's names of the types, by number (as `nft describe` lists them).
+    let v4 = [
+        (0, "echo-reply"),
+        (3, "destination-unreachable"),
+        (8, "echo-request"),
+        (11, "time-exceeded"),
+        (12, "parameter-problem"),
+    ];
+    let v6 = [
+        (1, "destination-unreachable"),
+        (2, "packet-too-big"),
+        (3, "time-exceeded"),
+        (4, "parameter-problem"),
+        (128, "echo-request"),
+        (129, "echo-reply"),
+        (130, "mld-listener-query"),
+        (131, "mld-listener-report"),
+        (132, "mld-listener-done"),
+        (133, "nd-router-solicit"),
+        (134, "nd-router-advert"),
+        (135, "nd-neighbor-solicit"),
+        (136, "nd-neighbor-advert"),
+        (137, "nd-redirect"),
+        (143, "mld2-listener-report"),
+    ];
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let expected = |names: &[(u8, &str)], pass: &dyn Fn(u8) -> bool| -> Vec<String> {
+        sorted(
+            (0..=u8::MAX)
+                .filter(|t| pass(*t))
+                .map(|t| {
+                    names
+                        .iter()
+                        .find(|(n, _)| *n == t)
+                        .map_or_else(|| t.to_string(), |(_, name)| name.to_string())
+                })
+                .collect(),
+        )
+    };
+    assert_eq!(
+        sorted(types("icmp type")),
+        expected(&v4, &|t| e::icmp4_error(t)
+            || t == e::ICMP4_ECHO_REQUEST
+            || t == e::ICMP4_ECHO_REPLY),
+        "ICMP types in:\n{text}"
+    );
+    assert_eq!(
+        sorted(types("icmpv6 type")),
+        expected(&v6, &|t| e::icmp6_error(t)
+            || e::icmp6_neighbor_discovery(t)
+            || t == e::ICMP6_ECHO_REQUEST
+            || t == e::ICMP6_ECHO_REPLY),
+        "ICMPv6 types in:\n{text}"
+    );
+    for (sport, dport) in e::DHCP_REPLIES {
+        assert!(
+            text.contains(&format!(
+                "udp sport {sport} udp dport {dport} counter accept"
+            )),
+            "DHCP reply {sport} -> {dport} missing from:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn nft_appliance_orders_each_side_longest_prefix_first_with_goto() {
-    let c = Catalog::embedded();
-    let text = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
+    let text = nft(with_profiles(
+        Placement::Appliance,
         &[],
         &[
-            profile("198.18.2.0/24", &["edge-internal"]),
-            profile("198.18.2.10/32", &["access-edge-external"]),
-            profile("2001:db8:2::/64", &["edge-internal"]),
-            profile("2001:db8:2::12/128", &["av-edge-external"]),
-            profile("198.18.2.11/32", &["webconf-edge-external"]),
+            ("198.18.2.0/24", &["edge-internal"]),
+            ("198.18.2.10/32", &["access-edge-external"]),
+            ("2001:db8:2::/64", &["edge-internal"]),
+            ("2001:db8:2::12/128", &["av-edge-external"]),
+            ("198.18.2.11/32", &["webconf-edge-external"]),
         ],
-        &super::MgmtAllowance::defaults(),
-    )
+        true,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     let to: Vec<String> = chain_body(&text, "to_profile")
         .lines()
@@ -995,17 +1120,12 @@ fn nft_appliance_orders_each_side_longest_prefix_first_with_goto() {
 
 #[test]
 fn nft_appliance_own_roles_go_to_input_and_output_only() {
-    let c = Catalog::embedded();
-    let text = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
-        &[
-            "reverse-proxy-external".into(),
-            "reverse-proxy-internal".into(),
-        ],
-        &[profile("198.18.2.12/32", &["av-edge-external"])],
-        &[],
-    )
+    let text = nft(with_profiles(
+        Placement::Appliance,
+        &["reverse-proxy-external", "reverse-proxy-internal"],
+        &[("198.18.2.12/32", &["av-edge-external"])],
+        false,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     let input = chain_body(&text, "input");
     assert!(
@@ -1028,19 +1148,17 @@ fn nft_appliance_own_roles_go_to_input_and_output_only() {
 
 #[test]
 fn nft_appliance_whole_family_and_mapped_prefixes() {
-    let c = Catalog::embedded();
     // The XDP trie keys IPv4 as IPv4-mapped IPv6: ::/0 covers both families,
     // and sorts after every IPv4 prefix.
-    let text = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
+    let text = nft(with_profiles(
+        Placement::Appliance,
         &[],
         &[
-            profile("::/0", &["edge-internal"]),
-            profile("0.0.0.0/0", &["reverse-proxy-external"]),
+            ("::/0", &["edge-internal"]),
+            ("0.0.0.0/0", &["reverse-proxy-external"]),
         ],
-        &[],
-    )
+        false,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     let to: Vec<String> = chain_body(&text, "to_profile")
         .lines()
@@ -1060,17 +1178,15 @@ fn nft_appliance_whole_family_and_mapped_prefixes() {
 
 #[test]
 fn nft_appliance_refuses_a_prefix_given_twice() {
-    let c = Catalog::embedded();
-    let err = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
+    let err = nft(with_profiles(
+        Placement::Appliance,
         &[],
         &[
-            profile("198.18.2.0/24", &["edge-internal"]),
-            profile("198.18.2.7/24", &["av-edge-external"]),
+            ("198.18.2.0/24", &["edge-internal"]),
+            ("198.18.2.7/24", &["av-edge-external"]),
         ],
-        &[],
-    )
+        false,
+    ))
     .err()
     .unwrap_or_else(|| panic!("a prefix given twice was accepted"));
     let text = err.to_string();
@@ -1078,13 +1194,12 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
         text.contains("--profile") && text.contains("198.18.2.0/24 is given twice"),
         "{text}"
     );
-    let unknown = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Appliance,
+    let unknown = nft(with_profiles(
+        Placement::Appliance,
         &[],
-        &[profile("198.18.2.0/24", &["no-such-role"])],
-        &[],
-    )
+        &[("198.18.2.0/24", &["no-such-role"])],
+        false,
+    ))
     .err()
     .unwrap_or_else(|| panic!("an unknown role was accepted"));
     assert!(unknown.to_string().contains("no-such-role"), "{unknown}");
@@ -1092,17 +1207,15 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
 
 #[test]
 fn nft_host_profiles_pick_the_destination_profile_then_the_default() {
-    let c = Catalog::embedded();
-    let text = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Host,
-        &["front-end".to_string()],
+    let text = nft(with_profiles(
+        Placement::Host,
+        &["front-end"],
         &[
-            profile("198.18.2.0/24", &["edge-internal"]),
-            profile("198.18.2.10/32", &["director"]),
+            ("198.18.2.0/24", &["edge-internal"]),
+            ("198.18.2.10/32", &["director"]),
         ],
-        &super::MgmtAllowance::defaults(),
-    )
+        true,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     let to: Vec<String> = chain_body(&text, "to_profile")
         .lines()
@@ -1129,13 +1242,12 @@ fn nft_host_profiles_pick_the_destination_profile_then_the_default() {
         "{input}"
     );
     // Without --role, addresses in no profile get nothing past the guard.
-    let bare = super::nft::export_profiles(
-        &c,
-        super::nft::Placement::Host,
+    let bare = nft(with_profiles(
+        Placement::Host,
         &[],
-        &[profile("198.18.2.10/32", &["director"])],
-        &[],
-    )
+        &[("198.18.2.10/32", &["director"])],
+        false,
+    ))
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         chain_body(&bare, "to_profile").lines().count(),

@@ -4,7 +4,7 @@
 //! policy swap, like a reload).
 
 use super::{Daemon, options::own_addresses, profile_legs};
-use crate::iface;
+use crate::{iface, policy::Placement};
 
 impl Daemon {
     /// Brings the attachment in line with the interfaces: called on every
@@ -77,7 +77,7 @@ impl Daemon {
     /// every netlink event and once a second; a change is a policy swap like
     /// a reload, from the catalog in force.
     fn follow_addresses(&mut self) {
-        if !self.spec.appliance {
+        if self.spec.placement != Placement::Appliance {
             return;
         }
         let now = own_addresses();
@@ -105,7 +105,7 @@ impl Daemon {
     /// Called with `follow_interface`; a change is a policy swap like a
     /// reload.
     fn follow_routes(&mut self) {
-        if !self.spec.appliance {
+        if self.spec.placement != Placement::Appliance {
             return;
         }
         let ifindexes: Vec<u32> = self.legs.iter().map(|l| l.ifindex).collect();

@@ -293,7 +293,7 @@ impl Daemon {
     /// Compiles `catalog` with the flags in force and swaps it in.
     fn install(&mut self, catalog: Catalog) -> Result<u32, RunError> {
         let mut registry = self.registry.clone();
-        let compiled = policy::compile(&catalog, &self.spec, &mut registry)?;
+        let compiled = policy::compile(&policy::resolve(&catalog, &self.spec)?, &mut registry)?;
         let generation = self.catalog_generation + 1;
         self.classifier.install(&compiled, generation)?;
         self.registry = registry;

@@ -11,7 +11,7 @@ use crate::{
     catalog::Edition,
     iface,
     loader::{AttachMode, FlowLimits},
-    policy::{Mgmt, PolicySpec, ProfileArg},
+    policy::{Mgmt, Placement, PolicySpec, ProfileArg},
 };
 
 /// An instance's settings: one field per `run` flag (docs/cli.md).
@@ -63,12 +63,6 @@ impl Options {
     /// addresses as they are now (the legs each profile sits behind are
     /// resolved once the legs' indexes are known).
     pub(super) fn spec(&self) -> PolicySpec {
-        let mut mgmt = if self.default_mgmt {
-            Mgmt::defaults()
-        } else {
-            Vec::new()
-        };
-        mgmt.extend(self.mgmt.iter().copied());
         PolicySpec {
             default_roles: if self.roles.is_empty() {
                 None
@@ -76,12 +70,16 @@ impl Options {
                 Some(self.roles.clone())
             },
             profiles: self.profiles.clone(),
-            mgmt,
+            mgmt: Mgmt::with_default(self.default_mgmt, &self.mgmt),
             monitor: self.monitor,
             drop_echo: self.drop_echo,
             drop_ipsec_on_media: self.drop_ipsec_on_media,
             client_media: self.client_media_ports,
-            appliance: self.is_appliance(),
+            placement: if self.is_appliance() {
+                Placement::Appliance
+            } else {
+                Placement::Host
+            },
             local_addrs: if self.is_appliance() {
                 own_addresses()
             } else {
@@ -156,15 +154,15 @@ pub(super) fn metrics_on_protected_iface(addr: SocketAddr, ifname: &str) -> Opti
 
 /// "front-end, client", or what the absence of --role means.
 pub(super) fn roles_text(spec: &PolicySpec) -> String {
-    match (&spec.default_roles, spec.appliance) {
-        (Some(r), false) => format!("roles {}", r.join(", ")),
-        (None, false) => "no default roles (only --profile destinations pass)".into(),
-        (Some(r), true) => format!(
+    match (&spec.default_roles, spec.placement) {
+        (Some(r), Placement::Host) => format!("roles {}", r.join(", ")),
+        (None, Placement::Host) => "no default roles (only --profile destinations pass)".into(),
+        (Some(r), Placement::Appliance) => format!(
             "appliance mode, its {} own addresses with roles {}",
             spec.local_addrs.len(),
             r.join(", ")
         ),
-        (None, true) => format!(
+        (None, Placement::Appliance) => format!(
             "appliance mode, its {} own addresses with the essentials and the lockout guard only",
             spec.local_addrs.len()
         ),
@@ -255,13 +253,14 @@ mod tests {
     #[test]
     fn an_appliance_without_role_is_valid_and_says_what_its_own_addresses_get() {
         let spec = options(&["pgx0", "pgx1"]).spec();
-        assert!(spec.appliance && spec.default_roles.is_none());
+        assert!(spec.placement == Placement::Appliance && spec.default_roles.is_none());
         let text = roles_text(&spec);
         assert!(
             text.contains("essentials and the lockout guard only"),
             "{text}"
         );
-        let compiled = policy::compile(&Catalog::embedded(), &spec, &mut SlotRegistry::default())
+        let compiled = policy::resolve(&Catalog::embedded(), &spec)
+            .and_then(|r| policy::compile(&r, &mut SlotRegistry::default()))
             .unwrap_or_else(|e| panic!("an appliance needs no --role: {e}"));
         assert_eq!(
             compiled.default_profile,

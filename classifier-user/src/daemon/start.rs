@@ -18,7 +18,7 @@ use crate::{
     iface,
     loader::{self, Classifier},
     ownership::InstanceLock,
-    policy::{self, PolicySpec, SlotRegistry},
+    policy::{self, Placement, PolicySpec, SlotRegistry},
     state, trusted,
 };
 
@@ -139,7 +139,7 @@ impl Daemon {
                 log::warn!("{w}");
             }
         }
-        if spec.appliance {
+        if spec.placement == Placement::Appliance {
             spec.profile_legs = profile_legs(&spec, ifindexes);
             for p in &spec.profiles {
                 match spec.profile_legs.get(&p.prefix) {
@@ -156,7 +156,7 @@ impl Daemon {
                 }
             }
         }
-        let compiled = policy::compile(&catalog, &spec, &mut registry)?;
+        let compiled = policy::compile(&policy::resolve(&catalog, &spec)?, &mut registry)?;
 
         let mut classifier = Classifier::load_with(pin_dir.as_deref(), &options.flow_limits)?;
         let previous_generation = classifier

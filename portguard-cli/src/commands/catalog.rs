@@ -10,12 +10,10 @@ mod import;
 mod show;
 
 use portguard::{
-    catalog::{
-        Catalog, CatalogError, Diagnostic, Direction, Edition, MgmtAllowance, count_findings, nft,
-    },
+    catalog::{Catalog, CatalogError, Diagnostic, Direction, Edition, count_findings, nft},
     daemon::read_catalog,
     exit,
-    policy::{Mgmt, ProfileArg},
+    policy::{self, Mgmt, Placement, PolicySpec, ProfileArg},
 };
 
 pub use self::show::{ShowFormat, ShowTable};
@@ -190,50 +188,29 @@ fn export(
     mgmt: Vec<Mgmt>,
     no_default_mgmt: bool,
     appliance: bool,
-    profile: Vec<ProfileArg>,
+    profiles: Vec<ProfileArg>,
 ) -> u8 {
-    let mut allowances = if no_default_mgmt {
-        Vec::new()
-    } else {
-        Mgmt::defaults()
-    };
-    allowances.extend(mgmt);
     // In appliance mode --role names the box's own roles, and none is a
     // choice (the essentials and the guard only), not "every role".
-    let roles = if role.is_empty() && !appliance && profile.is_empty() {
+    let roles = if role.is_empty() && !appliance && profiles.is_empty() {
         catalog.role_ids().iter().map(|r| r.to_string()).collect()
     } else {
         role
     };
-    let mgmt: Vec<MgmtAllowance> = allowances
-        .iter()
-        .map(|m| MgmtAllowance {
-            prefix: m.prefix.ip(),
-            prefix_len: m.prefix.display_len(),
-            port: m.port,
-        })
-        .collect();
-    let exported = if appliance || !profile.is_empty() {
-        let profiles: Vec<nft::ProfileSpec> = profile
-            .into_iter()
-            .map(|p| nft::ProfileSpec {
-                prefix: p.prefix.ip(),
-                prefix_len: p.prefix.display_len(),
-                roles: p.roles,
-            })
-            .collect();
-        let placement = if appliance {
-            nft::Placement::Appliance
+    let spec = PolicySpec {
+        default_roles: (!roles.is_empty()).then_some(roles),
+        profiles,
+        mgmt: Mgmt::with_default(!no_default_mgmt, &mgmt),
+        placement: if appliance {
+            Placement::Appliance
         } else {
-            nft::Placement::Host
-        };
-        nft::export_profiles(catalog, placement, &roles, &profiles, &mgmt)
-    } else {
-        nft::export(catalog, &roles, &mgmt)
+            Placement::Host
+        },
+        ..PolicySpec::default()
     };
-    match exported {
-        Ok(text) => {
-            print!("{text}");
+    match policy::resolve(catalog, &spec) {
+        Ok(resolved) => {
+            print!("{}", nft::export(&resolved));
             exit::OK
         }
         Err(e) => {

@@ -60,8 +60,8 @@ const HEADER: &str = "\
 
 Written by `cargo xtask bench` (tests/src/bin/bench.rs); every figure below
 comes from the one run described under *Machine*. Re-run it to refresh.
-How the packet path got here, with the A/B figures measured on the way:
-[packet-path.md](packet-path.md).
+What each per-packet row runs through: [packet-path.md](packet-path.md);
+how the path got here: CHANGELOG.md, *History of the packet path*.
 
 Method, in short:
 

@@ -244,7 +244,8 @@ impl Kernel {
 
     fn load(test: &str, spec: &PolicySpec, pins: Option<PathBuf>, limits: &FlowLimits) -> Kernel {
         let mut registry = SlotRegistry::default();
-        let policy = policy::compile(&Catalog::embedded(), spec, &mut registry)
+        let policy = policy::resolve(&Catalog::embedded(), spec)
+            .and_then(|r| policy::compile(&r, &mut registry))
             .unwrap_or_else(|e| panic!("{test}: the policy must compile: {e}"));
         let mut classifier = Classifier::load_with(pins.as_deref(), limits)
             .unwrap_or_else(|e| panic!("{test}: loading the XDP program: {e}"));
@@ -267,7 +268,8 @@ impl Kernel {
     /// Installs `spec` as a reload does (the other generation, then the
     /// flip), keeping the slot registry so that rules keep their counters.
     pub fn reload(&mut self, spec: &PolicySpec, catalog_generation: u32) {
-        self.policy = policy::compile(&Catalog::embedded(), spec, &mut self.registry)
+        self.policy = policy::resolve(&Catalog::embedded(), spec)
+            .and_then(|r| policy::compile(&r, &mut self.registry))
             .unwrap_or_else(|e| panic!("reload {catalog_generation}: the policy compiles: {e}"));
         self.classifier
             .install(&self.policy, catalog_generation)

@@ -217,6 +217,11 @@ fn role_changes(a: &RoleDef, b: &RoleDef) -> Vec<Change> {
     field("label", a.label.clone(), b.label.clone());
     field("table", a.table.to_string(), b.table.to_string());
     field("includes", a.includes.join(", "), b.includes.join(", "));
+    field(
+        "media_path",
+        a.media_path.to_string(),
+        b.media_path.to_string(),
+    );
     field("why", a.why.clone(), b.why.clone());
     out
 }

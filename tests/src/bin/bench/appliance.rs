@@ -8,7 +8,7 @@ use classifier_common::decode_reason_counter;
 use portguard::{
     catalog::Catalog,
     loader::Classifier,
-    policy::{self, PolicySpec, SlotRegistry},
+    policy::{self, Placement, PolicySpec, SlotRegistry},
 };
 use portguard_testsupport::{
     kernel::{XDP_DROP, XDP_PASS},
@@ -54,7 +54,7 @@ fn spec() -> Result<PolicySpec> {
         .clone()
         .context("the lab policy has no roles")?;
     Ok(PolicySpec {
-        appliance: true,
+        placement: Placement::Appliance,
         profiles: vec![
             format!("{BEHIND}={}", roles.join(","))
                 .parse()
@@ -67,12 +67,13 @@ fn spec() -> Result<PolicySpec> {
 
 /// Loads portguard in appliance mode and proves the paths the rounds
 /// measure: each frame gets its action, an allowed one by a catalog rule
-/// (not as the answer of a flow), a dropped one for a reason. The forwarded
-/// allowed datagram also records its answer in FLOWS the first time; from
-/// then on it looks the entry up and finds it, as on a running stream.
+/// (not as the answer of a flow), a dropped one for a reason. XDP records
+/// no flow (the egress recorder does, as a packet leaves a leg), so every
+/// round runs the same path as the first.
 pub fn load(frames: &Frames) -> Result<Classifier> {
     let mut registry = SlotRegistry::default();
-    let compiled = policy::compile(&Catalog::embedded(), &spec()?, &mut registry)?;
+    let compiled = policy::resolve(&Catalog::embedded(), &spec()?)
+        .and_then(|r| policy::compile(&r, &mut registry))?;
     let mut c = Classifier::load(None).context("loading portguard for appliance mode")?;
     c.install(&compiled, 1)?;
     c.set_legs(&[LOOPBACK_IFINDEX])?;

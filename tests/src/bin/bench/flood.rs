@@ -168,11 +168,8 @@ impl<'a> XdpFilter<'a> {
             Path::new(XDP_FILTER_PINS).join("filter_ports"),
         )?)?;
         let mut ports: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(&mut map)?;
-        let compiled = policy::compile(
-            &Catalog::embedded(),
-            &lab_spec(),
-            &mut SlotRegistry::default(),
-        )?;
+        let compiled = policy::resolve(&Catalog::embedded(), &lab_spec())
+            .and_then(|r| policy::compile(&r, &mut SlotRegistry::default()))?;
         set_xdpfilter_ports(&mut ports, &allowed_port_flags(&compiled))?;
         Ok(guard)
     }

@@ -185,7 +185,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let floor_obj = load_floor()?;
     let raw = RawFloors::load()?;
     let mut registry = SlotRegistry::default();
-    let compiled = policy::compile(&Catalog::embedded(), &lab_spec(), &mut registry)?;
+    let compiled = policy::resolve(&Catalog::embedded(), &lab_spec())
+        .and_then(|r| policy::compile(&r, &mut registry))?;
     let mut pg = Classifier::load(None)?;
     pg.install(&compiled, 1)?;
     let dny_udp = XdpFilterObject::load("xdpfilt_dny_udp", &allowed_port_flags(&compiled))?;

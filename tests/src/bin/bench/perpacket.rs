@@ -251,7 +251,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     // Programs, indexed by `Case::prog`.
     let floor_obj = load_floor()?;
     let mut registry = SlotRegistry::default();
-    let compiled = policy::compile(&Catalog::embedded(), &lab_spec(), &mut registry)?;
+    let compiled = policy::resolve(&Catalog::embedded(), &lab_spec())
+        .and_then(|r| policy::compile(&r, &mut registry))?;
     let mut pg = Classifier::load(None)?;
     pg.install(&compiled, 1)?;
     // The same policy with packet events on at the default budget: under a
@@ -302,7 +303,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         };
         let mut reg = SlotRegistry::default();
         let t1 = Instant::now();
-        let compiled = policy::compile(&catalog, &spec, &mut reg)?;
+        let compiled =
+            policy::resolve(&catalog, &spec).and_then(|r| policy::compile(&r, &mut reg))?;
         let compile = t1.elapsed();
         let rules = compiled.profiles.first().map_or(0, |p| p.rules);
         if rules != n as usize {
@@ -676,8 +678,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
              given UDP 161 behind a VLAN tag, {vlan_seen}; behind an IPv6 hop-by-hop header, {ext_seen}. \
              *Appliance mode* is `run --appliance` with the same roles and media range on the box's own address \
              and on `--profile 198.18.0.0/24=front-end,client` behind it, one leg; the forwarded frames come from \
-             an address in no profile to a server in that /24 (the allowed one records its answer in FLOWS on its \
-             first pass, so the rounds measure the steady stream: the entry is looked up and found), and each was \
+             an address in no profile to a server in that /24 (XDP records no flow: the egress recorder does, as \
+             a packet leaves a leg), and each was \
              checked once to pass by a catalog rule or drop for a reason. \
              ns/packet is the CPU time of the thread that ran a round's repeats, divided by them, in the fastest \
              of the case's rounds; the kernel's own figure (whole ns, truncated, from the wall clock, in the same \
@@ -849,9 +851,9 @@ pub fn reload_swap(report: &mut Report, swaps: u32) -> Result<()> {
     };
     let mut reg = SlotRegistry::default();
     let t0 = Instant::now();
-    let a = policy::compile(&catalog, &spec_a, &mut reg)?;
+    let a = policy::resolve(&catalog, &spec_a).and_then(|r| policy::compile(&r, &mut reg))?;
     let compile = t0.elapsed();
-    let b = policy::compile(&catalog, &spec_b, &mut reg)?;
+    let b = policy::resolve(&catalog, &spec_b).and_then(|r| policy::compile(&r, &mut reg))?;
     let diff = a.profiles[0]
         .blocks
         .iter()
