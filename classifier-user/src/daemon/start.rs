@@ -177,6 +177,7 @@ impl Daemon {
                 pass: options.events_pass,
                 roles: options.roles.clone(),
                 catalog: options.catalog.clone(),
+                edition: options.edition,
                 mode: mode_name(options.monitor).to_string(),
                 client_media_ports: options.client_media_ports,
                 run_dir: PathBuf::from(state::RUN_DIR),
