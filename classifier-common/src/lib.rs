@@ -34,6 +34,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    /// The address sets of the rules that name one (`PeerAddr`), both generations.
+    pub const PEERS: &str = "PEERS";
     /// Per-CPU caches, not pinned: a new program starts them empty.
     pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
     pub const RECENT_ANSWERS: &str = "RECENT_ANSWERS";
@@ -41,7 +43,7 @@ pub mod map_names {
     /// The program's maps that are not pinned (every other one is in `ALL`).
     pub const UNPINNED: [&str; 3] = [RECENT_FLOWS, RECENT_ANSWERS, SEL_CACHE];
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         CONFIG,
         PORT_BLOCKS,
         COUNTERS,
@@ -57,6 +59,7 @@ pub mod map_names {
         EVENTS,
         EVENT_CONFIG,
         EVENT_BUDGET,
+        PEERS,
     ];
 }
 
@@ -154,6 +157,41 @@ pub struct PortBlock {
 
 /// Rule slots 1..MAX_RULE_SLOTS index `COUNTERS` directly; slot 0 is "no rule".
 pub const MAX_RULE_SLOTS: u32 = 16_384;
+
+/// A `PortBlock` slot with this bit set is a rule that names address sets
+/// (`peers`): the packet passes by it only if its remote side is in
+/// `PEERS` under the rule's slot. Slots are below `MAX_RULE_SLOTS` (14
+/// bits), so the bit never collides with one; the rule's counter is the
+/// slot without it. Rules without sets keep the plain slot, and their
+/// packets never touch `PEERS`.
+pub const SLOT_PEERS: u16 = 1 << 15;
+/// The counter slot of a `PortBlock` slot.
+pub const SLOT_MASK: u16 = SLOT_PEERS - 1;
+
+/// Prefixes `PEERS` holds: each prefix of a rule's sets once per rule slot
+/// and generation (both generations are present while a reload runs).
+pub const PEER_ENTRIES: u32 = 65_536;
+
+/// The data of a `PEERS` LPM trie key (after the kernel's prefix length):
+/// the rule (`scope` = generation << 16 | slot, big-endian, always matched
+/// in full) then the peer address (IPv4 mapped, as in `PROFILES`). The
+/// prefix length counts the 32 bits of `scope`: a set's IPv4 /24 is
+/// 32 + 96 + 24. One trie serves both families, like `PROFILES` and `MGMT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PeerAddr {
+    pub scope: [u8; 4],
+    pub addr: Addr,
+}
+
+/// Bits of `PeerAddr::scope` in a `PEERS` key's prefix length.
+pub const PEER_SCOPE_BITS: u32 = 32;
+
+/// `PeerAddr::scope` of a rule slot in a generation.
+#[inline(always)]
+pub const fn peer_scope(generation: u32, slot: u16) -> [u8; 4] {
+    ((generation << 16) | (slot & SLOT_MASK) as u32).to_be_bytes()
+}
 
 /// Most ports one management prefix allows.
 pub const MGMT_PORTS: usize = 8;
@@ -564,9 +602,12 @@ pub enum Reason {
     ProtoNotAllowed = 14,
     IcmpType = 15,
     NoProfile = 16,
+    /// A rule names the port, but the packet's remote side is not in the
+    /// rule's address sets (`peers`), and nothing else passed it.
+    PeerNotAllowed = 17,
 }
 
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -587,6 +628,7 @@ impl Reason {
         Reason::ProtoNotAllowed,
         Reason::IcmpType,
         Reason::NoProfile,
+        Reason::PeerNotAllowed,
     ];
 
     /// The label used in metrics and stats.
@@ -609,6 +651,7 @@ impl Reason {
             Reason::ProtoNotAllowed => "proto_not_allowed",
             Reason::IcmpType => "icmp_type",
             Reason::NoProfile => "no_profile",
+            Reason::PeerNotAllowed => "peer_not_allowed",
         }
     }
 
@@ -792,6 +835,7 @@ mod user {
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for RecentFlow {}
     unsafe impl aya::Pod for SelCacheEntry {}
+    unsafe impl aya::Pod for PeerAddr {}
 }
 
 #[cfg(test)]

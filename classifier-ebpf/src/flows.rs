@@ -511,7 +511,7 @@ pub(crate) fn record_answer(
     let ours = if base != 0 {
         // A host whose every address has the default profile: the fast
         // path's table, in the generation it names.
-        if port_slot(fast_block_index(base, pproto, sport), sport) != 0 {
+        if passes_any_peer(port_slot(fast_block_index(base, pproto, sport), sport)) {
             return;
         }
         !forwarded
@@ -530,7 +530,9 @@ pub(crate) fn record_answer(
                 profile = sel.profile;
             }
         }
-        if profile != PROFILE_NONE && rule_slot(profile, config, DIR_INBOUND, pproto, sport) != 0 {
+        if profile != PROFILE_NONE
+            && passes_any_peer(rule_slot(profile, config, DIR_INBOUND, pproto, sport))
+        {
             return;
         }
         // Or the outbound rows of the answer's destination (this packet's
@@ -549,7 +551,7 @@ pub(crate) fn record_answer(
             if sel.profile < 32
                 && outbound & (1 << sel.profile) != 0
                 && sel.leg == leg + 1
-                && rule_slot(sel.profile, config, DIR_OUTBOUND, pproto, sport) != 0
+                && passes_any_peer(rule_slot(sel.profile, config, DIR_OUTBOUND, pproto, sport))
             {
                 return;
             }
@@ -572,4 +574,12 @@ pub(crate) fn record_answer(
             emit_refusal(&frame, Hook::Tc, STAT_NEW_REFUSED, ifindex, ctx.len());
         }
     }
+}
+
+/// A rule slot that passes the answer whoever sends it: one without address
+/// sets. An answer to a port whose rule names sets may come from a peer
+/// outside them, so its flow is recorded like any other.
+#[inline(always)]
+fn passes_any_peer(slot: u16) -> bool {
+    slot != 0 && slot & classifier_common::SLOT_PEERS == 0
 }

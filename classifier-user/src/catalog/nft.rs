@@ -9,11 +9,11 @@
 //! whose policy is accept, as the XDP program does not filter what the host
 //! sends: there they only count, and their replies come back as established.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr};
 
 use classifier_common::essentials;
 
-use super::model::{MatchSide, Protocol, ports_text};
+use super::model::{AddressSet, EffectiveRule, MatchSide, Protocol, ports_text};
 use crate::policy::{Mgmt, Placement, Prefix, Resolved};
 
 /// The ruleset enforcing `policy`.
@@ -248,6 +248,8 @@ struct RoleChains {
 impl RoleChains {
     fn of(policy: &Resolved, members: &[String]) -> RoleChains {
         let mut sets = String::new();
+        // The address sets the rules name, each defined once.
+        let mut used: BTreeSet<String> = BTreeSet::new();
         let mut chains = String::new();
         let mut jumps = Vec::new();
         let mut out_chains = String::new();
@@ -261,7 +263,11 @@ impl RoleChains {
                 let ranges = merged(
                     inbound
                         .iter()
-                        .filter(|r| r.protocol == proto && r.side == MatchSide::Destination)
+                        .filter(|r| {
+                            r.protocol == proto
+                                && r.side == MatchSide::Destination
+                                && r.peers.is_empty()
+                        })
                         .map(|r| (r.port_start, r.port_end))
                         .collect(),
                 );
@@ -274,6 +280,13 @@ impl RoleChains {
                     chains,
                     "\t\t{proto} dport @{set} counter accept comment \"{role}\""
                 );
+            }
+            for r in inbound
+                .iter()
+                .filter(|r| r.side == MatchSide::Destination && !r.peers.is_empty())
+            {
+                peer_rules(&mut chains, r, "saddr", role);
+                used.extend(r.peers.iter().cloned());
             }
             for r in inbound.iter().filter(|r| r.side == MatchSide::Source) {
                 let _ = writeln!(
@@ -294,7 +307,7 @@ impl RoleChains {
                 let ranges = merged(
                     outbound
                         .iter()
-                        .filter(|r| r.protocol == proto)
+                        .filter(|r| r.protocol == proto && r.peers.is_empty())
                         .map(|r| (r.port_start, r.port_end))
                         .collect(),
                 );
@@ -308,11 +321,18 @@ impl RoleChains {
                     "\t\t{proto} dport @{set} counter accept comment \"{role} outbound\""
                 );
             }
+            for r in outbound.iter().filter(|r| !r.peers.is_empty()) {
+                peer_rules(&mut out_rules, r, "daddr", &format!("{role} outbound"));
+                used.extend(r.peers.iter().cloned());
+            }
             if !out_rules.is_empty() {
                 let chain = format!("out_{base}");
                 let _ = write!(out_chains, "\tchain {chain} {{\n{out_rules}\t}}\n\n");
                 out_jumps.push(chain);
             }
+        }
+        for set in policy.addresses.iter().filter(|a| used.contains(&a.id)) {
+            address_sets(&mut sets, set);
         }
         RoleChains {
             sets,
@@ -327,6 +347,52 @@ impl RoleChains {
     fn out_chain_of(&self, role: &str) -> Option<String> {
         let chain = format!("out_{}", ident(role));
         self.out_jumps.contains(&chain).then_some(chain)
+    }
+}
+
+/// The nft names of an address set's two halves: `peers_<id>_v4` and
+/// `peers_<id>_v6` (port sets end in `_tcp`, `_udp` or `_out`).
+fn peer_set_name(id: &str, family: &str) -> String {
+    format!("peers_{}_{family}", ident(id))
+}
+
+/// An address set as two named interval sets, one per family. An empty half
+/// has no elements (nft refuses `elements = { }`) and matches nothing.
+fn address_sets(s: &mut String, set: &AddressSet) {
+    for (family, kind, v4) in [("v4", "ipv4_addr", true), ("v6", "ipv6_addr", false)] {
+        let elements: Vec<String> = set
+            .cidrs
+            .iter()
+            .filter(|c| c.addr.is_ipv4() == v4)
+            .map(ToString::to_string)
+            .collect();
+        let _ = write!(
+            s,
+            "\tset {} {{\n\t\ttype {kind}\n\t\tflags interval\n",
+            peer_set_name(&set.id, family)
+        );
+        if !elements.is_empty() {
+            let _ = writeln!(s, "\t\telements = {{ {} }}", elements.join(", "));
+        }
+        s.push_str("\t}\n\n");
+    }
+}
+
+/// The accept rules of a rule that names address sets: one per set and
+/// family, the peer (`saddr` of an inbound rule, `daddr` of an outbound one)
+/// in the set and the destination port in the rule's range.
+fn peer_rules(s: &mut String, r: &EffectiveRule, side: &str, comment: &str) {
+    for id in &r.peers {
+        for (family, v) in [("ip", "v4"), ("ip6", "v6")] {
+            let _ = writeln!(
+                s,
+                "\t\t{family} {side} @{} {} dport {} counter accept comment \"{comment}: {} peers {id}\"",
+                peer_set_name(id, v),
+                r.protocol,
+                r.ports_text(),
+                one_line(&r.service).replace('"', "'"),
+            );
+        }
     }
 }
 

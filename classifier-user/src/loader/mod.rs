@@ -1,5 +1,6 @@
 //! Loading the eBPF object, writing a policy into its maps, attaching.
 
+mod peers;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
 
@@ -307,6 +308,7 @@ impl Classifier {
 
         self.write_profiles(policy, active, next)?;
         self.write_mgmt(policy)?;
+        self.write_peers(policy, next)?;
 
         config.flags = policy.flags | (config.flags & KEPT_FLAGS);
         config.gens[next as usize] = GenConfig {

@@ -6,7 +6,7 @@ use std::{borrow::Cow, collections::HashSet};
 use classifier_common::{FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA, FLAG_MONITOR};
 
 use super::{Mgmt, Placement, PolicyError, PolicySpec, Prefix};
-use crate::catalog::{Catalog, Direction, EffectiveRule};
+use crate::catalog::{AddressSet, Catalog, Cidr, Direction, EffectiveRule};
 
 /// One generation's policy, catalog and flags resolved.
 #[derive(Clone, Debug)]
@@ -33,6 +33,9 @@ pub struct Resolved {
     pub monitor: bool,
     pub drop_echo: bool,
     pub drop_ipsec_on_media: bool,
+    /// The catalog's address sets, `--addresses` applied: what the rules'
+    /// `peers` name.
+    pub addresses: Vec<AddressSet>,
 }
 
 /// The roles of one profile, with their rules.
@@ -83,6 +86,19 @@ impl Resolved {
         f
     }
 
+    /// The prefixes a rule naming `sets` admits: the union of the sets.
+    pub fn peer_cidrs(&self, sets: &[String]) -> Vec<Cidr> {
+        let mut out: Vec<Cidr> = self
+            .addresses
+            .iter()
+            .filter(|a| sets.contains(&a.id))
+            .flat_map(|a| a.cidrs.iter().copied())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The `own` profile, if any.
     pub fn own_profile(&self) -> Option<&ResolvedProfile> {
         self.own.and_then(|i| self.profiles.get(i as usize))
@@ -115,6 +131,17 @@ pub fn resolve(catalog: &Catalog, spec: &PolicySpec) -> Result<Resolved, PolicyE
     let catalog = match spec.client_media {
         Some((start, end)) => Cow::Owned(catalog.with_client_media(start, end)?),
         None => Cow::Borrowed(catalog),
+    };
+    let catalog = if spec.addresses.is_empty() {
+        catalog
+    } else {
+        let (catalog, warnings) = catalog.with_addresses(&spec.addresses)?;
+        // A set the flag empties closes its rules: said at every start and
+        // reload, as `catalog check` says it of an empty set in the file.
+        for w in warnings {
+            log::warn!("{w}");
+        }
+        Cow::Owned(catalog)
     };
     let appliance = spec.placement == Placement::Appliance;
     let mut role_sets: Vec<Vec<String>> = Vec::new();
@@ -207,6 +234,7 @@ pub fn resolve(catalog: &Catalog, spec: &PolicySpec) -> Result<Resolved, PolicyE
         monitor: spec.monitor,
         drop_echo: spec.drop_echo,
         drop_ipsec_on_media: spec.drop_ipsec_on_media,
+        addresses: catalog.addresses.clone(),
     })
 }
 
