@@ -15,6 +15,7 @@ pub mod flow_table;
 pub mod iface;
 mod link_watch;
 pub mod loader;
+pub mod metric_families;
 mod metrics;
 mod metrics_http;
 pub mod ownership;

@@ -1,6 +1,7 @@
 //! The metrics exposition: OpenMetrics text, built at scrape time from the
 //! per-CPU counters (summed) so that nothing is cached that could drift. The
-//! HTTP side that serves it is `metrics_http`.
+//! HTTP side that serves it is `metrics_http`; the families (names, types,
+//! labels, help) are listed once, in `metric_families`.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -8,7 +9,23 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::daemon::Daemon;
+use crate::{
+    daemon::Daemon,
+    metric_families::{
+        BYTES, CATALOG_GENERATION, CATALOG_RULES, DROPS, FLOW_CAPACITY, FLOW_ENTRIES,
+        FLOW_EVICTIONS, FLOW_REFUSALS, MetricFamily, PACKETS, RELOADS, XDP_ATTACHED,
+    },
+};
+
+/// Registers `metric` under a family of `metric_families::FAMILIES`: its
+/// name and help come from there, nowhere else.
+pub(crate) fn register(
+    registry: &mut Registry,
+    family: &MetricFamily,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    registry.register(family.registered_name(), family.help, metric);
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PacketLabels {
@@ -66,26 +83,10 @@ fn register_flow_tables(registry: &mut Registry, figures: &crate::flow_table::Fl
         evictions.get_or_create(&labels).inc_by(f.evictions);
         refusals.get_or_create(&labels).inc_by(f.refusals);
     }
-    registry.register(
-        "portguard_flow_entries",
-        "Entries in each flow and fragment table",
-        entries,
-    );
-    registry.register(
-        "portguard_flow_capacity",
-        "Entries each flow and fragment table holds at most",
-        capacity,
-    );
-    registry.register(
-        "portguard_flow_evictions",
-        "Entries a full table pushed out to make room",
-        evictions,
-    );
-    registry.register(
-        "portguard_flow_refusals",
-        "Entries not made: a source's share spent, or the table full",
-        refusals,
-    );
+    register(registry, &FLOW_ENTRIES, entries);
+    register(registry, &FLOW_CAPACITY, capacity);
+    register(registry, &FLOW_EVICTIONS, evictions);
+    register(registry, &FLOW_REFUSALS, refusals);
 }
 
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -110,16 +111,8 @@ pub(crate) fn render(daemon: &mut Daemon) -> Result<String, String> {
             bytes.get_or_create(&labels).inc_by(c.bytes);
         }
     }
-    registry.register(
-        "portguard_packets",
-        "Packets by role, service, protocol and verdict",
-        packets,
-    );
-    registry.register(
-        "portguard_bytes",
-        "Bytes by role, service, protocol and verdict",
-        bytes,
-    );
+    register(&mut registry, &PACKETS, packets);
+    register(&mut registry, &BYTES, bytes);
 
     let drops = Family::<DropLabels, Counter>::default();
     for (leg, snap) in &snaps {
@@ -132,11 +125,7 @@ pub(crate) fn render(daemon: &mut Daemon) -> Result<String, String> {
                 .inc_by(c.packets);
         }
     }
-    registry.register(
-        "portguard_drops",
-        "Packets dropped (or, in monitor mode, that would be) by reason",
-        drops,
-    );
+    register(&mut registry, &DROPS, drops);
 
     let rules = Family::<RoleLabels, Gauge>::default();
     for (role, n) in daemon.rules_per_role() {
@@ -144,15 +133,11 @@ pub(crate) fn render(daemon: &mut Daemon) -> Result<String, String> {
             .get_or_create(&RoleLabels { role: role.clone() })
             .set(*n as i64);
     }
-    registry.register("portguard_catalog_rules", "Rules in force per role", rules);
+    register(&mut registry, &CATALOG_RULES, rules);
 
     let generation = Gauge::<i64>::default();
     generation.set(i64::from(daemon.catalog_generation()));
-    registry.register(
-        "portguard_catalog_generation",
-        "Catalog generation in force",
-        generation,
-    );
+    register(&mut registry, &CATALOG_GENERATION, generation);
 
     let reloads = Family::<ResultLabels, Counter>::default();
     reloads
@@ -165,7 +150,7 @@ pub(crate) fn render(daemon: &mut Daemon) -> Result<String, String> {
             result: "error".into(),
         })
         .inc_by(daemon.reloads().error);
-    registry.register("portguard_reloads", "Catalog reloads by result", reloads);
+    register(&mut registry, &RELOADS, reloads);
 
     let attached = Family::<AttachLabels, Gauge>::default();
     for leg in daemon.legs() {
@@ -176,11 +161,7 @@ pub(crate) fn render(daemon: &mut Daemon) -> Result<String, String> {
             })
             .set(i64::from(leg.attached()));
     }
-    registry.register(
-        "portguard_xdp_attached",
-        "1 while the XDP program is attached",
-        attached,
-    );
+    register(&mut registry, &XDP_ATTACHED, attached);
 
     register_flow_tables(&mut registry, daemon.flow_figures());
     crate::events::metrics::register(&mut registry, daemon.events().shared());

@@ -9,6 +9,10 @@ use prometheus_client::{
 };
 
 use super::Shared;
+use crate::{
+    metric_families::{EVENTS_SUPPRESSED, TOP_DROPPED_PORT},
+    metrics::register as register_family,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IfaceLabels {
@@ -30,11 +34,7 @@ pub(crate) fn register(registry: &mut Registry, shared: &Shared) {
             iface: shared.iface.clone(),
         })
         .inc_by(shared.suppressed.load(std::sync::atomic::Ordering::Relaxed));
-    registry.register(
-        "portguard_events_suppressed",
-        "Packet events the per-CPU budget (or a full ring) suppressed",
-        suppressed,
-    );
+    register_family(registry, &EVENTS_SUPPRESSED, suppressed);
     let top = Family::<PortLabels, Gauge>::default();
     for a in shared.store().top_ports() {
         top.get_or_create(&PortLabels {
@@ -45,9 +45,5 @@ pub(crate) fn register(registry: &mut Registry, shared: &Shared) {
         })
         .set(i64::try_from(a.packets).unwrap_or(i64::MAX));
     }
-    registry.register(
-        "portguard_top_dropped_port",
-        "Packet events since start of the 20 busiest dropped or would-drop (proto, port) pairs per verdict",
-        top,
-    );
+    register_family(registry, &TOP_DROPPED_PORT, top);
 }

@@ -209,11 +209,10 @@ impl Classifier {
             .ok_or(LoadError::Missing("XDP program"))?
             .try_into()
             .map_err(prog_err("portguard"))?;
-        xdp.load().map_err(|e| permission_or(e, "portguard"))?;
+        verify_retrying(|| xdp.load()).map_err(|e| permission_or(e, "portguard"))?;
         if let Some(p) = ebpf.program_mut(TC_EGRESS_PROGRAM) {
             let tc: &mut SchedClassifier = p.try_into().map_err(prog_err("portguard_egress"))?;
-            tc.load()
-                .map_err(|e| permission_or(e, "portguard_egress"))?;
+            verify_retrying(|| tc.load()).map_err(|e| permission_or(e, "portguard_egress"))?;
         }
         Ok(Classifier {
             ebpf,
@@ -690,6 +689,28 @@ fn drop_incompatible_pins(object: &[u8], dir: &Path, limits: &FlowLimits) -> Res
 /// A load refused for want of a capability gets a message naming it, not the
 /// verifier's log. The process's own capabilities decide, because a genuine
 /// verifier rejection also returns EACCES.
+/// Loads a program, again if the verifier gave up with EAGAIN: it stops
+/// when a signal is pending for the loading thread (a child's SIGCHLD, a
+/// timer), and the load is then simply worth repeating, as libbpf does (five
+/// attempts).
+fn verify_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                log::debug!(
+                    "the verifier was interrupted (EAGAIN), attempt {attempt} of {ATTEMPTS}"
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn permission_or(e: ProgramError, name: &'static str) -> LoadError {
     let denied = matches!(&e, ProgramError::LoadError { io_error, .. }
         if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)));

@@ -8,6 +8,9 @@
 //! seed and the frame's hex are printed. The fragment map is kept in step:
 //! fragment identifications come from a small pool, and both sides' fragment
 //! memory is emptied long before the kernel's LRU (8,192 entries) could evict.
+//!
+//! The runs (policy, seed, frame count, the outcomes each must reach) are
+//! the `[[differential]]` entries of tests/data/verdicts.toml.
 
 use std::{
     collections::BTreeMap,
@@ -21,7 +24,7 @@ use portguard_testsupport::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, L4, Packet, arp, non_ip},
     kernel::{Kernel, hex},
     reference::{self, RefState},
-    spec::{lab_spec, profiles_spec},
+    verdict_spec::Spec,
 };
 
 /// SplitMix64: small, seedable, good enough to pick cases.
@@ -417,100 +420,68 @@ fn differential(
     Some(seen)
 }
 
-fn assert_covers(name: &str, seen: &BTreeMap<String, u64>, labels: &[&str]) {
-    for l in labels {
+/// Runs the spec's differential run `name` and checks the outcomes it
+/// must and must not reach.
+fn run_spec(name: &str) -> Option<BTreeMap<String, u64>> {
+    let spec = Spec::load();
+    let run = spec
+        .differential
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("verdicts.toml has no differential run `{name}`"));
+    let policy = spec.policy(&run.policy);
+    let seen = differential(
+        &format!("differential: {name}"),
+        &policy,
+        run.seed,
+        run.frames,
+    )?;
+    for l in &run.covers {
         assert!(
-            seen.get(*l).is_some_and(|n| *n > 0),
+            seen.get(l).is_some_and(|n| *n > 0),
             "{name}: no frame ended as {l}; seen {seen:?}"
         );
     }
+    for l in &run.never {
+        assert!(
+            !seen.contains_key(l),
+            "{name}: {l} must never happen; seen {seen:?}"
+        );
+    }
+    if policy.monitor {
+        assert!(
+            !seen.keys().any(|k| k.ends_with(":drop")),
+            "{name}: monitor mode dropped something: {seen:?}"
+        );
+    }
+    Some(seen)
 }
 
 #[test]
 fn lab_policy_kernel_matches_reference() {
-    let Some(seen) = differential("differential: lab", &lab_spec(), 0x5eed_0001, 100_000) else {
-        return;
-    };
-    assert_covers(
-        "lab",
-        &seen,
-        &[
-            "rule",
-            "arp:pass",
-            "non_ip:pass",
-            "icmp:pass",
-            "neighbor_discovery:pass",
-            "dhcp:pass",
-            "management:pass",
-            "echo:pass",
-            "ipsec_on_media_path:pass",
-            "port_not_allowed:drop",
-            "malformed:drop",
-            "fragment_orphan:drop",
-            "vlan_depth:drop",
-            "ext_headers:drop",
-            "proto_not_allowed:drop",
-            "icmp_type:drop",
-        ],
-    );
+    run_spec("lab");
 }
 
 #[test]
 fn profiles_in_monitor_mode_kernel_matches_reference() {
-    let spec = PolicySpec {
-        monitor: true,
-        ..profiles_spec()
-    };
-    let Some(seen) = differential(
-        "differential: profiles, monitor",
-        &spec,
-        0x5eed_0002,
-        50_000,
-    ) else {
-        return;
-    };
-    assert_covers(
-        "profiles, monitor",
-        &seen,
-        &[
-            "rule",
-            "management:pass",
-            "no_profile:would_drop",
-            "port_not_allowed:would_drop",
-            "malformed:would_drop",
-        ],
-    );
-    assert!(
-        !seen.keys().any(|k| k.ends_with(":drop")),
-        "monitor mode dropped something: {seen:?}"
-    );
+    run_spec("profiles, monitor");
 }
 
 #[test]
 fn profiles_with_default_role_and_strict_flags_kernel_matches_reference() {
-    let spec = PolicySpec {
-        default_roles: Some(vec!["director".into()]),
-        drop_echo: true,
-        drop_ipsec_on_media: true,
-        ..profiles_spec()
-    };
-    let Some(seen) = differential("differential: profiles, strict", &spec, 0x5eed_0003, 50_000)
-    else {
-        return;
-    };
-    assert_covers(
-        "profiles, strict",
-        &seen,
-        &[
-            "rule",
-            "echo:drop",
-            "echo:pass",
-            "ipsec_on_media_path:drop",
-            "port_not_allowed:drop",
-        ],
-    );
-    assert!(
-        !seen.contains_key("no_profile:drop"),
-        "a default role leaves no address without a profile: {seen:?}"
+    run_spec("profiles, strict");
+}
+
+#[test]
+fn every_differential_run_of_the_spec_has_a_test() {
+    let names: Vec<String> = Spec::load()
+        .differential
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["lab", "profiles, monitor", "profiles, strict"],
+        "a differential run in verdicts.toml without a #[test] here (or the reverse)"
     );
 }

@@ -13,6 +13,7 @@ use portguard::policy::{Mgmt, Placement, PolicySpec, Prefix};
 use portguard_testsupport::{
     frames::{Packet, TCP_ACK, TCP_SYN},
     kernel::{Kernel, pin_this_thread_to_cpu0},
+    verdict_spec::{self, Spec},
 };
 
 /// The appliance's own addresses (one per leg and family).
@@ -133,241 +134,145 @@ fn syn_ack(src: &str, dst: &str, sport: u16, dport: u16) -> Packet {
     Packet::tcp_flags(src, dst, sport, dport, TCP_SYN | TCP_ACK)
 }
 
+/// Runs the spec's appliance sections of `group` (tests/data/verdicts.toml),
+/// each on a fresh program with its legs: a frame arrives on the leg its
+/// source is routed by, and what passes is forwarded by the leg its
+/// destination is routed by (and recorded there).
+fn run_group(group: &str) {
+    let spec = Spec::load();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for section in spec.group(group) {
+        let policy = &spec.policies[&section.policy];
+        assert!(
+            !policy.legs.is_empty(),
+            "{group}: policy {} is not an appliance's",
+            section.policy
+        );
+        let Some(mut k) = Kernel::appliance(
+            "appliance_verdicts",
+            &spec.policy(&section.policy),
+            policy.legs.len(),
+        ) else {
+            return;
+        };
+        for case in &section.cases {
+            let p = case
+                .frame
+                .packet()
+                .unwrap_or_else(|| panic!("{}: an appliance case needs an IP packet", case.name));
+            let route = |a| {
+                policy
+                    .leg_of(a)
+                    .unwrap_or_else(|e| panic!("{}: {e}", section.policy))
+            };
+            let from = route(p.src)
+                .unwrap_or_else(|| panic!("{}: a packet from the box itself", case.name));
+            let got = k.run_on(from, &case.bytes);
+            let problems = verdict_spec::check(&k, &case.expect, got);
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "[policy {}] {} ({}, in by {}): {}",
+                    section.policy,
+                    case.name,
+                    case.packet,
+                    policy.legs[from],
+                    problems.join("; ")
+                ));
+            }
+            // The kernel forwards what passed; the recorder sees it leave.
+            if got.0
+                && let Some(out) = route(p.dst)
+            {
+                k.egress_on(out, Some(from), &case.bytes);
+            }
+            ran += 1;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{group}: {} cases differ from tests/data/verdicts.toml:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(ran > 0, "verdicts.toml has no case in group {group}");
+}
+
 #[test]
 fn inbound_rows_match_the_destination_and_answers_pass() {
-    let Some(mut b) = Box::new(None) else { return };
-    // Federation into the Access Edge, and its answer.
-    b.expect(
-        "SYN partner -> Access Edge 5061",
-        &Packet::tcp(PARTNER, ACCESS, 40_001, 5061),
-        true,
-        Ok("access-edge-external/tcp/5061-5061"),
-    );
-    b.expect(
-        "SYN-ACK Access Edge 5061 -> partner",
-        &syn_ack(ACCESS, PARTNER, 5061, 40_001),
-        true,
-        Err(Reason::Established),
-    );
-    // The same answer from a port the partner did not connect to: not a reply.
-    b.expect(
-        "SYN-ACK Access Edge 5062 -> partner",
-        &syn_ack(ACCESS, PARTNER, 5062, 40_001),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    b.expect(
-        "SYN partner -> Access Edge 5062",
-        &Packet::tcp(PARTNER, ACCESS, 40_002, 5062),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    // The reverse proxy publishes 443 and 80, nothing else.
-    b.expect(
-        "SYN stranger -> reverse proxy 443",
-        &Packet::tcp(STRANGER, PROXY, 40_003, 443),
-        true,
-        Ok("reverse-proxy-external/tcp/443-443"),
-    );
-    b.expect(
-        "SYN stranger -> reverse proxy 4443",
-        &Packet::tcp(STRANGER, PROXY, 40_004, 4443),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    // STUN to the A/V Edge, and the binding response.
-    b.expect(
-        "STUN partner -> A/V Edge 3478",
-        &Packet::udp(PARTNER, AV, 40_005, 3478),
-        true,
-        Ok("av-edge-external/udp/3478-3478"),
-    );
-    b.expect(
-        "STUN response A/V Edge 3478 -> partner",
-        &Packet::udp(AV, PARTNER, 3478, 40_005),
-        true,
-        Err(Reason::Established),
-    );
+    run_group("inbound");
 }
 
 #[test]
 fn outbound_rows_match_the_source_and_only_answers_come_back() {
-    let Some(mut b) = Box::new(None) else { return };
-    // Media relay out of the A/V Edge (outbound only in the 2015 tables).
-    b.expect(
-        "RTP A/V Edge 50123 -> partner 50500",
-        &Packet::udp(AV, PARTNER, 50_123, 50_500),
-        true,
-        Ok("av-edge-external/udp/50000-59999"),
-    );
-    b.expect(
-        "RTP partner 50500 -> A/V Edge 50123 (the answer)",
-        &Packet::udp(PARTNER, AV, 50_500, 50_123),
-        true,
-        Err(Reason::Established),
-    );
-    b.expect(
-        "RTP stranger 50500 -> A/V Edge 50123 (unsolicited)",
-        &Packet::udp(STRANGER, AV, 50_500, 50_123),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    b.expect(
-        "RTP partner 50500 -> A/V Edge 50124 (another port)",
-        &Packet::udp(PARTNER, AV, 50_500, 50_124),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    // Inbound to the media range is not a row of the 2015 tables.
-    b.expect(
-        "RTP partner -> A/V Edge 50000 inbound",
-        &Packet::udp(PARTNER, AV, 40_006, 50_000),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    // TCP: the A/V Edge's outbound 443, the SYN-ACK back, and a forged one.
-    b.expect(
-        "SYN A/V Edge -> partner 443",
-        &Packet::tcp(AV, PARTNER, 40_007, 443),
-        true,
-        Ok("av-edge-external/tcp/443-443"),
-    );
-    b.expect(
-        "SYN-ACK partner 443 -> A/V Edge",
-        &syn_ack(PARTNER, AV, 443, 40_007),
-        true,
-        Err(Reason::Established),
-    );
-    b.expect(
-        "SYN-ACK stranger 443 -> A/V Edge",
-        &syn_ack(STRANGER, AV, 443, 40_007),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    // A pure SYN is never an answer, even on a recorded flow.
-    b.expect(
-        "SYN partner 443 -> A/V Edge 40007",
-        &Packet::tcp(PARTNER, AV, 443, 40_007),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    // XMPP federation out of the Access Edge (the XMPP Proxy service shares
-    // its address): the proxy opens its own server-to-server connection,
-    // and the partner's SYN-ACK comes back as an answer.
-    b.expect(
-        "SYN Access Edge -> partner 5269",
-        &Packet::tcp(ACCESS, PARTNER, 40_040, 5269),
-        true,
-        Ok("access-edge-external/tcp/5269-5269"),
-    );
-    b.expect(
-        "SYN-ACK partner 5269 -> Access Edge",
-        &syn_ack(PARTNER, ACCESS, 5269, 40_040),
-        true,
-        Err(Reason::Established),
-    );
-    // The Access Edge has no outbound row to 3478: its source profile does
-    // not pass it (and the destination has no profile).
-    b.expect(
-        "Access Edge -> partner 3478",
-        &Packet::udp(ACCESS, PARTNER, 40_008, 3478),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    // Neither side in a profile, not the box's own.
-    b.expect(
-        "stranger -> partner 443",
-        &Packet::tcp(STRANGER, PARTNER, 40_009, 443),
-        false,
-        Err(Reason::NoProfile),
-    );
+    run_group("outbound");
 }
 
 #[test]
 fn ipv6_media_relay_both_ways() {
-    let Some(mut b) = Box::new(None) else { return };
-    b.expect(
-        "RTP A/V Edge6 -> partner6 51000",
-        &Packet::udp(AV6, PARTNER6, 52_000, 51_000),
-        true,
-        Ok("av-edge-external/udp/50000-59999"),
-    );
-    b.expect(
-        "RTP partner6 -> A/V Edge6 (the answer)",
-        &Packet::udp(PARTNER6, AV6, 51_000, 52_000),
-        true,
-        Err(Reason::Established),
-    );
-    b.expect(
-        "RTP partner6 -> A/V Edge6 (another port)",
-        &Packet::udp(PARTNER6, AV6, 51_001, 52_000),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    b.expect(
-        "STUN partner6 -> A/V Edge6 3478",
-        &Packet::udp(PARTNER6, AV6, 40_010, 3478),
-        true,
-        Ok("av-edge-external/udp/3478-3478"),
-    );
+    run_group("ipv6-relay");
 }
 
 #[test]
 fn the_lockout_guard_keeps_the_box_reachable_and_opens_nothing_behind_it() {
-    let Some(mut b) = Box::new(None) else { return };
-    b.expect(
-        "SSH stranger -> the box",
-        &Packet::tcp(STRANGER, OWN, 40_011, 22),
-        true,
-        Err(Reason::Management),
-    );
-    b.expect(
-        "SSH stranger -> the box (IPv6)",
-        &Packet::tcp(PARTNER6, OWN6, 40_012, 22),
-        true,
-        Err(Reason::Management),
-    );
-    b.expect(
-        "SSH stranger -> Access Edge behind the box",
-        &Packet::tcp(STRANGER, ACCESS, 40_013, 22),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
-    b.expect(
-        "SSH stranger -> an address in no profile",
-        &Packet::tcp(STRANGER, PARTNER, 40_014, 22),
-        false,
-        Err(Reason::NoProfile),
-    );
-    // Without --role the box's own addresses open nothing else: its own
-    // empty profile, so `port_not_allowed`, not `no_profile`.
-    b.expect(
-        "HTTPS stranger -> the box",
-        &Packet::tcp(STRANGER, OWN, 40_015, 443),
-        false,
-        Err(Reason::PortNotAllowed),
-    );
+    run_group("lockout");
 }
 
 #[test]
 fn role_gives_the_box_its_own_rows_only() {
-    let Some(mut b) = Box::new(Some("reverse-proxy-external")) else {
-        return;
-    };
-    b.expect(
-        "HTTPS stranger -> the box",
-        &Packet::tcp(STRANGER, OWN, 40_016, 443),
-        true,
-        Ok("reverse-proxy-external/tcp/443-443"),
+    run_group("role");
+}
+
+/// Every group of the spec's appliance sections has its test above.
+#[test]
+fn every_appliance_group_of_the_spec_has_a_test() {
+    let spec = Spec::load();
+    let groups: std::collections::BTreeSet<&str> = spec
+        .sections
+        .iter()
+        .filter(|s| spec.is_appliance(&s.policy))
+        .filter_map(|s| s.group.as_deref())
+        .collect();
+    assert_eq!(
+        groups,
+        ["inbound", "outbound", "ipv6-relay", "lockout", "role"].into(),
+        "appliance groups in verdicts.toml against tests here"
     );
-    // --role does not reach forwarded traffic: an address in no profile
-    // stays closed.
-    b.expect(
-        "HTTPS stranger -> an address in no profile",
-        &Packet::tcp(STRANGER, PARTNER, 40_017, 443),
-        false,
-        Err(Reason::NoProfile),
+}
+
+/// The spec's appliance is this file's: the same profiles, own addresses
+/// and routes, so that the cases here and there describe one box.
+#[test]
+fn the_specs_appliance_is_the_one_of_these_tests() {
+    let spec = Spec::load();
+    let from_file = spec.policy("edge-appliance");
+    let here = self::spec(None);
+    assert_eq!(
+        format!(
+            "{:?}",
+            (
+                &from_file.profiles,
+                &from_file.local_addrs,
+                &from_file.profile_legs
+            )
+        ),
+        format!(
+            "{:?}",
+            (&here.profiles, &here.local_addrs, &here.profile_legs)
+        ),
+        "profiles, own addresses and profile legs"
     );
+    let policy = &spec.policies["edge-appliance"];
+    for a in [
+        OWN, OWN6, ACCESS, AV, AV6, PROXY, PARTNER, STRANGER, PARTNER6,
+    ] {
+        let addr: IpAddr = a.parse().expect("the constants are addresses");
+        assert_eq!(
+            policy.leg_of(addr).expect("the spec's routes read"),
+            route(addr),
+            "the leg of {a}"
+        );
+    }
 }
 
 /// The recorder skips the flow table lookup on 63 datagrams in 64 of a flow

@@ -19,42 +19,15 @@ use std::{
     time::Duration,
 };
 
+use portguard::metric_families::{FAMILIES, PORT_LABELLED};
 use serde_json::Value;
 use testkit::netns::{NetNs, spawn_in};
 use testkit::ops::{self, ALLOWED_PORT, FORBIDDEN_PORT, Pair, TempDir, ok, ok_any, poll};
 
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
-/// The metrics of docs/metrics.md and their label names (the flow metrics'
-/// `kind` is there for the tables that hold kinds: not for `fragments`).
-const DESIGN: [(&str, &[&str]); 13] = [
-    (
-        "portguard_packets_total",
-        &["iface", "role", "service", "proto", "verdict"],
-    ),
-    (
-        "portguard_bytes_total",
-        &["iface", "role", "service", "proto", "verdict"],
-    ),
-    ("portguard_drops_total", &["iface", "reason"]),
-    ("portguard_catalog_rules", &["role"]),
-    ("portguard_catalog_generation", &[]),
-    ("portguard_reloads_total", &["result"]),
-    ("portguard_xdp_attached", &["iface", "mode"]),
-    ("portguard_events_suppressed_total", &["iface"]),
-    (
-        "portguard_top_dropped_port",
-        &["iface", "proto", "port", "verdict"],
-    ),
-    ("portguard_flow_entries", &["table", "kind"]),
-    ("portguard_flow_capacity", &["table", "kind"]),
-    ("portguard_flow_evictions_total", &["table", "kind"]),
-    ("portguard_flow_refusals_total", &["table", "kind"]),
-];
-
-/// The one metric whose `port` label is allowed: it holds at most 20 series
-/// per iface and verdict.
-const TOP_PORTS: &str = "portguard_top_dropped_port";
+/// The one metric whose `port` label is allowed.
+const TOP_PORTS: &str = PORT_LABELLED;
 
 /// Prometheus as a child in the server namespace; killed on drop.
 struct Prometheus {
@@ -274,7 +247,10 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
             .map(String::as_str)
             .filter(|k| !matches!(*k, "__name__" | "job" | "instance"))
             .collect();
-        let Some((_, want)) = DESIGN.iter().find(|(n, _)| *n == name) else {
+        // The families' list, which docs/metrics.md is checked against;
+        // the flow families' `kind` is there for the tables that hold kinds
+        // (not for `fragments`).
+        let Some(want) = FAMILIES.iter().find(|f| f.name == name).map(|f| f.labels) else {
             panic!("{name} is not a metric of docs/metrics.md: {labels:?}");
         };
         let kindless = labels.get("table").is_some_and(|t| t == "fragments");
@@ -300,7 +276,7 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
         }
         *names.entry(name).or_default() += 1;
     }
-    for (name, _) in DESIGN {
+    for name in FAMILIES.iter().map(|f| f.name) {
         assert!(
             names.contains_key(name),
             "Prometheus has no {name}; it has {names:?}"
@@ -426,7 +402,7 @@ fn the_dashboard_is_import_ready() {
         );
     }
     // Every metric of the contract is on the dashboard.
-    for (name, _) in DESIGN {
+    for name in FAMILIES.iter().map(|f| f.name) {
         let base = name.trim_end_matches("_total");
         assert!(
             queries.iter().any(|(_, q)| q.contains(base)),
