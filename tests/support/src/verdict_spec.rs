@@ -492,6 +492,8 @@ impl PolicyText {
             drop_echo: self.drop_echo,
             drop_ipsec_on_media: self.drop_ipsec_on_media,
             client_media,
+            // The spec's policies use the catalog's sets as written.
+            addresses: Vec::new(),
         })
     }
 }

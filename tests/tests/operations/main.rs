@@ -1,7 +1,8 @@
 //! The daemon as an operator runs it, one test binary: `portguard run` on
 //! native XDP in network namespaces with real traffic (`netns_policy`), an
 //! appliance between namespaces (`appliance`), reloads under a stream
-//! (`reload`), restarts, takeover and detach (`restart`), packet events,
+//! (`reload`), restarts, takeover and detach (`restart`), the embedded
+//! catalog of `run --edition` (`editions`), packet events,
 //! `top` and `suggest` (`events`), and the metrics as Prometheus and its
 //! alert rules see them (`prometheus`, `alerts`). One binary, one link: run
 //! a part with a filter, e.g. `cargo test --release -p integration-tests
@@ -9,6 +10,7 @@
 
 mod alerts;
 mod appliance;
+mod editions;
 mod events;
 mod netns_policy;
 mod prometheus;
