@@ -2,16 +2,19 @@
 //! for servers" (Skype for Business Server 2015, zh-CN edition; called the
 //! seed here) says: every row of its port tables is a rule, every rule from
 //! those tables is a row, and the IPsec table is whole. The tables are read
-//! from `tests/data/seed-tables.md`, a verbatim copy. The Edge and reverse
-//! proxy rows have their own test, `edge_fidelity.rs`.
+//! from `tests/data/seed-tables.md`, a verbatim copy. The 2019 edition holds
+//! every row but those of the server role 2019 removed
+//! (`tests/data/editions.md`). The Edge and reverse proxy rows have their own
+//! test, `edge_fidelity.rs`.
 
 use std::collections::BTreeSet;
 
 use portguard::catalog::{
-    Catalog, EffectiveRule, MatchSide, Protocol, SERVER_PORTS_DOCUMENT, SeedTable,
+    Catalog, Edition, EffectiveRule, MatchSide, Protocol, SERVER_PORTS_DOCUMENT, SeedTable,
 };
 
 const SEED_TABLES: &str = include_str!("../../tests/data/seed-tables.md");
+const EDITIONS: &str = include_str!("../../tests/data/editions.md");
 
 /// The role table (docs/catalog.md): seed label → role id, per seed table.
 const ROLE_LABELS: [(SeedTable, &str, &str); 17] = [
@@ -278,6 +281,52 @@ fn every_seed_row_is_a_catalog_rule() {
     assert!(
         missing.is_empty(),
         "seed rows without a catalog rule:\n{missing:#?}"
+    );
+}
+
+/// The server roles `editions.md` says 2019 removed, as role ids: the
+/// heading of each section whose quote says "This server role is removed".
+fn roles_removed_in_2019() -> Vec<&'static str> {
+    EDITIONS
+        .split("\n### ")
+        .skip(1)
+        .filter(|section| section.contains("This server role is removed"))
+        .map(|section| {
+            let heading = section.lines().next().unwrap_or_default();
+            match heading {
+                "Persistent Chat for Skype for Business Server" => "persistent-chat",
+                other => {
+                    panic!("editions.md removes a server role this test does not know: {other}")
+                }
+            }
+        })
+        .collect()
+}
+
+/// The 2019 edition: every seed row but those of the removed role, and no
+/// other rule; the removed role is gone.
+#[test]
+fn the_2019_edition_is_the_seed_without_the_removed_role() {
+    let removed = roles_removed_in_2019();
+    assert_eq!(removed, ["persistent-chat"], "the removed server roles");
+    let c = Catalog::edition(Edition::Sfb2019);
+    for id in &removed {
+        assert!(c.role(id).is_none(), "2019 has no role {id}");
+    }
+    let want: BTreeSet<SeedRow> = seed_rows()
+        .into_iter()
+        .filter(|r| !removed.contains(&r.role))
+        .collect();
+    let have: BTreeSet<SeedRow> = catalog_rows(&c).into_iter().map(|(_, r)| r).collect();
+    let missing: Vec<&SeedRow> = want.difference(&have).collect();
+    let extra: Vec<&SeedRow> = have.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "2019: seed rows without a rule: {missing:#?}\nrules the seed (without {removed:?}) does not list: {extra:#?}"
+    );
+    assert!(
+        seed_rows().iter().any(|r| r.role == "persistent-chat"),
+        "the 2015 seed lists Persistent Chat rows"
     );
 }
 

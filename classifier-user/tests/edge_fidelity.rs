@@ -2,13 +2,14 @@
 //! reverse proxy tables say: every published row is a rule under its role
 //! with its direction, and every perimeter rule is a published row. The
 //! tables are read from `tests/data/edge-tables.md`, a transcription of the
-//! documents (not of the catalog).
+//! documents (not of the catalog). The 2019 edition holds every row except
+//! those the documents mark as not supported in Skype for Business Server 2019.
 
 use std::collections::BTreeMap;
 
 use portguard::catalog::{
-    Catalog, Direction, EDGE_DOCUMENT, EffectiveRule, Protocol, REVERSE_PROXY_DOCUMENT,
-    SERVER_PORTS_DOCUMENT, SeedTable,
+    Catalog, Direction, EDGE_DOCUMENT, Edition, EffectiveRule, Protocol, REVERSE_PROXY_DOCUMENT,
+    SeedTable,
 };
 
 const EDGE_TABLES: &str = include_str!("../../tests/data/edge-tables.md");
@@ -228,10 +229,27 @@ fn keys(spec: &TableSpec) -> Vec<Key> {
     keys_as(spec, spec.kind)
 }
 
+/// Whether the documents mark the row as gone from Skype for Business
+/// Server 2019: the 5269 rows say "Not supported in Skype for Business(s)
+/// Server 2019" in their first cell, the 23456 rows "no longer supported in
+/// Skype for Business Server 2019" in their note.
+fn not_in_2019(row: &[String]) -> bool {
+    let text = row.join(" ").to_lowercase();
+    text.contains("not supported in skype for business server 2019")
+        || text.contains("not supported in skype for businesss server 2019")
+        || text.contains("no longer supported in skype for business server 2019")
+}
+
 /// Like [`keys`], with the role read as a table of kind `roles` names it.
 fn keys_as(spec: &TableSpec, roles: Kind) -> Vec<Key> {
+    keys_in(spec, roles, Edition::Sfb2015)
+}
+
+/// The rows of `edition` (2019: without those [`not_in_2019`] marks).
+fn keys_in(spec: &TableSpec, roles: Kind, edition: Edition) -> Vec<Key> {
     table(spec)
         .into_iter()
+        .filter(|row| edition == Edition::Sfb2015 || !not_in_2019(row))
         .map(|row| {
             let (proto, port, src, dst) = match spec.kind {
                 Kind::ReverseProxyExternal | Kind::ReverseProxyInternal => {
@@ -280,8 +298,12 @@ fn spec(title: &str) -> &'static TableSpec {
 /// IP address with the Access Edge service)"), and what the VIP forwards the
 /// service's own address needs: each is also a rule of the service's role.
 fn borrowed_rows() -> Vec<Key> {
-    let main = keys(spec(MAIN_EXTERNAL));
-    keys_as(spec(VIP_EXTERNAL_TITLE), Kind::EdgeExternal)
+    borrowed_rows_in(Edition::Sfb2015)
+}
+
+fn borrowed_rows_in(edition: Edition) -> Vec<Key> {
+    let main = keys_in(spec(MAIN_EXTERNAL), Kind::EdgeExternal, edition);
+    keys_in(spec(VIP_EXTERNAL_TITLE), Kind::EdgeExternal, edition)
         .into_iter()
         .filter(|k| !main.contains(k))
         .collect()
@@ -302,7 +324,7 @@ fn perimeter_rules(c: &Catalog) -> Vec<EffectiveRule> {
     c.role_ids()
         .into_iter()
         .flat_map(|id| c.own_rules(id))
-        .filter(|r| r.table.document() != SERVER_PORTS_DOCUMENT)
+        .filter(|r| [EDGE_DOCUMENT, REVERSE_PROXY_DOCUMENT].contains(&r.table.document()))
         .collect()
 }
 
@@ -332,14 +354,46 @@ fn the_documents_have_the_rows_we_expect() {
 /// (role, direction, protocol, ports, table), as often as the documents list it.
 #[test]
 fn every_published_row_is_a_rule_and_every_perimeter_rule_a_row() {
-    let c = Catalog::embedded();
+    rows_are_rules(Edition::Sfb2015);
+}
+
+/// The 2019 edition: the same, without the rows the documents say 2019
+/// no longer supports.
+#[test]
+fn every_row_2019_keeps_is_a_rule_of_the_2019_edition_and_no_other() {
+    rows_are_rules(Edition::Sfb2019);
+    let gone: Vec<Key> = TABLES
+        .iter()
+        .filter(|s| s.also_in.is_none())
+        .flat_map(|s| {
+            let all = keys_in(s, s.kind, Edition::Sfb2015);
+            let kept = keys_in(s, s.kind, Edition::Sfb2019);
+            all.into_iter().filter(move |k| !kept.contains(k))
+        })
+        .collect();
+    let mut ports: Vec<u16> = gone.iter().map(|k| k.start).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(
+        ports,
+        [5269, 23456],
+        "the rows the documents drop from 2019 are the XMPP rows: {gone:?}"
+    );
+}
+
+fn rows_are_rules(edition: Edition) {
+    let c = Catalog::edition(edition);
     let published = count(
         TABLES
             .iter()
             .filter(|s| s.also_in.is_none())
-            .flat_map(|s| keys(s).into_iter().map(|k| (k, s.table)))
+            .flat_map(|s| {
+                keys_in(s, s.kind, edition)
+                    .into_iter()
+                    .map(|k| (k, s.table))
+            })
             .chain(
-                borrowed_rows()
+                borrowed_rows_in(edition)
                     .into_iter()
                     .map(|k| (k, SeedTable::EdgeExternal)),
             ),
@@ -357,7 +411,7 @@ fn every_published_row_is_a_rule_and_every_perimeter_rule_a_row() {
         .collect();
     assert!(
         missing.is_empty(),
-        "published rows without a catalog rule:\n{}",
+        "{edition}: published rows without a catalog rule:\n{}",
         missing.join("\n")
     );
     let extra: Vec<String> = rules
@@ -372,7 +426,7 @@ fn every_published_row_is_a_rule_and_every_perimeter_rule_a_row() {
         .collect();
     assert!(
         extra.is_empty(),
-        "catalog rules no published row lists:\n{}",
+        "{edition}: catalog rules no published row lists:\n{}",
         extra.join("\n")
     );
 }

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use portguard::{
-    catalog::AddressesArg,
+    catalog::{AddressesArg, Edition},
     policy::{Mgmt, ProfileArg},
 };
 
@@ -16,7 +16,7 @@ use crate::commands::catalog::{ShowFormat, ShowTable};
 #[command(
     name = "portguard",
     version = portguard::VERSION,
-    about = "Enforce the Skype for Business Server 2015 port catalog with XDP"
+    about = "Enforce the Skype for Business Server port catalog (2015, 2019) with XDP"
 )]
 pub struct Cli {
     /// Log level: error, warn, info, debug, trace.
@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// Catalog file replacing the embedded default.
     #[arg(long, value_name = "FILE")]
     pub catalog: Option<PathBuf>,
+    /// Which embedded catalog: Skype for Business Server 2015, or 2019 (also
+    /// Subscription Edition: 2015 without XMPP and Persistent Chat).
+    #[arg(long, value_name = "EDITION", default_value = "2015", value_parser = parse_edition, conflicts_with = "catalog")]
+    pub edition: Edition,
     /// What to do with what the catalog does not allow.
     #[arg(long, value_enum, default_value = "enforce")]
     pub mode: Mode,
@@ -202,12 +206,20 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     portguard::policy::parse_port_range(s)
 }
 
+fn parse_edition(s: &str) -> Result<Edition, String> {
+    s.parse()
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
     /// Validate a catalog; every error with file:line.
     Check {
-        /// The catalog file.
-        file: PathBuf,
+        /// The catalog file; without it, the embedded catalog of --edition.
+        #[arg(required_unless_present = "edition")]
+        file: Option<PathBuf>,
+        /// Check the embedded catalog of this edition (2015 or 2019) instead of a file.
+        #[arg(long, value_name = "EDITION", value_parser = parse_edition, conflicts_with = "file")]
+        edition: Option<Edition>,
     },
     /// The effective rules.
     Show {
@@ -223,6 +235,10 @@ pub enum CatalogCommand {
         /// Catalog file instead of the embedded default.
         #[arg(long, value_name = "FILE")]
         catalog: Option<PathBuf>,
+        /// Which embedded catalog: Skype for Business Server 2015, or 2019
+        /// (also Subscription Edition: 2015 without XMPP and Persistent Chat).
+        #[arg(long, value_name = "EDITION", default_value = "2015", value_parser = parse_edition, conflicts_with = "catalog")]
+        edition: Edition,
         /// Replace an address set's contents, as `run --addresses`.
         #[arg(long, value_name = "ID=CIDR[,CIDR...]")]
         addresses: Vec<AddressesArg>,
@@ -239,6 +255,10 @@ pub enum CatalogCommand {
         /// Catalog file instead of the embedded default.
         #[arg(long, value_name = "FILE")]
         catalog: Option<PathBuf>,
+        /// Which embedded catalog: Skype for Business Server 2015, or 2019
+        /// (also Subscription Edition: 2015 without XMPP and Persistent Chat).
+        #[arg(long, value_name = "EDITION", default_value = "2015", value_parser = parse_edition, conflicts_with = "catalog")]
+        edition: Edition,
         /// Management allowance to export along (as `run --mgmt`).
         #[arg(long, value_name = "CIDR[:PORT]")]
         mgmt: Vec<Mgmt>,
@@ -260,6 +280,34 @@ pub enum CatalogCommand {
         /// Replace an address set's contents, as `run --addresses`.
         #[arg(long, value_name = "ID=CIDR[,CIDR...]")]
         addresses: Vec<AddressesArg>,
+    },
+    /// What differs between two catalogs, row by row: roles and rules added,
+    /// removed or changed. Exit 0 whether or not they differ.
+    Diff {
+        /// `2015` or `2019` (an embedded edition), or a catalog file (write
+        /// `./2015` for a file of that name).
+        #[arg(value_name = "A")]
+        a: String,
+        /// The catalog compared with A, written as A is.
+        #[arg(value_name = "B")]
+        b: String,
+    },
+    /// Microsoft 365's endpoints JSON (a saved copy of
+    /// https://endpoints.office.com/endpoints/worldwide) as the
+    /// `microsoft-365` address set, printed as a catalog's TOML.
+    ImportEndpoints {
+        /// The saved JSON.
+        file: PathBuf,
+        /// Take the IP ranges of this service area.
+        #[arg(long, default_value = "Skype", value_name = "AREA")]
+        service_area: String,
+        /// The id of the address set printed.
+        #[arg(long, default_value = "microsoft-365", value_name = "ID")]
+        id: String,
+        /// The list's version, for the set's note (the JSON carries none:
+        /// https://endpoints.office.com/version/worldwide gives it).
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
     },
 }
 

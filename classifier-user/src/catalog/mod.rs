@@ -1,10 +1,13 @@
 //! The port catalog: Microsoft's published port tables for Skype for Business
 //! Server 2015 (servers, load balancers, clients, Edge Servers, reverse proxy)
 //! as TOML, validated with line-accurate diagnostics, with role inclusions
-//! resolved and overlaps settled.
+//! resolved and overlaps settled; and the 2019 edition, derived from it.
 //!
 //! The format and every decision behind it are in `docs/catalog.md`.
 
+mod derive;
+#[cfg(test)]
+mod edition_tests;
 #[cfg(test)]
 mod hostile_tests;
 mod model;
@@ -22,9 +25,9 @@ use std::{path::Path, sync::OnceLock};
 
 pub use model::{
     AddressSet, AddressesArg, Catalog, CatalogError, Cidr, Diagnostic, Direction, EDGE_DOCUMENT,
-    EffectiveRule, IpsecException, MatchSide, Payload, PortAssignment, Protocol,
-    REVERSE_PROXY_DOCUMENT, RoleDef, Rule, SERVER_PORTS_DOCUMENT, SeedTable, SetSource, Severity,
-    count_findings,
+    Edition, EffectiveRule, HYBRID_DOCUMENT, IpsecException, M365_ENDPOINTS_DOCUMENT, MatchSide,
+    Payload, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule,
+    SERVER_PORTS_DOCUMENT, SeedTable, SetSource, Severity, count_findings,
 };
 pub(crate) use parse::MAX_DIAGNOSTICS;
 #[cfg(test)]
@@ -34,14 +37,36 @@ pub use read::{MAX_CATALOG_BYTES, ReadError, read_bounded};
 use resolve::assign_ports;
 pub(crate) use resolve::assign_ports_in;
 
-/// The origin name used in diagnostics for the embedded catalog.
+/// The origin name used in diagnostics for the embedded (2015) catalog.
 pub(crate) const EMBEDDED_NAME: &str = "catalog/sfb2015.toml";
+/// The origin name of the embedded 2019 catalog (derived from the 2015 one).
+pub(crate) const EMBEDDED_2019_NAME: &str = "catalog/sfb2019.toml";
 
 /// The floor for the client media range (ClientMediaPortRange) that the server
 /// ports document states: at least 20 ports.
 pub(crate) const MIN_CLIENT_MEDIA_PORTS: u32 = 20;
 
 const EMBEDDED_TEXT: &str = include_str!("../../../catalog/sfb2015.toml");
+const EMBEDDED_2019_TEXT: &str = include_str!("../../../catalog/sfb2019.toml");
+
+impl Edition {
+    /// The file the edition's embedded catalog was built from.
+    pub fn embedded_name(self) -> &'static str {
+        match self {
+            Edition::Sfb2015 => EMBEDDED_NAME,
+            Edition::Sfb2019 => EMBEDDED_2019_NAME,
+        }
+    }
+
+    /// The text of the edition's embedded catalog (2019's is derived: the
+    /// rows it removes from 2015).
+    pub fn embedded_text(self) -> &'static str {
+        match self {
+            Edition::Sfb2015 => EMBEDDED_TEXT,
+            Edition::Sfb2019 => EMBEDDED_2019_TEXT,
+        }
+    }
+}
 
 impl Catalog {
     /// Parses catalog text; `Ok` carries the warnings (overlaps, ...).
@@ -106,16 +131,32 @@ impl Catalog {
         }
     }
 
-    /// The default catalog, compiled into the binary.
+    /// The default catalog, compiled into the binary: the 2015 edition.
     pub fn embedded() -> Catalog {
-        static EMBEDDED: OnceLock<Catalog> = OnceLock::new();
-        EMBEDDED
-            .get_or_init(|| match Self::parse(EMBEDDED_TEXT, EMBEDDED_NAME) {
-                Ok((catalog, _warnings)) => catalog,
-                // Unreachable in a tested build: `tests::embedded_parses_without_errors` guards it.
-                Err(e) => panic!("the embedded catalog is invalid:\n{e}"),
-            })
-            .clone()
+        Self::edition(Edition::Sfb2015)
+    }
+
+    /// An edition's embedded catalog parsed anew, with its warnings: what
+    /// `catalog check --edition` reports.
+    pub fn check_edition(edition: Edition) -> Result<(Catalog, Vec<Diagnostic>), CatalogError> {
+        parse::parse(edition.embedded_text(), edition.embedded_name())
+    }
+
+    /// An edition's catalog, compiled into the binary.
+    pub fn edition(edition: Edition) -> Catalog {
+        static EMBEDDED: [OnceLock<Catalog>; Edition::ALL.len()] =
+            [const { OnceLock::new() }; Edition::ALL.len()];
+        let slot = match edition {
+            Edition::Sfb2015 => &EMBEDDED[0],
+            Edition::Sfb2019 => &EMBEDDED[1],
+        };
+        slot.get_or_init(|| match Self::check_edition(edition) {
+            Ok((catalog, _warnings)) => catalog,
+            // Unreachable in a tested build: `tests::embedded_parses_without_errors`
+            // and `edition_tests` guard it.
+            Err(e) => panic!("the embedded {edition} catalog is invalid:\n{e}"),
+        })
+        .clone()
     }
 
     /// The text of the embedded catalog, for `catalog check` of the default and for docs.

@@ -127,6 +127,14 @@ pub const EDGE_DOCUMENT: &str = "Skype/SfbServer/plan-your-deployment/edge-serve
 /// describe the reverse proxy's ports only in prose.
 pub const REVERSE_PROXY_DOCUMENT: &str =
     "Lync/LyncServer/lync-server-2013-port-summary-reverse-proxy.md";
+/// "Plan hybrid connectivity between Skype for Business Server 2015 and
+/// Skype for Business Online": its "Port and protocol requirements" table.
+pub const HYBRID_DOCUMENT: &str =
+    "Skype/SfbServer/skype-for-business-hybrid-solutions/plan-hybrid-connectivity.md";
+/// "Microsoft 365 URLs and IP address ranges", in the repository
+/// MicrosoftDocs/microsoft-365-docs (its tables are generated into
+/// `microsoft-365/includes/office-365-worldwide-endpoints.md`).
+pub const M365_ENDPOINTS_DOCUMENT: &str = "microsoft-365/enterprise/urls-and-ip-address-ranges.md";
 
 /// The published table a rule or role comes from (the type keeps its
 /// historical name: the first tables were those of the server ports document).
@@ -142,10 +150,14 @@ pub enum SeedTable {
     EdgeVipInternal,
     ReverseProxyExternal,
     ReverseProxyInternal,
+    /// Skype for Business hybrid: the Edge Server to and from Microsoft 365.
+    Hybrid,
+    /// Microsoft 365's "Skype for Business Online and Microsoft Teams" endpoints.
+    M365Endpoints,
 }
 
 impl SeedTable {
-    pub const ALL: [SeedTable; 10] = [
+    pub const ALL: [SeedTable; 12] = [
         SeedTable::Server,
         SeedTable::Hlb,
         SeedTable::DnsLb,
@@ -156,6 +168,8 @@ impl SeedTable {
         SeedTable::EdgeVipInternal,
         SeedTable::ReverseProxyExternal,
         SeedTable::ReverseProxyInternal,
+        SeedTable::Hybrid,
+        SeedTable::M365Endpoints,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -170,6 +184,8 @@ impl SeedTable {
             SeedTable::EdgeVipInternal => "edge-vip-internal",
             SeedTable::ReverseProxyExternal => "reverse-proxy-external",
             SeedTable::ReverseProxyInternal => "reverse-proxy-internal",
+            SeedTable::Hybrid => "hybrid",
+            SeedTable::M365Endpoints => "m365-endpoints",
         }
     }
 
@@ -195,10 +211,13 @@ impl SeedTable {
             SeedTable::ReverseProxyInternal => {
                 "Firewall Details for Reverse Proxy Server: Internal Interface"
             }
+            SeedTable::Hybrid => "Port and protocol requirements",
+            SeedTable::M365Endpoints => "Skype for Business Online and Microsoft Teams",
         }
     }
 
-    /// The document the table is in: its path in MicrosoftDocs/OfficeDocs-SkypeForBusiness.
+    /// The document the table is in: its path in MicrosoftDocs/OfficeDocs-SkypeForBusiness
+    /// (MicrosoftDocs/microsoft-365-docs for [`SeedTable::M365Endpoints`]).
     pub fn document(self) -> &'static str {
         match self {
             SeedTable::Server | SeedTable::Hlb | SeedTable::DnsLb | SeedTable::Client => {
@@ -211,6 +230,8 @@ impl SeedTable {
             SeedTable::ReverseProxyExternal | SeedTable::ReverseProxyInternal => {
                 REVERSE_PROXY_DOCUMENT
             }
+            SeedTable::Hybrid => HYBRID_DOCUMENT,
+            SeedTable::M365Endpoints => M365_ENDPOINTS_DOCUMENT,
         }
     }
 
@@ -437,6 +458,60 @@ pub struct IpsecException {
     pub(crate) line: usize,
 }
 
+/// A release of Skype for Business Server whose tables a catalog holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Edition {
+    /// Skype for Business Server 2015: the published tables as they are.
+    Sfb2015,
+    /// Skype for Business Server 2019, which Subscription Edition follows:
+    /// the 2015 tables without the features 2019 removed (XMPP, Persistent Chat).
+    Sfb2019,
+}
+
+impl Edition {
+    pub const ALL: [Edition; 2] = [Edition::Sfb2015, Edition::Sfb2019];
+
+    /// The word `--edition`, `edition = ` and `base = ` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Edition::Sfb2015 => "2015",
+            Edition::Sfb2019 => "2019",
+        }
+    }
+
+    pub fn from_word(word: &str) -> Option<Edition> {
+        Edition::ALL.into_iter().find(|e| e.as_str() == word)
+    }
+
+    /// The product's name, for headings.
+    pub fn product(self) -> &'static str {
+        match self {
+            Edition::Sfb2015 => "Skype for Business Server 2015",
+            Edition::Sfb2019 => "Skype for Business Server 2019 and Subscription Edition",
+        }
+    }
+}
+
+impl fmt::Display for Edition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `--edition` and `catalog diff` read an edition from its word.
+impl std::str::FromStr for Edition {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Edition, String> {
+        Edition::from_word(s).ok_or_else(|| {
+            format!(
+                "unknown edition `{s}`; expected one of: {}",
+                Edition::ALL.map(Edition::as_str).join(", ")
+            )
+        })
+    }
+}
+
 /// An IPv4 or IPv6 prefix of an address set, its host bits clear.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
@@ -564,6 +639,9 @@ impl std::str::FromStr for AddressesArg {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Catalog {
     pub origin: String,
+    /// The release the file says its tables are for (`edition = "2019"`),
+    /// if it says.
+    pub edition: Option<Edition>,
     pub rules: Vec<Rule>,
     pub roles: Vec<RoleDef>,
     pub ipsec: Vec<IpsecException>,

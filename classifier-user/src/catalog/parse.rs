@@ -16,8 +16,8 @@ use toml::Spanned;
 use super::{
     MIN_CLIENT_MEDIA_PORTS,
     model::{
-        AddressSet, Catalog, CatalogError, Diagnostic, Direction, IpsecException, MatchSide,
-        Payload, Protocol, RoleDef, Rule, SeedTable, Severity, ports_text,
+        AddressSet, Catalog, CatalogError, Diagnostic, Direction, Edition, IpsecException,
+        MatchSide, Payload, Protocol, RoleDef, Rule, SeedTable, Severity, ports_text,
     },
 };
 
@@ -27,6 +27,16 @@ const FORMAT_HINT: &str = "the catalog format is described in docs/catalog.md";
 #[serde(deny_unknown_fields)]
 struct RawCatalog {
     version: Spanned<i64>,
+    /// The release the tables are for: `"2015"` or `"2019"`.
+    #[serde(default)]
+    edition: Option<Spanned<String>>,
+    /// A derived catalog: the embedded edition it starts from (see derive.rs).
+    #[serde(default)]
+    base: Option<Spanned<String>>,
+    #[serde(default)]
+    remove: Vec<Spanned<super::derive::RawRemove>>,
+    #[serde(default)]
+    remove_role: Vec<Spanned<super::derive::RawRemoveRole>>,
     #[serde(default)]
     settings: Option<RawSettings>,
     #[serde(default)]
@@ -260,11 +270,11 @@ impl<'a> Diags<'a> {
         self.push(span, Severity::Warning, message.into(), hint);
     }
 
-    fn has_errors(&self) -> bool {
+    pub(super) fn has_errors(&self) -> bool {
         self.errors > 0
     }
 
-    fn into_sorted(mut self) -> Vec<Diagnostic> {
+    pub(super) fn into_sorted(mut self) -> Vec<Diagnostic> {
         self.keep_first(MAX_DIAGNOSTICS);
         let mut out: Vec<Diagnostic> = self
             .list
@@ -324,6 +334,46 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic
         );
     }
 
+    let edition = raw.edition.as_ref().and_then(|e| edition_of(&mut d, e));
+    if let Some(base) = &raw.base {
+        let own = raw
+            .role
+            .first()
+            .map(Spanned::span)
+            .or_else(|| raw.rule.first().map(Spanned::span))
+            .or_else(|| raw.ipsec.first().map(Spanned::span))
+            .or_else(|| raw.addresses.first().map(Spanned::span));
+        let parts = super::derive::Parts {
+            edition,
+            base,
+            remove: &raw.remove,
+            remove_role: &raw.remove_role,
+            own,
+            settings: raw.settings.is_some(),
+        };
+        return super::derive::derive(d, origin, parts);
+    }
+    if let Some(first) = raw.remove.first() {
+        d.error(
+            &first.span(),
+            "`[[remove]]` without `base`",
+            Some(
+                "a catalog that removes rows names the edition it starts from: `base = \"2015\"`"
+                    .into(),
+            ),
+        );
+    }
+    if let Some(first) = raw.remove_role.first() {
+        d.error(
+            &first.span(),
+            "`[[remove_role]]` without `base`",
+            Some(
+                "a catalog that removes roles names the edition it starts from: `base = \"2015\"`"
+                    .into(),
+            ),
+        );
+    }
+
     if let Some(extra) = raw.role.get(MAX_ROLES) {
         // Refused before anything is built from them.
         d.error(
@@ -343,6 +393,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic
 
     let mut catalog = Catalog {
         origin: origin.to_string(),
+        edition,
         rules,
         roles,
         ipsec,
@@ -917,7 +968,27 @@ pub(super) fn check_media_range(
     None
 }
 
-fn table_of(d: &mut Diags<'_>, word: &Spanned<String>) -> Option<SeedTable> {
+/// The edition a word names, or an error at the word.
+pub(super) fn edition_of(d: &mut Diags<'_>, word: &Spanned<String>) -> Option<Edition> {
+    let e = Edition::from_word(word.get_ref());
+    if e.is_none() {
+        d.error(
+            &word.span(),
+            format!("unknown edition `{}`", word.get_ref()),
+            Some(format!(
+                "expected one of: {}",
+                Edition::ALL
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        );
+    }
+    e
+}
+
+pub(super) fn table_of(d: &mut Diags<'_>, word: &Spanned<String>) -> Option<SeedTable> {
     let t = SeedTable::from_word(word.get_ref());
     if t.is_none() {
         d.error(

@@ -24,7 +24,7 @@ use std::{
 use self::links::{Leg, LinkHold, Links, live_pinned_link};
 pub use self::{options::Options, serve::Outcome};
 use crate::{
-    catalog::{Catalog, CatalogError},
+    catalog::{Catalog, CatalogError, Edition},
     counters::{self, Snapshot},
     events::Events,
     exit,
@@ -68,8 +68,8 @@ impl RunError {
 }
 
 /// Reads the catalog the daemon was started with: the file (its warnings
-/// logged), or the embedded one.
-pub fn read_catalog(path: Option<&Path>) -> Result<Catalog, CatalogError> {
+/// logged), or the embedded one of `edition`.
+pub fn read_catalog(path: Option<&Path>, edition: Edition) -> Result<Catalog, CatalogError> {
     match path {
         Some(p) => {
             let (catalog, warnings) = Catalog::load(p)?;
@@ -78,7 +78,7 @@ pub fn read_catalog(path: Option<&Path>) -> Result<Catalog, CatalogError> {
             }
             Ok(catalog)
         }
-        None => Ok(Catalog::embedded()),
+        None => Ok(Catalog::edition(edition)),
     }
 }
 
@@ -110,6 +110,8 @@ pub struct Daemon {
     registry: SlotRegistry,
     spec: PolicySpec,
     catalog_path: Option<PathBuf>,
+    /// The embedded edition read when there is no catalog file.
+    edition: Edition,
     /// The last catalog compiled into force: what a change of the box's own
     /// addresses or routes (appliance mode) is recompiled from, without
     /// re-reading the file.
@@ -267,7 +269,7 @@ impl Daemon {
     fn reload(&mut self) -> Result<u32, RunError> {
         let started = Instant::now();
         let result = (|| {
-            let catalog = read_catalog(self.catalog_path.as_deref())?;
+            let catalog = read_catalog(self.catalog_path.as_deref(), self.edition)?;
             let generation = self.install(catalog)?;
             Ok::<u32, RunError>(generation)
         })();

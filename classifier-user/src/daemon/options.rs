@@ -8,7 +8,7 @@ use classifier_common::{LPM_ENTRIES, MAX_LEGS};
 
 use super::RunError;
 use crate::{
-    catalog::AddressesArg,
+    catalog::{AddressesArg, Edition},
     iface,
     loader::{AttachMode, FlowLimits},
     policy::{MediaCheck, Mgmt, Placement, PolicySpec, ProfileArg, StunBudget},
@@ -28,6 +28,8 @@ pub struct Options {
     pub profiles: Vec<ProfileArg>,
     /// A catalog file replacing the embedded one.
     pub catalog: Option<PathBuf>,
+    /// The embedded catalog's edition (without `catalog`).
+    pub edition: Edition,
     /// Count drops as would-drops and pass them.
     pub monitor: bool,
     pub xdp_mode: AttachMode,
@@ -193,6 +195,7 @@ mod tests {
             roles: Vec::new(),
             profiles: Vec::new(),
             catalog: None,
+            edition: Edition::Sfb2015,
             monitor: false,
             xdp_mode: AttachMode::Auto,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9477)),

@@ -38,7 +38,7 @@ impl Daemon {
                 "--no-default-mgmt without --mgmt: no management allowance; a catalog without SSH can lock you out"
             );
         }
-        let catalog = read_catalog(options.catalog.as_deref())?;
+        let catalog = read_catalog(options.catalog.as_deref(), options.edition)?;
         let mut ifindexes = Vec::new();
         for name in &options.ifaces {
             let ifindex = iface::index(name);
@@ -177,6 +177,7 @@ impl Daemon {
                 pass: options.events_pass,
                 roles: options.roles.clone(),
                 catalog: options.catalog.clone(),
+                edition: options.edition,
                 mode: mode_name(options.monitor).to_string(),
                 client_media_ports: options.client_media_ports,
                 run_dir: PathBuf::from(state::RUN_DIR),
@@ -196,6 +197,7 @@ impl Daemon {
             registry,
             spec,
             catalog_path: options.catalog,
+            edition: options.edition,
             catalog,
             catalog_generation,
             rules_per_role: compiled.rules_per_role,

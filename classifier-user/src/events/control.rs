@@ -61,6 +61,10 @@ pub struct Aggregates {
     pub iface: String,
     pub roles: Vec<String>,
     pub catalog: Option<PathBuf>,
+    /// The embedded catalog's edition (`run --edition`) when `catalog` is
+    /// none; absent from a daemon older than editions (2015).
+    #[serde(default)]
+    pub edition: Option<String>,
     pub mode: String,
     pub ports: Vec<PortAggregate>,
     pub events_received: u64,
@@ -234,6 +238,7 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
                 iface: shared.iface.clone(),
                 roles: shared.roles.clone(),
                 catalog: shared.catalog.clone(),
+                edition: Some(shared.edition.to_string()),
                 mode: shared.mode.clone(),
                 ports,
                 events_received,

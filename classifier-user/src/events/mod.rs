@@ -24,6 +24,7 @@ use classifier_common::{Event, EventBudget};
 use tokio::{io::unix::AsyncFd, sync::mpsc, task::JoinHandle};
 
 use crate::{
+    catalog::Edition,
     loader::{Classifier, LoadError},
     policy::SlotRegistry,
     state,
@@ -39,6 +40,7 @@ pub(crate) struct Shared {
     legs: Mutex<Vec<(u32, String)>>,
     pub(crate) roles: Vec<String>,
     pub(crate) catalog: Option<PathBuf>,
+    pub(crate) edition: Edition,
     pub(crate) mode: String,
     /// `run --client-media-ports`: the media rows' range in force.
     pub(crate) client_media_ports: Option<(u16, u16)>,
@@ -79,6 +81,8 @@ pub(crate) struct EventSettings {
     pub(crate) pass: bool,
     pub(crate) roles: Vec<String>,
     pub(crate) catalog: Option<PathBuf>,
+    /// `run --edition`: the embedded catalog read without `catalog`.
+    pub(crate) edition: Edition,
     pub(crate) mode: String,
     pub(crate) client_media_ports: Option<(u16, u16)>,
     pub(crate) run_dir: PathBuf,
@@ -131,6 +135,7 @@ impl Events {
                 legs: Mutex::new(Vec::new()),
                 roles: settings.roles,
                 catalog: settings.catalog,
+                edition: settings.edition,
                 mode: settings.mode,
                 client_media_ports: settings.client_media_ports,
                 store: Mutex::new(Store::default()),

@@ -1,14 +1,18 @@
-//! `portguard catalog check|show|export`.
+//! `portguard catalog check|show|export|diff|import-endpoints`.
 
 use std::{
     io::{self, Write as _},
     path::Path,
 };
 
+mod diff;
+mod import;
 mod show;
 
 use portguard::{
-    catalog::{AddressesArg, Catalog, Direction, count_findings, nft},
+    catalog::{
+        AddressesArg, Catalog, CatalogError, Diagnostic, Direction, Edition, count_findings, nft,
+    },
     daemon::read_catalog,
     exit,
     policy::{self, Mgmt, Placement, PolicySpec, ProfileArg},
@@ -17,10 +21,22 @@ use portguard::{
 pub use self::show::{ShowFormat, ShowTable};
 use crate::cli::CatalogCommand;
 
-/// Validates a catalog file: every error and warning with file:line:col,
-/// then a summary. 2 on any error (an unreadable file included), else 0.
-pub fn check(path: &Path) -> u8 {
-    let (diagnostics, ok_summary) = match Catalog::load(path) {
+/// Validates a catalog file (or an embedded edition's): every error and
+/// warning with file:line:col, then a summary. 2 on any error (an
+/// unreadable file included), else 0.
+pub fn check(path: Option<&Path>, edition: Option<Edition>) -> u8 {
+    let (name, loaded): (String, Result<(Catalog, Vec<Diagnostic>), CatalogError>) =
+        match (path, edition) {
+            (Some(p), _) => (p.display().to_string(), Catalog::load(p)),
+            (None, e) => {
+                let e = e.unwrap_or(Edition::Sfb2015);
+                (
+                    format!("{} (embedded)", e.embedded_name()),
+                    Catalog::check_edition(e),
+                )
+            }
+        };
+    let (diagnostics, ok_summary) = match loaded {
         Ok((catalog, warnings)) => {
             let (_, warning_count) = count_findings(&warnings);
             let outbound = catalog
@@ -29,14 +45,17 @@ pub fn check(path: &Path) -> u8 {
                 .filter(|r| r.direction == Direction::Outbound)
                 .count();
             let summary = format!(
-                "{}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {} address sets, {warning_count} warning{}",
-                path.display(),
+                "{name}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {} address sets, {warning_count} warning{}{}",
                 catalog.roles.len(),
                 catalog.rules.len(),
                 catalog.rules.len() - outbound,
                 catalog.ipsec.len(),
                 catalog.addresses.len(),
-                if warning_count == 1 { "" } else { "s" }
+                if warning_count == 1 { "" } else { "s" },
+                catalog
+                    .edition
+                    .map(|e| format!(" (edition {e})"))
+                    .unwrap_or_default(),
             );
             (warnings, Some(summary))
         }
@@ -55,8 +74,7 @@ pub fn check(path: &Path) -> u8 {
             let (errors, warnings) = count_findings(&diagnostics);
             let _ = writeln!(
                 err,
-                "{}: invalid: {errors} error{}, {warnings} warning{}",
-                path.display(),
+                "{name}: invalid: {errors} error{}, {warnings} warning{}",
                 if errors == 1 { "" } else { "s" },
                 if warnings == 1 { "" } else { "s" }
             );
@@ -94,14 +112,15 @@ pub fn show(catalog: &Catalog, role: Option<&str>, format: ShowFormat, table: Sh
 /// `portguard catalog check|show|export`.
 pub fn catalog(c: CatalogCommand) -> u8 {
     match c {
-        CatalogCommand::Check { file } => check(&file),
+        CatalogCommand::Check { file, edition } => check(file.as_deref(), edition),
         CatalogCommand::Show {
             role,
             format,
             table,
             catalog,
+            edition,
             addresses,
-        } => match load_catalog(catalog.as_deref(), &addresses) {
+        } => match load_catalog(catalog.as_deref(), edition, &addresses) {
             Ok(cat) => show(&cat, role.as_deref(), format, table),
             Err(code) => code,
         },
@@ -109,21 +128,63 @@ pub fn catalog(c: CatalogCommand) -> u8 {
             format: _,
             role,
             catalog,
+            edition,
             mgmt,
             no_default_mgmt,
             appliance,
             profile,
             addresses,
-        } => match load_catalog(catalog.as_deref(), &addresses) {
+        } => match load_catalog(catalog.as_deref(), edition, &addresses) {
             Ok(cat) => export(&cat, role, mgmt, no_default_mgmt, appliance, profile),
             Err(code) => code,
         },
+        CatalogCommand::Diff { a, b } => diff(&a, &b),
+        CatalogCommand::ImportEndpoints {
+            file,
+            service_area,
+            id,
+            version,
+        } => import::import_endpoints(&file, &service_area, &id, version.as_deref()),
+    }
+}
+
+/// Prints what differs between A and B; 0 whether or not they differ, 2
+/// when either does not load.
+fn diff(a: &str, b: &str) -> u8 {
+    let (old, new) = match (diff::load(a), diff::load(b)) {
+        (Ok(old), Ok(new)) => (old, new),
+        (x, y) => {
+            for e in [x.err(), y.err()].into_iter().flatten() {
+                eprintln!("{e}");
+            }
+            eprintln!("portguard catalog diff: A and B are each 2015, 2019 or a catalog file");
+            return exit::USAGE;
+        }
+    };
+    write_out("diff", &diff::render(a, &old, b, &new))
+}
+
+/// Writes `text` to stdout: 0, or 1 when stdout fails (a closed pipe is the
+/// reader's choice, not a failure).
+fn write_out(command: &str, text: &str) -> u8 {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            eprintln!("portguard catalog {command}: cannot write to stdout: {e}");
+            exit::FAILURE
+        }
     }
 }
 
 /// The catalog, with `--addresses` applied as `run` applies it.
-fn load_catalog(path: Option<&Path>, addresses: &[AddressesArg]) -> Result<Catalog, u8> {
-    let catalog = read_catalog(path).map_err(|e| {
+fn load_catalog(
+    path: Option<&Path>,
+    edition: Edition,
+    addresses: &[AddressesArg],
+) -> Result<Catalog, u8> {
+    let catalog = read_catalog(path, edition).map_err(|e| {
         eprintln!("{e}");
         exit::USAGE
     })?;

@@ -20,6 +20,7 @@ fn options(args: RunArgs) -> Options {
         roles: args.role,
         profiles: args.profile,
         catalog: args.catalog,
+        edition: args.edition,
         monitor: args.mode == Mode::Monitor,
         xdp_mode: match args.xdp_mode {
             XdpMode::Auto => AttachMode::Auto,

@@ -17,7 +17,7 @@ use crate::{
     commands::events::{ClientError, parse_line, request},
 };
 use portguard::{
-    catalog::{Catalog, Direction, MAX_CATALOG_BYTES, MatchSide, Protocol, read_bounded},
+    catalog::{Catalog, Direction, Edition, MAX_CATALOG_BYTES, MatchSide, Protocol, read_bounded},
     events::{control::Aggregates, control::Request},
     exit,
 };
@@ -77,13 +77,14 @@ pub fn suggest(args: SuggestArgs) -> u8 {
             return e.exit_code();
         }
     };
-    let (catalog, text) = match catalog_in_force(aggregates.catalog.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("portguard suggest: the catalog in force no longer loads:\n{e}");
-            return exit::FAILURE;
-        }
-    };
+    let (catalog, text) =
+        match catalog_in_force(aggregates.catalog.as_deref(), aggregates.edition.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("portguard suggest: the catalog in force no longer loads:\n{e}");
+                return exit::FAILURE;
+            }
+        };
     let options = Options {
         min_sources: args.min_sources,
         ..Options::default()
@@ -113,10 +114,22 @@ fn fetch(args: &SuggestArgs) -> Result<Aggregates, ClientError> {
 }
 
 /// The catalog the daemon runs and its text (what the fragment is
-/// appended to), read the way `catalog check` reads it.
-fn catalog_in_force(path: Option<&Path>) -> Result<(Catalog, String), String> {
+/// appended to), read the way `catalog check` reads it. For the embedded
+/// 2019 edition, whose text only lists what it removes from 2015, the
+/// fragment is checked appended to the 2015 text, which has every 2019 role.
+fn catalog_in_force(
+    path: Option<&Path>,
+    edition: Option<&str>,
+) -> Result<(Catalog, String), String> {
     let Some(path) = path else {
-        return Ok((Catalog::embedded(), Catalog::embedded_text().to_string()));
+        let edition = match edition {
+            None => Edition::Sfb2015,
+            Some(word) => word.parse::<Edition>()?,
+        };
+        return Ok((
+            Catalog::edition(edition),
+            Catalog::embedded_text().to_string(),
+        ));
     };
     let shown = path.display().to_string();
     let bytes = read_bounded(path, MAX_CATALOG_BYTES).map_err(|e| format!("{shown}: {e}"))?;
@@ -364,7 +377,10 @@ impl Context<'_> {
             a.mode,
             self.role,
             a.catalog.as_ref().map_or(
-                "the catalog (the embedded default: pass it with --catalog)".to_string(),
+                format!(
+                    "the catalog (the embedded {} edition: write it to a file and pass it with --catalog)",
+                    a.edition.as_deref().unwrap_or("2015")
+                ),
                 // A line break in the path would end the comment.
                 |p| p.display().to_string().replace(['\n', '\r'], "?")
             ),

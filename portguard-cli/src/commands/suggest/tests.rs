@@ -36,6 +36,7 @@ fn aggregates(roles: &[&str], ports: Vec<PortAggregate>) -> Aggregates {
         iface: "eth9".into(),
         roles: roles.iter().map(|r| (*r).to_string()).collect(),
         catalog: None,
+        edition: None,
         mode: "enforce".into(),
         ports,
         events_received: 0,
@@ -109,7 +110,7 @@ fn fragment_appended_to_the_default_catalog_passes_catalog_check() {
     let path = std::env::temp_dir().join(format!("pg-suggest-check-{}.toml", std::process::id()));
     std::fs::write(&path, format!("{}{text}", Catalog::embedded_text()))
         .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    let code = crate::commands::catalog::check(&path);
+    let code = crate::commands::catalog::check(Some(&path), None);
     let _ = std::fs::remove_file(&path);
     assert_eq!(code, 0, "catalog check exited {code}:\n{text}");
 }
@@ -392,6 +393,35 @@ fn an_instance_without_a_role_gets_an_error() {
         Options::default(),
     );
     assert!(matches!(r, Err(SuggestError::NoRole)), "{r:?}");
+}
+
+/// A daemon on the embedded 2019 edition: the port 2019 dropped (XMPP 5269)
+/// is suggested, though the 2015 catalog lists it, and the fragment checks
+/// appended to the 2015 text, which has every 2019 role.
+#[test]
+fn the_2019_edition_in_force_is_the_one_compared_with() {
+    let mut a = aggregates(&["access-edge-external"], vec![req("tcp", 5_269, 4, 2)]);
+    let in_2015 = default_fragment(&a, Options::default());
+    assert!(
+        in_2015.contains("# 0 rule(s)"),
+        "2015 lists XMPP for the Access Edge:\n{in_2015}"
+    );
+    a.edition = Some("2019".into());
+    let (catalog, text) = catalog_in_force(None, a.edition.as_deref())
+        .unwrap_or_else(|e| panic!("the 2019 edition loads: {e}"));
+    assert_eq!(catalog, Catalog::edition(Edition::Sfb2019));
+    let fragment = fragment(&catalog, &text, &a, Options::default())
+        .unwrap_or_else(|e| panic!("no fragment: {e}"));
+    let with = appended(&text, &fragment);
+    assert_eq!(suggested(&with), [("tcp", 5_269, 5_269)], "{fragment}");
+    assert!(
+        fragment.contains("the embedded 2019 edition"),
+        "the header names the edition in force:\n{fragment}"
+    );
+    assert!(
+        catalog_in_force(None, Some("2016")).is_err(),
+        "an edition this portguard does not know"
+    );
 }
 
 #[test]
