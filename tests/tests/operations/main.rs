@@ -1,7 +1,8 @@
 //! The daemon as an operator runs it, one test binary: `portguard run` on
 //! native XDP in network namespaces with real traffic (`netns_policy`, and
 //! address sets with real TCP connections: `netns_address_sets`), an
-//! appliance between namespaces (`appliance`), reloads under a stream
+//! appliance between namespaces (`appliance`; with address sets, both
+//! ways and across reloads that change them: `appliance_address_sets`), reloads under a stream
 //! (`reload`), restarts, takeover and detach (`restart`), the embedded
 //! catalog of `run --edition` (`editions`), packet events,
 //! `top` and `suggest` (`events`), and the metrics as Prometheus and its
@@ -12,6 +13,7 @@
 
 mod alerts;
 mod appliance;
+mod appliance_address_sets;
 mod editions;
 mod events;
 mod netns_address_sets;
