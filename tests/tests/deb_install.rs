@@ -16,7 +16,7 @@ use std::{
     sync::atomic::AtomicBool,
 };
 
-use testkit::lab;
+use testkit::lab::host as lab;
 
 /// Where `cargo xtask test` keeps the root when PORTGUARD_TEST_ROOTFS is unset.
 const DEFAULT_ROOTFS: &str = "/var/cache/portguard-test/bookworm.tar.zst";

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use testkit::lab;
+use testkit::lab::host as lab;
 
 #[test]
 fn lab_allowed_arrive_forbidden_dropped_counters_agree() {

@@ -1,4 +1,4 @@
-//! The attack scenario as a test (engine in `testkit::edge::attack`): the
+//! The attack scenario as a test (engine in `testkit::lab::edge::attack`): the
 //! plants of issue 22 against the appliance and a host, each leaving its
 //! port closed; idle connections through spoofed floods of 250,000 sources
 //! and more, a single-source flood, first-fragment floods and a `kill -9`
@@ -8,7 +8,7 @@
 
 use std::sync::{Mutex, atomic::AtomicBool};
 
-use testkit::edge::{
+use testkit::lab::edge::{
     FAMILIES,
     attack::{self, Firewall, Mode, Report},
 };
@@ -55,7 +55,7 @@ fn assert_every_plant_ran(report: &Report, modes: &[Mode]) {
                 .count();
             let expected = cases
                 .iter()
-                .filter(|c| family == testkit::edge::Family::V4 || !c.v4_only)
+                .filter(|c| family == testkit::lab::edge::Family::V4 || !c.v4_only)
                 .count();
             assert_eq!(
                 ran,

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use testkit::edge::{self, FAMILIES, Report};
+use testkit::lab::edge::{self, FAMILIES, Report};
 
 fn run(test: &str, firewall: bool) -> Option<Report> {
     if !testkit::require_privileges(test) {

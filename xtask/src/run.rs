@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
-use testkit::lab::{self, CASES, MEDIA, METRICS, ROLES, SERVER_IF};
+use testkit::lab::host::{self as lab, CASES, MEDIA, METRICS, ROLES, SERVER_IF};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 

@@ -7,7 +7,6 @@
 //! eBPF toolchain exists; test code that needs portguard's library lives in
 //! `portguard-testsupport` (tests/support).
 
-pub mod edge;
 pub mod frames;
 pub mod lab;
 pub mod mountns;

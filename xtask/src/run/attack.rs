@@ -1,5 +1,5 @@
 //! `cargo xtask run -- --scenario attack`: prints the attack scenario
-//! (engine in `testkit::edge::attack`): portguard's run, and the plants
+//! (engine in `testkit::lab::edge::attack`): portguard's run, and the plants
 //! again with portguard's nftables export in its place and with no firewall,
 //! side by side. Fails when portguard lets a plant through, loses a
 //! connection or a check fails, or when the no-firewall run does not get
@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use testkit::edge::attack::{self, Firewall, Mode, PlantRow, Report};
+use testkit::lab::edge::attack::{self, Firewall, Mode, PlantRow, Report};
 
 fn run(firewall: Firewall, floods: bool, interrupted: &AtomicBool) -> Result<Report> {
     let bin = crate::portguard_bin();

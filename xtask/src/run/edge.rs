@@ -1,10 +1,10 @@
 //! `cargo xtask run -- --scenario edge`: prints the routed edge lab
-//! (engine in `testkit::edge`) and fails on any mismatch.
+//! (engine in `testkit::lab::edge`) and fails on any mismatch.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
-use testkit::edge::{self, DMZ_IF, EXT_IF, FAMILIES, Host, METRICS, PROFILES};
+use testkit::lab::edge::{self, DMZ_IF, EXT_IF, FAMILIES, Host, METRICS, PROFILES};
 
 pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     println!(

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{CASES, FAMILIES, Host, Row, Topology};
 use crate::{
-    lab::{Proto, UDP_DATAGRAMS, send_case},
+    lab::host::{Proto, UDP_DATAGRAMS, send_case},
     netns::{in_netns, thread_in},
     sockets::Counter,
 };

@@ -58,7 +58,7 @@ pub use self::{
 use super::{DMZ_HOST_IF, FAMILIES, Family, INET_IF, Legs, Topology, sysctl};
 use crate::{
     frames::Packet,
-    lab::{Daemon, check_interrupted, wait_attached},
+    lab::host::{Daemon, check_interrupted, wait_attached},
     netns::{NetNs, addr, in_netns, mac_of, spawn_in},
     ops::{Scrape, forget_iface, http_get},
     sockets::RawSender,

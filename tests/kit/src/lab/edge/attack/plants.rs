@@ -16,9 +16,9 @@ use anyhow::{Context as _, Result};
 
 use super::{Mode, PlantRow, Wire, attacker, host_server, no_profile};
 use crate::{
-    edge::{FAMILIES, Family, Host, Legs, sysctl},
     frames::{ETH_P_8021AD, ETH_P_8021Q, L4, Packet, TCP_ACK, TCP_SYN},
-    lab::Proto,
+    lab::edge::{FAMILIES, Family, Host, Legs, sysctl},
+    lab::host::Proto,
     netns::{NetNs, thread_in},
     sockets::{Capture, Counter, connect_from},
 };

@@ -38,7 +38,7 @@ pub use self::{
     traffic::MEDIA_ROWS,
 };
 use crate::{
-    lab::{Daemon, Proto, check_interrupted, spawn_live, wait_attached},
+    lab::host::{Daemon, Proto, check_interrupted, spawn_live, wait_attached},
     netns::{NetNs, addr, in_netns, ns_exec, veth_pair},
     ops::{Scrape, http_get},
 };

@@ -3,7 +3,7 @@
 
 use super::{Case, DMZ_IF, EXT_IF, Family, Host, METRICS, Side, traffic::MEDIA_ANSWERS};
 use crate::{
-    lab::{PeerResult, Proto},
+    lab::host::{PeerResult, Proto},
     ops::Scrape,
 };
 
@@ -248,7 +248,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::traffic::MEDIA_OUT;
+    use crate::lab::edge::traffic::MEDIA_OUT;
 
     fn row(proto: Proto, from: Host, to: Host, what: &'static str, allowed: bool, n: u32) -> Row {
         Row {

@@ -24,8 +24,8 @@ use super::{
     plants, progress,
 };
 use crate::{
-    edge::{FAMILIES, Family, sysctl},
-    lab::{MEDIA, METRICS, ROLES, check_interrupted},
+    lab::edge::{FAMILIES, Family, sysctl},
+    lab::host::{MEDIA, METRICS, ROLES, check_interrupted},
     netns::{NetNs, addr, in_netns, veth_pair},
 };
 

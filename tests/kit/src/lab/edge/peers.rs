@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::{FAMILIES, Family, Host, Topology};
 use crate::{
-    lab::{PeerResult, Server, client_run, last_line, start, test_certificate},
+    lab::host::{PeerResult, Server, client_run, last_line, start, test_certificate},
     netns::NetNs,
 };
 

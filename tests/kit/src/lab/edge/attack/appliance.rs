@@ -19,8 +19,8 @@ use super::{
     load_export, orphans, plants, prepare, progress,
 };
 use crate::{
-    edge::{DMZ_HOST_IF, FAMILIES, Family, Host, INET_IF, Topology, portguard_args_on},
-    lab::check_interrupted,
+    lab::edge::{DMZ_HOST_IF, FAMILIES, Family, Host, INET_IF, Topology, portguard_args_on},
+    lab::host::check_interrupted,
     netns::in_netns,
     sockets::Counter,
 };

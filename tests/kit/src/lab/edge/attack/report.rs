@@ -5,7 +5,7 @@
 use std::{fmt::Write as _, net::IpAddr, time::Duration};
 
 use super::Firewall;
-use crate::{edge::Family, lab::Proto};
+use crate::lab::{edge::Family, host::Proto};
 
 /// Where portguard ran: on the appliance's two legs, or on a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
