@@ -103,7 +103,7 @@ fn dispatch() -> Result<ExitCode> {
         Cmd::Test { args } => {
             setup::setup(setup::Needs::Everything, false)?;
             build::build()?;
-            // The package test (tests/tests/deb_install.rs) installs this
+            // The package test (tests/tests/packaging/deb_install.rs) installs this
             // package into this root. debootstrap needs root; so does the
             // test, which skips without it (and fails under CI=true).
             let deb = dist::dist()?;

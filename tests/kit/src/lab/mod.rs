@@ -3,9 +3,9 @@
 //! arrived. One engine and three scenarios over it.
 //!
 //! The engine:
-//! - [`daemon`]: portguard as a child in a namespace (its output drained,
+//! - `daemon`: portguard as a child in a namespace (its output drained,
 //!   SIGINT on drop), waiting until every leg carries the program, and a
-//!   scenario's run of it ([`daemon::Session`]: the live line, the scrape,
+//!   scenario's run of it (`Session`: the live line, the scrape,
 //!   SIGINT, the detach check);
 //! - [`send`]: the traffic: listeners that count, datagrams and connection
 //!   attempts from a namespace;

@@ -4,13 +4,14 @@
 //! and forbidden traffic over real sockets in both directions, IPv4 and IPv6,
 //! real protocol peers (sipp, coturn, curl), and portguard's per-leg counters
 //! checked against what the receivers saw. `cargo xtask run -- --scenario
-//! edge` prints it; the `lab_edge` test asserts on it.
+//! edge` prints it; the `lab` test binary's `edge::` tests assert on it.
 //!
 //! One module per concern: the addresses, cases and topology here;
-//! `traffic` (the socket cases and the media relay), `peers` (sipp,
-//! coturn, curl), `report` (what arrived, and the per-leg counter checks).
-//! [`attack`] is another scenario on the same topology: the attacks of
-//! issue 22 (`--scenario attack`, the `lab_attack` test).
+//! `traffic` (the socket cases and the media relay), `peers` (the servers
+//! and clients of sipp, coturn, curl), `report` (what arrived, and the
+//! per-leg counter checks). [`attack`] is another scenario on the same
+//! topology: the attacks of issue 22 (`--scenario attack`, the `attack::`
+//! tests).
 
 pub mod attack;
 mod peers;

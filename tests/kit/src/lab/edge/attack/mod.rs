@@ -30,7 +30,8 @@
 //! portguard's place (its own `catalog export --format nft --appliance`,
 //! with its `fib` reverse-path check), and every plant with no
 //! firewall (the lab's own check: every plant's traffic then arrives). `cargo xtask
-//! run -- --scenario attack` prints it; the `lab_attack` test asserts on it.
+//! run -- --scenario attack` prints it; the `lab` test binary's `attack::`
+//! tests assert on it.
 
 mod appliance;
 mod flood;

@@ -6,16 +6,12 @@
 //! through: the lab itself works) and with portguard's nftables export in
 //! its place.
 
-use std::sync::{Mutex, atomic::AtomicBool};
+use std::sync::atomic::AtomicBool;
 
 use testkit::lab::edge::{
     FAMILIES,
     attack::{self, Firewall, Mode, Report},
 };
-
-/// The runs flood the machine's cores, and a run beside another would
-/// measure the other: one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run(test: &str, firewall: Firewall, floods: bool) -> Option<Report> {
     if !testkit::require_privileges(test) {
@@ -24,7 +20,8 @@ fn run(test: &str, firewall: Firewall, floods: bool) -> Option<Report> {
     if firewall == Firewall::Nftables && !testkit::require_program(test, "nft", "nftables") {
         return None;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The runs flood the machine's cores: one at a time, and nothing beside.
+    let _alone = crate::ALONE.hold();
     let never = AtomicBool::new(false);
     let bin = testkit::portguard_bin();
     let report = attack::run(&attack::Options {

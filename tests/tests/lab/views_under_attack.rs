@@ -83,6 +83,7 @@ fn suggest_after_spoofed_acks_and_a_port_scan() {
     if !privileged("views: suggest under attack") {
         return;
     }
+    let _alone = crate::ALONE.hold();
     let dir = TempDir::new("vw-suggest");
     let catalog = dir.path().join("catalog.toml");
     ok(
@@ -328,6 +329,7 @@ fn sixteen_dead_followers_free_their_slots() {
     if !privileged("views: dead followers") {
         return;
     }
+    let _alone = crate::ALONE.hold();
     // The daemon looks for hang-ups once a second: two seconds and a half
     // give every dead client two looks.
     const FREED_WITHIN: Duration = Duration::from_millis(2_500);

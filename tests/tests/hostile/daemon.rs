@@ -329,6 +329,7 @@ fn metrics_stay_prompt_and_bounded_under_idle_slow_and_oversized_clients() {
     if !testkit::require_privileges("hostile: metrics under hostile clients") {
         return;
     }
+    let _alone = crate::ALONE.hold();
     let dir = TempDir::new("hostile-metrics");
     let pair = Pair::new("pghmet", 174);
     let daemon = pair.start(dir.path(), "daemon", &[]);
