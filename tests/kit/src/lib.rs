@@ -207,7 +207,7 @@ pub fn portguard_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("PORTGUARD_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let exe = std::env::current_exe().expect("current_exe");
     let bin = bin_next_to(&exe);
     assert!(
         bin.is_file(),

@@ -623,22 +623,22 @@ mod tests {
 
     #[test]
     fn connect_from_uses_the_port_it_is_given_and_again_after_a_close() {
-        let listener = TcpListener::bind(loopback()).unwrap_or_else(|e| panic!("{e}"));
-        let to = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind(loopback()).expect("a TCP listener on loopback");
+        let to = listener.local_addr().expect("the listener's address");
         // A port of our own: the one a bound socket got, freed again.
         let from = UdpSocket::bind(loopback())
             .and_then(|s| s.local_addr())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a free port on loopback");
         for _ in 0..2 {
             let conn = connect_from(from, to, Duration::from_secs(1))
                 .unwrap_or_else(|e| panic!("connect_from {from}: {e}"));
-            let (_, peer) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+            let (_, peer) = listener.accept().expect("the connection accepted");
             assert_eq!(peer, from, "the connection comes from the chosen port");
             drop(conn);
         }
         let closed = UdpSocket::bind(loopback())
             .and_then(|s| s.local_addr())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a free port on loopback");
         let err = connect_from(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             closed,
@@ -670,11 +670,11 @@ mod tests {
         let qinq = Packet::tcp("2001:db8:1::2", "2001:db8:2::10", 5061, 22)
             .vlan(ETH_P_8021AD, 100)
             .vlan(ETH_P_8021Q, 200);
-        let seen = Seen::parse(&qinq.build()).unwrap_or_else(|| panic!("QinQ not read"));
+        let seen = Seen::parse(&qinq.build()).expect("QinQ not read");
         assert_eq!((seen.proto, seen.sport, seen.dport), (6, 5061, 22));
         let mut later = Packet::udp("198.18.1.2", "198.18.2.12", 1, 3478).payload(8);
         later.ipv4_frag = Some((100, false, 7));
-        let seen = Seen::parse(&later.build()).unwrap_or_else(|| panic!("fragment not read"));
+        let seen = Seen::parse(&later.build()).expect("fragment not read");
         assert_eq!(
             (seen.sport, seen.dport),
             (0, 0),
@@ -695,13 +695,14 @@ mod tests {
 
     #[test]
     fn tcp_counter_counts_connections_that_carried_data() {
-        let c = Counter::tcp(loopback()).unwrap_or_else(|e| panic!("{e}"));
+        let c = Counter::tcp(loopback()).expect("a TCP counter on loopback");
         {
-            let mut s = TcpStream::connect(c.local_addr()).unwrap_or_else(|e| panic!("{e}"));
-            s.write_all(b"one\ntwo\n").unwrap_or_else(|e| panic!("{e}"));
+            let mut s = TcpStream::connect(c.local_addr()).expect("a connection to the counter");
+            s.write_all(b"one\ntwo\n")
+                .expect("two lines to the counter");
         }
         // A connection that sends nothing is not counted.
-        drop(TcpStream::connect(c.local_addr()).unwrap_or_else(|e| panic!("{e}")));
+        drop(TcpStream::connect(c.local_addr()).expect("a second connection to the counter"));
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while c.counts().count < 1 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

@@ -948,8 +948,7 @@ fn a_full_disk_leaves_the_previous_state_file_and_no_temporary_one() {
         leftovers.is_empty(),
         "a failed store left {leftovers:?} behind"
     );
-    let back =
-        state::load(&path).unwrap_or_else(|e| panic!("the previous state is unreadable: {e}"));
+    let back = state::load(&path).expect("the previous state is unreadable");
     assert_eq!(
         back.pid, 1,
         "the previous state was replaced by a failed store"

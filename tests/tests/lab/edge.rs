@@ -30,7 +30,7 @@ fn run(test: &str, firewall: bool) -> Option<Report> {
         peers: true,
         live: false,
     })
-    .unwrap_or_else(|e| panic!("the edge lab did not run: {e:#}"));
+    .expect("the edge lab did not run");
     Some(report)
 }
 

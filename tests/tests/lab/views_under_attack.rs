@@ -36,11 +36,11 @@ impl Frames {
     fn new(pair: &Pair) -> Frames {
         Frames {
             sender: testkit::sockets::RawSender::new(&pair.client, &pair.client_if)
-                .unwrap_or_else(|e| panic!("{e:#}")),
+                .expect("a raw sender on the client's interface"),
             client_mac: testkit::netns::mac_of(&pair.client, &pair.client_if)
-                .unwrap_or_else(|e| panic!("{e:#}")),
+                .expect("the client interface's MAC"),
             server_mac: testkit::netns::mac_of(&pair.server, &pair.server_if)
-                .unwrap_or_else(|e| panic!("{e:#}")),
+                .expect("the server interface's MAC"),
         }
     }
 
@@ -48,9 +48,7 @@ impl Frames {
         let mut p = p;
         p.src_mac = self.client_mac;
         p.dst_mac = self.server_mac;
-        self.sender
-            .send(&p.build())
-            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        self.sender.send(&p.build()).expect("sending a raw frame");
     }
 }
 

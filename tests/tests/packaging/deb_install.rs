@@ -163,14 +163,14 @@ fn the_package_installs_runs_and_purges_on_a_clean_debian_12() {
     let _alone = crate::ALONE.hold();
     let scratch = Scratch::new("debroot");
     let root = scratch.0.join("root");
-    fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
+    fs::create_dir_all(&root).expect("the scratch root's directory");
     let out = Command::new("tar")
         .args(["--zstd", "--numeric-owner", "-xpf"])
         .arg(&rootfs)
         .arg("-C")
         .arg(&root)
         .output()
-        .unwrap_or_else(|e| panic!("tar: {e}"));
+        .expect("tar");
     assert!(
         out.status.success(),
         "unpacking {}: {}",
@@ -230,7 +230,7 @@ fn the_package_installs_runs_and_purges_on_a_clean_debian_12() {
     let built = Command::new(testkit::portguard_bin())
         .arg("--version")
         .output()
-        .unwrap_or_else(|e| panic!("the built portguard --version: {e}"));
+        .expect("the built portguard --version");
     // The same version and commit. The eBPF objects differ by design: the
     // tests' build carries the trace (test-hooks), the package's does not
     // (`xtask dist` checks the shipped object has no TRACE map).

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use super::{METRICS, check_interrupted};
 use crate::netns::{NetNs, in_netns, thread_in};
@@ -23,7 +23,7 @@ use crate::netns::{NetNs, in_netns, thread_in};
 /// The counters of the portguard in `ns`, read from inside it.
 pub(crate) fn scrape(ns: &NetNs) -> Result<Scrape> {
     let text = in_netns(ns, || http_get(METRICS, "/metrics"))?.map_err(anyhow::Error::msg)?;
-    Ok(Scrape::parse(&text))
+    Scrape::try_parse(&text)
 }
 
 /// Polls until the endpoint in `ns` answers (it does once the daemon has
@@ -161,16 +161,23 @@ pub struct Scrape {
 }
 
 impl Scrape {
-    pub fn parse(text: &str) -> Scrape {
+    /// The exposition in `text`; a sample line that does not parse is an
+    /// error that quotes it.
+    pub fn try_parse(text: &str) -> Result<Scrape> {
         let samples = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| parse_sample(l).unwrap_or_else(|| panic!("unparsable sample line {l:?}")))
-            .collect();
-        Scrape {
+            .map(|l| parse_sample(l).with_context(|| format!("unparsable sample line {l:?}")))
+            .collect::<Result<_>>()?;
+        Ok(Scrape {
             text: text.to_string(),
             samples,
-        }
+        })
+    }
+
+    /// [`Scrape::try_parse`] for a test: a line that does not parse fails it.
+    pub fn parse(text: &str) -> Scrape {
+        Scrape::try_parse(text).expect("an exposition whose every sample parses")
     }
 
     /// Sum of the samples of `name` whose labels all match `labels`
@@ -294,13 +301,12 @@ mod tests {
         let s = parse_sample(
             r#"portguard_packets_total{iface="x0",role="front-end",service="A, B {c} \"d\"",proto="udp",verdict="pass"} 42"#,
         )
-        .unwrap_or_else(|| panic!("no parse"));
+        .expect("no parse");
         assert_eq!(s.name, "portguard_packets_total");
         assert_eq!(s.label("service"), r#"A, B {c} "d""#);
         assert_eq!(s.label("verdict"), "pass");
         assert_eq!(s.value, 42.0);
-        let g =
-            parse_sample("portguard_catalog_generation 7").unwrap_or_else(|| panic!("no parse"));
+        let g = parse_sample("portguard_catalog_generation 7").expect("no parse");
         assert!(g.labels.is_empty());
         assert_eq!(g.value, 7.0);
         assert_eq!(parse_sample("garbage"), None);

@@ -78,5 +78,5 @@ pub fn repo_root() -> PathBuf {
         .ancestors()
         .nth(2)
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| panic!("tests/kit has no grandparent"))
+        .expect("tests/kit has no grandparent")
 }
