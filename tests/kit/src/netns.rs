@@ -16,7 +16,7 @@ use std::{
     fs::File,
     io,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -171,6 +171,20 @@ pub fn thread_in<T: Send + 'static>(
         }
         Ok(f())
     }))
+}
+
+/// Sets `net.*` sysctls of `ns` by writing /proc/sys from a thread inside
+/// it (those files belong to the network namespace of the thread that
+/// opens them; no `sysctl` binary needed).
+pub fn sysctl(ns: &NetNs, settings: &[(&str, &str)]) -> Result<()> {
+    in_netns(ns, || -> Result<()> {
+        for (key, value) in settings {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value)
+                .with_context(|| format!("setting {key}={value} in {}", ns.name()))?;
+        }
+        Ok(())
+    })?
 }
 
 /// The MAC address of an interface in a namespace.

@@ -24,7 +24,7 @@ use std::{
     sync::atomic::AtomicBool,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use self::{
     peers::run_peers,
@@ -35,7 +35,7 @@ pub use self::{
     traffic::MEDIA_ROWS,
 };
 use super::{METRICS, Proto, check_interrupted, daemon::Session};
-use crate::netns::{NetNs, addr, in_netns, veth_pair};
+use crate::netns::{NetNs, addr, sysctl, veth_pair};
 
 /// The appliance's internet-side leg.
 pub const EXT_IF: &str = "pgext0";
@@ -395,20 +395,6 @@ impl Topology {
             Side::Dmz => &self.dmz,
         }
     }
-}
-
-/// Sets `net.*` sysctls of `ns` by writing /proc/sys from a thread inside
-/// it (those files belong to the network namespace of the thread that
-/// opens them; no `sysctl` binary needed).
-fn sysctl(ns: &NetNs, settings: &[(&str, &str)]) -> Result<()> {
-    in_netns(ns, || -> Result<()> {
-        for (key, value) in settings {
-            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-            std::fs::write(&path, value)
-                .with_context(|| format!("setting {key}={value} in {}", ns.name()))?;
-        }
-        Ok(())
-    })?
 }
 
 fn cidr(host: Host, family: Family, len: u8) -> String {

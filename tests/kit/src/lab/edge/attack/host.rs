@@ -24,9 +24,9 @@ use super::{
     plants, progress,
 };
 use crate::{
-    lab::edge::{FAMILIES, Family, sysctl},
+    lab::edge::{FAMILIES, Family},
     lab::{MEDIA, METRICS, ROLES, check_interrupted},
-    netns::{NetNs, addr, in_netns, veth_pair},
+    netns::{NetNs, addr, in_netns, sysctl, veth_pair},
 };
 
 /// The host's interface (it names the instance) and its peer's.

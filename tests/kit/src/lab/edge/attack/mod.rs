@@ -56,7 +56,7 @@ pub use self::{
     plants::{Case as PlantCase, Shape, Target},
     report::{ConnRow, FloodRow, FlowStats, FragmentRow, Mode, PlantRow, Report, TableFill},
 };
-use super::{DMZ_HOST_IF, FAMILIES, Family, INET_IF, Legs, Topology, sysctl};
+use super::{DMZ_HOST_IF, FAMILIES, Family, INET_IF, Legs, Topology};
 use crate::{
     frames::Packet,
     lab::{
@@ -64,7 +64,7 @@ use crate::{
         daemon::{Daemon, detached},
         metrics::{self, Scrape},
     },
-    netns::{NetNs, addr, mac_of, spawn_in},
+    netns::{NetNs, addr, mac_of, spawn_in, sysctl},
     ops::forget_iface,
     sockets::RawSender,
 };

@@ -17,12 +17,12 @@ use anyhow::Result;
 use super::{Mode, PlantRow, Wire, attacker, host_server, no_profile};
 use crate::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, L4, Packet, TCP_ACK, TCP_SYN},
-    lab::edge::{FAMILIES, Family, Host, Legs, sysctl},
+    lab::edge::{FAMILIES, Family, Host, Legs},
     lab::{
         Proto,
         send::{datagrams, listen},
     },
-    netns::{NetNs, thread_in},
+    netns::{NetNs, sysctl, thread_in},
     sockets::{Capture, Counter, connect_from},
 };
 
