@@ -40,6 +40,8 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_CONFIG: &str = "EVENT_CONFIG";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    /// The address sets of the rules that name one (`PeerAddr`), both generations.
+    pub const PEERS: &str = "PEERS";
     /// Per-CPU caches, not pinned: a new program starts them empty.
     pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
     pub const RECENT_ANSWERS: &str = "RECENT_ANSWERS";
@@ -66,7 +68,7 @@ pub mod map_names {
         MEDIA_SCRATCH,
     ];
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         CONFIG,
         PORT_BLOCKS,
         COUNTERS,
@@ -84,6 +86,7 @@ pub mod map_names {
         EVENT_BUDGET,
         REFLECTION_PORTS,
         MEDIA_INDEX,
+        PEERS,
     ];
 }
 
@@ -181,6 +184,47 @@ pub struct PortBlock {
 
 /// Rule slots 1..MAX_RULE_SLOTS index `COUNTERS` directly; slot 0 is "no rule".
 pub const MAX_RULE_SLOTS: u32 = 16_384;
+
+/// A `PortBlock` slot with this bit set is a rule that names address sets
+/// (`peers`): the packet passes by it only if its remote side is in
+/// `PEERS` under the rule's slot. Slots are below `MAX_RULE_SLOTS` (14
+/// bits), so neither this bit nor the media bit (`media::MEDIA_SLOT_FLAG`,
+/// bit 15) collides with one; the rule's counter is the slot without them.
+/// Rules without sets keep the plain slot, and their packets never touch
+/// `PEERS`.
+pub const SLOT_PEERS: u16 = 1 << 14;
+/// The rule slot (its counter) of a `PortBlock` slot value, without the
+/// peers and media bits.
+pub const SLOT_MASK: u16 = (1 << 14) - 1;
+const _: () = assert!(
+    MAX_RULE_SLOTS == SLOT_MASK as u32 + 1,
+    "rule slots fill the bits below SLOT_PEERS and the media bit"
+);
+
+/// Prefixes `PEERS` holds: each prefix of a rule's sets once per rule slot
+/// and generation (both generations are present while a reload runs).
+pub const PEER_ENTRIES: u32 = 65_536;
+
+/// The data of a `PEERS` LPM trie key (after the kernel's prefix length):
+/// the rule (`scope` = generation << 16 | slot, big-endian, always matched
+/// in full) then the peer address (IPv4 mapped, as in `PROFILES`). The
+/// prefix length counts the 32 bits of `scope`: a set's IPv4 /24 is
+/// 32 + 96 + 24. One trie serves both families, like `PROFILES` and `MGMT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PeerAddr {
+    pub scope: [u8; 4],
+    pub addr: Addr,
+}
+
+/// Bits of `PeerAddr::scope` in a `PEERS` key's prefix length.
+pub const PEER_SCOPE_BITS: u32 = 32;
+
+/// `PeerAddr::scope` of a rule slot in a generation.
+#[inline(always)]
+pub const fn peer_scope(generation: u32, slot: u16) -> [u8; 4] {
+    ((generation << 16) | (slot & SLOT_MASK) as u32).to_be_bytes()
+}
 
 /// Most ports one management prefix allows.
 pub const MGMT_PORTS: usize = 8;
@@ -604,15 +648,18 @@ pub enum Reason {
     ProtoNotAllowed = 14,
     IcmpType = 15,
     NoProfile = 16,
+    /// A rule names the port, but the packet's remote side is not in the
+    /// rule's address sets (`peers`), and nothing else passed it.
+    PeerNotAllowed = 17,
     // Media rules' refusals (docs/packet-policy.md, "Media payload"). They
     // are counted per media rule (`media_counter_index`), not in the reason
     // entries, which stay zero for them.
-    NotMedia = 17,
-    Reflection = 18,
-    RateLimited = 19,
+    NotMedia = 18,
+    Reflection = 19,
+    RateLimited = 20,
 }
 
-pub const REASON_COUNT: u32 = 20;
+pub const REASON_COUNT: u32 = 21;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -633,6 +680,7 @@ impl Reason {
         Reason::ProtoNotAllowed,
         Reason::IcmpType,
         Reason::NoProfile,
+        Reason::PeerNotAllowed,
         Reason::NotMedia,
         Reason::Reflection,
         Reason::RateLimited,
@@ -658,6 +706,7 @@ impl Reason {
             Reason::ProtoNotAllowed => "proto_not_allowed",
             Reason::IcmpType => "icmp_type",
             Reason::NoProfile => "no_profile",
+            Reason::PeerNotAllowed => "peer_not_allowed",
             Reason::NotMedia => "not_media",
             Reason::Reflection => "reflection",
             Reason::RateLimited => "rate_limited",
@@ -901,6 +950,7 @@ mod user {
     unsafe impl aya::Pod for SelCacheEntry {}
     unsafe impl aya::Pod for media::StunBucket {}
     unsafe impl aya::Pod for media::MediaScratch {}
+    unsafe impl aya::Pod for PeerAddr {}
 }
 
 #[cfg(test)]

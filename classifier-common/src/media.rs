@@ -208,8 +208,8 @@ pub const MAX_MEDIA_RULES: u32 = 64;
 /// low bits are its rule slot as for any rule (rule slots stay under
 /// `MAX_RULE_SLOTS`, 2^14), which counts its passes.
 pub const MEDIA_SLOT_FLAG: u16 = 1 << 15;
-/// The rule slot of a slot value.
-pub const MEDIA_INDEX_MASK: u16 = MEDIA_SLOT_FLAG - 1;
+/// The rule slot of a slot value (without the media and peers bits).
+pub const MEDIA_INDEX_MASK: u16 = crate::SLOT_MASK;
 
 /// What the XDP program hands the media program with the tail call (the
 /// per-CPU `MEDIA_SCRATCH`): where the headers are and what the rule is.

@@ -6,9 +6,10 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use classifier_common::{
     Addr, Config, DIR_INBOUND, DIR_OUTBOUND, FLAG_APPLIANCE, FLAG_DROP_ECHO, FLAG_DROP_IPSEC_MEDIA,
     FLAG_MONITOR, FlowKey, FragKey, FragVerdict, GenConfig, PCLASS_ICMP, PCLASS_OTHER, PCLASS_TCP,
-    PCLASS_UDP, PROFILE_NONE, PROTO_TCP, PROTO_UDP, Reason, SEL_CACHE_SLOTS, SHARE_FRAGMENTS,
-    STAT_CONFIRMED_REFUSED, STAT_FRAGMENT_INSERTS, STAT_FRAGMENT_REFUSED, SelCacheEntry, ShareKey,
-    Verdict, essentials, fast_block_generation, fast_block_index,
+    PCLASS_UDP, PEER_SCOPE_BITS, PROFILE_NONE, PROTO_TCP, PROTO_UDP, PeerAddr, Reason,
+    SEL_CACHE_SLOTS, SHARE_FRAGMENTS, SLOT_MASK, SLOT_PEERS, STAT_CONFIRMED_REFUSED,
+    STAT_FRAGMENT_INSERTS, STAT_FRAGMENT_REFUSED, SelCacheEntry, ShareKey, Verdict, essentials,
+    fast_block_generation, fast_block_index,
     media::{MEDIA_INDEX_MASK, MEDIA_SLOT_FLAG},
     port_block_index, reason_counter_index,
 };
@@ -16,7 +17,7 @@ use classifier_common::{
 use crate::{
     events::{self, Hook},
     flows::{self, Answer, local_port_has_flows},
-    maps::{FRAGMENTS, MGMT, PORT_BLOCKS, PROFILES, SEL_CACHE},
+    maps::{FRAGMENTS, MGMT, PEERS, PORT_BLOCKS, PROFILES, SEL_CACHE},
     media::{self, Handoff},
     parse::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Frame, IPPROTO_ICMP,
@@ -129,6 +130,10 @@ pub(crate) fn fast_path(ctx: &XdpContext, config: &Config) -> Option<Outcome> {
     }
     let slot = port_slot(fast_block_index(base, proto, dport), dport);
     if slot != 0 {
+        // A rule with address sets needs the source address: the full path.
+        if slot & SLOT_PEERS != 0 {
+            return not_fast();
+        }
         // A media rule's datagram that is not plainly media goes to the
         // media program, which decides and counts it; this path goes on
         // only if that tail call fails (no media program: the loader
@@ -574,21 +579,41 @@ pub(crate) fn decide_ports(
         return pass(Reason::Dhcp, pclass);
     }
     let appliance = config.flags & FLAG_APPLIANCE != 0;
+    // Read once: a rule's slot and its address sets must come from the
+    // same generation, whichever a reload flips to meanwhile.
+    let generation = config.generation & 1;
 
+    // A rule whose address sets (`peers`) leave the peer out does not
+    // match: the packet goes on as if there were no rule, and if nothing
+    // else passes it, it is dropped as `peer_not_allowed`. `refused` says
+    // so through a volatile stack slot and arithmetic, never a branch: the
+    // verifier then treats its two values as one state (an imprecise
+    // scalar), where a flag LLVM could branch on doubled the states of the
+    // whole rest of the decision past the verifier's limit.
+    let mut refused: u32 = 0;
     let dst = dst_sel(frame, l3, config);
     if dst.profile != PROFILE_NONE {
-        let slot = rule_slot(dst.profile, config, DIR_INBOUND, proto, dport);
+        let slot = port_slot(
+            port_block_index(dst.profile, generation, DIR_INBOUND, proto, dport),
+            dport,
+        );
+        // Inbound: the peer is the source.
         if slot != 0 {
-            // A media rule's datagram: the media program decides it (here
-            // every one: the check in line would multiply the paths the
-            // verifier walks through this decision past its limit).
-            if slot & MEDIA_SLOT_FLAG != 0 {
-                media::hand_off(frame.ctx, &media_handoff(l3, config, leg, slot, true));
+            if slot & SLOT_PEERS == 0 || peer_in(generation, slot, &l3.src(frame)) {
+                // A media rule's datagram: the media program decides it
+                // (here every one: the check in line would multiply the
+                // paths the verifier walks through this decision past its
+                // limit).
+                if slot & MEDIA_SLOT_FLAG != 0 {
+                    media::hand_off(frame.ctx, &media_handoff(l3, config, leg, slot, true));
+                }
+                return Outcome {
+                    counter: (slot & SLOT_MASK) as u32,
+                    pass: true,
+                };
             }
-            return Outcome {
-                counter: (slot & MEDIA_INDEX_MASK) as u32,
-                pass: true,
-            };
+            // SAFETY: a plain write to a local.
+            unsafe { core::ptr::write_volatile(&mut refused, 1) };
         }
     }
     // Appliance mode: a packet from a profile's address meets that profile's
@@ -598,25 +623,40 @@ pub(crate) fn decide_ports(
     // pay for the lookup.
     let mut src_profile = PROFILE_NONE;
     if appliance {
-        let generation = (config.generation & 1) as usize;
-        let outbound = config.gens[generation].outbound_profiles;
+        let outbound = config.gens[generation as usize].outbound_profiles;
         if outbound != 0 {
-            let epoch = config.gens[generation].sel_epoch;
-            let src = lookup_sel(&l3.src(frame), generation, epoch, CacheHalf::Source);
+            let epoch = config.gens[generation as usize].sel_epoch;
+            let src = lookup_sel(
+                &l3.src(frame),
+                generation as usize,
+                epoch,
+                CacheHalf::Source,
+            );
             src_profile = src.profile;
             if src_profile < 32 && outbound & (1 << src_profile) != 0 && src.leg == leg + 1 {
-                let slot = rule_slot(src_profile, config, DIR_OUTBOUND, proto, dport);
+                let slot = port_slot(
+                    port_block_index(src_profile, generation, DIR_OUTBOUND, proto, dport),
+                    dport,
+                );
+                // Outbound: the peer is the destination.
                 if slot != 0 {
-                    // The profile's own media: checked, but its STUN
-                    // requests (it is the ICE agent or the relay) take no
-                    // budget.
-                    if slot & MEDIA_SLOT_FLAG != 0 {
-                        media::hand_off(frame.ctx, &media_handoff(l3, config, leg, slot, false));
+                    if slot & SLOT_PEERS == 0 || peer_in(generation, slot, &l3.dst(frame)) {
+                        // The profile's own media: checked, but its STUN
+                        // requests (it is the ICE agent or the relay) take
+                        // no budget.
+                        if slot & MEDIA_SLOT_FLAG != 0 {
+                            media::hand_off(
+                                frame.ctx,
+                                &media_handoff(l3, config, leg, slot, false),
+                            );
+                        }
+                        return Outcome {
+                            counter: (slot & SLOT_MASK) as u32,
+                            pass: true,
+                        };
                     }
-                    return Outcome {
-                        counter: (slot & MEDIA_INDEX_MASK) as u32,
-                        pass: true,
-                    };
+                    // SAFETY: a plain write to a local.
+                    unsafe { core::ptr::write_volatile(&mut refused, 1) };
                 }
             }
         }
@@ -676,7 +716,55 @@ pub(crate) fn decide_ports(
     if proto == PROTO_UDP && essentials::ike_port(dport) && is_media_profile(dst.profile, config) {
         return ipsec(config, pclass);
     }
-    deny(Reason::PortNotAllowed, pclass, config)
+    // SAFETY: a plain read of a local.
+    let refused = unsafe { core::ptr::read_volatile(&refused) };
+    deny_index(
+        Reason::PortNotAllowed as u32
+            + refused * (Reason::PeerNotAllowed as u32 - Reason::PortNotAllowed as u32),
+        pclass,
+        config,
+    )
+}
+
+/// [`deny`] of a reason given as its number.
+#[inline(always)]
+pub(crate) fn deny_index(reason: u32, pclass: u32, config: &Config) -> Outcome {
+    if config.flags & FLAG_MONITOR != 0 {
+        Outcome {
+            counter: reason_counter_index(reason, Verdict::WouldDrop as u32, pclass),
+            pass: true,
+        }
+    } else {
+        Outcome {
+            counter: reason_counter_index(reason, Verdict::Drop as u32, pclass),
+            pass: false,
+        }
+    }
+}
+
+/// Whether `addr` is in the address sets of the rule at `slot` (one with
+/// `SLOT_PEERS`) in `generation`: one `PEERS` lookup, whose longest match
+/// says yes (1) or no (0).
+#[inline(always)]
+pub(crate) fn peer_in(generation: u32, slot: u16, addr: &Addr) -> bool {
+    let key = AlignedPeerKey {
+        key: Key::new(
+            PEER_SCOPE_BITS + 128,
+            PeerAddr {
+                scope: classifier_common::peer_scope(generation, slot),
+                addr: *addr,
+            },
+        ),
+    };
+    // 0: a range carved out of a shorter admitted prefix (the IPv4-mapped
+    // range under an IPv6 `::/0`).
+    PEERS.get(&key.key).is_some_and(|admitted| *admitted != 0)
+}
+
+/// A `PEERS` key whose address (at offset 8) is 8-byte aligned on the stack.
+#[repr(C, align(8))]
+pub(crate) struct AlignedPeerKey {
+    pub(crate) key: Key<PeerAddr>,
 }
 
 /// The media program's inputs for a frame the full parser read.

@@ -461,10 +461,12 @@ pub(crate) fn record_flow(ctx: &TcContext) {
 
 /// Whether a rule with slot value `slot` lets every answer in: any rule but
 /// a media rule, which lets in only media (an answer to a flow the host
-/// sent from a media port, a DNS answer say, needs the flow recorded).
+/// sent from a media port, a DNS answer say, needs the flow recorded), and
+/// one with address sets, which lets in only its peers (an answer may come
+/// from outside them).
 #[inline(always)]
 fn answered_by_rule(slot: u16) -> bool {
-    slot != 0 && slot & MEDIA_SLOT_FLAG == 0
+    slot != 0 && slot & (MEDIA_SLOT_FLAG | classifier_common::SLOT_PEERS) == 0
 }
 
 /// The leaving packet's answer, unless a catalog rule lets that answer in

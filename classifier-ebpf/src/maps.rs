@@ -1,5 +1,5 @@
 //! Every map of the programs: the policy (`CONFIG`, `PORT_BLOCKS`,
-//! `PROFILES`, `MGMT`), the counters, the flow and fragment state, the
+//! `PROFILES`, `MGMT`, `PEERS`), the counters, the flow and fragment state, the
 //! per-CPU caches, and the packet events. The daemon pins all but the
 //! per-CPU caches (`classifier_common::map_names`).
 
@@ -11,8 +11,8 @@ use classifier_common::{
     Addr, COUNTER_MAP_ENTRIES, Config, Counter, EVENT_RING_BYTES, EventBudget, EventConfig,
     FLOW_ENTRIES, FLOW_NEW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FLOW_SHARE_ENTRIES,
     FLOW_STAT_ENTRIES, FRAGMENT_ENTRIES, FlowKey, FlowState, FragKey, FragVerdict, LPM_ENTRIES,
-    MAX_RULE_SLOTS, MgmtPorts, PORT_BLOCK_ENTRIES, PortBlock, ProfileSel, RECENT_FLOW_SLOTS,
-    RecentFlow, SEL_CACHE_SLOTS, SelCacheEntry, Share, ShareKey,
+    MAX_RULE_SLOTS, MgmtPorts, PEER_ENTRIES, PORT_BLOCK_ENTRIES, PeerAddr, PortBlock, ProfileSel,
+    RECENT_FLOW_SLOTS, RecentFlow, SEL_CACHE_SLOTS, SelCacheEntry, Share, ShareKey,
     media::{MediaScratch, REFLECTION_ENTRIES_PER_GEN, STUN_BUDGET_ENTRIES, StunBucket},
 };
 
@@ -31,6 +31,12 @@ pub(crate) static PROFILES: LpmTrie<Addr, ProfileSel> = LpmTrie::with_max_entrie
 
 #[map]
 pub(crate) static MGMT: LpmTrie<Addr, MgmtPorts> = LpmTrie::with_max_entries(LPM_ENTRIES, 0);
+
+/// The address sets of the rules that name one: (generation, rule slot,
+/// prefix) → 1 (admitted) or 0 (carved out of a shorter admitted prefix).
+/// Looked up only for a port whose slot has `SLOT_PEERS`.
+#[map]
+pub(crate) static PEERS: LpmTrie<PeerAddr, u32> = LpmTrie::with_max_entries(PEER_ENTRIES, 0);
 
 /// Tests only (feature `trace`): the counter index of the last packet.
 #[cfg(feature = "trace")]

@@ -25,7 +25,7 @@ pub use self::{
     compile::{CompiledPolicy, CompiledProfile, RuleKey, SlotRegistry, compile},
     resolve::{ProfilePrefix, Resolved, ResolvedProfile, resolve},
 };
-use crate::catalog::CatalogError;
+use crate::catalog::{AddressesArg, CatalogError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -296,6 +296,9 @@ pub struct PolicySpec {
     /// packets that arrive on that leg; a prefix missing here sits behind
     /// no leg, and its outbound rows apply nowhere.
     pub profile_legs: BTreeMap<Prefix, u32>,
+    /// `--addresses ID=CIDR,...`: these sets' contents replace the
+    /// catalog's, for this run and every reload of it.
+    pub addresses: Vec<AddressesArg>,
 }
 
 /// Parses `A-B` for `--client-media-ports`.
@@ -353,3 +356,7 @@ mod tests {
         assert!(parse_port_range("x").is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "policy_peers_tests.rs"]
+mod peers_tests;

@@ -193,11 +193,10 @@ fn arg_text(arg: &Arg) -> String {
     cell(&text)
 }
 
-fn command_section(cmd: &Command, depth: usize, out: &mut String) {
-    let name = cmd
-        .get_display_name()
-        .unwrap_or(cmd.get_name())
-        .replace('-', " ");
+/// `name` is the command as typed (`portguard catalog import-endpoints`):
+/// built from the names on the way down, since a display name joins them
+/// with the same `-` a subcommand's own name may hold.
+fn command_section(cmd: &Command, name: &str, depth: usize, out: &mut String) {
     let _ = writeln!(out, "{} `{name}`\n", "#".repeat(depth + 1));
     if let Some(about) = cmd.get_long_about().or_else(|| cmd.get_about()) {
         let _ = writeln!(out, "{about}\n");
@@ -223,17 +222,15 @@ fn command_section(cmd: &Command, depth: usize, out: &mut String) {
         for sub in &subs {
             let _ = writeln!(
                 out,
-                "| `{}` | {} |",
-                sub.get_display_name()
-                    .unwrap_or(sub.get_name())
-                    .replace('-', " "),
+                "| `{name} {}` | {} |",
+                sub.get_name(),
                 cell(&sub.get_about().map(|a| a.to_string()).unwrap_or_default())
             );
         }
         out.push('\n');
     }
     for sub in subs {
-        command_section(sub, depth + 1, out);
+        command_section(sub, &format!("{name} {}", sub.get_name()), depth + 1, out);
     }
 }
 
@@ -250,7 +247,8 @@ pub fn cli_markdown() -> String {
          The same text is in the man pages (`man portguard`, `man portguard-run`, …) \
          that the Debian package installs.\n\n",
     );
-    command_section(&command(), 1, &mut out);
+    let cmd = command();
+    command_section(&cmd, cmd.get_name(), 1, &mut out);
     while out.ends_with("\n\n") {
         out.pop();
     }

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use portguard::{
-    catalog::Edition,
+    catalog::{AddressesArg, Edition},
     policy::{Mgmt, ProfileArg},
 };
 
@@ -108,6 +108,12 @@ pub struct RunArgs {
     /// Skype for Business Server 2015), at least 20 ports.
     #[arg(long, value_name = "START-END", value_parser = parse_range)]
     pub client_media_ports: Option<(u16, u16)>,
+    /// Replace the contents of the catalog's address set ID for this run
+    /// (and every reload of it): rules naming it in `peers` pass only peers
+    /// in these prefixes, IPv4 or IPv6. `ID=` empties the set, closing its
+    /// rules. Repeat for several sets.
+    #[arg(long, value_name = "ID=CIDR[,CIDR...]")]
+    pub addresses: Vec<AddressesArg>,
     /// Management allowance: TCP to PORT (default 22) from CIDR always passes,
     /// whatever the catalog says. It adds to the default (SSH from anywhere),
     /// which stays unless --no-default-mgmt.
@@ -223,7 +229,7 @@ pub enum CatalogCommand {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: ShowFormat,
-        /// Which table: the port rules or the IPsec exceptions.
+        /// Which table: the port rules, the IPsec exceptions or the address sets.
         #[arg(long, value_enum, default_value = "rules")]
         table: ShowTable,
         /// Catalog file instead of the embedded default.
@@ -233,6 +239,9 @@ pub enum CatalogCommand {
         /// (also Subscription Edition: 2015 without XMPP and Persistent Chat).
         #[arg(long, value_name = "EDITION", default_value = "2015", value_parser = parse_edition, conflicts_with = "catalog")]
         edition: Edition,
+        /// Replace an address set's contents, as `run --addresses`.
+        #[arg(long, value_name = "ID=CIDR[,CIDR...]")]
+        addresses: Vec<AddressesArg>,
     },
     /// The same policy in another firewall's language.
     Export {
@@ -268,6 +277,9 @@ pub enum CatalogCommand {
         /// profiles, --role is the default profile, none when absent.
         #[arg(long, value_name = "CIDR=ROLE[,ROLE]")]
         profile: Vec<ProfileArg>,
+        /// Replace an address set's contents, as `run --addresses`.
+        #[arg(long, value_name = "ID=CIDR[,CIDR...]")]
+        addresses: Vec<AddressesArg>,
     },
     /// What differs between two catalogs, row by row: roles and rules added,
     /// removed or changed. Exit 0 whether or not they differ.
@@ -279,6 +291,23 @@ pub enum CatalogCommand {
         /// The catalog compared with A, written as A is.
         #[arg(value_name = "B")]
         b: String,
+    },
+    /// Microsoft 365's endpoints JSON (a saved copy of
+    /// https://endpoints.office.com/endpoints/worldwide) as the
+    /// `microsoft-365` address set, printed as a catalog's TOML.
+    ImportEndpoints {
+        /// The saved JSON.
+        file: PathBuf,
+        /// Take the IP ranges of this service area.
+        #[arg(long, default_value = "Skype", value_name = "AREA")]
+        service_area: String,
+        /// The id of the address set printed.
+        #[arg(long, default_value = "microsoft-365", value_name = "ID")]
+        id: String,
+        /// The list's version, for the set's note (the JSON carries none:
+        /// https://endpoints.office.com/version/worldwide gives it).
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
     },
 }
 

@@ -40,7 +40,7 @@ fn check_of_the_default_catalog_succeeds_with_warnings() {
     let out = portguard(&["catalog", "check", path.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains(": ok: 26 roles"), "summary: {stdout}");
+    assert!(stdout.contains(": ok: 30 roles"), "summary: {stdout}");
     let c = Catalog::embedded();
     let outbound = c
         .rules
@@ -214,8 +214,9 @@ fn show_json_lists_every_perimeter_rule_with_its_direction() {
         }
     }
     assert_eq!(
-        perimeter, 44,
-        "the perimeter rules (each names one protocol, so one object each)"
+        perimeter,
+        44 + 10,
+        "the perimeter rules and the 10 hybrid rules (each names one protocol, so one object each)"
     );
 }
 
@@ -517,7 +518,7 @@ fn the_2019_edition_on_every_catalog_command() {
     let out = portguard(&["catalog", "check", "--edition", "2019"]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).starts_with("catalog/sfb2019.toml (embedded): ok: 25 roles,"),
+        text(&out.stdout).starts_with("catalog/sfb2019.toml (embedded): ok: 29 roles,"),
         "{}",
         text(&out.stdout)
     );
@@ -601,7 +602,7 @@ fn diff_of_the_editions_lists_the_removed_rows_and_exits_0() {
     for line in [
         "role persistent-chat: removed (持久聊天前端服务器, table server, includes all-servers)",
         "role lb-edge-external:",
-        "roles: 1 removed, 0 added, 0 changed; rules: 8 removed, 0 added, 0 changed; IPsec exceptions: 0 differ",
+        "roles: 1 removed, 0 added, 0 changed; rules: 8 removed, 0 added, 0 changed; address sets: 0 differ; IPsec exceptions: 0 differ",
     ] {
         assert!(
             stdout.lines().any(|l| l == line),
@@ -614,7 +615,7 @@ fn diff_of_the_editions_lists_the_removed_rows_and_exits_0() {
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     assert!(
         text(&out.stdout)
-            .ends_with("rules: 0 removed, 0 added, 0 changed; IPsec exceptions: 0 differ\n"),
+            .ends_with("rules: 0 removed, 0 added, 0 changed; address sets: 0 differ; IPsec exceptions: 0 differ\n"),
         "{}",
         text(&out.stdout)
     );
@@ -625,4 +626,54 @@ fn diff_of_the_editions_lists_the_removed_rows_and_exits_0() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn import_endpoints_prints_the_set_and_refuses_bad_json_at_its_place() {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/endpoints-worldwide-sample.json");
+    let out = portguard(&[
+        "catalog",
+        "import-endpoints",
+        sample.to_str().unwrap_or_default(),
+        "--version",
+        "2023073100",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    let block = text(&out.stdout);
+    // Appended to a catalog of its own, the block is a valid set.
+    let catalog =
+        format!("version = 1\n[[role]]\nid = \"r\"\nlabel = \"R\"\ntable = \"hybrid\"\n{block}");
+    let (c, _) =
+        Catalog::parse(&catalog, "imported.toml").unwrap_or_else(|e| panic!("{e}\n{block}"));
+    let embedded = Catalog::embedded();
+    let want = embedded
+        .addresses
+        .iter()
+        .find(|s| s.id == "microsoft-365")
+        .map(|s| s.cidrs.clone());
+    assert_eq!(
+        c.addresses.first().map(|s| s.cidrs.clone()),
+        want,
+        "the sample's Skype ranges are the embedded microsoft-365 set"
+    );
+    assert!(block.contains("version 2023073100"), "{block}");
+
+    let bad = temp_file("endpoints-bad.json", b"[\n  {\"id\": 11,,}\n]\n");
+    let out = portguard(&[
+        "catalog",
+        "import-endpoints",
+        bad.to_str().unwrap_or_default(),
+    ]);
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(out.status.code(), Some(2), "bad JSON is bad input");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:2:13: not JSON: key must be a string",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing printed on an error");
 }

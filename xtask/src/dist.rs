@@ -273,6 +273,12 @@ pub fn dist() -> Result<PathBuf> {
         "usr/share/portguard/sfb2015.toml",
         0o644,
     )?;
+    // The microsoft-365 set's source list, for `file =` in a copied catalog.
+    stage.copy(
+        &repo.join("catalog/microsoft-365.txt"),
+        "usr/share/portguard/microsoft-365.txt",
+        0o644,
+    )?;
     // Derived from the built-in 2015 catalog: it loads from anywhere.
     stage.copy(
         &repo.join("catalog/sfb2019.toml"),

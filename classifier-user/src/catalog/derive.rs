@@ -49,7 +49,7 @@ pub(super) struct Parts<'r> {
     pub(super) base: &'r Spanned<String>,
     pub(super) remove: &'r [Spanned<RawRemove>],
     pub(super) remove_role: &'r [Spanned<RawRemoveRole>],
-    /// The first `[[role]]`, `[[rule]]` or `[[ipsec]]` of its own, if any.
+    /// The first `[[role]]`, `[[rule]]`, `[[ipsec]]` or `[[addresses]]` of its own, if any.
     pub(super) own: Option<Range<usize>>,
     pub(super) settings: bool,
 }
@@ -64,7 +64,7 @@ pub(super) fn derive(
     if let Some(span) = &parts.own {
         d.error(
             span,
-            "a catalog with `base` has no [[role]], [[rule]] or [[ipsec]] of its own",
+            "a catalog with `base` has no [[role]], [[rule]], [[ipsec]] or [[addresses]] of its own",
             Some(REMOVE_HINT.into()),
         );
     }

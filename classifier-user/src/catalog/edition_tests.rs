@@ -133,7 +133,7 @@ fn a_derived_catalog_only_removes() {
     let errors = errors_of(text);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        errors[0].contains("has no [[role]], [[rule]] or [[ipsec]] of its own"),
+        errors[0].contains("has no [[role]], [[rule]], [[ipsec]] or [[addresses]] of its own"),
         "{}",
         errors[0]
     );

@@ -15,15 +15,19 @@ pub mod nft;
 mod parse;
 mod read;
 mod resolve;
+mod sets;
+#[cfg(test)]
+mod sets_tests;
 #[cfg(test)]
 mod tests;
 
 use std::{path::Path, sync::OnceLock};
 
 pub use model::{
-    Catalog, CatalogError, Diagnostic, Direction, EDGE_DOCUMENT, Edition, EffectiveRule,
-    IpsecException, MatchSide, Payload, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef,
-    Rule, SERVER_PORTS_DOCUMENT, SeedTable, Severity, count_findings,
+    AddressSet, AddressesArg, Catalog, CatalogError, Cidr, Diagnostic, Direction, EDGE_DOCUMENT,
+    Edition, EffectiveRule, HYBRID_DOCUMENT, IpsecException, M365_ENDPOINTS_DOCUMENT, MatchSide,
+    Payload, PortAssignment, Protocol, REVERSE_PROXY_DOCUMENT, RoleDef, Rule,
+    SERVER_PORTS_DOCUMENT, SeedTable, SetSource, Severity, count_findings,
 };
 pub(crate) use parse::MAX_DIAGNOSTICS;
 #[cfg(test)]

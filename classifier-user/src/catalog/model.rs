@@ -1,6 +1,6 @@
 //! The types the rest of portguard sees.
 
-use std::fmt;
+use std::{fmt, net::IpAddr};
 
 /// An L4 protocol, after `both` is split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,6 +138,14 @@ pub const EDGE_DOCUMENT: &str = "Skype/SfbServer/plan-your-deployment/edge-serve
 /// describe the reverse proxy's ports only in prose.
 pub const REVERSE_PROXY_DOCUMENT: &str =
     "Lync/LyncServer/lync-server-2013-port-summary-reverse-proxy.md";
+/// "Plan hybrid connectivity between Skype for Business Server 2015 and
+/// Skype for Business Online": its "Port and protocol requirements" table.
+pub const HYBRID_DOCUMENT: &str =
+    "Skype/SfbServer/skype-for-business-hybrid-solutions/plan-hybrid-connectivity.md";
+/// "Microsoft 365 URLs and IP address ranges", in the repository
+/// MicrosoftDocs/microsoft-365-docs (its tables are generated into
+/// `microsoft-365/includes/office-365-worldwide-endpoints.md`).
+pub const M365_ENDPOINTS_DOCUMENT: &str = "microsoft-365/enterprise/urls-and-ip-address-ranges.md";
 
 /// The published table a rule or role comes from (the type keeps its
 /// historical name: the first tables were those of the server ports document).
@@ -153,10 +161,14 @@ pub enum SeedTable {
     EdgeVipInternal,
     ReverseProxyExternal,
     ReverseProxyInternal,
+    /// Skype for Business hybrid: the Edge Server to and from Microsoft 365.
+    Hybrid,
+    /// Microsoft 365's "Skype for Business Online and Microsoft Teams" endpoints.
+    M365Endpoints,
 }
 
 impl SeedTable {
-    pub const ALL: [SeedTable; 10] = [
+    pub const ALL: [SeedTable; 12] = [
         SeedTable::Server,
         SeedTable::Hlb,
         SeedTable::DnsLb,
@@ -167,6 +179,8 @@ impl SeedTable {
         SeedTable::EdgeVipInternal,
         SeedTable::ReverseProxyExternal,
         SeedTable::ReverseProxyInternal,
+        SeedTable::Hybrid,
+        SeedTable::M365Endpoints,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -181,6 +195,8 @@ impl SeedTable {
             SeedTable::EdgeVipInternal => "edge-vip-internal",
             SeedTable::ReverseProxyExternal => "reverse-proxy-external",
             SeedTable::ReverseProxyInternal => "reverse-proxy-internal",
+            SeedTable::Hybrid => "hybrid",
+            SeedTable::M365Endpoints => "m365-endpoints",
         }
     }
 
@@ -206,10 +222,13 @@ impl SeedTable {
             SeedTable::ReverseProxyInternal => {
                 "Firewall Details for Reverse Proxy Server: Internal Interface"
             }
+            SeedTable::Hybrid => "Port and protocol requirements",
+            SeedTable::M365Endpoints => "Skype for Business Online and Microsoft Teams",
         }
     }
 
-    /// The document the table is in: its path in MicrosoftDocs/OfficeDocs-SkypeForBusiness.
+    /// The document the table is in: its path in MicrosoftDocs/OfficeDocs-SkypeForBusiness
+    /// (MicrosoftDocs/microsoft-365-docs for [`SeedTable::M365Endpoints`]).
     pub fn document(self) -> &'static str {
         match self {
             SeedTable::Server | SeedTable::Hlb | SeedTable::DnsLb | SeedTable::Client => {
@@ -222,6 +241,8 @@ impl SeedTable {
             SeedTable::ReverseProxyExternal | SeedTable::ReverseProxyInternal => {
                 REVERSE_PROXY_DOCUMENT
             }
+            SeedTable::Hybrid => HYBRID_DOCUMENT,
+            SeedTable::M365Endpoints => M365_ENDPOINTS_DOCUMENT,
         }
     }
 
@@ -405,6 +426,10 @@ pub struct Rule {
     pub media: bool,
     /// What its UDP datagrams may carry.
     pub payload: Payload,
+    /// The address sets the packet's remote side (the source of an inbound
+    /// rule, the destination of an outbound one) must be in, any of them;
+    /// empty: any peer.
+    pub peers: Vec<String>,
     /// The line of the rule's `[[rule]]` header.
     pub(crate) line: usize,
 }
@@ -426,6 +451,7 @@ impl Rule {
             line: self.line,
             media: self.media,
             payload: self.payload,
+            peers: self.peers.clone(),
         })
     }
 }
@@ -497,6 +523,129 @@ impl std::str::FromStr for Edition {
     }
 }
 
+/// An IPv4 or IPv6 prefix of an address set, its host bits clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// `192.0.2.0/24`, `2001:db8::/32`, or an address alone (a host prefix).
+    /// Host bits must be clear: `10.1.2.3/8` is refused rather than widened
+    /// or narrowed behind the operator's back.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let text = text.trim();
+        let (ip, len) = match text.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (text, None),
+        };
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("`{text}`: `{ip}` is not an IPv4 or IPv6 address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max && l.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => {
+                    return Err(format!(
+                        "`{text}`: `/{l}` is not a prefix length for {} (0-{max})",
+                        if max == 32 { "IPv4" } else { "IPv6" }
+                    ));
+                }
+            },
+        };
+        let network = Cidr::network(addr, len);
+        if network != addr {
+            return Err(format!(
+                "`{text}` has host bits set; the network is {network}/{len}"
+            ));
+        }
+        Ok(Cidr { addr, len })
+    }
+
+    fn network(addr: IpAddr, len: u8) -> IpAddr {
+        match addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::from((u32::from(v4) & mask).to_be_bytes())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::from((u128::from(v6) & mask).to_be_bytes())
+            }
+        }
+    }
+
+    /// Whether `ip` is inside this prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && Cidr::network(ip, self.len) == self.addr
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Where an address set's contents come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetSource {
+    /// `cidrs` (and `file`, if any) in the catalog.
+    Catalog,
+    /// `run --addresses ID=...`, which replaces the catalog's contents.
+    Flag,
+}
+
+/// An `[[addresses]]` set: the peers a rule naming it may talk with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressSet {
+    pub id: String,
+    /// Sorted, each once: the inline `cidrs`, then the file's.
+    pub cidrs: Vec<Cidr>,
+    /// The `file` as written (relative to the catalog file).
+    pub file: Option<String>,
+    pub note: String,
+    pub source: SetSource,
+    pub(crate) line: usize,
+}
+
+/// `run --addresses ID=CIDR[,CIDR...]`: the set's contents for this run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressesArg {
+    pub id: String,
+    pub cidrs: Vec<Cidr>,
+}
+
+impl std::str::FromStr for AddressesArg {
+    type Err = String;
+    /// `federation-partners=192.0.2.0/24,2001:db8::/32`; `ID=` alone
+    /// empties the set (its rules then match nothing).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, list) = s
+            .split_once('=')
+            .ok_or("expected ID=CIDR[,CIDR...] (an empty list empties the set)")?;
+        let id = id.trim();
+        if id.is_empty() {
+            return Err("no set id before `=`".into());
+        }
+        let mut cidrs = list
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(Cidr::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        cidrs.sort();
+        cidrs.dedup();
+        Ok(AddressesArg {
+            id: id.to_string(),
+            cidrs,
+        })
+    }
+}
+
 /// A parsed, valid catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Catalog {
@@ -507,6 +656,8 @@ pub struct Catalog {
     pub rules: Vec<Rule>,
     pub roles: Vec<RoleDef>,
     pub ipsec: Vec<IpsecException>,
+    /// The `[[addresses]]` sets, in catalog order.
+    pub addresses: Vec<AddressSet>,
     /// The range media rules use (inclusive).
     pub client_media: (u16, u16),
     /// UDP source ports whose datagrams to a `payload = "media"` rule are
@@ -532,6 +683,8 @@ pub struct EffectiveRule {
     pub line: usize,
     pub media: bool,
     pub payload: Payload,
+    /// As [`Rule::peers`].
+    pub peers: Vec<String>,
 }
 
 impl EffectiveRule {

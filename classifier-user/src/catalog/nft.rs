@@ -9,11 +9,11 @@
 //! whose policy is accept, as the XDP program does not filter what the host
 //! sends: there they only count, and their replies come back as established.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr};
 
 use classifier_common::essentials;
 
-use super::model::{EffectiveRule, MatchSide, Payload, Protocol, ports_text};
+use super::model::{AddressSet, EffectiveRule, MatchSide, Payload, Protocol, ports_text};
 use crate::policy::{MediaCheck, Mgmt, Placement, Prefix, Resolved};
 
 /// The ruleset enforcing `policy`.
@@ -261,6 +261,8 @@ struct RoleChains {
 impl RoleChains {
     fn of(policy: &Resolved, members: &[String]) -> RoleChains {
         let mut sets = String::new();
+        // The address sets the rules name, each defined once.
+        let mut used: BTreeSet<String> = BTreeSet::new();
         let mut chains = String::new();
         let mut jumps = Vec::new();
         let mut out_chains = String::new();
@@ -278,7 +280,20 @@ impl RoleChains {
             if !media.is_empty() {
                 let set = format!("{base}_udp_media");
                 interval_set(&mut sets, &set, &media);
-                media_rules(&mut chains, policy, &base, role);
+                let _ = writeln!(
+                    chains,
+                    "\t\t# {role}: payload = \"media\" (the length and cookie checks behind the first byte are the XDP program's only)"
+                );
+                media_rules(
+                    &mut chains,
+                    policy,
+                    &MediaMatch {
+                        matcher: format!("udp dport @{set}"),
+                        family: None,
+                        meter: base.clone(),
+                        comment: role.clone(),
+                    },
+                );
             }
             for proto in [Protocol::Tcp, Protocol::Udp] {
                 let ranges = merged(
@@ -287,6 +302,7 @@ impl RoleChains {
                         .filter(|r| {
                             r.protocol == proto
                                 && r.side == MatchSide::Destination
+                                && r.peers.is_empty()
                                 && !(proto == Protocol::Udp
                                     && !media.is_empty()
                                     && r.payload == Payload::Media)
@@ -303,6 +319,13 @@ impl RoleChains {
                     chains,
                     "\t\t{proto} dport @{set} counter accept comment \"{role}\""
                 );
+            }
+            for r in inbound
+                .iter()
+                .filter(|r| r.side == MatchSide::Destination && !r.peers.is_empty())
+            {
+                peer_rules(&mut chains, policy, r, "saddr", role);
+                used.extend(r.peers.iter().cloned());
             }
             for r in inbound.iter().filter(|r| r.side == MatchSide::Source) {
                 let _ = writeln!(
@@ -323,7 +346,7 @@ impl RoleChains {
                 let ranges = merged(
                     outbound
                         .iter()
-                        .filter(|r| r.protocol == proto)
+                        .filter(|r| r.protocol == proto && r.peers.is_empty())
                         .map(|r| (r.port_start, r.port_end))
                         .collect(),
                 );
@@ -337,11 +360,24 @@ impl RoleChains {
                     "\t\t{proto} dport @{set} counter accept comment \"{role} outbound\""
                 );
             }
+            for r in outbound.iter().filter(|r| !r.peers.is_empty()) {
+                peer_rules(
+                    &mut out_rules,
+                    policy,
+                    r,
+                    "daddr",
+                    &format!("{role} outbound"),
+                );
+                used.extend(r.peers.iter().cloned());
+            }
             if !out_rules.is_empty() {
                 let chain = format!("out_{base}");
                 let _ = write!(out_chains, "\tchain {chain} {{\n{out_rules}\t}}\n\n");
                 out_jumps.push(chain);
             }
+        }
+        for set in policy.addresses.iter().filter(|a| used.contains(&a.id)) {
+            address_sets(&mut sets, set);
         }
         RoleChains {
             sets,
@@ -359,7 +395,9 @@ impl RoleChains {
     }
 }
 
-/// The UDP ranges of a role's inbound `payload = "media"` rows.
+/// The UDP ranges of a role's inbound `payload = "media"` rows that name no
+/// address set (those with sets check the media behind the peer's match:
+/// [`peer_rules`]).
 fn media_block(inbound: &[&EffectiveRule]) -> Vec<(u16, u16)> {
     merged(
         inbound
@@ -368,68 +406,145 @@ fn media_block(inbound: &[&EffectiveRule]) -> Vec<(u16, u16)> {
                 r.protocol == Protocol::Udp
                     && r.payload == Payload::Media
                     && r.side == MatchSide::Destination
+                    && r.peers.is_empty()
             })
             .map(|r| (r.port_start, r.port_end))
             .collect(),
     )
 }
 
-/// The media check of a role's `<id>_udp_media` set, as nftables can say
-/// it (docs/packet-policy.md, "Media payload"): the reflection ports, the
-/// STUN budget (Binding, Shared Secret and Allocate requests: their first
-/// two bytes are 0x0001-0x0003) per source and per subnet at the policy's
-/// rates, then the first byte's RFC 7983 ranges. What it cannot say: the
-/// length fields and cookies behind the first byte (so it passes a little
-/// more than the XDP program), and the per-rule counters (one counter per
-/// reason and role here).
-fn media_rules(s: &mut String, policy: &Resolved, base: &str, role: &str) {
+/// Where a media check applies: `matcher` selects the packets (a role's
+/// `<id>_udp_media` set, or a peer set and a rule's ports), `family`
+/// (`ip`, `ip6`) keeps only that family's budgets when the matcher names
+/// one, `meter` makes the meters' names unique, `comment` names the role.
+struct MediaMatch {
+    matcher: String,
+    family: Option<&'static str>,
+    meter: String,
+    comment: String,
+}
+
+/// The media check, as nftables can say it (docs/packet-policy.md, "Media
+/// payload"): the reflection ports, the STUN budget (Binding, Shared Secret
+/// and Allocate requests: their first two bytes are 0x0001-0x0003) per
+/// source and per subnet at the policy's rates, then the first byte's RFC
+/// 7983 ranges. What it cannot say: the length fields and cookies behind
+/// the first byte (so it passes a little more than the XDP program), and
+/// the per-rule counters (one counter per reason and role here).
+fn media_rules(s: &mut String, policy: &Resolved, m: &MediaMatch) {
     let b = policy.stun_budget;
-    let set = format!("{base}_udp_media");
-    let _ = writeln!(
-        s,
-        "\t\t# {role}: payload = \"media\" (the length and cookie checks behind the first byte are the XDP program's only)"
-    );
+    let matcher = &m.matcher;
     if !policy.reflection_ports.is_empty() {
         let _ = writeln!(
             s,
-            "\t\tudp dport @{set} udp sport @reflection_ports counter drop comment \"reflection\""
+            "\t\t{matcher} udp sport @reflection_ports counter drop comment \"reflection\""
         );
     }
     let budgets = [
-        ("stun4", "ip saddr", b.source_rate, b.source_burst),
+        ("stun4", "ip", "ip saddr", b.source_rate, b.source_burst),
         (
             "stun6",
+            "ip6",
             "ip6 saddr and ffff:ffff:ffff:ffff::",
             b.source_rate,
             b.source_burst,
         ),
         (
             "stunnet4",
+            "ip",
             "ip saddr and 255.255.0.0",
             b.net_rate,
             b.net_burst,
         ),
         (
             "stunnet6",
+            "ip6",
             "ip6 saddr and ffff:ffff:ffff::",
             b.net_rate,
             b.net_burst,
         ),
     ];
-    for (meter, key, rate, burst) in budgets {
-        if rate == 0 {
+    for (meter, family, key, rate, burst) in budgets {
+        if rate == 0 || m.family.is_some_and(|f| f != family) {
             continue;
         }
         let _ = writeln!(
             s,
-            "\t\tudp dport @{set} @th,64,16 0x0001-0x0003 meter {meter}_{base} size 65535 {{ {key} limit rate over {rate}/second burst {burst} packets }} counter drop comment \"rate_limited\""
+            "\t\t{matcher} @th,64,16 0x0001-0x0003 meter {meter}_{} size 65535 {{ {key} limit rate over {rate}/second burst {burst} packets }} counter drop comment \"rate_limited\"",
+            m.meter
         );
     }
     let _ = writeln!(
         s,
-        "\t\tudp dport @{set} @th,64,8 {{ 0-3, 16-25, 32-191, 255 }} counter accept comment \"{role} media\""
+        "\t\t{matcher} @th,64,8 {{ 0-3, 16-25, 32-191, 255 }} counter accept comment \"{} media\"",
+        m.comment
     );
-    let _ = writeln!(s, "\t\tudp dport @{set} counter drop comment \"not_media\"");
+    let _ = writeln!(s, "\t\t{matcher} counter drop comment \"not_media\"");
+}
+
+/// The nft names of an address set's two halves: `peers_<id>_v4` and
+/// `peers_<id>_v6` (port sets end in `_tcp`, `_udp` or `_out`).
+fn peer_set_name(id: &str, family: &str) -> String {
+    format!("peers_{}_{family}", ident(id))
+}
+
+/// An address set as two named interval sets, one per family. An empty half
+/// has no elements (nft refuses `elements = { }`) and matches nothing.
+fn address_sets(s: &mut String, set: &AddressSet) {
+    for (family, kind, v4) in [("v4", "ipv4_addr", true), ("v6", "ipv6_addr", false)] {
+        let elements: Vec<String> = set
+            .cidrs
+            .iter()
+            .filter(|c| c.addr.is_ipv4() == v4)
+            .map(ToString::to_string)
+            .collect();
+        let _ = write!(
+            s,
+            "\tset {} {{\n\t\ttype {kind}\n\t\tflags interval\n",
+            peer_set_name(&set.id, family)
+        );
+        if !elements.is_empty() {
+            let _ = writeln!(s, "\t\telements = {{ {} }}", elements.join(", "));
+        }
+        s.push_str("\t}\n\n");
+    }
+}
+
+/// The accept rules of a rule that names address sets: one per set and
+/// family, the peer (`saddr` of an inbound rule, `daddr` of an outbound one)
+/// in the set and the destination port in the rule's range. An inbound UDP
+/// media rule (`payload = "media"`, the check on) checks the media of the
+/// peers it matches instead of accepting them outright.
+fn peer_rules(s: &mut String, policy: &Resolved, r: &EffectiveRule, side: &str, comment: &str) {
+    let media = side == "saddr"
+        && r.protocol == Protocol::Udp
+        && r.payload == Payload::Media
+        && policy.media_check != MediaCheck::Off;
+    for id in &r.peers {
+        for (family, v) in [("ip", "v4"), ("ip6", "v6")] {
+            let set = peer_set_name(id, v);
+            if media {
+                media_rules(
+                    s,
+                    policy,
+                    &MediaMatch {
+                        matcher: format!("{family} {side} @{set} udp dport {}", r.ports_text()),
+                        family: Some(family),
+                        meter: format!("{}_{}_{}_{v}", ident(comment), ident(id), r.port_start),
+                        comment: format!("{comment}: peers {id}"),
+                    },
+                );
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "\t\t{family} {side} @{set} {} dport {} counter accept comment \"{comment}: {} peers {id}\"",
+                r.protocol,
+                r.ports_text(),
+                one_line(&r.service).replace('"', "'"),
+            );
+        }
+    }
 }
 
 fn interval_set(s: &mut String, name: &str, ranges: &[(u16, u16)]) {

@@ -16,8 +16,8 @@ use toml::Spanned;
 use super::{
     MIN_CLIENT_MEDIA_PORTS,
     model::{
-        Catalog, CatalogError, Diagnostic, Direction, Edition, IpsecException, MatchSide, Payload,
-        Protocol, RoleDef, Rule, SeedTable, Severity, ports_text,
+        AddressSet, Catalog, CatalogError, Diagnostic, Direction, Edition, IpsecException,
+        MatchSide, Payload, Protocol, RoleDef, Rule, SeedTable, Severity, ports_text,
     },
 };
 
@@ -45,6 +45,18 @@ struct RawCatalog {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     ipsec: Vec<Spanned<RawIpsec>>,
+    #[serde(default)]
+    addresses: Vec<Spanned<RawAddresses>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAddresses {
+    pub(super) id: Spanned<String>,
+    #[serde(default)]
+    pub(super) cidrs: Vec<Spanned<String>>,
+    pub(super) file: Option<Spanned<String>>,
+    pub(super) note: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +95,8 @@ struct RawRule {
     direction: Option<Spanned<String>>,
     media: Option<Spanned<bool>>,
     payload: Option<Spanned<String>>,
+    /// A set id, or a list of them.
+    peers: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -124,10 +138,13 @@ const MAX_CYCLES_LISTED: usize = 20;
 /// a scan of the line: only done for the ones that are reported).
 pub(super) struct Pending {
     /// Byte offset into the text; `None` for a finding about the whole file.
-    offset: Option<usize>,
-    severity: Severity,
-    message: String,
-    hint: Option<String>,
+    pub(super) offset: Option<usize>,
+    pub(super) severity: Severity,
+    pub(super) message: String,
+    pub(super) hint: Option<String>,
+    /// A finding in another file (an address set's `file`): its name and
+    /// line, reported instead of the catalog's place (which orders it).
+    pub(super) elsewhere: Option<(String, usize)>,
 }
 
 impl Pending {
@@ -141,7 +158,7 @@ impl Pending {
 /// a count of the others.
 pub(super) struct Diags<'a> {
     text: &'a str,
-    origin: &'a str,
+    pub(super) origin: &'a str,
     list: Vec<Pending>,
     errors: usize,
     dropped_errors: usize,
@@ -204,10 +221,11 @@ impl<'a> Diags<'a> {
             severity,
             message,
             hint,
+            elsewhere: None,
         });
     }
 
-    fn push_pending(&mut self, p: Pending) {
+    pub(super) fn push_pending(&mut self, p: Pending) {
         if p.severity == Severity::Error {
             self.errors += 1;
         }
@@ -243,7 +261,12 @@ impl<'a> Diags<'a> {
         self.push(span, Severity::Error, message.into(), hint);
     }
 
-    fn warning(&mut self, span: &Range<usize>, message: impl Into<String>, hint: Option<String>) {
+    pub(super) fn warning(
+        &mut self,
+        span: &Range<usize>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         self.push(span, Severity::Warning, message.into(), hint);
     }
 
@@ -257,9 +280,12 @@ impl<'a> Diags<'a> {
             .list
             .iter()
             .map(|p| {
-                let (line, column) = p.offset.map_or((0, 0), |o| self.position(o));
+                let (origin, (line, column)) = match &p.elsewhere {
+                    Some((file, line)) => (file.as_str(), (*line, 1)),
+                    None => (self.origin, p.offset.map_or((0, 0), |o| self.position(o))),
+                };
                 Diagnostic {
-                    origin: self.origin.to_string(),
+                    origin: origin.to_string(),
                     line,
                     column,
                     severity: p.severity,
@@ -315,7 +341,8 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic
             .first()
             .map(Spanned::span)
             .or_else(|| raw.rule.first().map(Spanned::span))
-            .or_else(|| raw.ipsec.first().map(Spanned::span));
+            .or_else(|| raw.ipsec.first().map(Spanned::span))
+            .or_else(|| raw.addresses.first().map(Spanned::span));
         let parts = super::derive::Parts {
             edition,
             base,
@@ -360,7 +387,8 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic
     }
 
     let roles = validate_roles(&mut d, &raw.role);
-    let rules = validate_rules(&mut d, &raw.rule, &roles);
+    let addresses = super::sets::validate_sets(&mut d, &raw.addresses);
+    let rules = validate_rules(&mut d, &raw.rule, &roles, &addresses);
     let ipsec = validate_ipsec(&mut d, &raw.ipsec);
 
     let mut catalog = Catalog {
@@ -369,6 +397,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Catalog, Vec<Diagnostic
         rules,
         roles,
         ipsec,
+        addresses,
         client_media: (1024, 65535),
         reflection_ports: Vec::new(),
     };
@@ -587,7 +616,12 @@ fn report_cycles(d: &mut Diags<'_>, roles: &[RoleDef], includes: &[Vec<(usize, R
     }
 }
 
-fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], roles: &[RoleDef]) -> Vec<Rule> {
+fn validate_rules(
+    d: &mut Diags<'_>,
+    raw: &[Spanned<RawRule>],
+    roles: &[RoleDef],
+    sets: &[AddressSet],
+) -> Vec<Rule> {
     let known: HashSet<&str> = roles.iter().map(|r| r.id.as_str()).collect();
     let roles_hint = known_roles_hint(roles);
     let mut rules = Vec::new();
@@ -733,6 +767,10 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], roles: &[RoleDef]
                 }
             },
         };
+        let peers = match &r.peers {
+            None => Vec::new(),
+            Some(value) => super::sets::rule_peers(d, value, sets, side),
+        };
         if d.errors > errors_before {
             continue;
         }
@@ -787,6 +825,7 @@ fn validate_rules(d: &mut Diags<'_>, raw: &[Spanned<RawRule>], roles: &[RoleDef]
             direction,
             media,
             payload,
+            peers,
             line,
         });
     }
@@ -966,7 +1005,7 @@ pub(super) fn table_of(d: &mut Diags<'_>, word: &Spanned<String>) -> Option<Seed
     t
 }
 
-fn valid_id(id: &str) -> bool {
+pub(super) fn valid_id(id: &str) -> bool {
     id.starts_with(|c: char| c.is_ascii_lowercase())
         && id
             .chars()
@@ -1156,6 +1195,7 @@ fn overlap_warnings(d: &mut Diags<'_>, catalog: &Catalog) {
             offset: None,
             severity: Severity::Warning,
             message: format!("{total}; the first {shown} by port are listed"),
+            elsewhere: None,
             hint: Some(
                 "overlaps are settled by precedence (the narrower range, then the earlier rule); see docs/catalog.md"
                     .into(),

@@ -9,7 +9,7 @@ use crate::policy::{Mgmt, Placement, PolicySpec, ProfileArg};
 /// The role ids of the team's roles contract, in its order: the 17 of the
 /// server ports document, then the perimeter roles (and the two load-balancer
 /// VIP roles the Edge document's hardware-load-balancer tables call for).
-const DESIGN_ROLE_IDS: [&str; 26] = [
+const DESIGN_ROLE_IDS: [&str; 30] = [
     "all-servers",
     "front-end",
     "front-end-mediation",
@@ -36,6 +36,10 @@ const DESIGN_ROLE_IDS: [&str; 26] = [
     "lb-edge-internal",
     "reverse-proxy-external",
     "reverse-proxy-internal",
+    "hybrid-access-edge-external",
+    "hybrid-av-edge-external",
+    "hybrid-edge-external",
+    "hybrid-client",
 ];
 
 /// Two roles, `a` includes `b`; 15 lines.
@@ -642,6 +646,7 @@ fn arb_rule() -> impl Strategy<Value = EffectiveRule> {
             line: 0,
             media: false,
             payload: super::Payload::Any,
+            peers: Vec::new(),
         })
 }
 
@@ -831,7 +836,11 @@ fn embedded_perimeter_rules_state_their_direction() {
             perimeter += 1;
         }
     }
-    assert_eq!(perimeter, 44, "the perimeter rules");
+    assert_eq!(
+        perimeter,
+        44 + 10,
+        "the perimeter rules and the 10 Microsoft 365 hybrid rules"
+    );
     let c = Catalog::embedded();
     assert!(
         c.rules

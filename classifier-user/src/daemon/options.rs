@@ -8,7 +8,7 @@ use classifier_common::{LPM_ENTRIES, MAX_LEGS};
 
 use super::RunError;
 use crate::{
-    catalog::Edition,
+    catalog::{AddressesArg, Edition},
     iface,
     loader::{AttachMode, FlowLimits},
     policy::{MediaCheck, Mgmt, Placement, PolicySpec, ProfileArg, StunBudget},
@@ -35,6 +35,9 @@ pub struct Options {
     pub xdp_mode: AttachMode,
     pub metrics_addr: SocketAddr,
     pub client_media_ports: Option<(u16, u16)>,
+    /// `--addresses ID=CIDR,...`: address sets whose contents replace the
+    /// catalog's, kept across reloads.
+    pub addresses: Vec<AddressesArg>,
     /// Management allowances added to the default one.
     pub mgmt: Vec<Mgmt>,
     /// Whether the default allowance (TCP 22 from anywhere) is kept.
@@ -92,6 +95,7 @@ impl Options {
             profile_legs: BTreeMap::new(),
             media_check: self.media_check,
             stun_budget: self.stun_budget,
+            addresses: self.addresses.clone(),
         }
     }
 
@@ -196,6 +200,7 @@ mod tests {
             xdp_mode: AttachMode::Auto,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9477)),
             client_media_ports: None,
+            addresses: Vec::new(),
             mgmt: Vec::new(),
             default_mgmt: true,
             drop_echo: false,

@@ -18,7 +18,7 @@ use tokio::{
 use super::{
     Shared,
     record::EventRecord,
-    store::{PortAggregate, TopView},
+    store::{PortAggregate, RefusedPeer, TopView},
 };
 
 /// Most clients attached at once; more are refused, so that memory stays
@@ -83,6 +83,13 @@ pub struct Aggregates {
     /// `run --client-media-ports`: the catalog's media rows narrowed to it.
     #[serde(default)]
     pub client_media_ports: Option<(u16, u16)>,
+    /// Peers a rule's address sets left out (`peer_not_allowed`), busiest
+    /// first, at most `store::MAX_REFUSED_PEERS`.
+    #[serde(default)]
+    pub refused_peers: Vec<RefusedPeer>,
+    /// `peer_not_allowed` events past that cap.
+    #[serde(default)]
+    pub refused_peers_overflow: u64,
 }
 
 /// `net.ipv4.ip_local_port_range` as this process sees it (its network
@@ -216,13 +223,15 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
         Request::Aggregates => {
             // One lock for both reads (a second lock() in the same
             // expression would wait for the first guard forever).
-            let (ports, events_received, ports_overflow, ports_evicted) = {
+            let (ports, events_received, ports_overflow, ports_evicted, refused, refused_overflow) = {
                 let store = shared.store();
                 (
                     store.aggregates(),
                     store.received,
                     store.ports_overflow,
                     store.ports_evicted,
+                    store.refused_peers(),
+                    store.refused_overflow,
                 )
             };
             let a = Aggregates {
@@ -238,6 +247,8 @@ async fn client(mut stream: UnixStream, shared: &Shared) {
                 ports_evicted,
                 ephemeral: local_port_range(),
                 client_media_ports: shared.client_media_ports,
+                refused_peers: refused,
+                refused_peers_overflow: refused_overflow,
             };
             let _ = write_line(&mut stream, &serde_json::to_string(&a).unwrap_or_default()).await;
         }

@@ -9,6 +9,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use classifier_common::Reason;
+
 use super::record::EventRecord;
 
 /// Events kept for `portguard events` (about 1.5 MiB with their frames).
@@ -19,6 +21,9 @@ pub const MAX_PORT_KEYS: usize = 4_096;
 pub(crate) const MAX_SOURCES_PER_PORT: usize = 64;
 /// Distinct sources counted per second of the last minute.
 pub(crate) const MAX_SOURCES_PER_SECOND: usize = 256;
+/// Distinct (proto, port, peer) refused as `peer_not_allowed` remembered
+/// since start, for `suggest`; the rest are counted.
+pub const MAX_REFUSED_PEERS: usize = 256;
 /// Series per verdict in the top-ports gauge.
 pub(crate) const TOP_PORTS: usize = 20;
 /// New keys between two sweeps of a full key table (see [`Store::push`]):
@@ -139,9 +144,24 @@ pub struct TopView {
     pub sources: Vec<(IpAddr, u64)>,
 }
 
+/// A peer a rule's address sets left out (`peer_not_allowed`): the
+/// event's source, the peer of an inbound rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedPeer {
+    pub proto: String,
+    pub port: u16,
+    pub peer: Option<IpAddr>,
+    pub verdict: String,
+    pub packets: u64,
+}
+
 #[derive(Default)]
 pub(crate) struct Store {
     recent: VecDeque<EventRecord>,
+    /// (proto, port, peer, verdict) → packets, at most `MAX_REFUSED_PEERS`.
+    refused: BTreeMap<(String, u16, IpAddr, String), u64>,
+    /// `peer_not_allowed` events not kept in `refused` (full).
+    pub(crate) refused_overflow: u64,
     ports: BTreeMap<(String, u16, String), PortState>,
     /// Events not aggregated because `MAX_PORT_KEYS` was reached.
     pub(crate) ports_overflow: u64,
@@ -190,6 +210,16 @@ impl Store {
                 st.packets += 1;
                 if let Some(h) = src {
                     st.sources.insert(h);
+                }
+                if r.event.reason == Reason::PeerNotAllowed.name()
+                    && let Some(peer) = r.event.src
+                {
+                    let k = (r.event.proto.clone(), dport, peer, r.event.verdict.clone());
+                    if self.refused.len() < MAX_REFUSED_PEERS || self.refused.contains_key(&k) {
+                        *self.refused.entry(k).or_default() += 1;
+                    } else {
+                        self.refused_overflow += 1;
+                    }
                 }
                 if r.event.reason == "port_not_allowed" {
                     st.not_allowed += 1;
@@ -265,6 +295,23 @@ impl Store {
                 request_sources_capped: st.request_sources.capped,
             })
             .collect()
+    }
+
+    /// The peers refused by a rule's address sets, busiest first.
+    pub(crate) fn refused_peers(&self) -> Vec<RefusedPeer> {
+        let mut out: Vec<RefusedPeer> = self
+            .refused
+            .iter()
+            .map(|((proto, port, peer, verdict), n)| RefusedPeer {
+                proto: proto.clone(),
+                port: *port,
+                peer: Some(*peer),
+                verdict: verdict.clone(),
+                packets: *n,
+            })
+            .collect();
+        out.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.port.cmp(&b.port)));
+        out
     }
 
     /// The `TOP_PORTS` busiest (proto, port) pairs per verdict since start.

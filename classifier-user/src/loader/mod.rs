@@ -1,5 +1,6 @@
 //! Loading the eBPF object, writing a policy into its maps, attaching.
 
+mod peers;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
 
@@ -363,6 +364,7 @@ impl Classifier {
         self.write_mgmt(policy)?;
         self.write_reflection_ports(policy, next)?;
         self.write_media_index(policy)?;
+        self.write_peers(policy, next)?;
 
         config.flags = policy.flags | (config.flags & KEPT_FLAGS);
         config.gens[next as usize] = GenConfig {

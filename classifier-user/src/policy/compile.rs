@@ -2,11 +2,14 @@
 //! direction, every port's rule slot; the prefixes and their profiles; the
 //! management trie; the generation's settings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use classifier_common::{
-    BLOCKS_PER_PROTO, MAX_PROFILES, MAX_RULE_SLOTS, MGMT_PORTS, PORTS_PER_BLOCK, PROFILE_NONE,
-    PROTO_COUNT, PROTO_TCP, PROTO_UDP, PortBlock,
+    BLOCKS_PER_PROTO, MAX_PROFILES, MAX_RULE_SLOTS, MGMT_PORTS, PEER_ENTRIES, PORTS_PER_BLOCK,
+    PROFILE_NONE, PROTO_COUNT, PROTO_TCP, PROTO_UDP, PortBlock, SLOT_MASK, SLOT_PEERS,
     media::{MAX_MEDIA_RULES, MEDIA_SLOT_FLAG},
 };
 use serde::{Deserialize, Serialize};
@@ -128,10 +131,16 @@ fn slot_in(blocks: &[PortBlock], proto: u32, port: u16) -> u16 {
 }
 
 impl CompiledProfile {
-    /// The slot the packet path finds for (proto, destination port) of a
-    /// packet to an address of this profile.
+    /// The rule slot (its counter) of (proto, destination port) for a packet
+    /// to an address of this profile, 0 if none; see [`Self::names_peers`].
     pub fn slot(&self, proto: u32, port: u16) -> u16 {
-        slot_in(&self.blocks, proto, port)
+        slot_in(&self.blocks, proto, port) & SLOT_MASK
+    }
+
+    /// Whether the inbound rule at (proto, port) names address sets: it
+    /// passes only a source [`CompiledPolicy::peer_allowed`] admits.
+    pub fn names_peers(&self, proto: u32, port: u16) -> bool {
+        slot_in(&self.blocks, proto, port) & SLOT_PEERS != 0
     }
 
     /// The blocks of one direction (`DIR_INBOUND` or `DIR_OUTBOUND`).
@@ -171,6 +180,32 @@ pub struct CompiledPolicy {
     pub(crate) stun_budget: StunBudget,
     /// (rule slot, media index) of every `payload = "media"` rule in force.
     pub(crate) media_index: Vec<(u16, u32)>,
+    /// The `PEERS` entries of each rule slot that names address sets, by
+    /// slot: the prefixes of the union of its sets (admitted, `true`), and
+    /// where an IPv6 prefix covers the IPv4-mapped range `::ffff:0:0/96`
+    /// that range itself (not admitted, `false`, unless the sets hold
+    /// `0.0.0.0/0`): the trie keys IPv4 peers as IPv4-mapped addresses, and
+    /// an IPv6 `::/0` must not admit IPv4 peers that no IPv4 prefix names.
+    /// No entries: no peer is admitted.
+    pub peers: BTreeMap<u16, Vec<(Prefix, bool)>>,
+}
+
+impl CompiledPolicy {
+    /// Whether a packet whose peer is `peer` passes by the rule at `slot`
+    /// (one without sets passes every peer).
+    pub fn peer_allowed(&self, slot: u16, peer: IpAddr) -> bool {
+        let Ok(host) = Prefix::new(peer, if peer.is_ipv4() { 32 } else { 128 }) else {
+            return false;
+        };
+        match self.peers.get(&(slot & SLOT_MASK)) {
+            None => true,
+            Some(entries) => entries
+                .iter()
+                .filter(|(p, _)| p.contains(&host))
+                .max_by_key(|(p, _)| p.len)
+                .is_some_and(|(_, admitted)| *admitted),
+        }
+    }
 }
 
 /// The maps' contents for `policy`; rules get their counter slots from
@@ -215,6 +250,7 @@ pub fn compile(
     let mut media_profiles = 0u32;
     let mut outbound_profiles = 0u32;
     let mut rules_per_role = BTreeMap::new();
+    let mut peers = BTreeMap::new();
     for (i, p) in policy.profiles.iter().enumerate() {
         // Inbound rows match the packet's destination. Outbound rows match
         // its source, which only an appliance sees on ingress: on a host
@@ -222,19 +258,23 @@ pub fn compile(
         // recorder lets back in, and opening their ports inbound would let
         // in unsolicited packets.
         let blocks = port_blocks(
+            policy,
             &p.inbound,
             Direction::Inbound,
             media,
             registry,
             &mut media_index,
+            &mut peers,
         )?;
         let (outbound, has_outbound) = if appliance {
             let b = port_blocks(
+                policy,
                 &p.outbound,
                 Direction::Outbound,
                 media,
                 registry,
                 &mut media_index,
+                &mut peers,
             )?;
             let any = b.iter().any(|x| x.slots.iter().any(|&s| s != 0));
             (b, any)
@@ -290,32 +330,79 @@ pub fn compile(
             media_index.dedup();
             media_index
         },
+        peers: check_peer_entries(peers)?,
     })
 }
 
+/// The `PEERS` entries of a rule naming `sets` (see [`CompiledPolicy::peers`]).
+fn peer_entries(policy: &Resolved, sets: &[String]) -> Vec<(Prefix, bool)> {
+    let mut entries: Vec<(Prefix, bool)> = policy
+        .peer_cidrs(sets)
+        .iter()
+        .filter_map(|c| Prefix::new(c.addr, c.len).ok())
+        .map(|p| (p, true))
+        .collect();
+    // 0.0.0.0/0 is ::ffff:0:0/96 in the trie's space.
+    if let Ok(mapped) = Prefix::new(IpAddr::from([0u8; 4]), 0)
+        && !entries.iter().any(|(p, _)| *p == mapped)
+        && entries.iter().any(|(p, _)| p.contains(&mapped))
+    {
+        entries.push((mapped, false));
+    }
+    entries
+}
+
+/// Both generations' entries must fit `PEERS` while a reload runs.
+fn check_peer_entries(
+    peers: BTreeMap<u16, Vec<(Prefix, bool)>>,
+) -> Result<BTreeMap<u16, Vec<(Prefix, bool)>>, PolicyError> {
+    let entries: usize = peers.values().map(Vec::len).sum();
+    if entries > (PEER_ENTRIES / 2) as usize {
+        return Err(PolicyError::Flag {
+            flag: "--addresses",
+            message: format!(
+                "the rules that name address sets need {entries} peer entries (each prefix once per rule); the peer table holds {} per generation",
+                PEER_ENTRIES / 2
+            ),
+        });
+    }
+    Ok(peers)
+}
+
 /// One direction's port arrays of a profile, each port holding the slot of
-/// the rule that owns it; with `media`, a `payload = "media"` rule's UDP
-/// ports hold its slot with `MEDIA_SLOT_FLAG`, which the packet path checks,
-/// and the rule gets a media index (in `media_index`).
+/// the rule that owns it, with `SLOT_PEERS` where that rule names address
+/// sets (their entries go to `peers` under the slot); with `media`, a
+/// `payload = "media"` rule's UDP ports hold its slot with
+/// `MEDIA_SLOT_FLAG`, which the packet path checks, and the rule gets a
+/// media index (in `media_index`).
 fn port_blocks(
+    policy: &Resolved,
     rules: &[EffectiveRule],
     direction: Direction,
     media: bool,
     registry: &mut SlotRegistry,
     media_index: &mut Vec<(u16, u32)>,
+    peers: &mut BTreeMap<u16, Vec<(Prefix, bool)>>,
 ) -> Result<Vec<PortBlock>, PolicyError> {
     let mut blocks = vec![PortBlock::default(); (PROTO_COUNT * BLOCKS_PER_PROTO) as usize];
     for a in assign_ports_in(rules, direction) {
         let rule = &rules[a.rule];
         let key = RuleKey::of(rule);
-        let slot = registry.slot_of(&key)?;
+        let rule_slot = registry.slot_of(&key)?;
+        let mut slot = rule_slot;
+        if !rule.peers.is_empty() {
+            peers
+                .entry(rule_slot)
+                .or_insert_with(|| peer_entries(policy, &rule.peers));
+            slot |= SLOT_PEERS;
+        }
         let (slot, proto) = match a.protocol {
             Protocol::Tcp => (slot, PROTO_TCP),
             Protocol::Udp if media && rule.payload == Payload::Media => {
                 // Its passes count under its slot, its refusals under its
                 // media index's pseudo-reasons.
                 let index = registry.media_slot_of(&key)? & !MEDIA_SLOT_FLAG;
-                media_index.push((slot, u32::from(index)));
+                media_index.push((rule_slot, u32::from(index)));
                 (slot | MEDIA_SLOT_FLAG, PROTO_UDP)
             }
             Protocol::Udp => (slot, PROTO_UDP),

@@ -8,7 +8,7 @@ use classifier_common::{
 };
 
 use super::{MediaCheck, Mgmt, Placement, PolicyError, PolicySpec, Prefix, StunBudget};
-use crate::catalog::{Catalog, Direction, EffectiveRule};
+use crate::catalog::{AddressSet, Catalog, Cidr, Direction, EffectiveRule};
 
 /// One generation's policy, catalog and flags resolved.
 #[derive(Clone, Debug)]
@@ -40,6 +40,9 @@ pub struct Resolved {
     pub stun_budget: StunBudget,
     /// The catalog's `reflection_ports`.
     pub reflection_ports: Vec<u16>,
+    /// The catalog's address sets, `--addresses` applied: what the rules'
+    /// `peers` name.
+    pub addresses: Vec<AddressSet>,
 }
 
 /// The roles of one profile, with their rules.
@@ -93,6 +96,19 @@ impl Resolved {
         f
     }
 
+    /// The prefixes a rule naming `sets` admits: the union of the sets.
+    pub fn peer_cidrs(&self, sets: &[String]) -> Vec<Cidr> {
+        let mut out: Vec<Cidr> = self
+            .addresses
+            .iter()
+            .filter(|a| sets.contains(&a.id))
+            .flat_map(|a| a.cidrs.iter().copied())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The `own` profile, if any.
     pub fn own_profile(&self) -> Option<&ResolvedProfile> {
         self.own.and_then(|i| self.profiles.get(i as usize))
@@ -125,6 +141,17 @@ pub fn resolve(catalog: &Catalog, spec: &PolicySpec) -> Result<Resolved, PolicyE
     let catalog = match spec.client_media {
         Some((start, end)) => Cow::Owned(catalog.with_client_media(start, end)?),
         None => Cow::Borrowed(catalog),
+    };
+    let catalog = if spec.addresses.is_empty() {
+        catalog
+    } else {
+        let (catalog, warnings) = catalog.with_addresses(&spec.addresses)?;
+        // A set the flag empties closes its rules: said at every start and
+        // reload, as `catalog check` says it of an empty set in the file.
+        for w in warnings {
+            log::warn!("{w}");
+        }
+        Cow::Owned(catalog)
     };
     let appliance = spec.placement == Placement::Appliance;
     let mut role_sets: Vec<Vec<String>> = Vec::new();
@@ -220,6 +247,7 @@ pub fn resolve(catalog: &Catalog, spec: &PolicySpec) -> Result<Resolved, PolicyE
         media_check: spec.media_check,
         stun_budget: spec.stun_budget,
         reflection_ports: catalog.reflection_ports.clone(),
+        addresses: catalog.addresses.clone(),
     })
 }
 

@@ -1,4 +1,4 @@
-//! `portguard catalog check|show|export|diff`.
+//! `portguard catalog check|show|export|diff|import-endpoints`.
 
 use std::{
     io::{self, Write as _},
@@ -6,10 +6,13 @@ use std::{
 };
 
 mod diff;
+mod import;
 mod show;
 
 use portguard::{
-    catalog::{Catalog, CatalogError, Diagnostic, Direction, Edition, count_findings, nft},
+    catalog::{
+        AddressesArg, Catalog, CatalogError, Diagnostic, Direction, Edition, count_findings, nft,
+    },
     daemon::read_catalog,
     exit,
     policy::{self, Mgmt, Placement, PolicySpec, ProfileArg},
@@ -42,11 +45,12 @@ pub fn check(path: Option<&Path>, edition: Option<Edition>) -> u8 {
                 .filter(|r| r.direction == Direction::Outbound)
                 .count();
             let summary = format!(
-                "{name}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {warning_count} warning{}{}",
+                "{name}: ok: {} roles, {} rules ({} inbound, {outbound} outbound), {} IPsec exceptions, {} address sets, {warning_count} warning{}{}",
                 catalog.roles.len(),
                 catalog.rules.len(),
                 catalog.rules.len() - outbound,
                 catalog.ipsec.len(),
+                catalog.addresses.len(),
                 if warning_count == 1 { "" } else { "s" },
                 catalog
                     .edition
@@ -84,6 +88,7 @@ pub fn check(path: Option<&Path>, edition: Option<Edition>) -> u8 {
 pub fn show(catalog: &Catalog, role: Option<&str>, format: ShowFormat, table: ShowTable) -> u8 {
     let text = match table {
         ShowTable::Ipsec => show::render_ipsec(catalog, format),
+        ShowTable::Addresses => show::render_sets(catalog, format),
         ShowTable::Rules => match show::rows(catalog, role) {
             Ok(rows) => show::render_rules(catalog, &rows, role, format),
             Err(e) => {
@@ -114,7 +119,8 @@ pub fn catalog(c: CatalogCommand) -> u8 {
             table,
             catalog,
             edition,
-        } => match load_catalog(catalog.as_deref(), edition) {
+            addresses,
+        } => match load_catalog(catalog.as_deref(), edition, &addresses) {
             Ok(cat) => show(&cat, role.as_deref(), format, table),
             Err(code) => code,
         },
@@ -127,11 +133,18 @@ pub fn catalog(c: CatalogCommand) -> u8 {
             no_default_mgmt,
             appliance,
             profile,
-        } => match load_catalog(catalog.as_deref(), edition) {
+            addresses,
+        } => match load_catalog(catalog.as_deref(), edition, &addresses) {
             Ok(cat) => export(&cat, role, mgmt, no_default_mgmt, appliance, profile),
             Err(code) => code,
         },
         CatalogCommand::Diff { a, b } => diff(&a, &b),
+        CatalogCommand::ImportEndpoints {
+            file,
+            service_area,
+            id,
+            version,
+        } => import::import_endpoints(&file, &service_area, &id, version.as_deref()),
     }
 }
 
@@ -165,11 +178,31 @@ fn write_out(command: &str, text: &str) -> u8 {
     }
 }
 
-fn load_catalog(path: Option<&Path>, edition: Edition) -> Result<Catalog, u8> {
-    read_catalog(path, edition).map_err(|e| {
+/// The catalog, with `--addresses` applied as `run` applies it.
+fn load_catalog(
+    path: Option<&Path>,
+    edition: Edition,
+    addresses: &[AddressesArg],
+) -> Result<Catalog, u8> {
+    let catalog = read_catalog(path, edition).map_err(|e| {
         eprintln!("{e}");
         exit::USAGE
-    })
+    })?;
+    if addresses.is_empty() {
+        return Ok(catalog);
+    }
+    match catalog.with_addresses(addresses) {
+        Ok((catalog, warnings)) => {
+            for w in warnings {
+                eprintln!("{w}");
+            }
+            Ok(catalog)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(exit::USAGE)
+        }
+    }
 }
 
 /// Prints the policy of `role` (every role when absent on a host; with

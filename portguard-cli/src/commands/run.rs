@@ -29,6 +29,7 @@ fn options(args: RunArgs) -> Options {
         },
         metrics_addr: args.metrics_addr,
         client_media_ports: args.client_media_ports,
+        addresses: args.addresses,
         mgmt: args.mgmt,
         default_mgmt: !args.no_default_mgmt,
         drop_echo: args.drop_echo,

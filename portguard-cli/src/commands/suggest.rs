@@ -434,7 +434,65 @@ impl Context<'_> {
             self.rule(&mut out, r);
         }
         self.notes(&mut out);
+        self.refused_peers(&mut out);
         out
+    }
+
+    /// Peers a rule's address sets left out: comments naming the peer, the
+    /// rule and the sets to add it to (a set is not redefined here: the
+    /// fragment must still pass `check` appended to the catalog).
+    fn refused_peers(&self, out: &mut String) {
+        let a = self.a;
+        if a.refused_peers.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n# Not suggested: peers the rules' address sets left out (peer_not_allowed).\n\
+             # The port is open to the sets' peers; if one of these is a partner or a\n\
+             # pool member, add it to a set the rule names (in the catalog's\n\
+             # [[addresses]] or with run --addresses SET=...,PEER/32):"
+        );
+        for p in a.refused_peers.iter().take(MAX_NOTED) {
+            let peer = p.peer.map_or("?".to_string(), |ip| ip.to_string());
+            let rule = self
+                .catalog
+                .effective_rules(&a.roles)
+                .ok()
+                .and_then(|rules| {
+                    rules.into_iter().find(|r| {
+                        !r.peers.is_empty()
+                            && r.direction == Direction::Inbound
+                            && r.protocol.as_str() == p.proto
+                            && r.port_start <= p.port
+                            && p.port <= r.port_end
+                    })
+                });
+            let named = rule.map_or(String::new(), |r| {
+                format!(
+                    " ({}: {:?}; sets {})",
+                    r.role,
+                    r.service,
+                    r.peers.join(", ")
+                )
+            });
+            let _ = writeln!(
+                out,
+                "#   {peer} -> {} {}: {} packet(s) {}{named}",
+                p.proto.to_uppercase(),
+                p.port,
+                p.packets,
+                p.verdict,
+            );
+        }
+        let more = a.refused_peers.len().saturating_sub(MAX_NOTED);
+        if more > 0 || a.refused_peers_overflow > 0 {
+            let _ = writeln!(
+                out,
+                "#   ... and {more} more, {} event(s) past the daemon's table",
+                a.refused_peers_overflow
+            );
+        }
     }
 
     fn rule(&self, out: &mut String, r: &Run) {

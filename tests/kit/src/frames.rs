@@ -141,6 +141,17 @@ impl Packet {
         self
     }
 
+    /// A STUN Binding request's payload (RFC 8489: type 0x0001, length 0,
+    /// the magic cookie, a transaction id from `id`): what a media rule's
+    /// STUN port passes.
+    pub fn stun_binding(mut self, id: u32) -> Self {
+        let mut v = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        v.extend_from_slice(&id.to_be_bytes());
+        v.extend_from_slice(&[0; 8]);
+        self.payload = v;
+        self
+    }
+
     pub fn payload(mut self, len: usize) -> Self {
         self.payload = (0..len).map(|i| i as u8).collect();
         self

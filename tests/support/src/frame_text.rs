@@ -10,7 +10,7 @@
 //!   is written `[ADDR]:PORT`;
 //! - what the packet carries: `flags LETTERS` (TCP, from `FSRPAU`),
 //!   `vlan TPID:VID` (hex TPID, outermost first), `payload N` (bytes 0, 1,
-//!   2...), `options HEX` (IPv4), `frag OFFSET more|last ID` (IPv4 fragment
+//!   2...), `stun` (a STUN Binding request), `options HEX` (IPv4), `frag OFFSET more|last ID` (IPv4 fragment
 //!   fields, or an IPv6 fragment header in the extension chain, in 8-byte
 //!   units), `ext hbh|rt|dst` (IPv6 extension headers, in order);
 //! - what is then done to the built bytes, in order: `cut N` (keep N
@@ -128,6 +128,7 @@ impl FrameText {
                     let n: usize = num(w.next("a payload length")?)?;
                     *p = p.clone().payload(n);
                 }
+                ("stun", Base::Packet(p)) => *p = p.clone().stun_binding(1),
                 ("options", Base::Packet(p)) => p.ipv4_options = unhex(w.next("option bytes")?)?,
                 ("frag", Base::Packet(p)) => {
                     let offset = num(w.next("a fragment offset")?)?;

@@ -380,6 +380,9 @@ impl Decider<'_> {
             return self.pass(Reason::Dhcp, class);
         }
         let profile = self.profile(&ip.dst);
+        // A rule whose address sets leave the source out does not match;
+        // the packet goes on, and is `peer_not_allowed` if nothing passes it.
+        let mut peer_refused = false;
         if profile != PROFILE_NONE {
             let slot = self
                 .policy
@@ -387,7 +390,10 @@ impl Decider<'_> {
                 .get(profile as usize)
                 .map_or(0, |p| p.slot(proto, dport));
             if slot != 0 {
-                return (true, u32::from(slot));
+                if self.policy.peer_allowed(slot, addr_ip(&ip.src)) {
+                    return (true, u32::from(slot));
+                }
+                peer_refused = true;
             }
         }
         if proto == PROTO_TCP && dport != 0 && self.mgmt_allows(&ip.src, dport) {
@@ -408,8 +414,18 @@ impl Decider<'_> {
         if proto == PROTO_UDP && matches!(dport, 500 | 4500) && self.media(&ip.dst) {
             return self.ipsec(class);
         }
+        if peer_refused {
+            return self.deny(Reason::PeerNotAllowed, class);
+        }
         self.deny(Reason::PortNotAllowed, class)
     }
+}
+
+/// An address as the reference keeps it (IPv4 mapped), as an `IpAddr`.
+fn addr_ip(addr: &Addr) -> std::net::IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    v6.to_ipv4_mapped()
+        .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
 }
 
 /// The flow a frame the host sends records, as the egress recorder sees
@@ -435,7 +451,7 @@ pub fn egress_flow(frame: &[u8], policy: &CompiledPolicy) -> Option<Flow> {
     let answered_by_rule = policy
         .profiles
         .get(profile as usize)
-        .is_some_and(|p| p.slot(proto, sport) != 0);
+        .is_some_and(|p| p.slot(proto, sport) != 0 && !p.names_peers(proto, sport));
     (!answered_by_rule).then_some((ip.dst, ip.src, dport, sport, ip.proto))
 }
 

@@ -44,6 +44,9 @@ pub struct PolicyText {
     /// `--client-media START-END`.
     #[serde(default)]
     pub client_media: Option<String>,
+    /// `--addresses ID=CIDR[,CIDR...]`: an address set's contents.
+    #[serde(default)]
+    pub addresses: Vec<String>,
     /// Appliance mode: the legs, in `--iface` order (names for the spec).
     #[serde(default)]
     pub legs: Vec<String>,
@@ -497,6 +500,11 @@ impl PolicyText {
             // (tests/tests/policy/media.rs).
             media_check: portguard::policy::MediaCheck::Off,
             stun_budget: portguard::policy::StunBudget::default(),
+            addresses: self
+                .addresses
+                .iter()
+                .map(|a| a.parse().map_err(|e| format!("addresses {a}: {e}")))
+                .collect::<Result<_, String>>()?,
         })
     }
 }

@@ -204,6 +204,7 @@ fn the_package_installs_runs_and_purges_on_a_clean_debian_12() {
         "etc/portguard/example.env",
         "usr/share/portguard/sfb2015.toml",
         "usr/share/portguard/sfb2019.toml",
+        "usr/share/portguard/microsoft-365.txt",
         "usr/share/doc/portguard/copyright",
         "usr/share/doc/portguard/changelog.Debian.gz",
         "usr/share/man/man8/portguard.8.gz",

@@ -352,17 +352,10 @@ fn an_answer_to_a_recorded_flow_is_not_checked() {
 }
 
 /// An RFC 5389 Binding request with a fresh transaction id.
-fn binding_request(id: u32) -> Vec<u8> {
-    let mut v = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
-    v.extend_from_slice(&id.to_be_bytes());
-    v.extend_from_slice(&[0; 8]);
-    v
-}
-
 fn stun_from(src: &str, dst: &str, id: u32) -> Vec<u8> {
-    let mut p = Packet::udp(src, dst, 40_000 + (id % 1000) as u16, 3478);
-    p.payload = binding_request(id);
-    p.build()
+    Packet::udp(src, dst, 40_000 + (id % 1000) as u16, 3478)
+        .stun_binding(id)
+        .build()
 }
 
 #[test]

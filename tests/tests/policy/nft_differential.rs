@@ -276,6 +276,7 @@ fn nft_export_and_xdp_agree_on_every_role() {
         ));
     }
     cases.push(host_profiles_case(&catalog, &mut seq));
+    cases.extend(address_set_cases(&catalog, &mut seq));
     for (generation, (export, spec, mut packets)) in (1..).zip(cases) {
         let ruleset = run(Command::new(&bin)
             .args(["catalog", "export", "--format", "nft"])
@@ -402,6 +403,57 @@ fn host_profiles_case(catalog: &Catalog, seq: &mut u16) -> Case {
         }
     }
     (export, spec, packets)
+}
+
+/// Rules with address sets: the roles whose rows name sets, with the sets
+/// filled by `--addresses` so that some probe sources are in them and some
+/// are not (the client's own address, and another on its link), IPv4 and
+/// IPv6, an empty set among them.
+fn address_set_cases(catalog: &Catalog, seq: &mut u16) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (role, sets) in [
+        (
+            "edge-internal",
+            &[
+                "front-end-pool=198.18.0.1/32,2001:db8::1/128",
+                "director-pool=",
+                "survivable-branch=198.18.0.9/32",
+            ][..],
+        ),
+        (
+            "access-edge-external",
+            &["federation-partners=198.18.0.9/32,2001:db8::/120"][..],
+        ),
+        (
+            "reverse-proxy-internal",
+            &["front-end-pool=198.18.0.0/24", "office-web-apps-farm="][..],
+        ),
+    ] {
+        let mut export = vec!["--role".to_string(), role.into()];
+        for a in sets {
+            export.extend(["--addresses".into(), (*a).into()]);
+        }
+        let spec = PolicySpec {
+            addresses: sets
+                .iter()
+                .map(|a| a.parse().unwrap_or_else(|e| panic!("{a}: {e}")))
+                .collect(),
+            ..role_spec(role)
+        };
+        let mut packets = Vec::new();
+        for (name, p) in packets_for(catalog, role, seq) {
+            let mut other = p.clone();
+            other.src = if p.src.is_ipv4() {
+                portguard_testsupport::frames::ip("198.18.0.9")
+            } else {
+                portguard_testsupport::frames::ip("2001:db8::1:9")
+            };
+            packets.push((format!("sets: {name}"), p));
+            packets.push((format!("sets: {name} from {}", other.src), other));
+        }
+        cases.push((export, spec, packets));
+    }
+    cases
 }
 
 fn verdict(pass: bool) -> &'static str {

@@ -5,11 +5,15 @@
 //! a role are paired by (direction, protocol, service): identical pairs are
 //! the same row; what is left pairs in catalog order as a changed row when
 //! the service is the same (its ports, transport, table, match side, media
-//! or note differ); the rest are removed (only in A) or added (only in B).
+//! note or peer sets differ); the rest are removed (only in A) or added
+//! (only in B). Address sets are compared by id: added, removed, or the
+//! prefixes each side alone has.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
-use portguard::catalog::{Catalog, CatalogError, Edition, EffectiveRule, IpsecException, RoleDef};
+use portguard::catalog::{
+    AddressSet, Catalog, CatalogError, Edition, EffectiveRule, IpsecException, RoleDef,
+};
 
 /// A or B as the command line gives it: an edition's word or a file.
 pub fn load(word: &str) -> Result<Catalog, CatalogError> {
@@ -63,7 +67,63 @@ fn changes(a: &EffectiveRule, b: &EffectiveRule) -> Vec<Change> {
     field("match", a.side.to_string(), b.side.to_string());
     field("media", a.media.to_string(), b.media.to_string());
     field("note", a.note.clone(), b.note.clone());
+    field("peers", a.peers.join(", "), b.peers.join(", "));
     out
+}
+
+/// The address sets that differ, as lines, and how many.
+fn sets_diff(a: &[AddressSet], b: &[AddressSet]) -> (String, usize) {
+    let mut out = String::new();
+    let mut count = 0;
+    let summary = |s: &AddressSet| {
+        let v4 = s.cidrs.iter().filter(|c| c.addr.is_ipv4()).count();
+        format!(
+            "{} prefixes: {v4} IPv4, {} IPv6",
+            s.cidrs.len(),
+            s.cidrs.len() - v4
+        )
+    };
+    for old in a {
+        match b.iter().find(|s| s.id == old.id) {
+            None => {
+                count += 1;
+                let _ = writeln!(out, "  - {} ({})", old.id, summary(old));
+            }
+            Some(new) => {
+                let gone: Vec<String> = old
+                    .cidrs
+                    .iter()
+                    .filter(|c| !new.cidrs.contains(c))
+                    .map(ToString::to_string)
+                    .collect();
+                let came: Vec<String> = new
+                    .cidrs
+                    .iter()
+                    .filter(|c| !old.cidrs.contains(c))
+                    .map(ToString::to_string)
+                    .collect();
+                if gone.is_empty() && came.is_empty() && old.note == new.note {
+                    continue;
+                }
+                count += 1;
+                let _ = writeln!(out, "  ~ {} ({} -> {})", old.id, summary(old), summary(new));
+                for c in gone {
+                    let _ = writeln!(out, "      - {c}");
+                }
+                for c in came {
+                    let _ = writeln!(out, "      + {c}");
+                }
+                if old.note != new.note {
+                    let _ = writeln!(out, "      note: {:?} -> {:?}", old.note, new.note);
+                }
+            }
+        }
+    }
+    for new in b.iter().filter(|s| !a.iter().any(|o| o.id == s.id)) {
+        count += 1;
+        let _ = writeln!(out, "  + {} ({})", new.id, summary(new));
+    }
+    (out, count)
 }
 
 /// Pairs `old` and `new` (one role's rows) as described in the module doc.
@@ -157,6 +217,11 @@ fn role_changes(a: &RoleDef, b: &RoleDef) -> Vec<Change> {
     field("label", a.label.clone(), b.label.clone());
     field("table", a.table.to_string(), b.table.to_string());
     field("includes", a.includes.join(", "), b.includes.join(", "));
+    field(
+        "media_path",
+        a.media_path.to_string(),
+        b.media_path.to_string(),
+    );
     field("why", a.why.clone(), b.why.clone());
     out
 }
@@ -276,6 +341,11 @@ pub fn render(a_name: &str, a: &Catalog, b_name: &str, b: &Catalog) -> String {
     }
 
     out.push_str(&sections);
+    let (sets, sets_count) = sets_diff(&a.addresses, &b.addresses);
+    if !sets.is_empty() {
+        let _ = writeln!(out, "\naddress sets:");
+        out.push_str(&sets);
+    }
     if a.client_media != b.client_media {
         let _ = writeln!(
             out,
@@ -291,7 +361,7 @@ pub fn render(a_name: &str, a: &Catalog, b_name: &str, b: &Catalog) -> String {
         out,
         "\nroles: {roles_removed} removed, {roles_added} added, {roles_changed} changed; \
          rules: {rules_removed} removed, {rules_added} added, {rules_changed} changed; \
-         IPsec exceptions: {ipsec_count} differ"
+         address sets: {sets_count} differ; IPsec exceptions: {ipsec_count} differ"
     );
     out
 }
@@ -331,7 +401,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.ends_with("\nroles: 1 removed, 0 added, 0 changed; rules: 8 removed, 0 added, 0 changed; IPsec exceptions: 0 differ\n"),
+            text.ends_with("\nroles: 1 removed, 0 added, 0 changed; rules: 8 removed, 0 added, 0 changed; address sets: 0 differ; IPsec exceptions: 0 differ\n"),
             "{text}"
         );
         assert!(
@@ -350,7 +420,7 @@ mod tests {
         );
         assert!(text.contains("\nrole persistent-chat: added ("), "{text}");
         assert!(
-            text.ends_with("roles: 0 removed, 1 added, 0 changed; rules: 0 removed, 8 added, 0 changed; IPsec exceptions: 0 differ\n"),
+            text.ends_with("roles: 0 removed, 1 added, 0 changed; rules: 0 removed, 8 added, 0 changed; address sets: 0 differ; IPsec exceptions: 0 differ\n"),
             "{text}"
         );
     }
@@ -363,7 +433,7 @@ mod tests {
             text.lines().skip(2).collect::<Vec<_>>(),
             [
                 "",
-                "roles: 0 removed, 0 added, 0 changed; rules: 0 removed, 0 added, 0 changed; IPsec exceptions: 0 differ"
+                "roles: 0 removed, 0 added, 0 changed; rules: 0 removed, 0 added, 0 changed; address sets: 0 differ; IPsec exceptions: 0 differ"
             ],
             "{text}"
         );
@@ -390,6 +460,33 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn sets_and_peers_that_differ() {
+        let base = "version = 1\n[[role]]\nid = \"r\"\nlabel = \"R\"\ntable = \"hybrid\"\n[[addresses]]\nid = \"m\"\ncidrs = [CIDRS]\n[[addresses]]\nid = \"OTHER\"\ncidrs = []\n[[rule]]\nrole = \"r\"\nservice = \"S\"\nprotocol = \"tcp\"\nports = 5061\ntransport = \"TCP\"\ntable = \"hybrid\"\ndirection = \"inbound\"\nPEERS\nnote = \"n\"\n";
+        let a = parse(
+            &base
+                .replace("CIDRS", "\"192.0.2.0/24\", \"2001:db8::/32\"")
+                .replace("OTHER", "gone")
+                .replace("PEERS", ""),
+        );
+        let b = parse(
+            &base
+                .replace("CIDRS", "\"192.0.2.0/24\", \"198.51.100.0/24\"")
+                .replace("OTHER", "new")
+                .replace("PEERS", "peers = \"m\""),
+        );
+        let text = render("a", &a, "b", &b);
+        assert!(
+            text.contains("\n  ~  inbound  tcp  5061  S  (hybrid)\n      peers: \"\" -> \"m\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\naddress sets:\n  ~ m (2 prefixes: 1 IPv4, 1 IPv6 -> 2 prefixes: 2 IPv4, 0 IPv6)\n      - 2001:db8::/32\n      + 198.51.100.0/24\n  - gone (0 prefixes: 0 IPv4, 0 IPv6)\n  + new (0 prefixes: 0 IPv4, 0 IPv6)\n"),
+            "{text}"
+        );
+        assert!(text.contains("; address sets: 3 differ;"), "{text}");
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use portguard::catalog::{Catalog, CatalogError, EffectiveRule, IpsecException, SeedTable};
+use portguard::catalog::{
+    AddressSet, Catalog, CatalogError, EffectiveRule, IpsecException, SeedTable, SetSource,
+};
 
 /// `--format` of `catalog show`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -20,6 +22,8 @@ pub enum ShowFormat {
 pub enum ShowTable {
     Rules,
     Ipsec,
+    /// The address sets (`[[addresses]]`) and what they hold.
+    Addresses,
 }
 
 /// The rows `show` prints: `role`'s rules with inclusions resolved, or every
@@ -50,8 +54,20 @@ struct JsonRule<'a> {
     side: &'a str,
     direction: &'a str,
     media: bool,
+    /// The address sets the peer must be in (empty: any peer).
+    peers: &'a [String],
     note: &'a str,
     line: usize,
+}
+
+#[derive(Serialize)]
+struct JsonSet<'a> {
+    id: &'a str,
+    cidrs: Vec<String>,
+    file: Option<&'a str>,
+    /// `catalog` or `flag` (`--addresses`).
+    source: &'a str,
+    note: &'a str,
 }
 
 #[derive(Serialize)]
@@ -65,7 +81,7 @@ struct JsonIpsec<'a> {
     authentication: &'a str,
 }
 
-const RULE_HEADER: [&str; 8] = [
+const RULE_HEADER: [&str; 9] = [
     "ROLE",
     "SERVICE",
     "PROTO",
@@ -74,8 +90,9 @@ const RULE_HEADER: [&str; 8] = [
     "TABLE",
     "MATCH",
     "DIRECTION",
+    "PEERS",
 ];
-const CSV_RULE_HEADER: [&str; 10] = [
+const CSV_RULE_HEADER: [&str; 11] = [
     "role",
     "service",
     "protocol",
@@ -86,6 +103,7 @@ const CSV_RULE_HEADER: [&str; 10] = [
     "match",
     "direction",
     "note",
+    "peers",
 ];
 const IPSEC_TABLE_HEADER: [&str; 7] = [
     "NAME",
@@ -126,6 +144,7 @@ pub fn render_rules(
                         r.table.to_string(),
                         r.side.to_string(),
                         r.direction.to_string(),
+                        peers_text(&r.peers),
                     ]
                 })
                 .collect();
@@ -146,6 +165,7 @@ pub fn render_rules(
                         r.side.to_string(),
                         r.direction.to_string(),
                         r.note.clone(),
+                        r.peers.join(" "),
                     ]
                 })
                 .collect();
@@ -166,6 +186,7 @@ pub fn render_rules(
                     side: r.side.as_str(),
                     direction: r.direction.as_str(),
                     media: r.media,
+                    peers: &r.peers,
                     note: &r.note,
                     line: r.line,
                 })
@@ -284,6 +305,7 @@ fn markdown_rules(catalog: &Catalog, rows: &[EffectiveRule], role: Option<&str>)
                         r.transport.clone(),
                         r.side.to_string(),
                         r.direction.to_string(),
+                        peers_text(&r.peers),
                         r.note.clone(),
                     ]
                 })
@@ -301,6 +323,7 @@ fn markdown_rules(catalog: &Catalog, rows: &[EffectiveRule], role: Option<&str>)
                     "Transport",
                     "Match",
                     "Direction",
+                    "Peers",
                     "Note",
                 ],
                 &cells,
@@ -308,7 +331,89 @@ fn markdown_rules(catalog: &Catalog, rows: &[EffectiveRule], role: Option<&str>)
             s.push('\n');
         }
     }
+    if !catalog.addresses.is_empty() {
+        s.push_str("## Address sets\n\n");
+        s.push_str(
+            "A rule with peers passes a packet only if its remote side (the source of an inbound rule, the \
+             destination of an outbound one) is in one of the sets; an empty set admits no peer.\n\n",
+        );
+        s.push_str(&md_table(
+            &["Set", "Prefixes", "Source", "Note"],
+            &set_cells(catalog),
+        ));
+    }
     s
+}
+
+/// A rule's sets for a table cell: `any` when it names none.
+fn peers_text(peers: &[String]) -> String {
+    if peers.is_empty() {
+        "any".into()
+    } else {
+        peers.join(",")
+    }
+}
+
+fn set_cells(catalog: &Catalog) -> Vec<Vec<String>> {
+    catalog
+        .addresses
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.clone(),
+                if a.cidrs.is_empty() {
+                    "(empty)".into()
+                } else {
+                    a.cidrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                },
+                set_source(a).into(),
+                a.note.clone(),
+            ]
+        })
+        .collect()
+}
+
+fn set_source(a: &AddressSet) -> &'static str {
+    match (&a.source, &a.file) {
+        (SetSource::Flag, _) => "--addresses",
+        (SetSource::Catalog, Some(_)) => "catalog+file",
+        (SetSource::Catalog, None) => "catalog",
+    }
+}
+
+/// The address sets, in every format.
+pub fn render_sets(catalog: &Catalog, format: ShowFormat) -> String {
+    let cells = set_cells(catalog);
+    match format {
+        ShowFormat::Table => aligned(&["SET", "PREFIXES", "SOURCE", "NOTE"], &cells),
+        ShowFormat::Csv => csv(&["id", "cidrs", "source", "note"], &cells),
+        ShowFormat::Md => {
+            let mut s = format!("# Address sets: {}\n\n", catalog.origin);
+            s.push_str(&md_table(&["Set", "Prefixes", "Source", "Note"], &cells));
+            s
+        }
+        ShowFormat::Json => {
+            let out: Vec<JsonSet<'_>> = catalog
+                .addresses
+                .iter()
+                .map(|a| JsonSet {
+                    id: &a.id,
+                    cidrs: a.cidrs.iter().map(ToString::to_string).collect(),
+                    file: a.file.as_deref(),
+                    source: match a.source {
+                        SetSource::Flag => "flag",
+                        SetSource::Catalog => "catalog",
+                    },
+                    note: &a.note,
+                })
+                .collect();
+            json(&out)
+        }
+    }
 }
 
 fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -428,7 +533,7 @@ mod tests {
 
         let csv = super::render_rules(&c, &rows, None, ShowFormat::Csv);
         assert!(csv.starts_with(
-            "role,service,protocol,port_start,port_end,transport,table,match,direction,note\r\n"
+            "role,service,protocol,port_start,port_end,transport,table,match,direction,note,peers\r\n"
         ));
         assert!(
             csv.contains(",\"HTTPS, TCP\","),
@@ -492,11 +597,11 @@ mod tests {
 
         let table = super::render_rules(&c, &rows, None, ShowFormat::Table);
         let header = table.lines().next().unwrap_or_default();
-        assert!(header.ends_with("DIRECTION"), "{header}");
+        assert!(header.ends_with("DIRECTION  PEERS"), "{header}");
         assert!(
             table
                 .lines()
-                .any(|l| l.contains("50000-59999") && l.ends_with("outbound")),
+                .any(|l| l.contains("50000-59999") && l.contains("outbound") && l.ends_with("any")),
             "{table}"
         );
         let csv = super::render_rules(&c, &rows, None, ShowFormat::Csv);
@@ -511,6 +616,63 @@ mod tests {
                 && md.contains(EDGE_DOCUMENT)
                 && md.contains("| destination | outbound |"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn show_carries_the_peers_and_the_sets() {
+        let c = Catalog::embedded();
+        let rows = super::rows(&c, Some("edge-internal")).unwrap_or_else(|e| panic!("{e}"));
+        let json = super::render_rules(&c, &rows, Some("edge-internal"), ShowFormat::Json);
+        let v: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
+        let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
+        let peers_of = |port: u64, dir: &str| -> Vec<String> {
+            arr.iter()
+                .find(|o| o["port_start"] == port && o["direction"] == dir)
+                .and_then(|o| o["peers"].as_array())
+                .unwrap_or_else(|| panic!("no peers for {port} {dir}: {json}"))
+                .iter()
+                .filter_map(|p| p.as_str().map(String::from))
+                .collect()
+        };
+        assert_eq!(
+            peers_of(5061, "inbound"),
+            ["front-end-pool", "director-pool"]
+        );
+        assert_eq!(
+            peers_of(5062, "inbound"),
+            ["front-end-pool", "survivable-branch"]
+        );
+        assert!(
+            peers_of(3478, "inbound").is_empty(),
+            "media rows name no set"
+        );
+
+        let sets = super::render_sets(&c, ShowFormat::Json);
+        let v: serde_json::Value =
+            serde_json::from_str(&sets).unwrap_or_else(|e| panic!("json: {e}\n{sets}"));
+        let fed = v
+            .as_array()
+            .and_then(|a| a.iter().find(|o| o["id"] == "federation-partners"))
+            .unwrap_or_else(|| panic!("no federation-partners in {sets}"));
+        assert_eq!(
+            fed["cidrs"],
+            serde_json::json!(["0.0.0.0/0", "::/0"]),
+            "{sets}"
+        );
+        assert_eq!(fed["source"], "catalog");
+
+        let arg: portguard::catalog::AddressesArg = "federation-partners=198.19.7.0/24"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (narrowed, _) = c.with_addresses(&[arg]).unwrap_or_else(|e| panic!("{e}"));
+        let table = super::render_sets(&narrowed, ShowFormat::Table);
+        assert!(
+            table.lines().any(|l| l.starts_with("federation-partners")
+                && l.contains("198.19.7.0/24")
+                && l.contains("--addresses")),
+            "{table}"
         );
     }
 }

@@ -45,6 +45,8 @@ fn aggregates(roles: &[&str], ports: Vec<PortAggregate>) -> Aggregates {
         ports_evicted: 0,
         ephemeral: Some(LINUX_EPHEMERAL),
         client_media_ports: None,
+        refused_peers: Vec::new(),
+        refused_peers_overflow: 0,
     }
 }
 
@@ -420,4 +422,29 @@ fn the_2019_edition_in_force_is_the_one_compared_with() {
         catalog_in_force(None, Some("2016")).is_err(),
         "an edition this portguard does not know"
     );
+}
+
+#[test]
+fn refused_peers_are_named_with_the_sets_to_add_them_to() {
+    let mut a = aggregates(&["access-edge-external"], Vec::new());
+    a.refused_peers = vec![portguard::events::store::RefusedPeer {
+        proto: "tcp".into(),
+        port: 5061,
+        peer: Some("198.19.8.10".parse().unwrap_or_else(|e| panic!("{e}"))),
+        verdict: "would_drop".into(),
+        packets: 7,
+    }];
+    let text = default_fragment(&a, Options::default());
+    let line = text
+        .lines()
+        .find(|l| l.contains("198.19.8.10"))
+        .unwrap_or_else(|| panic!("the refused peer is not named:\n{text}"));
+    assert!(
+        line.contains("TCP 5061")
+            && line.contains("7 packet(s)")
+            && line.contains("federation-partners")
+            && line.starts_with('#'),
+        "the peer's line names the port, the count and the set, as a comment: {line}"
+    );
+    let _ = appended(Catalog::embedded_text(), &text);
 }

@@ -44,6 +44,14 @@ pub const MAP_FLAG_DST: u64 = 1 << 1;
 pub const MAP_FLAG_TCP: u64 = 1 << 2;
 pub const MAP_FLAG_UDP: u64 = 1 << 3;
 
+/// Section 1c's partners (the bench's source 198.18.0.1 among them) and
+/// its cases.
+const SETS_PARTNERS: &str = "federation-partners=198.18.0.0/24,2001:db8::/32";
+const SETS_UNSCOPED: &str = "portguard, TCP SYN to 443 (a rule without sets)";
+const SETS_PARTNER: &str = "portguard, TCP SYN to 5061 from a partner (a rule with sets)";
+const SETS_STRANGER: &str = "portguard, TCP SYN to 5061 from a stranger (peer_not_allowed)";
+const SETS_UNLISTED: &str = "portguard, TCP SYN to 161 (port_not_allowed)";
+
 /// A 64-byte UDP frame (the Ethernet minimum without FCS).
 pub fn udp64(src: &str, dst: &str, dport: u16) -> Vec<u8> {
     let payload = if src.contains(':') { 2 } else { 22 };
@@ -289,6 +297,24 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let box_frames = appliance::frames();
     let pg_box = appliance::load(&box_frames)?;
 
+    // A rule with address sets beside rules without (issue 24): the Access
+    // Edge's external address with closed federation, the bench's source
+    // among the partners.
+    let sets_spec = PolicySpec {
+        default_roles: Some(vec!["access-edge-external".into()]),
+        mgmt: Mgmt::defaults(),
+        addresses: vec![
+            SETS_PARTNERS
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{SETS_PARTNERS}: {e}"))?,
+        ],
+        ..PolicySpec::default()
+    };
+    let sets_compiled = policy::resolve(&Catalog::embedded(), &sets_spec)
+        .and_then(|r| policy::compile(&r, &mut SlotRegistry::default()))?;
+    let mut pg_sets = Classifier::load(None)?;
+    pg_sets.install(&sets_compiled, 1)?;
+
     let ports = allowed_port_flags(&compiled);
     let xf_dny_udp = XdpFilterObject::load("xdpfilt_dny_udp", &ports)?;
     let xf_dny_all = XdpFilterObject::load("xdpfilt_dny_all", &ports)?;
@@ -357,6 +383,8 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     progs.push(Prog::Xdp(pg_media.xdp_ref()?));
     let box_prog = progs.len();
     progs.push(Prog::Xdp(pg_box.xdp_ref()?));
+    let sets_prog = progs.len();
+    progs.push(Prog::Xdp(pg_sets.xdp_ref()?));
     let b_prog = pg_b.as_ref().map(|c| {
         progs.push(Prog::Xdp(c.xdp_ref()?));
         Ok::<usize, anyhow::Error>(progs.len() - 1)
@@ -549,6 +577,17 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
         &box_frames.local_allowed,
         XDP_PASS,
     ));
+    // TCP SYNs of 64 bytes (54 of headers): to 443, a rule without sets, to
+    // 5061, a rule with them, from a partner and from a stranger.
+    let syn64 = |src: &str, dport: u16| Packet::tcp(src, dst, 40_000, dport).payload(10).build();
+    for (name, frame, expect) in [
+        (SETS_UNSCOPED, syn64(src, 443), XDP_PASS),
+        (SETS_PARTNER, syn64(src, 5061), XDP_PASS),
+        (SETS_STRANGER, syn64("198.19.0.1", 5061), XDP_DROP),
+        (SETS_UNLISTED, syn64(src, 161), XDP_DROP),
+    ] {
+        cases.push(case("sets", name, sets_prog, &frame, expect));
+    }
     if let Some(b) = b_prog {
         for (name, frame, expect) in [
             ("B: portguard, allowed UDP 50000", &allowed, XDP_PASS),
@@ -661,7 +700,7 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
     let _ = writeln!(t, "|---|---:|---:|---:|");
     for c in cases
         .iter()
-        .filter(|c| c.group != "scale" && c.group != "tc")
+        .filter(|c| c.group != "scale" && c.group != "tc" && c.group != "sets")
     {
         let v = ns(c);
         let _ = writeln!(
@@ -764,6 +803,61 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
          datagram itself; a SYN for TCP) ran once through the recorder, and the XDP program then passed the \
          flow's reply as `established` on a local port the policy keeps closed (it dropped it before). The \
          RTP datagram is what a media server sends per packet; the ACK is the rest of a connection it opened.",
+        t,
+    );
+
+    // Rules with address sets, beside a rule without, in the same program.
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| program and packet | ns/packet | x floor | ns above floor |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|");
+    for c in cases.iter().filter(|c| c.group == "sets") {
+        let v = ns(c);
+        let _ = writeln!(
+            t,
+            "| {} | {v:.2} | {:.2} | {:.2} |",
+            c.name,
+            v / floor,
+            v - floor
+        );
+    }
+    let (unscoped, partner, stranger, unlisted) = (
+        exact(SETS_UNSCOPED),
+        exact(SETS_PARTNER),
+        exact(SETS_STRANGER),
+        exact(SETS_UNLISTED),
+    );
+    let _ = writeln!(t);
+    let _ = writeln!(t, "| ratio | value |");
+    let _ = writeln!(t, "|---|---:|");
+    let _ = writeln!(
+        t,
+        "| rule with sets / rule without (partner, allowed) | {:.2} |",
+        partner / unscoped
+    );
+    let _ = writeln!(
+        t,
+        "| (rule with sets − floor) / (rule without − floor) | {:.2} |",
+        (partner - floor) / (unscoped - floor)
+    );
+    let _ = writeln!(
+        t,
+        "| stranger refused (peer_not_allowed) / port not listed (port_not_allowed) | {:.2} |",
+        stranger / unlisted
+    );
+    report.section(
+        "1c. A rule with address sets under BPF_PROG_TEST_RUN",
+        &format!(
+            "In the same interleaved rounds as section 1: portguard with `--role access-edge-external \
+             --addresses {SETS_PARTNERS}` (the default catalog's `peers = \"federation-partners\"` on \
+             TCP 5061 and 5269), 64-byte TCP SYNs. A rule with sets marks its port slot, so the host's fast \
+             path hands the packet to the full path, which looks the source up in `PEERS` (one LPM trie \
+             lookup); a rule without sets (443) is decided by the fast path as before. The stranger's SYN \
+             goes on through the rest of the decision and is dropped as `peer_not_allowed`; the unlisted \
+             port's as `port_not_allowed`."
+        ),
         t,
     );
 
