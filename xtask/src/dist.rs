@@ -472,7 +472,7 @@ mod tests {
     #[test]
     fn the_changelog_names_this_version() {
         let text = fs::read_to_string(crate::root().join("packaging/changelog"))
-            .unwrap_or_else(|e| panic!("packaging/changelog: {e}"));
+            .expect("packaging/changelog");
         if let Err(e) = check_changelog(&text) {
             panic!("{e}");
         }

@@ -41,7 +41,7 @@ mod tests {
             .arg(crate::root())
             .args(["ls-files", "-z"])
             .output()
-            .unwrap_or_else(|e| panic!("git ls-files: {e}"));
+            .expect("git ls-files");
         assert!(
             out.status.success(),
             "git ls-files: {}",

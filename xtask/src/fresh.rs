@@ -157,7 +157,7 @@ mod tests {
         // other tests (and this one's check from outside) stay where they are.
         let inside = marker.clone();
         std::thread::spawn(move || {
-            let fresh = enter().unwrap_or_else(|e| panic!("entering the fresh state: {e:#}"));
+            let fresh = enter().expect("entering the fresh state");
             let meta = std::fs::metadata(RUN_DIR).unwrap_or_else(|e| panic!("{RUN_DIR}: {e}"));
             assert_eq!(
                 (meta.mode() & 0o7777, meta.uid()),

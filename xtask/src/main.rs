@@ -103,7 +103,7 @@ fn dispatch() -> Result<ExitCode> {
         Cmd::Test { args } => {
             setup::setup(setup::Needs::Everything, false)?;
             build::build()?;
-            // The package test (tests/tests/deb_install.rs) installs this
+            // The package test (tests/tests/packaging/deb_install.rs) installs this
             // package into this root. debootstrap needs root; so does the
             // test, which skips without it (and fails under CI=true).
             let deb = dist::dist()?;
@@ -204,7 +204,7 @@ mod tests {
             "--mode",
             "monitor",
         ])
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("run with portguard's flags parses");
         let Cmd::Run { args } = cli.command else {
             panic!("not run")
         };
@@ -225,7 +225,7 @@ mod tests {
     fn test_keeps_a_second_separator_for_the_test_binaries() {
         let cli =
             Cli::try_parse_from(["xtask", "test", "--", "-p", "testkit", "--", "--nocapture"])
-                .unwrap_or_else(|e| panic!("{e}"));
+                .expect("test with a second separator parses");
         let Cmd::Test { args } = cli.command else {
             panic!("not test")
         };
@@ -234,14 +234,15 @@ mod tests {
 
     #[test]
     fn plain_run_is_the_lab() {
-        let cli = Cli::try_parse_from(["xtask", "run"]).unwrap_or_else(|e| panic!("{e}"));
+        let cli = Cli::try_parse_from(["xtask", "run"]).expect("a plain run parses");
         assert!(matches!(cli.command, Cmd::Run { args } if args.is_empty()));
     }
 
     #[test]
     fn run_arguments_choose_a_scenario_or_a_real_interface() {
         let args = |a: &[&str]| a.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
-        let scenario = |a: &[&str]| run::scenario(&args(a)).unwrap_or_else(|e| panic!("{e:#}"));
+        let scenario =
+            |a: &[&str]| run::scenario(&args(a)).expect("a scenario or portguard's flags");
         assert_eq!(scenario(&[]), Some(run::Scenario::All));
         assert_eq!(scenario(&["--scenario", "edge"]), Some(run::Scenario::Edge));
         assert_eq!(scenario(&["--scenario=host"]), Some(run::Scenario::Host));

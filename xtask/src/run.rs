@@ -1,20 +1,24 @@
-//! `cargo xtask run`: the lab demos (the host scenario, engine in
-//! `testkit::lab`; the routed edge scenario, engine in `testkit::edge`,
-//! printed by [`edge`]; the attack scenario, engine in
-//! `testkit::edge::attack`, printed by [`attack`]), or, with portguard's
-//! flags, portguard in the foreground on a real interface.
+//! `cargo xtask run`: the lab demos, over the lab engine `testkit::lab`
+//! (the host scenario, `testkit::lab::host`, printed here; the routed edge
+//! scenario, `testkit::lab::edge`, printed by [`edge`]; the attack scenario,
+//! `testkit::lab::edge::attack`, printed by [`attack`]), or, with
+//! portguard's flags, portguard in the foreground on a real interface.
 
 mod attack;
 mod edge;
 
 use std::{
+    collections::BTreeMap,
     process::{Command, ExitCode},
     sync::atomic::{AtomicBool, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
-use testkit::lab::{self, CASES, MEDIA, METRICS, ROLES, SERVER_IF};
+use testkit::lab::{
+    MEDIA, METRICS, PeerResult, ROLES,
+    host::{self, CASES, SERVER_IF},
+};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -132,24 +136,57 @@ pub fn real_interface(args: &[String]) -> Result<ExitCode> {
     })
 }
 
+/// A scenario's result: after Ctrl-C, the interruption alone; otherwise
+/// its error, saying that the `what` failed. Either way the scenario has
+/// stopped portguard and removed its namespaces.
+fn outcome<T>(result: Result<T>, interrupted: &AtomicBool, what: &str) -> Result<T> {
+    match result {
+        Ok(r) => Ok(r),
+        Err(_) if interrupted.load(Ordering::SeqCst) => {
+            bail!("interrupted; portguard was stopped and the {what}'s namespaces removed")
+        }
+        Err(e) => Err(e.context(format!("the {what} failed (its namespaces were removed)"))),
+    }
+}
+
+/// What a check came to, in one width: `OK` or `MISMATCH`.
+fn mark(ok: bool) -> &'static str {
+    if ok { "OK      " } else { "MISMATCH" }
+}
+
+/// Under a table of socket cases: what its counts count.
+const UNITS: &str = "   (UDP: datagrams; TCP: connection attempts, and connections over which the messages arrived)";
+
+/// A line per peer: whether it did what the policy says, its name and
+/// target in columns `name` and `target` wide, and the detail.
+fn print_peers(peers: &[PeerResult], name: usize, target: usize) {
+    for p in peers {
+        println!(
+            "   {} {:<name$} {:<target$} {}",
+            mark(p.ok),
+            p.name,
+            p.target,
+            p.detail
+        );
+    }
+}
+
 /// The host scenario.
 fn demo() -> Result<()> {
     println!(
         "== portguard lab: client netns <-veth-> server netns; portguard run --iface {SERVER_IF} --role {ROLES} --client-media-ports {MEDIA}"
     );
     let bin = crate::portguard_bin();
-    let report = match lab::run(&lab::Options {
-        bin: &bin,
-        interrupted: &INTERRUPTED,
-        peers: true,
-        live: true,
-    }) {
-        Ok(r) => r,
-        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
-            bail!("interrupted; portguard was stopped and the lab's namespaces removed")
-        }
-        Err(e) => return Err(e.context("the lab failed (its namespaces were removed)")),
-    };
+    let report = outcome(
+        host::run(&host::Options {
+            bin: &bin,
+            interrupted: &INTERRUPTED,
+            peers: true,
+            live: true,
+        }),
+        &INTERRUPTED,
+        "lab",
+    )?;
     println!(
         "   {} 198.18.0.1 / 2001:db8::1  <->  {} 198.18.0.2 / 2001:db8::2 (metrics on {METRICS} inside)",
         report.client, report.server
@@ -171,31 +208,31 @@ fn demo() -> Result<()> {
             if report.case_ok(i) { "OK" } else { "MISMATCH" }
         );
     }
-    println!(
-        "   (UDP: datagrams; TCP: connection attempts, and connections over which the messages arrived)"
-    );
+    println!("{UNITS}");
     println!();
     println!("real protocol peers through portguard:");
-    for p in &report.peers {
-        println!(
-            "   {} {:<38} {:<9} {}",
-            if p.ok { "OK      " } else { "MISMATCH" },
-            p.name,
-            p.target,
-            p.detail
-        );
-    }
+    print_peers(&report.peers, 38, 9);
     println!();
     let bad = if let Some(m) = &report.metrics {
         println!("portguard's counters from GET /metrics while the traffic ran:");
-        for (k, v) in m.iter().filter(|(k, _)| {
-            k.starts_with("portguard_packets_total") || k.starts_with("portguard_drops_total")
-        }) {
+        // As the endpoint writes them, sorted.
+        let lines: BTreeMap<&str, f64> = m
+            .text
+            .lines()
+            .filter(|l| {
+                l.starts_with("portguard_packets_total") || l.starts_with("portguard_drops_total")
+            })
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k, v.parse().ok()?))
+            })
+            .collect();
+        for (k, v) in lines {
             println!("   {k} {v}");
         }
         println!("counters against the receivers:");
         for (ok, text) in report.counter_checks() {
-            println!("   {} {text}", if ok { "OK      " } else { "MISMATCH" });
+            println!("   {} {text}", mark(ok));
         }
         report.mismatches()
     } else {
@@ -204,11 +241,7 @@ fn demo() -> Result<()> {
         );
         println!(
             "   {} no XDP program left on {SERVER_IF} after SIGINT",
-            if report.detached {
-                "OK      "
-            } else {
-                "MISMATCH"
-            }
+            mark(report.detached)
         );
         report.mismatches_without_metrics()
     };

@@ -445,7 +445,7 @@ mod tests {
         fn new(tag: &str) -> TempDir {
             let d = std::env::temp_dir().join(format!("xtask-setup-{tag}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&d);
-            fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+            fs::create_dir_all(&d).expect("a scratch directory");
             TempDir(d)
         }
     }
@@ -539,15 +539,15 @@ mod tests {
         let t = TempDir::new("sysroot");
         assert!(!sysroot_has_bpf_core(&t.0));
         let lib = t.0.join("lib/rustlib").join(BPF_TARGET).join("lib");
-        fs::create_dir_all(&lib).unwrap_or_else(|e| panic!("{e}"));
+        fs::create_dir_all(&lib).expect("the sysroot's target lib directory");
         assert!(
             !sysroot_has_bpf_core(&t.0),
             "an empty target dir has no core"
         );
         fs::write(lib.join("libcompiler_builtins-0123.rlib"), b"")
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("an empty compiler_builtins rlib");
         assert!(!sysroot_has_bpf_core(&t.0));
-        fs::write(lib.join("libcore-4f8e.rlib"), b"").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(lib.join("libcore-4f8e.rlib"), b"").expect("an empty core rlib");
         assert!(sysroot_has_bpf_core(&t.0));
     }
 
@@ -556,7 +556,7 @@ mod tests {
         let t = TempDir::new("path");
         let dirs = [t.0.join("nope"), t.0.clone()];
         assert_eq!(find_program("bpf-linker", &dirs), None);
-        fs::write(t.0.join("bpf-linker"), b"").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(t.0.join("bpf-linker"), b"").expect("an empty bpf-linker");
         assert_eq!(
             find_program("bpf-linker", &dirs),
             Some(t.0.join("bpf-linker"))

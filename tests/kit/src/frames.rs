@@ -392,8 +392,8 @@ mod tests {
             }
             other => panic!("not IP: {other:?}"),
         };
-        let v4 = |b: &[u8]| <[u8; 4]>::try_from(b).unwrap_or_else(|e| panic!("{e}"));
-        let v6 = |b: &[u8]| <[u8; 16]>::try_from(b).unwrap_or_else(|e| panic!("{e}"));
+        let v4 = |b: &[u8]| <[u8; 4]>::try_from(b).expect("an IPv4 address is 4 bytes");
+        let v6 = |b: &[u8]| <[u8; 16]>::try_from(b).expect("an IPv6 address is 16 bytes");
         let ports = match &p.transport {
             Some(TransportSlice::Udp(u)) => {
                 let h = u.to_header();

@@ -1,13 +1,13 @@
 //! The test kit shared by portguard's privileged tests, the benchmarks and
-//! the lab demo: network namespaces, veth pairs, counting listeners, the
-//! operations tests' kit ([`ops`]), and the guard every test that needs
-//! privileges or a tool goes through ([`require`]): under `CI=true` it fails
-//! the test, elsewhere it skips it with a `SKIP` line that `cargo xtask test`
-//! counts. It must not depend on classifier-user: xtask links it before the
+//! the lab demo: network namespaces, veth pairs, counting listeners, the lab
+//! engine and its scenarios ([`lab`]), the operations tests' kit ([`ops`]),
+//! the lock a binary's load- or time-sensitive tests share ([`Alone`]), and
+//! the guard every test that needs privileges or a tool goes through
+//! ([`require`]): under `CI=true` it fails the test, elsewhere it skips it
+//! with a `SKIP` line that `cargo xtask test` counts. It must not depend on classifier-user: xtask links it before the
 //! eBPF toolchain exists; test code that needs portguard's library lives in
 //! `portguard-testsupport` (tests/support).
 
-pub mod edge;
 pub mod frames;
 pub mod lab;
 pub mod mountns;
@@ -18,7 +18,36 @@ pub mod sockets;
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard, PoisonError},
 };
+
+/// The lock a test binary's tests hold when they must not run beside each
+/// other: libtest runs a binary's tests on as many threads as there are
+/// cores, and floods, line-rate senders and tests that time or count
+/// exactly would measure each other. One per binary, in its `main.rs`:
+/// `static ALONE: Alone = Alone::new();`, and in each such test
+/// `let _alone = crate::ALONE.hold();` (after its privilege check, so that
+/// a skipped test does not wait).
+pub struct Alone(Mutex<()>);
+
+impl Alone {
+    pub const fn new() -> Alone {
+        Alone(Mutex::new(()))
+    }
+
+    /// Waits until no other holder runs, and keeps it so until the guard
+    /// drops. A test that failed while holding it does not stop the others
+    /// (the lock guards no data).
+    pub fn hold(&self) -> MutexGuard<'_, ()> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for Alone {
+    fn default() -> Alone {
+        Alone::new()
+    }
+}
 
 /// Capabilities a privileged test needs, as (bit, name): netns and veth
 /// (NET_ADMIN), `setns`, mounts and pre-5.8 BPF (SYS_ADMIN), and BPF maps and
@@ -178,7 +207,7 @@ pub fn portguard_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("PORTGUARD_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let exe = std::env::current_exe().expect("current_exe");
     let bin = bin_next_to(&exe);
     assert!(
         bin.is_file(),

@@ -16,7 +16,7 @@ use std::{
     fs::File,
     io,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -173,6 +173,20 @@ pub fn thread_in<T: Send + 'static>(
     }))
 }
 
+/// Sets `net.*` sysctls of `ns` by writing /proc/sys from a thread inside
+/// it (those files belong to the network namespace of the thread that
+/// opens them; no `sysctl` binary needed).
+pub fn sysctl(ns: &NetNs, settings: &[(&str, &str)]) -> Result<()> {
+    in_netns(ns, || -> Result<()> {
+        for (key, value) in settings {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value)
+                .with_context(|| format!("setting {key}={value} in {}", ns.name()))?;
+        }
+        Ok(())
+    })?
+}
+
 /// The MAC address of an interface in a namespace.
 pub fn mac_of(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
     let text = ns.ip(&["-o", "link", "show", "dev", ifname])?;
@@ -202,10 +216,6 @@ mod tests {
 
     use super::*;
     use crate::sockets::{Counter, Counts};
-
-    fn ok<T>(r: Result<T>) -> T {
-        r.unwrap_or_else(|e| panic!("{e:#}"))
-    }
 
     #[test]
     fn ns_exec_builds_ip_netns_exec() {
@@ -239,48 +249,45 @@ mod tests {
         if !crate::require_privileges("two_namespaces_talk_over_a_veth_pair") {
             return;
         }
-        let a = ok(NetNs::new("pgkit-a"));
-        let b = ok(NetNs::new("pgkit-b"));
-        ok(veth_pair(&a, "kita0", &b, "kitb0"));
-        ok(addr(&a, "kita0", "198.18.7.1/24"));
-        ok(addr(&b, "kitb0", "198.18.7.2/24"));
-        ok(addr(&a, "kita0", "2001:db8:7::1/64"));
-        ok(addr(&b, "kitb0", "2001:db8:7::2/64"));
+        let a = NetNs::new("pgkit-a").expect("namespace pgkit-a");
+        let b = NetNs::new("pgkit-b").expect("namespace pgkit-b");
+        veth_pair(&a, "kita0", &b, "kitb0").expect("a veth pair between them");
+        addr(&a, "kita0", "198.18.7.1/24").expect("198.18.7.1 in a");
+        addr(&b, "kitb0", "198.18.7.2/24").expect("198.18.7.2 in b");
+        addr(&a, "kita0", "2001:db8:7::1/64").expect("2001:db8:7::1 in a");
+        addr(&b, "kitb0", "2001:db8:7::2/64").expect("2001:db8:7::2 in b");
 
         let udp4: SocketAddr = ([198, 18, 7, 2], 4000).into();
         let udp6: SocketAddr = "[2001:db8:7::2]:4000"
             .parse()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("an IPv6 socket address");
         let tcp4: SocketAddr = ([198, 18, 7, 2], 5061).into();
-        let (rx4, rx6, rxt) = ok(in_netns(&b, || -> io::Result<_> {
+        let (rx4, rx6, rxt) = in_netns(&b, || -> io::Result<_> {
             Ok((
                 Counter::udp(udp4)?,
                 Counter::udp(udp6)?,
                 Counter::tcp(tcp4)?,
             ))
-        }))
-        .unwrap_or_else(|e| panic!("bind in b: {e}"));
+        })
+        .expect("setns into b")
+        .expect("bind in b");
         // The sockets live in b: from the test's own namespace they are unreachable.
         assert!(
             UdpSocket::bind("198.18.7.1:0").is_err(),
             "198.18.7.1 exists outside the namespace"
         );
 
-        ok(in_netns(&a, || {
-            let tx = UdpSocket::bind("198.18.7.1:0").unwrap_or_else(|e| panic!("bind in a: {e}"));
-            let tx6 = UdpSocket::bind("[2001:db8:7::1]:0")
-                .unwrap_or_else(|e| panic!("bind v6 in a: {e}"));
+        in_netns(&a, || {
+            let tx = UdpSocket::bind("198.18.7.1:0").expect("bind in a");
+            let tx6 = UdpSocket::bind("[2001:db8:7::1]:0").expect("bind v6 in a");
             for _ in 0..10 {
-                tx.send_to(b"hello", udp4)
-                    .unwrap_or_else(|e| panic!("send: {e}"));
-                tx6.send_to(b"hello", udp6)
-                    .unwrap_or_else(|e| panic!("send v6: {e}"));
+                tx.send_to(b"hello", udp4).expect("send");
+                tx6.send_to(b"hello", udp6).expect("send v6");
             }
-            let mut s = TcpStream::connect_timeout(&tcp4, Duration::from_secs(1))
-                .unwrap_or_else(|e| panic!("connect: {e}"));
-            s.write_all(b"REGISTER\r\n")
-                .unwrap_or_else(|e| panic!("write: {e}"));
-        }));
+            let mut s = TcpStream::connect_timeout(&tcp4, Duration::from_secs(1)).expect("connect");
+            s.write_all(b"REGISTER\r\n").expect("write");
+        })
+        .expect("setns into a");
         let deadline = Instant::now() + Duration::from_secs(3);
         while (rx4.counts().count, rx6.counts().count, rxt.counts().count) != (10, 10, 1)
             && Instant::now() < deadline
@@ -314,7 +321,7 @@ mod tests {
 
         let name = a.name().to_string();
         drop(a);
-        let list = ok(run(Command::new("ip").args(["netns", "list"])));
+        let list = run(Command::new("ip").args(["netns", "list"])).expect("ip netns list");
         assert!(
             !list.split_whitespace().any(|w| w == name),
             "{name} still exists after drop"

@@ -180,31 +180,39 @@ pub struct RawSender {
     ifindex: i32,
 }
 
+/// An AF_PACKET socket of `protocol` (network byte order; 0: send only)
+/// opened in `ns`, and the index of `ifname` there.
+fn packet_socket(
+    ns: &crate::netns::NetNs,
+    ifname: &str,
+    protocol: u16,
+) -> anyhow::Result<(std::os::fd::OwnedFd, i32)> {
+    use std::os::fd::FromRawFd as _;
+    let name = std::ffi::CString::new(ifname)?;
+    let (fd, ifindex) = crate::netns::in_netns(ns, move || {
+        // SAFETY: plain libc calls with valid arguments.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+        // errno is the thread's: read it on the thread that made the call.
+        let fd = if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(fd)
+        };
+        // SAFETY: a NUL-terminated name.
+        (fd, unsafe { libc::if_nametoindex(name.as_ptr()) } as i32)
+    })?;
+    let fd = fd.map_err(|e| anyhow::anyhow!("AF_PACKET socket in {}: {e}", ns.name()))?;
+    // SAFETY: `fd` is a socket this process just opened and owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    if ifindex <= 0 {
+        anyhow::bail!("no interface {ifname} in {}", ns.name());
+    }
+    Ok((fd, ifindex))
+}
+
 impl RawSender {
     pub fn new(ns: &crate::netns::NetNs, ifname: &str) -> anyhow::Result<RawSender> {
-        use std::os::fd::FromRawFd as _;
-        let name = std::ffi::CString::new(ifname)?;
-        let (fd, ifindex) = crate::netns::in_netns(ns, move || {
-            // SAFETY: plain libc calls with valid arguments.
-            unsafe {
-                (
-                    libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
-                    libc::if_nametoindex(name.as_ptr()) as i32,
-                )
-            }
-        })?;
-        if fd < 0 {
-            anyhow::bail!(
-                "AF_PACKET socket in {}: {}",
-                ns.name(),
-                io::Error::last_os_error()
-            );
-        }
-        // SAFETY: `fd` is a socket this process just opened and owns.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        if ifindex <= 0 {
-            anyhow::bail!("no interface {ifname} in {}", ns.name());
-        }
+        let (fd, ifindex) = packet_socket(ns, ifname, 0)?;
         Ok(RawSender { fd, ifindex })
     }
 
@@ -375,33 +383,8 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(ns: &crate::netns::NetNs, ifname: &str) -> anyhow::Result<Capture> {
-        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-        let name = std::ffi::CString::new(ifname)?;
-        let (fd, ifindex) = crate::netns::in_netns(ns, move || {
-            // SAFETY: plain libc calls with valid arguments.
-            unsafe {
-                (
-                    libc::socket(
-                        libc::AF_PACKET,
-                        libc::SOCK_RAW,
-                        i32::from((libc::ETH_P_ALL as u16).to_be()),
-                    ),
-                    libc::if_nametoindex(name.as_ptr()) as i32,
-                )
-            }
-        })?;
-        if fd < 0 {
-            anyhow::bail!(
-                "AF_PACKET socket in {}: {}",
-                ns.name(),
-                io::Error::last_os_error()
-            );
-        }
-        // SAFETY: `fd` is a socket this process just opened and owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if ifindex <= 0 {
-            anyhow::bail!("no interface {ifname} in {}", ns.name());
-        }
+        use std::os::fd::AsRawFd as _;
+        let (fd, ifindex) = packet_socket(ns, ifname, (libc::ETH_P_ALL as u16).to_be())?;
         // SAFETY: sockaddr_ll is zeroed and filled; the timeout is a valid timeval.
         let bound = unsafe {
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
@@ -603,18 +586,25 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 0))
     }
 
-    #[test]
-    fn udp_counter_counts_datagrams_and_bytes() {
-        let c = Counter::udp(loopback()).unwrap_or_else(|e| panic!("{e}"));
-        let tx = UdpSocket::bind(loopback()).unwrap_or_else(|e| panic!("{e}"));
-        for _ in 0..5 {
-            tx.send_to(b"abc", c.local_addr())
-                .unwrap_or_else(|e| panic!("{e}"));
+    /// A UDP counter on loopback that has counted `n` datagrams of
+    /// `payload` from one loopback socket (or waited 2 s for them).
+    fn udp_counter_fed(n: u32, payload: &[u8]) -> Counter {
+        let c = Counter::udp(loopback()).expect("a UDP counter on loopback");
+        let tx = UdpSocket::bind(loopback()).expect("a UDP socket on loopback");
+        for _ in 0..n {
+            tx.send_to(payload, c.local_addr())
+                .expect("a datagram to the counter");
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while c.counts().count < 5 && std::time::Instant::now() < deadline {
+        while c.counts().count < n && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+        c
+    }
+
+    #[test]
+    fn udp_counter_counts_datagrams_and_bytes() {
+        let c = udp_counter_fed(5, b"abc");
         assert_eq!(
             c.finish(),
             Counts {
@@ -626,38 +616,29 @@ mod tests {
 
     #[test]
     fn a_counter_tells_its_sources_apart() {
-        let c = Counter::udp(loopback()).unwrap_or_else(|e| panic!("{e}"));
-        let tx = UdpSocket::bind(loopback()).unwrap_or_else(|e| panic!("{e}"));
-        for _ in 0..3 {
-            tx.send_to(b"x", c.local_addr())
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while c.counts().count < 3 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let c = udp_counter_fed(3, b"x");
         assert_eq!(c.count_from(IpAddr::from([127, 0, 0, 1])), 3);
         assert_eq!(c.count_from(IpAddr::from([127, 0, 0, 2])), 0);
     }
 
     #[test]
     fn connect_from_uses_the_port_it_is_given_and_again_after_a_close() {
-        let listener = TcpListener::bind(loopback()).unwrap_or_else(|e| panic!("{e}"));
-        let to = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind(loopback()).expect("a TCP listener on loopback");
+        let to = listener.local_addr().expect("the listener's address");
         // A port of our own: the one a bound socket got, freed again.
         let from = UdpSocket::bind(loopback())
             .and_then(|s| s.local_addr())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a free port on loopback");
         for _ in 0..2 {
             let conn = connect_from(from, to, Duration::from_secs(1))
                 .unwrap_or_else(|e| panic!("connect_from {from}: {e}"));
-            let (_, peer) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+            let (_, peer) = listener.accept().expect("the connection accepted");
             assert_eq!(peer, from, "the connection comes from the chosen port");
             drop(conn);
         }
         let closed = UdpSocket::bind(loopback())
             .and_then(|s| s.local_addr())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a free port on loopback");
         let err = connect_from(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             closed,
@@ -689,11 +670,11 @@ mod tests {
         let qinq = Packet::tcp("2001:db8:1::2", "2001:db8:2::10", 5061, 22)
             .vlan(ETH_P_8021AD, 100)
             .vlan(ETH_P_8021Q, 200);
-        let seen = Seen::parse(&qinq.build()).unwrap_or_else(|| panic!("QinQ not read"));
+        let seen = Seen::parse(&qinq.build()).expect("QinQ not read");
         assert_eq!((seen.proto, seen.sport, seen.dport), (6, 5061, 22));
         let mut later = Packet::udp("198.18.1.2", "198.18.2.12", 1, 3478).payload(8);
         later.ipv4_frag = Some((100, false, 7));
-        let seen = Seen::parse(&later.build()).unwrap_or_else(|| panic!("fragment not read"));
+        let seen = Seen::parse(&later.build()).expect("fragment not read");
         assert_eq!(
             (seen.sport, seen.dport),
             (0, 0),
@@ -714,13 +695,14 @@ mod tests {
 
     #[test]
     fn tcp_counter_counts_connections_that_carried_data() {
-        let c = Counter::tcp(loopback()).unwrap_or_else(|e| panic!("{e}"));
+        let c = Counter::tcp(loopback()).expect("a TCP counter on loopback");
         {
-            let mut s = TcpStream::connect(c.local_addr()).unwrap_or_else(|e| panic!("{e}"));
-            s.write_all(b"one\ntwo\n").unwrap_or_else(|e| panic!("{e}"));
+            let mut s = TcpStream::connect(c.local_addr()).expect("a connection to the counter");
+            s.write_all(b"one\ntwo\n")
+                .expect("two lines to the counter");
         }
         // A connection that sends nothing is not counted.
-        drop(TcpStream::connect(c.local_addr()).unwrap_or_else(|e| panic!("{e}")));
+        drop(TcpStream::connect(c.local_addr()).expect("a second connection to the counter"));
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while c.counts().count < 1 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

@@ -1,37 +1,31 @@
 //! `cargo xtask run -- --scenario attack`: prints the attack scenario
-//! (engine in `testkit::edge::attack`): portguard's run, and the plants
+//! (engine in `testkit::lab::edge::attack`): portguard's run, and the plants
 //! again with portguard's nftables export in its place and with no firewall,
 //! side by side. Fails when portguard lets a plant through, loses a
 //! connection or a check fails, or when the no-firewall run does not get
 //! through (the lab itself would be broken); the nftables column is a
 //! comparison only.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
-};
+use std::{sync::atomic::AtomicBool, time::Instant};
 
 use anyhow::{Result, bail};
-use testkit::edge::attack::{self, Firewall, Mode, PlantRow, Report};
+
+use super::{mark, outcome};
+use testkit::lab::edge::attack::{self, Firewall, Mode, PlantRow, Report};
 
 fn run(firewall: Firewall, floods: bool, interrupted: &AtomicBool) -> Result<Report> {
     let bin = crate::portguard_bin();
-    match attack::run(&attack::Options {
-        bin: &bin,
-        firewall,
+    outcome(
+        attack::run(&attack::Options {
+            bin: &bin,
+            firewall,
+            interrupted,
+            floods,
+            progress: true,
+        }),
         interrupted,
-        floods,
-        progress: true,
-    }) {
-        Ok(r) => Ok(r),
-        Err(_) if interrupted.load(Ordering::SeqCst) => {
-            bail!("interrupted; portguard was stopped and the scenario's namespaces removed")
-        }
-        Err(e) => Err(e.context(format!(
-            "the attack scenario failed with {} (its namespaces were removed)",
-            firewall.name()
-        ))),
-    }
+        &format!("attack scenario with {}", firewall.name()),
+    )
 }
 
 /// The same plant in another run.
@@ -197,7 +191,7 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     for f in &pg.fragments {
         println!(
             "   {} {:<5} {:<70} flood {:>6} frames: {} of {} datagrams, {} of {} bytes",
-            if f.ok() { "OK      " } else { "MISMATCH" },
+            mark(f.ok()),
             f.family.name(),
             f.what,
             f.flood_frames,
@@ -211,7 +205,7 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     println!();
     println!("CHECKS");
     for (ok, text) in &pg.checks {
-        println!("   {} {text}", if *ok { "OK      " } else { "MISMATCH" });
+        println!("   {} {text}", mark(*ok));
     }
     println!();
     println!("`portguard stats` of the appliance after the floods:");

@@ -1,10 +1,15 @@
 //! `cargo xtask run -- --scenario edge`: prints the routed edge lab
-//! (engine in `testkit::edge`) and fails on any mismatch.
+//! (engine in `testkit::lab::edge`) and fails on any mismatch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Result, bail};
-use testkit::edge::{self, DMZ_IF, EXT_IF, FAMILIES, Host, METRICS, PROFILES};
+
+use super::{UNITS, mark, outcome, print_peers};
+use testkit::lab::{
+    METRICS,
+    edge::{self, DMZ_IF, EXT_IF, FAMILIES, Host, PROFILES},
+};
 
 pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     println!(
@@ -26,18 +31,16 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     );
     println!("   portguard {}", edge::portguard_args()[1..].join(" "));
     let bin = crate::portguard_bin();
-    let report = match edge::run(&edge::Options {
-        bin: Some(&bin),
+    let report = outcome(
+        edge::run(&edge::Options {
+            bin: Some(&bin),
+            interrupted,
+            peers: true,
+            live: true,
+        }),
         interrupted,
-        peers: true,
-        live: true,
-    }) {
-        Ok(r) => r,
-        Err(_) if interrupted.load(Ordering::SeqCst) => {
-            bail!("interrupted; portguard was stopped and the lab's namespaces removed")
-        }
-        Err(e) => return Err(e.context("the edge lab failed (its namespaces were removed)")),
-    };
+        "edge lab",
+    )?;
     println!("   namespaces: {}", report.namespaces.join(", "));
     for family in FAMILIES {
         println!();
@@ -67,20 +70,10 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
             );
         }
     }
-    println!(
-        "   (UDP: datagrams; TCP: connection attempts, and connections over which the messages arrived)"
-    );
+    println!("{UNITS}");
     println!();
     println!("real protocol peers from the internet namespace, through the appliance:");
-    for p in &report.peers {
-        println!(
-            "   {} {:<44} {:<34} {}",
-            if p.ok { "OK      " } else { "MISMATCH" },
-            p.name,
-            p.target,
-            p.detail
-        );
-    }
+    print_peers(&report.peers, 44, 34);
     println!();
     match &report.metrics {
         Some(m) => {
@@ -97,7 +90,7 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     }
     println!("counters against the receivers:");
     for (ok, text) in report.counter_checks() {
-        println!("   {} {text}", if ok { "OK      " } else { "MISMATCH" });
+        println!("   {} {text}", mark(ok));
     }
     println!();
     println!("portguard's own summary on exit (SIGINT):");

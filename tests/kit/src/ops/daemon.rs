@@ -71,7 +71,7 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap_or_else(|e| panic!("pid: {e}"))
+        i32::try_from(self.child.id()).expect("pid")
     }
 
     pub fn log(&self) -> String {

@@ -6,7 +6,6 @@
 
 mod daemon;
 mod pair;
-mod scrape;
 mod stream;
 
 use std::{
@@ -18,9 +17,9 @@ use std::{
 pub use self::{
     daemon::{Daemon, portguard, portguard_in, portguard_in_wrapped, text},
     pair::{Pair, forget_iface, pin_dir, state_file},
-    scrape::{Sample, Scrape, http_get, parse_sample},
     stream::{Delivery, Stream},
 };
+pub use crate::lab::metrics::{Sample, Scrape, http_get, parse_sample};
 /// The roles and media range every operations test runs with (the lab's):
 /// UDP 50000 (client media, narrowed) is allowed, UDP 161 (SNMP) is not.
 pub use crate::lab::{MEDIA, METRICS, ROLES};
@@ -79,5 +78,5 @@ pub fn repo_root() -> PathBuf {
         .ancestors()
         .nth(2)
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| panic!("tests/kit has no grandparent"))
+        .expect("tests/kit has no grandparent")
 }

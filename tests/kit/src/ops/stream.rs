@@ -177,7 +177,7 @@ impl Stream {
         let sent = self
             .sender
             .take()
-            .map(|h| h.join().unwrap_or_else(|_| panic!("sender panicked")))
+            .map(|h| h.join().expect("sender panicked"))
             .unwrap_or_default();
         let _ = poll(drain, || (self.received() >= sent).then_some(()));
         // A little longer, so that a packet that should not arrive can be seen.
@@ -186,7 +186,7 @@ impl Stream {
         let (received, duplicates) = self
             .receiver
             .take()
-            .map(|h| h.join().unwrap_or_else(|_| panic!("receiver panicked")))
+            .map(|h| h.join().expect("receiver panicked"))
             .unwrap_or_default();
         Delivery {
             sent,

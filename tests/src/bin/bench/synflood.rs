@@ -38,7 +38,7 @@ use portguard::{
     loader::pin_dir,
     state::DEFAULT_BPFFS,
 };
-use testkit::netns::{self, NetNs, addr, in_netns, ns_exec, thread_in, veth_pair};
+use testkit::netns::{self, NetNs, addr, in_netns, ns_exec, sysctl, thread_in, veth_pair};
 
 use crate::{
     perpacket::load_floor,
@@ -254,20 +254,6 @@ impl Drop for Topology {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.tmp);
     }
-}
-
-/// Sets `net.*` sysctls of `ns` by writing /proc/sys from a thread inside
-/// it (those files belong to the network namespace of the thread that
-/// opens them).
-fn sysctl(ns: &NetNs, settings: &[(&str, &str)]) -> Result<()> {
-    in_netns(ns, || -> Result<()> {
-        for (key, value) in settings {
-            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-            std::fs::write(&path, value)
-                .with_context(|| format!("setting {key}={value} in {}", ns.name()))?;
-        }
-        Ok(())
-    })?
 }
 
 /// The server: listeners on 5061 (IPv4 and IPv6) and a thread per

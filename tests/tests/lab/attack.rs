@@ -1,4 +1,4 @@
-//! The attack scenario as a test (engine in `testkit::edge::attack`): the
+//! The attack scenario as a test (engine in `testkit::lab::edge::attack`): the
 //! plants of issue 22 against the appliance and a host, each leaving its
 //! port closed; idle connections through spoofed floods of 250,000 sources
 //! and more, a single-source flood, first-fragment floods and a `kill -9`
@@ -6,16 +6,12 @@
 //! through: the lab itself works) and with portguard's nftables export in
 //! its place.
 
-use std::sync::{Mutex, atomic::AtomicBool};
+use std::sync::atomic::AtomicBool;
 
-use testkit::edge::{
+use testkit::lab::edge::{
     FAMILIES,
     attack::{self, Firewall, Mode, Report},
 };
-
-/// The runs flood the machine's cores, and a run beside another would
-/// measure the other: one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run(test: &str, firewall: Firewall, floods: bool) -> Option<Report> {
     if !testkit::require_privileges(test) {
@@ -24,7 +20,8 @@ fn run(test: &str, firewall: Firewall, floods: bool) -> Option<Report> {
     if firewall == Firewall::Nftables && !testkit::require_program(test, "nft", "nftables") {
         return None;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // The runs flood the machine's cores: one at a time, and nothing beside.
+    let _alone = crate::ALONE.hold();
     let never = AtomicBool::new(false);
     let bin = testkit::portguard_bin();
     let report = attack::run(&attack::Options {
@@ -55,7 +52,7 @@ fn assert_every_plant_ran(report: &Report, modes: &[Mode]) {
                 .count();
             let expected = cases
                 .iter()
-                .filter(|c| family == testkit::edge::Family::V4 || !c.v4_only)
+                .filter(|c| family == testkit::lab::edge::Family::V4 || !c.v4_only)
                 .count();
             assert_eq!(
                 ran,

@@ -55,6 +55,7 @@ fn hostile_catalogs_on_sighup_are_rejected_and_the_policy_stays() {
     if !testkit::require_privileges("hostile catalogs on SIGHUP") {
         return;
     }
+    let _alone = crate::ALONE.hold();
     let dir = TempDir::new("hostile-catalog");
     let good = ok(
         "reading catalog/sfb2015.toml",

@@ -189,6 +189,7 @@ fn every_capability_of_the_unit_is_needed() {
     if !testkit::require_privileges("packaging: every capability is needed") {
         return;
     }
+    let _alone = crate::ALONE.hold();
     let caps = unit_caps();
     let pair = Pair::new("pgcaq", 68);
     let args = pair.run_args(&[]);
@@ -220,6 +221,7 @@ fn portguard_runs_with_only_the_units_capabilities() {
     if !testkit::require_privileges("packaging: only the unit's capabilities") {
         return;
     }
+    let _alone = crate::ALONE.hold();
     let caps = unit_caps();
     let set = setpriv_set(&caps);
     let wrapper = setpriv(&set);

@@ -16,17 +16,17 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
-    ATTACKERS, Firewall, FloodRow, HOST_SUBNET, IDLE_FLOWS, Instance, Mode, Options, Report, Wire,
-    attacker, counted,
+    ATTACKERS, Firewall, FloodRow, HOST_SUBNET, Instance, Mode, Options, Report, Wire, attacker,
+    counted,
     flood::{self, Flood, Kind, Sources},
     host_peer, host_server,
     idle::{Conn, Speaker, check_all},
     plants, progress,
 };
 use crate::{
-    edge::{FAMILIES, Family, sysctl},
+    lab::edge::{FAMILIES, Family},
     lab::{MEDIA, METRICS, ROLES, check_interrupted},
-    netns::{NetNs, addr, in_netns, veth_pair},
+    netns::{NetNs, addr, in_netns, sysctl, veth_pair},
 };
 
 /// The host's interface (it names the instance) and its peer's.
@@ -230,27 +230,14 @@ pub(super) fn run(opts: &Options<'_>, report: &mut Report) -> Result<()> {
             &format!("after: {name}"),
             Speaker::Answer,
         ));
-        let (addresses, endpoints) = f.distinct();
-        let row = FloodRow {
-            mode: Mode::Host,
-            name: name.to_string(),
-            frames: f.frames,
-            source_addresses: addresses,
-            source_endpoints: endpoints,
-            duration: took,
-            counted: counted_after.saturating_sub(counted_before),
-            unconfirmed_evictions: after
-                .unconfirmed
-                .evictions
-                .saturating_sub(before.unconfirmed.evictions),
-            unconfirmed_refusals: after
-                .unconfirmed
-                .refusals
-                .saturating_sub(before.unconfirmed.refusals),
-            confirmed_before: before.confirmed.entries,
-            confirmed_after: after.confirmed.entries,
-            unconfirmed_after: after.unconfirmed.entries,
-        };
+        let row = FloodRow::measured(
+            Mode::Host,
+            name,
+            &f,
+            took,
+            counted_after.saturating_sub(counted_before),
+            (&before, &after),
+        );
         if f.kind == Kind::Udp {
             let grown = after
                 .unconfirmed
@@ -271,13 +258,7 @@ pub(super) fn run(opts: &Options<'_>, report: &mut Report) -> Result<()> {
                 ),
             ));
         }
-        report.checks.push((
-            row.confirmed_after >= IDLE_FLOWS,
-            format!(
-                "host, {name}: the confirmed entries stayed ({} before, {} after, >= {IDLE_FLOWS})",
-                row.confirmed_before, row.confirmed_after
-            ),
-        ));
+        report.checks.push(row.confirmed_stayed());
         report.floods.push(row);
         check_interrupted(opts.interrupted)?;
     }

@@ -1,10 +1,11 @@
 //! What one run of the edge lab saw, and the checks of portguard's per-leg
 //! counters against it.
 
-use super::{Case, DMZ_IF, EXT_IF, Family, Host, METRICS, Side, traffic::MEDIA_ANSWERS};
-use crate::{
-    lab::{PeerResult, Proto},
-    ops::Scrape,
+use super::{Case, DMZ_IF, EXT_IF, Family, Host, Side, traffic::MEDIA_ANSWERS};
+use crate::lab::{
+    METRICS, PeerResult, Proto,
+    metrics::{Scrape, sum},
+    report::{arrived_as_expected, differs, failed},
 };
 
 /// What one row of traffic did.
@@ -61,11 +62,7 @@ impl Report {
     }
 
     pub fn row_ok(&self, row: &Row) -> bool {
-        if self.expected(row) {
-            row.sent > 0 && row.received == row.sent
-        } else {
-            row.received == 0
-        }
+        arrived_as_expected(self.expected(row), row.sent, row.received)
     }
 
     /// One line per row whose delivery differs from the policy.
@@ -75,16 +72,14 @@ impl Report {
             .filter(|r| !self.row_ok(r))
             .map(|r| {
                 format!(
-                    "{} {} {} -> {} port {} ({}): sent {} received {} but it is {}",
+                    "{} {} {} -> {} port {} ({}): {}",
                     r.family.name(),
                     r.proto.name(),
                     r.from.name(),
                     r.to.name(),
                     r.port,
                     r.what,
-                    r.sent,
-                    r.received,
-                    if r.allowed { "allowed" } else { "forbidden" }
+                    differs(r.sent, r.received, r.allowed)
                 )
             })
             .collect()
@@ -98,11 +93,7 @@ impl Report {
     fn packets(&self, iface: &str, labels: &[(&str, &str)]) -> f64 {
         let mut all = vec![("iface", iface)];
         all.extend_from_slice(labels);
-        // `+ 0.0`: an empty float sum is -0.0, which would print as such.
-        self.metrics
-            .as_ref()
-            .map_or(0.0, |m| m.sum("portguard_packets_total", &all))
-            + 0.0
+        sum(self.metrics.as_ref(), "portguard_packets_total", &all)
     }
 
     /// portguard's per-leg counters against what the receivers saw: (ok,
@@ -139,12 +130,11 @@ impl Report {
 
         let p = |iface: &str, labels: &[(&str, &str)]| self.packets(iface, labels);
         let native = |iface: &str| {
-            self.metrics.as_ref().map_or(0.0, |m| {
-                m.sum(
-                    "portguard_xdp_attached",
-                    &[("iface", iface), ("mode", "native")],
-                )
-            })
+            sum(
+                self.metrics.as_ref(),
+                "portguard_xdp_attached",
+                &[("iface", iface), ("mode", "native")],
+            )
         };
         let mut checks = vec![(
             self.metrics.is_some(),
@@ -240,15 +230,14 @@ impl Report {
 
     pub fn mismatches(&self) -> usize {
         self.rows.iter().filter(|r| !self.row_ok(r)).count()
-            + self.counter_checks().iter().filter(|(ok, _)| !ok).count()
-            + self.peers.iter().filter(|p| !p.ok).count()
+            + failed(&self.counter_checks(), &self.peers)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::traffic::MEDIA_OUT;
+    use crate::lab::edge::traffic::MEDIA_OUT;
 
     fn row(proto: Proto, from: Host, to: Host, what: &'static str, allowed: bool, n: u32) -> Row {
         Row {

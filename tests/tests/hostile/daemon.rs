@@ -329,6 +329,7 @@ fn metrics_stay_prompt_and_bounded_under_idle_slow_and_oversized_clients() {
     if !testkit::require_privileges("hostile: metrics under hostile clients") {
         return;
     }
+    let _alone = crate::ALONE.hold();
     let dir = TempDir::new("hostile-metrics");
     let pair = Pair::new("pghmet", 174);
     let daemon = pair.start(dir.path(), "daemon", &[]);
@@ -947,8 +948,7 @@ fn a_full_disk_leaves_the_previous_state_file_and_no_temporary_one() {
         leftovers.is_empty(),
         "a failed store left {leftovers:?} behind"
     );
-    let back =
-        state::load(&path).unwrap_or_else(|e| panic!("the previous state is unreadable: {e}"));
+    let back = state::load(&path).expect("the previous state is unreadable");
     assert_eq!(
         back.pid, 1,
         "the previous state was replaced by a failed store"

@@ -12,14 +12,17 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::{Mode, PlantRow, Wire, attacker, host_server, no_profile};
 use crate::{
-    edge::{FAMILIES, Family, Host, Legs, sysctl},
     frames::{ETH_P_8021AD, ETH_P_8021Q, L4, Packet, TCP_ACK, TCP_SYN},
-    lab::Proto,
-    netns::{NetNs, thread_in},
+    lab::edge::{FAMILIES, Family, Host, Legs},
+    lab::{
+        Proto,
+        send::{datagrams, listen},
+    },
+    netns::{NetNs, sysctl, thread_in},
     sockets::{Capture, Counter, connect_from},
 };
 
@@ -358,12 +361,7 @@ fn batch_run(env: &Env<'_>, batch: &[(usize, &Case)]) -> Result<Vec<PlantRow>> {
         if listeners.contains_key(&key) {
             continue;
         }
-        let counter = crate::netns::in_netns(env.victim_ns, || match s.case.proto {
-            Proto::Udp => Counter::udp(s.target),
-            Proto::Tcp => Counter::tcp(s.target),
-        })?
-        .with_context(|| format!("binding the target's listener {}", s.target))?;
-        listeners.insert(key, counter);
+        listeners.insert(key, listen(env.victim_ns, s.case.proto, s.target)?);
     }
     let capture = Capture::start(env.victim_ns, env.capture_if)?;
 
@@ -510,17 +508,9 @@ fn follow_up(env: &Env<'_>, s: &Shot<'_>) -> Result<JoinHandle<std::io::Result<u
             let Ok(sock) = UdpSocket::bind(SocketAddr::new(attacker, c.via)) else {
                 return 0;
             };
-            let mut sent = 0;
-            for i in 0..FOLLOW_UP {
-                std::thread::sleep(Duration::from_millis(1));
-                if sock
-                    .send_to(format!("after the plant {i}").as_bytes(), target)
-                    .is_ok()
-                {
-                    sent += 1;
-                }
-            }
-            sent
+            datagrams(&sock, target, FOLLOW_UP, Duration::from_millis(1), |i| {
+                format!("after the plant {i}").into_bytes()
+            })
         })?),
         Proto::Tcp => {
             let segments: Vec<Vec<u8>> = [TCP_ACK, TCP_ACK | 0x08, TCP_ACK | 0x01]

@@ -16,9 +16,11 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{CASES, FAMILIES, Host, Row, Topology};
 use crate::{
-    lab::{Proto, UDP_DATAGRAMS, send_case},
+    lab::{
+        Proto,
+        send::{PACE, UDP_DATAGRAMS, datagrams, listen, send_case},
+    },
     netns::{in_netns, thread_in},
-    sockets::Counter,
 };
 
 /// The A/V Edge's media port and its internet peer's, for the relay over
@@ -57,12 +59,7 @@ pub(super) fn socket_cases(topo: &Topology) -> Result<Vec<Row>> {
     for family in FAMILIES {
         for c in &CASES {
             let at = SocketAddr::new(c.to.ip(family), c.port);
-            let counter = in_netns(topo.ns(c.to.side()), || match c.proto {
-                Proto::Udp => Counter::udp(at),
-                Proto::Tcp => Counter::tcp(at),
-            })?
-            .with_context(|| format!("binding {} {at}", c.proto.name()))?;
-            listeners.push(counter);
+            listeners.push(listen(topo.ns(c.to.side()), c.proto, at)?);
         }
     }
     let mut senders: Vec<JoinHandle<std::io::Result<u32>>> = Vec::new();
@@ -121,8 +118,7 @@ pub(super) fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
         .context("binding the unsolicited sender")?;
         // A media port the Edge never sent from: the exchange must not open it.
         let other_at = SocketAddr::new(Host::AvEdge.ip(family), MEDIA_EDGE_PORT + 1);
-        let other = in_netns(&topo.dmz, || Counter::udp(other_at))?
-            .with_context(|| format!("binding {other_at}"))?;
+        let other = listen(&topo.dmz, Proto::Udp, other_at)?;
         for s in [&peer, &edge] {
             s.set_read_timeout(Some(Duration::from_millis(20)))?;
         }
@@ -158,13 +154,9 @@ pub(super) fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
             })
         };
         let send = |sock: &UdpSocket, to: SocketAddr, what: &str| -> u32 {
-            let n = (0..UDP_DATAGRAMS)
-                .filter(|i| {
-                    std::thread::sleep(Duration::from_millis(2));
-                    sock.send_to(format!("{what} {i}").as_bytes(), to).is_ok()
-                })
-                .count();
-            u32::try_from(n).unwrap_or(u32::MAX)
+            datagrams(sock, to, UDP_DATAGRAMS, PACE, |i| {
+                format!("{what} {i}").into_bytes()
+            })
         };
         let out = send(&edge, peer_at, "media");
         std::thread::sleep(Duration::from_millis(200));

@@ -18,8 +18,8 @@ use anyhow::Result;
 
 use super::Wire;
 use crate::{
-    edge::Family,
     frames::{Ext, L4, Packet, TCP_SYN},
+    lab::edge::Family,
 };
 
 /// IPv4 flood sources: 198.18.4.0 up to 198.19.255.255, all of the

@@ -4,13 +4,14 @@
 //! and forbidden traffic over real sockets in both directions, IPv4 and IPv6,
 //! real protocol peers (sipp, coturn, curl), and portguard's per-leg counters
 //! checked against what the receivers saw. `cargo xtask run -- --scenario
-//! edge` prints it; the `lab_edge` test asserts on it.
+//! edge` prints it; the `lab` test binary's `edge::` tests assert on it.
 //!
 //! One module per concern: the addresses, cases and topology here;
-//! `traffic` (the socket cases and the media relay), `peers` (sipp,
-//! coturn, curl), `report` (what arrived, and the per-leg counter checks).
-//! [`attack`] is another scenario on the same topology: the attacks of
-//! issue 22 (`--scenario attack`, the `lab_attack` test).
+//! `traffic` (the socket cases and the media relay), `peers` (the servers
+//! and clients of sipp, coturn, curl), `report` (what arrived, and the
+//! per-leg counter checks). [`attack`] is another scenario on the same
+//! topology: the attacks of issue 22 (`--scenario attack`, the `attack::`
+//! tests).
 
 pub mod attack;
 mod peers;
@@ -20,14 +21,10 @@ mod traffic;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+    sync::atomic::AtomicBool,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use self::{
     peers::run_peers,
@@ -37,11 +34,8 @@ pub use self::{
     report::{Report, Row},
     traffic::MEDIA_ROWS,
 };
-use crate::{
-    lab::{Daemon, Proto, check_interrupted, spawn_live, wait_attached},
-    netns::{NetNs, addr, in_netns, ns_exec, veth_pair},
-    ops::{Scrape, http_get},
-};
+use super::{METRICS, Proto, check_interrupted, daemon::Session};
+use crate::netns::{NetNs, addr, sysctl, veth_pair};
 
 /// The appliance's internet-side leg.
 pub const EXT_IF: &str = "pgext0";
@@ -51,8 +45,6 @@ pub const DMZ_IF: &str = "pgdmz0";
 const INET_IF: &str = "pginet0";
 /// The DMZ namespace's end of the link to the appliance.
 const DMZ_HOST_IF: &str = "pgsrv0";
-/// portguard's metrics endpoint, on the appliance namespace's loopback.
-pub const METRICS: &str = "127.0.0.1:9477";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Family {
@@ -405,20 +397,6 @@ impl Topology {
     }
 }
 
-/// Sets `net.*` sysctls of `ns` by writing /proc/sys from a thread inside
-/// it (those files belong to the network namespace of the thread that
-/// opens them; no `sysctl` binary needed).
-fn sysctl(ns: &NetNs, settings: &[(&str, &str)]) -> Result<()> {
-    in_netns(ns, || -> Result<()> {
-        for (key, value) in settings {
-            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-            std::fs::write(&path, value)
-                .with_context(|| format!("setting {key}={value} in {}", ns.name()))?;
-        }
-        Ok(())
-    })?
-}
-
 fn cidr(host: Host, family: Family, len: u8) -> String {
     format!("{}/{len}", host.ip(family))
 }
@@ -459,57 +437,28 @@ fn portguard_args_on(legs: Legs) -> Vec<String> {
 pub fn run(opts: &Options<'_>) -> Result<Report> {
     let interrupted = opts.interrupted;
     let topo = Topology::build(LEGS)?;
-    let mut daemon = match opts.bin {
-        Some(bin) => {
-            let bin = bin.to_str().context("portguard path is not UTF-8")?;
-            let args = portguard_args();
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut d = Daemon::spawn(ns_exec(&topo.appliance, bin, &args))?;
-            wait_attached(&topo.appliance, &[EXT_IF, DMZ_IF], &mut d, interrupted)?;
-            Some(d)
-        }
-        None => None,
-    };
-
-    let live_stop = Arc::new(AtomicBool::new(false));
-    let live =
-        (opts.live && daemon.is_some()).then(|| spawn_live(&topo.appliance, live_stop.clone()));
+    let session = Session::start(
+        &topo.appliance,
+        &[EXT_IF, DMZ_IF],
+        opts.bin,
+        &portguard_args(),
+        opts.live,
+        interrupted,
+    )?;
+    let firewall = opts.bin.is_some();
     let mut rows = socket_cases(&topo)?;
     rows.extend(media_relay(&topo)?);
     // The counters now, while portguard runs and before the peers add theirs.
-    let metrics = daemon.as_ref().and_then(|_| {
-        in_netns(&topo.appliance, || http_get(METRICS, "/metrics"))
-            .ok()?
-            .ok()
-            .map(|text| Scrape::parse(&text))
-    });
+    let metrics = session.scrape();
     check_interrupted(interrupted)?;
     let peers = if opts.peers {
-        run_peers(&topo, daemon.is_some())?
+        run_peers(&topo, firewall)?
     } else {
         Vec::new()
     };
-    if let Some(Ok(h)) = live {
-        live_stop.store(true, Ordering::SeqCst);
-        let _ = h.join();
-    }
-    check_interrupted(interrupted)?;
-    let (summary, detached) = match daemon.as_mut() {
-        Some(d) => {
-            let (summary, _log) = d.stop(Duration::from_secs(10))?;
-            let mut detached = true;
-            for iface in [EXT_IF, DMZ_IF] {
-                detached &= !topo
-                    .appliance
-                    .ip(&["link", "show", "dev", iface])?
-                    .contains("prog/xdp");
-            }
-            (summary, detached)
-        }
-        None => (String::new(), true),
-    };
+    let ended = session.end()?;
     Ok(Report {
-        firewall: daemon.is_some(),
+        firewall,
         namespaces: [
             topo.internet.name().into(),
             topo.appliance.name().into(),
@@ -517,8 +466,8 @@ pub fn run(opts: &Options<'_>) -> Result<Report> {
         ],
         rows,
         metrics,
-        summary,
-        detached,
+        summary: ended.summary,
+        detached: ended.detached,
         peers,
     })
 }

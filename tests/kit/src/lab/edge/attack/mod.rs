@@ -30,7 +30,8 @@
 //! portguard's place (its own `catalog export --format nft --appliance`,
 //! with its `fib` reverse-path check), and every plant with no
 //! firewall (the lab's own check: every plant's traffic then arrives). `cargo xtask
-//! run -- --scenario attack` prints it; the `lab_attack` test asserts on it.
+//! run -- --scenario attack` prints it; the `lab` test binary's `attack::`
+//! tests assert on it.
 
 mod appliance;
 mod flood;
@@ -55,12 +56,16 @@ pub use self::{
     plants::{Case as PlantCase, Shape, Target},
     report::{ConnRow, FloodRow, FlowStats, FragmentRow, Mode, PlantRow, Report, TableFill},
 };
-use super::{DMZ_HOST_IF, FAMILIES, Family, INET_IF, Legs, Topology, sysctl};
+use super::{DMZ_HOST_IF, FAMILIES, Family, INET_IF, Legs, Topology};
 use crate::{
     frames::Packet,
-    lab::{Daemon, check_interrupted, wait_attached},
-    netns::{NetNs, addr, in_netns, mac_of, spawn_in},
-    ops::{Scrape, forget_iface, http_get},
+    lab::{
+        check_interrupted,
+        daemon::{Daemon, detached},
+        metrics::{self, Scrape},
+    },
+    netns::{NetNs, addr, mac_of, spawn_in, sysctl},
+    ops::forget_iface,
     sockets::RawSender,
 };
 
@@ -72,8 +77,6 @@ const LEGS: Legs = Legs {
     ext: EXT_LEG,
     dmz: DMZ_LEG,
 };
-/// portguard's metrics endpoint, on the loopback of its namespace.
-const METRICS: &str = super::METRICS;
 
 /// What protects the appliance (and the host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,18 +286,9 @@ impl Instance {
         cmd.args(&self.args).args(extra);
         spawn_in(ns, &mut cmd)?;
         let mut d = Daemon::spawn(cmd)?;
-        wait_attached(ns, &self.legs, &mut d, interrupted)?;
+        d.wait_attached(ns, &self.legs, interrupted)?;
         self.daemon = Some(d);
-        // The endpoint answers once the daemon has attached and serves.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while scrape(ns).is_err() {
-            check_interrupted(interrupted)?;
-            if Instant::now() > deadline {
-                bail!("portguard's metrics endpoint did not answer within 15 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        metrics::wait_answering(ns, Duration::from_secs(15), interrupted)
     }
 
     /// SIGKILL, and reaped: the pinned program stays attached.
@@ -331,11 +325,7 @@ impl Instance {
             return Ok((String::new(), false));
         };
         let (summary, _log) = d.stop(Duration::from_secs(10))?;
-        let mut detached = true;
-        for leg in &self.legs {
-            detached &= !ns.ip(&["link", "show", "dev", leg])?.contains("prog/xdp");
-        }
-        Ok((summary, detached))
+        Ok((summary, detached(ns, &self.legs)?))
     }
 }
 
@@ -349,8 +339,7 @@ impl Drop for Instance {
 }
 
 fn scrape(ns: &NetNs) -> Result<Scrape> {
-    let text = in_netns(ns, || http_get(METRICS, "/metrics"))?.map_err(anyhow::Error::msg)?;
-    Ok(Scrape::parse(&text))
+    metrics::scrape(ns)
 }
 
 /// Packets of `proto` portguard counted on `iface`, every verdict.

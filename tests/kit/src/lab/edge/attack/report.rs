@@ -4,8 +4,8 @@
 
 use std::{fmt::Write as _, net::IpAddr, time::Duration};
 
-use super::Firewall;
-use crate::{edge::Family, lab::Proto};
+use super::{Firewall, IDLE_FLOWS, flood::Flood};
+use crate::lab::{Proto, edge::Family};
 
 /// Where portguard ran: on the appliance's two legs, or on a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -102,6 +102,56 @@ pub struct FloodRow {
 }
 
 impl FloodRow {
+    /// `flood`'s row: sent in `took`, `counted` frames of its protocol
+    /// counted on its leg, and the flow tables from `portguard stats`
+    /// before and after it.
+    pub(super) fn measured(
+        mode: Mode,
+        name: &str,
+        flood: &Flood,
+        took: Duration,
+        counted: u64,
+        (before, after): (&FlowStats, &FlowStats),
+    ) -> FloodRow {
+        let (source_addresses, source_endpoints) = flood.distinct();
+        FloodRow {
+            mode,
+            name: name.to_string(),
+            frames: flood.frames,
+            source_addresses,
+            source_endpoints,
+            duration: took,
+            counted,
+            unconfirmed_evictions: after
+                .unconfirmed
+                .evictions
+                .saturating_sub(before.unconfirmed.evictions),
+            unconfirmed_refusals: after
+                .unconfirmed
+                .refusals
+                .saturating_sub(before.unconfirmed.refusals),
+            confirmed_before: before.confirmed.entries,
+            confirmed_after: after.confirmed.entries,
+            unconfirmed_after: after.unconfirmed.entries,
+        }
+    }
+
+    /// The check that the idle connections' confirmed entries outlived
+    /// the flood.
+    pub(super) fn confirmed_stayed(&self) -> (bool, String) {
+        let whose = match self.mode {
+            Mode::Appliance => "",
+            Mode::Host => "host, ",
+        };
+        (
+            self.confirmed_after >= IDLE_FLOWS,
+            format!(
+                "{whose}{}: the confirmed entries stayed ({} before, {} after, >= {IDLE_FLOWS})",
+                self.name, self.confirmed_before, self.confirmed_after
+            ),
+        )
+    }
+
     pub fn rate(&self) -> f64 {
         self.frames as f64 / self.duration.as_secs_f64().max(1e-9)
     }

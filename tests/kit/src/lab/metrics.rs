@@ -1,12 +1,105 @@
 //! Reading portguard's metrics endpoint: a minimal HTTP GET and a parser
-//! for the exposition text.
+//! for the exposition text (the operations tests use them too, through
+//! `ops`), the endpoint read from inside a scenario's namespace, and the
+//! live line `cargo xtask run` prints while the traffic flows.
 
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{METRICS, check_interrupted};
+use crate::netns::{NetNs, in_netns, thread_in};
+
+/// The counters of the portguard in `ns`, read from inside it.
+pub(crate) fn scrape(ns: &NetNs) -> Result<Scrape> {
+    let text = in_netns(ns, || http_get(METRICS, "/metrics"))?.map_err(anyhow::Error::msg)?;
+    Scrape::try_parse(&text)
+}
+
+/// Polls until the endpoint in `ns` answers (it does once the daemon has
+/// attached and serves), at most `within`.
+pub(crate) fn wait_answering(ns: &NetNs, within: Duration, interrupted: &AtomicBool) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while scrape(ns).is_err() {
+        check_interrupted(interrupted)?;
+        if Instant::now() > deadline {
+            bail!(
+                "portguard's metrics endpoint did not answer within {} s",
+                within.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The sum of `name` over the samples matching `labels` (see
+/// [`Scrape::sum`]), 0 when there was no scrape. Never `-0`: an empty
+/// float sum is -0.0, which would print as such.
+pub fn sum(metrics: Option<&Scrape>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics.map_or(0.0, |m| m.sum(name, labels)) + 0.0
+}
+
+/// A line of live totals (packets passed and dropped) every half second
+/// from the endpoint in a namespace, until dropped.
+pub(crate) struct Live {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Live {
+    pub(crate) fn start(ns: &NetNs) -> Result<Live> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread_in(ns, move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(text) = http_get(METRICS, "/metrics") {
+                        let total = |verdict: &str| -> f64 {
+                            text.lines()
+                                .filter_map(parse_sample)
+                                .filter(|s| {
+                                    s.name == "portguard_packets_total"
+                                        && s.label("verdict") == verdict
+                                })
+                                .map(|s| s.value)
+                                .sum()
+                        };
+                        println!(
+                            "   live: {:>5} passed {:>5} dropped",
+                            total("pass") as u64,
+                            total("drop") as u64
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })?
+        };
+        Ok(Live {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// A minimal HTTP/1.1 GET with `Connection: close`; the body (portguard's
 /// responder always sends Content-Length and closes).
@@ -68,16 +161,23 @@ pub struct Scrape {
 }
 
 impl Scrape {
-    pub fn parse(text: &str) -> Scrape {
+    /// The exposition in `text`; a sample line that does not parse is an
+    /// error that quotes it.
+    pub fn try_parse(text: &str) -> Result<Scrape> {
         let samples = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| parse_sample(l).unwrap_or_else(|| panic!("unparsable sample line {l:?}")))
-            .collect();
-        Scrape {
+            .map(|l| parse_sample(l).with_context(|| format!("unparsable sample line {l:?}")))
+            .collect::<Result<_>>()?;
+        Ok(Scrape {
             text: text.to_string(),
             samples,
-        }
+        })
+    }
+
+    /// [`Scrape::try_parse`] for a test: a line that does not parse fails it.
+    pub fn parse(text: &str) -> Scrape {
+        Scrape::try_parse(text).expect("an exposition whose every sample parses")
     }
 
     /// Sum of the samples of `name` whose labels all match `labels`
@@ -201,13 +301,12 @@ mod tests {
         let s = parse_sample(
             r#"portguard_packets_total{iface="x0",role="front-end",service="A, B {c} \"d\"",proto="udp",verdict="pass"} 42"#,
         )
-        .unwrap_or_else(|| panic!("no parse"));
+        .expect("no parse");
         assert_eq!(s.name, "portguard_packets_total");
         assert_eq!(s.label("service"), r#"A, B {c} "d""#);
         assert_eq!(s.label("verdict"), "pass");
         assert_eq!(s.value, 42.0);
-        let g =
-            parse_sample("portguard_catalog_generation 7").unwrap_or_else(|| panic!("no parse"));
+        let g = parse_sample("portguard_catalog_generation 7").expect("no parse");
         assert!(g.labels.is_empty());
         assert_eq!(g.value, 7.0);
         assert_eq!(parse_sample("garbage"), None);

@@ -1,11 +1,11 @@
-//! The routed edge lab as a test: internet ↔ appliance (portguard on both
+//! The routed edge lab as a test (`testkit::lab::edge`): internet ↔ appliance (portguard on both
 //! legs, forwarding) ↔ DMZ with the Access, Web Conferencing and A/V Edge
 //! addresses and a reverse proxy; every row of traffic, every real peer and
 //! every per-leg counter check, in IPv4 and IPv6.
 
 use std::sync::atomic::AtomicBool;
 
-use testkit::edge::{self, FAMILIES, Report};
+use testkit::lab::edge::{self, FAMILIES, Report};
 
 fn run(test: &str, firewall: bool) -> Option<Report> {
     if !testkit::require_privileges(test) {
@@ -21,6 +21,7 @@ fn run(test: &str, firewall: bool) -> Option<Report> {
             return None;
         }
     }
+    let _alone = crate::ALONE.hold();
     let never = AtomicBool::new(false);
     let bin = testkit::portguard_bin();
     let report = edge::run(&edge::Options {
@@ -29,7 +30,7 @@ fn run(test: &str, firewall: bool) -> Option<Report> {
         peers: true,
         live: false,
     })
-    .unwrap_or_else(|e| panic!("the edge lab did not run: {e:#}"));
+    .expect("the edge lab did not run");
     Some(report)
 }
 

@@ -36,11 +36,11 @@ impl Frames {
     fn new(pair: &Pair) -> Frames {
         Frames {
             sender: testkit::sockets::RawSender::new(&pair.client, &pair.client_if)
-                .unwrap_or_else(|e| panic!("{e:#}")),
+                .expect("a raw sender on the client's interface"),
             client_mac: testkit::netns::mac_of(&pair.client, &pair.client_if)
-                .unwrap_or_else(|e| panic!("{e:#}")),
+                .expect("the client interface's MAC"),
             server_mac: testkit::netns::mac_of(&pair.server, &pair.server_if)
-                .unwrap_or_else(|e| panic!("{e:#}")),
+                .expect("the server interface's MAC"),
         }
     }
 
@@ -48,9 +48,7 @@ impl Frames {
         let mut p = p;
         p.src_mac = self.client_mac;
         p.dst_mac = self.server_mac;
-        self.sender
-            .send(&p.build())
-            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        self.sender.send(&p.build()).expect("sending a raw frame");
     }
 }
 
@@ -83,6 +81,7 @@ fn suggest_after_spoofed_acks_and_a_port_scan() {
     if !privileged("views: suggest under attack") {
         return;
     }
+    let _alone = crate::ALONE.hold();
     let dir = TempDir::new("vw-suggest");
     let catalog = dir.path().join("catalog.toml");
     ok(
@@ -328,6 +327,7 @@ fn sixteen_dead_followers_free_their_slots() {
     if !privileged("views: dead followers") {
         return;
     }
+    let _alone = crate::ALONE.hold();
     // The daemon looks for hang-ups once a second: two seconds and a half
     // give every dead client two looks.
     const FREED_WITHIN: Duration = Duration::from_millis(2_500);
