@@ -41,8 +41,7 @@ mod tests {
         use aya_obj::EbpfSectionKind;
         use classifier_common::map_names;
 
-        let obj = aya_obj::Object::parse(PORTGUARD)
-            .unwrap_or_else(|e| panic!("parsing the embedded portguard object: {e}"));
+        let obj = aya_obj::Object::parse(PORTGUARD).expect("parsing the embedded portguard object");
         let declared: BTreeSet<&str> = obj
             .maps
             .iter()

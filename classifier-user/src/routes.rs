@@ -269,10 +269,10 @@ mod tests {
     #[test]
     fn the_kernel_routes_loopback_to_the_box_itself() {
         // Needs no privileges: any process may ask for a route.
-        let socket = Netlink::open().unwrap_or_else(|e| panic!("netlink socket: {e}"));
+        let socket = Netlink::open().expect("netlink socket");
         let oif = socket
             .route_oif("127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}")))
-            .unwrap_or_else(|e| panic!("RTM_GETROUTE 127.0.0.1: {e}"));
+            .expect("RTM_GETROUTE 127.0.0.1");
         assert_eq!(oif, None, "127.0.0.1 is local: behind no leg");
     }
 }

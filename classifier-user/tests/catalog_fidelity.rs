@@ -392,7 +392,7 @@ fn phones_cell() -> String {
     let row = table("所需客户端端口")
         .into_iter()
         .find(|r| r[0].starts_with("Aastra"))
-        .unwrap_or_else(|| panic!("no phones row in the client table"));
+        .expect("no phones row in the client table");
     row[0]
         .split("<br/>")
         .map(str::trim)

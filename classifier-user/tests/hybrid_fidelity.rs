@@ -310,7 +310,7 @@ fn the_set_is_the_endpoints_ranges_and_the_file() {
         .lines()
         .map(|l| l.split('#').next().unwrap_or_default().trim())
         .filter(|l| !l.is_empty())
-        .map(|l| Cidr::parse(l).unwrap_or_else(|e| panic!("microsoft-365.txt: {e}")))
+        .map(|l| Cidr::parse(l).expect("microsoft-365.txt"))
         .collect();
     file.sort();
     assert_eq!(file, published, "microsoft-365.txt is the published ranges");

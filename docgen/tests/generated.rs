@@ -97,7 +97,7 @@ fn the_reference_has_a_section_and_a_row_per_command_and_flag() {
 #[test]
 fn every_command_gets_a_man_page_in_section_8() {
     let dir = TempDir::new("man");
-    let written = docgen::man_pages(&dir.0).unwrap_or_else(|e| panic!("man pages: {e}"));
+    let written = docgen::man_pages(&dir.0).expect("man pages");
     let names: BTreeSet<String> = written
         .iter()
         .map(|p| {
@@ -139,7 +139,7 @@ fn every_command_gets_a_man_page_in_section_8() {
 #[test]
 fn completions_know_every_subcommand() {
     let dir = TempDir::new("completions");
-    let written = docgen::completions(&dir.0).unwrap_or_else(|e| panic!("completions: {e}"));
+    let written = docgen::completions(&dir.0).expect("completions");
     assert_eq!(written.len(), docgen::COMPLETIONS.len());
     for script in &written {
         let text =

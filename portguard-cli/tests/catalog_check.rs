@@ -136,9 +136,8 @@ fn check_of_bad_bytes_and_missing_files_exits_2() {
 fn show_json_is_one_object_per_protocol() {
     let out = portguard(&["catalog", "show", "--role", "front-end", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("json: {e}"));
-    let rows = v.as_array().unwrap_or_else(|| panic!("an array"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = v.as_array().expect("an array");
     let expected = Catalog::embedded()
         .effective_rules(&["front-end".into()])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -183,9 +182,8 @@ fn check_reports_a_bad_direction_at_its_line_and_column() {
 fn show_json_lists_every_perimeter_rule_with_its_direction() {
     let out = portguard(&["catalog", "show", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("json: {e}"));
-    let rows = v.as_array().unwrap_or_else(|| panic!("an array"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = v.as_array().expect("an array");
     assert!(
         rows.iter()
             .all(|r| r["direction"] == "inbound" || r["direction"] == "outbound"),
@@ -300,7 +298,7 @@ fn nft_check_accepts_every_role() {
             .args(["-c", "-f"])
             .arg(&path)
             .output()
-            .unwrap_or_else(|e| panic!("nft: {e}"));
+            .expect("nft");
         assert!(
             check.status.success(),
             "nft -c refused the export for {role}:\n{}\n{ruleset}",
@@ -328,7 +326,7 @@ fn nft_check_accepts_every_role() {
         .args(["-c", "-f"])
         .arg(&path)
         .output()
-        .unwrap_or_else(|e| panic!("nft: {e}"));
+        .expect("nft");
     assert!(
         check.status.success(),
         "nft -c refused:\n{}\n{ruleset}",
@@ -437,7 +435,7 @@ fn nft_check_accepts_the_appliance_export() {
                 .args(["-c", "-f"])
                 .arg(&path)
                 .output()
-                .unwrap_or_else(|e| panic!("nft: {e}"));
+                .expect("nft");
             assert!(
                 check.status.success(),
                 "nft -c refused the host export {host:?}:\n{}\n{ruleset}",
@@ -464,7 +462,7 @@ fn nft_check_accepts_the_appliance_export() {
             .args(["-c", "-f"])
             .arg(&path)
             .output()
-            .unwrap_or_else(|e| panic!("nft: {e}"));
+            .expect("nft");
         assert!(
             check.status.success(),
             "nft -c refused the appliance export {args:?}:\n{}\n{ruleset}",
@@ -525,7 +523,7 @@ fn the_2019_edition_on_every_catalog_command() {
     let out = portguard(&["catalog", "show", "--edition", "2019", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     let rows: Vec<serde_json::Value> =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("show --format json: {e}"));
+        serde_json::from_slice(&out.stdout).expect("show --format json");
     let ports: Vec<u64> = rows
         .iter()
         .filter_map(|r| r.get("port_start").and_then(serde_json::Value::as_u64))

@@ -137,7 +137,7 @@ fn portguard(args: &[&str]) -> Outcome {
         .stderr(file(&err_path))
         .spawn()
         .unwrap_or_else(|e| panic!("running {BIN} {args:?}: {e}"));
-    let pid = i32::try_from(child.id()).unwrap_or_else(|e| panic!("pid: {e}"));
+    let pid = i32::try_from(child.id()).expect("pid");
     let (status, usage) = loop {
         let mut status = 0;
         // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
@@ -248,8 +248,7 @@ fn assert_refused_everywhere(path: &Path, what: &str) {
 }
 
 fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .unwrap_or_else(|e| panic!("path: {e}"));
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
     // SAFETY: `c` is a valid NUL-terminated path.
     let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
     assert_eq!(
@@ -274,7 +273,7 @@ fn devices_are_refused_by_every_command() {
     );
     let s = Scratch::new("devlink");
     let link = s.path("catalog.toml");
-    std::os::unix::fs::symlink("/dev/zero", &link).unwrap_or_else(|e| panic!("symlink: {e}"));
+    std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
     assert_refused_everywhere(&link, "not a regular file: it is a character device");
 }
 

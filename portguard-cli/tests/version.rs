@@ -10,7 +10,7 @@ fn version_line() -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_portguard"))
         .arg("--version")
         .output()
-        .unwrap_or_else(|e| panic!("running portguard --version: {e}"));
+        .expect("running portguard --version");
     assert!(
         out.status.success(),
         "portguard --version exited with {}: {}",
@@ -56,7 +56,7 @@ fn the_short_flag_says_the_same() {
     let out = Command::new(env!("CARGO_BIN_EXE_portguard"))
         .arg("-V")
         .output()
-        .unwrap_or_else(|e| panic!("running portguard -V: {e}"));
+        .expect("running portguard -V");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         version_line(),

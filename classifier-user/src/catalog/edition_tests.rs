@@ -153,10 +153,10 @@ fn a_derived_catalog_only_removes() {
 #[test]
 fn a_derived_file_loads_like_any_catalog() {
     let dir = std::env::temp_dir().join(format!("pg-derived-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
     let path = dir.join("mine.toml");
     let text = "version = 1\nbase = \"2019\"\n[[remove]]\nrole = \"edge-internal\"\nservice = \"A/V authentication\"\nprotocol = \"tcp\"\nports = 5062\ntable = \"edge-internal\"\ndirection = \"inbound\"\nsource = \"local policy\"\nnote = \"no A/V authentication through this Edge\"\n";
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::write(&path, text).expect("write");
     let (c, _) = Catalog::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(c.edition, None, "the file names no edition");

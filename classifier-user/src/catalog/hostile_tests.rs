@@ -80,14 +80,14 @@ fn devices_are_refused_without_reading_them() {
 fn a_symlink_to_a_device_is_refused_and_one_to_a_file_is_read() {
     let s = Scratch::new("symlink");
     let zero = s.path("zero.toml");
-    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap_or_else(|e| panic!("symlink: {e}"));
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
     assert_refused(&zero, "character device");
 
     let real = s.path("real.toml");
-    std::fs::write(&real, Catalog::embedded_text()).unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::write(&real, Catalog::embedded_text()).expect("write");
     let link = s.path("link.toml");
-    std::os::unix::fs::symlink(&real, &link).unwrap_or_else(|e| panic!("symlink: {e}"));
-    let (catalog, _) = load_within(&link).unwrap_or_else(|e| panic!("a symlink to a file: {e}"));
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let (catalog, _) = load_within(&link).expect("a symlink to a file");
     let embedded = Catalog::embedded();
     assert_eq!(
         (catalog.roles, catalog.rules),
@@ -100,8 +100,7 @@ fn a_symlink_to_a_device_is_refused_and_one_to_a_file_is_read() {
 fn a_fifo_is_refused_at_once_without_a_writer() {
     let s = Scratch::new("fifo");
     let fifo = s.path("catalog.toml");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
-        .unwrap_or_else(|e| panic!("path: {e}"));
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
     // SAFETY: `c` is a valid NUL-terminated path.
     let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
     assert_eq!(r, 0, "mkfifo {}", fifo.display());
@@ -128,7 +127,7 @@ fn directories_and_sockets_are_refused() {
 fn a_file_over_the_cap_is_refused_and_one_at_the_cap_is_read() {
     let s = Scratch::new("size");
     let p = s.path("small.toml");
-    std::fs::write(&p, b"0123456789").unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::write(&p, b"0123456789").expect("write");
     match read_bounded(&p, 10) {
         Ok(bytes) => assert_eq!(bytes, b"0123456789"),
         Err(e) => panic!("10 bytes with a cap of 10: {e}"),
@@ -142,7 +141,7 @@ fn a_file_over_the_cap_is_refused_and_one_at_the_cap_is_read() {
     let mut text = Catalog::embedded_text().to_string();
     let pad = usize::try_from(MAX_CATALOG_BYTES).unwrap_or(usize::MAX) + 1 - text.len();
     text.push_str(&"#".repeat(pad));
-    std::fs::write(&big, &text).unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::write(&big, &text).expect("write");
     assert_refused(&big, "more than the 1048576 bytes a catalog may have");
 }
 
@@ -186,11 +185,10 @@ fn rules_of(n: usize, role: &str, ports: impl Fn(usize) -> String) -> String {
 fn a_chain_of_4000_roles_resolves_in_linear_time() {
     let text = chain(4_000);
     let started = Instant::now();
-    let (catalog, warnings) = Catalog::parse(&text, "chain.toml")
-        .unwrap_or_else(|e| panic!("the chain should parse:\n{e}"));
+    let (catalog, warnings) = Catalog::parse(&text, "chain.toml").expect("the chain should parse");
     let rules = catalog
         .effective_rules(&["r0".to_string()])
-        .unwrap_or_else(|e| panic!("resolving r0: {e}"));
+        .expect("resolving r0");
     let took = started.elapsed();
     assert!(warnings.is_empty(), "no overlaps in a chain: {warnings:?}");
     assert_eq!(rules.len(), 4_000, "r0 resolves to every rule of the chain");
@@ -213,8 +211,7 @@ fn nested_overlaps_are_counted_and_only_the_first_listed() {
     let n = 2_000;
     let text = rules_of(n, "a", |i| format!("\"{}-{}\"", i + 1, 65_535 - i));
     let started = Instant::now();
-    let (_, warnings) =
-        Catalog::parse(&text, "nested.toml").unwrap_or_else(|e| panic!("nested rules:\n{e}"));
+    let (_, warnings) = Catalog::parse(&text, "nested.toml").expect("nested rules");
     let took = started.elapsed();
     assert_eq!(
         warnings.len(),

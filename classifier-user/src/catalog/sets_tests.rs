@@ -37,7 +37,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 }
 
 fn parse_ok_at(text: &str, origin: &str) -> (Catalog, Vec<Diagnostic>) {
-    Catalog::parse(text, origin).unwrap_or_else(|e| panic!("expected the catalog to parse:\n{e}"))
+    Catalog::parse(text, origin).expect("expected the catalog to parse")
 }
 
 fn errors_at(text: &str, origin: &str) -> Vec<Diagnostic> {
@@ -353,9 +353,7 @@ fn addresses_flag_replaces_a_set_and_warns_when_it_empties_one() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (d, warnings) = c.with_addresses(&[arg]).unwrap_or_else(|e| panic!("{e}"));
     assert!(warnings.is_empty(), "{warnings:#?}");
-    let set = d
-        .address_set("federation-partners")
-        .unwrap_or_else(|| panic!("set lost"));
+    let set = d.address_set("federation-partners").expect("set lost");
     assert_eq!(set.cidrs, [cidr("198.18.9.0/24"), cidr("2001:db8:9::/48")]);
     assert_eq!(set.source, SetSource::Flag);
     let ip: IpAddr = "198.18.9.77".parse().unwrap_or_else(|e| panic!("{e}"));

@@ -118,7 +118,7 @@ fn assert_one_error(text: &str, line: usize, contains: &str) -> Diagnostic {
 }
 
 fn parse_ok(text: &str) -> (Catalog, Vec<Diagnostic>) {
-    Catalog::parse(text, "t.toml").unwrap_or_else(|e| panic!("expected the catalog to parse:\n{e}"))
+    Catalog::parse(text, "t.toml").expect("expected the catalog to parse")
 }
 
 #[test]
@@ -314,8 +314,7 @@ fn with_client_media_override() {
     let c = Catalog::embedded();
     let e = c
         .with_client_media(50000, 50018)
-        .err()
-        .unwrap_or_else(|| panic!("19 ports must be refused"));
+        .expect_err("19 ports must be refused");
     assert_eq!(e.diagnostics[0].origin, "--client-media-ports");
     assert!(
         e.to_string()
@@ -347,7 +346,7 @@ fn with_client_media_override() {
     let fixed = rules
         .iter()
         .find(|r| r.port_start == 3478)
-        .unwrap_or_else(|| panic!("3478 kept"));
+        .expect("3478 kept");
     assert_eq!(fixed.port_end, 3478);
 }
 
@@ -356,9 +355,7 @@ fn non_utf8_names_the_line() {
     let mut bytes = b"version = 1\n# ok\n# caf".to_vec();
     bytes.push(0xFF);
     bytes.extend_from_slice(b"\n");
-    let e = Catalog::from_bytes(&bytes, "t.toml")
-        .err()
-        .unwrap_or_else(|| panic!("must be refused"));
+    let e = Catalog::from_bytes(&bytes, "t.toml").expect_err("must be refused");
     let d = &e.diagnostics[0];
     assert_eq!(
         (d.line, d.column, d.severity),
@@ -381,9 +378,8 @@ fn not_toml_at_all() {
 
 #[test]
 fn missing_file_is_a_line_zero_error() {
-    let e = Catalog::load(std::path::Path::new("/nonexistent/catalog.toml"))
-        .err()
-        .unwrap_or_else(|| panic!("must fail"));
+    let e =
+        Catalog::load(std::path::Path::new("/nonexistent/catalog.toml")).expect_err("must fail");
     assert_eq!(e.diagnostics[0].line, 0);
     assert_eq!(
         e.to_string().lines().next(),
@@ -469,8 +465,7 @@ fn effective_rules_dedup_and_unknown_role() {
 
     let e = c
         .effective_rules(&["front-end".into(), "edge".into()])
-        .err()
-        .unwrap_or_else(|| panic!("edge"));
+        .expect_err("edge");
     let msg = e.to_string();
     assert!(
         msg.contains("unknown role `edge`") && msg.contains("front-end-mediation"),
@@ -813,12 +808,12 @@ fn outbound_rule_cannot_match_the_source_port() {
 fn embedded_perimeter_rules_state_their_direction() {
     // Explicit is better for new rows: every rule from an Edge or reverse-proxy
     // table writes `direction`, the server ports document's rows leave it out.
-    let doc: toml::Value = toml::from_str(Catalog::embedded_text())
-        .unwrap_or_else(|e| panic!("the embedded catalog is TOML: {e}"));
+    let doc: toml::Value =
+        toml::from_str(Catalog::embedded_text()).expect("the embedded catalog is TOML");
     let rules = doc
         .get("rule")
         .and_then(toml::Value::as_array)
-        .unwrap_or_else(|| panic!("no [[rule]]"));
+        .expect("no [[rule]]");
     let mut perimeter = 0;
     for r in rules {
         let table = r
@@ -1203,8 +1198,7 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
         ],
         false,
     ))
-    .err()
-    .unwrap_or_else(|| panic!("a prefix given twice was accepted"));
+    .expect_err("a prefix given twice was accepted");
     let text = err.to_string();
     assert!(
         text.contains("--profile") && text.contains("198.18.2.0/24 is given twice"),
@@ -1216,8 +1210,7 @@ fn nft_appliance_refuses_a_prefix_given_twice() {
         &[("198.18.2.0/24", &["no-such-role"])],
         false,
     ))
-    .err()
-    .unwrap_or_else(|| panic!("an unknown role was accepted"));
+    .expect_err("an unknown role was accepted");
     assert!(unknown.to_string().contains("no-such-role"), "{unknown}");
 }
 

@@ -274,7 +274,7 @@ mod tests {
         );
         let compiled = policy::resolve(&Catalog::embedded(), &spec)
             .and_then(|r| policy::compile(&r, &mut SlotRegistry::default()))
-            .unwrap_or_else(|e| panic!("an appliance needs no --role: {e}"));
+            .expect("an appliance needs no --role");
         assert_eq!(
             compiled.default_profile,
             classifier_common::PROFILE_NONE,

@@ -355,13 +355,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_client_is_hung_up_a_half_closed_one_is_not() {
-        let (ours, theirs) = UnixStream::pair().unwrap_or_else(|e| panic!("a socket pair: {e}"));
+        let (ours, theirs) = UnixStream::pair().expect("a socket pair");
         assert!(!hung_up(&ours), "a connected client seen as hung up");
         let mut theirs = theirs;
-        theirs
-            .shutdown()
-            .await
-            .unwrap_or_else(|e| panic!("shutdown(SHUT_WR): {e}"));
+        theirs.shutdown().await.expect("shutdown(SHUT_WR)");
         assert!(
             !hung_up(&ours),
             "a client that only stopped writing (it may still read) seen as hung up"
@@ -370,11 +367,8 @@ mod tests {
         assert!(hung_up(&ours), "a closed client not seen as hung up");
 
         // One that dies with our lines unread (POLLERR with the hang-up).
-        let (mut ours, theirs) =
-            UnixStream::pair().unwrap_or_else(|e| panic!("a socket pair: {e}"));
-        ours.write_all(b"unread\n")
-            .await
-            .unwrap_or_else(|e| panic!("writing: {e}"));
+        let (mut ours, theirs) = UnixStream::pair().expect("a socket pair");
+        ours.write_all(b"unread\n").await.expect("writing");
         drop(theirs);
         assert!(
             hung_up(&ours),

@@ -266,8 +266,7 @@ mod tests {
             .ipv4([198, 18, 0, 1], [198, 18, 0, 2], 64)
             .udp(sport, dport);
         let mut f = Vec::with_capacity(b.size(8));
-        b.write(&mut f, &[0; 8])
-            .unwrap_or_else(|e| panic!("building a frame: {e}"));
+        b.write(&mut f, &[0; 8]).expect("building a frame");
         f
     }
 
@@ -289,8 +288,7 @@ mod tests {
             .ipv6(src.octets(), dst.octets(), 64)
             .tcp(40_001, 3389, 1, 1024);
         let mut f = Vec::with_capacity(b.size(0));
-        b.write(&mut f, &[])
-            .unwrap_or_else(|e| panic!("building a frame: {e}"));
+        b.write(&mut f, &[]).expect("building a frame");
         let h = headers(&f);
         assert!(h.vlan.is_empty(), "{h:?}");
         assert_eq!(h.src, Some(IpAddr::from(src)), "{h:?}");
@@ -309,8 +307,7 @@ mod tests {
             let b = if syn { b.syn() } else { b };
             let b = if ack { b.ack(7) } else { b };
             let mut f = Vec::new();
-            b.write(&mut f, &[])
-                .unwrap_or_else(|e| panic!("building a frame: {e}"));
+            b.write(&mut f, &[]).expect("building a frame");
             headers(&f).tcp_flags
         };
         assert_eq!(segment(true, false), Some(0x02), "a SYN");

@@ -691,7 +691,7 @@ mod tests {
             Catalog::parse(&text, "full.toml").unwrap_or_else(|e| panic!("{n} rules:\n{e}"));
         let started = std::time::Instant::now();
         let mut reg = SlotRegistry::default();
-        let p = compiled(&cat, &spec(&["a"]), &mut reg).unwrap_or_else(|e| panic!("compile: {e}"));
+        let p = compiled(&cat, &spec(&["a"]), &mut reg).expect("compile");
         let took = started.elapsed();
         assert!(
             took < std::time::Duration::from_secs(2),

@@ -268,7 +268,7 @@ mod tests {
              [[rule]]\nrole = \"a\"\nservice = \"o\"\nprotocol = \"tcp\"\nports = \"443\"\ntransport = \"T\"\ntable = \"server\"\nnote = \"\"\ndirection = \"outbound\"\n"
         );
         Catalog::parse(&text, "t.toml")
-            .unwrap_or_else(|e| panic!("the test catalog parses: {e}"))
+            .expect("the test catalog parses")
             .0
     }
 
@@ -351,7 +351,7 @@ mod tests {
             FLAG_APPLIANCE,
             "the placement is the flag"
         );
-        let (inbound, outbound) = r.rules_of("a").unwrap_or_else(|| panic!("a is a member"));
+        let (inbound, outbound) = r.rules_of("a").expect("a is a member");
         assert!(
             inbound.is_empty() && outbound.len() == 1,
             "a's own rows only"

@@ -452,8 +452,7 @@ mod tests {
             parse(&["-U"]).is_err(),
             "-U without --pcap should be refused"
         );
-        let cli = parse(&["--follow", "--pcap", "f.pcap", "-U"])
-            .unwrap_or_else(|e| panic!("--pcap with -U: {e}"));
+        let cli = parse(&["--follow", "--pcap", "f.pcap", "-U"]).expect("--pcap with -U");
         match cli.command {
             crate::cli::Command::Events(a) => assert!(a.packet_buffered, "-U sets it"),
             other => panic!("parsed as {other:?}"),

@@ -75,8 +75,7 @@ impl Legs {
     /// `n` legs: veth pairs, up, with GRO on (which registers the receive
     /// queues an XDP test run on an interface needs).
     fn new(n: usize) -> Legs {
-        let ns = testkit::netns::NetNs::new("pgleg")
-            .unwrap_or_else(|e| panic!("a namespace for the legs: {e}"));
+        let ns = testkit::netns::NetNs::new("pgleg").expect("a namespace for the legs");
         let mut ifindexes = Vec::new();
         for i in 0..n {
             let (a, b) = (format!("leg{i}"), format!("peer{i}"));
@@ -204,13 +203,10 @@ impl Kernel {
         let r = self
             .classifier
             .xdp_ref()
-            .unwrap_or_else(|e| panic!("the XDP program: {e}"))
+            .expect("the XDP program")
             .test_run(opts)
             .unwrap_or_else(|e| panic!("test_run on leg {leg} of {}: {e}", hex(frame)));
-        let counter = self
-            .classifier
-            .last_counter()
-            .unwrap_or_else(|e| panic!("reading TRACE: {e}"));
+        let counter = self.classifier.last_counter().expect("reading TRACE");
         match r.return_value {
             XDP_PASS => (true, counter),
             XDP_DROP => (false, counter),
@@ -279,7 +275,7 @@ impl Kernel {
     fn pins(&self) -> &Path {
         self.pins
             .as_deref()
-            .unwrap_or_else(|| panic!("this needs a pinned Kernel (Kernel::new)"))
+            .expect("this needs a pinned Kernel (Kernel::new)")
     }
 
     /// The packets and bytes counted under a `COUNTERS` index, all CPUs.
@@ -300,10 +296,7 @@ impl Kernel {
                 hex(frame)
             )
         });
-        let counter = self
-            .classifier
-            .last_counter()
-            .unwrap_or_else(|e| panic!("reading TRACE: {e}"));
+        let counter = self.classifier.last_counter().expect("reading TRACE");
         (r.return_value, counter)
     }
 
@@ -321,8 +314,8 @@ impl Kernel {
         let path = self.pins().join(map_names::FRAGMENTS);
         let data =
             MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-        let map = Map::from_map_data(data).unwrap_or_else(|e| panic!("FRAGMENTS: {e}"));
-        HashMap::try_from(map).unwrap_or_else(|e| panic!("FRAGMENTS as a hash map: {e}"))
+        let map = Map::from_map_data(data).expect("FRAGMENTS");
+        HashMap::try_from(map).expect("FRAGMENTS as a hash map")
     }
 
     /// Entries in the kernel's fragment map.
@@ -335,8 +328,7 @@ impl Kernel {
         let mut map = self.fragments();
         let keys: Vec<FragKey> = map.keys().filter_map(Result::ok).collect();
         for k in keys {
-            map.remove(&k)
-                .unwrap_or_else(|e| panic!("removing a fragment entry: {e}"));
+            map.remove(&k).expect("removing a fragment entry");
         }
     }
 
@@ -402,7 +394,7 @@ impl Kernel {
             }
             let mut ebpf = l
                 .load(ebpf_object::PORTGUARD)
-                .unwrap_or_else(|e| panic!("loading the object again: {e}"));
+                .expect("loading the object again");
             let tc: &mut SchedClassifier = ebpf
                 .program_mut(TC_EGRESS_PROGRAM)
                 .unwrap_or_else(|| panic!("no {TC_EGRESS_PROGRAM} in the object"))
@@ -426,8 +418,7 @@ impl Kernel {
             repeat: 1,
             ..TestRunOptions::default()
         };
-        tc.test_run(opts)
-            .unwrap_or_else(|e| panic!("test_run of the egress recorder: {e}"));
+        tc.test_run(opts).expect("test_run of the egress recorder");
     }
 
     /// `role/proto/service` of a rule slot, for messages and the corpus.

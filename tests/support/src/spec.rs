@@ -13,7 +13,7 @@ pub fn lab_spec() -> PolicySpec {
     let (start, end) = testkit::lab::MEDIA
         .split_once('-')
         .and_then(|(s, e)| Some((s.parse().ok()?, e.parse().ok()?)))
-        .unwrap_or_else(|| panic!("testkit::lab::MEDIA is not START-END"));
+        .expect("testkit::lab::MEDIA is not START-END");
     PolicySpec {
         default_roles: Some(testkit::lab::ROLES.split(',').map(String::from).collect()),
         mgmt: Mgmt::defaults(),

@@ -268,7 +268,7 @@ impl Expect {
 impl Spec {
     /// The embedded spec; panics naming the case that does not read.
     pub fn load() -> Spec {
-        Spec::parse(TEXT).unwrap_or_else(|e| panic!("tests/data/verdicts.toml: {e}"))
+        Spec::parse(TEXT).expect("tests/data/verdicts.toml")
     }
 
     pub fn parse(text: &str) -> Result<Spec, String> {

@@ -155,7 +155,7 @@ fn a_real_scrape_passes_promtool_check_metrics() {
         let s = pair.scrape();
         (s.sum("portguard_drops_total", &[]) >= 10.0).then_some(s)
     })
-    .unwrap_or_else(|| panic!("the forbidden datagrams were never counted"));
+    .expect("the forbidden datagrams were never counted");
     assert_eq!(
         scraped.text.lines().last(),
         Some("# EOF"),

@@ -151,7 +151,7 @@ impl Routed {
             "scrape",
             in_netns(&self.appliance, || http_get(METRICS, "/metrics")),
         )
-        .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        .expect("GET /metrics");
         Scrape::parse(&body)
     }
 }
@@ -182,7 +182,7 @@ fn exchange(ns: &NetNs, from: SocketAddr, to: SocketAddr, n: u32) -> u32 {
         thread_in(ns, move || {
             let sock = UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
             sock.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap_or_else(|e| panic!("timeout: {e}"));
+                .expect("timeout");
             let mut back = 0;
             let mut buf = [0u8; 64];
             for i in 0..n {

@@ -152,7 +152,7 @@ impl Routed {
             "scrape",
             in_netns(&self.appliance, || http_get(METRICS, "/metrics")),
         )
-        .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        .expect("GET /metrics");
         Scrape::parse(&body)
     }
 }

@@ -76,9 +76,7 @@ impl Frames {
         let mut p = p;
         p.src_mac = self.client_mac;
         p.dst_mac = self.server_mac;
-        self.sender
-            .send(&p.build())
-            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        self.sender.send(&p.build()).expect("sending a raw frame");
     }
 }
 
@@ -192,7 +190,7 @@ fn events_show_addresses_ports_and_vlans_as_json_and_pcap() {
         ]);
         assert!(out.status.success(), "events --pcap: {}", text(&out.stderr));
         let ports: BTreeSet<String> = tshark_fields(&pcap, &["udp.dstport", "tcp.dstport"])
-            .unwrap_or_else(|e| panic!("reading the pcap: {e}"))
+            .expect("reading the pcap")
             .into_iter()
             .collect();
         for p in ["161", "3389", "3479", "8443"] {
@@ -350,10 +348,7 @@ fn a_follow_into_a_pcap_stopped_with_ctrl_c_keeps_every_event() {
             let _ = self.0.wait();
         }
     }
-    let stdout = follower
-        .stdout
-        .take()
-        .unwrap_or_else(|| panic!("no stdout pipe"));
+    let stdout = follower.stdout.take().expect("no stdout pipe");
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let reader = {
         let lines = Arc::clone(&lines);
@@ -419,7 +414,7 @@ fn a_follow_into_a_pcap_stopped_with_ctrl_c_keeps_every_event() {
     let status = poll(Duration::from_secs(5), || {
         ok("try_wait", follower.0.try_wait())
     })
-    .unwrap_or_else(|| panic!("events --follow did not end within 5 s of SIGINT"));
+    .expect("events --follow did not end within 5 s of SIGINT");
     let _ = reader.join();
     let mut stderr = String::new();
     if let Some(mut e) = follower.0.stderr.take() {
@@ -431,8 +426,8 @@ fn a_follow_into_a_pcap_stopped_with_ctrl_c_keeps_every_event() {
     );
 
     let printed = printed();
-    let in_pcap = tshark_fields(&pcap, &["udp.srcport"])
-        .unwrap_or_else(|e| panic!("the pcap after SIGINT is not readable: {e}"));
+    let in_pcap =
+        tshark_fields(&pcap, &["udp.srcport"]).expect("the pcap after SIGINT is not readable");
     assert_eq!(
         in_pcap.len(),
         printed.len(),
@@ -532,7 +527,7 @@ fn suggest_output_checks_and_once_loaded_lets_the_traffic_pass() {
     poll(Duration::from_secs(5), || {
         (events_json(&pair.server_if, &["--verdict", "drop"]).len() >= 2).then_some(())
     })
-    .unwrap_or_else(|| panic!("the two drops never showed up as events"));
+    .expect("the two drops never showed up as events");
 
     // One client here: one source is evidence enough.
     let out = portguard(&["suggest", "--iface", &pair.server_if, "--min-sources", "1"]);
@@ -601,7 +596,7 @@ fn top_shows_the_dropped_port_in_80x24_and_quits_on_q() {
     poll(Duration::from_secs(5), || {
         (!events_json(&pair.server_if, &["--verdict", "would_drop"]).is_empty()).then_some(())
     })
-    .unwrap_or_else(|| panic!("no would_drop event for UDP 3479"));
+    .expect("no would_drop event for UDP 3479");
 
     let session = format!("pgtop{}", std::process::id());
     let bin = testkit::portguard_bin();
@@ -764,11 +759,8 @@ fn an_empty_budget_stays_empty_and_fills_again_with_time() {
     const RATE: u64 = 10;
     k.classifier
         .set_events(RATE as u32, false)
-        .unwrap_or_else(|e| panic!("turning events on: {e}"));
-    let budget = k
-        .classifier
-        .take_event_budget()
-        .unwrap_or_else(|e| panic!("the budget map: {e}"));
+        .expect("turning events on");
+    let budget = k.classifier.take_event_budget().expect("the budget map");
     let cpu0 = |what: &str| {
         let b = budget
             .get(&0, 0)

@@ -106,18 +106,10 @@ fn vlan_tagged_frames_are_classified_by_their_inner_packet() {
     let injector = testkit::sockets::RawSender::new(&pair.client, &pair.client_if)
         .unwrap_or_else(|e| panic!("{e:#}"));
     for _ in 0..5 {
-        injector
-            .send(&allowed_udp)
-            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
-        injector
-            .send(&allowed_tcp)
-            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
-        injector
-            .send(&forbidden)
-            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
-        injector
-            .send(&too_deep)
-            .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+        injector.send(&allowed_udp).expect("sending a raw frame");
+        injector.send(&allowed_tcp).expect("sending a raw frame");
+        injector.send(&forbidden).expect("sending a raw frame");
+        injector.send(&too_deep).expect("sending a raw frame");
     }
     wait_moved(
         &pair,

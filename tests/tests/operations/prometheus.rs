@@ -230,7 +230,7 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
     );
     let bytes = prom
         .scalar(r#"sum(portguard_bytes_total{proto="udp",verdict="pass",role!="-"})"#)
-        .unwrap_or_else(|| panic!("no portguard_bytes_total for the allowed UDP"));
+        .expect("no portguard_bytes_total for the allowed UDP");
     // Ethernet + IPv4 + UDP headers alone are 42 bytes a datagram.
     assert!(
         bytes >= 150.0 * 42.0,
@@ -323,7 +323,7 @@ fn a_real_prometheus_scrapes_every_metric_and_sees_it_move() {
     // Prometheus saw no scrape problem at all.
     let targets = prom
         .api("/api/v1/targets", None)
-        .unwrap_or_else(|| panic!("no /api/v1/targets"));
+        .expect("no /api/v1/targets");
     let active = &targets["activeTargets"][0];
     assert_eq!(active["health"], "up", "target: {active}");
     assert_eq!(active["lastError"], "", "target: {active}");
@@ -481,7 +481,7 @@ fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
         )
         .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
     })
-    .unwrap_or_else(|| panic!("label_values(portguard_xdp_attached, iface) is empty"));
+    .expect("label_values(portguard_xdp_attached, iface) is empty");
     assert!(
         values
             .as_array()

@@ -321,13 +321,13 @@ fn failed_starts_exit_with_the_documented_code_and_leave_the_interface_untouched
 
     // A catalog with an invalid port range on a known line.
     let good = std::fs::read_to_string(ops::repo_root().join("catalog/sfb2015.toml"))
-        .unwrap_or_else(|e| panic!("reading catalog/sfb2015.toml: {e}"));
+        .expect("reading catalog/sfb2015.toml");
     let line = good.lines().count() + 6;
     let bad = format!(
         "{good}\n[[rule]]\nrole = \"front-end\"\nservice = \"broken\"\nprotocol = \"udp\"\nports = \"70000\"\ntransport = \"UDP\"\ntable = \"server\"\nnote = \"\"\n"
     );
     let bad_path = dir.path().join("bad.toml");
-    std::fs::write(&bad_path, bad).unwrap_or_else(|e| panic!("writing bad.toml: {e}"));
+    std::fs::write(&bad_path, bad).expect("writing bad.toml");
     let out = run(&base(&["--catalog", &bad_path.to_string_lossy()]));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "bad catalog: {err}");
@@ -351,7 +351,7 @@ fn failed_starts_exit_with_the_documented_code_and_leave_the_interface_untouched
         .ip(&[
             "link", "set", "dev", &iface, "xdp", "obj", obj, "sec", "xdp",
         ])
-        .unwrap_or_else(|e| panic!("attaching a foreign XDP program: {e:#}"));
+        .expect("attaching a foreign XDP program");
     let foreign = pair.xdp_prog_id();
     assert!(foreign.is_some(), "the foreign program is not attached");
     let out = run(&base(&[]));

@@ -618,11 +618,8 @@ fn one_source_gets_only_its_share_of_unconfirmed_flows() {
     // Events on (drops, and the refusals of entries), with room for all.
     b.0.classifier
         .set_events(1_000_000, false)
-        .unwrap_or_else(|e| panic!("turning events on: {e}"));
-    let mut ring =
-        b.0.classifier
-            .take_events_ring()
-            .unwrap_or_else(|e| panic!("the events ring: {e}"));
+        .expect("turning events on");
+    let mut ring = b.0.classifier.take_events_ring().expect("the events ring");
     let share = classifier_common::FLOW_SHARE_DEFAULT;
     // Source ports from 10000: none is a port of the Access Edge's outbound
     // rows (53, 80, 5061, 5269), whose answers a rule would pass anyway

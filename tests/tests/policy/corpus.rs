@@ -64,8 +64,7 @@ fn corpus_file_is_what_the_generator_writes() {
     let built = build_corpus(&Spec::load());
     let path = corpus_path();
     if std::env::var("PORTGUARD_WRITE_CORPUS").as_deref() == Ok("1") {
-        std::fs::create_dir_all(path.parent().unwrap_or_else(|| panic!("no parent")))
-            .unwrap_or_else(|e| panic!("creating tests/corpus: {e}"));
+        std::fs::create_dir_all(path.parent().expect("no parent")).expect("creating tests/corpus");
         std::fs::write(&path, &built).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
     let on_disk = std::fs::read_to_string(&path)
@@ -191,10 +190,8 @@ fn run_corpus(events: bool) {
                 ring = events.then(|| {
                     k.classifier
                         .set_events(1_000_000, true)
-                        .unwrap_or_else(|e| panic!("turning events on: {e}"));
-                    k.classifier
-                        .take_events_ring()
-                        .unwrap_or_else(|e| panic!("the events ring: {e}"))
+                        .expect("turning events on");
+                    k.classifier.take_events_ring().expect("the events ring")
                 });
                 &mut current.insert((section.policy.as_str(), k)).1
             }

@@ -93,16 +93,14 @@ fn nft_in(ns: &NetNs, ruleset: &str) {
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawning nft: {e}"));
+        .expect("spawning nft");
     child
         .stdin
         .take()
-        .unwrap_or_else(|| panic!("nft stdin"))
+        .expect("nft stdin")
         .write_all(ruleset.as_bytes())
-        .unwrap_or_else(|e| panic!("writing the ruleset to nft: {e}"));
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("nft: {e}"));
+        .expect("writing the ruleset to nft");
+    let out = child.wait_with_output().expect("nft");
     assert!(
         out.status.success(),
         "nft rejected the ruleset: {}\n{ruleset}",
@@ -219,9 +217,9 @@ fn nft_export_and_xdp_agree_on_every_role() {
     if !testkit::require_privileges("nft_export_and_xdp_agree_on_every_role") {
         return;
     }
-    let client = NetNs::new("pgnftc").unwrap_or_else(|e| panic!("netns: {e}"));
-    let server = NetNs::new("pgnfts").unwrap_or_else(|e| panic!("netns: {e}"));
-    veth_pair(&client, "nftc0", &server, "nfts0").unwrap_or_else(|e| panic!("veth: {e}"));
+    let client = NetNs::new("pgnftc").expect("netns");
+    let server = NetNs::new("pgnfts").expect("netns");
+    veth_pair(&client, "nftc0", &server, "nfts0").expect("veth");
     for (ns, ifname, v4, v6) in [
         (&client, "nftc0", "198.18.0.1/24", "2001:db8::1/64"),
         (&server, "nfts0", "198.18.0.2/24", "2001:db8::2/64"),
@@ -261,7 +259,7 @@ fn nft_export_and_xdp_agree_on_every_role() {
     let bin = testkit::portguard_bin();
     // One program for every role: each role's policy is installed with a
     // generation flip, as a reload would.
-    let mut xdp = Classifier::load(None).unwrap_or_else(|e| panic!("load: {e}"));
+    let mut xdp = Classifier::load(None).expect("load");
     let mut registry = SlotRegistry::default();
     let mut seq = 0u16;
     let mut total = 0usize;
@@ -284,8 +282,7 @@ fn nft_export_and_xdp_agree_on_every_role() {
         let compiled = policy::resolve(&catalog, &spec)
             .and_then(|r| policy::compile(&r, &mut registry))
             .unwrap_or_else(|e| panic!("{export:?}: {e}"));
-        xdp.install(&compiled, generation)
-            .unwrap_or_else(|e| panic!("install: {e}"));
+        xdp.install(&compiled, generation).expect("install");
 
         let mut frames = Vec::with_capacity(packets.len());
         let mut xdp_pass = Vec::with_capacity(packets.len());
@@ -293,12 +290,7 @@ fn nft_export_and_xdp_agree_on_every_role() {
             pkt.src_mac = client_mac;
             pkt.dst_mac = server_mac;
             let frame = pkt.build();
-            xdp_pass.push(
-                xdp.test_run(&frame, 1)
-                    .unwrap_or_else(|e| panic!("test_run: {e}"))
-                    .return_value
-                    == XDP_PASS,
-            );
+            xdp_pass.push(xdp.test_run(&frame, 1).expect("test_run").return_value == XDP_PASS);
             frames.push(frame);
         }
         nft_in(
@@ -306,9 +298,7 @@ fn nft_export_and_xdp_agree_on_every_role() {
             &format!("flush ruleset\n{ruleset}\n{}", probe_table(&packets)),
         );
         for frame in &frames {
-            injector
-                .send(frame)
-                .unwrap_or_else(|e| panic!("sending a raw frame: {e}"));
+            injector.send(frame).expect("sending a raw frame");
         }
         // Wait for the passes XDP expects, then a little longer so that a
         // pass XDP does not expect can show too.

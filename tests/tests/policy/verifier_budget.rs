@@ -22,10 +22,10 @@ fn every_program_leaves_headroom_under_the_verifier_limit() {
         None,
         &FlowLimits::default(),
     )
-    .unwrap_or_else(|e| panic!("loading the object: {e}"));
+    .expect("loading the object");
     let counts = classifier
         .verified_instructions()
-        .unwrap_or_else(|e| panic!("reading the programs' info: {e}"));
+        .expect("reading the programs' info");
     for (name, count) in &counts {
         println!("{name}: {count} instructions verified");
     }

@@ -261,19 +261,19 @@ mod tests {
         let embedded = Catalog::embedded_text();
         let start = embedded
             .find("[[addresses]]\nid = \"microsoft-365\"")
-            .unwrap_or_else(|| panic!("the embedded catalog has the set"));
+            .expect("the embedded catalog has the set");
         let end = start
             + embedded[start..]
                 .find("\nnote = ")
                 .and_then(|n| embedded[start + n + 1..].find('\n').map(|m| n + 1 + m + 1))
-                .unwrap_or_else(|| panic!("the set's note ends a line"));
+                .expect("the set's note ends a line");
         let replaced = format!("{}{block}{}", &embedded[..start], &embedded[end..]);
         let (c, _) = Catalog::parse(&replaced, "replaced.toml").unwrap_or_else(|e| panic!("{e}"));
         let set = c
             .addresses
             .iter()
             .find(|s| s.id == "microsoft-365")
-            .unwrap_or_else(|| panic!("the set is there"));
+            .expect("the set is there");
         assert_eq!(set.cidrs, got.cidrs);
         assert_eq!(
             set.cidrs,

@@ -506,7 +506,7 @@ mod tests {
         let json = super::render_rules(&c, &rows, Some("front-end"), ShowFormat::Json);
         let v: serde_json::Value =
             serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
-        let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
+        let arr = v.as_array().expect("an array");
         assert_eq!(arr.len(), rows.len());
         for key in [
             "role",
@@ -579,7 +579,7 @@ mod tests {
         let json = super::render_rules(&c, &rows, Some("av-edge-external"), ShowFormat::Json);
         let v: serde_json::Value =
             serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
-        let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
+        let arr = v.as_array().expect("an array");
         let find = |proto: &str, port: u64, dir: &str| {
             arr.iter().any(|o| {
                 o["protocol"] == proto
@@ -626,7 +626,7 @@ mod tests {
         let json = super::render_rules(&c, &rows, Some("edge-internal"), ShowFormat::Json);
         let v: serde_json::Value =
             serde_json::from_str(&json).unwrap_or_else(|e| panic!("json: {e}\n{json}"));
-        let arr = v.as_array().unwrap_or_else(|| panic!("an array"));
+        let arr = v.as_array().expect("an array");
         let peers_of = |port: u64, dir: &str| -> Vec<String> {
             arr.iter()
                 .find(|o| o["port_start"] == port && o["direction"] == dir)

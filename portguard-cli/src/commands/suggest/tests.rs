@@ -51,8 +51,7 @@ fn aggregates(roles: &[&str], ports: Vec<PortAggregate>) -> Aggregates {
 }
 
 fn default_fragment(a: &Aggregates, options: Options) -> String {
-    fragment(&Catalog::embedded(), Catalog::embedded_text(), a, options)
-        .unwrap_or_else(|e| panic!("no fragment: {e}"))
+    fragment(&Catalog::embedded(), Catalog::embedded_text(), a, options).expect("no fragment")
 }
 
 /// `catalog_text` with `fragment` appended, as `catalog check` reads it.
@@ -292,11 +291,10 @@ fn ports_the_catalog_file_already_allows_are_not_suggested_again() {
     let a = aggregates(&["front-end"], vec![req("tcp", 3_389, 4, 2)]);
     let first = default_fragment(&a, Options::default());
     let text1 = format!("{}{first}", Catalog::embedded_text());
-    let (catalog1, _) = Catalog::parse(&text1, "first.toml")
-        .unwrap_or_else(|e| panic!("the first fragment does not check:\n{e}"));
+    let (catalog1, _) =
+        Catalog::parse(&text1, "first.toml").expect("the first fragment does not check");
     // The daemon still counts the drops from before the reload.
-    let second = fragment(&catalog1, &text1, &a, Options::default())
-        .unwrap_or_else(|e| panic!("no second fragment: {e}"));
+    let second = fragment(&catalog1, &text1, &a, Options::default()).expect("no second fragment");
     let with = appended(&text1, &second);
     assert_eq!(
         suggested(&with),
@@ -336,8 +334,7 @@ fn the_fragment_keeps_the_catalog_under_its_size_limit() {
     while text.len() + line.len() < MAX_CATALOG_BYTES as usize - 6_000 {
         text.push_str(&line);
     }
-    let frag = fragment(&Catalog::embedded(), &text, &a, Options::default())
-        .unwrap_or_else(|e| panic!("no fragment: {e}"));
+    let frag = fragment(&Catalog::embedded(), &text, &a, Options::default()).expect("no fragment");
     let with = appended(&text, &frag);
     let n = suggested(&with).len();
     assert!((1..64).contains(&n), "{n} rules in 6,000 bytes:\n{frag}");
@@ -369,11 +366,9 @@ fn the_fragment_keeps_the_catalog_within_its_counter_slots() {
             "\n[[rule]]\nrole = \"x\"\nservice = \"s{port}\"\nprotocol = \"both\"\nports = \"{port}\"\ntransport = \"T\"\ntable = \"server\"\nnote = \"\"\n"
         );
     }
-    let (catalog, _) =
-        Catalog::parse(&text, "slots.toml").unwrap_or_else(|e| panic!("the base catalog: {e}"));
+    let (catalog, _) = Catalog::parse(&text, "slots.toml").expect("the base catalog");
     let a = aggregates(&["x"], spread(64));
-    let frag = fragment(&catalog, &text, &a, Options::default())
-        .unwrap_or_else(|e| panic!("no fragment: {e}"));
+    let frag = fragment(&catalog, &text, &a, Options::default()).expect("no fragment");
     let with = appended(&text, &frag);
     let n = suggested(&with).len();
     assert!(
@@ -407,11 +402,10 @@ fn the_2019_edition_in_force_is_the_one_compared_with() {
         "2015 lists XMPP for the Access Edge:\n{in_2015}"
     );
     a.edition = Some("2019".into());
-    let (catalog, text) = catalog_in_force(None, a.edition.as_deref())
-        .unwrap_or_else(|e| panic!("the 2019 edition loads: {e}"));
+    let (catalog, text) =
+        catalog_in_force(None, a.edition.as_deref()).expect("the 2019 edition loads");
     assert_eq!(catalog, Catalog::edition(Edition::Sfb2019));
-    let fragment = fragment(&catalog, &text, &a, Options::default())
-        .unwrap_or_else(|e| panic!("no fragment: {e}"));
+    let fragment = fragment(&catalog, &text, &a, Options::default()).expect("no fragment");
     let with = appended(&text, &fragment);
     assert_eq!(suggested(&with), [("tcp", 5_269, 5_269)], "{fragment}");
     assert!(

@@ -132,13 +132,11 @@ fn addr(ns: &NetNs, ifname: &str, cidr: &str) {
 
 impl Topology {
     fn new() -> Topology {
-        let client = NetNs::new("pgnac").unwrap_or_else(|e| panic!("netns: {e:#}"));
-        let router = NetNs::new("pgnar").unwrap_or_else(|e| panic!("netns: {e:#}"));
-        let server = NetNs::new("pgnas").unwrap_or_else(|e| panic!("netns: {e:#}"));
-        veth_pair(&client, CLIENT_IF, &router, ROUTER_CLIENT_IF)
-            .unwrap_or_else(|e| panic!("veth: {e:#}"));
-        veth_pair(&router, ROUTER_SERVER_IF, &server, SERVER_IF)
-            .unwrap_or_else(|e| panic!("veth: {e:#}"));
+        let client = NetNs::new("pgnac").expect("netns");
+        let router = NetNs::new("pgnar").expect("netns");
+        let server = NetNs::new("pgnas").expect("netns");
+        veth_pair(&client, CLIENT_IF, &router, ROUTER_CLIENT_IF).expect("veth");
+        veth_pair(&router, ROUTER_SERVER_IF, &server, SERVER_IF).expect("veth");
         run(Command::new("ip").args([
             "netns",
             "exec",
