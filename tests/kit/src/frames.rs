@@ -141,14 +141,10 @@ impl Packet {
         self
     }
 
-    /// A STUN Binding request's payload (RFC 8489: type 0x0001, length 0,
-    /// the magic cookie, a transaction id from `id`): what a media rule's
-    /// STUN port passes.
+    /// A STUN Binding request's payload
+    /// ([`crate::lab::send::stun_binding_request`]).
     pub fn stun_binding(mut self, id: u32) -> Self {
-        let mut v = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
-        v.extend_from_slice(&id.to_be_bytes());
-        v.extend_from_slice(&[0; 8]);
-        self.payload = v;
+        self.payload = crate::lab::send::stun_binding_request(id);
         self
     }
 

@@ -152,6 +152,12 @@ impl Counter {
         }
     }
 
+    /// Stops counting and closes the socket; what was counted stays
+    /// readable (per source too).
+    pub fn stop(&mut self) {
+        self.halt();
+    }
+
     /// Stops counting, closes the socket and returns the totals.
     pub fn finish(mut self) -> Counts {
         self.halt();

@@ -19,7 +19,7 @@ use super::{
     metrics::{Scrape, sum},
     peers::{self, Client, PeerRun},
     report::{arrived_as_expected, differs, failed},
-    send::{listen, send_case},
+    send::{Payload, listen, send_case},
 };
 use crate::netns::{NetNs, addr, in_netns, veth_pair};
 
@@ -245,7 +245,7 @@ pub fn run(opts: &Options<'_>) -> Result<Report> {
     let sent = in_netns(&client, || {
         CASES
             .iter()
-            .map(|c| send_case(c.proto, IpAddr::V4(CLIENT_V4), case_addr(c)))
+            .map(|c| send_case(c.proto, Payload::Rtp, IpAddr::V4(CLIENT_V4), case_addr(c)))
             .collect::<Vec<u32>>()
     })?;
     // Let the last packets land before the listeners stop. The counters are

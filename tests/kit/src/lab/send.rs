@@ -4,7 +4,7 @@
 
 use std::{
     io::Write as _,
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     time::Duration,
 };
 
@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     netns::{NetNs, in_netns},
-    sockets::Counter,
+    sockets::{Counter, connect_from},
 };
 
 /// Datagrams of each UDP case.
@@ -74,22 +74,54 @@ pub fn rtp_shaped(text: &str) -> Vec<u8> {
     v
 }
 
+/// A STUN Binding request (RFC 8489: type 0x0001, no attributes, the magic
+/// cookie, a transaction id from `id`): what a STUN client or a media
+/// relay sends first to a STUN port, and what a media rule's STUN port
+/// passes.
+pub fn stun_binding_request(id: u32) -> Vec<u8> {
+    let mut v = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(&[0; 8]);
+    v
+}
+
+/// What a UDP case's datagrams carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Text behind an RTP header ([`rtp_shaped`]).
+    Rtp,
+    /// A STUN Binding request ([`stun_binding_request`]).
+    StunBinding,
+}
+
+impl Payload {
+    /// The `i`-th datagram of a case.
+    pub fn datagram(self, i: u32) -> Vec<u8> {
+        match self {
+            Payload::Rtp => rtp_shaped(&format!("portguard lab {i}")),
+            Payload::StunBinding => stun_binding_request(i),
+        }
+    }
+}
+
 /// One case's traffic, from `from` (call it in the sender's namespace):
-/// [`UDP_DATAGRAMS`] paced datagrams, or one TCP connection attempt that
-/// writes a few messages if it connects. Returns the datagrams sent, or 1
-/// for the attempt: an attempt that got no answer counts as sent too.
-pub(crate) fn send_case(proto: Proto, from: IpAddr, to: SocketAddr) -> u32 {
+/// [`UDP_DATAGRAMS`] paced datagrams carrying `payload`, or one TCP
+/// connection attempt that writes a few messages if it connects. Returns
+/// the datagrams sent, or 1 for the attempt: an attempt that got no answer
+/// counts as sent too.
+pub(crate) fn send_case(proto: Proto, payload: Payload, from: IpAddr, to: SocketAddr) -> u32 {
     match proto {
         Proto::Udp => {
             let Ok(sock) = UdpSocket::bind(SocketAddr::new(from, 0)) else {
                 return 0;
             };
-            datagrams(&sock, to, UDP_DATAGRAMS, PACE, |i| {
-                rtp_shaped(&format!("portguard lab {i}"))
-            })
+            datagrams(&sock, to, UDP_DATAGRAMS, PACE, |i| payload.datagram(i))
         }
         Proto::Tcp => {
-            if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+            // From `from` itself: a namespace with several addresses would
+            // otherwise pick one, and address sets tell them apart.
+            let attempt = connect_from(SocketAddr::new(from, 0), to, Duration::from_secs(1));
+            if let Ok(mut s) = attempt {
                 for i in 0..TCP_MESSAGES {
                     let _ = s.write_all(format!("portguard lab message {i}\n").as_bytes());
                 }

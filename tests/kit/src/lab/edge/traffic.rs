@@ -18,7 +18,7 @@ use super::{CASES, FAMILIES, Host, Row, Topology};
 use crate::{
     lab::{
         Proto,
-        send::{PACE, UDP_DATAGRAMS, datagrams, listen, send_case},
+        send::{PACE, Payload, UDP_DATAGRAMS, datagrams, listen, send_case},
     },
     netns::{in_netns, thread_in},
 };
@@ -69,7 +69,7 @@ pub(super) fn socket_cases(topo: &Topology) -> Result<Vec<Row>> {
             let to = SocketAddr::new(c.to.ip(family), c.port);
             let proto = c.proto;
             senders.push(thread_in(topo.ns(c.from.side()), move || {
-                send_case(proto, from, to)
+                send_case(proto, Payload::Rtp, from, to)
             })?);
         }
     }
