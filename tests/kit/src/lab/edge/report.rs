@@ -1,7 +1,7 @@
 //! What one run of the edge lab saw, and the checks of portguard's per-leg
 //! counters against it.
 
-use super::{Case, DMZ_IF, EXT_IF, Family, Host, Side, traffic::MEDIA_ANSWERS};
+use super::{Case, DMZ_IF, EXT_IF, Expect, Family, Host, Refusal, Side, traffic::MEDIA_ANSWERS};
 use crate::lab::{
     METRICS, PeerResult, Proto,
     metrics::{Scrape, sum},
@@ -17,7 +17,7 @@ pub struct Row {
     pub to: Host,
     pub port: u16,
     pub what: &'static str,
-    pub allowed: bool,
+    pub expect: Expect,
     /// UDP: datagrams; TCP: connection attempts.
     pub sent: u32,
     /// UDP: datagrams; TCP: connections over which the messages arrived.
@@ -33,7 +33,7 @@ impl Row {
             to: c.to,
             port: c.port,
             what: c.what,
-            allowed: c.allowed,
+            expect: c.expect,
             sent,
             received,
         }
@@ -58,28 +58,43 @@ pub struct Report {
 impl Report {
     /// Whether a row should have arrived: without portguard, everything does.
     pub fn expected(&self, row: &Row) -> bool {
-        row.allowed || !self.firewall
+        row.expect.delivered() || !self.firewall
     }
 
     pub fn row_ok(&self, row: &Row) -> bool {
         arrived_as_expected(self.expected(row), row.sent, row.received)
     }
 
-    /// One line per row whose delivery differs from the policy.
+    /// A known gap that held in this run (portguard dropped the row that the
+    /// catalog allows): why it is dropped.
+    pub fn gap(&self, row: &Row) -> Option<&'static str> {
+        match row.expect {
+            Expect::Gap(_, why) if self.firewall && self.row_ok(row) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// One line per row whose delivery differs from what is expected of it.
     pub fn case_failures(&self) -> Vec<String> {
         self.rows
             .iter()
             .filter(|r| !self.row_ok(r))
             .map(|r| {
+                let how = match r.expect {
+                    Expect::Gap(..) if self.firewall => format!(
+                        "sent {} received {}: the known gap is closed, portguard no longer drops it; make the case Allowed (and its docs/lab.md row)",
+                        r.sent, r.received
+                    ),
+                    _ => differs(r.sent, r.received, self.expected(r)),
+                };
                 format!(
-                    "{} {} {} -> {} port {} ({}): {}",
+                    "{} {} {} -> {} port {} ({}): {how}",
                     r.family.name(),
                     r.proto.name(),
                     r.from.name(),
                     r.to.name(),
                     r.port,
                     r.what,
-                    differs(r.sent, r.received, r.allowed)
                 )
             })
             .collect()
@@ -111,22 +126,23 @@ impl Report {
         let sent = |r: &Row| r.sent;
         let received = |r: &Row| r.received;
         let udp_in_arrived = self.total(|r| inbound(r) && udp(r), received);
-        let udp_in_forbidden = self.total(|r| inbound(r) && udp(r) && !r.allowed, sent);
+        let delivered = |r: &Row| r.expect.delivered();
+        let udp_in_forbidden = self.total(|r| inbound(r) && udp(r) && !delivered(r), sent);
         let udp_out_arrived = self.total(|r| outbound(r) && udp(r), received);
-        let udp_out_forbidden = self.total(|r| outbound(r) && udp(r) && !r.allowed, sent);
+        let udp_out_forbidden = self.total(|r| outbound(r) && udp(r) && !delivered(r), sent);
         let answers = self.total(
             |r| inbound(r) && udp(r) && r.what == MEDIA_ANSWERS,
             received,
         );
-        let tcp_in_forbidden = self.total(|r| inbound(r) && tcp(r) && !r.allowed, sent);
-        let tcp_out_forbidden = self.total(|r| outbound(r) && tcp(r) && !r.allowed, sent);
+        let tcp_in_forbidden = self.total(|r| inbound(r) && tcp(r) && !delivered(r), sent);
+        let tcp_out_forbidden = self.total(|r| outbound(r) && tcp(r) && !delivered(r), sent);
         // Connections to the DMZ that opened: each one's SYN-ACK comes back
         // on the DMZ leg as established; likewise outbound ones on the EXT leg.
         let tcp_in_opened = self.total(
-            |r| inbound(r) && tcp(r) && r.to != Host::Appliance && r.allowed,
+            |r| inbound(r) && tcp(r) && r.to != Host::Appliance && delivered(r),
             received,
         );
-        let tcp_out_opened = self.total(|r| outbound(r) && tcp(r) && r.allowed, received);
+        let tcp_out_opened = self.total(|r| outbound(r) && tcp(r) && delivered(r), received);
 
         let p = |iface: &str, labels: &[(&str, &str)]| self.packets(iface, labels);
         let native = |iface: &str| {
@@ -221,6 +237,32 @@ impl Report {
                 ),
             ),
         ]);
+        // Each drop under the reason it is expected for: a stranger on an
+        // open port is `peer_not_allowed`, not `port_not_allowed`. UDP
+        // exactly, TCP at least (SYNs are retransmitted).
+        for (iface, from) in [(EXT_IF, Side::Internet), (DMZ_IF, Side::Dmz)] {
+            for refusal in [Refusal::Port, Refusal::Peer] {
+                let refused = |r: &Row, proto: Proto| {
+                    r.from.side() == from && r.proto == proto && r.expect.refusal() == Some(refusal)
+                };
+                let tcp_refused = self.total(|r| refused(r, Proto::Tcp), sent);
+                let udp_refused = self.total(|r| refused(r, Proto::Udp), sent);
+                let reason = refusal.label();
+                let drops = |proto| {
+                    p(
+                        iface,
+                        &[("proto", proto), ("verdict", "drop"), ("service", reason)],
+                    )
+                };
+                let (tcp_drops, udp_drops) = (drops("tcp"), drops("udp"));
+                checks.push((
+                    tcp_drops >= f(tcp_refused) && udp_drops == f(udp_refused),
+                    format!(
+                        "{iface}: TCP dropped as {reason} {tcp_drops} >= attempts of the cases it refuses {tcp_refused}; UDP {udp_drops} = datagrams of such cases {udp_refused}"
+                    ),
+                ));
+            }
+        }
         checks.push((
             self.detached,
             format!("no XDP program left on {EXT_IF} or {DMZ_IF} after SIGINT"),
@@ -239,7 +281,12 @@ mod tests {
     use super::*;
     use crate::lab::edge::traffic::MEDIA_OUT;
 
-    fn row(proto: Proto, from: Host, to: Host, what: &'static str, allowed: bool, n: u32) -> Row {
+    const ALLOWED: Expect = Expect::Allowed;
+    const PORT: Expect = Expect::Forbidden(Refusal::Port);
+    const PEER: Expect = Expect::Forbidden(Refusal::Peer);
+    const GAP: Expect = Expect::Gap(Refusal::Peer, "a gap");
+
+    fn row(proto: Proto, from: Host, to: Host, what: &'static str, expect: Expect, n: u32) -> Row {
         Row {
             family: Family::V4,
             proto,
@@ -247,9 +294,9 @@ mod tests {
             to,
             port: 1,
             what,
-            allowed,
+            expect,
             sent: n,
-            received: if allowed { n } else { 0 },
+            received: if expect.delivered() { n } else { 0 },
         }
     }
 
@@ -258,14 +305,21 @@ mod tests {
             firewall: true,
             namespaces: Default::default(),
             rows: vec![
-                row(Proto::Udp, Host::Internet, Host::AvEdge, "stun", true, 20),
-                row(Proto::Udp, Host::Internet, Host::WebConf, "stun", false, 20),
+                row(
+                    Proto::Udp,
+                    Host::Internet,
+                    Host::AvEdge,
+                    "stun",
+                    ALLOWED,
+                    20,
+                ),
+                row(Proto::Udp, Host::Internet, Host::WebConf, "stun", PORT, 20),
                 row(
                     Proto::Udp,
                     Host::AvEdge,
                     Host::Internet,
                     MEDIA_OUT,
-                    true,
+                    ALLOWED,
                     20,
                 ),
                 row(
@@ -273,11 +327,35 @@ mod tests {
                     Host::Internet,
                     Host::AvEdge,
                     MEDIA_ANSWERS,
-                    true,
+                    ALLOWED,
                     20,
                 ),
-                row(Proto::Tcp, Host::Internet, Host::AccessEdge, "sip", true, 1),
-                row(Proto::Tcp, Host::AccessEdge, Host::Internet, "sip", true, 1),
+                row(
+                    Proto::Tcp,
+                    Host::Internet,
+                    Host::AccessEdge,
+                    "sip",
+                    ALLOWED,
+                    1,
+                ),
+                row(
+                    Proto::Tcp,
+                    Host::AccessEdge,
+                    Host::Internet,
+                    "sip",
+                    ALLOWED,
+                    1,
+                ),
+                row(Proto::Tcp, Host::Stranger, Host::AccessEdge, "sip", PEER, 1),
+                row(Proto::Tcp, Host::AccessEdge, Host::Stranger, "sip", PEER, 1),
+                row(
+                    Proto::Tcp,
+                    Host::Microsoft365,
+                    Host::AccessEdge,
+                    "sip",
+                    GAP,
+                    1,
+                ),
             ],
             metrics: Some(Scrape::parse(metrics)),
             summary: String::new(),
@@ -294,6 +372,9 @@ portguard_packets_total{iface="pgext0",proto="udp",role="-",service="port_not_al
 portguard_packets_total{iface="pgdmz0",proto="udp",role="av-edge-external",service="m",verdict="pass"} 20
 portguard_packets_total{iface="pgdmz0",proto="tcp",role="-",service="established",verdict="pass"} 2
 portguard_packets_total{iface="pgext0",proto="tcp",role="-",service="established",verdict="pass"} 2
+portguard_packets_total{iface="pgext0",proto="tcp",role="-",service="peer_not_allowed",verdict="drop"} 3
+portguard_packets_total{iface="pgext0",proto="tcp",role="-",service="port_not_allowed",verdict="drop"} 1
+portguard_packets_total{iface="pgdmz0",proto="tcp",role="-",service="peer_not_allowed",verdict="drop"} 1
 "#;
 
     #[test]
@@ -327,8 +408,18 @@ portguard_packets_total{iface="pgext0",proto="tcp",role="-",service="established
             .filter(|(ok, _)| !ok)
             .map(|(_, text)| text)
             .collect();
-        assert_eq!(failed.len(), 3, "{failed:#?}");
+        // The established check, the leg totals, and the two legs' drops
+        // as port_not_allowed.
+        assert_eq!(failed.len(), 5, "{failed:#?}");
         assert!(failed[0].contains("established"), "{failed:#?}");
+        for leg in ["pgext0", "pgdmz0"] {
+            assert!(
+                failed
+                    .iter()
+                    .any(|f| f.starts_with(&format!("{leg}: TCP dropped as port_not_allowed"))),
+                "{failed:#?}"
+            );
+        }
         assert!(
             failed
                 .iter()
@@ -344,13 +435,58 @@ portguard_packets_total{iface="pgext0",proto="tcp",role="-",service="established
     }
 
     #[test]
+    fn a_stranger_dropped_for_its_port_instead_of_its_peer_is_a_mismatch() {
+        let wrong = AGREEING.replace(
+            r#"iface="pgext0",proto="tcp",role="-",service="peer_not_allowed",verdict="drop"} 3"#,
+            r#"iface="pgext0",proto="tcp",role="-",service="port_not_allowed",verdict="drop"} 3"#,
+        );
+        let failed: Vec<String> = report(&wrong)
+            .counter_checks()
+            .into_iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, text)| text)
+            .collect();
+        assert_eq!(
+            failed,
+            vec![
+                "pgext0: TCP dropped as peer_not_allowed 0 >= attempts of the cases it refuses 2; UDP 0 = datagrams of such cases 0"
+            ],
+            "the stranger's and Microsoft 365's SYNs counted as port_not_allowed"
+        );
+    }
+
+    #[test]
+    fn a_known_gap_holds_while_dropped_and_fails_once_it_arrives() {
+        let mut r = report(AGREEING);
+        let gap = r.rows.len() - 1;
+        assert_eq!(r.gap(&r.rows[gap]), Some("a gap"));
+        assert!(r.case_failures().is_empty(), "{:?}", r.case_failures());
+        r.rows[gap].received = 1;
+        assert_eq!(r.gap(&r.rows[gap]), None);
+        let failures = r.case_failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].contains("the known gap is closed"),
+            "{failures:?}"
+        );
+    }
+
+    #[test]
     fn without_the_firewall_forbidden_rows_are_expected_to_arrive() {
         let mut r = report("");
         r.firewall = false;
-        r.rows[1].received = 20;
+        for row in &mut r.rows {
+            row.received = row.sent;
+        }
         assert!(r.case_failures().is_empty(), "{:?}", r.case_failures());
         assert!(r.counter_checks().is_empty());
+        assert_eq!(
+            r.gap(&r.rows[r.rows.len() - 1]),
+            None,
+            "no firewall, no gap"
+        );
         r.firewall = true;
-        assert_eq!(r.case_failures().len(), 1);
+        // The forbidden STUN, the stranger both ways, and the gap.
+        assert_eq!(r.case_failures().len(), 4, "{:?}", r.case_failures());
     }
 }

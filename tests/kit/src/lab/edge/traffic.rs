@@ -2,7 +2,7 @@
 //! relay out of the A/V Edge with its answers and the unsolicited look-alikes.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet, btree_map::Entry},
     net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
@@ -14,11 +14,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{CASES, FAMILIES, Host, Row, Topology};
+use super::{CASES, Expect, FAMILIES, Host, Refusal, Row, Topology};
 use crate::{
     lab::{
         Proto,
-        send::{PACE, Payload, UDP_DATAGRAMS, datagrams, listen, send_case},
+        send::{PACE, UDP_DATAGRAMS, datagrams, listen, send_case},
     },
     netns::{in_netns, thread_in},
 };
@@ -40,26 +40,31 @@ pub(super) const MEDIA_OTHER_PORT: &str = "the answering peer to another Edge po
 /// The rows [`media_relay`] adds per family, after the [`CASES`].
 pub const MEDIA_ROWS: usize = 4;
 
-/// Every case in both families at once: the listeners first, then one
-/// sending thread per case in the sender's namespace (a forbidden TCP
-/// attempt waits out its timeout, so they run side by side).
+/// Every case in both families at once: the listeners first (one per
+/// address, port and protocol; cases that differ only in their sender share
+/// it, and each row counts what came from its sender), then one sending
+/// thread per case in the sender's namespace (a forbidden TCP attempt waits
+/// out its timeout, so they run side by side).
 pub(super) fn socket_cases(topo: &Topology) -> Result<Vec<Row>> {
     let mut seen = BTreeSet::new();
     for c in &CASES {
-        if !seen.insert((c.to, c.port, c.proto)) {
+        if !seen.insert((c.from, c.to, c.port, c.proto)) {
             bail!(
-                "two cases listen on {} {} {}",
+                "two cases send from {} to {} {} {}",
+                c.from.name(),
                 c.to.name(),
                 c.proto.name(),
                 c.port
             );
         }
     }
-    let mut listeners = Vec::new();
+    let mut listeners = BTreeMap::new();
     for family in FAMILIES {
         for c in &CASES {
             let at = SocketAddr::new(c.to.ip(family), c.port);
-            listeners.push(listen(topo.ns(c.to.side()), c.proto, at)?);
+            if let Entry::Vacant(e) = listeners.entry((at, c.proto)) {
+                e.insert(listen(topo.ns(c.to.side()), c.proto, at)?);
+            }
         }
     }
     let mut senders: Vec<JoinHandle<std::io::Result<u32>>> = Vec::new();
@@ -67,9 +72,9 @@ pub(super) fn socket_cases(topo: &Topology) -> Result<Vec<Row>> {
         for c in &CASES {
             let from = c.from.ip(family);
             let to = SocketAddr::new(c.to.ip(family), c.port);
-            let proto = c.proto;
+            let (proto, payload) = (c.proto, c.payload);
             senders.push(thread_in(topo.ns(c.from.side()), move || {
-                send_case(proto, Payload::Rtp, from, to)
+                send_case(proto, payload, from, to)
             })?);
         }
     }
@@ -79,14 +84,23 @@ pub(super) fn socket_cases(topo: &Topology) -> Result<Vec<Row>> {
         .collect();
     // Let the last packets land before the listeners stop.
     std::thread::sleep(Duration::from_millis(300));
+    for l in listeners.values_mut() {
+        l.stop();
+    }
     let mut rows = Vec::new();
-    let mut i = 0;
-    let mut listeners = listeners.into_iter();
+    let mut sent = sent.into_iter();
     for family in FAMILIES {
         for c in &CASES {
-            let received = listeners.next().map_or(0, |l| l.finish().count);
-            rows.push(Row::from_case(family, c, sent[i], received));
-            i += 1;
+            let at = SocketAddr::new(c.to.ip(family), c.port);
+            let received = listeners
+                .get(&(at, c.proto))
+                .map_or(0, |l| l.count_from(c.from.ip(family)));
+            rows.push(Row::from_case(
+                family,
+                c,
+                sent.next().unwrap_or(0),
+                received,
+            ));
         }
     }
     Ok(rows)
@@ -168,14 +182,14 @@ pub(super) fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
         let _ = echo.join();
         let _ = receiver.join();
         let echoed = echoed.load(Ordering::SeqCst);
-        let media = |from, to, port, what, allowed, sent, received| Row {
+        let media = |from, to, port, what, expect, sent, received| Row {
             family,
             proto: Proto::Udp,
             from,
             to,
             port,
             what,
-            allowed,
+            expect,
             sent,
             received,
         };
@@ -185,7 +199,7 @@ pub(super) fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
                 Host::Internet,
                 MEDIA_PEER_PORT,
                 MEDIA_OUT,
-                true,
+                Expect::Allowed,
                 out,
                 echoed,
             ),
@@ -194,7 +208,7 @@ pub(super) fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
                 Host::AvEdge,
                 MEDIA_EDGE_PORT,
                 MEDIA_ANSWERS,
-                true,
+                Expect::Allowed,
                 echoed,
                 answers.load(Ordering::SeqCst),
             ),
@@ -203,7 +217,7 @@ pub(super) fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
                 Host::AvEdge,
                 MEDIA_EDGE_PORT,
                 MEDIA_UNSOLICITED,
-                false,
+                Expect::Forbidden(Refusal::Port),
                 intruded,
                 unsolicited.load(Ordering::SeqCst),
             ),
@@ -212,7 +226,7 @@ pub(super) fn media_relay(topo: &Topology) -> Result<Vec<Row>> {
                 Host::AvEdge,
                 MEDIA_EDGE_PORT + 1,
                 MEDIA_OTHER_PORT,
-                false,
+                Expect::Forbidden(Refusal::Port),
                 to_other,
                 other.finish().count,
             ),
