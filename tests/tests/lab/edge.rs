@@ -56,7 +56,7 @@ fn assert_rows_and_peers(report: &Report) {
         "real peers that did not do what the policy says:\n{}",
         bad.join("\n")
     );
-    assert_eq!(report.peers.len(), 18, "9 peer runs in each family");
+    assert_eq!(report.peers.len(), 20, "10 peer runs in each family");
 }
 
 #[test]

@@ -145,12 +145,16 @@ fn peer_runs(family: Family) -> Vec<PeerRun> {
         )
         .within(6),
     };
-    let stun = |to: Host, allowed| PeerRun {
-        name: format!("turnutils_stunclient, STUN binding ({f})"),
+    let stun_from = |from: Host, to: Host, allowed| PeerRun {
+        name: match from {
+            Host::Internet => format!("turnutils_stunclient, STUN binding ({f})"),
+            _ => format!("turnutils_stunclient from {} ({f})", from.name()),
+        },
         target: format!("{} udp 3478", to.name()),
         allowed,
-        client: Client::stun_binding(Some(&host(Host::Internet)), &host(to)),
+        client: Client::stun_binding(Some(&host(from)), &host(to)),
     };
+    let stun = |to: Host, allowed| stun_from(Host::Internet, to, allowed);
     let relay = |peer_port: u16, allowed| {
         let mut args: Vec<String> = [
             "-u",
@@ -190,6 +194,9 @@ fn peer_runs(family: Family) -> Vec<PeerRun> {
         curl(Host::AccessEdge, 443, true),
         curl(Host::ReverseProxy, 443, true),
         stun(Host::AvEdge, true),
+        // Microsoft 365's relays reach the A/V Edge's STUN port (a hybrid
+        // row, and av-edge-external's for anyone).
+        stun_from(Host::Microsoft365, Host::AvEdge, true),
         relay(TURN_PEER_ALLOWED, true),
         sip(5062, false),
         curl(Host::ReverseProxy, 4443, false),
