@@ -64,9 +64,10 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
             "RECEIVED"
         );
         for row in report.rows.iter().filter(|r| r.family == family) {
-            let verdict = match (report.row_ok(row), report.gap(row)) {
-                (true, Some(_)) => "KNOWN GAP (below)",
-                (ok, _) => mark(ok).trim_end(),
+            let verdict = match (report.row_ok(row), report.gap(row), row.expect) {
+                (true, Some(_), _) => "KNOWN GAP (below)",
+                (false, _, Expect::Gap(..)) => "MISMATCH: the known gap is closed, make it allowed",
+                (ok, _, _) => mark(ok).trim_end(),
             };
             println!(
                 "{:<5} {:<5} {:<29} {:>5}  {:<40} {:<16} {:>4} {:>8}  {verdict}",
@@ -103,7 +104,7 @@ pub fn demo(interrupted: &AtomicBool) -> Result<()> {
     }
     println!();
     println!("real protocol peers from the internet namespace, through the appliance:");
-    print_peers(&report.peers, 44, 34);
+    print_peers(&report.peers, 47, 34);
     println!();
     match &report.metrics {
         Some(m) => {
