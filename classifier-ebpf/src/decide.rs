@@ -424,10 +424,7 @@ pub(crate) fn lookup_sel(addr: &Addr, generation: usize, epoch: u32, half: Cache
     // (Words of four bytes: the address is also the trie key's, at offset 4,
     // where the verifier refuses an 8-byte stack store.)
     let words = unsafe { core::mem::transmute::<Addr, Words>(*addr) };
-    // IPv4 is the last word (mapped): it goes to the high half, where the
-    // multiply spreads it into the top bits the slot is taken from.
-    let folded = u64::from(words[0] ^ words[2]) | u64::from(words[1] ^ words[3]) << 32;
-    let hash = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let hash = address_hash(&words, 0);
     let slot = SEL_CACHE.get_ptr_mut((hash >> 57) as u32 & (SEL_CACHE_SLOTS / 2 - 1) | half as u32);
     if let Some(e) = slot {
         // SAFETY: a per-CPU array value is only touched by this CPU.
@@ -474,6 +471,17 @@ pub(crate) fn lookup_sel(addr: &Addr, generation: usize, epoch: u32, half: Cache
         }
     }
     sel
+}
+
+/// The hash the per-CPU address caches (`SEL_CACHE`, `PEER_CACHE`) take
+/// their slot from, its top bits: an address's four words folded into one
+/// u64 with `salt` (the rule a `PEER_CACHE` answer is for), then multiplied.
+/// IPv4 is the last word (mapped): it goes to the high half, where the
+/// multiply spreads it into the top bits.
+#[inline(always)]
+pub(crate) fn address_hash(words: &Words, salt: u32) -> u64 {
+    let folded = u64::from(words[0] ^ words[2] ^ salt) | u64::from(words[1] ^ words[3]) << 32;
+    folded.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// An LPM trie key whose address is 8-byte aligned on the stack.
@@ -765,8 +773,7 @@ fn peer_cached(epoch: u32, scope_word: u32, addr: &Addr) -> u32 {
     // SAFETY: same size, and every bit pattern is a valid set of words.
     let words = unsafe { core::mem::transmute::<Addr, Words>(*addr) };
     let scope = scope_word.to_ne_bytes();
-    let folded = u64::from(words[0] ^ words[2] ^ scope_word) | u64::from(words[1] ^ words[3]) << 32;
-    let hash = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let hash = address_hash(&words, scope_word);
     let entry = PEER_CACHE.get_ptr_mut((hash >> 56) as u32 & (PEER_CACHE_SLOTS - 1));
     if let Some(e) = entry {
         // SAFETY: a per-CPU array value is only touched by this CPU.
