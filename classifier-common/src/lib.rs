@@ -46,6 +46,7 @@ pub mod map_names {
     pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
     pub const RECENT_ANSWERS: &str = "RECENT_ANSWERS";
     pub const SEL_CACHE: &str = "SEL_CACHE";
+    pub const PEER_CACHE: &str = "PEER_CACHE";
     /// Per-source STUN budgets: not pinned, a new program starts every
     /// source with a full bucket.
     pub const STUN_BUDGET: &str = "STUN_BUDGET";
@@ -59,10 +60,11 @@ pub mod map_names {
     pub const MEDIA_PROG: &str = "MEDIA_PROG";
     pub const MEDIA_SCRATCH: &str = "MEDIA_SCRATCH";
     /// The program's maps that are not pinned (every other one is in `ALL`).
-    pub const UNPINNED: [&str; 6] = [
+    pub const UNPINNED: [&str; 7] = [
         RECENT_FLOWS,
         RECENT_ANSWERS,
         SEL_CACHE,
+        PEER_CACHE,
         STUN_BUDGET,
         MEDIA_PROG,
         MEDIA_SCRATCH,
@@ -594,6 +596,26 @@ pub struct SelCacheEntry {
     pub leg: u32,
 }
 
+/// Slots of the per-CPU `PEER_CACHE` in front of the `PEERS` trie: the
+/// peers of a scoped rule that send many packets (a partner's federation,
+/// Microsoft 365's relays) are few, and each answer saves a trie walk.
+pub const PEER_CACHE_SLOTS: u32 = 256;
+
+/// A `PEER_CACHE` slot: a peer, the rule it asked about (`PeerAddr::scope`
+/// as a word) and what `PEERS` answered while the generation with
+/// `sel_epoch` was in force (the flip to a new one retires them all, as in
+/// `SEL_CACHE`: `PEERS` changes only for the generation not in force).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PeerCacheEntry {
+    pub addr: [u32; 4],
+    pub scope: u32,
+    pub sel_epoch: u32,
+    /// Non-zero: the peer is in the rule's sets.
+    pub admitted: u32,
+    pub pad: u32,
+}
+
 /// Key of `FRAGMENTS`: one fragmented datagram (8-byte aligned, as `FlowKey`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -951,6 +973,7 @@ mod user {
     unsafe impl aya::Pod for media::StunBucket {}
     unsafe impl aya::Pod for media::MediaScratch {}
     unsafe impl aya::Pod for PeerAddr {}
+    unsafe impl aya::Pod for PeerCacheEntry {}
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use classifier_common::{
     Addr, COUNTER_MAP_ENTRIES, Config, Counter, EVENT_RING_BYTES, EventBudget, EventConfig,
     FLOW_ENTRIES, FLOW_NEW_ENTRIES, FLOW_PORT_ENTRIES, FLOW_PORTS_PER_ENTRY, FLOW_SHARE_ENTRIES,
     FLOW_STAT_ENTRIES, FRAGMENT_ENTRIES, FlowKey, FlowState, FragKey, FragVerdict, LPM_ENTRIES,
-    MAX_RULE_SLOTS, MgmtPorts, PEER_ENTRIES, PORT_BLOCK_ENTRIES, PeerAddr, PortBlock, ProfileSel,
-    RECENT_FLOW_SLOTS, RecentFlow, SEL_CACHE_SLOTS, SelCacheEntry, Share, ShareKey,
+    MAX_RULE_SLOTS, MgmtPorts, PEER_CACHE_SLOTS, PEER_ENTRIES, PORT_BLOCK_ENTRIES, PeerAddr,
+    PeerCacheEntry, PortBlock, ProfileSel, RECENT_FLOW_SLOTS, RecentFlow, SEL_CACHE_SLOTS,
+    SelCacheEntry, Share, ShareKey,
     media::{MediaScratch, REFLECTION_ENTRIES_PER_GEN, STUN_BUDGET_ENTRIES, StunBucket},
 };
 
@@ -50,6 +51,11 @@ pub(crate) static FRAGMENTS: LruHashMap<FragKey, FragVerdict> =
 #[map]
 pub(crate) static SEL_CACHE: PerCpuArray<SelCacheEntry> =
     PerCpuArray::with_max_entries(SEL_CACHE_SLOTS, 0);
+
+/// `PEERS`' answers per CPU (see `classifier_common::PeerCacheEntry`).
+#[map]
+pub(crate) static PEER_CACHE: PerCpuArray<PeerCacheEntry> =
+    PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);

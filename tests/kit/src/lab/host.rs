@@ -281,8 +281,9 @@ fn run_peers(client: &NetNs, server: &NetNs) -> Result<Vec<PeerResult>> {
         let _stun = peers::turnserver(server, &["-L", SERVER_IP, "-p", "3478", "--stun-only"])?;
         let cert = peers::test_certificate(dir)?;
         let _https = peers::https_server(server, &format!("{SERVER_IP}:443"), &cert)?;
-        // The servers bind asynchronously; the clients retry within their deadline.
-        std::thread::sleep(Duration::from_millis(500));
+        // The servers bind after they start: the clients go once they are there.
+        let sockets = ["5061", "3478", "443"].map(|port| format!("{SERVER_IP}:{port}"));
+        peers::wait_listening(server, &sockets, Duration::from_secs(15))?;
         let run = |name: &str, target: &str, client: Client| PeerRun {
             name: name.into(),
             target: target.into(),

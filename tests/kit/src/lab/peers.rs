@@ -6,6 +6,7 @@
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -60,6 +61,41 @@ pub(crate) fn https_server(ns: &NetNs, accept: &str, cert: &Certificate) -> Resu
         "s_server", "-accept", accept, "-cert", &cert.cert, "-key", &cert.key, "-www", "-quiet",
     ];
     start(ns, "openssl", &args)
+}
+
+/// Waits until every `ADDRESS:PORT` of `sockets` (an IPv6 address in
+/// brackets) has a listening TCP or bound UDP socket in `ns` (`ss -Hlntu`),
+/// at most `within`: the servers bind after they start, and on a loaded
+/// machine later than any fixed pause (coturn took more than 0.7 s in a CI
+/// run beside other work).
+pub(crate) fn wait_listening(ns: &NetNs, sockets: &[String], within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = crate::netns::run(&mut ns_exec(ns, "ss", &["-Hlntu"]))?;
+        let bound: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .collect();
+        let missing: Vec<&String> = sockets
+            .iter()
+            .filter(|s| !bound.contains(&s.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no server listening on {} in {} within {within:?}",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                ns.name()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// coturn's `turnserver` with `args`, quiet: no TLS or DTLS listeners, no

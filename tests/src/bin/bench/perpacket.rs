@@ -853,8 +853,10 @@ pub fn run(report: &mut Report, repeat: u32, rounds: u32) -> Result<()> {
             "In the same interleaved rounds as section 1: portguard with `--role access-edge-external \
              --addresses {SETS_PARTNERS}` (the default catalog's `peers = \"federation-partners\"` on \
              TCP 5061 and 5269), 64-byte TCP SYNs. A rule with sets marks its port slot, so the host's fast \
-             path hands the packet to the full path, which looks the source up in `PEERS` (one LPM trie \
-             lookup); a rule without sets (443) is decided by the fast path as before. The stranger's SYN \
+             path hands the packet to the full path, which looks the source up in this CPU's `PEER_CACHE` \
+             and, on a miss, in `PEERS` (one LPM trie walk; the partner and the stranger here each send \
+             from one address, so both hit the cache after their first packet); a rule without sets (443) \
+             is decided by the fast path as before. The stranger's SYN \
              goes on through the rest of the decision and is dropped as `peer_not_allowed`; the unlisted \
              port's as `port_not_allowed`."
         ),

@@ -31,11 +31,46 @@ fn sipp_media_port(sip_port: u16) -> String {
 pub(super) fn run_peers(topo: &Topology, firewall: bool) -> Result<Vec<PeerResult>> {
     peers::in_scratch(&topo.dmz, |dir| {
         let _servers = servers(topo, dir)?;
-        // The servers bind asynchronously; the clients retry within their deadline.
-        std::thread::sleep(Duration::from_millis(700));
+        // The servers bind after they start: the clients go once every
+        // socket they aim at is there.
+        peers::wait_listening(&topo.dmz, &dmz_sockets(), Duration::from_secs(15))?;
+        peers::wait_listening(&topo.internet, &internet_sockets(), Duration::from_secs(15))?;
         let runs = FAMILIES.into_iter().flat_map(peer_runs).collect();
         peers::run_side_by_side(&topo.internet, runs, firewall)
     })
+}
+
+/// `ADDRESS:PORT` as `ss` prints it (IPv6 in brackets).
+fn socket(host: Host, family: Family, port: u16) -> String {
+    match family {
+        Family::V4 => format!("{}:{port}", host.ip(family)),
+        Family::V6 => format!("[{}]:{port}", host.ip(family)),
+    }
+}
+
+/// What [`servers`] binds in the DMZ: sipp's SIP ports, coturn's 3478 on
+/// each address it listens on, and openssl's wildcard 443 and 4443.
+fn dmz_sockets() -> Vec<String> {
+    let mut out = vec!["*:443".to_string(), "*:4443".to_string()];
+    for family in FAMILIES {
+        for port in [5061, 5062] {
+            out.push(socket(Host::AccessEdge, family, port));
+        }
+        for host in [Host::AvEdge, Host::WebConf] {
+            out.push(socket(host, family, 3478));
+        }
+    }
+    out
+}
+
+/// What [`servers`] binds on the internet side: the TURN peers.
+fn internet_sockets() -> Vec<String> {
+    FAMILIES
+        .into_iter()
+        .flat_map(|f| {
+            [TURN_PEER_ALLOWED, TURN_PEER_FORBIDDEN].map(|p| socket(Host::Internet, f, p))
+        })
+        .collect()
 }
 
 /// sipp on the Access Edge's 5061 and 5062, openssl on 443 and 4443 of
