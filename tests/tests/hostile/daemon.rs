@@ -618,23 +618,10 @@ fn a_malformed_frame_is_logged_by_its_reason_name() {
     }
     let dir = TempDir::new("hostile-anomaly");
     let pair = Pair::new("pghano", 177);
-    let stderr_path = dir.path().join("daemon.err");
-    let mut cmd = Command::new(testkit::portguard_bin());
-    cmd.args(pair.run_args(&[]))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(ok("stderr file", fs::File::create(&stderr_path)));
-    ok_any("setns pre_exec", spawn_in(&pair.server, &mut cmd));
-    let mut child = ok("spawning portguard", cmd.spawn());
-    let log = || fs::read_to_string(&stderr_path).unwrap_or_default();
-    let up = poll(Duration::from_secs(20), || {
-        (log().contains("metrics on http://") && pair.xdp_attached()).then_some(())
-    });
-    if up.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("portguard did not come up:\n{}", log());
-    }
+    let args = pair.run_args(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = ops::Daemon::spawn(&pair.server, &args, dir.path(), "anomaly");
+    daemon.wait_ready(&pair);
     // An IPv4 ethertype followed by ten bytes: no room for an IP header.
     let mut frame = vec![0xff; 6];
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
@@ -644,24 +631,21 @@ fn a_malformed_frame_is_logged_by_its_reason_name() {
         testkit::sockets::RawSender::new(&pair.client, &pair.client_if),
     );
     ok("sending the malformed frame", sender.send(&frame));
-    let wanted = "portguard: 1 other packets dropped as malformed on one CPU";
-    let logged = poll(Duration::from_secs(10), || {
-        log().contains(wanted).then_some(())
-    });
-    // SAFETY: signalling our own, unreaped child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let _ = poll(Duration::from_secs(10), || ok("try_wait", child.try_wait()));
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        logged.is_some(),
-        "no line {wanted:?} in the daemon's log:\n{}",
-        log()
+    daemon.wait_log(
+        "portguard: 1 other packets dropped as malformed on one CPU",
+        Duration::from_secs(10),
     );
     assert!(
-        !log().contains("anomaly counter="),
+        !daemon.log().contains("anomaly counter="),
         "a raw anomaly line reached the log:\n{}",
-        log()
+        daemon.log()
+    );
+    daemon.signal(libc::SIGINT);
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "portguard exited {status}:\n{}",
+        daemon.log()
     );
 }
 

@@ -14,14 +14,12 @@ use std::{
 };
 
 use testkit::{
-    netns::{NetNs, addr, in_netns, thread_in, veth_pair},
-    ops::{Daemon, Scrape, TempDir, http_get, ok, ok_any, pin_dir, poll, portguard, text},
+    netns::{NetNs, in_netns, thread_in},
+    ops::{Daemon, Routed, Scrape, TempDir, ok, ok_any, pin_dir, poll, portguard, text},
 };
 
 const EXT: &str = "pgapx";
-const EXT_PEER: &str = "pgapi";
 const DMZ: &str = "pgapd";
-const DMZ_PEER: &str = "pgape";
 const METRICS: &str = "127.0.0.1:9491";
 const AV: &str = "198.18.73.10";
 const AV6: &str = "2001:db8:73::10";
@@ -33,127 +31,22 @@ const PARTNER6: &str = "2001:db8:72::1";
 const CLIENT_PORT: u16 = 40_478;
 
 /// internet (PARTNER) -- EXT | appliance | DMZ -- dmz (AV).
-struct Routed {
-    internet: NetNs,
-    appliance: NetNs,
-    dmz: NetNs,
+fn routed() -> Routed {
+    Routed::new("pgap", 72, 73, &[1])
 }
 
-impl Routed {
-    fn new() -> Routed {
-        for leg in [EXT, DMZ] {
-            let _ = std::fs::remove_dir_all(pin_dir(leg));
-            for ext in ["json", "sock", "lock"] {
-                let _ = std::fs::remove_file(format!("/run/portguard/{leg}.{ext}"));
-            }
-        }
-        let r = Routed {
-            internet: ok_any("internet namespace", NetNs::new("pgap-i")),
-            appliance: ok_any("appliance namespace", NetNs::new("pgap-a")),
-            dmz: ok_any("dmz namespace", NetNs::new("pgap-d")),
-        };
-        ok_any(
-            "internet leg",
-            veth_pair(&r.internet, EXT_PEER, &r.appliance, EXT),
-        );
-        for (ns, ifname, cidr) in [
-            (&r.internet, EXT_PEER, "198.18.72.1/24"),
-            (&r.internet, EXT_PEER, "2001:db8:72::1/64"),
-            (&r.appliance, EXT, "198.18.72.254/24"),
-            (&r.appliance, EXT, "2001:db8:72::fe/64"),
-        ] {
-            ok_any(cidr, addr(ns, ifname, cidr));
-        }
-        for args in [
-            &["route", "add", "198.18.73.0/24", "via", "198.18.72.254"][..],
-            &[
-                "-6",
-                "route",
-                "add",
-                "2001:db8:73::/64",
-                "via",
-                "2001:db8:72::fe",
-            ],
-        ] {
-            ok_any("route", r.internet.ip(args));
-        }
-        r.link_dmz();
-        for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
-            ok_any(
-                key,
-                in_netns(&r.appliance, || {
-                    std::fs::write(Path::new("/proc/sys").join(key), "1")
-                }),
-            )
-            .unwrap_or_else(|e| panic!("{key}: {e}"));
-        }
-        r
-    }
-
-    /// The DMZ leg, its addresses and the DMZ's routes: at start, and again
-    /// after the test deleted it under a running daemon.
-    fn link_dmz(&self) {
-        ok_any(
-            "dmz leg",
-            veth_pair(&self.dmz, DMZ_PEER, &self.appliance, DMZ),
-        );
-        for cidr in ["198.18.73.254/24", "2001:db8:73::fe/64"] {
-            ok_any(cidr, addr(&self.appliance, DMZ, cidr));
-        }
-        for cidr in ["198.18.73.10/24", "2001:db8:73::10/64"] {
-            ok_any(cidr, addr(&self.dmz, DMZ_PEER, cidr));
-        }
-        for args in [
-            &["route", "add", "default", "via", "198.18.73.254"][..],
-            &["-6", "route", "add", "default", "via", "2001:db8:73::fe"],
-        ] {
-            ok_any("route", self.dmz.ip(args));
-        }
-        // IPv6 duplicate address detection would hold the addresses back.
-        std::thread::sleep(Duration::from_secs(2));
-    }
-
-    fn xdp_on(&self, ifname: &str) -> bool {
-        ok_any(
-            "ip link show",
-            self.appliance.ip(&["link", "show", "dev", ifname]),
-        )
-        .contains("prog/xdp")
-    }
-
-    fn start(&self, dir: &Path, name: &str) -> Daemon {
-        #[rustfmt::skip]
-        let args = [
-            "run", "--iface", EXT, "--iface", DMZ,
-            "--profile", "198.18.73.10/32=av-edge-external",
-            "--profile", "2001:db8:73::10/128=av-edge-external",
-            "--xdp-mode", "native", "--metrics-addr", METRICS,
-            // Ports and flows are watched here; the datagrams carry counters,
-            // which the media rules' payload check (tests/tests/policy/media.rs) would refuse.
-            "--media-check", "off",
-        ];
-        let d = Daemon::spawn(&self.appliance, &args, dir, name);
-        let up = poll(Duration::from_secs(20), || {
-            let log = std::fs::read_to_string(&d.stderr).unwrap_or_default();
-            (log.contains("metrics on http://") && self.xdp_on(EXT) && self.xdp_on(DMZ))
-                .then_some(())
-        });
-        assert!(
-            up.is_some(),
-            "the appliance did not come up on both legs:\n{}",
-            d.log()
-        );
-        d
-    }
-
-    fn scrape(&self) -> Scrape {
-        let body = ok_any(
-            "scrape",
-            in_netns(&self.appliance, || http_get(METRICS, "/metrics")),
-        )
-        .expect("GET /metrics");
-        Scrape::parse(&body)
-    }
+fn start(r: &Routed, dir: &Path, name: &str) -> Daemon {
+    #[rustfmt::skip]
+    let args = [
+        "run", "--iface", EXT, "--iface", DMZ,
+        "--profile", "198.18.73.10/32=av-edge-external",
+        "--profile", "2001:db8:73::10/128=av-edge-external",
+        "--xdp-mode", "native", "--metrics-addr", METRICS,
+        // Ports and flows are watched here; the datagrams carry counters,
+        // which the media rules' payload check (tests/tests/policy/media.rs) would refuse.
+        "--media-check", "off",
+    ];
+    r.start(&args, dir, name)
 }
 
 /// A UDP echo server in `ns` for `secs` seconds.
@@ -262,14 +155,14 @@ fn one_daemon_guards_both_legs_through_reload_kill9_restart_and_detach() {
         return;
     }
     let dir = TempDir::new("appliance");
-    let r = Routed::new();
+    let r = routed();
     start_echoes(&r, 60);
 
-    let mut first = r.start(dir.path(), "first");
+    let mut first = start(&r, dir.path(), "first");
     check_policy(&r, "first daemon");
 
     // Counters and attachment per leg.
-    let s = r.scrape();
+    let s = r.scrape(METRICS);
     for (leg, labels, what) in [
         (
             EXT,
@@ -378,8 +271,8 @@ fn one_daemon_guards_both_legs_through_reload_kill9_restart_and_detach() {
     check_policy(&r, "after kill -9 (no daemon)");
 
     // A restart takes over both legs, and their counters go on.
-    let before = r.scrape_or_zero();
-    let second = r.start(dir.path(), "second");
+    let before = scrape_or_zero();
+    let second = start(&r, dir.path(), "second");
     let log = second.log();
     assert_eq!(
         log.matches("taking over the XDP program a previous run left on")
@@ -388,7 +281,7 @@ fn one_daemon_guards_both_legs_through_reload_kill9_restart_and_detach() {
         "the restart must take over both legs:\n{log}"
     );
     check_policy(&r, "second daemon");
-    let after = r.scrape();
+    let after = r.scrape(METRICS);
     let passed = |s: &Scrape, leg: &str| {
         s.sum(
             "portguard_packets_total",
@@ -415,7 +308,7 @@ fn one_daemon_guards_both_legs_through_reload_kill9_restart_and_detach() {
         r.appliance.ip(&["link", "del", DMZ]),
     );
     let gone = poll(Duration::from_secs(5), || {
-        let s = r.scrape();
+        let s = r.scrape(METRICS);
         (s.value("portguard_xdp_attached", &[("iface", DMZ)]) == 0.0
             && s.value("portguard_xdp_attached", &[("iface", EXT)]) == 1.0)
             .then_some(())
@@ -423,13 +316,13 @@ fn one_daemon_guards_both_legs_through_reload_kill9_restart_and_detach() {
     assert!(
         gone.is_some(),
         "with {DMZ} deleted, its gauge must be 0 and {EXT}'s 1:\n{}",
-        r.scrape().text
+        r.scrape(METRICS).text
     );
     // The DMZ's echo servers stay bound to their addresses meanwhile.
     r.link_dmz();
     let back = poll(Duration::from_secs(5), || {
         (r.xdp_on(DMZ)
-            && r.scrape()
+            && r.scrape(METRICS)
                 .value("portguard_xdp_attached", &[("iface", DMZ)])
                 == 1.0)
             .then_some(())
@@ -468,32 +361,30 @@ fn one_daemon_guards_both_legs_through_reload_kill9_restart_and_detach() {
     );
 }
 
-impl Routed {
-    /// The per-leg rule passes before a restart (no daemon: none served).
-    fn scrape_or_zero(&self) -> std::collections::BTreeMap<String, f64> {
-        // The killed daemon's counters live on in the pins: read them with
-        // `stats` (the metrics endpoint died with it).
-        let out = portguard(&["stats", "--iface", EXT]);
-        let stdout = text(&out.stdout);
-        let mut map = std::collections::BTreeMap::new();
-        let mut leg = String::new();
-        for line in stdout.lines() {
-            if let Some(l) = line.strip_prefix("leg ") {
-                leg = l.trim().to_string();
-            } else if line.starts_with("av-edge-external") && line.contains(" pass ") {
-                let n: f64 = line
-                    .split_whitespace()
-                    .rev()
-                    .nth(1)
-                    .and_then(|w| w.parse().ok())
-                    .unwrap_or(0.0);
-                *map.entry(leg.clone()).or_insert(0.0) += n;
-            }
+/// The per-leg rule passes before a restart (no daemon: none served).
+fn scrape_or_zero() -> std::collections::BTreeMap<String, f64> {
+    // The killed daemon's counters live on in the pins: read them with
+    // `stats` (the metrics endpoint died with it).
+    let out = portguard(&["stats", "--iface", EXT]);
+    let stdout = text(&out.stdout);
+    let mut map = std::collections::BTreeMap::new();
+    let mut leg = String::new();
+    for line in stdout.lines() {
+        if let Some(l) = line.strip_prefix("leg ") {
+            leg = l.trim().to_string();
+        } else if line.starts_with("av-edge-external") && line.contains(" pass ") {
+            let n: f64 = line
+                .split_whitespace()
+                .rev()
+                .nth(1)
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(0.0);
+            *map.entry(leg.clone()).or_insert(0.0) += n;
         }
-        assert!(
-            map.len() == 2,
-            "stats after kill -9 must show both legs' rule counters:\n{stdout}"
-        );
-        map
     }
+    assert!(
+        map.len() == 2,
+        "stats after kill -9 must show both legs' rule counters:\n{stdout}"
+    );
+    map
 }

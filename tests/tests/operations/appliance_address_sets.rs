@@ -20,16 +20,12 @@ use std::{
 };
 
 use testkit::{
-    netns::{NetNs, addr, in_netns, veth_pair},
-    ops::{
-        Daemon, Scrape, TempDir, http_get, ok, ok_any, pin_dir, poll, portguard, repo_root, text,
-    },
+    netns::{NetNs, in_netns},
+    ops::{Daemon, Routed, TempDir, ok, ok_any, portguard, repo_root, text},
 };
 
 const EXT: &str = "pgasx";
-const EXT_PEER: &str = "pgasi";
 const DMZ: &str = "pgasd";
-const DMZ_PEER: &str = "pgase";
 const METRICS: &str = "127.0.0.1:9493";
 const EDGE: &str = "198.18.77.10";
 const EDGE6: &str = "2001:db8:77::10";
@@ -40,121 +36,20 @@ const STRANGER6: &str = "2001:db8:76::2";
 const SIP: u16 = 5061;
 
 /// internet (PARTNER, STRANGER) -- EXT | appliance | DMZ -- dmz (EDGE).
-struct Routed {
-    internet: NetNs,
-    appliance: NetNs,
-    dmz: NetNs,
+fn routed() -> Routed {
+    Routed::new("pgas", 76, 77, &[1, 2])
 }
 
-impl Routed {
-    fn new() -> Routed {
-        for leg in [EXT, DMZ] {
-            let _ = std::fs::remove_dir_all(pin_dir(leg));
-            for ext in ["json", "sock", "lock"] {
-                let _ = std::fs::remove_file(format!("/run/portguard/{leg}.{ext}"));
-            }
-        }
-        let r = Routed {
-            internet: ok_any("internet namespace", NetNs::new("pgas-i")),
-            appliance: ok_any("appliance namespace", NetNs::new("pgas-a")),
-            dmz: ok_any("dmz namespace", NetNs::new("pgas-d")),
-        };
-        ok_any(
-            "internet leg",
-            veth_pair(&r.internet, EXT_PEER, &r.appliance, EXT),
-        );
-        ok_any("dmz leg", veth_pair(&r.dmz, DMZ_PEER, &r.appliance, DMZ));
-        for (ns, ifname, cidr) in [
-            (&r.internet, EXT_PEER, "198.18.76.1/24"),
-            (&r.internet, EXT_PEER, "198.18.76.2/24"),
-            (&r.internet, EXT_PEER, "2001:db8:76::1/64"),
-            (&r.internet, EXT_PEER, "2001:db8:76::2/64"),
-            (&r.appliance, EXT, "198.18.76.254/24"),
-            (&r.appliance, EXT, "2001:db8:76::fe/64"),
-            (&r.appliance, DMZ, "198.18.77.254/24"),
-            (&r.appliance, DMZ, "2001:db8:77::fe/64"),
-            (&r.dmz, DMZ_PEER, "198.18.77.10/24"),
-            (&r.dmz, DMZ_PEER, "2001:db8:77::10/64"),
-        ] {
-            ok_any(cidr, addr(ns, ifname, cidr));
-        }
-        for (ns, args) in [
-            (
-                &r.internet,
-                &["route", "add", "198.18.77.0/24", "via", "198.18.76.254"][..],
-            ),
-            (
-                &r.internet,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    "2001:db8:77::/64",
-                    "via",
-                    "2001:db8:76::fe",
-                ],
-            ),
-            (&r.dmz, &["route", "add", "default", "via", "198.18.77.254"]),
-            (
-                &r.dmz,
-                &["-6", "route", "add", "default", "via", "2001:db8:77::fe"],
-            ),
-        ] {
-            ok_any("route", ns.ip(args));
-        }
-        for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
-            ok_any(
-                key,
-                in_netns(&r.appliance, || {
-                    std::fs::write(Path::new("/proc/sys").join(key), "1")
-                }),
-            )
-            .unwrap_or_else(|e| panic!("{key}: {e}"));
-        }
-        // IPv6 duplicate address detection would hold the addresses back.
-        std::thread::sleep(Duration::from_secs(2));
-        r
-    }
-
-    fn xdp_on(&self, ifname: &str) -> bool {
-        ok_any(
-            "ip link show",
-            self.appliance.ip(&["link", "show", "dev", ifname]),
-        )
-        .contains("prog/xdp")
-    }
-
-    fn start(&self, dir: &Path, catalog: &Path) -> Daemon {
-        let catalog = catalog.to_string_lossy().to_string();
-        #[rustfmt::skip]
-        let args = [
-            "run", "--iface", EXT, "--iface", DMZ, "--catalog", &catalog,
-            "--profile", "198.18.77.10/32=access-edge-external",
-            "--profile", "2001:db8:77::10/128=access-edge-external",
-            "--xdp-mode", "native", "--metrics-addr", METRICS,
-        ];
-        let d = Daemon::spawn(&self.appliance, &args, dir, "sets");
-        let up = poll(Duration::from_secs(20), || {
-            let log = std::fs::read_to_string(&d.stderr).unwrap_or_default();
-            (log.contains("metrics on http://") && self.xdp_on(EXT) && self.xdp_on(DMZ))
-                .then_some(())
-        });
-        assert!(
-            up.is_some(),
-            "the appliance did not come up on both legs:\n{}",
-            d.log()
-        );
-        d
-    }
-
-    fn scrape(&self) -> Scrape {
-        let body = ok_any(
-            "scrape",
-            in_netns(&self.appliance, || http_get(METRICS, "/metrics")),
-        )
-        .expect("GET /metrics");
-        Scrape::parse(&body)
-    }
+fn start(r: &Routed, dir: &Path, catalog: &Path) -> Daemon {
+    let catalog = catalog.to_string_lossy().to_string();
+    #[rustfmt::skip]
+    let args = [
+        "run", "--iface", EXT, "--iface", DMZ, "--catalog", &catalog,
+        "--profile", "198.18.77.10/32=access-edge-external",
+        "--profile", "2001:db8:77::10/128=access-edge-external",
+        "--xdp-mode", "native", "--metrics-addr", METRICS,
+    ];
+    r.start(&args, dir, "sets")
 }
 
 /// The embedded catalog with `federation-partners` holding `cidrs`, written
@@ -331,7 +226,7 @@ fn an_appliance_lets_partners_in_and_out_and_a_reload_changes_the_set_without_a_
         return;
     }
     let dir = TempDir::new("appliance-sets");
-    let r = Routed::new();
+    let r = routed();
     for ip in [EDGE, EDGE6] {
         sip_echo(&r.dmz, ip, 90);
     }
@@ -339,7 +234,7 @@ fn an_appliance_lets_partners_in_and_out_and_a_reload_changes_the_set_without_a_
         sip_echo(&r.internet, ip, 90);
     }
     let catalog = catalog_with_partners(dir.path(), &["198.18.76.1/32", "2001:db8:76::1/128"]);
-    let mut daemon = r.start(dir.path(), &catalog);
+    let mut daemon = start(&r, dir.path(), &catalog);
 
     for (what, reached) in reachability(&r) {
         let want = !what.contains("stranger");
@@ -350,7 +245,7 @@ fn an_appliance_lets_partners_in_and_out_and_a_reload_changes_the_set_without_a_
             daemon.log()
         );
     }
-    let s = r.scrape();
+    let s = r.scrape(METRICS);
     for leg in [EXT, DMZ] {
         assert!(
             s.sum(

@@ -6,6 +6,7 @@
 
 mod daemon;
 mod pair;
+mod routed;
 mod stream;
 
 use std::{
@@ -17,6 +18,7 @@ use std::{
 pub use self::{
     daemon::{Daemon, portguard, portguard_in, portguard_in_wrapped, text},
     pair::{Pair, forget_iface, pin_dir, state_file},
+    routed::Routed,
     stream::{Delivery, Stream},
 };
 pub use crate::lab::metrics::{Sample, Scrape, http_get, parse_sample};
