@@ -130,3 +130,61 @@ fn the_default_catalog_leaves_every_scoped_row_open() {
         }
     }
 }
+
+#[test]
+fn a_rule_whose_sets_another_rule_of_the_address_shadows_is_named() {
+    let spec = PolicySpec {
+        default_roles: Some(vec![
+            "access-edge-external".to_string(),
+            "hybrid-access-edge-external".to_string(),
+        ]),
+        mgmt: Mgmt::defaults(),
+        ..PolicySpec::default()
+    };
+    let resolved = super::resolve(&Catalog::embedded(), &spec).expect("the spec resolves");
+    let lines = super::compile::shadowed_peers(&resolved);
+    assert!(
+        lines.iter().any(|l| l.starts_with("inbound tcp 5061: ")
+            && l.contains("access-edge-external's rule")
+            && l.contains("(peers federation-partners)")
+            && l.contains("hybrid-access-edge-external's rule")
+            && l.contains("does not admit the peers in microsoft-365 there")
+            && l.ends_with("add them to federation-partners")),
+        "the hybrid 5061 rule is named as shadowed: {lines:#?}"
+    );
+    // The Access Edge alone: nothing shadows anything.
+    let alone = super::resolve(
+        &Catalog::embedded(),
+        &PolicySpec {
+            default_roles: Some(vec!["access-edge-external".to_string()]),
+            mgmt: Mgmt::defaults(),
+            ..PolicySpec::default()
+        },
+    )
+    .expect("the spec resolves");
+    assert_eq!(
+        super::compile::shadowed_peers(&alone),
+        Vec::<String>::new(),
+        "one role, no shadow"
+    );
+}
+
+#[test]
+fn no_role_of_the_embedded_catalogs_shadows_its_own_sets() {
+    for edition in crate::catalog::Edition::ALL {
+        let catalog = Catalog::edition(edition);
+        for role in catalog.role_ids() {
+            let spec = PolicySpec {
+                default_roles: Some(vec![role.to_string()]),
+                mgmt: Mgmt::defaults(),
+                ..PolicySpec::default()
+            };
+            let resolved = super::resolve(&catalog, &spec).expect("the spec resolves");
+            assert_eq!(
+                super::compile::shadowed_peers(&resolved),
+                Vec::<String>::new(),
+                "{edition} {role}"
+            );
+        }
+    }
+}

@@ -23,6 +23,7 @@ mod tests;
 
 use std::{path::Path, sync::OnceLock};
 
+pub(crate) use model::ports_text;
 pub use model::{
     AddressSet, AddressesArg, Catalog, CatalogError, Cidr, Diagnostic, Direction, EDGE_DOCUMENT,
     Edition, EffectiveRule, HYBRID_DOCUMENT, IpsecException, M365_ENDPOINTS_DOCUMENT, MatchSide,

@@ -15,7 +15,9 @@ use classifier_common::{
 use serde::{Deserialize, Serialize};
 
 use super::{MediaCheck, Mgmt, Placement, PolicyError, Prefix, Resolved, StunBudget};
-use crate::catalog::{Direction, EffectiveRule, Payload, Protocol, assign_ports_in};
+use crate::catalog::{
+    Direction, EffectiveRule, MatchSide, Payload, Protocol, assign_ports_in, ports_text,
+};
 
 /// What a counter slot stands for: one catalog rule for one protocol. Slots
 /// are handed out once and kept for the life of the pinned maps, so counters
@@ -251,6 +253,9 @@ pub fn compile(
     let mut outbound_profiles = 0u32;
     let mut rules_per_role = BTreeMap::new();
     let mut peers = BTreeMap::new();
+    for w in shadowed_peers(policy) {
+        log::warn!("{w}");
+    }
     for (i, p) in policy.profiles.iter().enumerate() {
         // Inbound rows match the packet's destination. Outbound rows match
         // its source, which only an appliance sees on ingress: on a host
@@ -413,6 +418,62 @@ fn port_blocks(
         }
     }
     Ok(blocks)
+}
+
+/// A port belongs to one rule, and only that rule's address sets are
+/// checked there: where another rule of the same profile covers one of its
+/// ports with other sets (or none), that rule's peers are refused on it
+/// (`access-edge-external` and `hybrid-access-edge-external` on one
+/// address, each naming its own set on TCP 5061, is the catalog's case).
+/// One line per pair, with the remedy; `compile` logs them at every start
+/// and reload.
+pub(crate) fn shadowed_peers(policy: &Resolved) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in &policy.profiles {
+        for (rules, direction) in [
+            (&p.inbound, Direction::Inbound),
+            (&p.outbound, Direction::Outbound),
+        ] {
+            for a in assign_ports_in(rules, direction) {
+                let owner = &rules[a.rule];
+                if owner.peers.is_empty() {
+                    continue;
+                }
+                for (i, other) in rules.iter().enumerate() {
+                    if i == a.rule
+                        || other.protocol != a.protocol
+                        || other.direction != direction
+                        || other.side != MatchSide::Destination
+                        || other.port_end < a.start
+                        || a.end < other.port_start
+                        || other.peers == owner.peers
+                    {
+                        continue;
+                    }
+                    let theirs = if other.peers.is_empty() {
+                        "any peer".to_string()
+                    } else {
+                        format!("the peers in {}", other.peers.join(", "))
+                    };
+                    out.push(format!(
+                        "{} {} {}: {}'s rule \"{}\" (peers {}) owns the port, so {}'s rule \"{}\" does not admit {theirs} there; to admit them, add them to {}",
+                        direction.as_str(),
+                        a.protocol,
+                        ports_text(a.start, a.end),
+                        owner.role,
+                        owner.service,
+                        owner.peers.join(", "),
+                        other.role,
+                        other.service,
+                        owner.peers.join(" or "),
+                    ));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// An LPM lookup returns only the longest match, so every prefix carries the
