@@ -5,12 +5,16 @@
 //! documents (not of the catalog). The 2019 edition holds every row except
 //! those the documents mark as not supported in Skype for Business Server 2019.
 
+mod fidelity;
+
 use std::collections::BTreeMap;
 
 use portguard::catalog::{
     Catalog, Direction, EDGE_DOCUMENT, Edition, EffectiveRule, Protocol, REVERSE_PROXY_DOCUMENT,
     SeedTable,
 };
+
+use fidelity::{Key, key_of, ports, protocol};
 
 const EDGE_TABLES: &str = include_str!("../../tests/data/edge-tables.md");
 
@@ -160,36 +164,6 @@ fn clean(cell: &str) -> String {
         .join(" ")
 }
 
-/// One published row as the catalog should hold it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    role: String,
-    direction: Direction,
-    protocol: Protocol,
-    start: u16,
-    end: u16,
-}
-
-fn protocol(word: &str) -> Protocol {
-    match word {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        other => panic!("`{other}` is neither TCP nor UDP"),
-    }
-}
-
-fn ports(cell: &str) -> (u16, u16) {
-    let parse = |s: &str| {
-        s.trim()
-            .parse::<u16>()
-            .unwrap_or_else(|e| panic!("port `{s}` of `{cell}`: {e}"))
-    };
-    match cell.split_once('-') {
-        Some((a, b)) => (parse(a), parse(b)),
-        None => (parse(cell), parse(cell)),
-    }
-}
-
 /// The role whose address `cell` (the row's source or destination) names.
 fn role_of(kind: Kind, cell: &str) -> &'static str {
     let service = || {
@@ -307,16 +281,6 @@ fn borrowed_rows_in(edition: Edition) -> Vec<Key> {
         .into_iter()
         .filter(|k| !main.contains(k))
         .collect()
-}
-
-fn key_of(r: &EffectiveRule) -> Key {
-    Key {
-        role: r.role.clone(),
-        direction: r.direction,
-        protocol: r.protocol,
-        start: r.port_start,
-        end: r.port_end,
-    }
 }
 
 /// Every role's own rules from the Edge and reverse-proxy documents.

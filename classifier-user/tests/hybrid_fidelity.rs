@@ -3,12 +3,16 @@
 //! from `tests/data/m365-tables.md`, a transcription of the documents (not of
 //! the catalog); the set's file is `catalog/microsoft-365.txt`.
 
+mod fidelity;
+
 use std::collections::BTreeMap;
 
 use portguard::catalog::{
     Catalog, Cidr, Direction, Edition, EffectiveRule, HYBRID_DOCUMENT, M365_ENDPOINTS_DOCUMENT,
     Protocol, SeedTable,
 };
+
+use fidelity::{Key, key_of, ports, protocol};
 
 const TABLES: &str = include_str!("../../tests/data/m365-tables.md");
 const SET_FILE: &str = include_str!("../../catalog/microsoft-365.txt");
@@ -47,35 +51,6 @@ fn table(document: &str, title: &str) -> Vec<Vec<String>> {
     rows.into_iter().skip(2).collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    role: String,
-    direction: Direction,
-    protocol: Protocol,
-    start: u16,
-    end: u16,
-}
-
-fn protocol(word: &str) -> Protocol {
-    match word {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        other => panic!("`{other}` is neither TCP nor UDP"),
-    }
-}
-
-fn range(text: &str) -> (u16, u16) {
-    let port = |s: &str| {
-        s.trim()
-            .parse::<u16>()
-            .unwrap_or_else(|e| panic!("port `{s}` of `{text}`: {e}"))
-    };
-    match text.split_once('-') {
-        Some((a, b)) => (port(a), port(b)),
-        None => (port(text), port(text)),
-    }
-}
-
 /// The hybrid port table's rows as rules: the Edge side is the role, the row
 /// outbound when the Edge is the source; "443, 50000-59999" is two rules.
 fn hybrid_rows() -> Vec<Key> {
@@ -92,8 +67,8 @@ fn hybrid_rows() -> Vec<Key> {
             ("Office 365", edge) => (role(edge), Direction::Inbound),
             _ => panic!("a row between {src} and {dst}: one side is Office 365"),
         };
-        for ports in row[5].split(',') {
-            let (start, end) = range(ports);
+        for cell in row[5].split(',') {
+            let (start, end) = ports(cell);
             out.push(Key {
                 role: own.to_string(),
                 direction,
@@ -152,16 +127,6 @@ fn endpoint_rows() -> Vec<EndpointRow> {
         (id, cidrs, endpoint_ports(&row[4]))
     })
     .collect()
-}
-
-fn key_of(r: &EffectiveRule) -> Key {
-    Key {
-        role: r.role.clone(),
-        direction: r.direction,
-        protocol: r.protocol,
-        start: r.port_start,
-        end: r.port_end,
-    }
 }
 
 fn rules_of_table(c: &Catalog, table: SeedTable) -> Vec<EffectiveRule> {

@@ -138,6 +138,17 @@ impl Daemon {
         }
     }
 
+    /// SIGINT, and a clean exit within 10 s (a panic with the log otherwise).
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGINT);
+        let status = self.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "portguard exited {status}:\n{}",
+            self.log()
+        );
+    }
+
     /// SIGKILL and reap: pinned links stay.
     pub fn kill9(&mut self) {
         self.signal(libc::SIGKILL);
